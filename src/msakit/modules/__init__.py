@@ -1,0 +1,1 @@
+"""Shared building blocks: encoders, attention, gates, losses, label generation, distillation."""

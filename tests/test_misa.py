@@ -107,6 +107,7 @@ def test_create_model_through_registry():
     assert model.language_model_prefixes() == ("text_encoder.",)
 
 
+@pytest.mark.slow
 def test_optimiser_steps_reduce_the_loss_on_a_real_batch(clips):
     torch.manual_seed(0)
     config = build_config("misa", ["model.dropout=0.0"]).model

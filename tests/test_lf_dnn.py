@@ -18,6 +18,12 @@ def clips(mosi_word_aligned):
     return load_clips(mosi_word_aligned)
 
 
+@pytest.fixture(scope="module")
+def lf_dnn_model():
+    torch.manual_seed(0)
+    return LFDNN(LFDNNConfig(), DIMS)
+
+
 def test_registered_with_mmsa_defaults():
     assert "lf_dnn" in list_models()
     config = build_config("lf_dnn")
@@ -45,9 +51,8 @@ def test_missing_features_for_a_requested_modality_is_an_error():
         LFDNN(LFDNNConfig(), FeatureDims(audio=0, vision=47))
 
 
-def test_all_modalities_shapes_and_loss(clips):
-    torch.manual_seed(0)
-    model = LFDNN(LFDNNConfig(), DIMS).eval()
+def test_all_modalities_shapes_and_loss(clips, lf_dnn_model):
+    model = lf_dnn_model.eval()
     batch = make_batch(clips[:6])
     with torch.no_grad():
         features = model.unimodal_features(batch)
@@ -63,21 +68,25 @@ def test_all_modalities_shapes_and_loss(clips):
     )
 
 
-def test_padding_does_not_change_the_prediction(clips):
-    torch.manual_seed(0)
-    model = LFDNN(LFDNNConfig(), DIMS).eval()
+def test_padding_does_not_change_the_prediction(clips, lf_dnn_model):
+    model = lf_dnn_model.eval()
     with torch.no_grad():
         tight = model(make_batch(clips[:5])).prediction
         padded = model(make_batch(clips[:5], extra_padding=4)).prediction
     assert torch.allclose(tight, padded, atol=1e-5)
 
 
-def test_batch_of_one_trains(clips):
-    torch.manual_seed(0)
-    model = LFDNN(LFDNNConfig(), DIMS).train()
+def test_batch_of_one_trains(clips, lf_dnn_model):
+    model = lf_dnn_model.train()
+    model.zero_grad()
+    running_mean = model.audio_subnet.norm.running_mean.clone()
     output = model(make_batch(clips[:1]))
     output.losses["task"].backward()
     assert torch.isfinite(output.prediction).all()
+    # One sample is normalised with the running statistics, which it does not update.
+    assert torch.equal(model.audio_subnet.norm.running_mean, running_mean)
+    model.zero_grad()
+    model.eval()
 
 
 @pytest.mark.slow

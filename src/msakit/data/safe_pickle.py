@@ -9,6 +9,7 @@ called, and the refusal names the file and the global.
 
 from __future__ import annotations
 
+import _compat_pickle
 import importlib
 import io
 import pickle
@@ -31,6 +32,7 @@ _ALLOWED_PLAIN: dict[tuple[str, str], tuple[str, str]] = {
     ("numpy", "dtype"): ("numpy", "dtype"),
     # protocol-2 pickles spell ``bytes`` objects as _codecs.encode(text, "latin1")
     ("_codecs", "encode"): ("_codecs", "encode"),
+    ("builtins", "bytes"): ("builtins", "bytes"),
     ("builtins", "set"): ("builtins", "set"),
     ("builtins", "frozenset"): ("builtins", "frozenset"),
     ("builtins", "complex"): ("builtins", "complex"),
@@ -66,6 +68,11 @@ class RestrictedUnpickler(pickle.Unpickler):
         self.source = source
 
     def find_class(self, module: str, name: str) -> Any:
+        # Python 2 names (protocol < 3), as pickle.Unpickler.find_class maps them
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         key = (module, name)
         if key in _ALLOWED_NUMPY:
             submodule, attribute = _ALLOWED_NUMPY[key]

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from msakit.data import DataError, check_feature_dims, load_dataset, safe_load
+from msakit.data import DataError, check_feature_dims, feature_dims_for, load_dataset, safe_load
 from msakit.models.base import FeatureDims
 
 PAD = 50
@@ -243,6 +243,9 @@ def test_inconsistent_dims(word_aligned, tmp_path):
 
 def test_wrong_dims_for_model(word_aligned, mosi_label_dir):
     check_feature_dims(word_aligned, FeatureDims(audio=74, vision=47))
+    assert feature_dims_for(word_aligned) == FeatureDims(audio=74, vision=47)
+    assert feature_dims_for(word_aligned, ["text", "vision"]) == FeatureDims(audio=0, vision=47)
+    assert feature_dims_for(load_dataset(mosi_label_dir)) == FeatureDims(audio=0, vision=0)
     check_feature_dims(word_aligned, FeatureDims(audio=0, vision=47))  # model ignores audio
     with pytest.raises(DataError, match=r"wrong feature dimensions for the model: audio is 74-d "
                                         r"but the model expects 5-d; vision is 47-d but the "

@@ -5,7 +5,7 @@ from msakit.data.dataset import DataError, MSADataset, Split
 from msakit.data.folds import Fold, dataset_splits, grouped_folds
 from msakit.data.readers import load_dataset
 from msakit.data.safe_pickle import safe_load
-from msakit.data.validation import check_feature_dims
+from msakit.data.validation import check_feature_dims, feature_dims_for
 
 __all__ = [
     "DataError",
@@ -16,6 +16,7 @@ __all__ = [
     "check_feature_dims",
     "collate",
     "dataset_splits",
+    "feature_dims_for",
     "grouped_folds",
     "load_dataset",
     "make_loader",

@@ -30,7 +30,8 @@ Edge cases, chosen so models never see a zero length:
 * **Text excluded** by ``modalities``: the tokens of an empty transcript (special tokens only).
 * **Word-aligned data**: audio/vision are expanded to the tokens (see :mod:`msakit.data.text`),
   so ``L_a == L_v == L_t``, ``audio_lengths == attention_mask.sum(1)``, and special tokens and
-  padding have zero rows.
+  padding have zero rows. With text excluded there is nothing to align to, and audio/vision keep
+  one step per word.
 """
 
 from __future__ import annotations
@@ -152,8 +153,7 @@ class SplitDataset(Dataset):
                     )
                 if use_text:
                     features = expand_to_tokens(features, tokens.word_index)
-                else:  # no text: the special tokens only, so zero rows of that length
-                    features = np.zeros((len(tokens), features.shape[1]), dtype=np.float32)
+                # without text there are no tokens to align to: one step per word stays
             item[modality] = features
         return item
 

@@ -218,7 +218,11 @@ def _read_mmsa_split(
     for short in present:
         extra[short] = _labels(fields, SIMS_UNIMODAL_KEYS[short], n, where)
 
-    texts = check_texts([str(t) for t in raw_text], ids_list, where)
+    texts = check_texts(
+        [t.decode("utf-8", errors="replace") if isinstance(t, bytes) else str(t)
+         for t in raw_text],
+        ids_list, where,
+    )
 
     # True lengths of aligned data: the text_bert mask (it counts [CLS]/[SEP], as MMSA does).
     text_lengths = None

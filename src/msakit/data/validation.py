@@ -118,3 +118,15 @@ def check_feature_dims(dataset: MSADataset, dims) -> None:
             f"{dataset.source}: wrong feature dimensions for the model: {'; '.join(problems)} "
             "(the model was trained on features from another extractor or dataset)"
         )
+
+
+def feature_dims_for(dataset: MSADataset, modalities=("text", "audio", "vision")):
+    """The :class:`~msakit.models.base.FeatureDims` to build a model for ``dataset`` when only
+    ``modalities`` are fed (an excluded or absent modality has dim 0, matching the ``(B, 1, 0)``
+    tensors :func:`msakit.data.collate.collate` gives it)."""
+    from msakit.models.base import FeatureDims
+
+    def dim(modality: str) -> int:
+        return int(dataset.feature_dims.get(modality, 0)) if modality in modalities else 0
+
+    return FeatureDims(audio=dim("audio"), vision=dim("vision"))

@@ -150,6 +150,11 @@ def test_tokenisation_cached(aligned_split, tokenizer):
         for _batch in loader:
             pass
     assert len(dataset._cache) == len(aligned_split)
+    # a loader rebuilt (as the trainer does each epoch) reuses the split's cache
+    rebuilt = SplitDataset(aligned_split, tokenizer, word_aligned=True)
+    assert rebuilt[7] is dataset[7]
+    other_budget = SplitDataset(aligned_split, tokenizer, max_text_tokens=8, word_aligned=True)
+    assert len(other_budget[7]["input_ids"]) <= 8
 
 
 def test_transform_hook(aligned_split, tokenizer):

@@ -48,6 +48,8 @@ def test_dataset_splits(word_aligned, mosi_label_dir):
     csv = load_dataset(mosi_label_dir)
     (standard,) = dataset_splits(csv)
     assert standard.name == "standard"
+    name, train, valid, test = standard
+    assert name == "standard" and train is csv.splits["train"] and test is csv.splits["test"]
     assert (len(standard.train), len(standard.valid), len(standard.test)) == (1281, 229, 685)
     folds = dataset_splits(csv, folds=3, seed=0)
     assert sum(len(f.test) for f in folds) == 2195

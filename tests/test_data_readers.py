@@ -251,6 +251,7 @@ def test_wrong_dims_for_model(word_aligned, mosi_label_dir):
                                         r"but the model expects 5-d; vision is 47-d but the "
                                         r"model expects 20-d"):
         check_feature_dims(word_aligned, FeatureDims(audio=5, vision=20))
+    check_feature_dims(word_aligned, {"audio": 5, "vision": 47}, ["text", "vision"])
     with pytest.raises(DataError, match="it has no audio but the model expects 74-d audio"):
         check_feature_dims(load_dataset(mosi_label_dir), {"audio": 74, "vision": 0})
 

@@ -57,8 +57,9 @@ ALL_MODALITIES = ("text", "audio", "vision")
 class SplitDataset(Dataset):
     """A torch ``Dataset`` over one :class:`Split`, yielding tokenised clips.
 
-    Tokenisation happens once per clip and is cached; with a ``transform`` each access
-    transforms and tokenises afresh (the transform is random).
+    Tokenisation happens once per clip and is cached on the split (``split.token_cache``), so
+    loaders rebuilt every epoch reuse it; with a ``transform`` each access transforms and
+    tokenises afresh (the transform is random).
 
     Args:
         split: the clips.
@@ -97,7 +98,10 @@ class SplitDataset(Dataset):
         self.transform = transform
         self.rng = np.random.default_rng(seed)
         self.pad_token_id = int(tokenizer.pad_token_id or 0)
-        self._cache: dict[int, dict[str, Any]] = {}
+        # shared by every SplitDataset over this split with the same settings
+        cache_key = (type(tokenizer).__name__, getattr(tokenizer, "name_or_path", id(tokenizer)),
+                     self.max_text_tokens, self.modalities, word_aligned)
+        self._cache: dict[int, dict[str, Any]] = split.token_cache.setdefault(cache_key, {})
 
     def __len__(self) -> int:
         return len(self.split)

@@ -56,6 +56,9 @@ class Split:
     vision: list[np.ndarray] | None = None
     words: list[list[str]] | None = None
     extra_labels: dict[str, np.ndarray] = field(default_factory=dict)
+    #: tokenised items per tokenisation setting, filled by msakit.data.collate.SplitDataset so
+    #: that a loader rebuilt every epoch does not tokenise again
+    token_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -8,16 +8,17 @@ the validation part (``GroupShuffleSplit``) used to select the checkpoint.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from msakit.data.dataset import SPLIT_NAMES, DataError, MSADataset, Split
 
 
-@dataclass
-class Fold:
+class Fold(NamedTuple):
     """One train/valid/test partition of the data (a CV fold, or the file's own split).
+
+    A named tuple, so ``name, train, valid, test = fold`` works too.
 
     Attributes:
         name: ``"fold1"`` ... ``"foldK"``, or ``"standard"`` for the file's own splits.

@@ -21,8 +21,9 @@ import numpy as np
 
 from msakit.data.dataset import LABEL_RANGES, SPLIT_NAMES, DataError, MSADataset, Split
 from msakit.data.safe_pickle import safe_load
-from msakit.data.validation import (
+from msakit.data.validation import (  # noqa: F401  (check_feature_dims re-exported)
     NonfinitePolicy,
+    check_feature_dims,
     check_labels,
     check_texts,
     clean_features,

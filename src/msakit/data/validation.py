@@ -92,7 +92,7 @@ def clean_features(
     return out
 
 
-def check_feature_dims(dataset: MSADataset, dims) -> None:
+def check_feature_dims(dataset: MSADataset, dims, modalities=("text", "audio", "vision")) -> None:
     """Refuse a dataset whose feature dimensions differ from what a model was built for.
 
     Args:
@@ -100,12 +100,16 @@ def check_feature_dims(dataset: MSADataset, dims) -> None:
         dims: the model's :class:`~msakit.models.base.FeatureDims` (or a mapping with ``audio`` and
             ``vision``). A model dim of 0 means the model does not use that modality, so any
             dataset dim is accepted for it.
+        modalities: the modalities the model is fed (``data.modalities``); others are not
+            checked.
     """
     wanted = dict(dims) if isinstance(dims, Mapping) else {
         "audio": int(dims.audio), "vision": int(dims.vision)
     }
     problems = []
     for modality in ("audio", "vision"):
+        if modality not in modalities:
+            continue
         expected = int(wanted.get(modality, 0))
         found = int(dataset.feature_dims.get(modality, 0))
         if expected and found != expected:

@@ -21,7 +21,7 @@ class Fold(NamedTuple):
     A named tuple, so ``name, train, valid, test = fold`` works too.
 
     Attributes:
-        name: ``"fold1"`` ... ``"foldK"``, or ``"standard"`` for the file's own splits.
+        name: ``"fold0"`` ... ``"fold{K-1}"``, or ``"standard"`` for the file's own splits.
         train, valid, test: the clips of each part.
     """
 
@@ -76,7 +76,7 @@ def grouped_folds(
         carve = GroupShuffleSplit(n_splits=1, test_size=valid_fraction, random_state=seed + number)
         fit_rows, valid_rows = next(carve.split(train_part, groups=train_groups))
         folds.append(Fold(
-            name=f"fold{number}",
+            name=f"fold{number - 1}",
             train=split.subset(np.sort(train_part[fit_rows])),
             valid=split.subset(np.sort(train_part[valid_rows])),
             test=split.subset(np.sort(test_part)),

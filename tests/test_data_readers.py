@@ -352,3 +352,31 @@ def test_not_a_dataset(tmp_path):
         load_dataset(write(tmp_path, 3))
     with pytest.raises(DataError, match="no label.csv in this folder"):
         load_dataset(tmp_path)
+
+
+def test_bytes_transcripts_and_bad_text_bert(word_aligned, tmp_path):
+    content = build_mmsa(word_aligned)
+    content["valid"]["raw_text"] = np.array([t.encode() for t in content["valid"]["raw_text"]],
+                                            dtype=object)
+    data = load_dataset(write(tmp_path, content))
+    assert data.splits["valid"].texts[0] == str(content["valid"]["raw_text"][0].decode())
+    content = build_mmsa(word_aligned, aligned=True)
+    content["train"]["text_bert"] = content["train"]["text_bert"][:, :2]
+    with pytest.raises(DataError, match=r"\[train\]: field 'text_bert' has shape \(\d+, 2, 50\), "
+                                        r"expected \(\d+, 3, L\)"):
+        load_dataset(write(tmp_path, content))
+
+
+def test_inspect_reports_replaced_values(word_aligned, tmp_path):
+    from click.testing import CliRunner
+
+    from msakit.cli import main
+
+    content = build_mmsa(word_aligned)
+    content["test"]["audio"][0, 0, :4] = -np.inf
+    path = write(tmp_path, content)
+    result = CliRunner().invoke(main, ["data", "inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "test/audio 4" in result.output
+    refused = CliRunner().invoke(main, ["data", "inspect", str(path), "--nonfinite", "error"])
+    assert refused.exit_code == 1 and "non-finite" in refused.output

@@ -63,15 +63,18 @@ def render_summary(summary: dict[str, Any], console=None) -> None:
 
     console = console or Console()
     dims = summary["feature_dims"]
+    described = [f"{m} {dims[m]}-d" if dims.get(m) else f"no {m}" for m in ("audio", "vision")]
     console.print(
         f"[bold]{summary['source']}[/bold]: dataset [bold]{summary['name']}[/bold] "
         f"(labels in [{summary['label_range'][0]:g}, {summary['label_range'][1]:g}]), "
-        f"audio {dims.get('audio', 0)}-d, vision {dims.get('vision', 0)}-d"
-        + (", word-aligned" if summary["word_aligned"] else "")
+        + ", ".join(described) + (", word-aligned" if summary["word_aligned"] else "")
     )
-    table = Table(title="Splits")
-    for column in ("split", "clips", "videos", "text words", "audio steps", "vision steps",
-                   "unimodal labels"):
+    splits = summary["splits"]
+    modalities = [m for m in ("audio", "vision") if dims.get(m)]
+    show_unimodal = any(info["extra_labels"] for info in splits.values())
+    table = Table(title="Splits", caption="sequence lengths: min / median / max")
+    columns = ["split", "clips", "videos", "text words"] + [f"{m} steps" for m in modalities]
+    for column in columns + (["unimodal labels"] if show_unimodal else []):
         table.add_column(column, justify="right" if column in ("clips", "videos") else "left")
 
     def fmt(stats: dict[str, float] | None) -> str:
@@ -79,18 +82,19 @@ def render_summary(summary: dict[str, Any], console=None) -> None:
             return "-"
         return f"{stats['min']:g} / {stats['median']:g} / {stats['max']:g}"
 
-    for name, info in summary["splits"].items():
+    for name, info in splits.items():
         lengths = info["lengths"]
-        table.add_row(name, str(info["clips"]), str(info["videos"]), fmt(lengths.get("text")),
-                      fmt(lengths.get("audio")), fmt(lengths.get("vision")),
-                      ", ".join(info["extra_labels"]) or "-")
-    table.caption = "sequence lengths: min / median / max"
+        row = [name, str(info["clips"]), str(info["videos"]), fmt(lengths.get("text"))]
+        row += [fmt(lengths.get(m)) for m in modalities]
+        if show_unimodal:
+            row.append(", ".join(info["extra_labels"]) or "-")
+        table.add_row(*row)
     console.print(table)
 
     labels = Table(title="Labels")
     for column in ("split", "mean", "std", "min", "max", "positive", "negative", "zero"):
         labels.add_column(column, justify="left" if column == "split" else "right")
-    for name, info in summary["splits"].items():
+    for name, info in splits.items():
         s = info["labels"]
         labels.add_row(name, f"{s['mean']:.3f}", f"{s['std']:.3f}", f"{s['min']:g}",
                        f"{s['max']:g}", f"{s['positive']:.1%}", f"{s['negative']:.1%}",

@@ -1,76 +1,37 @@
-"""Small batches from the real word-aligned MOSI pickle, built by hand for model tests.
+"""Small real batches for model tests, built with the data layer.
 
-Temporary: once ``msakit.data`` lands, tests switch to ``load_dataset`` + the collate function.
-The pickle is read with a restricted unpickler that admits only NumPy arrays.
+``real_batch(dataset, rows)`` gives the documented batch dict (see :mod:`msakit.models.base`)
+for the chosen clips of the 229 word-aligned MOSI clips.
 """
 
 from __future__ import annotations
 
-import pickle
-from pathlib import Path
+from typing import Sequence
 
-import numpy as np
 import torch
 
-from msakit.lm import load_tokenizer
+from msakit.data import MSADataset, make_loader
+from msakit.data.collate import ALL_MODALITIES
 
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    _ALLOWED = {
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-    }
+def real_batch(dataset: MSADataset, rows: Sequence[int],
+               modalities: Sequence[str] = ALL_MODALITIES, extra_padding: int = 0) -> dict:
+    """One batch of the clips at ``rows`` of the dataset's single split.
 
-    def find_class(self, module, name):
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        return super().find_class(module, name)
-
-
-def load_clips(path: Path) -> list[dict]:
-    with open(path, "rb") as handle:
-        rows = _NumpyOnlyUnpickler(handle).load()
-    clips = []
-    for (word_ids, facet, covarep, words), label, segment in rows:
-        clips.append({
-            "words": list(words),
-            "vision": np.nan_to_num(np.asarray(facet, dtype=np.float32)),
-            "audio": np.nan_to_num(np.asarray(covarep, dtype=np.float32)),
-            "label": float(np.asarray(label).reshape(-1)[0]),
-            "id": segment,
-        })
-    return clips
-
-
-def make_batch(clips: list[dict], language_model: str = "all-MiniLM-L6-v2",
-               modalities=("text", "audio", "vision"), extra_padding: int = 0) -> dict:
-    """The documented batch dict (see msakit.models.base) for ``clips``; one step per word."""
-    batch: dict = {
-        "labels": torch.tensor([c["label"] for c in clips], dtype=torch.float32),
-        "index": torch.arange(len(clips)),
-        "ids": [c["id"] for c in clips],
-    }
-    if "text" in modalities:
-        tokens = load_tokenizer(language_model)(
-            [" ".join(c["words"]) for c in clips], padding=True, truncation=True,
-            max_length=64, return_tensors="pt",
-        )
-        batch["input_ids"] = tokens["input_ids"]
-        batch["attention_mask"] = tokens["attention_mask"]
-        batch["token_type_ids"] = tokens.get(
-            "token_type_ids", torch.zeros_like(tokens["input_ids"])
-        )
-    for modality in ("audio", "vision"):
-        if modality not in modalities:
-            continue
-        lengths = torch.tensor([len(c[modality]) for c in clips])
-        steps = int(lengths.max()) + extra_padding
-        dim = clips[0][modality].shape[1]
-        padded = torch.zeros(len(clips), steps, dim)
-        for i, c in enumerate(clips):
-            padded[i, : len(c[modality])] = torch.from_numpy(c[modality])
-        batch[modality] = padded
-        batch[f"{modality}_lengths"] = lengths
-        batch[f"{modality}_mask"] = torch.arange(steps)[None, :] < lengths[:, None]
+    ``extra_padding`` appends that many zero steps to audio/vision (and their masks), to check
+    that a model reads only the real steps.
+    """
+    split = dataset.split("all").subset(rows)
+    loader = make_loader(split, "all-MiniLM-L6-v2", batch_size=len(rows), modalities=modalities,
+                         word_aligned=dataset.word_aligned)
+    batch = next(iter(loader))
+    if extra_padding:
+        for modality in ("audio", "vision"):
+            features = batch[modality]
+            batch[modality] = torch.cat(
+                [features, features.new_zeros(features.shape[0], extra_padding,
+                                              features.shape[2])], dim=1)
+            mask = batch[f"{modality}_mask"]
+            batch[f"{modality}_mask"] = torch.cat(
+                [mask, mask.new_zeros(mask.shape[0], extra_padding)], dim=1)
     return batch

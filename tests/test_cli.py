@@ -80,3 +80,25 @@ def test_one_split_file_without_folds_is_a_clear_error(runner, mosi_word_aligned
                                   "--output-dir", str(tmp_path)])
     assert result.exit_code != 0
     assert "--folds" in result.output
+
+
+def test_hostile_checkpoint_is_refused_and_runs_nothing(runner, tmp_path):
+    import os
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Hostile:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    sub = tmp_path / "run" / "seed1" / "fold0"
+    sub.mkdir(parents=True)
+    (sub / "config.yaml").write_text("model:\n  name: lf_dnn\n")
+    with (sub / "best.pt").open("wb") as handle:
+        pickle.dump({"model": Hostile()}, handle)
+    from msakit.training.runs import load_checkpoint
+
+    with pytest.raises(ValueError, match="refused"):
+        load_checkpoint(sub / "best.pt")
+    assert not marker.exists()

@@ -228,7 +228,7 @@ def evaluate_run(
     for sub in sub_dirs:
         sub_config = load_saved_config(sub / runs.CONFIG_FILE)
         model = create_model(sub_config.model, feature_dims(dataset, sub_config))
-        saved = torch.load(sub / runs.BEST_CHECKPOINT, map_location=device, weights_only=False)
+        saved = runs.load_checkpoint(sub / runs.BEST_CHECKPOINT, device)
         model.load_checkpoint_state_dict(saved["model"])
         model.to(device)
         loader = loader_for(splits[sub], dataset, sub_config, train=False)

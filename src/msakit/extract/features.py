@@ -64,13 +64,15 @@ class ClipFeatureExtractor:
         return {"audio": self.audio.feature_names, "vision": self.vision.feature_names}
 
     def extract(self, path: str | Path, text: str | None = None, text_source: str = "given",
-                where: str | None = None) -> ClipFeatures:
+                where: str | None = None, require_text: bool = True) -> ClipFeatures:
         """Features of the clip at ``path``.
 
         Args:
             text: its transcript; ``None`` looks for ``<clip>.txt``, then runs ASR when the
                 config enables it.
             where: the clip's name in messages (default: the path).
+            require_text: refuse a clip without a transcript (``False``: its text is empty,
+                for models that do not read text).
 
         Raises:
             ExtractionError: the message names the clip and says what is wrong.
@@ -79,7 +81,7 @@ class ClipFeatureExtractor:
         where = where or str(path)
         warnings: list[str] = []
         if (text is None or not text.strip()) and not self.config.text.asr \
-                and sidecar_transcript(path) is None:
+                and sidecar_transcript(path) is None and require_text:
             raise ExtractionError(
                 f"{where}: no transcript (empty text in label.csv, no {path.stem}.txt beside "
                 "the clip); give one, or enable speech recognition (text.asr=true)", "text"
@@ -96,7 +98,9 @@ class ClipFeatureExtractor:
         if text is None or not text.strip():
             text = sidecar_transcript(path)
             text_source = "txt"
-        if text is None:  # checked above: speech recognition is enabled
+        if text is None and not self.config.text.asr:  # allowed: require_text=False
+            text, text_source = "", "none"
+        elif text is None:
             text = transcribe(samples, where)
             text_source = "asr"
             warnings.append(ASR_NOTE)

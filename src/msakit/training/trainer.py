@@ -356,10 +356,10 @@ class Trainer:
             model.on_train_batch_end(batch, output, epoch)
             size = output.prediction.shape[0]
             count += size
-            sums["total"] = sums.get("total", 0.0) + float(loss) * size
+            sums["total"] = sums.get("total", 0.0) + loss.item() * size
             for name, value in output.losses.items():
-                sums[name] = sums.get(name, 0.0) + float(value) * size
-            progress.update(task, advance=1, info=f"loss {float(loss):.4f}")
+                sums[name] = sums.get(name, 0.0) + value.item() * size
+            progress.update(task, advance=1, info=f"loss {loss.item():.4f}")
         progress.remove_task(task)
         return {k: v / max(count, 1) for k, v in sums.items()}
 

@@ -231,6 +231,9 @@ def predict_clips(
     from msakit.lm import load_tokenizer
     from msakit.models import FeatureDims, create_model
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a weight-loading bar per checkpoint is noise here
     if not isinstance(run, TrainedRun):
         run = load_trained_run(run)
     clips = [Path(c) for c in clips]

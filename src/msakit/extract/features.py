@@ -83,8 +83,9 @@ class ClipFeatureExtractor:
         if (text is None or not text.strip()) and not self.config.text.asr \
                 and sidecar_transcript(path) is None and require_text:
             raise ExtractionError(
-                f"{where}: no transcript (empty text in label.csv, no {path.stem}.txt beside "
-                "the clip); give one, or enable speech recognition (text.asr=true)", "text"
+                f"{where}: no transcript: none given (label.csv's text column, or predict's "
+                f"--text), no {path.stem}.txt beside the clip, and speech recognition is off "
+                "(enable it with --asr or text.asr=true; English only, often wrong)", "text"
             )
         info = probe(path)
         samples = decode_audio(path)

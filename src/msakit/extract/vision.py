@@ -11,7 +11,10 @@ Frames where no face is found are kept: their row is all zeros with ``face_prese
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,6 +127,39 @@ def normalised_landmarks(points: np.ndarray, width: int, height: int) -> np.ndar
     return ((p - p[NOSE_TIP]) / iod).reshape(-1).astype(np.float32)
 
 
+def _flush_c_streams() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):  # pragma: no cover - no C library to flush
+        pass
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Silence file descriptor 2 for a moment.
+
+    MediaPipe's C++ core (TensorFlow Lite, absl) prints start-up notes straight to fd 2 before
+    any logging configuration can apply; they say nothing a user can act on.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2 (e.g. captured): nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        _flush_c_streams()  # C-level buffers still hold the notes: drop them into /dev/null
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 @dataclass
 class VisionResult:
     """Vision features of one clip.
@@ -169,7 +205,7 @@ class VisionFeatureExtractor:
 
         c = self.config
         rows, times, faces = [], [], 0
-        with face_mesh.FaceMesh(
+        with _native_stderr_silenced(), face_mesh.FaceMesh(
             static_image_mode=False, max_num_faces=1, refine_landmarks=c.refine_landmarks,
             min_detection_confidence=c.min_detection_confidence,
             min_tracking_confidence=c.min_tracking_confidence,

@@ -8,7 +8,7 @@ import click
 import yaml
 from rich.console import Console
 
-console = Console(stderr=True)
+console = Console(soft_wrap=True)
 
 
 @click.command()

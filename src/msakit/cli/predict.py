@@ -50,7 +50,7 @@ def predict(clips, run_dir, texts, checkpoint, asr, strict, as_json):
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in results], indent=2))
         return
-    console = Console()
+    console = Console(soft_wrap=True)
     for r in results:
         spread = f" ± {r.score_std:.3f} over {r.checkpoints} checkpoints" if r.checkpoints > 1 \
             else ""

@@ -285,3 +285,48 @@ def test_speech_recognition_is_offline_and_flagged(mosi_raw_dir):
     features = ClipFeatureExtractor(config).extract(mosi_raw_dir / WAV)
     assert features.text_source == "asr" and "good" in features.text.split()
     assert any("pocketsphinx" in w for w in features.warnings)
+
+
+def _remux(source, target, gray_video: bool):
+    """Write ``target`` from the real mp4: its video stream only, or gray frames + its audio."""
+    import av
+
+    with av.open(str(source)) as inp, av.open(str(target), "w") as out:
+        if gray_video:
+            audio = out.add_stream_from_template(inp.streams.audio[0])
+            video = out.add_stream("mpeg4", rate=10)
+            video.width, video.height, video.pix_fmt = 160, 120, "yuv420p"
+            gray = np.full((120, 160, 3), 128, np.uint8)
+            for _ in range(20):
+                for packet in video.encode(av.VideoFrame.from_ndarray(gray, format="rgb24")):
+                    out.mux(packet)
+            for packet in video.encode():
+                out.mux(packet)
+            streams = [(inp.streams.audio[0], audio)]
+        else:
+            streams = [(inp.streams.video[0], out.add_stream_from_template(inp.streams.video[0]))]
+        for source_stream, target_stream in streams:
+            for packet in inp.demux(source_stream):
+                if packet.dts is not None:
+                    packet.stream = target_stream
+                    out.mux(packet)
+
+
+def test_video_without_audio_track_is_refused(tmp_path, mosi_raw_dir, extractor):
+    silent = tmp_path / "silent_video.mp4"
+    _remux(mosi_raw_dir / MP4, silent, gray_video=False)
+    with pytest.raises(ExtractionError, match=r"silent_video\.mp4: the file has no audio track"):
+        extractor.extract(silent, "some text")
+
+
+def test_video_without_any_face_is_kept_marked_or_refused_when_strict(tmp_path, mosi_raw_dir):
+    faceless = tmp_path / "faceless.mp4"
+    _remux(mosi_raw_dir / MP4, faceless, gray_video=True)
+    config = build_extractor_config(overrides=["audio.extractors=[opensmile]"])
+    features = ClipFeatureExtractor(config).extract(faceless, "some text")
+    assert features.vision.shape == (20, len(EXPRESSION_FEATURES))
+    assert not features.vision.any() and features.info["face_frames"] == 0
+    assert features.warnings == [
+        "no face found in any of the 20 video frames; vision rows are zeros with face_present=0"]
+    with pytest.raises(ExtractionError, match=r"faceless\.mp4: no face found in any of the 20"):
+        ClipFeatureExtractor(config, strict=True).extract(faceless, "some text")

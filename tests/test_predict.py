@@ -50,7 +50,7 @@ def extracted(tmp_path_factory, mosi_raw_dir):
     (clips / "label.csv").write_text("\n".join(rows) + "\n")
     output = root / "features.pkl"
     result = _invoke(["extract", str(clips), "-o", str(output), "--set", "vision.fps=5",
-                      "--no-progress"])
+                      "--workers", "2", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "train 2, valid 2, test 2 clips" in result.output
     return root, output

@@ -330,3 +330,9 @@ def test_video_without_any_face_is_kept_marked_or_refused_when_strict(tmp_path, 
         "no face found in any of the 20 video frames; vision rows are zeros with face_present=0"]
     with pytest.raises(ExtractionError, match=r"faceless\.mp4: no face found in any of the 20"):
         ClipFeatureExtractor(config, strict=True).extract(faceless, "some text")
+
+
+def test_unreadable_label_csv_is_refused(tmp_path):
+    (tmp_path / "label.csv").write_bytes(b"video_id,clip_id\n\xff\xfe\x00garbage\n")
+    with pytest.raises(ExtractionError, match=r"label\.csv: not a readable UTF-8 CSV"):
+        extract_folder(tmp_path, tmp_path / "out.pkl", progress=False)

@@ -257,6 +257,16 @@ def predict_clips(
                                      require_text="text" in modalities)
         audio, vision = finalize_clip(features.audio, features.vision, run.extractor,
                                       run.normalization)
+        for modality, values in (("audio", audio), ("vision", vision)):
+            expected = int((run.data_info.get("feature_dims") or {}).get(modality, 0) or 0)
+            if expected and values.shape[1] != expected:
+                raise RunIncompatibleError(
+                    f"{clip}: this installation computes {values.shape[1]}-d {modality} "
+                    f"features with the run's extractor config, but the model takes "
+                    f"{expected}-d ones (library versions at training: "
+                    f"{run.data_info['extractor'].get('library_versions')}); install those "
+                    "versions or re-extract and retrain"
+                )
         extracted.append((features, audio, vision))
 
     split = Split(

@@ -129,17 +129,20 @@ def read_clip_list(folder: Path) -> tuple[list[ClipSpec], list[ClipFailure]]:
         raise ExtractionError(
             f"{folder}: no label.csv (columns video_id, clip_id, text, label, mode)", "label"
         )
-    with table.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-        if missing:
-            raise ExtractionError(
-                f"{table}: missing column(s) {missing}; found {columns} (expected video_id, "
-                "clip_id, text, label, mode)", "label"
-            )
-        raw_rows = [{(k or "").strip(): (v or "").strip() if isinstance(v, str) else v
-                     for k, v in row.items()} for row in reader]
+    try:
+        with table.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = [c.strip() for c in reader.fieldnames or []]
+            missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+            if missing:
+                raise ExtractionError(
+                    f"{table}: missing column(s) {missing}; found {columns} (expected "
+                    "video_id, clip_id, text, label, mode)", "label"
+                )
+            raw_rows = [{(k or "").strip(): (v or "").strip() if isinstance(v, str) else v
+                         for k, v in row.items()} for row in reader]
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ExtractionError(f"{table}: not a readable UTF-8 CSV file ({err})", "label") from err
 
     specs, failures, seen = [], [], {}
     for number, row in enumerate(raw_rows, start=2):  # line 1 is the header
@@ -194,9 +197,12 @@ def _safe_name(key: str) -> str:
 
 def cache_signature(spec: ClipSpec, config: ExtractorConfig) -> str:
     """Changes when the extractor config, the media file or the given transcript changes."""
+    from msakit.extract.text import sidecar_transcript
+
     stat = spec.media.stat()
+    sidecar = None if spec.text else sidecar_transcript(spec.media)
     payload = json.dumps([config.model_dump(mode="json"), str(spec.media.resolve()),
-                          stat.st_size, stat.st_mtime_ns, spec.text], sort_keys=True)
+                          stat.st_size, stat.st_mtime_ns, spec.text, sidecar], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

@@ -138,10 +138,10 @@ def _flush_c_streams() -> None:
 
 @contextlib.contextmanager
 def _native_stderr_silenced():
-    """Silence file descriptor 2 for a moment.
+    """Silence file descriptor 2 while FaceMesh runs.
 
-    MediaPipe's C++ core (TensorFlow Lite, absl) prints start-up notes straight to fd 2 before
-    any logging configuration can apply; they say nothing a user can act on.
+    MediaPipe's C++ core (TensorFlow Lite, absl) prints notes straight to fd 2, out of reach of
+    Python's logging; they say nothing a user can act on. Failures still surface as exceptions.
     """
     try:
         sys.stderr.flush()

@@ -202,5 +202,6 @@ def test_contributions_come_from_model_extras(extracted, tmp_path, monkeypatch, 
     (prediction,) = predict_clips([mosi_raw_dir / MP4], run, [MP4_TEXT])
     gate = prediction.contributions["gate_audio_vision"]
     assert len(gate) == 2 and sum(gate) == pytest.approx(1.0, abs=1e-5)
-    heads = [prediction.contributions["unimodal_audio"], prediction.contributions["unimodal_vision"]]
+    heads = [prediction.contributions["unimodal_audio"],
+             prediction.contributions["unimodal_vision"]]
     assert prediction.score == pytest.approx(float(np.dot(gate, heads)), abs=1e-4)

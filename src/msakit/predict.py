@@ -15,7 +15,6 @@ prediction is their mean and the spread is reported.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,9 +22,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from msakit.extract.config import TOOL_NAME, ExtractorConfig
-from msakit.extract.media import ExtractionError
-
-log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 DATA_FILE = "data.json"
@@ -225,13 +221,13 @@ def predict_clips(
         RunIncompatibleError, ExtractionError: with the reason, naming the run or clip.
     """
     import torch
+    from transformers.utils import logging as hf_logging
 
     from msakit.data import Split, make_loader
     from msakit.extract.features import ClipFeatureExtractor, finalize_clip
     from msakit.lm import load_tokenizer
     from msakit.models import FeatureDims, create_model
-
-    from transformers.utils import logging as hf_logging
+    from msakit.training.runs import load_checkpoint
 
     hf_logging.disable_progress_bar()  # a weight-loading bar per checkpoint is noise here
     if not isinstance(run, TrainedRun):
@@ -291,7 +287,7 @@ def predict_clips(
     scores, extras_runs = [], []
     for folder in run.checkpoints:
         model = create_model(config.model, feature_dims)
-        saved = torch.load(folder / BEST_CHECKPOINT, map_location=device, weights_only=True)
+        saved = load_checkpoint(folder / BEST_CHECKPOINT, device)
         model.load_checkpoint_state_dict(saved["model"])
         model.to(device).eval()
         with torch.no_grad():

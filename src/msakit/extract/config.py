@@ -130,7 +130,8 @@ def build_extractor_config(
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as err:
-            raise ConfigError(f"extractor option {text!r}: value is not valid YAML ({err})") from err
+            raise ConfigError(
+                f"extractor option {text!r}: value is not valid YAML ({err})") from err
         nested = value
         for part in reversed(parts):
             nested = {part: nested}

@@ -12,8 +12,8 @@ Text (EDA, Wei & Zou 2019), on the transcript's words:
 
 * ``synonym_replacement``: ``max(1, rate·n)`` distinct non-stop words that have WordNet synonyms
   are each replaced by one of them.
-* ``random_insertion``: ``max(1, rate·n)`` times, a synonym of a random non-stop word is inserted
-  at a random position.
+* ``random_insertion``: ``max(1, rate·n)`` times, a synonym of a random non-stop word of the
+  input is inserted at a random position.
 * ``random_deletion``: each word is deleted with probability ``rate`` (at least one word stays).
 * ``random_mask``: each word is replaced by the tokenizer's mask token with probability ``rate``.
 
@@ -306,20 +306,22 @@ class SynonymReplacement:
 
 
 class RandomInsertion:
+    """Sources are the words present before the op (a synonym is never taken of an insertion)."""
+
     def __init__(self, config: WordOpConfig, synonyms: Synonyms):
         self.config, self.synonyms = config, synonyms
 
     def __call__(self, words, rows, rng):
+        sources = [(w, r) for w, r in zip(words, rows) if self.synonyms(w)]
+        if not sources:
+            return words, rows
         words, rows = list(words), list(rows)
         for _ in range(_count(self.config.rate, len(words))):
-            sources = [i for i, w in enumerate(words) if self.synonyms(w)]
-            if not sources:
-                break
-            source = sources[rng.integers(len(sources))]
-            options = self.synonyms(words[source])
+            word, row = sources[rng.integers(len(sources))]
+            options = self.synonyms(word)
             position = int(rng.integers(len(words) + 1))
             words.insert(position, options[rng.integers(len(options))])
-            rows.insert(position, rows[source])  # the synonym is 'spoken' like its source
+            rows.insert(position, row)  # the synonym is 'spoken' like its source word
         return words, rows
 
 

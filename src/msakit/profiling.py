@@ -63,8 +63,8 @@ class ProfileResult:
     params_trainable: int
     flops_inference_per_sample: float
     flops_train_per_sample: float
-    latency_inference_ms: float
-    latency_train_ms: float
+    latency_inference_ms: float | None
+    latency_train_ms: float | None
     memory_inference_peak_mib: float | None
     memory_inference_extra_mib: float | None
     memory_train_peak_mib: float | None
@@ -331,7 +331,7 @@ def profile_model(
         model_name: a registered model.
         overrides: ``section.key=value`` strings (as ``--set``).
         shape: the synthetic batch.
-        repeats: timed runs per latency figure.
+        repeats: timed runs per latency figure (0: no latency figures).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
         memory: measure peak memory (on CPU this starts two fresh processes).
         label: the name shown in the table (default: the model name).
@@ -364,11 +364,13 @@ def profile_model(
             model_name, overrides, shape, "train")
         memory_figures = (inf_peak, inf_extra, train_peak, train_extra)
 
-    latency_inference = median_latency_ms(
-        lambda: inference_step(model, batch), torch_device, repeats)
-    optimizer = make_optimizer(model)
-    latency_train = median_latency_ms(
-        lambda: train_step(model, batch, optimizer), torch_device, repeats)
+    latency_inference = latency_train = None
+    if repeats > 0:
+        latency_inference = median_latency_ms(
+            lambda: inference_step(model, batch), torch_device, repeats)
+        optimizer = make_optimizer(model)
+        latency_train = median_latency_ms(
+            lambda: train_step(model, batch, optimizer), torch_device, repeats)
 
     return ProfileResult(
         model=label or model_name,

@@ -19,6 +19,10 @@ def _mib(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
 def _flops(value: float) -> str:
     return f"{value / 1e9:,.2f}"
 
@@ -37,8 +41,8 @@ def _flops(value: float) -> str:
               help="Audio feature size (74 = COVAREP of CMU-SDK MOSI; MMSA MOSI: 5).")
 @click.option("--vision-dim", default=47, show_default=True, type=click.IntRange(1),
               help="Vision feature size (47 = FACET of CMU-SDK MOSI; MMSA MOSI: 20).")
-@click.option("--repeats", default=5, show_default=True, type=click.IntRange(1),
-              help="Timed runs per latency figure (median reported).")
+@click.option("--repeats", default=5, show_default=True, type=click.IntRange(0),
+              help="Timed runs per latency figure (median reported); 0 skips latency.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N")
 @click.option("--no-memory", is_flag=True, help="Skip the peak-memory measurements.")
 @click.option("--threads", default=None, type=click.IntRange(1),
@@ -64,6 +68,8 @@ def profile(models, overrides, batch_size, text_len, audio_len, vision_len, audi
         torch.set_num_threads(threads)
     shape = SyntheticShape(batch_size, text_len, audio_len, vision_len, audio_dim, vision_dim)
     console = Console()
+    if not console.is_terminal:  # files and pipes: do not squeeze the table into 80 columns
+        console = Console(width=220)
     results = []
     for spec in models:
         name, own_overrides = parse_model_spec(spec)
@@ -84,7 +90,8 @@ def profile(models, overrides, batch_size, text_len, audio_len, vision_len, audi
     for column in ("model", "params (M)", "trainable (M)", "GFLOPs/sample fwd",
                    "GFLOPs/sample train", "infer peak / +step MiB", "train peak / +step MiB",
                    "infer ms/batch", "train ms/step"):
-        table.add_column(column, justify="left" if column == "model" else "right")
+        table.add_column(column, justify="left" if column == "model" else "right",
+                         no_wrap=column == "model")
     for r in results:
         table.add_row(
             r.model,
@@ -94,8 +101,8 @@ def profile(models, overrides, batch_size, text_len, audio_len, vision_len, audi
             _flops(r.flops_train_per_sample),
             f"{_mib(r.memory_inference_peak_mib)} / {_mib(r.memory_inference_extra_mib)}",
             f"{_mib(r.memory_train_peak_mib)} / {_mib(r.memory_train_extra_mib)}",
-            f"{r.latency_inference_ms:,.1f}",
-            f"{r.latency_train_ms:,.1f}",
+            _ms(r.latency_inference_ms),
+            _ms(r.latency_train_ms),
         )
     console.print(table)
     if csv_path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 
 from msakit import augment
@@ -195,3 +196,50 @@ def test_waveform_ops_on_a_real_clip(mosi_raw_dir):
     assert first.shape == mono.shape and first.dtype == np.float32
     assert not np.allclose(first, mono)
     assert np.array_equal(first, again) and not np.array_equal(first, other)
+
+
+def test_real_word_aligned_clips_through_the_loader(mosi_word_aligned, tokenizer):
+    from msakit.data import load_dataset, make_loader
+
+    dataset = load_dataset(mosi_word_aligned)
+    split = next(iter(dataset.splits.values())).subset(range(24))
+    config = AugmentConfig(
+        text=TextAugmentConfig(enabled=True, random_insertion=WordOpConfig(p=1.0, rate=0.3),
+                               random_deletion=WordOpConfig(p=1.0, rate=0.2)),
+        audio=FeatureAugmentConfig(enabled=True))
+    transform = build_transform(config, tokenizer)
+
+    def batches(transform, seed):
+        loader = make_loader(split, tokenizer, batch_size=8, seed=seed, word_aligned=True,
+                             transform=transform)
+        return list(loader)
+
+    plain = batches(None, 0)
+    first, again, other = batches(transform, 0), batches(transform, 0), batches(transform, 1)
+    for p, a, b in zip(plain, first, again):
+        assert a["audio"].shape[-1] == p["audio"].shape[-1]
+        # one audio row per token: augmented words stayed in step with their features
+        assert a["audio"].shape[1] == a["input_ids"].shape[1]
+        assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["audio"], b["audio"])
+    assert any(not torch.equal(a["input_ids"], o["input_ids"]) for a, o in zip(first, other))
+    assert any(a["input_ids"].shape != p["input_ids"].shape or
+               not torch.equal(a["input_ids"], p["input_ids"]) for a, p in zip(first, plain))
+
+
+def test_never_at_evaluation(mosi_word_aligned, tokenizer):
+    from msakit.config import build_config
+    from msakit.training.experiment import loader_for
+
+    from msakit.data import load_dataset
+
+    dataset = load_dataset(mosi_word_aligned)
+    split = next(iter(dataset.splits.values())).subset(range(16))
+    config = build_config("sagenet")
+    transform = build_transform(AugmentConfig(text=TextAugmentConfig(enabled=True),
+                                              audio=FeatureAugmentConfig(enabled=True)),
+                                tokenizer)
+    evaluated = list(loader_for(split, dataset, config, train=False, transform=transform))
+    reference = list(loader_for(split, dataset, config, train=False))
+    for a, b in zip(evaluated, reference):
+        assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["audio"], b["audio"])
+

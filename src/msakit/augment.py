@@ -478,7 +478,7 @@ def build_transform(config: AugmentConfig, tokenizer=None) -> Transform | None:
     return Augmenter(config, mask_token)
 
 
-def transform_for_experiment(config) -> Transform | None:
+def transform_from_config(config) -> Transform | None:
     """``ExperimentConfig -> transform | None``, for ``run_experiment(transform_factory=...)``."""
     augment = getattr(config, "augment", None)
     if augment is None or not augment.any_enabled:

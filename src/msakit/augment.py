@@ -47,9 +47,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from pydantic import Field, model_validator
-
-from msakit.config import StrictModel
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Transform = Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]
 
@@ -57,6 +55,16 @@ Transform = Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]
 # ------------------------------------------------------------------------------------------------
 # Configuration
 # ------------------------------------------------------------------------------------------------
+
+class StrictModel(BaseModel):
+    """Same conventions as :class:`msakit.config.StrictModel` (unknown keys are errors).
+
+    Declared here rather than imported so that ``msakit.config`` can import
+    :class:`AugmentConfig` at module level without an import cycle.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
 
 class WordOpConfig(StrictModel):
     p: float = Field(0.5, ge=0.0, le=1.0, description="probability the op runs on an item")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+import queue as queue_module
 import re
 import statistics
 import threading
@@ -277,7 +278,7 @@ def measure_cuda_memory(step, device: torch.device) -> tuple[float, float, str]:
     return peak / _MIB, (peak - before) / _MIB, "cuda-max-allocated"
 
 
-def _memory_worker(model_name, overrides, shape, device_name, mode, queue) -> None:
+def _memory_worker(model_name, overrides, shape, mode, queue) -> None:
     """Runs in a fresh process: build the model, measure one step's memory, report."""
     try:
         torch.set_num_threads(1)
@@ -302,10 +303,19 @@ def measure_cpu_memory_isolated(
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(
-        target=_memory_worker, args=(model_name, overrides, shape, "cpu", mode, queue)
+        target=_memory_worker, args=(model_name, overrides, shape, mode, queue)
     )
     process.start()
-    status, payload = queue.get()
+    while True:
+        try:
+            status, payload = queue.get(timeout=1.0)
+            break
+        except queue_module.Empty:
+            if not process.is_alive():  # killed (e.g. out of memory) before it could report
+                raise RuntimeError(
+                    f"memory measurement of {model_name} ({mode}) died with exit code "
+                    f"{process.exitcode}"
+                ) from None
     process.join()
     if status != "ok":
         raise RuntimeError(f"memory measurement of {model_name} ({mode}) failed: {payload}")

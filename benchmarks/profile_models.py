@@ -52,7 +52,7 @@ def main() -> None:
         f"Batch {shape.batch_size}, 50 steps per modality, audio 74-d, vision 47-d, "
         f"device {results[0].device}, memory: {results[0].memory_method}.",
         "",
-        "| model | params (M) | trainable (M) | GFLOPs/sample (fwd) | train step peak / extra "
+        "| model | params (M) | non-LM params (M) | GFLOPs/sample (fwd) | train step peak / extra "
         "(MiB) | inference peak / extra (MiB) | infer ms/batch | train ms/step | poster params (M) "
         "| poster GPU memory (GB) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -60,7 +60,8 @@ def main() -> None:
     for r in results:
         poster = POSTER.get(r.model)
         lines.append(
-            f"| {r.model} | {r.params_total / 1e6:.2f} | {r.params_trainable / 1e6:.2f} | "
+            f"| {r.model} | {r.params_total / 1e6:.2f} | "
+            f"{(r.params_total - r.params_language_model) / 1e6:.2f} | "
             f"{r.flops_inference_per_sample / 1e9:.3f} | "
             f"{r.memory_train_peak_mib:,.0f} / {r.memory_train_extra_mib:,.0f} | "
             f"{r.memory_inference_peak_mib:,.0f} / {r.memory_inference_extra_mib:,.0f} | "

@@ -83,6 +83,7 @@ def test_profile_model_sagenet():
     result = profile_model("sagenet", TINY_SAGENET, SHAPE, repeats=1, device="cpu", memory=True)
     torch.manual_seed(0)
     assert result.params_total == result.params_trainable > 22_000_000  # MiniLM is fine-tuned
+    assert result.params_language_model == 22_713_216  # all-MiniLM-L6-v2
     assert result.flops_inference_per_sample > 0
     assert result.flops_train_per_sample > 2 * result.flops_inference_per_sample
     assert result.latency_inference_ms > 0 and result.latency_train_ms > 0

@@ -2,7 +2,8 @@
 
 Used by ``msakit profile`` and ``benchmarks/profile_models.py``. What is measured, and how:
 
-* **Parameters**: :meth:`MSAModel.parameter_counts` (total and trainable).
+* **Parameters**: :meth:`MSAModel.parameter_counts` (total and trainable), and how many of them
+  belong to the pretrained language model (:meth:`MSAModel.language_model_prefixes`).
 * **FLOPs per sample**: :class:`torch.utils.flop_counter.FlopCounterMode` around one forward in
   evaluation mode (dropout off) with autograd enabled, so that PyTorch's fused inference fast
   paths (which the counter does not see) are not taken; divided by the batch size. The train
@@ -62,6 +63,7 @@ class ProfileResult:
     batch_size: int
     params_total: int
     params_trainable: int
+    params_language_model: int
     flops_inference_per_sample: float
     flops_train_per_sample: float
     latency_inference_ms: float | None
@@ -353,6 +355,11 @@ def profile_model(
     model = create_model(config.model, feature_dims_for(config, shape)).to(torch_device)
     batch = synthetic_batch(shape, vocabulary_size(config), device=torch_device)
     counts = model.parameter_counts()
+    language_model_prefixes = model.language_model_prefixes()
+    language_model_params = sum(
+        p.numel() for n, p in model.named_parameters()
+        if language_model_prefixes and n.startswith(language_model_prefixes)
+    )
 
     flops_inference = count_flops(model, batch, train=False) / shape.batch_size
     flops_train = count_flops(model, batch, train=True) / shape.batch_size
@@ -388,6 +395,7 @@ def profile_model(
         batch_size=shape.batch_size,
         params_total=counts["total"],
         params_trainable=counts["trainable"],
+        params_language_model=language_model_params,
         flops_inference_per_sample=flops_inference,
         flops_train_per_sample=flops_train,
         latency_inference_ms=latency_inference,

@@ -87,7 +87,7 @@ def profile(models, overrides, batch_size, text_len, audio_len, vision_len, audi
         f"batch {batch_size}, text {text_len} tokens, audio {audio_len}x{audio_dim}, "
         f"vision {vision_len}x{vision_dim}, device {results[0].device}; memory: {memory_note}"
     ))
-    for column in ("model", "params (M)", "trainable (M)", "GFLOPs/sample fwd",
+    for column in ("model", "params (M)", "trainable (M)", "of which LM (M)", "GFLOPs/sample fwd",
                    "GFLOPs/sample train", "infer peak / +step MiB", "train peak / +step MiB",
                    "infer ms/batch", "train ms/step"):
         table.add_column(column, justify="left" if column == "model" else "right",
@@ -97,6 +97,7 @@ def profile(models, overrides, batch_size, text_len, audio_len, vision_len, audi
             r.model,
             f"{r.params_total / 1e6:,.2f}",
             f"{r.params_trainable / 1e6:,.2f}",
+            f"{r.params_language_model / 1e6:,.2f}",
             _flops(r.flops_inference_per_sample),
             _flops(r.flops_train_per_sample),
             f"{_mib(r.memory_inference_peak_mib)} / {_mib(r.memory_inference_extra_mib)}",

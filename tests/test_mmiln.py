@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -130,6 +131,9 @@ def test_full_model_forward(models):
     assert out.extras["feature_a"].shape == (3, 16) and out.extras["feature_v"].shape == (3, 32)
     for stream in ("a", "v", "ta", "tv"):
         assert out.extras[f"gate_retain_{stream}"].shape == (3,)
+    summary = model.evaluation_artifacts(out.extras)
+    assert set(summary) >= {"pred_a", "pred_v", "gate_retain_ta", "gate_compound_v"}
+    assert 0.0 < summary["gate_retain_ta"]["mean"] < 1.0
     assert len(model.layers) == 3
 
 
@@ -203,3 +207,17 @@ def test_fusion_layers_scale_parameters():
         counts[layers] = non_lm_parameters(model)
         assert len(model.layers) == layers
     assert counts[2] - counts[1] == counts[3] - counts[2] > 0
+
+
+@pytest.mark.slow
+def test_short_real_training_beats_the_training_mean(mosi_word_aligned, tmp_path):
+    from test_self_mm import train_one_fold
+
+    model, rows, mean_mae, fold = train_one_fold("mmiln", mosi_word_aligned, tmp_path,
+                                                 "train.epochs=4")
+    for term in ("task", "task_a", "task_v", "sim", "diff"):
+        assert all(np.isfinite(float(r[f"train_{term}"])) for r in rows), term
+    selected = [r for r in rows if r["selected"] == "1"][-1]
+    assert float(selected["valid_MAE"]) < mean_mae
+    art = model.run_artifacts()["generated_labels"]
+    assert set(art["drift"]) == {"a", "v"} and len(art["labels"]) == len(fold.train)

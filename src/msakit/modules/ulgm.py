@@ -351,6 +351,17 @@ class ULGMHooks:
     def run_artifacts(self) -> dict[str, Any]:
         return {"generated_labels": self.ulgm.artifacts()}
 
+    def evaluation_artifacts(self, extras: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        """Test-split summary (the runner stores it in ``artifacts.json`` under ``test``): mean
+        and std of each unimodal prediction ``pred_*`` and of any gate value ``gate_*``."""
+        summary = {}
+        for name, value in sorted(extras.items()):
+            if name.startswith(("pred_", "gate_")) and value.numel():
+                value = value.float()
+                summary[name] = {"mean": float(value.mean()),
+                                 "std": float(value.std()) if value.numel() > 1 else 0.0}
+        return summary
+
     def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights plus ULGM's banks, so that a resumed run continues the same labels (and the
         selected checkpoint carries the labels of its epoch)."""

@@ -1,0 +1,141 @@
+"""Self-MM: self-supervised multi-task multimodal sentiment analysis (Yu et al., AAAI 2021).
+
+Faithful to the official implementation (thuiar/Self-MM): a fine-tuned language model's
+last-layer [CLS] vector for text, one-layer LSTMs over the true lengths for audio and vision, a
+fusion head and three unimodal heads, the weighted L1 multi-task loss, and ULGM generating the
+unimodal labels (:mod:`msakit.modules.ulgm`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import Field
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from msakit.config import ModelConfig
+from msakit.models import register_model
+from msakit.models.base import FeatureDims, ModelOutput, MSAModel
+from msakit.modules.text import PretrainedTextEncoder
+from msakit.modules.ulgm import SentimentHead, ULGMHooks, UnimodalLabelGenerator
+
+
+class SequenceLSTM(nn.Module):
+    """One-layer unidirectional LSTM over packed sequences (Self-MM's ``AuViSubNet`` core).
+
+    Shapes:
+        ``x (B, L, D_in)``, ``lengths (B,)`` -> ``(outputs (B, L, H), final (B, H))``; outputs are
+        zero beyond each sequence's length.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int):
+        super().__init__()
+        self.rnn = nn.LSTM(in_dim, hidden_dim, batch_first=True)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        packed = pack_padded_sequence(x, lengths.detach().cpu().clamp_min(1), batch_first=True,
+                                      enforce_sorted=False)
+        packed_out, (final, _) = self.rnn(packed)
+        outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=x.shape[1])
+        return outputs, final[-1]
+
+
+def require_audio_and_vision(model_name: str, dims: FeatureDims) -> None:
+    if dims.audio <= 0 or dims.vision <= 0:
+        raise ValueError(
+            f"{model_name} needs audio and vision features (data.modalities must include audio and "
+            f"vision); got feature dims audio={dims.audio}, vision={dims.vision}"
+        )
+
+
+def check_batch_sequence(batch: dict[str, Any], key: str, feature_dim: int) -> torch.Tensor:
+    x = batch.get(key)
+    if x is None:
+        raise KeyError(f"batch has no {key!r}; the model needs it")
+    if x.dim() != 3 or x.shape[-1] != feature_dim:
+        raise ValueError(f"batch[{key!r}] must be (B, L, {feature_dim}), got {tuple(x.shape)}")
+    return x
+
+
+class SelfMMConfig(ModelConfig):
+    """Self-MM hyper-parameters (official MOSI values)."""
+
+    name: str = "self_mm"
+    freeze_language_model: bool = False
+    audio_lstm_hidden: int = Field(32, ge=1)
+    vision_lstm_hidden: int = Field(64, ge=1)
+    audio_out: int = Field(16, ge=1, description="F_a size after the LSTM's final state")
+    vision_out: int = Field(32, ge=1)
+    lstm_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LSTM final state")
+    post_fusion_dim: int = Field(128, ge=1)
+    post_text_dim: int = Field(64, ge=1)
+    post_audio_dim: int = Field(16, ge=1)
+    post_vision_dim: int = Field(32, ge=1)
+    post_fusion_dropout: float = Field(0.1, ge=0, lt=1)
+    post_text_dropout: float = Field(0.0, ge=0, lt=1)
+    post_audio_dropout: float = Field(0.1, ge=0, lt=1)
+    post_vision_dropout: float = Field(0.1, ge=0, lt=1)
+    label_limit: float = Field(3.0, gt=0, description="H: generated labels are clipped to "
+                               "[-H, H] (3 for MOSI/MOSEI, 1 for SIMS)")
+
+
+@register_model
+class SelfMM(ULGMHooks, MSAModel):
+    """Self-MM. Loss terms: ``task`` (fusion, L1), ``task_t``, ``task_a``, ``task_v`` (weighted L1
+    against ULGM's generated labels). Extras: unimodal predictions ``pred_<t|a|v>`` ``(B,)`` and
+    the detached representations ``feature_<m|t|a|v>`` ``(B, d)`` that feed ULGM."""
+
+    name = "self_mm"
+    paper = "Yu et al., AAAI 2021 (Self-MM)"
+    config_class = SelfMMConfig
+
+    def __init__(self, config: SelfMMConfig, dims: FeatureDims):
+        super().__init__(config, dims)
+        require_audio_and_vision(self.name, dims)
+        self.text_encoder = PretrainedTextEncoder(
+            config.language_model, pooling="cls", freeze=config.freeze_language_model
+        )
+        text_dim = self.text_encoder.hidden_size
+        self.audio_lstm = SequenceLSTM(dims.audio, config.audio_lstm_hidden)
+        self.vision_lstm = SequenceLSTM(dims.vision, config.vision_lstm_hidden)
+        self.lstm_dropout = nn.Dropout(config.lstm_dropout)
+        self.audio_out = nn.Linear(config.audio_lstm_hidden, config.audio_out)
+        self.vision_out = nn.Linear(config.vision_lstm_hidden, config.vision_out)
+        self.heads = nn.ModuleDict({
+            "m": SentimentHead(text_dim + config.audio_out + config.vision_out,
+                               config.post_fusion_dim, config.post_fusion_dropout),
+            "t": SentimentHead(text_dim, config.post_text_dim, config.post_text_dropout),
+            "a": SentimentHead(config.audio_out, config.post_audio_dim, config.post_audio_dropout),
+            "v": SentimentHead(config.vision_out, config.post_vision_dim,
+                               config.post_vision_dropout),
+        })
+        self.ulgm = UnimodalLabelGenerator(
+            {"m": config.post_fusion_dim, "t": config.post_text_dim,
+             "a": config.post_audio_dim, "v": config.post_vision_dim},
+            fusion_key="m", label_limit=config.label_limit,
+        )
+
+    def forward(self, batch: dict[str, Any]) -> ModelOutput:
+        text = self.text_encoder(batch["input_ids"], batch["attention_mask"],
+                                 batch.get("token_type_ids"))  # (B, H_t)
+        audio = check_batch_sequence(batch, "audio", self.dims.audio)
+        vision = check_batch_sequence(batch, "vision", self.dims.vision)
+        _, audio_final = self.audio_lstm(audio, batch["audio_lengths"])
+        _, vision_final = self.vision_lstm(vision, batch["vision_lengths"])
+        audio = self.audio_out(self.lstm_dropout(audio_final))  # (B, audio_out)
+        vision = self.vision_out(self.lstm_dropout(vision_final))  # (B, vision_out)
+
+        inputs = {"m": torch.cat([text, audio, vision], dim=-1), "t": text, "a": audio,
+                  "v": vision}
+        predictions, extras = {}, {}
+        for key, head in self.heads.items():
+            predictions[key], representation = head(inputs[key])
+            extras[f"feature_{key}"] = representation.detach()
+        for key in ("t", "a", "v"):
+            extras[f"pred_{key}"] = predictions[key].detach()
+        losses = {}
+        if batch.get("labels") is not None:
+            losses = self.multitask_losses(batch, predictions, fusion_loss="l1")
+        return ModelOutput(prediction=predictions["m"], losses=losses, extras=extras)

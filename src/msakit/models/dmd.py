@@ -89,7 +89,7 @@ from msakit.modules.crossmodal import (
     padding_mask_from_lengths,
 )
 from msakit.modules.graph_distillation import GraphDistillationUnit, prior_from_scores
-from torch.nn.functional import mse_loss as reconstruction_loss  # TODO: msakit.modules.losses
+from msakit.modules.losses import reconstruction_loss
 from msakit.modules.text import PretrainedTextEncoder
 
 MODALITIES = ("text", "audio", "vision")

@@ -249,3 +249,41 @@ def test_evaluation_artifacts_average_edges():
     json.dumps(artifacts)
     with pytest.raises(KeyError, match="hetero_edges"):
         model.evaluation_artifacts({"homo_edges": extras["homo_edges"]})
+
+
+# -- real data ---------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_short_real_data_run_learns_and_beats_the_training_mean(mosi_word_aligned, tmp_path):
+    import csv
+
+    import numpy as np
+
+    from msakit.metrics import compute_metrics
+    from msakit.training.experiment import _train_one, load_experiment_data
+
+    config = build_config("dmd", [
+        f"data.path={mosi_word_aligned}", "data.folds=5", f"run.output_dir={tmp_path}",
+        "model.embed_dim=16", "model.num_heads=2", "model.num_layers=1", "model.memory_layers=1",
+        "model.freeze_language_model=true", "train.epochs=4", "train.lr=1e-3",
+        "train.grad_accumulation=1", "train.patience=null", "train.num_threads=2",
+    ])
+    dataset, partitions = load_experiment_data(config)
+    fold = partitions[0]
+    result = _train_one(config, dataset, fold, seed=1, run_dir=tmp_path, resume=False,
+                        progress=False)
+    with (tmp_path / "epochs.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4
+    for term in DMD_LOSS_TERMS:
+        assert all(np.isfinite(float(r[f"train_{term}"])) for r in rows), term
+    assert float(rows[-1]["train_total"]) < float(rows[0]["train_total"])
+    mean_mae = compute_metrics(np.full(len(fold.valid), fold.train.labels.mean()),
+                               fold.valid.labels)["MAE"]
+    selected = [r for r in rows if r["selected"] == "1"][-1]
+    assert float(selected["valid_MAE"]) < mean_mae
+    # the learned graph is written with the test results
+    import json
+    artifacts = json.loads((tmp_path / "artifacts.json").read_text())["test"]
+    assert math.isclose(sum(artifacts["homo_gd"].values()), 1.0, rel_tol=1e-5)
+    assert artifacts["num_samples"] == len(fold.test) and result["parameters"]["trainable"] > 0

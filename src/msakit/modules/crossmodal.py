@@ -79,6 +79,9 @@ class CrossModalTransformerLayer(nn.Module):
         self.attention = nn.MultiheadAttention(
             embed_dim, num_heads, dropout=attn_dropout, batch_first=True
         )
+        # PyTorch already gives in_proj Xavier and zero biases; the official code also gives
+        # the output projection Xavier weights.
+        nn.init.xavier_uniform_(self.attention.out_proj.weight)
         self.attention_norm = nn.LayerNorm(embed_dim)  # shared by queries and keys (official)
         self.ffn_norm = nn.LayerNorm(embed_dim)
         self.fc1 = _xavier_linear(embed_dim, 4 * embed_dim)

@@ -3,27 +3,25 @@
 Faithful to the official implementation (``mdswyz/DMD``: ``trains/singleTask/model/dmd.py``,
 ``DMD.py``, ``distillnets/``, ``HingeLoss.py``, ``run.py``), batch-first and with explicit padding.
 
-=======================  =============================================================  ==============
-block                    computation                                                    output
-=======================  =============================================================  ==============
-inputs                   LM hidden states (padded tokens zeroed) with dropout; audio,   ``(B, T_m, D_m)``
-                         vision; each zero-padded / truncated to a fixed ``T_m``
-projection X̃_m           bias-free ``Conv1d(D_m -> d, k_m)``, no padding                ``(B, T'_m, d)``
-exclusive s_m            ``Conv1d_m(d -> d, 1)``, one per modality                     ``(B, T'_m, d)``
-common c_m               ``Conv1d_c(d -> d, 1)``, shared by all modalities             ``(B, T'_m, d)``
-self-regression          ``recon_m = Dec_m([s_m; c_m])``, ``s_m^r = Conv1d_m(recon_m)``  ``(B, T'_m, d)``
-margin projection        ``c_m^sim = Linear_m(flatten c_m)``                           ``(B, d)``
-homogeneous heads        ``r_m = ReLU(Linear(flatten c_m))``,                          ``(B,)`` each
-                         ``ŷ_m^homo = Linear(flatten c_m + Linear(Dropout(r_m)))``
-common head              self-attention encoder per ``c_m`` -> read-out step,           ``(B,)``
-                         ``c_fus = [c_L; c_V; c_A]`` -> residual MLP -> ``ŷ_c``
-heterogeneous branch     MulT cross-modal streams on the exclusive ``s_m``             ``(B, 2d)``
-                         (:class:`~msakit.modules.crossmodal.CrossModalFusion`) -> h_m
-heterogeneous heads      ``r_m^hetero = h_m + W2 Dropout(ReLU(W1 h_m))`` -> ``ŷ_m^hetero``  ``(B,)`` each
-output                   ``[σ(W h_L); σ(W h_V); σ(W h_A); σ(W c_fus)]`` -> residual MLP  ``(B,)``
-HomoGD / HeteroGD        :class:`~msakit.modules.graph_distillation.GraphDistillationUnit`  ``(B, 6)``
-                         on ``(ŷ^homo, r^homo)`` and ``(ŷ^hetero, r^hetero)``
-=======================  =============================================================  ==============
+Blocks (shapes batch-first; ``d`` = ``embed_dim``, ``T'_m`` = fixed length minus kernel + 1):
+
+- inputs: LM hidden states (padded tokens zeroed) with dropout, audio, vision, each zero-padded
+  or truncated to a fixed length ``T_m`` -> ``(B, T_m, D_m)``;
+- projection ``X̃_m``: bias-free ``Conv1d(D_m -> d, k_m)``, no padding -> ``(B, T'_m, d)``;
+- exclusive ``s_m = Conv1d_m(d -> d, 1)`` (one per modality) and common
+  ``c_m = Conv1d_c(d -> d, 1)`` (shared) -> ``(B, T'_m, d)``;
+- self-regression: ``recon_m = Dec_m([s_m; c_m])``, ``s_m^r = Conv1d_m(recon_m)``;
+- margin projection ``c_m^sim = Linear_m(flatten c_m)`` -> ``(B, d)``;
+- homogeneous heads: ``r_m = ReLU(Linear(flatten c_m))`` ``(B, d)``,
+  ``ŷ_m^homo = Linear(flatten c_m + Linear(Dropout(r_m)))`` ``(B,)``;
+- common head: a self-attention encoder per ``c_m``, one read-out step each,
+  ``c_fus = [c_L; c_V; c_A]`` ``(B, 3d)`` -> residual MLP -> ``ŷ_c``;
+- heterogeneous branch: MulT cross-modal streams on the exclusive ``s_m``
+  (:class:`~msakit.modules.crossmodal.CrossModalFusion`) -> ``h_m`` ``(B, 2d)``;
+  ``r_m^hetero = h_m + W2 Dropout(ReLU(W1 h_m))`` -> ``ŷ_m^hetero``;
+- output: ``[σ(W h_L); σ(W h_V); σ(W h_A); σ(W c_fus)]`` ``(B, 9d)`` -> residual MLP -> ``ŷ``;
+- HomoGD on ``(ŷ^homo, r^homo)`` and HeteroGD on ``(ŷ^hetero, r^hetero)``
+  (:class:`~msakit.modules.graph_distillation.GraphDistillationUnit`) -> edges ``(B, 6)``.
 
 Loss terms (each weighted by ``loss_weights``; official values in ``configs/dmd.yaml``):
 
@@ -40,14 +38,15 @@ Loss terms (each weighted by ``loss_weights``; official values in ``configs/dmd.
 Where the official code and the paper disagree (both selectable):
 
 - ``ortho_reduction="batch"`` (default, official): ``nn.CosineEmbeddingLoss`` is fed
-  ``(T, B, d)`` tensors with a 1-D target, so in the PyTorch the code was written for the cosine
-  is taken *over the batch axis* for every (time step, channel) and the loss is the mean of
-  ``max(0, cos)``. ``"feature"`` (paper, Eq. 3): the cosine of each sample's ``s_m`` and ``c_m``
-  vectors over channels at each real time step, ``max(0, cos)``, averaged.
+  ``(T, B, d)`` tensors with a 1-D target, so in the PyTorch the code was written for the
+  cosine is taken *over the batch axis* for every (time step, channel) and the loss is the mean
+  of ``max(0, cos)``. ``"feature"`` (the paper's reading): the cosine of each sample's ``s_m``
+  and ``c_m`` vectors over channels at each real time step, ``max(0, cos)``, averaged.
 - ``margin_triplets="official"`` (default): for every anchor row (a sample's ``c^sim`` of any
   modality), positives are all other rows with exactly the same label and negatives all rows with
-  a different label, whatever their modality. ``"paper"`` (Eq. 4): positives share the label but
-  come from a *different* modality, negatives share the anchor's modality but not its label.
+  a different label, whatever their modality. ``"paper"`` (the paper's triplet set): positives
+  share the label but come from a *different* modality, negatives share the anchor's modality
+  but not its label.
   Margin ``margin_base + margin_scale |y_anchor - y_negative|`` (official: 0 + 0.15 |Δy|; the
   paper's constant margin is ``margin_base=α, margin_scale=0``). Anchors without both a
   positive and a negative are skipped; the loss is the mean over anchors of the mean hinge over

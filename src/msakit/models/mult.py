@@ -77,7 +77,7 @@ class MulTConfig(ModelConfig):
 
 def text_states(encoder: PretrainedTextEncoder, batch: dict[str, Any]
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """LM hidden states with padded tokens zeroed, and the token lengths: ``(B, L, H)``, ``(B,)``."""
+    """LM hidden states with padded tokens zeroed, and token lengths: ``(B, L, H)``, ``(B,)``."""
     attention_mask = batch["attention_mask"]
     hidden = encoder(batch["input_ids"], attention_mask, batch.get("token_type_ids"))
     return hidden * attention_mask.unsqueeze(-1).to(hidden.dtype), attention_mask.sum(1).long()
@@ -120,7 +120,8 @@ class MulT(MSAModel):
     """
 
     name = "mult"
-    paper = "Tsai et al., Multimodal Transformer for Unaligned Multimodal Language Sequences, ACL 2019"
+    paper = ("Tsai et al., Multimodal Transformer for Unaligned Multimodal Language Sequences, "
+             "ACL 2019")
     config_class = MulTConfig
 
     def __init__(self, config: MulTConfig, dims: FeatureDims):
@@ -131,7 +132,8 @@ class MulT(MSAModel):
             config.language_model, pooling="none", freeze=config.freeze_language_model
         )
         self.projections = nn.ModuleDict({
-            "text": TemporalConvProjection(self.text_encoder.hidden_size, d, config.conv_kernel_text),
+            "text": TemporalConvProjection(self.text_encoder.hidden_size, d,
+                                           config.conv_kernel_text),
             "audio": TemporalConvProjection(dims.audio, d, config.conv_kernel_audio),
             "vision": TemporalConvProjection(dims.vision, d, config.conv_kernel_vision),
         })

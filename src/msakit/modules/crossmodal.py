@@ -3,7 +3,7 @@
 One module serves three uses:
 
 * cross-modal attention ``source -> target``: queries from the target sequence, keys and values
-  from the source sequence (MulT's crossmodal transformer, Sec. 3.2 / Fig. 3 of the paper);
+  from the source sequence (MulT's crossmodal transformer);
 * self-attention memory (``x_key=None``), as MulT and DMD use after concatenating streams;
 * any later model that needs cross-modal attention (e.g. LRCMT).
 
@@ -148,7 +148,9 @@ class CrossModalTransformerEncoder(nn.Module):
         self.use_future_mask = attn_mask
         self.embed_dropout = nn.Dropout(embed_dropout)
         self.layers = nn.ModuleList(
-            CrossModalTransformerLayer(embed_dim, num_heads, attn_dropout, relu_dropout, res_dropout)
+            CrossModalTransformerLayer(
+                embed_dim, num_heads, attn_dropout, relu_dropout, res_dropout
+            )
             for _ in range(num_layers)
         )
         self.final_norm = nn.LayerNorm(embed_dim)

@@ -1,11 +1,11 @@
-"""Graph distillation unit (GD-Unit) of DMD (Li et al., CVPR 2023, Sec. 3.3).
+"""Graph distillation unit (GD-Unit) of DMD (Li et al., CVPR 2023).
 
 A GD-Unit is a dynamic graph whose vertices are modalities and whose directed edges carry
 knowledge from a *teacher* modality to a *student* modality. For every sample it learns one
 weight per ordered pair; the weights scale an L1 imitation loss between the student's prediction
 and the teacher's (detached) prediction.
 
-Edge weights (paper Eq. 5-6, official ``DistillationKernel``): each modality ``m`` is embedded as
+Edge weights (official ``DistillationKernel``): each modality ``m`` is embedded as
 ``z_m = [W_logit ŷ_m ; W_repr r_m]`` (``2 h``); the score of the edge teacher -> student is
 ``W_edge [z_student ; z_teacher]`` and the scores of all ``M (M - 1)`` pairs are normalised with
 a softmax with temperature ``tau`` (official ``tau = 8``), so each sample's edges sum to one.

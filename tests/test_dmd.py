@@ -140,6 +140,33 @@ def test_margin_loss_official_triplets_by_hand():
     assert math.isclose(margin_loss(features, labels, modality).item(), expected, rel_tol=1e-5)
 
 
+def _margin_reference(features, labels, scale=0.15):
+    """Anchor by anchor, as the official hinge loop: every (positive, negative) pair."""
+    total, anchors = 0.0, 0
+    for a in range(len(labels)):
+        positives = [p for p in range(len(labels)) if p != a and labels[p] == labels[a]]
+        negatives = [n for n in range(len(labels)) if labels[n] != labels[a]]
+        if not positives or not negatives:
+            continue
+        cos = torch.nn.functional.cosine_similarity
+        terms = [max(0.0, scale * abs(labels[a] - labels[n])
+                     - cos(features[a], features[p], dim=0).item()
+                     + cos(features[a], features[n], dim=0).item())
+                 for p in positives for n in negatives]
+        total += sum(terms) / len(terms)
+        anchors += 1
+    return total / max(anchors, 1)
+
+
+def test_margin_loss_matches_an_anchor_by_anchor_loop():
+    torch.manual_seed(0)
+    features = torch.randn(12, 5)
+    labels = torch.tensor([1.0, 1.0, -0.4, 2.2, -0.4, 1.0, 0.0, 2.2, 0.0, 3.0, 1.0, -0.4])
+    expected = _margin_reference(features, labels.tolist())
+    got = margin_loss(features, labels, torch.zeros(12, dtype=torch.long))
+    assert math.isclose(got.item(), expected, rel_tol=1e-5)
+
+
 def test_margin_loss_paper_triplets_need_other_modality_positives():
     features = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.5, 0.5]])
     labels = torch.tensor([1.0, 1.0, -1.0, -1.0])

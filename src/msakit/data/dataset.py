@@ -56,6 +56,9 @@ class Split:
     vision: list[np.ndarray] | None = None
     words: list[list[str]] | None = None
     extra_labels: dict[str, np.ndarray] = field(default_factory=dict)
+    #: tokenised items per tokenisation setting, filled by msakit.data.collate.SplitDataset so
+    #: that a loader rebuilt every epoch does not tokenise again
+    token_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -76,6 +79,36 @@ class Split:
             vision=pick(self.vision),
             words=pick(self.words),
             extra_labels={k: v[idx].copy() for k, v in self.extra_labels.items()},
+        )
+
+    @classmethod
+    def concat(cls, splits: "list[Split]") -> "Split":
+        """One split holding the rows of ``splits`` in order (they must carry the same fields)."""
+        if not splits:
+            raise DataError("nothing to concatenate")
+        first = splits[0]
+        for other in splits[1:]:
+            if ((other.audio is None) != (first.audio is None)
+                    or (other.vision is None) != (first.vision is None)
+                    or (other.words is None) != (first.words is None)
+                    or set(other.extra_labels) != set(first.extra_labels)):
+                raise DataError("cannot concatenate splits with different fields")
+
+        def join(attribute: str):
+            if getattr(first, attribute) is None:
+                return None
+            return [v for s in splits for v in getattr(s, attribute)]
+
+        return cls(
+            ids=join("ids"),
+            video_ids=join("video_ids"),
+            texts=join("texts"),
+            labels=np.concatenate([s.labels for s in splits]).astype(np.float32),
+            audio=join("audio"),
+            vision=join("vision"),
+            words=join("words"),
+            extra_labels={k: np.concatenate([s.extra_labels[k] for s in splits])
+                          for k in first.extra_labels},
         )
 
 

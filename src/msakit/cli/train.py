@@ -1,0 +1,140 @@
+"""``msakit train``, ``msakit evaluate`` and ``msakit models``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import click
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from msakit.cli._options import MultiValueOption
+
+console = Console()
+
+
+def _fail(message: str) -> None:
+    raise click.ClickException(message)
+
+
+@click.command()
+@click.argument("model")
+@click.option("--data", "data_path", type=click.Path(exists=True),
+              help="MMSA pickle, CMU-SDK word-aligned pickle, or a folder with label.csv.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="YAML file with model/data/train/run sections, applied over the defaults.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override one config value (YAML syntax), e.g. --set train.lr=1e-4. Repeatable.")
+@click.option("--folds", type=int, help="Grouped (by video) K-fold cross-validation.")
+@click.option("--seeds", cls=MultiValueOption, type=int, help="Seeds to run, e.g. --seeds 1 2 3.")
+@click.option("--epochs", type=int, help="Shortcut for --set train.epochs=N.")
+@click.option("--output-dir", type=click.Path(file_okay=False), help="Where run folders go.")
+@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False),
+              help="Continue an interrupted run folder (other options are then ignored).")
+@click.option("--no-progress", is_flag=True, help="No progress bars (e.g. in logs).")
+def train(model, data_path, config_file, overrides, folds, seeds, epochs, output_dir, resume_dir,
+          no_progress):
+    """Train MODEL, select on validation, test once; prints the results table.
+
+    \b
+    Examples:
+      msakit train misa --data ../shared/data/mosi/word_aligned_valid.pkl --folds 5 --seeds 1 2 3
+      msakit train lf_dnn --data ../shared/data/mosi --set model.modalities=[text]
+      msakit train misa --resume runs/misa-mosi-20261125-101500
+    """
+    from msakit.config import ConfigError, build_config
+    from msakit.data import DataError
+    from msakit.training import run_experiment
+    from msakit.training.results import results_table
+
+    try:
+        if resume_dir:
+            config = None
+        else:
+            base = yaml.safe_load(Path(config_file).read_text()) if config_file else {}
+            extra = list(overrides)
+            if data_path:
+                extra.append(f"data.path={json.dumps(str(data_path))}")
+            if folds:
+                extra.append(f"data.folds={folds}")
+            if epochs:
+                extra.append(f"train.epochs={epochs}")
+            if output_dir:
+                extra.append(f"run.output_dir={json.dumps(str(output_dir))}")
+            config = build_config(model, extra, base=base)
+        transform_factory = _augmentation_factory()
+        run_dir, summary = run_experiment(
+            config, seeds=list(seeds) if seeds else None, resume_dir=resume_dir,
+            progress=not no_progress, console=console, transform_factory=transform_factory,
+        )
+    except (ConfigError, DataError, KeyError, ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    results = json.loads((run_dir / "metrics.json").read_text())["runs"]
+    console.print(results_table(f"{model}: test metrics ({run_dir})", results, summary))
+    console.print(f"results: {run_dir / 'results.md'}")
+
+
+def _augmentation_factory():
+    """Training-time augmentation, when the augmentation module is installed (issue #4)."""
+    try:
+        from msakit.augment import transform_from_config
+    except ImportError:
+        return None
+    return transform_from_config
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--data", "data_path", type=click.Path(exists=True),
+              help="Score on this file's split instead of each run's own test partition.")
+@click.option("--split", default="test", show_default=True, help="Split of --data to score.")
+def evaluate(run_dir, data_path, split):
+    """Re-evaluate the trained checkpoints of RUN_DIR; writes RUN_DIR/evaluation.json."""
+    from msakit.config import ConfigError
+    from msakit.data import DataError
+    from msakit.training import evaluate_run
+    from msakit.training.results import results_table
+
+    try:
+        report = evaluate_run(run_dir, data_path=data_path, split=split)
+    except (ConfigError, DataError, KeyError, ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    console.print(results_table(f"evaluation of {run_dir} on {report['data']} ({split})",
+                                report["runs"], report["summary"]))
+    console.print(f"written: {Path(run_dir) / 'evaluation.json'}")
+
+
+@click.command()
+@click.option("--no-params", is_flag=True, help="Skip building models to count parameters.")
+@click.option("--audio-dim", default=74, show_default=True, help="Audio feature size for counts.")
+@click.option("--vision-dim", default=47, show_default=True, help="Vision feature size for counts.")
+def models(no_params, audio_dim, vision_dim):
+    """List registered models: name, paper, parameters at the default config."""
+    import torch
+
+    from msakit.config import build_config
+    from msakit.models import FeatureDims, create_model, get_model_class, list_models
+
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    table = Table(title=f"msakit models (parameters for audio {audio_dim}-d, vision {vision_dim}-d)")
+    for column in ("name", "paper", "parameters", "trainable"):
+        table.add_column(column, justify="right" if column in ("parameters", "trainable") else "left")
+    for name in list_models():
+        cls = get_model_class(name)
+        total = trainable = "-"
+        if not no_params:
+            torch.manual_seed(0)
+            model = create_model(build_config(name).model, FeatureDims(audio_dim, vision_dim))
+            counts = model.parameter_counts()
+            total, trainable = f"{counts['total']:,}", f"{counts['trainable']:,}"
+        table.add_row(name, cls.paper, total, trainable)
+    console.print(table)
+
+
+def register(main: click.Group) -> None:
+    main.add_command(train)
+    main.add_command(evaluate)
+    main.add_command(models)

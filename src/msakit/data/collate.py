@@ -1,0 +1,269 @@
+"""From a :class:`Split` to model batches (the dict documented in :mod:`msakit.models.base`).
+
+Batch produced by :func:`collate` (``B`` clips; ``L_t`` longest token sequence, ``L_a``/``L_v``
+longest audio/vision sequence in the batch):
+
+=====================  =================  ==================================================
+key                    shape / type       meaning
+=====================  =================  ==================================================
+``index``              ``(B,)`` long      row of the clip in its split
+``input_ids``          ``(B, L_t)`` long  token ids, padded with the tokenizer's pad id
+``attention_mask``     ``(B, L_t)`` long  1 for real tokens
+``token_type_ids``     ``(B, L_t)`` long  segment ids (zeros)
+``audio``              ``(B, L_a, D_a)``  float32, zero-padded after each clip's true length
+``audio_lengths``      ``(B,)`` long      true lengths, at least 1 (see below)
+``audio_mask``         ``(B, L_a)`` bool  True for the first ``audio_lengths[i]`` steps
+``vision``             ``(B, L_v, D_v)``  same for vision
+``vision_lengths``     ``(B,)`` long
+``vision_mask``        ``(B, L_v)`` bool
+``labels``             ``(B,)`` float32   human sentiment label
+``labels_T`` etc.      ``(B,)`` float32   unimodal labels, when the split has them (SIMS)
+``ids``                list of str        clip ids
+=====================  =================  ==================================================
+
+Edge cases, chosen so models never see a zero length:
+
+* **Absent modality** (the dataset has none, or ``modalities`` excludes it): ``audio`` is
+  ``(B, 1, 0)`` (no features), ``audio_lengths`` all 1, ``audio_mask`` ``(B, 1)`` all True. A
+  model built with ``FeatureDims(audio=0)`` ignores it.
+* **Clip with zero steps** (possible in unaligned MMSA files): one zero row, length 1.
+* **Text excluded** by ``modalities``: the tokens of an empty transcript (special tokens only).
+* **Word-aligned data**: audio/vision are expanded to the tokens (see :mod:`msakit.data.text`),
+  so ``L_a == L_v == L_t``, ``audio_lengths == attention_mask.sum(1)``, and special tokens and
+  padding have zero rows. With text excluded there is nothing to align to, and audio/vision keep
+  one step per word.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from msakit.data.dataset import DataError, Split
+from msakit.data.text import TokenizedText, expand_to_tokens, tokenize_text, tokenize_words
+
+#: ``transform(item, rng) -> item`` with item keys ``text`` (str), ``audio``/``vision``
+#: (``(L, D)`` float32 arrays or None) and ``words`` (list of str or None; for word-aligned data
+#: ``len(words) == L``). Applied to training clips before tokenisation.
+Transform = Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]
+
+ALL_MODALITIES = ("text", "audio", "vision")
+
+
+class SplitDataset(Dataset):
+    """A torch ``Dataset`` over one :class:`Split`, yielding tokenised clips.
+
+    Tokenisation happens once per clip and is cached on the split (``split.token_cache``), so
+    loaders rebuilt every epoch reuse it; with a ``transform`` each access transforms and
+    tokenises afresh (the transform is random).
+
+    Args:
+        split: the clips.
+        tokenizer: a Hugging Face tokenizer, or a name/path for :func:`msakit.lm.load_tokenizer`.
+        max_text_tokens: token budget including special tokens.
+        modalities: which of text/audio/vision to feed; the others are given as absent.
+        word_aligned: expand audio/vision to sub-word tokens (needs ``split.words``).
+        transform: optional augmentation, see :data:`Transform`.
+        seed: seeds the ``numpy.random.Generator`` handed to ``transform``.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        tokenizer,
+        max_text_tokens: int = 64,
+        modalities: Sequence[str] = ALL_MODALITIES,
+        word_aligned: bool = False,
+        transform: Transform | None = None,
+        seed: int = 0,
+    ):
+        unknown = set(modalities) - set(ALL_MODALITIES)
+        if unknown:
+            raise DataError(f"unknown modalities {sorted(unknown)}; use text, audio, vision")
+        if word_aligned and split.words is None:
+            raise DataError("word_aligned=True needs a split with words (a word-aligned file)")
+        if isinstance(tokenizer, str):
+            from msakit.lm import load_tokenizer
+
+            tokenizer = load_tokenizer(tokenizer)
+        self.split = split
+        self.tokenizer = tokenizer
+        self.max_text_tokens = int(max_text_tokens)
+        self.modalities = tuple(modalities)
+        self.word_aligned = word_aligned
+        self.transform = transform
+        self.rng = np.random.default_rng(seed)
+        self.pad_token_id = int(tokenizer.pad_token_id or 0)
+        # shared by every SplitDataset over this split with the same settings
+        cache_key = (type(tokenizer).__name__, getattr(tokenizer, "name_or_path", id(tokenizer)),
+                     self.max_text_tokens, self.modalities, word_aligned)
+        self._cache: dict[int, dict[str, Any]] = split.token_cache.setdefault(cache_key, {})
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def raw_item(self, index: int) -> dict[str, Any]:
+        """The clip as ``transform`` sees it: text, audio, vision, words (absent ones None)."""
+        split = self.split
+        return {
+            "text": split.texts[index],
+            "audio": None if split.audio is None or "audio" not in self.modalities
+            else split.audio[index],
+            "vision": None if split.vision is None or "vision" not in self.modalities
+            else split.vision[index],
+            "words": None if split.words is None else list(split.words[index]),
+        }
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = int(index)
+        if self.transform is None and index in self._cache:
+            return self._cache[index]
+        raw = self.raw_item(index)
+        if self.transform is not None:
+            raw = self.transform(dict(raw), self.rng)
+        item = self._encode(index, raw)
+        if self.transform is None:
+            self._cache[index] = item
+        return item
+
+    def _encode(self, index: int, raw: dict[str, Any]) -> dict[str, Any]:
+        split = self.split
+        use_text = "text" in self.modalities
+        tokens: TokenizedText
+        if self.word_aligned and use_text:
+            tokens = tokenize_words(self.tokenizer, raw["words"], self.max_text_tokens)
+        else:
+            tokens = tokenize_text(self.tokenizer, raw["text"] if use_text else "",
+                                   self.max_text_tokens)
+        item: dict[str, Any] = {
+            "index": index,
+            "id": split.ids[index],
+            "input_ids": tokens.input_ids,
+            "token_type_ids": tokens.token_type_ids,
+            "label": float(split.labels[index]),
+            "extra_labels": {k: float(v[index]) for k, v in split.extra_labels.items()},
+        }
+        for modality in ("audio", "vision"):
+            features = raw[modality]
+            if features is not None and self.word_aligned:
+                if use_text and features.shape[0] != len(raw["words"]):
+                    raise DataError(
+                        f"clip {split.ids[index]!r}: {modality} has {features.shape[0]} rows "
+                        f"but {len(raw['words'])} words (a transform broke the alignment?)"
+                    )
+                if use_text:
+                    features = expand_to_tokens(features, tokens.word_index)
+                # without text there are no tokens to align to: one step per word stays
+            item[modality] = features
+        return item
+
+
+def _pad_features(
+    arrays: list[np.ndarray | None], name: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(B, L, D)`` zero-padded features, ``(B,)`` lengths >= 1 and ``(B, L)`` bool mask."""
+    batch = len(arrays)
+    present = [a is not None for a in arrays]
+    if not any(present):
+        return (torch.zeros(batch, 1, 0), torch.ones(batch, dtype=torch.long),
+                torch.ones(batch, 1, dtype=torch.bool))
+    if not all(present):
+        raise DataError(f"batch mixes clips with and without {name}")
+    dims = {a.shape[1] for a in arrays}
+    if len(dims) != 1:
+        raise DataError(f"batch has {name} of different feature dims {sorted(dims)}")
+    lengths = torch.tensor([max(a.shape[0], 1) for a in arrays], dtype=torch.long)
+    padded = torch.zeros(batch, int(lengths.max()), dims.pop())
+    for i, array in enumerate(arrays):
+        if array.shape[0]:
+            padded[i, : array.shape[0]] = torch.from_numpy(np.ascontiguousarray(array))
+    mask = torch.arange(padded.shape[1])[None, :] < lengths[:, None]
+    return padded, lengths, mask
+
+
+def collate(items: list[dict[str, Any]], pad_token_id: int = 0) -> dict[str, Any]:
+    """Stack :class:`SplitDataset` items into the batch dict of the module docstring."""
+    if not items:
+        raise DataError("cannot collate an empty batch")
+    batch_size = len(items)
+    text_length = max(len(item["input_ids"]) for item in items)
+    input_ids = torch.full((batch_size, text_length), pad_token_id, dtype=torch.long)
+    token_type_ids = torch.zeros((batch_size, text_length), dtype=torch.long)
+    attention_mask = torch.zeros((batch_size, text_length), dtype=torch.long)
+    for i, item in enumerate(items):
+        n = len(item["input_ids"])
+        input_ids[i, :n] = torch.from_numpy(item["input_ids"])
+        token_type_ids[i, :n] = torch.from_numpy(item["token_type_ids"])
+        attention_mask[i, :n] = 1
+    batch: dict[str, Any] = {
+        "index": torch.tensor([item["index"] for item in items], dtype=torch.long),
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "token_type_ids": token_type_ids,
+    }
+    for modality in ("audio", "vision"):
+        features, lengths, mask = _pad_features([item[modality] for item in items], modality)
+        batch[modality] = features
+        batch[f"{modality}_lengths"] = lengths
+        batch[f"{modality}_mask"] = mask
+    batch["labels"] = torch.tensor([item["label"] for item in items], dtype=torch.float32)
+    for key in items[0]["extra_labels"]:
+        batch[f"labels_{key}"] = torch.tensor(
+            [item["extra_labels"][key] for item in items], dtype=torch.float32
+        )
+    batch["ids"] = [item["id"] for item in items]
+    return batch
+
+
+def make_loader(
+    data: Split | SplitDataset,
+    tokenizer=None,
+    batch_size: int = 32,
+    shuffle: bool = False,
+    seed: int = 0,
+    *,
+    max_text_tokens: int = 64,
+    modalities: Sequence[str] = ALL_MODALITIES,
+    word_aligned: bool = False,
+    transform: Transform | None = None,
+    drop_last: bool = False,
+    num_workers: int = 0,
+) -> DataLoader:
+    """A ``DataLoader`` of batches (see :func:`collate`), deterministic for a given ``seed``.
+
+    Args:
+        data: a :class:`Split` (wrapped in a new :class:`SplitDataset`), or a
+            :class:`SplitDataset` to reuse its token cache across loaders.
+        tokenizer: tokenizer or name (required when ``data`` is a Split).
+        shuffle: reshuffle each epoch with a ``torch.Generator`` seeded by ``seed``, so the
+            sequence of batches over epochs is the same for the same seed.
+        transform: augmentation applied to raw training clips (pass it for training only);
+            its ``numpy.random.Generator`` is seeded by ``seed`` too (deterministic with
+            ``num_workers=0``).
+        Other args: see :class:`SplitDataset`.
+    """
+    if isinstance(data, SplitDataset):
+        dataset = data
+        if transform is not None:
+            raise DataError("pass transform to the SplitDataset, not to make_loader, when "
+                            "reusing one")
+    else:
+        if tokenizer is None:
+            raise DataError("make_loader needs a tokenizer to tokenise a Split")
+        dataset = SplitDataset(data, tokenizer, max_text_tokens, modalities, word_aligned,
+                               transform, seed)
+    generator = torch.Generator()
+    generator.manual_seed(int(seed))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        collate_fn=partial(collate, pad_token_id=dataset.pad_token_id),
+        drop_last=drop_last,
+        num_workers=num_workers,
+    )

@@ -1,0 +1,496 @@
+"""Readers for the three dataset formats msakit understands, all producing :class:`MSADataset`.
+
+* **MMSA pickle** (``aligned_50.pkl`` / ``unaligned_50.pkl``, also what ``msakit extract``
+  writes): a dict ``train``/``valid``/``test`` of per-split field dicts.
+* **CMU-SDK word-aligned pickle** (as used by the MISA/MMIM code): a list of
+  ``((word_ids, facet (L, D_v), covarep (L, D_a), words), [[label]], "video[k]")``. One split,
+  ``"all"``; cross-validation folds divide it.
+* **label.csv folder** (MMSA's ``label.csv``: ``video_id, clip_id, text, label, mode``): text only.
+
+Every reader validates what it reads (see :mod:`msakit.data.validation`) and reports bad input as a
+:class:`DataError` naming the file, split, field and the expected shape.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from msakit.data.dataset import LABEL_RANGES, SPLIT_NAMES, DataError, MSADataset, Split
+from msakit.data.safe_pickle import safe_load
+from msakit.data.validation import (  # noqa: F401  (check_feature_dims re-exported)
+    NonfinitePolicy,
+    check_feature_dims,
+    check_labels,
+    check_texts,
+    clean_features,
+    split_clip_id,
+)
+
+Format = Literal["auto", "mmsa", "cmu_sdk", "label_csv"]
+DatasetName = Literal["auto", "mosi", "mosei", "sims", "simsv2", "custom"]
+
+#: (audio dim, vision dim) of the MMSA releases' features -> dataset family.
+MMSA_FEATURE_DIMS: dict[tuple[int, int], str] = {
+    (5, 20): "mosi",  # COVAREP subset / FACET subset in MMSA's MOSI release
+    (74, 35): "mosei",
+    (33, 709): "sims",
+    (25, 177): "simsv2",
+}
+#: Vision (FACET) dim of CMU-SDK word-aligned pickles -> family (audio is COVAREP 74 for both).
+CMU_SDK_VISION_DIMS: dict[int, str] = {47: "mosi", 35: "mosei"}
+
+SIMS_UNIMODAL_KEYS = {"T": "regression_labels_T", "A": "regression_labels_A",
+                      "V": "regression_labels_V"}
+MMSA_REQUIRED_KEYS = ("raw_text", "id", "audio", "vision", "regression_labels")
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+def load_dataset(
+    path: str | Path,
+    format: Format = "auto",
+    dataset: DatasetName = "auto",
+    nonfinite: NonfinitePolicy = "replace",
+) -> MSADataset:
+    """Read a dataset file or folder.
+
+    Args:
+        path: an MMSA pickle, a CMU-SDK word-aligned pickle, a folder holding ``label.csv``, or
+            the ``label.csv`` file itself.
+        format: ``"auto"`` detects it: a folder or ``*.csv`` is ``label_csv``; a pickle holding a
+            dict is ``mmsa``, one holding a list is ``cmu_sdk``.
+        dataset: the family (``mosi``, ``mosei``, ``sims``, ``simsv2``, ``custom``), which sets
+            the label range; ``"auto"`` detects it from the feature dimensions (pickles) or the
+            folder name (label.csv).
+        nonfinite: NaN/±inf in features: ``"replace"`` by 0 and count them in
+            ``replaced_nonfinite``, or ``"error"``.
+
+    Raises:
+        DataError: unreadable or inconsistent input; the message says what and where.
+    """
+    path = Path(path)
+    if nonfinite not in ("replace", "error"):
+        raise DataError(f"nonfinite must be 'replace' or 'error', not {nonfinite!r}")
+    if dataset != "auto" and dataset not in LABEL_RANGES:
+        raise DataError(
+            f"unknown dataset {dataset!r}; choose one of auto, {', '.join(LABEL_RANGES)}"
+        )
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+
+    if format == "auto":
+        if path.is_dir() or path.suffix.lower() == ".csv":
+            format = "label_csv"
+        else:
+            content = safe_load(path)
+            if isinstance(content, dict):
+                return read_mmsa_pickle(path, dataset, nonfinite, content=content)
+            if isinstance(content, (list, tuple)):
+                return read_cmu_sdk_pickle(path, dataset, nonfinite, content=content)
+            raise DataError(
+                f"{path}: cannot tell the format: the pickle holds a {type(content).__name__}; "
+                "an MMSA pickle holds a dict of splits, a CMU-SDK word-aligned pickle a list of "
+                "clips"
+            )
+    if format == "mmsa":
+        return read_mmsa_pickle(path, dataset, nonfinite)
+    if format == "cmu_sdk":
+        return read_cmu_sdk_pickle(path, dataset, nonfinite)
+    if format == "label_csv":
+        return read_label_csv(path, dataset)
+    raise DataError(f"unknown format {format!r}; choose auto, mmsa, cmu_sdk or label_csv")
+
+
+# --------------------------------------------------------------------------------------------
+# MMSA pickle
+# --------------------------------------------------------------------------------------------
+
+def read_mmsa_pickle(
+    path: str | Path,
+    dataset: DatasetName = "auto",
+    nonfinite: NonfinitePolicy = "replace",
+    content: Any = None,
+) -> MSADataset:
+    """Read an MMSA-style pickle (see the module docstring). ``text``/``text_bert`` features are
+    not used as inputs (transcripts are re-tokenised for the chosen language model); the
+    ``text_bert`` attention mask only gives true lengths of aligned audio/vision."""
+    path = Path(path)
+    source = str(path)
+    data = safe_load(path) if content is None else content
+    if not isinstance(data, dict):
+        raise DataError(
+            f"{source}: an MMSA pickle holds a dict with keys train/valid/test, found a "
+            f"{type(data).__name__}"
+        )
+    missing = [s for s in SPLIT_NAMES if s not in data]
+    if missing:
+        raise DataError(
+            f"{source}: missing split(s) {missing}; an MMSA pickle has train, valid and test "
+            f"(found keys {sorted(map(str, data))})"
+        )
+    extractor = data.get("extractor")
+    if extractor is not None and not isinstance(extractor, dict):
+        raise DataError(f"{source}: 'extractor' must be a dict, found {type(extractor).__name__}")
+
+    replaced: dict[str, int] = {}
+    splits: dict[str, Split] = {}
+    dims: dict[str, int] | None = None
+    dims_from: str = ""
+    has_unimodal = []
+    for split_name in SPLIT_NAMES:
+        fields = data[split_name]
+        where = f"{source} [{split_name}]"
+        if not isinstance(fields, dict):
+            raise DataError(f"{where}: expected a dict of fields, found {type(fields).__name__}")
+        split, split_dims = _read_mmsa_split(fields, where, split_name, nonfinite, replaced)
+        if dims is None:
+            dims, dims_from = split_dims, split_name
+        elif split_dims != dims:
+            raise DataError(
+                f"{source}: inconsistent feature dims: split {dims_from!r} has audio "
+                f"{dims['audio']}-d / vision {dims['vision']}-d but split {split_name!r} has "
+                f"audio {split_dims['audio']}-d / vision {split_dims['vision']}-d"
+            )
+        splits[split_name] = split
+        has_unimodal.append(bool(split.extra_labels))
+
+    assert dims is not None
+    if any(has_unimodal) and not all(has_unimodal):
+        raise DataError(
+            f"{source}: unimodal labels (regression_labels_T/A/V) present in some splits only"
+        )
+    name = dataset if dataset != "auto" else MMSA_FEATURE_DIMS.get(
+        (dims["audio"], dims["vision"]), "custom"
+    )
+    result = MSADataset(
+        name=name, source=source, splits=splits, word_aligned=False, feature_dims=dims,
+        replaced_nonfinite=replaced, extractor=extractor,
+    )
+    _check_dataset_labels(result)
+    return result
+
+
+def _array(fields: dict, key: str, where: str) -> np.ndarray:
+    try:
+        return np.asarray(fields[key])
+    except KeyError:
+        raise DataError(
+            f"{where}: missing field {key!r} (fields present: {sorted(map(str, fields))})"
+        ) from None
+
+
+def _read_mmsa_split(
+    fields: dict, where: str, split_name: str, nonfinite: NonfinitePolicy,
+    replaced: dict[str, int],
+) -> tuple[Split, dict[str, int]]:
+    for key in MMSA_REQUIRED_KEYS:
+        if key not in fields:
+            raise DataError(
+                f"{where}: missing field {key!r}; an MMSA split needs "
+                f"{', '.join(MMSA_REQUIRED_KEYS)} (fields present: {sorted(map(str, fields))})"
+            )
+    raw_text = _array(fields, "raw_text", where)
+    if raw_text.ndim != 1:
+        raise DataError(f"{where}: field 'raw_text' must have shape (N,), found {raw_text.shape}")
+    n = raw_text.shape[0]
+
+    ids = _array(fields, "id", where)
+    if ids.shape != (n,):
+        raise DataError(
+            f"{where}: field 'id' has shape {ids.shape}, expected ({n},) like raw_text"
+        )
+    ids_list = [str(i) for i in ids]
+    video_ids = [split_clip_id(i, where, row) for row, i in enumerate(ids_list)]
+
+    labels = _labels(fields, "regression_labels", n, where)
+    extra = {}
+    present = [k for k, key in SIMS_UNIMODAL_KEYS.items() if key in fields]
+    if present and len(present) != 3:
+        raise DataError(
+            f"{where}: unimodal labels must come as all of regression_labels_T/A/V; found only "
+            f"{[SIMS_UNIMODAL_KEYS[k] for k in present]}"
+        )
+    for short in present:
+        extra[short] = _labels(fields, SIMS_UNIMODAL_KEYS[short], n, where)
+
+    texts = check_texts(
+        [t.decode("utf-8", errors="replace") if isinstance(t, bytes) else str(t)
+         for t in raw_text],
+        ids_list, where,
+    )
+
+    # True lengths of aligned data: the text_bert mask (it counts [CLS]/[SEP], as MMSA does).
+    text_lengths = None
+    if "text_bert" in fields:
+        text_bert = np.asarray(fields["text_bert"])
+        if text_bert.ndim != 3 or text_bert.shape[0] != n or text_bert.shape[1] != 3:
+            raise DataError(
+                f"{where}: field 'text_bert' has shape {text_bert.shape}, expected ({n}, 3, L) "
+                "(token ids, attention mask, segment ids)"
+            )
+        text_lengths = text_bert[:, 1, :].sum(axis=1).astype(np.int64)
+
+    dims = {}
+    per_modality: dict[str, list[np.ndarray]] = {}
+    for modality in ("audio", "vision"):
+        features = _array(fields, modality, where)
+        if features.ndim != 3 or features.shape[0] != n:
+            raise DataError(
+                f"{where}: field {modality!r} has shape {features.shape}, expected ({n}, L, D) "
+                f"with N={n} clips like raw_text"
+            )
+        if not np.issubdtype(features.dtype, np.number):
+            raise DataError(
+                f"{where}: field {modality!r} has dtype {features.dtype}, expected numbers"
+            )
+        padded_length = features.shape[1]
+        lengths_key = f"{modality}_lengths"
+        if lengths_key in fields:
+            lengths = np.asarray(fields[lengths_key]).reshape(-1)
+            if lengths.shape != (n,):
+                raise DataError(
+                    f"{where}: field {lengths_key!r} has shape "
+                    f"{np.asarray(fields[lengths_key]).shape}, expected ({n},)"
+                )
+            lengths = lengths.astype(np.int64)
+        elif text_lengths is not None and padded_length == text_bert.shape[2]:
+            lengths = text_lengths
+        else:
+            lengths = np.full(n, padded_length, dtype=np.int64)
+        bad = np.flatnonzero((lengths < 0) | (lengths > padded_length))
+        if bad.size:
+            row = int(bad[0])
+            raise DataError(
+                f"{where}: {lengths_key} of clip {ids_list[row]!r} (row {row}) is {lengths[row]}, "
+                f"outside 0..{padded_length} (the padded length of {modality!r})"
+            )
+        clips = [features[i, : lengths[i]] for i in range(n)]
+        per_modality[modality] = clean_features(
+            clips, f"{where} field {modality!r}", f"{split_name}/{modality}", nonfinite, replaced,
+            ids_list,
+        )
+        dims[modality] = int(features.shape[2])
+
+    split = Split(
+        ids=ids_list, video_ids=video_ids, texts=texts, labels=labels,
+        audio=per_modality["audio"], vision=per_modality["vision"], extra_labels=extra,
+    )
+    return split, dims
+
+
+def _labels(fields: dict, key: str, n: int, where: str) -> np.ndarray:
+    values = np.asarray(fields[key])
+    if values.shape not in ((n,), (n, 1)):
+        raise DataError(f"{where}: field {key!r} has shape {values.shape}, expected ({n},)")
+    try:
+        values = values.reshape(n).astype(np.float32)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{where}: field {key!r} is not numeric ({err})") from err
+    return values
+
+
+def _check_dataset_labels(dataset: MSADataset) -> None:
+    for split_name, split in dataset.splits.items():
+        where = f"{dataset.source} [{split_name}]"
+        check_labels(split.labels, dataset.label_range, dataset.name, where, "label", split.ids)
+        for short, values in split.extra_labels.items():
+            check_labels(values, dataset.label_range, dataset.name, where, f"label_{short}",
+                         split.ids)
+
+
+# --------------------------------------------------------------------------------------------
+# CMU-SDK word-aligned pickle
+# --------------------------------------------------------------------------------------------
+
+_SEGMENT_ID = re.compile(r"^(?P<video>.+)\[(?P<index>\d+)\]$")
+
+
+def read_cmu_sdk_pickle(
+    path: str | Path,
+    dataset: DatasetName = "auto",
+    nonfinite: NonfinitePolicy = "replace",
+    content: Any = None,
+) -> MSADataset:
+    """Read a CMU-SDK word-aligned pickle into one split ``"all"``.
+
+    Segment ``"video[k]"`` (0-based) becomes clip id ``"video$_$<k+1>"``, matching the 1-based
+    ``clip_id`` of MMSA's ``label.csv``. The transcript is the aligned words joined by spaces (the
+    words the features belong to), and ``words`` keeps them for sub-word expansion.
+    """
+    path = Path(path)
+    source = str(path)
+    data = safe_load(path) if content is None else content
+    if not isinstance(data, (list, tuple)):
+        raise DataError(
+            f"{source}: a CMU-SDK word-aligned pickle holds a list of clips, found a "
+            f"{type(data).__name__}"
+        )
+    if not data:
+        raise DataError(f"{source}: the pickle holds no clips")
+    where = f"{source} [all]"
+    ids, video_ids, words_list, labels, audio, vision = [], [], [], [], [], []
+    dims: dict[str, int] | None = None
+    for row, entry in enumerate(data):
+        shape_hint = ("((word_ids (L,), facet (L, D_v), covarep (L, D_a), words [L]), "
+                      "[[label]], 'video[k]')")
+        try:
+            (word_ids, facet, covarep, words), label, segment = entry
+        except (TypeError, ValueError):
+            raise DataError(f"{where}: entry {row} is not {shape_hint}") from None
+        segment = str(segment)
+        match = _SEGMENT_ID.match(segment)
+        if not match:
+            raise DataError(
+                f"{where}: entry {row} has segment id {segment!r}, expected 'video[k]'"
+            )
+        clip_id = f"{match['video']}$_${int(match['index']) + 1}"
+        facet, covarep = np.asarray(facet), np.asarray(covarep)
+        words = [str(w) for w in words]
+        length = len(words)
+        if facet.ndim != 2 or covarep.ndim != 2 or facet.shape[0] != length \
+                or covarep.shape[0] != length or len(word_ids) != length:
+            raise DataError(
+                f"{where}: entry {row} ({segment}): mismatched lengths: {length} words, "
+                f"{len(word_ids)} word ids, facet {facet.shape}, covarep {covarep.shape}; "
+                f"expected facet ({length}, D_v) and covarep ({length}, D_a)"
+            )
+        entry_dims = {"audio": int(covarep.shape[1]), "vision": int(facet.shape[1])}
+        if dims is None:
+            dims = entry_dims
+        elif entry_dims != dims:
+            raise DataError(
+                f"{where}: inconsistent feature dims: entry {row} ({segment}) has covarep "
+                f"{covarep.shape[1]}-d / facet {facet.shape[1]}-d, earlier entries "
+                f"{dims['audio']}-d / {dims['vision']}-d"
+            )
+        label_array = np.asarray(label, dtype=np.float64).reshape(-1)
+        if label_array.size != 1:
+            raise DataError(
+                f"{where}: entry {row} ({segment}) has label of shape {np.shape(label)}, "
+                "expected one value ([[label]])"
+            )
+        ids.append(clip_id)
+        video_ids.append(match["video"])
+        words_list.append(words)
+        labels.append(float(label_array[0]))
+        audio.append(covarep)
+        vision.append(facet)
+
+    if len(set(ids)) != len(ids):
+        duplicate = next(i for i in ids if ids.count(i) > 1)
+        raise DataError(f"{where}: segment of clip {duplicate!r} appears twice")
+    replaced: dict[str, int] = {}
+    texts = check_texts([" ".join(w) for w in words_list], ids, where)
+    split = Split(
+        ids=ids, video_ids=video_ids, texts=texts, labels=np.asarray(labels, dtype=np.float32),
+        audio=clean_features(audio, f"{where} covarep (audio)", "all/audio", nonfinite,
+                             replaced, ids),
+        vision=clean_features(vision, f"{where} facet (vision)", "all/vision", nonfinite,
+                              replaced, ids),
+        words=words_list,
+    )
+    assert dims is not None
+    name = dataset if dataset != "auto" else CMU_SDK_VISION_DIMS.get(dims["vision"], "custom")
+    result = MSADataset(
+        name=name, source=source, splits={"all": split}, word_aligned=True, feature_dims=dims,
+        replaced_nonfinite=replaced,
+    )
+    _check_dataset_labels(result)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# label.csv folder (text only)
+# --------------------------------------------------------------------------------------------
+
+LABEL_CSV_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
+
+
+def read_label_csv(path: str | Path, dataset: DatasetName = "auto") -> MSADataset:
+    """Read MMSA's ``label.csv`` (a folder holding it, or the file). Text only: feature dims 0.
+
+    Optional ``label_T``/``label_A``/``label_V`` columns (CH-SIMS) become unimodal labels.
+    ``dataset="auto"`` takes the family from the folder name (``mosi``, ``mosei``, ``sims``,
+    ``simsv2`` in it), else ``sims`` when unimodal labels are present, else ``custom``.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    csv_path = path / "label.csv" if path.is_dir() else path
+    source = str(csv_path)
+    if not csv_path.is_file():
+        raise DataError(f"{path}: no label.csv in this folder")
+    try:
+        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False, on_bad_lines="error")
+    except pd.errors.ParserError as err:
+        raise DataError(f"{source}: unreadable row: {err}") from err
+    except (UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise DataError(f"{source}: not a readable CSV file: {err}") from err
+    missing = [c for c in LABEL_CSV_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{source}: missing column(s) {missing}; label.csv needs "
+            f"{', '.join(LABEL_CSV_COLUMNS)} (found {list(frame.columns)})"
+        )
+    unimodal_columns = {k: f"label_{k}" for k in ("T", "A", "V") if f"label_{k}" in frame}
+
+    def numbers(column: str) -> np.ndarray:
+        values = pd.to_numeric(frame[column].str.strip(), errors="coerce")
+        bad = np.flatnonzero(values.isna().to_numpy() | ~np.isfinite(values.to_numpy()))
+        if bad.size:
+            row = int(bad[0])
+            raise DataError(
+                f"{source}: line {row + 2}: column {column!r} is {frame[column].iloc[row]!r}, "
+                "expected a finite number"
+            )
+        return values.to_numpy(dtype=np.float32)
+
+    labels = numbers("label")
+    extra_all = {k: numbers(col) for k, col in unimodal_columns.items()}
+    modes = frame["mode"].str.strip().to_numpy()
+    unknown = sorted(set(modes) - set(SPLIT_NAMES))
+    if unknown:
+        row = int(np.flatnonzero(~np.isin(modes, SPLIT_NAMES))[0])
+        raise DataError(
+            f"{source}: line {row + 2}: mode {unknown[0]!r}; expected train, valid or test"
+        )
+    for column in ("video_id", "clip_id"):
+        blank = np.flatnonzero(frame[column].str.strip().to_numpy() == "")
+        if blank.size:
+            raise DataError(f"{source}: line {int(blank[0]) + 2}: empty {column}")
+
+    splits: dict[str, Split] = {}
+    for split_name in SPLIT_NAMES:
+        rows = np.flatnonzero(modes == split_name)
+        if rows.size == 0:
+            continue
+        where = f"{source} [{split_name}]"
+        video_ids = [frame["video_id"].iloc[r].strip() for r in rows]
+        ids = [f"{v}$_${frame['clip_id'].iloc[r].strip()}" for v, r in zip(video_ids, rows)]
+        texts = check_texts(
+            [frame["text"].iloc[r] for r in rows], ids, where,
+            row_label=lambda i, rows=rows: f"line {int(rows[i]) + 2}",
+        )
+        splits[split_name] = Split(
+            ids=ids, video_ids=video_ids, texts=texts, labels=labels[rows],
+            extra_labels={k: v[rows] for k, v in extra_all.items()},
+        )
+    if not splits:
+        raise DataError(f"{source}: holds no rows")
+
+    if dataset == "auto":
+        folder = (csv_path.parent.name or csv_path.resolve().parent.name).lower()
+        dataset = next((n for n in ("simsv2", "mosei", "mosi", "sims") if n in folder), None) \
+            or ("sims" if unimodal_columns else "custom")
+    result = MSADataset(
+        name=dataset, source=source, splits=splits, word_aligned=False,
+        feature_dims={"audio": 0, "vision": 0},
+    )
+    _check_dataset_labels(result)
+    return result

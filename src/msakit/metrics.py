@@ -1,0 +1,208 @@
+"""Evaluation metrics, with exactly the semantics of MMSA's ``MetricsTop`` (regression mode).
+
+MOSI / MOSEI / custom data (labels in [-3, 3]), computed on the *unclipped* predictions:
+
+- ``MAE``: mean absolute error; ``Corr``: Pearson correlation.
+- ``Mult_acc_7`` / ``Mult_acc_5``: clip prediction and truth to [-3, 3] / [-2, 2], round both to
+  the nearest integer with NumPy's round-half-to-even (``np.round``: 2.5 -> 2, -2.5 -> -2,
+  0.5 -> 0), then compare.
+- ``Non0_acc_2`` / ``Non0_F1_score``: drop the samples whose truth is exactly 0, binarise
+  ``x > 0`` (negative vs positive).
+- ``Has0_acc_2`` / ``Has0_F1_score``: all samples, binarise ``x >= 0`` (a truth of 0 counts as
+  positive).
+- F1 scores are sklearn's class-support-weighted F1 (``average="weighted"``).
+
+CH-SIMS / SIMS v2 (labels in [-1, 1]): prediction and truth are clipped to [-1, 1] *first*; MAE
+and ``Corr`` are computed on the clipped values. Classes are right-closed intervals:
+
+- ``Mult_acc_2``: [-1, 0] / (0, 1]
+- ``Mult_acc_3``: [-1, -0.1] / (-0.1, 0.1] / (0.1, 1]
+- ``Mult_acc_5``: [-1, -0.7] / (-0.7, -0.1] / (-0.1, 0.1] / (0.1, 0.7] / (0.7, 1]
+- ``F1_score``: weighted F1 of the 2-class split.
+
+Differences from MMSA, all deliberate and harmless: results are not rounded to 4 decimals;
+a constant prediction (or truth) gives ``Corr = 0.0`` instead of NumPy's ``nan`` plus a warning
+(the Pearson correlation is undefined there; 0.0 means "no linear relationship can be measured"
+and keeps averages over folds finite); when every truth is exactly 0 the ``Non0`` metrics are
+``nan`` (there is nothing to score). Bin edges are compared in the input's floating dtype, as in
+MMSA, so a float32 prediction of exactly ``0.1`` falls in the same class there and here.
+
+Accuracies are fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import f1_score
+
+MOSI_STYLE = ("mosi", "mosei", "custom")
+SIMS_STYLE = ("sims", "simsv2")
+
+MOSI_METRICS = (
+    "Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score",
+    "Mult_acc_5", "Mult_acc_7", "MAE", "Corr",
+)
+SIMS_METRICS = ("Mult_acc_2", "Mult_acc_3", "Mult_acc_5", "F1_score", "MAE", "Corr")
+
+#: Inner class boundaries of the SIMS bins (each class is right-closed: (edge_i, edge_i+1]).
+SIMS_BIN_EDGES = {
+    2: (0.0,),
+    3: (-0.1, 0.1),
+    5: (-0.7, -0.1, 0.1, 0.7),
+}
+
+_LOWER_IS_BETTER = {"MAE", "loss", "Loss"}
+_HIGHER_IS_BETTER = set(MOSI_METRICS + SIMS_METRICS) - {"MAE"}
+
+
+def _as_float_array(values: Any, what: str) -> np.ndarray:
+    """``values`` (tensor, array or sequence) as a 1-D floating NumPy array, dtype kept if float."""
+    if hasattr(values, "detach"):  # torch tensor
+        values = values.detach().cpu().numpy()
+    array = np.asarray(values)
+    if not np.issubdtype(array.dtype, np.floating):
+        array = array.astype(np.float64)
+    if array.ndim > 1:
+        if array.size != array.shape[0]:
+            raise ValueError(f"{what}: expected shape (N,) or (N, 1), got {array.shape}")
+        array = array.reshape(-1)
+    if array.ndim == 0:
+        raise ValueError(f"{what}: expected a 1-D array of N values, got a scalar")
+    if not np.all(np.isfinite(array)):
+        bad = int((~np.isfinite(array)).sum())
+        raise ValueError(f"{what}: {bad} non-finite value(s) (NaN or inf)")
+    return array
+
+
+def pearson_r(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation of two 1-D arrays; 0.0 when either is constant (see module doc)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    xc, yc = x - x.mean(), y - y.mean()
+    denominator = math.sqrt(float((xc * xc).sum()) * float((yc * yc).sum()))
+    if denominator == 0.0:
+        return 0.0
+    return float((xc * yc).sum() / denominator)
+
+
+def multiclass_accuracy(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Share of samples whose rounded (half to even) prediction equals the rounded truth."""
+    return float(np.mean(np.round(pred) == np.round(truth)))
+
+
+def _weighted_f1(truth_classes: np.ndarray, pred_classes: np.ndarray) -> float:
+    return float(f1_score(truth_classes, pred_classes, average="weighted", zero_division=0))
+
+
+def _sims_bins(values: np.ndarray, n_classes: int) -> np.ndarray:
+    """Class index of each (already clipped) value; classes are right-closed intervals."""
+    edges = np.asarray(SIMS_BIN_EDGES[n_classes], dtype=values.dtype)
+    # side="left": a value equal to an edge lands in the class *below* it, i.e. (a, b].
+    return np.searchsorted(edges, values, side="left")
+
+
+def _mosi_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    mae = float(np.mean(np.abs(pred.astype(np.float64) - truth.astype(np.float64))))
+    corr = pearson_r(pred, truth)
+    acc7 = multiclass_accuracy(np.clip(pred, -3.0, 3.0), np.clip(truth, -3.0, 3.0))
+    acc5 = multiclass_accuracy(np.clip(pred, -2.0, 2.0), np.clip(truth, -2.0, 2.0))
+
+    non_zero = truth != 0
+    if non_zero.any():
+        non0_truth = truth[non_zero] > 0
+        non0_pred = pred[non_zero] > 0
+        non0_acc2 = float(np.mean(non0_truth == non0_pred))
+        non0_f1 = _weighted_f1(non0_truth, non0_pred)
+    else:
+        non0_acc2 = non0_f1 = float("nan")
+
+    has0_truth = truth >= 0
+    has0_pred = pred >= 0
+    return {
+        "Has0_acc_2": float(np.mean(has0_truth == has0_pred)),
+        "Has0_F1_score": _weighted_f1(has0_truth, has0_pred),
+        "Non0_acc_2": non0_acc2,
+        "Non0_F1_score": non0_f1,
+        "Mult_acc_5": acc5,
+        "Mult_acc_7": acc7,
+        "MAE": mae,
+        "Corr": corr,
+    }
+
+
+def _sims_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    pred = np.clip(pred, -1.0, 1.0)
+    truth = np.clip(truth, -1.0, 1.0)
+    bins = {k: (_sims_bins(pred, k), _sims_bins(truth, k)) for k in SIMS_BIN_EDGES}
+    return {
+        "Mult_acc_2": float(np.mean(bins[2][0] == bins[2][1])),
+        "Mult_acc_3": float(np.mean(bins[3][0] == bins[3][1])),
+        "Mult_acc_5": float(np.mean(bins[5][0] == bins[5][1])),
+        "F1_score": _weighted_f1(bins[2][1], bins[2][0]),
+        "MAE": float(np.mean(np.abs(pred.astype(np.float64) - truth.astype(np.float64)))),
+        "Corr": pearson_r(pred, truth),
+    }
+
+
+def metric_names(dataset: str = "mosi") -> tuple[str, ...]:
+    """The keys :func:`compute_metrics` returns for ``dataset``."""
+    family = _family(dataset)
+    return MOSI_METRICS if family == "mosi" else SIMS_METRICS
+
+
+def _family(dataset: str) -> str:
+    name = str(dataset).lower()
+    if name in MOSI_STYLE:
+        return "mosi"
+    if name in SIMS_STYLE:
+        return "sims"
+    raise ValueError(
+        f"unknown dataset {dataset!r} for metrics; expected one of "
+        f"{', '.join(MOSI_STYLE + SIMS_STYLE)}"
+    )
+
+
+def compute_metrics(pred: Any, truth: Any, dataset: str = "mosi") -> dict[str, float]:
+    """MMSA's regression metrics of ``pred`` against ``truth``.
+
+    Args:
+        pred: ``(N,)`` (or ``(N, 1)``) predicted sentiment intensities; tensor, array or list.
+        truth: ``(N,)`` human labels.
+        dataset: ``mosi``, ``mosei`` or ``custom`` (MOSI-style metrics), ``sims`` or ``simsv2``.
+
+    Returns:
+        ``{name: value}`` with the keys of :data:`MOSI_METRICS` or :data:`SIMS_METRICS`;
+        accuracies and F1 as fractions in [0, 1].
+    """
+    family = _family(dataset)
+    pred_array = _as_float_array(pred, "predictions")
+    truth_array = _as_float_array(truth, "labels")
+    if pred_array.shape != truth_array.shape:
+        raise ValueError(
+            f"predictions and labels differ in length: {pred_array.shape[0]} vs "
+            f"{truth_array.shape[0]}"
+        )
+    if pred_array.size == 0:
+        raise ValueError("cannot compute metrics on zero samples")
+    if family == "mosi":
+        return _mosi_metrics(pred_array, truth_array)
+    return _sims_metrics(pred_array, truth_array)
+
+
+def metric_direction(name: str) -> str:
+    """``"min"`` if lower values of metric ``name`` are better (MAE, losses), else ``"max"``."""
+    if name in _LOWER_IS_BETTER or name.lower().endswith("loss"):
+        return "min"
+    if name in _HIGHER_IS_BETTER:
+        return "max"
+    known = sorted(_HIGHER_IS_BETTER | _LOWER_IS_BETTER)
+    raise ValueError(f"unknown metric {name!r}; known: {', '.join(known)} (or any '*loss')")
+
+
+__all__ = [
+    "MOSI_METRICS", "SIMS_METRICS", "SIMS_BIN_EDGES", "compute_metrics", "metric_direction",
+    "metric_names", "multiclass_accuracy", "pearson_r",
+]

@@ -1,0 +1,155 @@
+"""Sequence encoders for the acoustic and visual streams.
+
+Every encoder takes a zero-padded ``(B, L, D)`` batch with its ``(B,)`` true lengths and only
+ever reads the real steps (packed sequences or masks), so padding never changes a result.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+def _check_sequence(x: torch.Tensor, lengths: torch.Tensor, input_dim: int, name: str) -> None:
+    if x.dim() != 3 or x.shape[-1] != input_dim:
+        raise ValueError(
+            f"{name}: expected a (B, L, {input_dim}) batch, got {tuple(x.shape)}"
+        )
+    if lengths.shape != (x.shape[0],):
+        raise ValueError(
+            f"{name}: expected ({x.shape[0]},) lengths, got {tuple(lengths.shape)}"
+        )
+    if x.shape[0] and (int(lengths.min()) < 1 or int(lengths.max()) > x.shape[1]):
+        raise ValueError(
+            f"{name}: lengths must lie in [1, {x.shape[1]}], got min {int(lengths.min())} "
+            f"and max {int(lengths.max())}"
+        )
+
+
+def _check_input_dim(input_dim: int, name: str) -> None:
+    if input_dim < 1:
+        raise ValueError(
+            f"{name}: input dimension must be >= 1, got {input_dim} (is the modality absent "
+            "from the data? then the model must not build an encoder for it)"
+        )
+
+
+def _pack(x: torch.Tensor, lengths: torch.Tensor):
+    return pack_padded_sequence(
+        x, lengths.detach().to("cpu", torch.int64), batch_first=True, enforce_sorted=False
+    )
+
+
+class StackedBiLSTMEncoder(nn.Module):
+    """MISA's "sLSTM": biLSTM -> LayerNorm -> biLSTM over the real steps.
+
+    The first biLSTM (hidden size ``H``) reads the sequence; its outputs ``(B, L, 2H)`` are
+    layer-normalised and read by the second biLSTM (hidden ``H``). The utterance vector is the
+    final hidden states of both layers and both directions, ordered as the official code
+    (``[h1_fwd, h2_fwd, h1_bwd, h2_bwd]``).
+
+    Args:
+        input_dim: ``D``, the feature size per step.
+        hidden_dim: ``H``; ``None`` = ``D`` (MISA's choice).
+        orthogonal_init: initialise the recurrent weights orthogonally (MISA's solver does).
+
+    Shapes:
+        ``x (B, L, D)``, ``lengths (B,)`` -> ``(B, 4H)``.
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int | None = None, orthogonal_init: bool = True):
+        super().__init__()
+        _check_input_dim(input_dim, "StackedBiLSTMEncoder")
+        self.input_dim = input_dim
+        self.hidden_dim = hidden_dim or input_dim
+        self.rnn1 = nn.LSTM(input_dim, self.hidden_dim, bidirectional=True, batch_first=True)
+        self.layer_norm = nn.LayerNorm(2 * self.hidden_dim)
+        self.rnn2 = nn.LSTM(2 * self.hidden_dim, self.hidden_dim, bidirectional=True,
+                            batch_first=True)
+        if orthogonal_init:
+            for name, parameter in self.named_parameters():
+                if "weight_hh" in name:
+                    nn.init.orthogonal_(parameter)
+
+    @property
+    def output_dim(self) -> int:
+        return 4 * self.hidden_dim
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        _check_sequence(x, lengths, self.input_dim, "StackedBiLSTMEncoder")
+        packed_out1, (final1, _) = self.rnn1(_pack(x, lengths))  # final1: (2, B, H)
+        out1, _ = pad_packed_sequence(packed_out1, batch_first=True, total_length=x.shape[1])
+        _, (final2, _) = self.rnn2(_pack(self.layer_norm(out1), lengths))  # (2, B, H)
+        # (2 directions, B, 2H) -> (B, 2 directions, 2H) -> (B, 4H)
+        return torch.cat((final1, final2), dim=2).permute(1, 0, 2).reshape(x.shape[0], -1)
+
+
+class LSTMEncoder(nn.Module):
+    """One LSTM over the real steps; its final hidden state -> Dropout -> Linear.
+
+    The audio/vision sub-network of Self-MM (MMSA's ``AuViSubNet``), also used by other models.
+
+    Args:
+        input_dim: ``D`` per step.
+        hidden_dim: LSTM hidden size.
+        output_dim: size of the returned vector.
+        dropout: dropout on the final state before the linear layer.
+        num_layers: stacked LSTM layers (the last layer's final state is used).
+        bidirectional: if True, the forward and backward final states are concatenated.
+
+    Shapes:
+        ``x (B, L, D)``, ``lengths (B,)`` -> ``(B, output_dim)``.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_dim: int,
+        output_dim: int,
+        dropout: float = 0.0,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+    ):
+        super().__init__()
+        _check_input_dim(input_dim, "LSTMEncoder")
+        self.input_dim = input_dim
+        self.output_dim = output_dim
+        self.bidirectional = bidirectional
+        self.rnn = nn.LSTM(
+            input_dim, hidden_dim, num_layers=num_layers, batch_first=True,
+            bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0,
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(hidden_dim * (2 if bidirectional else 1), output_dim)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        _check_sequence(x, lengths, self.input_dim, "LSTMEncoder")
+        _, (final, _) = self.rnn(_pack(x, lengths))  # (layers * directions, B, hidden)
+        if self.bidirectional:
+            last = torch.cat((final[-2], final[-1]), dim=-1)
+        else:
+            last = final[-1]
+        return self.linear(self.dropout(last))
+
+
+def masked_time_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Average over the real time steps.
+
+    Args:
+        x: ``(B, L, D)`` zero-padded sequences.
+        mask: ``(B, L)`` bool (or 0/1), True for real steps.
+
+    Returns:
+        ``(B, D)``; a row with no real step averages to zeros.
+    """
+    if x.dim() != 3 or mask.shape != x.shape[:2]:
+        raise ValueError(
+            f"masked_time_mean: expected x (B, L, D) and mask (B, L), got {tuple(x.shape)} and "
+            f"{tuple(mask.shape)}"
+        )
+    weights = mask.to(x.dtype).unsqueeze(-1)
+    return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+__all__ = ["StackedBiLSTMEncoder", "LSTMEncoder", "masked_time_mean"]

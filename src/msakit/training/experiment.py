@@ -1,0 +1,247 @@
+"""Experiments: every (seed, partition) pair trained, tested once, and summarised as mean ± std.
+
+A *partition* is one (train, valid, test) triple: the data file's own splits, or one fold of
+grouped cross-validation (``data.folds``). The test part of a partition is scored exactly once,
+with the checkpoint selected on its validation part.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from msakit.config import ExperimentConfig, load_saved_config
+from msakit.data import dataset_splits, load_dataset, make_loader
+from msakit.data.dataset import MSADataset, Split
+from msakit.lm import load_tokenizer
+from msakit.models import FeatureDims, create_model
+from msakit.training import runs
+from msakit.training.results import summarise, write_results
+from msakit.training.trainer import Trainer, evaluate_model, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Partition:
+    name: str
+    train: Split
+    valid: Split
+    test: Split
+
+
+def feature_dims(dataset: MSADataset, config: ExperimentConfig) -> FeatureDims:
+    """Input sizes the model is built for; modalities left out by ``data.modalities`` are 0."""
+    keep = set(config.data.modalities)
+    return FeatureDims(
+        audio=dataset.feature_dims.get("audio", 0) if "audio" in keep else 0,
+        vision=dataset.feature_dims.get("vision", 0) if "vision" in keep else 0,
+    )
+
+
+def load_experiment_data(config: ExperimentConfig) -> tuple[MSADataset, list[Partition]]:
+    data = config.data
+    if not data.path:
+        raise ValueError("no data file given: pass --data PATH (or set data.path)")
+    dataset = load_dataset(data.path, format=data.format, dataset=data.dataset,
+                           nonfinite=data.nonfinite)
+    parts = dataset_splits(dataset, folds=data.folds, valid_fraction=data.valid_fraction,
+                           seed=data.fold_seed)
+    return dataset, [Partition(*p) for p in parts]
+
+
+def loader_for(split: Split, dataset: MSADataset, config: ExperimentConfig, *, train: bool,
+               seed: int = 0, transform=None):
+    tokenizer = load_tokenizer(config.model.language_model)
+    return make_loader(
+        split,
+        tokenizer,
+        batch_size=config.train.batch_size if train else config.train.eval_batch_size,
+        shuffle=train,
+        seed=seed,
+        max_text_tokens=config.data.max_text_tokens,
+        word_aligned=dataset.word_aligned,
+        modalities=config.data.modalities,
+        transform=transform if train else None,
+    )
+
+
+def data_record(dataset: MSADataset, partitions: list[Partition], config: ExperimentConfig) -> dict:
+    return {
+        "source": str(dataset.source),
+        "dataset": dataset.name,
+        "word_aligned": dataset.word_aligned,
+        "feature_dims": dict(feature_dims(dataset, config).__dict__),
+        "extractor": dataset.extractor,
+        "replaced_nonfinite": dataset.replaced_nonfinite,
+        "partitions": {p.name: {"train": len(p.train), "valid": len(p.valid),
+                                "test": len(p.test)} for p in partitions},
+    }
+
+
+def _train_one(config: ExperimentConfig, dataset: MSADataset, partition: Partition, seed: int,
+               run_dir: Path, resume: bool, progress: bool, transform=None) -> dict[str, Any]:
+    """Train, select on valid, test once; write everything into ``run_dir``."""
+    metrics_path = run_dir / runs.METRICS_FILE
+    if resume and metrics_path.exists():
+        return runs.read_json(metrics_path)
+    config = config.model_copy(deep=True)
+    config.train.seed = seed
+    torch.manual_seed(seed)  # model initialisation depends on the seed alone
+    model = create_model(config.model, feature_dims(dataset, config))
+    trainer = Trainer(config, run_dir, dataset.name, progress=progress)
+
+    def train_loader(epoch: int):
+        return loader_for(partition.train, dataset, config, train=True,
+                          seed=seed * 100_003 + epoch, transform=transform)
+
+    valid_loader = loader_for(partition.valid, dataset, config, train=False)
+    summary = trainer.fit(model, train_loader, valid_loader,
+                          torch.as_tensor(partition.train.labels, dtype=torch.float32),
+                          resume=resume)
+    trainer.load_best(model)
+    test = evaluate_model(model, loader_for(partition.test, dataset, config, train=False),
+                          dataset.name, trainer.device, keep_extras=True)
+    with (run_dir / "predictions.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "label", "prediction"])
+        writer.writerows(zip(test.ids, test.labels.tolist(), test.predictions.tolist()))
+    artifacts = model.run_artifacts()
+    evaluation_artifacts = getattr(model, "evaluation_artifacts", None)
+    if evaluation_artifacts is not None:
+        artifacts = {**artifacts, "test": evaluation_artifacts(test.extras)}
+    if artifacts:
+        runs.write_json(run_dir / "artifacts.json", artifacts)
+    result = {
+        "seed": seed,
+        "partition": partition.name,
+        "test": test.metrics,
+        "test_losses": test.losses,
+        **summary,
+        "parameters": model.parameter_counts(),
+    }
+    runs.write_json(metrics_path, result)
+    return result
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    seeds: list[int] | None = None,
+    resume_dir: str | Path | None = None,
+    progress: bool = True,
+    console: Console | None = None,
+    transform_factory=None,
+) -> tuple[Path, dict[str, Any]]:
+    """Train ``config`` for every seed and partition; return the run folder and the summary.
+
+    Args:
+        config: resolved experiment config.
+        seeds: seeds to run (default: ``[config.train.seed]``).
+        resume_dir: an interrupted run folder to continue: finished training runs are kept,
+            the interrupted one continues from its ``last.pt``, missing ones are trained.
+        transform_factory: ``config -> transform | None`` for training-time augmentation.
+    """
+    console = console or Console()
+    if resume_dir is not None:
+        run_dir = Path(resume_dir)
+        config = load_saved_config(run_dir / runs.CONFIG_FILE)
+        saved = runs.read_json(run_dir / "experiment.json")
+        seeds = saved["seeds"]
+    else:
+        seeds = list(seeds or [config.train.seed])
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct, got {seeds}")
+    if config.train.num_threads:
+        torch.set_num_threads(config.train.num_threads)
+    dataset, partitions = load_experiment_data(config)
+    if resume_dir is None:
+        run_dir = runs.new_run_dir(config.run.output_dir, config.model.name, dataset.name,
+                                   config.run.name)
+        config.save(run_dir / runs.CONFIG_FILE)
+        runs.write_json(run_dir / runs.DATA_FILE, data_record(dataset, partitions, config))
+        runs.write_json(run_dir / "experiment.json", {"seeds": seeds})
+    transform = transform_factory(config) if transform_factory else None
+    if dataset.replaced_nonfinite:
+        console.print(f"[yellow]replaced non-finite feature values with 0: "
+                      f"{dataset.replaced_nonfinite}")
+    console.print(f"[bold]{config.model.name}[/] on {dataset.name} ({dataset.source}): "
+                  f"{len(partitions)} partition(s) x {len(seeds)} seed(s) -> {run_dir}")
+    results = []
+    for seed in seeds:
+        for partition in partitions:
+            sub = runs.sub_run_dir(run_dir, seed, partition.name)
+            sub.mkdir(parents=True, exist_ok=True)
+            for name in (runs.CONFIG_FILE, runs.DATA_FILE):
+                shutil.copyfile(run_dir / name, sub / name)
+            result = _train_one(config, dataset, partition, seed, sub,
+                                resume=resume_dir is not None, progress=progress,
+                                transform=transform)
+            console.print(
+                f"  seed {seed} {partition.name}: best epoch {result['best_epoch']}, test "
+                + ", ".join(f"{k} {v:.4f}" for k, v in result["test"].items()
+                            if k in ("Non0_acc_2", "Has0_acc_2", "Mult_acc_2", "MAE", "Corr"))
+            )
+            results.append(result)
+    summary = summarise(results)
+    write_results(run_dir, config.model.name, results, summary)
+    return run_dir, summary
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    data_path: str | None = None,
+    split: str = "test",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Re-evaluate every trained checkpoint of a run folder.
+
+    Without ``data_path`` each checkpoint is scored on the test part of the partition it was
+    trained for (recomputed deterministically from the saved config). With ``data_path`` every
+    checkpoint is scored on ``split`` of that file, whose feature dimensions must match.
+    """
+    from msakit.data.readers import check_feature_dims
+
+    run_dir = Path(run_dir)
+    sub_dirs = runs.checkpoint_dirs(run_dir)
+    config = load_saved_config(sub_dirs[0] / runs.CONFIG_FILE)
+    if data_path is not None:
+        config.data.path = str(data_path)
+        dataset = load_dataset(data_path, format="auto", dataset=config.data.dataset,
+                               nonfinite=config.data.nonfinite)
+        trained = runs.read_json(sub_dirs[0] / runs.DATA_FILE)["feature_dims"]
+        check_feature_dims(dataset, trained, config.data.modalities)
+        splits = {d: dataset.split(split) for d in sub_dirs}
+    else:
+        dataset, partitions = load_experiment_data(config)
+        by_name = {p.name: p for p in partitions}
+        splits = {d: by_name[d.name].test for d in sub_dirs}
+    device = resolve_device(config.train.device)
+    results = []
+    for sub in sub_dirs:
+        sub_config = load_saved_config(sub / runs.CONFIG_FILE)
+        model = create_model(sub_config.model, feature_dims(dataset, sub_config))
+        saved = torch.load(sub / runs.BEST_CHECKPOINT, map_location=device, weights_only=False)
+        model.load_checkpoint_state_dict(saved["model"])
+        model.to(device)
+        loader = loader_for(splits[sub], dataset, sub_config, train=False)
+        evaluation = evaluate_model(model, loader, dataset.name, device, keep_extras=True)
+        entry = {"run": str(sub.relative_to(run_dir)) if sub != run_dir else ".",
+                 "seed": sub_config.train.seed, "partition": sub.name,
+                 "test": evaluation.metrics, "test_losses": evaluation.losses}
+        evaluation_artifacts = getattr(model, "evaluation_artifacts", None)
+        if evaluation_artifacts is not None:
+            entry["artifacts"] = evaluation_artifacts(evaluation.extras)
+        results.append(entry)
+    summary = summarise(results)
+    report = {"data": str(data_path or config.data.path), "split": split, "runs": results,
+              "summary": summary}
+    runs.write_json(run_dir / "evaluation.json", report)
+    return report

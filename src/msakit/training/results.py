@@ -1,0 +1,88 @@
+"""Results tables: one row per training run, per-partition means, and mean ± sample std."""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.table import Table
+
+from msakit.training import runs
+
+#: Metrics shown as percentages in tables (accuracies and F1 scores).
+PERCENT_MARKERS = ("acc", "F1")
+
+
+def _is_percent(metric: str) -> bool:
+    return any(marker in metric for marker in PERCENT_MARKERS)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and *sample* standard deviation (ddof=1; 0.0 for a single value)."""
+    array = np.asarray(values, dtype=float)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """``{metric: {"mean", "std", "n"}}`` over all (seed, partition) runs."""
+    by_metric: dict[str, list[float]] = defaultdict(list)
+    for result in results:
+        for metric, value in result["test"].items():
+            by_metric[metric].append(value)
+    out = {}
+    for metric, values in by_metric.items():
+        mean, std = mean_std(values)
+        out[metric] = {"mean": mean, "std": std, "n": len(values)}
+    return out
+
+
+def format_value(metric: str, value: float, std: float | None = None) -> str:
+    scale = 100.0 if _is_percent(metric) else 1.0
+    digits = 2 if _is_percent(metric) else 4
+    text = f"{value * scale:.{digits}f}"
+    if std is not None:
+        text += f" ± {std * scale:.{digits}f}"
+    return text
+
+
+def results_table(title: str, results: list[dict[str, Any]], summary: dict) -> Table:
+    """A rich table: per-partition means over seeds, then the overall mean ± std."""
+    metrics = list(summary)
+    table = Table(title=title)
+    table.add_column("runs")
+    for metric in metrics:
+        table.add_column(metric + (" (%)" if _is_percent(metric) else ""), justify="right")
+    by_partition: dict[str, list[dict]] = defaultdict(list)
+    for result in results:
+        by_partition[result["partition"]].append(result)
+    if len(by_partition) > 1 or len(results) > 1:
+        for partition, group in by_partition.items():
+            cells = [format_value(m, *mean_std([r["test"][m] for r in group])) if len(group) > 1
+                     else format_value(m, group[0]["test"][m]) for m in metrics]
+            table.add_row(f"{partition} ({len(group)} seed{'s' * (len(group) > 1)})", *cells)
+    table.add_row(f"[bold]mean ± std (n={len(results)})",
+                  *[format_value(m, summary[m]["mean"], summary[m]["std"]) for m in metrics])
+    return table
+
+
+def write_results(run_dir: Path, model: str, results: list[dict[str, Any]], summary: dict) -> None:
+    """``results.csv`` (one row per run, then mean and std), ``results.md``, ``metrics.json``."""
+    metrics = list(summary)
+    with (run_dir / "results.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["seed", "partition", "best_epoch", *metrics])
+        for r in results:
+            writer.writerow([r["seed"], r["partition"], r.get("best_epoch", ""),
+                             *[r["test"][m] for m in metrics]])
+        writer.writerow(["mean", "", "", *[summary[m]["mean"] for m in metrics]])
+        writer.writerow(["std", "", "", *[summary[m]["std"] for m in metrics]])
+    header = "| model | runs | " + " | ".join(
+        m + (" (%)" if _is_percent(m) else "") for m in metrics) + " |"
+    lines = [header, "|" + "---|" * (len(metrics) + 2),
+             f"| {model} | {len(results)} | " + " | ".join(
+                 format_value(m, summary[m]["mean"], summary[m]["std"]) for m in metrics) + " |"]
+    (run_dir / "results.md").write_text("\n".join(lines) + "\n")
+    runs.write_json(run_dir / runs.METRICS_FILE, {"summary": summary, "runs": results})

@@ -1,0 +1,88 @@
+"""Run directories: one per experiment, never overwritten.
+
+Layout::
+
+    runs/<model>-<dataset>-<YYYYmmdd-HHMMSS>/
+        config.yaml          resolved experiment config
+        data.json            what the model was trained on (file, dims, extractor, partitions)
+        results.csv/.md      one row per (seed, partition) and mean ± std
+        metrics.json         aggregate metrics
+        seed<S>/<partition>/ one training run
+            config.yaml, data.json   copies, so the folder is self-contained
+            epochs.csv       per-epoch log (train/valid losses and metrics)
+            best.pt          selected checkpoint ({"model": state, "epoch": ..., ...})
+            last.pt          resumable state (model, optimiser, scheduler, RNG, counters)
+            metrics.json     test metrics of the selected checkpoint
+            predictions.csv  test predictions
+            artifacts.json   what the model exposes after training (e.g. generated labels)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "config.yaml"
+DATA_FILE = "data.json"
+BEST_CHECKPOINT = "best.pt"
+LAST_CHECKPOINT = "last.pt"
+METRICS_FILE = "metrics.json"
+
+
+def new_run_dir(output_dir: str | Path, model: str, dataset: str, name: str | None = None) -> Path:
+    """Create a fresh run directory; an existing one is never reused."""
+    root = Path(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    base = name or f"{model}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, n = root / base, 1
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = root / f"{base}-{n}"
+
+
+def sub_run_dir(run_dir: Path, seed: int, partition: str) -> Path:
+    return Path(run_dir) / f"seed{seed}" / partition
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return _clean(value.item())
+    if hasattr(value, "tolist"):
+        return _clean(value.tolist())
+    return value
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically (a crash never leaves half a file)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_clean(payload), indent=2))
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Training-run folders under ``run_dir`` (itself if it is one), in a stable order."""
+    run_dir = Path(run_dir)
+    if (run_dir / BEST_CHECKPOINT).exists():
+        return [run_dir]
+    found = sorted(p.parent for p in run_dir.glob(f"seed*/*/{BEST_CHECKPOINT}"))
+    if not found:
+        raise FileNotFoundError(f"{run_dir}: no trained checkpoint ({BEST_CHECKPOINT}) found")
+    return found

@@ -1,0 +1,79 @@
+"""The command line end to end: train, evaluate, results table, resume, models, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from msakit.cli import main
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def _only_run_dir(output_dir):
+    (run_dir,) = [p for p in output_dir.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def test_help_everywhere(runner):
+    for args in ([], ["train"], ["evaluate"], ["models"], ["data", "inspect"]):
+        result = runner.invoke(main, [*args, "--help"])
+        assert result.exit_code == 0, result.output
+        assert "Usage" in result.output
+
+
+def test_train_evaluate_and_resume_end_to_end(runner, mosi_word_aligned, tmp_path):
+    out = tmp_path / "runs"
+    result = runner.invoke(main, [
+        "train", "lf_dnn", "--data", str(mosi_word_aligned), "--folds", "2", "--seeds", "1", "2",
+        "--epochs", "1", "--output-dir", str(out), "--no-progress", "--set", "train.num_threads=2",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "mean ± std (n=4)" in result.output
+    run_dir = _only_run_dir(out)
+    trained = json.loads((run_dir / "metrics.json").read_text())
+
+    # evaluate reproduces each checkpoint's test metrics exactly
+    result = runner.invoke(main, ["evaluate", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    by_run = {(r["seed"], r["partition"]): r["test"] for r in trained["runs"]}
+    for entry in evaluation["runs"]:
+        assert entry["test"] == pytest.approx(by_run[(entry["seed"], entry["partition"])])
+
+    # resume of a run whose second seed was lost retrains only what is missing
+    shutil.rmtree(run_dir / "seed2")
+    (run_dir / "metrics.json").unlink()
+    before = (run_dir / "seed1" / "fold0" / "best.pt").stat().st_mtime_ns
+    result = runner.invoke(main, ["train", "lf_dnn", "--resume", str(run_dir), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert (run_dir / "seed1" / "fold0" / "best.pt").stat().st_mtime_ns == before
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    assert resumed["summary"] == pytest.approx(trained["summary"])
+
+
+def test_models_lists_registered_models_with_counts(runner):
+    result = runner.invoke(main, ["models"])
+    assert result.exit_code == 0, result.output
+    for name in ("misa", "lf_dnn"):
+        assert name in result.output
+
+
+def test_bad_override_is_a_clear_error(runner, mosi_word_aligned, tmp_path):
+    result = runner.invoke(main, ["train", "misa", "--data", str(mosi_word_aligned),
+                                  "--set", "train.learning_rate=1"])
+    assert result.exit_code != 0
+    assert "learning_rate" in result.output
+
+
+def test_one_split_file_without_folds_is_a_clear_error(runner, mosi_word_aligned, tmp_path):
+    result = runner.invoke(main, ["train", "lf_dnn", "--data", str(mosi_word_aligned),
+                                  "--output-dir", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "--folds" in result.output

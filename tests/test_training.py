@@ -1,0 +1,131 @@
+"""The generic trainer and experiment runner on the real 229 MOSI clips."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from msakit.config import ConfigError, build_config
+from msakit.metrics import compute_metrics
+from msakit.models import ModelOutput
+from msakit.training import run_experiment
+from msakit.training.experiment import load_experiment_data
+from msakit.training.trainer import weighted_loss
+
+
+def _config(model, pkl, tmp_path, *extra):
+    return build_config(model, [
+        f"data.path={pkl}", "data.folds=5", f"run.output_dir={tmp_path}",
+        "train.num_threads=2", *extra,
+    ])
+
+
+def _epochs(run_dir):
+    with (run_dir / "epochs.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_weighted_loss_sums_configured_terms_and_refuses_unweighted_ones():
+    output = ModelOutput(prediction=torch.zeros(2), losses={
+        "task": torch.tensor(2.0), "cmd": torch.tensor(4.0)})
+    total = weighted_loss(output, {"task": 1.0, "cmd": 0.25, "unused": 9.0}, "m")
+    assert total.item() == pytest.approx(3.0)
+    with pytest.raises(ConfigError, match="cmd"):
+        weighted_loss(output, {"task": 1.0}, "m")
+    output.losses["task"] = torch.tensor(float("nan"))
+    with pytest.raises(FloatingPointError, match="task"):
+        weighted_loss(output, {"task": 1.0, "cmd": 1.0}, "m")
+
+
+@pytest.mark.slow
+def test_misa_short_training_learns_and_beats_the_training_mean(mosi_word_aligned, tmp_path):
+    config = _config("misa", mosi_word_aligned, tmp_path, "train.epochs=4", "train.batch_size=16",
+                     "train.patience=null")
+    run_dir, _ = run_experiment(config, seeds=[1], progress=False)
+    sub = run_dir / "seed1" / "fold0"
+    rows = _epochs(sub)
+    assert len(rows) == 4
+    # every loss term of MISA is logged, finite, and the training loss goes down
+    for term in ("task", "cmd", "diff", "recon"):
+        values = [float(r[f"train_{term}"]) for r in rows]
+        assert all(np.isfinite(values)), term
+    assert float(rows[-1]["train_total"]) < float(rows[0]["train_total"])
+
+    # the selected checkpoint beats predicting the training mean on its validation part
+    _, partitions = load_experiment_data(config)
+    fold = partitions[0]
+    mean_mae = compute_metrics(np.full(len(fold.valid), fold.train.labels.mean()),
+                               fold.valid.labels)["MAE"]
+    selected = [r for r in rows if r["selected"] == "1"][-1]  # the checkpoint kept in best.pt
+    assert float(selected["valid_MAE"]) < mean_mae
+
+
+def test_same_seed_same_run(mosi_word_aligned, tmp_path):
+    config = _config("lf_dnn", mosi_word_aligned, tmp_path, "train.epochs=2", "data.folds=2")
+    first, _ = run_experiment(config, seeds=[3], progress=False)
+    second, _ = run_experiment(config, seeds=[3], progress=False)
+    assert first != second  # never the same folder
+    for fold in ("fold0", "fold1"):
+        a = (first / "seed3" / fold / "predictions.csv").read_text()
+        b = (second / "seed3" / fold / "predictions.csv").read_text()
+        assert a == b
+
+
+def test_resume_continues_an_interrupted_run_exactly(mosi_word_aligned, tmp_path, monkeypatch):
+    from msakit.models.lf_dnn import LFDNN
+
+    config = _config("lf_dnn", mosi_word_aligned, tmp_path, "train.epochs=3", "data.folds=2",
+                     "train.patience=null")
+    reference, _ = run_experiment(config, seeds=[1], progress=False)
+
+    class Interrupted(RuntimeError):
+        pass
+
+    original = LFDNN.on_epoch_end
+
+    def crash_in_epoch_two(self, epoch):
+        if epoch == 2:
+            raise Interrupted
+        original(self, epoch)
+
+    monkeypatch.setattr(LFDNN, "on_epoch_end", crash_in_epoch_two)
+    config.run.name = "interrupted"
+    with pytest.raises(Interrupted):
+        run_experiment(config, seeds=[1], progress=False)
+    monkeypatch.setattr(LFDNN, "on_epoch_end", original)
+    interrupted = tmp_path / "interrupted"
+    assert len(_epochs(interrupted / "seed1" / "fold0")) == 1
+    assert not (interrupted / "metrics.json").exists()
+
+    resumed, _ = run_experiment(config, resume_dir=interrupted, progress=False)
+    assert resumed == interrupted
+    for fold in ("fold0", "fold1"):
+        assert (resumed / "seed1" / fold / "predictions.csv").read_text() == \
+            (reference / "seed1" / fold / "predictions.csv").read_text()
+    summary = json.loads((resumed / "metrics.json").read_text())["summary"]
+    assert summary == json.loads((reference / "metrics.json").read_text())["summary"]
+
+
+def test_results_table_has_every_run_and_sample_std(mosi_word_aligned, tmp_path):
+    config = _config("lf_dnn", mosi_word_aligned, tmp_path, "train.epochs=1", "data.folds=2")
+    run_dir, summary = run_experiment(config, seeds=[1, 2], progress=False)
+    with (run_dir / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    runs_rows = [r for r in rows if r["seed"] not in ("mean", "std")]
+    assert {(r["seed"], r["partition"]) for r in runs_rows} == {
+        ("1", "fold0"), ("1", "fold1"), ("2", "fold0"), ("2", "fold1")}
+    maes = [float(r["MAE"]) for r in runs_rows]
+    assert summary["MAE"]["mean"] == pytest.approx(np.mean(maes))
+    assert summary["MAE"]["std"] == pytest.approx(np.std(maes, ddof=1))
+    assert summary["MAE"]["n"] == 4
+    assert "± " in (run_dir / "results.md").read_text()
+    for seed in (1, 2):
+        for fold in ("fold0", "fold1"):
+            sub = run_dir / f"seed{seed}" / fold
+            for name in ("config.yaml", "data.json", "epochs.csv", "best.pt", "last.pt",
+                         "metrics.json", "predictions.csv"):
+                assert (sub / name).exists(), sub / name

@@ -291,3 +291,63 @@ def test_create_model_through_the_registry():
     config = build_config("lrcmt", ["model.embed_dim=32"]).model
     model = create_model(config, FeatureDims(AUDIO_DIM, VISION_DIM))
     assert isinstance(model, LRCMT) and model.config.embed_dim == 32
+
+
+# -- with the trainer ---------------------------------------------------------------------------
+def test_optimiser_groups_adapters_with_the_main_learning_rate():
+    from msakit.training.trainer import build_parameter_groups
+
+    config = build_config("lrcmt")
+    model = create_model(config.model, FeatureDims(AUDIO_DIM, VISION_DIM))
+    groups = build_parameter_groups(model, config)
+    assert {g["name"].split("/")[0] for g in groups} == {"other"}
+    assert {g["lr"] for g in groups} == {config.train.lr}
+    grouped = {id(p) for g in groups for p in g["params"]}
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    assert lora and all(id(p) in grouped for p in lora)
+    assert len(grouped) == sum(1 for p in model.parameters() if p.requires_grad)
+
+    full = build_config("lrcmt", ["model.full_finetune=true"])
+    model = create_model(full.model, FeatureDims(AUDIO_DIM, VISION_DIM))
+    groups = {g["name"]: g for g in build_parameter_groups(model, full)}
+    lm_params = {id(p) for p in model.text_encoder.parameters()}
+    lm_groups = [g for name, g in groups.items() if name.startswith("language_model")]
+    assert {id(p) for g in lm_groups for p in g["params"]} == lm_params
+    assert {g["lr"] for g in lm_groups} == {full.train.lm_lr}
+
+
+@pytest.mark.slow
+def test_short_real_run_beats_the_training_mean(mosi_word_aligned, tmp_path):
+    """A few epochs on one grouped fold of the 229 clips; the frozen LM stays as loaded."""
+    import numpy as np
+
+    from msakit.metrics import compute_metrics
+    from msakit.training.experiment import feature_dims, load_experiment_data, loader_for
+    from msakit.training.trainer import Trainer, evaluate_model
+
+    config = build_config("lrcmt", [
+        f"data.path={mosi_word_aligned}", "data.folds=5", "train.epochs=4", "train.lr=1e-3",
+        "train.batch_size=16", "train.patience=null", "train.num_threads=2",
+        "model.embed_dim=32", "model.num_layers=1",
+    ])
+    dataset, partitions = load_experiment_data(config)
+    fold = partitions[0]
+    torch.manual_seed(1)
+    model = create_model(config.model, feature_dims(dataset, config))
+    base_before = lm_base_weights(model)
+    trainer = Trainer(config, tmp_path, dataset.name, progress=False)
+    trainer.fit(model, lambda epoch: loader_for(fold.train, dataset, config, train=True,
+                                                seed=epoch),
+                loader_for(fold.valid, dataset, config, train=False),
+                torch.as_tensor(fold.train.labels))
+    trainer.load_best(model)
+    assert all(torch.equal(v, lm_base_weights(model)[k]) for k, v in base_before.items())
+    # best.pt holds the adapter, fusion and head only
+    stored = torch.load(tmp_path / "best.pt", weights_only=True)["model"]
+    assert sum(v.numel() for v in stored.values()) == model.parameter_counts()["trainable"]
+
+    train_mean = float(fold.train.labels.mean())
+    for split in (fold.valid, fold.test):
+        result = evaluate_model(model, loader_for(split, dataset, config, train=False), "mosi")
+        floor = compute_metrics(np.full(len(split), train_mean), split.labels)["MAE"]
+        assert result.metrics["MAE"] < floor, (result.metrics["MAE"], floor)

@@ -12,7 +12,7 @@ from msakit.config import ConfigError, build_config
 from msakit.lm import load_tokenizer
 from msakit.models import create_model, list_models
 from msakit.models.base import FeatureDims
-from msakit.models.lrcmt import LRCMT, LRCMTConfig
+from msakit.models.lrcmt import FROZEN_CHECKSUM_KEY, LRCMT, LRCMTConfig
 from msakit.modules.lora import LoRAConfigError, LoRATextEncoder, count_parameters
 
 TEXTS = ["it was really good", "i did not like the ending at all", "okay"]
@@ -253,8 +253,9 @@ def test_adapter_only_checkpoint_round_trip_reproduces_predictions():
     assert not any("base_layer" in k or "embeddings" in k for k in state)
     assert sum("lora_" in k for k in state) == 24
     assert any(k.startswith("crossmodal.") for k in state) and any(k.startswith("head.") for k in state)
-    stored = sum(v.numel() for v in state.values())
+    stored = sum(v.numel() for k, v in state.items() if k != FROZEN_CHECKSUM_KEY)
     assert stored == trained.parameter_counts()["trainable"]
+    assert state[FROZEN_CHECKSUM_KEY].shape == (2,)
 
     fresh = build(seed=123)  # other random adapters/fusion, same pretrained LM
     fresh.load_checkpoint_state_dict(_roundtrip(state))
@@ -274,6 +275,18 @@ def test_checkpoint_mismatch_is_refused():
         build().load_checkpoint_state_dict(full_state)
     with pytest.raises(ValueError, match="LoRA"):
         build(fusion="separate").load_checkpoint_state_dict(lora_state)
+
+
+def test_lora_checkpoint_refuses_another_frozen_language_model():
+    state = build().checkpoint_state_dict()
+    other = build()
+    with torch.no_grad():  # stands for a different pretrained LM of the same architecture
+        other.text_encoder.language_model.embeddings.word_embeddings.weight[0] += 1.0
+    with pytest.raises(ValueError, match="other frozen language-model weights"):
+        other.load_checkpoint_state_dict(state)
+    del state[FROZEN_CHECKSUM_KEY]
+    with pytest.raises(ValueError, match=FROZEN_CHECKSUM_KEY):
+        build().load_checkpoint_state_dict(state)
 
 
 def test_full_finetune_checkpoint_round_trip():
@@ -327,7 +340,7 @@ def test_short_real_run_beats_the_training_mean(mosi_word_aligned, tmp_path):
 
     config = build_config("lrcmt", [
         f"data.path={mosi_word_aligned}", "data.folds=5", "train.epochs=4", "train.lr=1e-3",
-        "train.batch_size=16", "train.patience=null", "train.num_threads=2",
+        "train.batch_size=16", "train.patience=null", "train.num_threads=1",
         "model.embed_dim=32", "model.num_layers=1",
     ])
     dataset, partitions = load_experiment_data(config)
@@ -344,7 +357,8 @@ def test_short_real_run_beats_the_training_mean(mosi_word_aligned, tmp_path):
     assert all(torch.equal(v, lm_base_weights(model)[k]) for k, v in base_before.items())
     # best.pt holds the adapter, fusion and head only
     stored = torch.load(tmp_path / "best.pt", weights_only=True)["model"]
-    assert sum(v.numel() for v in stored.values()) == model.parameter_counts()["trainable"]
+    assert (sum(v.numel() for k, v in stored.items() if k != FROZEN_CHECKSUM_KEY)
+            == model.parameter_counts()["trainable"])
 
     train_mean = float(fold.train.labels.mean())
     for split in (fold.valid, fold.test):

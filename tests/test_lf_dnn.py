@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _word_aligned import load_clips, make_batch
+from _real_batches import real_batch
 from msakit.config import ConfigError, build_config
+from msakit.data import load_dataset
 from msakit.models import FeatureDims, list_models
 from msakit.models.lf_dnn import LFDNN, LFDNNConfig
 
@@ -14,8 +15,14 @@ DIMS = FeatureDims(audio=74, vision=47)
 
 
 @pytest.fixture(scope="module")
-def clips(mosi_word_aligned):
-    return load_clips(mosi_word_aligned)
+def mosi(mosi_word_aligned):
+    return load_dataset(mosi_word_aligned)
+
+
+@pytest.fixture(scope="module")
+def lf_dnn_model():
+    torch.manual_seed(0)
+    return LFDNN(LFDNNConfig(), DIMS)
 
 
 def test_registered_with_mmsa_defaults():
@@ -45,10 +52,9 @@ def test_missing_features_for_a_requested_modality_is_an_error():
         LFDNN(LFDNNConfig(), FeatureDims(audio=0, vision=47))
 
 
-def test_all_modalities_shapes_and_loss(clips):
-    torch.manual_seed(0)
-    model = LFDNN(LFDNNConfig(), DIMS).eval()
-    batch = make_batch(clips[:6])
+def test_all_modalities_shapes_and_loss(mosi, lf_dnn_model):
+    model = lf_dnn_model.eval()
+    batch = real_batch(mosi, range(6))
     with torch.no_grad():
         features = model.unimodal_features(batch)
         output = model(batch)
@@ -63,25 +69,29 @@ def test_all_modalities_shapes_and_loss(clips):
     )
 
 
-def test_padding_does_not_change_the_prediction(clips):
-    torch.manual_seed(0)
-    model = LFDNN(LFDNNConfig(), DIMS).eval()
+def test_padding_does_not_change_the_prediction(mosi, lf_dnn_model):
+    model = lf_dnn_model.eval()
     with torch.no_grad():
-        tight = model(make_batch(clips[:5])).prediction
-        padded = model(make_batch(clips[:5], extra_padding=4)).prediction
+        tight = model(real_batch(mosi, range(5))).prediction
+        padded = model(real_batch(mosi, range(5), extra_padding=4)).prediction
     assert torch.allclose(tight, padded, atol=1e-5)
 
 
-def test_batch_of_one_trains(clips):
-    torch.manual_seed(0)
-    model = LFDNN(LFDNNConfig(), DIMS).train()
-    output = model(make_batch(clips[:1]))
+def test_batch_of_one_trains(mosi, lf_dnn_model):
+    model = lf_dnn_model.train()
+    model.zero_grad()
+    running_mean = model.audio_subnet.norm.running_mean.clone()
+    output = model(real_batch(mosi, range(1)))
     output.losses["task"].backward()
     assert torch.isfinite(output.prediction).all()
+    # One sample is normalised with the running statistics, which it does not update.
+    assert torch.equal(model.audio_subnet.norm.running_mean, running_mean)
+    model.zero_grad()
+    model.eval()
 
 
 @pytest.mark.slow
-def test_text_only_needs_no_audio_or_vision_and_learns(clips):
+def test_text_only_needs_no_audio_or_vision_and_learns(mosi):
     torch.manual_seed(0)
     config = build_config(
         "lf_dnn", ["model.modalities=[text]", "model.text_dropout=0.0",
@@ -90,8 +100,9 @@ def test_text_only_needs_no_audio_or_vision_and_learns(clips):
     ).model
     model = LFDNN(config, FeatureDims(audio=0, vision=0))
     assert not hasattr(model, "audio_subnet") and not hasattr(model, "vision_subnet")
-    batch = make_batch(clips[:8], modalities=("text",))
-    assert "audio" not in batch and "vision" not in batch
+    batch = real_batch(mosi, range(8), modalities=("text",))
+    # Remove every audio/vision key: the text-only model must not read them.
+    batch = {k: v for k, v in batch.items() if not k.startswith(("audio", "vision"))}
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
     model.eval()
     with torch.no_grad():

@@ -96,6 +96,8 @@ def test_accepts_tensors_and_column_vectors():
     truth = torch.tensor([1.0, -2.0])
     m = compute_metrics(pred, truth)
     assert m["Non0_acc_2"] == 1.0
+    m = compute_metrics(pred.to(torch.bfloat16), truth.to(torch.float16))
+    assert m["Non0_acc_2"] == 1.0
 
 
 def test_bad_input_is_an_error():

@@ -24,6 +24,11 @@ def _config(model, pkl, tmp_path, *extra):
     ])
 
 
+def _fast_lf_dnn(pkl, tmp_path, *extra):
+    """LF-DNN with a frozen language model: the trainer's mechanics at a fraction of the cost."""
+    return _config("lf_dnn", pkl, tmp_path, "model.freeze_language_model=true", *extra)
+
+
 def _epochs(run_dir):
     with (run_dir / "epochs.csv").open() as handle:
         return list(csv.DictReader(handle))
@@ -65,7 +70,7 @@ def test_misa_short_training_learns_and_beats_the_training_mean(mosi_word_aligne
 
 
 def test_same_seed_same_run(mosi_word_aligned, tmp_path):
-    config = _config("lf_dnn", mosi_word_aligned, tmp_path, "train.epochs=2", "data.folds=2")
+    config = _fast_lf_dnn(mosi_word_aligned, tmp_path, "train.epochs=2", "data.folds=2")
     first, _ = run_experiment(config, seeds=[3], progress=False)
     second, _ = run_experiment(config, seeds=[3], progress=False)
     assert first != second  # never the same folder
@@ -78,7 +83,7 @@ def test_same_seed_same_run(mosi_word_aligned, tmp_path):
 def test_resume_continues_an_interrupted_run_exactly(mosi_word_aligned, tmp_path, monkeypatch):
     from msakit.models.lf_dnn import LFDNN
 
-    config = _config("lf_dnn", mosi_word_aligned, tmp_path, "train.epochs=3", "data.folds=2",
+    config = _fast_lf_dnn(mosi_word_aligned, tmp_path, "train.epochs=3", "data.folds=2",
                      "train.patience=null")
     reference, _ = run_experiment(config, seeds=[1], progress=False)
 
@@ -111,7 +116,7 @@ def test_resume_continues_an_interrupted_run_exactly(mosi_word_aligned, tmp_path
 
 
 def test_results_table_has_every_run_and_sample_std(mosi_word_aligned, tmp_path):
-    config = _config("lf_dnn", mosi_word_aligned, tmp_path, "train.epochs=1", "data.folds=2")
+    config = _fast_lf_dnn(mosi_word_aligned, tmp_path, "train.epochs=1", "data.folds=2")
     run_dir, summary = run_experiment(config, seeds=[1, 2], progress=False)
     with (run_dir / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))

@@ -8,6 +8,7 @@ from ``--set section.key=value`` overrides. Unknown keys are errors everywhere.
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -134,7 +135,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as err:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({err})") from err
+    if isinstance(value, str):
+        value = _yaml11_number(value)
     return parts, value
+
+
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def _yaml11_number(text: str) -> Any:
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string; users mean the number."""
+    if not _NUMBER.match(text.strip()):
+        return text
+    return float(text) if any(c in text for c in ".eE") else int(text)
 
 
 def deep_update(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

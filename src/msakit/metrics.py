@@ -36,6 +36,7 @@ import math
 from typing import Any
 
 import numpy as np
+import torch
 from sklearn.metrics import f1_score
 
 MOSI_STYLE = ("mosi", "mosei", "custom")
@@ -61,7 +62,10 @@ _HIGHER_IS_BETTER = set(MOSI_METRICS + SIMS_METRICS) - {"MAE"}
 def _as_float_array(values: Any, what: str) -> np.ndarray:
     """``values`` (tensor, array or sequence) as a 1-D floating NumPy array, dtype kept if float."""
     if hasattr(values, "detach"):  # torch tensor
-        values = values.detach().cpu().numpy()
+        values = values.detach().cpu()
+        if values.is_floating_point() and values.dtype not in (torch.float32, torch.float64):
+            values = values.float()  # NumPy has no bfloat16
+        values = values.numpy()
     array = np.asarray(values)
     if not np.issubdtype(array.dtype, np.floating):
         array = array.astype(np.float64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import click
@@ -13,7 +14,10 @@ from rich.table import Table
 
 from msakit.cli._options import MultiValueOption
 
-console = Console()
+
+def make_console() -> Console:
+    """Full-width tables also when the output is a file or a pipe (rich would use 80 columns)."""
+    return Console(width=None if sys.stdout.isatty() else 200)
 
 
 def _fail(message: str) -> None:
@@ -50,6 +54,7 @@ def train(model, data_path, config_file, overrides, folds, seeds, epochs, output
     from msakit.training import run_experiment
     from msakit.training.results import results_table
 
+    console = make_console()
     try:
         if resume_dir:
             config = None
@@ -98,6 +103,7 @@ def evaluate(run_dir, data_path, split):
     from msakit.training import evaluate_run
     from msakit.training.results import results_table
 
+    console = make_console()
     try:
         report = evaluate_run(run_dir, data_path=data_path, split=split)
     except (ConfigError, DataError, KeyError, ValueError, FileNotFoundError) as err:
@@ -118,6 +124,7 @@ def models(no_params, audio_dim, vision_dim):
     from msakit.config import build_config
     from msakit.models import FeatureDims, create_model, get_model_class, list_models
 
+    console = make_console()
     logging.getLogger("transformers").setLevel(logging.ERROR)
     table = Table(title=f"msakit models (parameters for audio {audio_dim}-d, vision {vision_dim}-d)")
     for column in ("name", "paper", "parameters", "trainable"):

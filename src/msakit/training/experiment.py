@@ -95,6 +95,7 @@ def _train_one(config: ExperimentConfig, dataset: MSADataset, partition: Partiti
         return runs.read_json(metrics_path)
     config = config.model_copy(deep=True)
     config.train.seed = seed
+    config.save(run_dir / runs.CONFIG_FILE)  # the sub-run's own seed, so it stands alone
     torch.manual_seed(seed)  # model initialisation depends on the seed alone
     model = create_model(config.model, feature_dims(dataset, config))
     trainer = Trainer(config, run_dir, dataset.name, progress=progress)
@@ -179,8 +180,7 @@ def run_experiment(
         for partition in partitions:
             sub = runs.sub_run_dir(run_dir, seed, partition.name)
             sub.mkdir(parents=True, exist_ok=True)
-            for name in (runs.CONFIG_FILE, runs.DATA_FILE):
-                shutil.copyfile(run_dir / name, sub / name)
+            shutil.copyfile(run_dir / runs.DATA_FILE, sub / runs.DATA_FILE)
             result = _train_one(config, dataset, partition, seed, sub,
                                 resume=resume_dir is not None, progress=progress,
                                 transform=transform)
@@ -228,7 +228,7 @@ def evaluate_run(
     for sub in sub_dirs:
         sub_config = load_saved_config(sub / runs.CONFIG_FILE)
         model = create_model(sub_config.model, feature_dims(dataset, sub_config))
-        saved = torch.load(sub / runs.BEST_CHECKPOINT, map_location=device, weights_only=False)
+        saved = runs.load_checkpoint(sub / runs.BEST_CHECKPOINT, device)
         model.load_checkpoint_state_dict(saved["model"])
         model.to(device)
         loader = loader_for(splits[sub], dataset, sub_config, train=False)

@@ -77,6 +77,27 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def load_checkpoint(path: Path, device: str | "torch.device" = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with torch's restricted unpickler (``weights_only=True``).
+
+    A file that would need arbitrary code to load (a hostile or foreign pickle) is refused
+    with an error naming it; nothing in it runs.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path}: refused to load: not a plain msakit checkpoint (tensors, numbers, "
+            f"strings and containers only); {str(err).splitlines()[0]}"
+        ) from err
+    except (EOFError, RuntimeError) as err:
+        raise ValueError(f"{path}: unreadable checkpoint (truncated or corrupt): {err}") from err
+
+
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
     """Training-run folders under ``run_dir`` (itself if it is one), in a stable order."""
     run_dir = Path(run_dir)

@@ -279,7 +279,7 @@ class Trainer:
                  "epoch_seconds": []}
         last_path = self.run_dir / runs.LAST_CHECKPOINT
         if resume and last_path.exists():
-            saved = torch.load(last_path, map_location=self.device, weights_only=False)
+            saved = runs.load_checkpoint(last_path, self.device)
             model.load_checkpoint_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             if scheduler is not None and saved.get("scheduler"):
@@ -365,7 +365,6 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def load_best(self, model: MSAModel) -> MSAModel:
-        saved = torch.load(self.run_dir / runs.BEST_CHECKPOINT, map_location=self.device,
-                           weights_only=False)
+        saved = runs.load_checkpoint(self.run_dir / runs.BEST_CHECKPOINT, self.device)
         model.load_checkpoint_state_dict(saved["model"])
         return model.to(self.device)

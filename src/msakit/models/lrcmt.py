@@ -158,7 +158,7 @@ class LRCMT(MSAModel):
     """
 
     name = "lrcmt"
-    paper = "Sun, Che & Gao, A low-rank cross-modal Transformer for MSA, CES 2024"
+    paper = "Sun, Che & Gao. A low-rank cross-modal Transformer for MSA (LRCMT). CES 2024"
     config_class = LRCMTConfig
 
     def __init__(self, config: LRCMTConfig, dims: FeatureDims):

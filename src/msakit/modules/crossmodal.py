@@ -3,7 +3,7 @@
 One module serves three uses:
 
 * cross-modal attention ``source -> target``: queries from the target sequence, keys and values
-  from the source sequence (MulT's crossmodal transformer, Sec. 3.2 / Fig. 3 of the paper);
+  from the source sequence (MulT's crossmodal transformer);
 * self-attention memory (``x_key=None``), as MulT and DMD use after concatenating streams;
 * any later model that needs cross-modal attention (e.g. LRCMT).
 
@@ -28,6 +28,7 @@ steps whose first feature is exactly 0, a heuristic we do not copy).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +79,9 @@ class CrossModalTransformerLayer(nn.Module):
         self.attention = nn.MultiheadAttention(
             embed_dim, num_heads, dropout=attn_dropout, batch_first=True
         )
+        # PyTorch already gives in_proj Xavier and zero biases; the official code also gives
+        # the output projection Xavier weights.
+        nn.init.xavier_uniform_(self.attention.out_proj.weight)
         self.attention_norm = nn.LayerNorm(embed_dim)  # shared by queries and keys (official)
         self.ffn_norm = nn.LayerNorm(embed_dim)
         self.fc1 = _xavier_linear(embed_dim, 4 * embed_dim)
@@ -144,7 +148,9 @@ class CrossModalTransformerEncoder(nn.Module):
         self.use_future_mask = attn_mask
         self.embed_dropout = nn.Dropout(embed_dropout)
         self.layers = nn.ModuleList(
-            CrossModalTransformerLayer(embed_dim, num_heads, attn_dropout, relu_dropout, res_dropout)
+            CrossModalTransformerLayer(
+                embed_dim, num_heads, attn_dropout, relu_dropout, res_dropout
+            )
             for _ in range(num_layers)
         )
         self.final_norm = nn.LayerNorm(embed_dim)
@@ -191,3 +197,159 @@ class CrossModalTransformerEncoder(nn.Module):
             raise ValueError(
                 f"{name} must have shape (B, L, {self.embed_dim}), got {tuple(tensor.shape)}"
             )
+
+
+# --------------------------------------------------------------------------------------------
+# Sequence helpers shared by MulT-style models (temporal projection, padding, read-out)
+# --------------------------------------------------------------------------------------------
+
+def padding_mask_from_lengths(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
+    """``(B,)`` true lengths -> ``(B, max_length)`` bool, True at padded steps."""
+    steps = torch.arange(max_length, device=lengths.device)
+    return steps.unsqueeze(0) >= lengths.unsqueeze(1)
+
+
+def last_valid_step(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The state at each sample's last real step: ``(B, L, D)``, ``(B,)`` -> ``(B, D)``."""
+    index = (lengths.clamp(min=1, max=x.shape[1]) - 1).long()
+    return x[torch.arange(x.shape[0], device=x.device), index]
+
+
+def fit_length(x: torch.Tensor, lengths: torch.Tensor, length: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad or truncate ``(B, L, D)`` along time to exactly ``length`` steps.
+
+    Returns the fitted ``(B, length, D)`` tensor (steps beyond each sample's true length set to
+    zero) and the lengths clamped to ``length``. Models whose heads flatten a fixed number of
+    steps (DMD) need this; truncation keeps the first ``length`` steps.
+    """
+    steps = x.shape[1]
+    if steps >= length:
+        x = x[:, :length]
+    else:
+        x = F.pad(x, (0, 0, 0, length - steps))
+    lengths = lengths.clamp(max=length)
+    keep = ~padding_mask_from_lengths(lengths, length)
+    return x * keep.unsqueeze(-1).to(x.dtype), lengths
+
+
+class TemporalConvProjection(nn.Module):
+    """MulT/DMD's input projection: ``Conv1d(D_in -> d, kernel, no padding, no bias)`` over time.
+
+    Without padding the sequence shrinks by ``kernel - 1`` steps; an output step counts as real
+    when its window starts at a real input step, so new lengths are ``min(L_i, L - k + 1)``.
+    With zero-padded inputs and no bias, padded outputs past a window that sees only padding
+    stay exactly zero.
+
+    Shapes: ``x (B, L, D_in)``, ``lengths (B,)`` -> ``(B, L - k + 1, d)``, ``(B,)``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, kernel_size: int = 1):
+        super().__init__()
+        if kernel_size < 1:
+            raise ValueError(f"kernel_size must be >= 1, got {kernel_size}")
+        self.kernel_size = kernel_size
+        self.conv = nn.Conv1d(in_features, out_features, kernel_size, padding=0, bias=False)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.dim() != 3 or x.shape[-1] != self.conv.in_channels:
+            raise ValueError(
+                f"expected input of shape (B, L, {self.conv.in_channels}), got {tuple(x.shape)}"
+            )
+        if x.shape[1] < self.kernel_size:
+            raise ValueError(
+                f"sequence of {x.shape[1]} steps is shorter than the conv kernel "
+                f"{self.kernel_size}; pad the inputs to at least {self.kernel_size} steps"
+            )
+        out = self.conv(x.transpose(1, 2)).transpose(1, 2)
+        return out, lengths.clamp(max=out.shape[1])
+
+
+class CrossModalFusion(nn.Module):
+    """MulT's fusion: every ordered pair ``source -> target`` of modalities gets a cross-modal
+    encoder; per target, the streams from all other sources are concatenated along features and
+    passed through a self-attention "memory" encoder; the target's read-out step is returned.
+
+    As the official code: the attention dropout of ``source -> target`` is the *source*
+    modality's, the memory encoders use ``memory_attn_dropout`` (official: the text value), and
+    the read-out is a single time step (``readout="last_position"``: the final, possibly padded
+    step as the official code; ``"last_valid"``: each sample's last real step).
+
+    Args:
+        modalities: names, in the order used to concatenate streams (official ``l, a, v``).
+        embed_dim: ``d``; each target's memory works at ``(M - 1) d``.
+        attn_dropout: per *source* modality name.
+
+    Shapes:
+        ``sequences[m] (B, L_m, d)``, ``lengths[m] (B,)`` -> ``{target: (B, (M - 1) d)}``;
+        with ``return_sequences=True`` also ``{target: (B, L_target, (M - 1) d)}``.
+    """
+
+    def __init__(
+        self,
+        modalities: Sequence[str],
+        embed_dim: int,
+        num_heads: int,
+        num_layers: int,
+        memory_layers: int,
+        attn_dropout: dict[str, float],
+        memory_attn_dropout: float = 0.0,
+        relu_dropout: float = 0.0,
+        res_dropout: float = 0.0,
+        embed_dropout: float = 0.0,
+        attn_mask: bool = False,
+        readout: str = "last_valid",
+    ):
+        super().__init__()
+        self.modalities = tuple(modalities)
+        if len(self.modalities) < 2:
+            raise ValueError("cross-modal fusion needs at least two modalities")
+        if readout not in ("last_valid", "last_position"):
+            raise ValueError(f"readout must be 'last_valid' or 'last_position', got {readout!r}")
+        missing = [m for m in self.modalities if m not in attn_dropout]
+        if missing:
+            raise ValueError(f"attn_dropout has no value for source modality(ies) {missing}")
+        self.readout = readout
+        shared = dict(relu_dropout=relu_dropout, res_dropout=res_dropout,
+                      embed_dropout=embed_dropout, attn_mask=attn_mask)
+        self.streams = nn.ModuleDict()
+        self.memories = nn.ModuleDict()
+        for target in self.modalities:
+            for source in self.sources(target):
+                self.streams[f"{source}_to_{target}"] = CrossModalTransformerEncoder(
+                    embed_dim, num_heads, num_layers, attn_dropout=attn_dropout[source], **shared
+                )
+            self.memories[target] = CrossModalTransformerEncoder(
+                (len(self.modalities) - 1) * embed_dim, num_heads, memory_layers,
+                attn_dropout=memory_attn_dropout, **shared,
+            )
+
+    def sources(self, target: str) -> list[str]:
+        return [m for m in self.modalities if m != target]
+
+    def forward(
+        self,
+        sequences: dict[str, torch.Tensor],
+        lengths: dict[str, torch.Tensor],
+        return_sequences: bool = False,
+    ):
+        masks = {
+            m: padding_mask_from_lengths(lengths[m], sequences[m].shape[1]) for m in self.modalities
+        }
+        pooled, full = {}, {}
+        for target in self.modalities:
+            streams = [
+                self.streams[f"{source}_to_{target}"](
+                    sequences[target], sequences[source], key_padding_mask=masks[source]
+                )
+                for source in self.sources(target)
+            ]
+            memory = self.memories[target](
+                torch.cat(streams, dim=-1), key_padding_mask=masks[target]
+            )
+            full[target] = memory
+            pooled[target] = (
+                memory[:, -1] if self.readout == "last_position"
+                else last_valid_step(memory, lengths[target])
+            )
+        return (pooled, full) if return_sequences else pooled

@@ -1,8 +1,9 @@
 """LRCMT, LoRA vs full fine-tuning: parameters, checkpoint size and cost of one training epoch.
 
-    PYTHONPATH=src python benchmarks/lrcmt_lora_vs_full.py --data ../shared/data/mosi/word_aligned_valid.pkl --folds 5
-    PYTHONPATH=src python benchmarks/lrcmt_lora_vs_full.py --data ../shared/data/mosi          # text split
-    PYTHONPATH=src python benchmarks/lrcmt_lora_vs_full.py --bert-base                        # counts only
+    python benchmarks/lrcmt_lora_vs_full.py \
+        --data ../shared/data/mosi/word_aligned_valid.pkl --folds 5    # 229 clips, fold 0
+    python benchmarks/lrcmt_lora_vs_full.py --data ../shared/data/mosi  # text split
+    python benchmarks/lrcmt_lora_vs_full.py --bert-base                 # counts only
 
 One epoch on the training part of the first partition, batch size and learning rates from
 ``configs/lrcmt.yaml``. Both wall-clock and process CPU seconds are printed: on a shared machine

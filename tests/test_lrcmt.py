@@ -31,7 +31,8 @@ def make_batch(audio_dim: int = AUDIO_DIM, vision_dim: int = VISION_DIM, seed: i
         "index": torch.arange(3),
         "ids": ["a$_$1", "b$_$2", "c$_$3"],
     }
-    for modality, dim, lengths in (("audio", audio_dim, [5, 3, 1]), ("vision", vision_dim, [2, 6, 4])):
+    for modality, dim, lengths in (("audio", audio_dim, [5, 3, 1]),
+                                   ("vision", vision_dim, [2, 6, 4])):
         if dim == 0:
             continue
         steps = max(lengths)
@@ -119,7 +120,8 @@ def test_padding_does_not_change_predictions():
     batch = make_batch()
     padded = dict(batch)
     for modality in ("audio", "vision"):
-        padded[modality] = torch.cat([batch[modality], torch.randn(3, 4, batch[modality].shape[-1])], 1)
+        noise = torch.randn(3, 4, batch[modality].shape[-1])
+        padded[modality] = torch.cat([batch[modality], noise], 1)
         padded[f"{modality}_mask"] = torch.cat([batch[f"{modality}_mask"],
                                                 torch.zeros(3, 4, dtype=torch.bool)], 1)
     with torch.no_grad():
@@ -252,7 +254,8 @@ def test_adapter_only_checkpoint_round_trip_reproduces_predictions():
     # No frozen LM weight is stored; every adapter, the fusion module and the head are.
     assert not any("base_layer" in k or "embeddings" in k for k in state)
     assert sum("lora_" in k for k in state) == 24
-    assert any(k.startswith("crossmodal.") for k in state) and any(k.startswith("head.") for k in state)
+    assert any(k.startswith("crossmodal.") for k in state)
+    assert any(k.startswith("head.") for k in state)
     stored = sum(v.numel() for k, v in state.items() if k != FROZEN_CHECKSUM_KEY)
     assert stored == trained.parameter_counts()["trainable"]
     assert state[FROZEN_CHECKSUM_KEY].shape == (2,)

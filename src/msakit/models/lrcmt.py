@@ -309,8 +309,8 @@ class LRCMT(MSAModel):
 
         A LoRA checkpoint must hold exactly the non-frozen weights and the checksum of the frozen
         LM it was trained on; the frozen LM keeps the pretrained weights it was built with, and a
-        checksum mismatch (another LM) is an error. A full state dict (e.g. from a full fine-tune) is
-        refused for a LoRA model and vice versa, naming the first offending keys.
+        checksum mismatch (another LM) is an error. A full state dict (e.g. from a full
+        fine-tune) is refused for a LoRA model and vice versa, naming the first offending keys.
         """
         state = dict(state)
         frozen = self._frozen_keys

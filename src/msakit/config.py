@@ -1,7 +1,8 @@
 """Typed, validated experiment configuration.
 
-An experiment config has four sections: ``model`` (the model's own typed config, a subclass of
-:class:`ModelConfig` declared in the model's file), ``data``, ``train`` and ``run``. Defaults
+An experiment config has five sections: ``model`` (the model's own typed config, a subclass of
+:class:`ModelConfig` declared in the model's file), ``data``, ``train``, ``augment`` (training-time
+augmentation, :mod:`msakit.augment`) and ``run``. Defaults
 come from the pydantic classes, then from the model's file ``msakit/configs/<model>.yaml``, then
 from ``--set section.key=value`` overrides. Unknown keys are errors everywhere.
 """
@@ -15,6 +16,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
+
+from msakit.augment import AugmentConfig
 
 DEFAULT_LANGUAGE_MODEL = "all-MiniLM-L6-v2"
 
@@ -96,6 +99,7 @@ class ExperimentConfig(StrictModel):
     model: SerializeAsAny[ModelConfig]
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
+    augment: AugmentConfig = AugmentConfig()
     run: RunConfig = RunConfig()
 
     @model_validator(mode="after")
@@ -193,10 +197,11 @@ def build_config(
     given_name = model_tree.setdefault("name", model_name)
     if given_name != model_name:
         raise ConfigError(f"config names model {given_name!r} but {model_name!r} was asked for")
-    unknown = set(tree) - {"data", "train", "run"}
+    unknown = set(tree) - {"data", "train", "augment", "run"}
     if unknown:
         raise ConfigError(
-            f"unknown config section(s) {sorted(unknown)}; sections are model, data, train, run"
+            f"unknown config section(s) {sorted(unknown)}; sections are model, data, train, "
+            "augment, run"
         )
     try:
         model_config = model_cls.config_class(**model_tree)

@@ -42,11 +42,15 @@ def load_language_model(name_or_path: str):
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # silence "weights not used" notes for pooler heads
+    hf_logging.disable_progress_bar()  # one bar per fold and seed is noise
     try:
         return AutoModel.from_pretrained(resolve_language_model(name_or_path))
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def is_local_path(name_or_path: str) -> bool:

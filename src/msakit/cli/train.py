@@ -70,25 +70,15 @@ def train(model, data_path, config_file, overrides, folds, seeds, epochs, output
             if output_dir:
                 extra.append(f"run.output_dir={json.dumps(str(output_dir))}")
             config = build_config(model, extra, base=base)
-        transform_factory = _augmentation_factory()
         run_dir, summary = run_experiment(
             config, seeds=list(seeds) if seeds else None, resume_dir=resume_dir,
-            progress=not no_progress, console=console, transform_factory=transform_factory,
+            progress=not no_progress, console=console,
         )
     except (ConfigError, DataError, KeyError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
     results = json.loads((run_dir / "metrics.json").read_text())["runs"]
     console.print(results_table(f"{model}: test metrics ({run_dir})", results, summary))
     console.print(f"results: {run_dir / 'results.md'}")
-
-
-def _augmentation_factory():
-    """Training-time augmentation, when the augmentation module is installed (issue #4)."""
-    try:
-        from msakit.augment import transform_from_config
-    except ImportError:
-        return None
-    return transform_from_config
 
 
 @click.command()

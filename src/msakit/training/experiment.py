@@ -148,7 +148,8 @@ def run_experiment(
         seeds: seeds to run (default: ``[config.train.seed]``).
         resume_dir: an interrupted run folder to continue: finished training runs are kept,
             the interrupted one continues from its ``last.pt``, missing ones are trained.
-        transform_factory: ``config -> transform | None`` for training-time augmentation.
+        transform_factory: ``config -> transform | None`` for training-time augmentation;
+            default: :func:`msakit.augment.transform_from_config` (the ``augment`` section).
     """
     console = console or Console()
     if resume_dir is not None:
@@ -169,7 +170,9 @@ def run_experiment(
         config.save(run_dir / runs.CONFIG_FILE)
         runs.write_json(run_dir / runs.DATA_FILE, data_record(dataset, partitions, config))
         runs.write_json(run_dir / "experiment.json", {"seeds": seeds})
-    transform = transform_factory(config) if transform_factory else None
+    if transform_factory is None:
+        from msakit.augment import transform_from_config as transform_factory
+    transform = transform_factory(config)
     if dataset.replaced_nonfinite:
         console.print(f"[yellow]replaced non-finite feature values with 0: "
                       f"{dataset.replaced_nonfinite}")

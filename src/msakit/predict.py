@@ -1,0 +1,320 @@
+"""``msakit predict``: sentiment of new clips with a trained run.
+
+The clips' features are computed with the extractor config recorded in the run's ``data.json``
+(``extractor``, copied from the training pickle that ``msakit extract`` wrote), normalised with
+the training statistics recorded there, then fed to every selected checkpoint of the run.
+A run trained on features msakit cannot compute (MMSA's COVAREP/Facet/OpenFace pickles,
+CMU-SDK pickles: ``extractor`` is null) is refused: its model expects inputs that new clips
+cannot be given.
+
+Run folder (written by :mod:`msakit.training`): ``config.yaml`` and ``data.json`` at the top,
+checkpoints ``seed<S>/<partition>/best.pt`` (``{"model": state_dict, ...}``), or a single
+training folder holding ``best.pt`` itself. With several checkpoints (seeds x folds), the
+prediction is their mean and the spread is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from msakit.extract.config import TOOL_NAME, ExtractorConfig
+
+CONFIG_FILE = "config.yaml"
+DATA_FILE = "data.json"
+BEST_CHECKPOINT = "best.pt"
+
+#: 7-class labels of the rounded score on MOSI/MOSEI's [-3, 3] scale.
+SEVEN_CLASSES = {
+    -3: "strongly negative", -2: "negative", -1: "weakly negative", 0: "neutral",
+    1: "weakly positive", 2: "positive", 3: "strongly positive",
+}
+
+
+class RunIncompatibleError(ValueError):
+    """The run cannot predict from raw clips; the message says why and what to do."""
+
+
+@dataclass
+class TrainedRun:
+    """A run folder ready to predict.
+
+    Attributes:
+        checkpoints: training folders whose ``best.pt`` is used.
+        extractor: the :class:`ExtractorConfig` the training features were made with.
+        normalization: the training statistics recorded with them (or ``None``).
+        label_range: the dataset family's label range (``(-3, 3)`` for MOSI-like data).
+    """
+
+    run_dir: Path
+    config: Any
+    data_info: dict
+    extractor: ExtractorConfig
+    normalization: dict | None
+    checkpoints: list[Path]
+    label_range: tuple[float, float]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ClipPrediction:
+    """Prediction for one clip.
+
+    Attributes:
+        score: mean over checkpoints of the model's sentiment prediction.
+        score_std: spread over checkpoints (0 with one checkpoint).
+        polarity: ``positive`` (score > 0), ``negative`` (< 0) or ``neutral``.
+        class7: the rounded score on the [-3, 3] scale and its name.
+        contributions: the model's per-sample extras (gates, unimodal predictions), averaged
+            over checkpoints, as nested lists of floats.
+    """
+
+    clip: str
+    text: str
+    text_source: str
+    score: float
+    score_std: float
+    polarity: str
+    class7: int
+    class7_name: str
+    contributions: dict[str, Any]
+    checkpoints: int
+    info: dict
+    warnings: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunIncompatibleError(f"{path}: missing; is {path.parent} a run folder written by "
+                                   "`msakit train`?") from None
+    except ValueError as err:
+        raise RunIncompatibleError(f"{path}: not valid JSON ({err})") from None
+
+
+def find_checkpoints(run_dir: Path, checkpoint: str | None = None) -> list[Path]:
+    """Training folders holding ``best.pt``: ``run_dir`` itself, ``run_dir/<checkpoint>``, or
+    every ``run_dir/seed*/*``."""
+    if checkpoint:
+        chosen = run_dir / checkpoint
+        if not (chosen / BEST_CHECKPOINT).is_file():
+            raise RunIncompatibleError(f"{chosen}: no {BEST_CHECKPOINT} there")
+        return [chosen]
+    if (run_dir / BEST_CHECKPOINT).is_file():
+        return [run_dir]
+    found = sorted(p.parent for p in run_dir.glob(f"seed*/*/{BEST_CHECKPOINT}"))
+    if not found:
+        raise RunIncompatibleError(
+            f"{run_dir}: no trained checkpoint ({BEST_CHECKPOINT} here or in seed*/<partition>/)"
+        )
+    return found
+
+
+def load_trained_run(run_dir: str | Path, checkpoint: str | None = None) -> TrainedRun:
+    """Read a run folder and check it can predict from raw clips.
+
+    Raises:
+        RunIncompatibleError: not a run folder, or trained on features msakit cannot compute.
+    """
+    from msakit.config import ConfigError, load_saved_config
+    from msakit.data.dataset import LABEL_RANGES
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunIncompatibleError(f"{run_dir}: no such run folder")
+    checkpoints = find_checkpoints(run_dir, checkpoint)
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.is_file():
+        config_path = checkpoints[0] / CONFIG_FILE
+    data_path = run_dir / DATA_FILE
+    if not data_path.is_file():
+        data_path = checkpoints[0] / DATA_FILE
+    try:
+        config = load_saved_config(config_path)
+    except (ConfigError, FileNotFoundError, KeyError) as err:
+        raise RunIncompatibleError(f"{config_path}: cannot load the run's config: {err}") from err
+    data_info = _read_json(data_path)
+    record = data_info.get("extractor")
+    source = data_info.get("source", "?")
+    if record is None:
+        raise RunIncompatibleError(
+            f"{run_dir} was trained on {source}, whose features were not computed by "
+            "`msakit extract` (e.g. MMSA/CMU-SDK pickles with COVAREP, Facet or OpenFace "
+            "features). msakit cannot compute those features for new clips, and a model fed "
+            "any other features would output meaningless scores. To predict from raw clips, "
+            "extract your training clips with `msakit extract FOLDER -o train.pkl`, train on "
+            "that pickle, and predict with the new run."
+        )
+    if not isinstance(record, dict) or record.get("tool") != TOOL_NAME:
+        tool = record.get("tool") if isinstance(record, dict) else type(record).__name__
+        raise RunIncompatibleError(
+            f"{run_dir}: its training features come from extractor {tool!r}, not from "
+            f"{TOOL_NAME!r}; msakit predict can only recompute features it made itself"
+        )
+    try:
+        extractor = ExtractorConfig.model_validate(record.get("config", {}))
+    except ValueError as err:
+        raise RunIncompatibleError(
+            f"{run_dir}: the recorded extractor config is not one this msakit can reproduce "
+            f"({err}); re-extract the training data and retrain"
+        ) from err
+    trained_dims = data_info.get("feature_dims") or {}
+    recorded_dims = record.get("feature_dims") or {}
+    for modality in ("audio", "vision"):
+        used = int(trained_dims.get(modality, 0) or 0)
+        if used and recorded_dims.get(modality) not in (None, used):
+            raise RunIncompatibleError(
+                f"{run_dir}: the model takes {used}-d {modality} features but its extractor "
+                f"record says {recorded_dims.get(modality)}-d; the run folder is inconsistent"
+            )
+    notes = []
+    from msakit.extract.writer import library_versions
+
+    now = library_versions()
+    for name, version in (record.get("library_versions") or {}).items():
+        if name != "msakit" and version and now.get(name) and now[name] != version:
+            notes.append(f"{name} is {now[name]} here but the training features were made with "
+                         f"{version}; features may differ slightly")
+    label_range = LABEL_RANGES.get(data_info.get("dataset", "custom"), LABEL_RANGES["custom"])
+    return TrainedRun(run_dir=run_dir, config=config, data_info=data_info, extractor=extractor,
+                      normalization=record.get("normalization"), checkpoints=checkpoints,
+                      label_range=tuple(label_range), notes=notes)
+
+
+def polarity_of(score: float) -> str:
+    return "positive" if score > 0 else "negative" if score < 0 else "neutral"
+
+
+def seven_class(score: float, label_range: tuple[float, float]) -> int:
+    """Rounded score on the [-3, 3] scale (labels in [-1, 1], e.g. SIMS, are scaled by 3)."""
+    high = max(abs(label_range[0]), abs(label_range[1]))
+    return int(np.clip(np.round(score * 3.0 / high), -3, 3))
+
+
+def predict_clips(
+    clips: Sequence[str | Path],
+    run: TrainedRun | str | Path,
+    texts: Sequence[str | None] | None = None,
+    asr: bool | None = None,
+    strict: bool = False,
+    device: str = "cpu",
+) -> list[ClipPrediction]:
+    """Predict the sentiment of media files with a trained run.
+
+    Args:
+        clips: media files (video or audio).
+        run: a :class:`TrainedRun` or a run folder.
+        texts: one transcript per clip (``None`` entries: ``<clip>.txt`` beside it, then ASR).
+        asr: transcribe clips without a transcript (default: as the training extraction did).
+        strict: refuse clips without a video track or a face instead of warning.
+
+    Raises:
+        RunIncompatibleError, ExtractionError: with the reason, naming the run or clip.
+    """
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from msakit.data import Split, make_loader
+    from msakit.extract.features import ClipFeatureExtractor, finalize_clip
+    from msakit.lm import load_tokenizer
+    from msakit.models import FeatureDims, create_model
+    from msakit.training.runs import load_checkpoint
+
+    hf_logging.disable_progress_bar()  # a weight-loading bar per checkpoint is noise here
+    if not isinstance(run, TrainedRun):
+        run = load_trained_run(run)
+    clips = [Path(c) for c in clips]
+    if not clips:
+        raise ValueError("no clip given")
+    texts = list(texts) if texts is not None else [None] * len(clips)
+    if len(texts) != len(clips):
+        raise ValueError(f"{len(texts)} transcript(s) for {len(clips)} clip(s): give one --text "
+                         "per clip, in order, or none")
+    config = run.config
+    modalities = list(config.data.modalities)
+    extractor_config = run.extractor
+    if asr is not None:
+        extractor_config = extractor_config.model_copy(
+            update={"text": extractor_config.text.model_copy(update={"asr": asr})})
+    extractor = ClipFeatureExtractor(extractor_config, strict=strict)
+
+    extracted = []
+    for clip, text in zip(clips, texts):
+        features = extractor.extract(clip, text, "given", where=str(clip),
+                                     require_text="text" in modalities)
+        audio, vision = finalize_clip(features.audio, features.vision, run.extractor,
+                                      run.normalization)
+        for modality, values in (("audio", audio), ("vision", vision)):
+            expected = int((run.data_info.get("feature_dims") or {}).get(modality, 0) or 0)
+            if expected and values.shape[1] != expected:
+                raise RunIncompatibleError(
+                    f"{clip}: this installation computes {values.shape[1]}-d {modality} "
+                    f"features with the run's extractor config, but the model takes "
+                    f"{expected}-d ones (library versions at training: "
+                    f"{run.data_info['extractor'].get('library_versions')}); install those "
+                    "versions or re-extract and retrain"
+                )
+        extracted.append((features, audio, vision))
+
+    split = Split(
+        ids=[f"predict$_${c.stem}" for c in clips],
+        video_ids=["predict"] * len(clips),
+        texts=[f.text or "." for f, _, _ in extracted],
+        labels=np.zeros(len(clips), dtype=np.float32),
+        audio=[a for _, a, _ in extracted],
+        vision=[v for _, _, v in extracted],
+    )
+    dims = run.data_info.get("feature_dims") or {}
+    feature_dims = FeatureDims(audio=int(dims.get("audio", 0) or 0),
+                               vision=int(dims.get("vision", 0) or 0))
+    loader = make_loader(split, load_tokenizer(config.model.language_model),
+                         batch_size=len(clips), shuffle=False,
+                         max_text_tokens=config.data.max_text_tokens, modalities=modalities)
+    batch = next(iter(loader))
+    for key in [k for k in batch if k == "labels" or k.startswith("labels_")]:
+        del batch[key]  # no labels: models skip their losses
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    scores, extras_runs = [], []
+    for folder in run.checkpoints:
+        model = create_model(config.model, feature_dims)
+        saved = load_checkpoint(folder / BEST_CHECKPOINT, device)
+        model.load_checkpoint_state_dict(saved["model"])
+        model.to(device).eval()
+        with torch.no_grad():
+            output = model(batch)
+        scores.append(output.prediction.detach().float().cpu().reshape(-1).numpy())
+        extras_runs.append({
+            name: value.detach().float().cpu().numpy() for name, value in output.extras.items()
+            if isinstance(value, torch.Tensor) and value.dim() >= 1
+            and value.shape[0] == len(clips)
+        })
+    scores_array = np.stack(scores)  # (checkpoints, clips)
+    mean, spread = scores_array.mean(0), scores_array.std(0)
+    shared = set.intersection(*(set(e) for e in extras_runs)) if extras_runs else set()
+
+    predictions = []
+    for i, (clip, (features, _, _)) in enumerate(zip(clips, extracted)):
+        score = float(mean[i])
+        contributions = {
+            name: np.round(np.mean([e[name][i] for e in extras_runs], axis=0), 6).tolist()
+            for name in sorted(shared)
+        }
+        class7 = seven_class(score, run.label_range)
+        predictions.append(ClipPrediction(
+            clip=str(clip), text=features.text, text_source=features.text_source,
+            score=round(score, 6), score_std=round(float(spread[i]), 6),
+            polarity=polarity_of(score), class7=class7, class7_name=SEVEN_CLASSES[class7],
+            contributions=contributions, checkpoints=len(run.checkpoints),
+            info=features.info, warnings=list(features.warnings) + run.notes,
+        ))
+    return predictions

@@ -155,7 +155,7 @@ def train_one_fold(model_name: str, pkl, run_dir, *overrides):
 
     config = build_config(model_name, [
         f"data.path={pkl}", "data.folds=5", "train.batch_size=16", "train.grad_accumulation=1",
-        "train.num_threads=2", "train.patience=null", *overrides,
+        f"train.num_threads={torch.get_num_threads()}", "train.patience=null", *overrides,
     ])
     dataset, partitions = load_experiment_data(config)
     fold = partitions[0]

@@ -13,6 +13,6 @@ out="${MSAKIT_RUNS:-runs}"
 # 6 epochs per fold keeps the job to minutes on a CPU; extra arguments are passed on
 # (e.g. `bash examples/main.sh --epochs 30 --seeds 1 2 3` for the full budget).
 for model in misa lf_dnn; do
-  msakit train "$model" --data "$pkl" --folds 5 --seeds 1 --epochs 6 --output-dir "$out" \
+  msakit train "$model" --data "$pkl" --folds 5 --epochs 6 --output-dir "$out" \
     --no-progress "$@"
 done

@@ -230,6 +230,26 @@ def test_forward_shapes_losses_and_extras(aligned):
     torch.testing.assert_close(out.losses["task_homo"], homo)
 
 
+def test_epoch_statistics_average_the_training_edges_over_samples():
+    model = _dmd().train()
+    assert model.epoch_statistics() == {}
+    model.on_epoch_start(1)
+    batches = [select(_batch(), [0, 1, 2]), select(_batch(), [3])]
+    outputs = []
+    for batch in batches:
+        output = model(batch)
+        model.on_train_batch_end(batch, output, 1)
+        outputs.append(output)
+    stats = model.epoch_statistics()
+    for unit in ("homo", "hetero"):
+        expected = torch.cat([o.extras[f"{unit}_edges"] for o in outputs]).mean(0)
+        got = torch.tensor([stats[f"{unit}_gd_{name}"] for name in model.edge_names])
+        torch.testing.assert_close(got, expected)
+        assert math.isclose(float(got.sum()), 1.0, rel_tol=1e-6)
+    model.on_epoch_start(2)
+    assert model.epoch_statistics() == {}
+
+
 def test_no_losses_without_labels():
     out = _dmd()(_batch(labels=None))
     assert out.losses == {} and out.prediction.shape == (4,)
@@ -317,3 +337,9 @@ def test_short_real_data_run_learns_and_beats_the_training_mean(mosi_word_aligne
     artifacts = json.loads((tmp_path / "artifacts.json").read_text())["test"]
     assert math.isclose(sum(artifacts["homo_gd"].values()), 1.0, rel_tol=1e-5)
     assert artifacts["num_samples"] == len(fold.test) and result["parameters"]["trainable"] > 0
+    # and its trajectory, epoch by epoch, in epochs.csv
+    for unit in ("homo", "hetero"):
+        columns = [f"train_{unit}_gd_{name}" for name in artifacts["pair_order"]]
+        trajectory = np.array([[float(r[c]) for c in columns] for r in rows])
+        assert np.allclose(trajectory.sum(1), 1.0, atol=1e-5), unit
+        assert not np.allclose(trajectory[0], trajectory[-1], atol=1e-6), unit

@@ -66,7 +66,8 @@ class MSAModel(nn.Module):
 
     Hooks (all optional) let a model do what differs between methods without its own trainer:
     ``on_fit_start`` (see the training split), ``on_epoch_start``, ``on_train_batch_end``
-    (called after the optimiser step) and ``on_epoch_end``.
+    (called after the optimiser step) and ``on_epoch_end``; ``epoch_statistics`` adds the model's
+    own per-epoch numbers (e.g. DMD's mean distillation edges) to the run's ``epochs.csv``.
     """
 
     name: ClassVar[str] = ""
@@ -94,6 +95,13 @@ class MSAModel(nn.Module):
 
     def on_epoch_end(self, epoch: int) -> None:
         """Called after each training epoch, before validation."""
+
+    def epoch_statistics(self) -> dict[str, float]:
+        """Numbers describing the training epoch just finished, called after ``on_epoch_end``.
+
+        Each ``name: value`` becomes a ``train_<name>`` column of the run's ``epochs.csv``.
+        """
+        return {}
 
     def run_artifacts(self) -> dict[str, Any]:
         """JSON-serialisable things to save in the run directory after training (e.g. labels)."""

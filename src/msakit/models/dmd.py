@@ -342,6 +342,31 @@ class DMD(MSAModel):
     def edge_names(self) -> list[str]:
         return self.homo_gd.pair_names
 
+    # -- per-epoch edge trajectory (train_homo_gd_<pair> / train_hetero_gd_<pair> in epochs.csv) --
+    def on_epoch_start(self, epoch: int) -> None:
+        self._edge_sums: dict[str, torch.Tensor] = {}
+        self._edge_count = 0
+
+    def on_train_batch_end(self, batch: dict[str, Any], output: ModelOutput, epoch: int) -> None:
+        for unit in ("homo", "hetero"):
+            edges = output.extras[f"{unit}_edges"].detach().float().sum(0).cpu()
+            self._edge_sums[unit] = self._edge_sums.get(unit, 0) + edges
+        self._edge_count += output.prediction.shape[0]
+
+    def epoch_statistics(self) -> dict[str, float]:
+        """Mean HomoGD / HeteroGD edge weights over the epoch's training samples.
+
+        Edges are taken from the training-mode forward of each batch (before that batch's
+        optimiser step), so the row shows how the distillation graph moved during the epoch.
+        """
+        if not getattr(self, "_edge_count", 0):
+            return {}
+        stats = {}
+        for unit, sums in self._edge_sums.items():
+            for name, value in zip(self.edge_names, (sums / self._edge_count).tolist()):
+                stats[f"{unit}_gd_{name}"] = value
+        return stats
+
     def _readout(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if self.config.readout == "last_position":
             return x[:, -1]

@@ -299,6 +299,7 @@ class Trainer:
                 train_losses = self._train_epoch(model, optimizer, train_loader_factory(epoch),
                                                  epoch, weights, progress)
                 model.on_epoch_end(epoch)
+                train_statistics = model.epoch_statistics()
                 valid = evaluate_model(model, valid_loader, self.dataset_name, self.device)
                 value = valid.selection_value(cfg.selection_metric)
                 if scheduler is not None:
@@ -315,6 +316,7 @@ class Trainer:
                 self._append_epoch_row({
                     "epoch": epoch, "seconds": round(seconds, 3),
                     **{f"train_{k}": v for k, v in train_losses.items()},
+                    **{f"train_{k}": v for k, v in train_statistics.items()},
                     **{f"valid_{k}": v for k, v in valid.losses.items()},
                     **{f"valid_{k}": v for k, v in valid.metrics.items()},
                     "selected": int(improved),

@@ -343,3 +343,34 @@ def test_short_real_data_run_learns_and_beats_the_training_mean(mosi_word_aligne
         trajectory = np.array([[float(r[c]) for c in columns] for r in rows])
         assert np.allclose(trajectory.sum(1), 1.0, atol=1e-5), unit
         assert not np.allclose(trajectory[0], trajectory[-1], atol=1e-6), unit
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_report_mean_edges_over_runs(mosi_word_aligned, tmp_path):
+    import json
+
+    import numpy as np
+
+    from msakit.training import evaluate_run, run_experiment
+
+    config = build_config("dmd", list(TINY) + [
+        f"data.path={mosi_word_aligned}", "data.folds=2", f"run.output_dir={tmp_path}",
+        "model.freeze_language_model=true", "train.epochs=1", "train.num_threads=2",
+    ])
+    run_dir, _ = run_experiment(config, seeds=[1], progress=False)
+    per_run = [json.loads((run_dir / "seed1" / fold / "artifacts.json").read_text())["test"]
+               for fold in ("fold0", "fold1")]
+    trained = json.loads((run_dir / "artifacts.json").read_text())["test_summary"]
+    for unit in ("homo_gd", "hetero_gd"):
+        for name in per_run[0]["pair_order"]:
+            values = [a[unit][name] for a in per_run]
+            assert trained[unit][name]["mean"] == pytest.approx(np.mean(values))
+            assert trained[unit][name]["std"] == pytest.approx(np.std(values, ddof=1))
+        assert sum(s["mean"] for s in trained[unit].values()) == pytest.approx(1.0, abs=1e-5)
+    assert "pair_order" not in trained and "num_samples" not in trained
+    # re-evaluating the checkpoints gives the same graph
+    report = evaluate_run(run_dir)
+    for unit in ("homo_gd", "hetero_gd"):
+        for name, stats in trained[unit].items():
+            assert report["artifacts_summary"][unit][name]["mean"] == pytest.approx(
+                stats["mean"], abs=1e-6)

@@ -134,3 +134,20 @@ def test_results_table_has_every_run_and_sample_std(mosi_word_aligned, tmp_path)
             for name in ("config.yaml", "data.json", "epochs.csv", "best.pt", "last.pt",
                          "metrics.json", "predictions.csv"):
                 assert (sub / name).exists(), sub / name
+
+
+def test_artifact_summary_averages_numeric_groups_only():
+    from msakit.training.results import summarise_artifacts
+
+    runs_artifacts = [
+        {"edges": {"a": 0.2, "b": 0.8}, "pair_order": ["a", "b"], "num_samples": 3,
+         "mixed": {"x": 1.0}, "text": {"k": "v"}},
+        {"edges": {"a": 0.4, "b": 0.6}, "pair_order": ["a", "b"], "num_samples": 5,
+         "mixed": {"y": 1.0}, "text": {"k": "w"}},
+    ]
+    summary = summarise_artifacts(runs_artifacts)
+    assert list(summary) == ["edges"]
+    assert summary["edges"]["a"]["mean"] == pytest.approx(0.3)
+    assert summary["edges"]["a"]["std"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
+    assert summary["edges"]["b"]["n"] == 2
+    assert summarise_artifacts([]) == {}

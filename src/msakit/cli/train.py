@@ -91,7 +91,7 @@ def evaluate(run_dir, data_path, split):
     from msakit.config import ConfigError
     from msakit.data import DataError
     from msakit.training import evaluate_run
-    from msakit.training.results import results_table
+    from msakit.training.results import artifacts_table, results_table
 
     console = make_console()
     try:
@@ -100,6 +100,9 @@ def evaluate(run_dir, data_path, split):
         _fail(str(err))
     console.print(results_table(f"evaluation of {run_dir} on {report['data']} ({split})",
                                 report["runs"], report["summary"]))
+    if report.get("artifacts_summary"):
+        console.print(artifacts_table("model artifacts (test split), mean ± std over runs",
+                                      report["artifacts_summary"]))
     console.print(f"written: {Path(run_dir) / 'evaluation.json'}")
 
 

@@ -24,7 +24,12 @@ from msakit.data.dataset import MSADataset, Split
 from msakit.lm import load_tokenizer
 from msakit.models import FeatureDims, create_model
 from msakit.training import runs
-from msakit.training.results import summarise, write_results
+from msakit.training.results import (
+    artifacts_table,
+    summarise,
+    summarise_artifacts,
+    write_results,
+)
 from msakit.training.trainer import Trainer, evaluate_model, resolve_device
 
 log = logging.getLogger(__name__)
@@ -195,6 +200,15 @@ def run_experiment(
             results.append(result)
     summary = summarise(results)
     write_results(run_dir, config.model.name, results, summary)
+    test_artifacts = []
+    for result in results:
+        path = runs.sub_run_dir(run_dir, result["seed"], result["partition"]) / "artifacts.json"
+        if path.exists() and "test" in (saved := runs.read_json(path)):
+            test_artifacts.append(saved["test"])
+    if artifacts := summarise_artifacts(test_artifacts):
+        runs.write_json(run_dir / "artifacts.json", {"test_summary": artifacts})
+        console.print(artifacts_table(f"{config.model.name}: test-split artifacts, mean ± std "
+                                      "over runs", artifacts))
     return run_dir, summary
 
 
@@ -246,5 +260,8 @@ def evaluate_run(
     summary = summarise(results)
     report = {"data": str(data_path or config.data.path), "split": split, "runs": results,
               "summary": summary}
+    artifacts = summarise_artifacts([r["artifacts"] for r in results if "artifacts" in r])
+    if artifacts:
+        report["artifacts_summary"] = artifacts
     runs.write_json(run_dir / "evaluation.json", report)
     return report

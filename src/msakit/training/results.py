@@ -39,6 +39,53 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
+def summarise_artifacts(artifacts: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean ± sample std over runs of every ``{name: number}`` group in the runs' artifacts.
+
+    A model's evaluation artifacts (e.g. DMD's ``{"homo_gd": {"V->L": 0.2, ...}, ...}``) are
+    averaged group by group; a group is kept only when every run has it with the same names and
+    numeric values, anything else (lists, strings, counts of other shapes) is left out.
+
+    Returns:
+        ``{group: {name: {"mean", "std", "n"}}}``; empty when nothing is averageable.
+    """
+    if not artifacts:
+        return {}
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for group, first in artifacts[0].items():
+        if not isinstance(first, dict) or not first:
+            continue
+        names = list(first)
+        values = [a.get(group) for a in artifacts]
+        if not all(isinstance(v, dict) and list(v) == names for v in values):
+            continue
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                   for v in values for x in v.values()):
+            continue
+        out[group] = {}
+        for name in names:
+            mean, std = mean_std([v[name] for v in values])
+            out[group][name] = {"mean": mean, "std": std, "n": len(values)}
+    return out
+
+
+def artifacts_table(title: str, summary: dict[str, dict[str, dict[str, float]]]) -> Table:
+    """A rich table of :func:`summarise_artifacts`: one row per group, mean ± std per name."""
+    names: list[str] = []
+    for group in summary.values():
+        names += [n for n in group if n not in names]
+    table = Table(title=title)
+    table.add_column("runs")
+    for name in names:
+        table.add_column(name, justify="right")
+    for group, stats in summary.items():
+        n = next(iter(stats.values()))["n"]
+        table.add_row(f"{group} (n={n})", *[
+            f"{stats[name]['mean']:.3f} ± {stats[name]['std']:.3f}" if name in stats else ""
+            for name in names])
+    return table
+
+
 def format_value(metric: str, value: float, std: float | None = None) -> str:
     scale = 100.0 if _is_percent(metric) else 1.0
     digits = 2 if _is_percent(metric) else 4

@@ -337,6 +337,7 @@ class DMD(MSAModel):
             2 * d, config.hetero_gd_hidden,
             prior_from_scores(config.hetero_prior_scores, config.prior_temperature), **gd
         )
+        self.on_epoch_start(0)  # per-epoch edge sums, see epoch_statistics
 
     @property
     def edge_names(self) -> list[str]:
@@ -349,7 +350,8 @@ class DMD(MSAModel):
 
     def on_train_batch_end(self, batch: dict[str, Any], output: ModelOutput, epoch: int) -> None:
         for unit in ("homo", "hetero"):
-            edges = output.extras[f"{unit}_edges"].detach().float().sum(0).cpu()
+            # summed on the model's device: no host sync per step
+            edges = output.extras[f"{unit}_edges"].detach().float().sum(0)
             self._edge_sums[unit] = self._edge_sums.get(unit, 0) + edges
         self._edge_count += output.prediction.shape[0]
 
@@ -359,7 +361,7 @@ class DMD(MSAModel):
         Edges are taken from the training-mode forward of each batch (before that batch's
         optimiser step), so the row shows how the distillation graph moved during the epoch.
         """
-        if not getattr(self, "_edge_count", 0):
+        if not self._edge_count:
             return {}
         stats = {}
         for unit, sums in self._edge_sums.items():

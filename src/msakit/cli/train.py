@@ -39,8 +39,11 @@ def _fail(message: str) -> None:
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False),
               help="Continue an interrupted run folder (other options are then ignored).")
 @click.option("--no-progress", is_flag=True, help="No progress bars (e.g. in logs).")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train this many (seed, fold) runs at a time, each in its own process (one "
+              "GPU each where several are visible).")
 def train(model, data_path, config_file, overrides, folds, seeds, epochs, output_dir, resume_dir,
-          no_progress):
+          no_progress, jobs):
     """Train MODEL, select on validation, test once; prints the results table.
 
     \b
@@ -48,10 +51,12 @@ def train(model, data_path, config_file, overrides, folds, seeds, epochs, output
       msakit train misa --data ../shared/data/mosi/word_aligned_valid.pkl --folds 5 --seeds 1 2 3
       msakit train lf_dnn --data ../shared/data/mosi --set model.modalities=[text]
       msakit train misa --resume runs/misa-mosi-20261125-101500
+      msakit train sagenet --data ../shared/data/mosi/word_aligned_valid.pkl --folds 5 --jobs 2
     """
     from msakit.config import ConfigError, build_config
     from msakit.data import DataError
     from msakit.training import run_experiment
+    from msakit.training.experiment import JobsFailed
     from msakit.training.results import results_table
 
     console = make_console()
@@ -72,9 +77,9 @@ def train(model, data_path, config_file, overrides, folds, seeds, epochs, output
             config = build_config(model, extra, base=base)
         run_dir, summary = run_experiment(
             config, seeds=list(seeds) if seeds else None, resume_dir=resume_dir,
-            progress=not no_progress, console=console,
+            progress=not no_progress, console=console, jobs=jobs,
         )
-    except (ConfigError, DataError, KeyError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, DataError, KeyError, ValueError, FileNotFoundError, JobsFailed) as err:
         _fail(str(err))
     results = json.loads((run_dir / "metrics.json").read_text())["runs"]
     console.print(results_table(f"{model}: test metrics ({run_dir})", results, summary))

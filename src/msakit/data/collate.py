@@ -19,6 +19,8 @@ key                    shape / type       meaning
 ``labels``             ``(B,)`` float32   human sentiment label
 ``labels_T`` etc.      ``(B,)`` float32   unimodal labels, when the split has them (SIMS)
 ``ids``                list of str        clip ids
+``text_hidden``        ``(B, L_t, H)``    a frozen LM's cached hidden states (only when the
+                                          loader was given ``text_states``)
 =====================  =================  ==================================================
 
 Edge cases, chosen so models never see a zero length:
@@ -36,6 +38,7 @@ Edge cases, chosen so models never see a zero length:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Sequence
 
@@ -219,6 +222,37 @@ def collate(items: list[dict[str, Any]], pad_token_id: int = 0) -> dict[str, Any
     return batch
 
 
+@dataclass(frozen=True)
+class TextStates:
+    """A frozen language model's hidden states for every clip of a split (:mod:`msakit.lm_cache`).
+
+    Attributes:
+        hidden: ``(N, L_max, H)`` float32, each clip's states at every position up to the token
+            budget ``L_max`` (padding positions included, as the LM computes them).
+        input_ids: ``(N, L_max)`` long, the tokens they were computed from, padded.
+    """
+
+    hidden: torch.Tensor
+    input_ids: torch.Tensor
+
+
+def collate_with_text_states(items: list[dict[str, Any]], pad_token_id: int,
+                             text_states: TextStates) -> dict[str, Any]:
+    """:func:`collate`, plus ``text_hidden`` ``(B, L_t, H)`` gathered from ``text_states``.
+
+    The batch's tokens must be those the states were computed from (a transform that changes
+    the text cannot use cached states): a mismatch is an error, never a silent reuse.
+    """
+    batch = collate(items, pad_token_id)
+    index, text_length = batch["index"], batch["input_ids"].shape[1]
+    if not torch.equal(text_states.input_ids[index, :text_length], batch["input_ids"]):
+        raise DataError("the batch's tokens differ from those the cached language-model states "
+                        "were computed from (does a transform change the text?); set "
+                        "train.lm_cache=off")
+    batch["text_hidden"] = text_states.hidden[index, :text_length]
+    return batch
+
+
 def make_loader(
     data: Split | SplitDataset,
     tokenizer=None,
@@ -232,6 +266,7 @@ def make_loader(
     transform: Transform | None = None,
     drop_last: bool = False,
     num_workers: int = 0,
+    text_states: TextStates | None = None,
 ) -> DataLoader:
     """A ``DataLoader`` of batches (see :func:`collate`), deterministic for a given ``seed``.
 
@@ -244,6 +279,8 @@ def make_loader(
         transform: augmentation applied to raw training clips (pass it for training only);
             its ``numpy.random.Generator`` is seeded by ``seed`` too (deterministic with
             ``num_workers=0``).
+        text_states: a frozen LM's cached states for the split's clips; each batch then
+            carries ``text_hidden`` and models skip the LM.
         Other args: see :class:`SplitDataset`.
     """
     if isinstance(data, SplitDataset):
@@ -263,7 +300,9 @@ def make_loader(
         batch_size=batch_size,
         shuffle=shuffle,
         generator=generator,
-        collate_fn=partial(collate, pad_token_id=dataset.pad_token_id),
+        collate_fn=partial(collate, pad_token_id=dataset.pad_token_id) if text_states is None
+        else partial(collate_with_text_states, pad_token_id=dataset.pad_token_id,
+                     text_states=text_states),
         drop_last=drop_last,
         num_workers=num_workers,
     )

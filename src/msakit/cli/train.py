@@ -12,7 +12,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from msakit.cli._options import MultiValueOption
+from msakit.cli._options import DATA_PATH, MultiValueOption
 
 
 def make_console() -> Console:
@@ -26,8 +26,9 @@ def _fail(message: str) -> None:
 
 @click.command()
 @click.argument("model")
-@click.option("--data", "data_path", type=click.Path(exists=True),
-              help="MMSA pickle, CMU-SDK word-aligned pickle, or a folder with label.csv.")
+@click.option("--data", "data_path", type=DATA_PATH,
+              help="MMSA pickle, CMU-SDK word-aligned pickle, a folder with label.csv, or "
+              "mosi-demo (229 MOSI clips shipped with msakit).")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="YAML file with model/data/train/run sections, applied over the defaults.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
@@ -101,7 +102,7 @@ def _print_paper_row(console: Console, run_dir: Path, summary: dict) -> None:
 
 @click.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--data", "data_path", type=click.Path(exists=True),
+@click.option("--data", "data_path", type=DATA_PATH,
               help="Score on this file's split instead of each run's own test partition.")
 @click.option("--split", default="test", show_default=True, help="Split of --data to score.")
 def evaluate(run_dir, data_path, split):

@@ -12,7 +12,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from msakit.cli._options import DATA_PATH, MultiValueOption
+from msakit.cli._options import DATA_PATH, MultiValueCommand
 
 
 def make_console() -> Console:
@@ -24,7 +24,7 @@ def _fail(message: str) -> None:
     raise click.ClickException(message)
 
 
-@click.command()
+@click.command(cls=MultiValueCommand, multi_value_options=("--seeds",))
 @click.argument("model")
 @click.option("--data", "data_path", type=DATA_PATH,
               help="MMSA pickle, CMU-SDK word-aligned pickle, a folder with label.csv, or "
@@ -36,7 +36,8 @@ def _fail(message: str) -> None:
 @click.option("--preset", help="The paper's settings for a dataset, e.g. --preset mosi "
               "(msakit models --presets lists them); --config and --set apply on top.")
 @click.option("--folds", type=int, help="Grouped (by video) K-fold cross-validation.")
-@click.option("--seeds", cls=MultiValueOption, type=int, help="Seeds to run, e.g. --seeds 1 2 3.")
+@click.option("--seeds", multiple=True, type=click.IntRange(0, 2**32 - 1),
+              help="Seeds to run, e.g. --seeds 1 2 3.")
 @click.option("--epochs", type=int, help="Shortcut for --set train.epochs=N.")
 @click.option("--output-dir", type=click.Path(file_okay=False), help="Where run folders go.")
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False),

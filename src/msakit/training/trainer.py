@@ -257,7 +257,9 @@ class Trainer:
     def _better(self, value: float, best: float | None) -> bool:
         if best is None or (isinstance(best, float) and math.isnan(best)):
             return not math.isnan(value)
-        return value < best if self.selection_mode == "min" else value > best
+        gain = best - value if self.selection_mode == "min" else value - best
+        margin = self.config.train.min_improvement
+        return gain >= margin if margin > 0 else gain > 0
 
     def _save_last(self, model, optimizer, scheduler, state: dict[str, Any]) -> None:
         payload = {
@@ -398,6 +400,11 @@ class Trainer:
         model.train()
         model.on_epoch_start(epoch)
         batches = _as_sized(loader)
+        if cfg.partial_accumulation == "drop" and len(batches) < cfg.grad_accumulation:
+            raise ConfigError(
+                f"train.partial_accumulation=drop with {len(batches)} batch(es) per epoch and "
+                f"train.grad_accumulation={cfg.grad_accumulation}: no optimiser step would ever "
+                f"be taken; lower train.grad_accumulation or train.batch_size")
         parameters = [p for p in model.parameters() if p.requires_grad]
         # 'mean': each batch's loss / grad_accumulation; 'sum' (DMD official): unscaled
         scale = 1.0 / cfg.grad_accumulation if cfg.accumulation == "mean" else 1.0
@@ -412,7 +419,8 @@ class Trainer:
             (loss * scale).backward()
             if cfg.clip_every_backward:
                 clip_gradients(parameters, self.config)  # the running sum, as DMD's loop
-            if step % cfg.grad_accumulation == 0 or step == len(batches):
+            last_partial = step == len(batches) and cfg.partial_accumulation == "step"
+            if step % cfg.grad_accumulation == 0 or last_partial:
                 if not cfg.clip_every_backward:
                     clip_gradients(parameters, self.config)
                 optimizer.step()

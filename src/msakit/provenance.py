@@ -56,18 +56,27 @@ MMSA_PUBLISHED_SHA256 = {
 
 
 def data_record(path: str | Path) -> dict[str, Any]:
-    """The data file's path, size and SHA-256, and whether it is one of MMSA's published pickles."""
-    path = Path(path)
+    """The data file's path, size and SHA-256, and whether it is one of MMSA's published pickles.
+
+    A packaged dataset's name (``mosi-demo``) is resolved to the file shipped in the package."""
+    from msakit.data.packaged import is_packaged, packaged_path
+
+    name = str(path)
+    path = packaged_path(name) if is_packaged(name) else Path(path)
     digest = file_sha256(path)
     hashed = path / "label.csv" if path.is_dir() else path
     known = MMSA_PUBLISHED_SHA256.get(digest)
+    if is_packaged(name):
+        known = None
     return {
+        "name": name,
         "path": str(path.resolve()),
         "hashed_file": str(hashed.resolve()),
         "bytes": hashed.stat().st_size,
         "sha256": digest,
         "mmsa_published": known,
-        "identity": known or "not one of MMSA's published feature files (by SHA-256)",
+        "identity": known or (f"msakit's packaged dataset {name!r}" if is_packaged(name) else
+                              "not one of MMSA's published feature files (by SHA-256)"),
     }
 
 

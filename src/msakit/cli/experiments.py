@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from msakit.cli._options import MultiValueOption
+from msakit.cli._options import MultiValueCommand
 from msakit.cli.train import make_console
 
 
@@ -20,11 +20,12 @@ def print_comparison(result: dict, console) -> None:
                   f"p: {method['p_value']}.", style="dim")
 
 
-@click.command()
+@click.command(cls=MultiValueCommand, multi_value_options=("--metric",))
 @click.argument("run_dirs", nargs=-1, required=True,
                 type=click.Path(exists=True, file_okay=False))
-@click.option("--metric", "metrics", cls=MultiValueOption,
-              help="Metrics to compare (default: all of the dataset's), e.g. --metric MAE Corr.")
+@click.option("--metric", "metrics", multiple=True,
+              help="Metrics to compare (default: all of the dataset's), e.g. --metric MAE Corr "
+              "(after the run folders).")
 @click.option("--n-boot", default=2000, show_default=True, type=click.IntRange(100),
               help="Cluster-bootstrap replicates.")
 @click.option("--n-permutations", default=10_000, show_default=True, type=click.IntRange(100),

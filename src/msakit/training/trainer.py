@@ -74,6 +74,60 @@ def make_optimizer(model: MSAModel, config: ExperimentConfig) -> torch.optim.Opt
     return cls(groups)
 
 
+def warmup_cosine_factor(k: int, warmup: float, period: float) -> float:
+    """Learning-rate factor after ``k`` scheduler steps: linear warm-up, then cosine annealing.
+
+    ``k / W`` while ``k <= W``; afterwards ``(1 + cos(pi j / T)) / 2`` with
+    ``j = k - floor(W) - 1``. This reproduces ALMT's official schedule step for step
+    (``GradualWarmupScheduler(multiplier=1, total_epoch=W)`` handing over to
+    ``CosineAnnealingLR(T_max=T)``, stepped once per epoch): the first epoch runs at lr 0, the
+    base lr is reached at ``k = W`` and held one more step while the hand-over happens.
+
+    Args:
+        k: scheduler steps taken so far (0 before the first epoch / optimiser step).
+        warmup: ``W`` (official: 0.1 x epochs).
+        period: ``T`` (official: 0.9 x epochs).
+    """
+    if k <= warmup:
+        return k / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (k - math.floor(warmup) - 1) / period))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: ExperimentConfig, mode: str,
+                   steps_per_epoch: int):
+    """The configured learning-rate scheduler (or None).
+
+    ``plateau`` is stepped with the epoch's selection value; ``warmup_cosine`` once per epoch or
+    per optimiser step (``train.scheduler_interval``) with no argument.
+    """
+    train = config.train
+    if train.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=mode, factor=train.plateau_factor, patience=train.plateau_patience,
+        )
+    if train.scheduler == "warmup_cosine":
+        total = train.epochs * (steps_per_epoch if train.scheduler_interval == "step" else 1)
+        warmup, period = train.warmup_fraction * total, train.cosine_fraction * total
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda k: warmup_cosine_factor(k, warmup, period)
+        )
+    return None
+
+
+def optimizer_steps_per_epoch(num_batches: int, config: ExperimentConfig) -> int:
+    """Optimiser steps in an epoch of ``num_batches`` (a trailing partial group also steps)."""
+    return max(1, math.ceil(num_batches / config.train.grad_accumulation))
+
+
+def clip_gradients(parameters: list[torch.nn.Parameter], config: ExperimentConfig) -> None:
+    """Apply ``grad_clip_value`` then ``grad_clip_norm`` (each when set)."""
+    train = config.train
+    if train.grad_clip_value is not None:
+        torch.nn.utils.clip_grad_value_(parameters, train.grad_clip_value)
+    if train.grad_clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(parameters, train.grad_clip_norm)
+
+
 def weighted_loss(output: ModelOutput, weights: dict[str, float], model_name: str) -> torch.Tensor:
     """``sum(weights[k] * v)`` over the terms the model returned; unknown terms are errors."""
     missing = sorted(set(output.losses) - set(weights))
@@ -91,6 +145,10 @@ def weighted_loss(output: ModelOutput, weights: dict[str, float], model_name: st
         term = weights[name] * value
         total = term if total is None else total + term
     return total
+
+
+def _as_sized(loader):
+    return list(loader) if not hasattr(loader, "__len__") else loader
 
 
 @dataclass
@@ -198,6 +256,7 @@ class Trainer:
         self.device = resolve_device(config.train.device)
         selection = config.train.selection_metric
         self.selection_mode = "min" if selection == "loss" else metric_direction(selection)
+        self._step_scheduler = None  # a per-optimiser-step schedule, set up in fit
 
     # ------------------------------------------------------------------------------------------
     def _better(self, value: float, best: float | None) -> bool:
@@ -271,12 +330,13 @@ class Trainer:
         model.to(self.device)
         model.on_fit_start(train_labels.to(self.device))
         optimizer = make_optimizer(model, self.config)
-        scheduler = None
-        if cfg.scheduler == "plateau":
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode=self.selection_mode, factor=cfg.plateau_factor,
-                patience=cfg.plateau_patience,
-            )
+        steps_per_epoch = 1
+        if cfg.scheduler == "warmup_cosine" and cfg.scheduler_interval == "step":
+            steps_per_epoch = optimizer_steps_per_epoch(
+                len(_as_sized(train_loader_factory(1))), self.config)
+        scheduler = make_scheduler(optimizer, self.config, self.selection_mode, steps_per_epoch)
+        self._step_scheduler = scheduler if (
+            cfg.scheduler == "warmup_cosine" and cfg.scheduler_interval == "step") else None
         state = {"epoch": 0, "best_value": None, "best_epoch": 0, "bad_epochs": 0,
                  "epoch_seconds": []}
         last_path = self.run_dir / runs.LAST_CHECKPOINT
@@ -304,8 +364,10 @@ class Trainer:
                 train_statistics = model.epoch_statistics()
                 valid = evaluate_model(model, valid_loader, self.dataset_name, self.device)
                 value = valid.selection_value(cfg.selection_metric)
-                if scheduler is not None:
+                if cfg.scheduler == "plateau":
                     scheduler.step(value)
+                elif scheduler is not None and self._step_scheduler is None:
+                    scheduler.step()
                 seconds = time.perf_counter() - started
                 improved = self._better(value, state["best_value"])
                 if improved:
@@ -343,7 +405,10 @@ class Trainer:
         cfg = self.config.train
         model.train()
         model.on_epoch_start(epoch)
-        batches = list(loader) if not hasattr(loader, "__len__") else loader
+        batches = _as_sized(loader)
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        # 'mean': each batch's loss / grad_accumulation; 'sum' (DMD official): unscaled
+        scale = 1.0 / cfg.grad_accumulation if cfg.accumulation == "mean" else 1.0
         task = progress.add_task(f"epoch {epoch}", total=len(batches), info="")
         sums: dict[str, float] = {}
         count = 0
@@ -352,14 +417,16 @@ class Trainer:
             batch = move_batch(batch, self.device)
             output = model(batch)
             loss = weighted_loss(output, weights, self.config.model.name)
-            (loss / cfg.grad_accumulation).backward()
+            (loss * scale).backward()
+            if cfg.clip_every_backward:
+                clip_gradients(parameters, self.config)  # the running sum, as DMD's loop
             if step % cfg.grad_accumulation == 0 or step == len(batches):
-                if cfg.grad_clip_value is not None:
-                    torch.nn.utils.clip_grad_value_(model.parameters(), cfg.grad_clip_value)
-                if cfg.grad_clip_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
+                if not cfg.clip_every_backward:
+                    clip_gradients(parameters, self.config)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                if self._step_scheduler is not None:
+                    self._step_scheduler.step()
             model.on_train_batch_end(batch, output, epoch)
             size = output.prediction.shape[0]
             count += size

@@ -28,11 +28,11 @@ def test_two_jobs_give_the_same_metrics_as_one(mosi_word_aligned, tmp_path):
     summaries, runs = {}, {}
     for jobs in (1, 2):
         run_dir, summaries[jobs] = run_experiment(_tiny(mosi_word_aligned, tmp_path, f"j{jobs}"),
-                                                  seeds=[1, 2], progress=False, jobs=jobs)
+                                                  seeds=[1], progress=False, jobs=jobs)
         runs[jobs] = json.loads((run_dir / "metrics.json").read_text())["runs"]
     assert [(r["seed"], r["partition"]) for r in runs[2]] == \
         [(r["seed"], r["partition"]) for r in runs[1]] == \
-        [(1, "fold0"), (1, "fold1"), (2, "fold0"), (2, "fold1")]
+        [(1, "fold0"), (1, "fold1")]
     for sequential, parallel in zip(runs[1], runs[2]):
         assert parallel["test"] == sequential["test"]
         assert parallel["best_epoch"] == sequential["best_epoch"]

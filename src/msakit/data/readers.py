@@ -134,11 +134,15 @@ def read_mmsa_pickle(
     return _read_mmsa_content(Path(path), dataset, nonfinite, content, owned=False)
 
 
+#: an owned MMSA feature array is used in place when its clips' true lengths fill this share
+VIEW_MIN_FILL = 0.75
+
+
 def _read_mmsa_content(path: Path, dataset: DatasetName, nonfinite: NonfinitePolicy, data: Any,
                        owned: bool) -> MSADataset:
-    """``owned``: ``data`` was unpickled for this call alone, so its feature arrays are used in
-    place (clips are views into them; float64 becomes float32 once, replacing the array in
-    ``data``): peak memory stays near the arrays' own size."""
+    """``owned``: ``data`` was unpickled for this call alone, so its feature arrays may be used
+    in place or released once copied (float64 becomes float32 once, replacing the array in
+    ``data``): peak memory stays near the arrays' own size (see ``VIEW_MIN_FILL``)."""
     source = str(path)
     if not isinstance(data, dict):
         raise DataError(
@@ -270,7 +274,7 @@ def _read_mmsa_split(
         if owned and features.dtype != np.float32:
             features = features.astype(np.float32)
             fields[modality] = features  # frees the original once converted
-        padded_length = features.shape[1]
+        padded_length, dim = features.shape[1], features.shape[2]
         lengths_key = f"{modality}_lengths"
         if lengths_key in fields:
             lengths = np.asarray(fields[lengths_key]).reshape(-1)
@@ -292,11 +296,18 @@ def _read_mmsa_split(
                 f"outside 0..{padded_length} (the padded length of {modality!r})"
             )
         clips = [features[i, : lengths[i]] for i in range(n)]
+        # An owned array whose clips fill most of it is kept, clips being views into it; one
+        # mostly padding is copied at true length and released (peak: all arrays plus the
+        # true-length copy of the current one)
+        kept_fraction = float(lengths.sum()) / max(1, n * padded_length)
         per_modality[modality] = clean_features(
             clips, f"{where} field {modality!r}", f"{split_name}/{modality}", nonfinite, replaced,
-            ids_list, copy=not owned,
+            ids_list, copy=not owned or kept_fraction < VIEW_MIN_FILL,
         )
-        dims[modality] = int(features.shape[2])
+        del clips
+        if owned:
+            fields[modality] = features = None
+        dims[modality] = int(dim)
 
     split = Split(
         ids=ids_list, video_ids=video_ids, texts=texts, labels=labels,

@@ -24,6 +24,7 @@ import shutil
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -73,12 +74,14 @@ def create_app(model: TrainedRun, limits: ServeLimits | None = None, model_name:
     page = (resources.files("msakit") / "static" / "index.html").read_text()
     modalities = ["text"] if model.text_only else [
         m for m in model.config.data.modalities if m == "text" or model.feature_dims.get(m)]
-    app = FastAPI(title="msakit", version=_version())
 
-    @app.on_event("shutdown")
-    def _shutdown() -> None:  # pragma: no cover - exercised when the server stops
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
         executor.shutdown(wait=False, cancel_futures=True)
         shutil.rmtree(temp_root, ignore_errors=True)
+
+    app = FastAPI(title="msakit", version=_version(), lifespan=lifespan)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -170,8 +173,7 @@ def create_app(model: TrainedRun, limits: ServeLimits | None = None, model_name:
             message = str(err)
             if folder is not None:
                 message = message.replace(str(clip), original).replace(str(folder), "")
-            status = 422
-            return JSONResponse({"detail": message}, status_code=status)
+            return JSONResponse({"detail": message}, status_code=422)
         return result
 
     app.state.temp_root = temp_root

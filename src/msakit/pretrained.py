@@ -17,7 +17,7 @@ tensors are stored under ``members.<i>.<name>`` and predictions are their mean, 
 ``msakit predict --run`` does. ``--checkpoint seed1/fold0`` exports one.
 
 ``from_pretrained()`` with no argument loads the pretrained text model shipped in the package
-(``msakit/pretrained/default``, made by ``tools/train_pretrained.py``).
+(``msakit/weights/default``, made by ``tools/train_pretrained.py``).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class ExportError(ValueError):
 
 
 def default_model_path() -> Path:
-    return Path(str(resources.files("msakit") / "pretrained" / DEFAULT_MODEL))
+    return Path(str(resources.files("msakit") / "weights" / DEFAULT_MODEL))
 
 
 # --------------------------------------------------------------------------------------------

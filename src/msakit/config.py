@@ -93,6 +93,8 @@ class RunConfig(StrictModel):
     output_dir: str = "runs"
     name: str | None = Field(None, description="Run directory name; default "
                              "<model>-<dataset>-<timestamp>")
+    preset: str | None = Field(None, description="The preset the config was built from "
+                               "(msakit/configs/presets/<model>/<preset>.yaml); set by --preset")
 
 
 class ExperimentConfig(StrictModel):
@@ -179,19 +181,32 @@ def build_config(
     model_name: str,
     overrides: list[str] | None = None,
     base: dict[str, Any] | None = None,
+    preset: str | None = None,
 ) -> ExperimentConfig:
     """Resolve the config of ``model_name``.
+
+    Precedence: class defaults < ``configs/<model>.yaml`` < ``preset`` < ``base`` < ``overrides``.
 
     Args:
         model_name: a registered model name.
         overrides: ``section.key=value`` strings, applied last.
         base: a config tree (e.g. a user's YAML file or a saved run's config) applied over the
-            model's shipped defaults.
+            model's shipped defaults and the preset.
+        preset: a preset name of ``model_name`` (:mod:`msakit.presets`), e.g. ``"mosi"``.
     """
     from msakit.models import get_model_class  # late import: models import this module
 
     model_cls = get_model_class(model_name)
-    tree = deep_update(default_config_file(model_name), base or {})
+    tree = default_config_file(model_name)
+    if preset is not None:
+        from msakit.presets import PresetError, load_preset
+
+        try:
+            tree = deep_update(tree, load_preset(model_name, preset).config)
+        except PresetError as err:
+            raise ConfigError(str(err)) from err
+        tree = deep_update(tree, {"run": {"preset": preset}})
+    tree = deep_update(tree, base or {})
     tree = apply_overrides(tree, overrides or [])
     model_tree = dict(tree.pop("model", {}) or {})
     given_name = model_tree.setdefault("name", model_name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 
@@ -35,3 +37,22 @@ class MultiValueOption(click.Option):
                 our_parser.process = parser_process
                 break
         return result
+
+
+class DataPathType(click.Path):
+    """An existing data file/folder, or the name of a packaged dataset (``mosi-demo``)."""
+
+    name = "data"
+
+    def __init__(self):
+        super().__init__(exists=True)
+
+    def convert(self, value, param, ctx):
+        from msakit.data.packaged import is_packaged
+
+        if is_packaged(value) and not os.path.exists(value):
+            return value
+        return super().convert(value, param, ctx)
+
+
+DATA_PATH = DataPathType()

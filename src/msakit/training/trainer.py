@@ -31,8 +31,6 @@ from msakit.training.seeding import restore_rng_state, rng_state, seed_everythin
 
 log = logging.getLogger(__name__)
 
-NO_DECAY_MARKERS = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
-
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -45,30 +43,29 @@ def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def build_parameter_groups(model: MSAModel, config: ExperimentConfig) -> list[dict[str, Any]]:
-    """Adam parameter groups: the pretrained LM vs the rest, each with and without weight decay.
+    """The model's optimiser groups (:meth:`MSAModel.parameter_groups`), checked.
 
-    Biases and normalisation weights never decay (as in BERT fine-tuning and Self-MM).
+    Empty groups are dropped; every trainable parameter must be in exactly one group and no
+    frozen parameter in any.
     """
-    train = config.train
-    lm_prefixes = model.language_model_prefixes()
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        is_lm = name.startswith(lm_prefixes) if lm_prefixes else False
-        decays = not any(marker in name for marker in NO_DECAY_MARKERS)
-        groups.setdefault((is_lm, decays), []).append(parameter)
-    out = []
-    for (is_lm, decays), params in sorted(groups.items()):
-        out.append({
-            "params": params,
-            "lr": train.lm_lr if is_lm else train.lr,
-            "weight_decay": (train.lm_weight_decay if is_lm else train.weight_decay) if decays else 0.0,
-            "name": f"{'language_model' if is_lm else 'other'}{'' if decays else '/no_decay'}",
-        })
-    if not out:
+    groups = [g for g in model.parameter_groups(config.train) if len(g["params"])]
+    seen: dict[int, str] = {}
+    for group in groups:
+        for parameter in group["params"]:
+            if id(parameter) in seen:
+                raise RuntimeError(f"model {config.model.name}: a parameter is in optimiser "
+                                   f"groups {seen[id(parameter)]!r} and {group['name']!r}")
+            if not parameter.requires_grad:
+                raise RuntimeError(f"model {config.model.name}: optimiser group "
+                                   f"{group['name']!r} holds a frozen parameter")
+            seen[id(parameter)] = group["name"]
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
+    if missing:
+        raise RuntimeError(f"model {config.model.name}: trainable parameters in no optimiser "
+                           f"group: {missing[:5]}")
+    if not groups:
         raise ConfigError(f"model {config.model.name} has no trainable parameters")
-    return out
+    return groups
 
 
 def make_optimizer(model: MSAModel, config: ExperimentConfig) -> torch.optim.Optimizer:

@@ -43,8 +43,11 @@ def _fail(message: str) -> None:
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False),
               help="Continue an interrupted run folder (other options are then ignored).")
 @click.option("--no-progress", is_flag=True, help="No progress bars (e.g. in logs).")
+@click.option("--baseline", "baseline_dir", type=click.Path(exists=True, file_okay=False),
+              help="After training, compare against this finished run (as `msakit compare "
+              "BASELINE NEW`); writes compare.json/.md into the new run folder.")
 def train(model, data_path, config_file, overrides, preset, folds, seeds, epochs, output_dir,
-          resume_dir, no_progress):
+          resume_dir, no_progress, baseline_dir):
     """Train MODEL, select on validation, test once; prints the results table.
 
     \b
@@ -85,6 +88,17 @@ def train(model, data_path, config_file, overrides, preset, folds, seeds, epochs
     console.print(results_table(f"{model}: test metrics ({run_dir})", results, summary))
     _print_paper_row(console, run_dir, summary)
     console.print(f"results: {run_dir / 'results.md'}")
+    if baseline_dir:
+        from msakit.cli.experiments import print_comparison
+        from msakit.experiments.compare import CompareError, compare_runs, write_comparison
+
+        try:
+            result = compare_runs([baseline_dir, run_dir])
+        except CompareError as err:
+            _fail(f"training finished ({run_dir}), but the comparison is refused: {err}")
+        print_comparison(result, console)
+        json_path, md_path = write_comparison(result, run_dir)
+        console.print(f"comparison: {md_path}")
 
 
 def _print_paper_row(console: Console, run_dir: Path, summary: dict) -> None:

@@ -12,7 +12,7 @@ import csv
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,6 +235,9 @@ class Trainer:
         run_dir: the training-run folder (created by the caller).
         dataset_name: metric family (``mosi``, ``sims``, ...).
         progress: show progress bars.
+        epoch_callback: ``(epoch, selection_value, epoch_row) -> None``, called after every
+            epoch once its row and checkpoints are written (e.g. a tuner's pruner); an exception
+            it raises stops training and propagates to the caller.
     """
 
     def __init__(
@@ -243,11 +246,13 @@ class Trainer:
         run_dir: Path,
         dataset_name: str,
         progress: bool = True,
+        epoch_callback: Callable[[int, float, dict[str, Any]], None] | None = None,
     ):
         self.config = config
         self.run_dir = Path(run_dir)
         self.dataset_name = dataset_name
         self.progress = progress
+        self.epoch_callback = epoch_callback
         self.device = resolve_device(config.train.device)
         selection = config.train.selection_metric
         self.selection_mode = "min" if selection == "loss" else metric_direction(selection)
@@ -257,7 +262,9 @@ class Trainer:
     def _better(self, value: float, best: float | None) -> bool:
         if best is None or (isinstance(best, float) and math.isnan(best)):
             return not math.isnan(value)
-        return value < best if self.selection_mode == "min" else value > best
+        gain = best - value if self.selection_mode == "min" else value - best
+        margin = self.config.train.min_improvement
+        return gain >= margin if margin > 0 else gain > 0
 
     def _save_last(self, model, optimizer, scheduler, state: dict[str, Any]) -> None:
         payload = {
@@ -372,15 +379,18 @@ class Trainer:
                     state["bad_epochs"] += 1
                 state["epoch"] = epoch
                 state["epoch_seconds"] = [*state["epoch_seconds"], seconds]
-                self._append_epoch_row({
+                row = {
                     "epoch": epoch, "seconds": round(seconds, 3),
                     **{f"train_{k}": v for k, v in train_losses.items()},
                     **{f"train_{k}": v for k, v in train_statistics.items()},
                     **{f"valid_{k}": v for k, v in valid.losses.items()},
                     **{f"valid_{k}": v for k, v in valid.metrics.items()},
                     "selected": int(improved),
-                })
+                }
+                self._append_epoch_row(row)
                 self._save_last(model, optimizer, scheduler, state)
+                if self.epoch_callback is not None:
+                    self.epoch_callback(epoch, value, row)
                 progress.update(epoch_task, advance=1, info=(
                     f"train {train_losses['total']:.4f}  valid {cfg.selection_metric} "
                     f"{value:.4f}  best {state['best_value']:.4f}@{state['best_epoch']}"))
@@ -398,6 +408,11 @@ class Trainer:
         model.train()
         model.on_epoch_start(epoch)
         batches = _as_sized(loader)
+        if cfg.partial_accumulation == "drop" and len(batches) < cfg.grad_accumulation:
+            raise ConfigError(
+                f"train.partial_accumulation=drop with {len(batches)} batch(es) per epoch and "
+                f"train.grad_accumulation={cfg.grad_accumulation}: no optimiser step would ever "
+                f"be taken; lower train.grad_accumulation or train.batch_size")
         parameters = [p for p in model.parameters() if p.requires_grad]
         # 'mean': each batch's loss / grad_accumulation; 'sum' (DMD official): unscaled
         scale = 1.0 / cfg.grad_accumulation if cfg.accumulation == "mean" else 1.0
@@ -412,7 +427,8 @@ class Trainer:
             (loss * scale).backward()
             if cfg.clip_every_backward:
                 clip_gradients(parameters, self.config)  # the running sum, as DMD's loop
-            if step % cfg.grad_accumulation == 0 or step == len(batches):
+            last_partial = step == len(batches) and cfg.partial_accumulation == "step"
+            if step % cfg.grad_accumulation == 0 or last_partial:
                 if not cfg.clip_every_backward:
                     clip_gradients(parameters, self.config)
                 optimizer.step()

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from msakit.modules.precision import full_precision
+
 
 def safe_l2_norm(difference: torch.Tensor) -> torch.Tensor:
     """Euclidean norm of a vector whose gradient is 0 (not NaN) where the vector is 0.
@@ -33,6 +35,7 @@ def _check_batch(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name}: expected a (B, D) batch with B >= 1, got {tuple(x.shape)}")
 
 
+@full_precision
 def cmd_loss(x: torch.Tensor, y: torch.Tensor, n_moments: int = 5) -> torch.Tensor:
     """Central Moment Discrepancy between two batches, as in MISA's official code.
 
@@ -64,6 +67,7 @@ def cmd_loss(x: torch.Tensor, y: torch.Tensor, n_moments: int = 5) -> torch.Tens
     return loss
 
 
+@full_precision
 def soft_orthogonality_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """MISA's difference loss: push two sets of representations towards orthogonality.
 

@@ -414,11 +414,13 @@ def make_loader(
                "persistent_workers": persistent_workers and num_workers > 0}
     if dataset.transform is None:
         return DataLoader(PackedBatches(packed_split(dataset)), batch_size=None,
-                          sampler=BatchSampler(sampler, batch_size, drop_last), **workers)
+                          sampler=BatchSampler(sampler, batch_size, drop_last),
+                          generator=generator, **workers)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
+        generator=generator,
         collate_fn=partial(collate, pad_token_id=dataset.pad_token_id),
         drop_last=drop_last,
         **workers,

@@ -189,3 +189,31 @@ def test_training_stops_with_non_finite_loss_error(mosi_word_aligned, tmp_path, 
     with pytest.raises(NonFiniteLossError) as raised:
         run_experiment(config, seeds=[1], progress=False)
     assert (raised.value.term, raised.value.epoch, raised.value.step) == ("task", 1, 3)
+
+
+def test_parameter_groups_hook_is_checked():
+    """The trainer takes the model's groups but refuses a parameter in two groups or in none."""
+    from msakit.models.base import FeatureDims, MSAModel
+    from msakit.training.trainer import build_parameter_groups
+
+    class TwoLayers(MSAModel):
+        def __init__(self, config, dims, layout):
+            super().__init__(config, dims)
+            self.first, self.second = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
+            self.layout = layout
+
+        def parameter_groups(self, train):
+            return [{"name": name, "params": list(module.parameters()), "lr": 0.1,
+                     "weight_decay": 0.0} for name, module in self.layout(self)]
+
+    config = build_config("lf_dnn")
+    dims = FeatureDims(1, 1)
+    good = TwoLayers(config.model, dims, lambda m: [("a", m.first), ("b", m.second),
+                                                     ("c", torch.nn.Sequential())])
+    assert [g["name"] for g in build_parameter_groups(good, config)] == ["a", "b"]
+    twice = TwoLayers(config.model, dims, lambda m: [("a", m.first), ("b", m)])
+    with pytest.raises(RuntimeError, match="groups 'a' and 'b'"):
+        build_parameter_groups(twice, config)
+    missing = TwoLayers(config.model, dims, lambda m: [("a", m.first)])
+    with pytest.raises(RuntimeError, match="second.weight"):
+        build_parameter_groups(missing, config)

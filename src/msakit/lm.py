@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from msakit.config import DEFAULT_LANGUAGE_MODEL
+from msakit.config import DEFAULT_LANGUAGE_MODEL, ConfigError
 
 PACKAGED_ALIASES = {DEFAULT_LANGUAGE_MODEL, "sentence-transformers/all-MiniLM-L6-v2"}
 
@@ -29,11 +29,42 @@ def resolve_language_model(name_or_path: str) -> str:
     return name_or_path
 
 
+class LanguageModelUnavailable(ConfigError):
+    """A language model that is neither packaged, nor a local folder, nor reachable on a hub."""
+
+    def __init__(self, name_or_path: str, reason: str):
+        self.name_or_path = name_or_path
+        local = Path(name_or_path).expanduser()
+        if local.exists():
+            message = (f"the folder {local} holds no loadable Hugging Face model ({reason}); "
+                       "it needs the files that save_pretrained writes (config.json, weights, "
+                       "tokenizer files)")
+        elif name_or_path.startswith(("/", "./", "../", "~")):
+            message = f"there is no folder {local}"
+        else:
+            message = (f"it is not a local folder, and no model hub answered or had it "
+                       f"({reason}). Download it where a hub is reachable (e.g. `hf download "
+                       f"{name_or_path} --local-dir DIR`) and pass the folder: "
+                       "--set model.language_model=DIR")
+        super().__init__(
+            f"language model {name_or_path!r} could not be loaded: {message}. The packaged "
+            f"default {DEFAULT_LANGUAGE_MODEL!r} works offline."
+        )
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
 @lru_cache(maxsize=8)
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_language_model(name_or_path))
+    try:
+        return AutoTokenizer.from_pretrained(resolve_language_model(name_or_path))
+    except (OSError, ValueError) as err:
+        raise LanguageModelUnavailable(name_or_path, _first_line(err)) from err
 
 
 def load_language_model(name_or_path: str):
@@ -47,6 +78,8 @@ def load_language_model(name_or_path: str):
     hf_logging.disable_progress_bar()  # one bar per fold and seed is noise
     try:
         return AutoModel.from_pretrained(resolve_language_model(name_or_path))
+    except (OSError, ValueError) as err:
+        raise LanguageModelUnavailable(name_or_path, _first_line(err)) from err
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:

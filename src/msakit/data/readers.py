@@ -61,8 +61,9 @@ def load_dataset(
     """Read a dataset file or folder.
 
     Args:
-        path: an MMSA pickle, a CMU-SDK word-aligned pickle, a folder holding ``label.csv``, or
-            the ``label.csv`` file itself.
+        path: an MMSA pickle, a CMU-SDK word-aligned pickle, a folder holding ``label.csv``,
+            the ``label.csv`` file itself, or a packaged dataset's name (``mosi-demo``: 229 MOSI
+            clips with COVAREP/FACET, see :mod:`msakit.data.packaged`).
         format: ``"auto"`` detects it: a folder or ``*.csv`` is ``label_csv``; a pickle holding a
             dict is ``mmsa``, one holding a list is ``cmu_sdk``.
         dataset: the family (``mosi``, ``mosei``, ``sims``, ``simsv2``, ``custom``), which sets
@@ -74,15 +75,23 @@ def load_dataset(
     Raises:
         DataError: unreadable or inconsistent input; the message says what and where.
     """
-    path = Path(path)
+    from msakit.data.packaged import PACKAGED_DATASETS, read_packaged
+
     if nonfinite not in ("replace", "error"):
         raise DataError(f"nonfinite must be 'replace' or 'error', not {nonfinite!r}")
+    if str(path) in PACKAGED_DATASETS and not Path(path).exists():
+        if format not in ("auto", "cmu_sdk") or dataset not in ("auto", "mosi"):
+            raise DataError(f"{path} is a packaged word-aligned MOSI set: use format auto/"
+                            f"cmu_sdk and dataset auto/mosi (got {format}, {dataset})")
+        return read_packaged(str(path), nonfinite)
+    path = Path(path)
     if dataset != "auto" and dataset not in LABEL_RANGES:
         raise DataError(
             f"unknown dataset {dataset!r}; choose one of auto, {', '.join(LABEL_RANGES)}"
         )
     if not path.exists():
-        raise DataError(f"{path}: no such file or folder")
+        raise DataError(f"{path}: no such file or folder (packaged datasets: "
+                        f"{', '.join(PACKAGED_DATASETS)})")
 
     if format == "auto":
         if path.is_dir() or path.suffix.lower() == ".csv":

@@ -22,6 +22,7 @@ from msakit.config import ConfigError, ExperimentConfig, load_saved_config
 from msakit.data import dataset_splits, load_dataset, make_loader
 from msakit.data.dataset import MSADataset, Split
 from msakit.lm import load_tokenizer
+from msakit.provenance import ENV_FILE, environment_record
 from msakit.models import FeatureDims, create_model
 from msakit.training import distributed, runs
 from msakit.training.results import (
@@ -143,8 +144,14 @@ def data_record(dataset: MSADataset, partitions: list[Partition], config: Experi
 
 
 def _train_one(config: ExperimentConfig, dataset: MSADataset, partition: Partition, seed: int,
-               run_dir: Path, resume: bool, progress: bool, transform=None) -> dict[str, Any]:
-    """Train, select on valid, test once; write everything into ``run_dir``."""
+               run_dir: Path, resume: bool, progress: bool, transform=None,
+               evaluate_test: bool = True, epoch_callback=None) -> dict[str, Any]:
+    """Train, select on valid, test once; write everything into ``run_dir``.
+
+    With ``evaluate_test=False`` (hyper-parameter tuning) the test part is never loaded: the
+    run folder holds the training and validation record only, no test metrics or predictions.
+    ``epoch_callback`` goes to :class:`Trainer`. Under torchrun, process 0 alone writes.
+    """
     is_main = distributed.current().is_main
     metrics_path = run_dir / runs.METRICS_FILE
     if resume and metrics_path.exists():
@@ -155,13 +162,20 @@ def _train_one(config: ExperimentConfig, dataset: MSADataset, partition: Partiti
         config.save(run_dir / runs.CONFIG_FILE)  # the sub-run's own seed, so it stands alone
     torch.manual_seed(seed)  # model initialisation depends on the seed alone
     model = create_model(config.model, feature_dims(dataset, config))
-    trainer = Trainer(config, run_dir, dataset.name, progress=progress and is_main)
+    trainer = Trainer(config, run_dir, dataset.name, progress=progress and is_main,
+                      epoch_callback=epoch_callback)
 
     train_loader = EpochLoader(partition.train, dataset, config, seed, transform)
     valid_loader = loader_for(partition.valid, dataset, config, train=False)
     summary = trainer.fit(model, train_loader, valid_loader,
                           torch.as_tensor(partition.train.labels, dtype=torch.float32),
                           resume=resume)
+    if not evaluate_test:
+        result = {"seed": seed, "partition": partition.name, **summary,
+                  "parameters": model.parameter_counts()}
+        if is_main:
+            runs.write_json(metrics_path, result)
+        return result
     trainer.load_best(model)
     test = evaluate_model(model, loader_for(partition.test, dataset, config, train=False),
                           dataset.name, trainer.device, keep_extras=True,
@@ -171,10 +185,12 @@ def _train_one(config: ExperimentConfig, dataset: MSADataset, partition: Partiti
     if evaluation_artifacts is not None:
         artifacts = {**artifacts, "test": evaluation_artifacts(test.extras)}
     if is_main:
+        video_of = dict(zip(partition.test.ids, partition.test.video_ids))
         with (run_dir / "predictions.csv").open("w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["id", "label", "prediction"])
-            writer.writerows(zip(test.ids, test.labels.tolist(), test.predictions.tolist()))
+            writer.writerow(["id", "video_id", "label", "prediction"])
+            writer.writerows(zip(test.ids, [video_of[i] for i in test.ids],
+                                 test.labels.tolist(), test.predictions.tolist()))
         if artifacts:
             runs.write_json(run_dir / "artifacts.json", artifacts)
     result = {
@@ -232,6 +248,7 @@ def run_experiment(
             config.save(run_dir / runs.CONFIG_FILE)
             runs.write_json(run_dir / runs.DATA_FILE, data_record(dataset, partitions, config))
             runs.write_json(run_dir / "experiment.json", {"seeds": seeds})
+            runs.write_json(run_dir / ENV_FILE, environment_record(config.data.path))
         run_dir = Path(process.broadcast_object(str(run_dir) if run_dir else None))
     if transform_factory is None:
         from msakit.augment import transform_from_config as transform_factory

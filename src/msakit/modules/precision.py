@@ -31,8 +31,11 @@ def full_precision(function: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         device = next((a.device.type for a in (*args, *kwargs.values())
                        if isinstance(a, torch.Tensor)), "cpu")
+        args = tuple(_to_float32(a) for a in args)
+        kwargs = {k: _to_float32(v) for k, v in kwargs.items()}
+        if not torch.amp.is_autocast_available(device):  # e.g. meta tensors: no autocast there
+            return function(*args, **kwargs)
         with torch.autocast(device_type=device, enabled=False):
-            return function(*(_to_float32(a) for a in args),
-                            **{k: _to_float32(v) for k, v in kwargs.items()})
+            return function(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

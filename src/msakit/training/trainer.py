@@ -378,7 +378,9 @@ class Trainer:
     def _better(self, value: float, best: float | None) -> bool:
         if best is None or (isinstance(best, float) and math.isnan(best)):
             return not math.isnan(value)
-        return value < best if self.selection_mode == "min" else value > best
+        gain = best - value if self.selection_mode == "min" else value - best
+        margin = self.config.train.min_improvement
+        return gain >= margin if margin > 0 else gain > 0
 
     def _save_last(self, model, optimizer, scheduler, state: dict[str, Any]) -> None:
         if not self.process.is_main:
@@ -544,6 +546,11 @@ class Trainer:
         model.on_epoch_start(epoch)
         batches = _as_sized(loader)
         n_steps = len(batches)
+        if cfg.partial_accumulation == "drop" and n_steps < cfg.grad_accumulation:
+            raise ConfigError(
+                f"train.partial_accumulation=drop with {n_steps} batch(es) per epoch and "
+                f"train.grad_accumulation={cfg.grad_accumulation}: no optimiser step would ever "
+                f"be taken; lower train.grad_accumulation or train.batch_size")
         parameters = [p for p in model.parameters() if p.requires_grad]
         # 'mean': each batch's loss / grad_accumulation; 'sum' (DMD official): unscaled
         scale = 1.0 / cfg.grad_accumulation if cfg.accumulation == "mean" else 1.0
@@ -555,7 +562,8 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         for step, batch in enumerate(batches, start=1):
             batch = move_batch(batch, self.device)
-            steps_now = step % cfg.grad_accumulation == 0 or step == n_steps
+            last_partial = step == n_steps and cfg.partial_accumulation == "step"
+            steps_now = step % cfg.grad_accumulation == 0 or last_partial
             # under DDP, gradients are averaged over processes only on the stepping micro-batch
             no_sync = (module.no_sync() if self.process.enabled and not steps_now
                        else contextlib.nullcontext())

@@ -36,6 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from msakit.modules.precision import full_precision
+
+
+@full_precision
+def _edge_softmax(scores: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``softmax(scores / temperature)`` over the last dim, in float32 (see ``train.precision``)."""
+    return torch.softmax(scores / temperature, dim=-1)
+
 
 def directed_pairs(num_modalities: int) -> list[tuple[int, int]]:
     """``(student, teacher)`` index pairs in the official order (student-major)."""
@@ -124,7 +132,7 @@ class GraphDistillationUnit(nn.Module):
         scores = torch.cat(
             [self.edge_score(torch.cat([z[s], z[t]], dim=-1)) for s, t in self.pairs], dim=-1
         )
-        return torch.softmax(scores / self.temperature, dim=-1)
+        return _edge_softmax(scores, self.temperature)
 
     def _weights(self, edges: torch.Tensor) -> torch.Tensor:
         return edges + self.prior.unsqueeze(0)

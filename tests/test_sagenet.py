@@ -140,3 +140,16 @@ def test_l_layers_cost_l_times_the_single_layer_encoder():
     one, three = build(), build(["model.encoder_layers=3"])
     stack = lambda m: sum(p.numel() for p in m.audio_branch.layers.parameters())  # noqa: E731
     assert stack(three) == 3 * stack(one)
+
+
+def test_evaluation_artifacts_hold_each_clips_mean_gate():
+    model = build()
+    model.eval()
+    with torch.no_grad():
+        output = model(synthetic_batch(SHAPE, VOCAB))
+    artifacts = model.evaluation_artifacts(output.extras)
+    values = artifacts["gate_values"]
+    assert set(values) == {"text_by_audio", "audio_by_text", "text_by_vision", "vision_by_text"}
+    expected = output.extras["gate_text_by_audio"].mean(dim=1)
+    assert values["text_by_audio"] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert artifacts["gates"]["text_by_audio"] == pytest.approx(float(expected.mean()), abs=1e-5)

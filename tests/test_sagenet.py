@@ -140,3 +140,29 @@ def test_l_layers_cost_l_times_the_single_layer_encoder():
     one, three = build(), build(["model.encoder_layers=3"])
     stack = lambda m: sum(p.numel() for p in m.audio_branch.layers.parameters())  # noqa: E731
     assert stack(three) == 3 * stack(one)
+
+
+def test_shipped_config_trains_with_the_posters_augmentation():
+    """The poster defines SAGE-Net with its text and audio augmentation: the shipped config
+    turns both families on (regression: it used to train without any)."""
+    from msakit.augment import transform_from_config
+
+    config = build_config("sagenet")
+    assert config.augment.text.enabled and config.augment.audio.enabled
+    assert not config.augment.vision.enabled  # the poster augments text and audio only
+    assert transform_from_config(config) is not None
+    off = build_config("sagenet", ["augment.text.enabled=false", "augment.audio.enabled=false"])
+    assert transform_from_config(off) is None
+
+
+def test_evaluation_artifacts_hold_each_clips_mean_gate():
+    model = build()
+    model.eval()
+    with torch.no_grad():
+        output = model(synthetic_batch(SHAPE, VOCAB))
+    artifacts = model.evaluation_artifacts(output.extras)
+    values = artifacts["gate_values"]
+    assert set(values) == {"text_by_audio", "audio_by_text", "text_by_vision", "vision_by_text"}
+    expected = output.extras["gate_text_by_audio"].mean(dim=1)
+    assert values["text_by_audio"] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert artifacts["gates"]["text_by_audio"] == pytest.approx(float(expected.mean()), abs=1e-5)

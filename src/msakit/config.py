@@ -118,21 +118,38 @@ class TrainConfig(StrictModel):
     seed: int = 1
     device: str = "auto"
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None = default")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Forward passes under torch.autocast in this dtype (fp16 with loss "
+        "scaling, CUDA only); losses that need fp32 (CMD moments, ULGM distances, DMD edge "
+        "softmax) stay in fp32"
+    )
+    sync_every_steps: int | None = Field(
+        50, ge=1, description="Read the device-side loss sums (progress bar, finiteness check) "
+        "every N training steps; None = at the epoch end only"
+    )
+    num_workers: int | None = Field(
+        None, ge=0, description="DataLoader worker processes; None = 2 on CUDA, 0 on CPU "
+        "(batches are slices of pre-tokenised tensors, cheap to build in the main process)"
+    )
+    pin_memory: bool | None = Field(None, description="Pin batches for asynchronous copies to "
+                                    "the GPU; None = on CUDA only")
+    persistent_workers: bool = Field(True, description="Keep DataLoader workers alive across "
+                                     "epochs (when num_workers > 0)")
     lm_cache: Literal["auto", "off"] = Field(
         "auto", description="auto: when the language model is frozen (and, for the training "
         "split, text augmentation is off) compute its hidden states once per clip and reuse them "
         "from an on-disk cache; off: run the LM on every batch"
     )
+    lm_cache_dir: str | None = Field(
+        None, description="Folder of the language-model cache; default $MSAKIT_CACHE/lm, else "
+        "~/.cache/msakit/lm (safe to delete)"
+    )
+
     @field_validator("lm_cache", mode="before")
     @classmethod
     def _yaml_off(cls, value: Any) -> Any:
         """YAML reads a bare ``off`` as False (and ``on`` as True)."""
         return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
-
-    lm_cache_dir: str | None = Field(
-        None, description="Folder of the language-model cache; default $MSAKIT_CACHE/lm, else "
-        "~/.cache/msakit/lm (safe to delete)"
-    )
 
 
 class RunConfig(StrictModel):
@@ -141,6 +158,12 @@ class RunConfig(StrictModel):
                              "<model>-<dataset>-<timestamp>")
     preset: str | None = Field(None, description="The preset the config was built from "
                                "(msakit/configs/presets/<model>/<preset>.yaml); set by --preset")
+    loggers: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list, description="Also send each epoch's scalars to TensorBoard event "
+        "files and/or MLflow (msakit.training.loggers); the run folder stays the record")
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking URI; default: "
+                                            "SQLite file mlruns/mlflow.db in output_dir")
+    mlflow_experiment: str = "msakit"
 
 
 class ExperimentConfig(StrictModel):
@@ -254,6 +277,7 @@ def build_config(
         tree = deep_update(tree, {"run": {"preset": preset}})
     tree = deep_update(tree, base or {})
     tree = apply_overrides(tree, overrides or [])
+    tree.pop("search", None)  # the tuner's search space (msakit.experiments.tune), not a setting
     model_tree = dict(tree.pop("model", {}) or {})
     given_name = model_tree.setdefault("name", model_name)
     if given_name != model_name:
@@ -273,7 +297,13 @@ def build_config(
 
 def load_saved_config(path: Path) -> ExperimentConfig:
     """Re-validate a run's saved ``config.yaml``."""
-    tree = yaml.safe_load(Path(path).read_text()) or {}
+    return config_from_tree(yaml.safe_load(Path(path).read_text()) or {}, str(path))
+
+
+def config_from_tree(tree: dict[str, Any], path: str = "<config>") -> ExperimentConfig:
+    """Re-validate a complete config tree (a run's saved config, an exported ``config.json``)
+    without applying today's shipped defaults."""
+    tree = dict(tree)
     name = (tree.get("model") or {}).get("name")
     if not name:
         raise ConfigError(f"{path}: model.name missing")

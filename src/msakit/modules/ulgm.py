@@ -24,6 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from msakit.modules.gates import gate_values
+from msakit.modules.precision import full_precision
+
 
 class SentimentHead(nn.Module):
     """Self-MM's post-fusion / post-unimodal head.
@@ -49,6 +52,7 @@ class SentimentHead(nn.Module):
 # The ULGM formulas as pure functions (unit-tested on hand-made numbers)
 # --------------------------------------------------------------------------------------------
 
+@full_precision
 def relative_distance(
     features: torch.Tensor, positive_centre: torch.Tensor, negative_centre: torch.Tensor,
     eps: float = 1e-8,
@@ -390,6 +394,8 @@ class ULGMHooks:
                 value = value.float()
                 summary[name] = {"mean": float(value.mean()),
                                  "std": float(value.std()) if value.numel() > 1 else 0.0}
+        if gates := gate_values(dict(extras)):
+            summary["gate_values"] = gates  # per-clip gate means, drawn by msakit report
         return summary
 
     def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:

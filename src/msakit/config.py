@@ -116,6 +116,23 @@ class TrainConfig(StrictModel):
     seed: int = 1
     device: str = "auto"
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None = default")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Forward passes under torch.autocast in this dtype (fp16 with loss "
+        "scaling, CUDA only); losses that need fp32 (CMD moments, ULGM distances, DMD edge "
+        "softmax) stay in fp32"
+    )
+    sync_every_steps: int | None = Field(
+        50, ge=1, description="Read the device-side loss sums (progress bar, finiteness check) "
+        "every N training steps; None = at the epoch end only"
+    )
+    num_workers: int | None = Field(
+        None, ge=0, description="DataLoader worker processes; None = 2 on CUDA, 0 on CPU "
+        "(batches are slices of pre-tokenised tensors, cheap to build in the main process)"
+    )
+    pin_memory: bool | None = Field(None, description="Pin batches for asynchronous copies to "
+                                    "the GPU; None = on CUDA only")
+    persistent_workers: bool = Field(True, description="Keep DataLoader workers alive across "
+                                     "epochs (when num_workers > 0)")
 
 
 class RunConfig(StrictModel):

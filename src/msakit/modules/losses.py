@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from msakit.modules.precision import full_precision
+
 
 def safe_l2_norm(difference: torch.Tensor) -> torch.Tensor:
     """Euclidean norm of a vector whose gradient is 0 (not NaN) where the vector is 0.
@@ -33,6 +35,7 @@ def _check_batch(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name}: expected a (B, D) batch with B >= 1, got {tuple(x.shape)}")
 
 
+@full_precision
 def cmd_loss(x: torch.Tensor, y: torch.Tensor, n_moments: int = 5,
              interval: float | None = None) -> torch.Tensor:
     """Central Moment Discrepancy between two batches.
@@ -70,6 +73,7 @@ def cmd_loss(x: torch.Tensor, y: torch.Tensor, n_moments: int = 5,
     return loss
 
 
+@full_precision
 def frobenius_orthogonality_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``||Aᵀ B||_F²``: the soft orthogonality constraint as MMILN writes it (eq. 26), on the
     raw representations (no centring, no normalisation, a sum over the ``D_a x D_b`` entries).
@@ -83,6 +87,7 @@ def frobenius_orthogonality_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tens
     return (a.reshape(a.shape[0], -1).t() @ b.reshape(b.shape[0], -1)).pow(2).sum()
 
 
+@full_precision
 def soft_orthogonality_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """MISA's difference loss: push two sets of representations towards orthogonality.
 

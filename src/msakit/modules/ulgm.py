@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from msakit.modules.precision import full_precision
+
 
 class SentimentHead(nn.Module):
     """Self-MM's post-fusion / post-unimodal head.
@@ -49,6 +51,7 @@ class SentimentHead(nn.Module):
 # The ULGM formulas as pure functions (unit-tested on hand-made numbers)
 # --------------------------------------------------------------------------------------------
 
+@full_precision
 def relative_distance(
     features: torch.Tensor, positive_centre: torch.Tensor, negative_centre: torch.Tensor,
     eps: float = 1e-8,

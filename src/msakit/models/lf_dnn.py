@@ -185,7 +185,8 @@ class LFDNN(MSAModel):
         features = {}
         if "text" in self.modalities:
             encoded = self.text_encoder(
-                batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
+                batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                hidden_states=batch.get("text_hidden"),
             )  # (B, H) pooled, or (B, L_t, H) token states for the LSTM
             if self.config.text_subnet == "lstm":
                 encoded = self._text_lstm_final(encoded, batch["attention_mask"])

@@ -162,7 +162,8 @@ class LFDNN(MSAModel):
         features = {}
         if "text" in self.modalities:
             pooled = self.text_encoder(
-                batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
+                batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                hidden_states=batch.get("text_hidden"),
             )
             features["text"] = self.text_subnet(pooled)
         for modality in ("audio", "vision"):

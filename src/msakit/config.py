@@ -123,6 +123,10 @@ class TrainConfig(StrictModel):
         "scaling, CUDA only); losses that need fp32 (CMD moments, ULGM distances, DMD edge "
         "softmax) stay in fp32"
     )
+    fused_optimizer: bool = Field(
+        True, description="Adam/AdamW as PyTorch's fused kernel (CPU and CUDA); false = the "
+        "per-parameter loop (same update up to floating-point rounding)"
+    )
     sync_every_steps: int | None = Field(
         50, ge=1, description="Read the device-side loss sums (progress bar, finiteness check) "
         "every N training steps; None = at the epoch end only"

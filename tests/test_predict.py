@@ -105,7 +105,7 @@ def _fake_run(folder, extractor, dims=None):
     (folder / "data.json").write_text(json.dumps({
         "source": "/data/mosi/aligned_50.pkl", "dataset": "mosi", "word_aligned": False,
         "feature_dims": dims or {"audio": 5, "vision": 20}, "extractor": extractor}))
-    (folder / "seed1" / "standard" / "best.pt").write_bytes(b"")
+    (folder / "seed1" / "standard" / "best.safetensors").write_bytes(b"")
     return folder
 
 
@@ -197,7 +197,9 @@ def test_contributions_come_from_model_extras(extracted, tmp_path, monkeypatch, 
     from msakit.models import FeatureDims
 
     model = GateProbe(GateProbeConfig(), FeatureDims(**dataset.feature_dims))
-    torch.save({"model": model.checkpoint_state_dict(), "epoch": 1}, run / "best.pt")
+    from msakit.training.runs import save_best_state
+
+    save_best_state(run, model.checkpoint_state_dict(), {"epoch": 1})
 
     (prediction,) = predict_clips([mosi_raw_dir / MP4], run, [MP4_TEXT])
     gate = prediction.contributions["gate_audio_vision"]

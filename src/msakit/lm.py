@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from msakit.config import DEFAULT_LANGUAGE_MODEL
+from msakit.config import DEFAULT_LANGUAGE_MODEL, ConfigError
 
 PACKAGED_ALIASES = {DEFAULT_LANGUAGE_MODEL, "sentence-transformers/all-MiniLM-L6-v2"}
 
@@ -29,11 +29,32 @@ def resolve_language_model(name_or_path: str) -> str:
     return name_or_path
 
 
+class LanguageModelError(ConfigError):
+    """A language model that cannot be loaded (unknown name, offline, broken folder)."""
+
+
+def _unavailable(name_or_path: str, err: Exception) -> LanguageModelError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if Path(name_or_path).exists():
+        return LanguageModelError(
+            f"language model folder {name_or_path!r} cannot be loaded ({first}); it needs the "
+            "files `transformers` saves (config.json, tokenizer and weights)")
+    return LanguageModelError(
+        f"language model {name_or_path!r} is not available: it is not a local folder and "
+        f"could not be fetched from a model hub ({first}). Offline, download it where a hub is "
+        f"reachable (e.g. `huggingface-cli download {name_or_path} --local-dir DIR`) and pass "
+        f"the folder: --set model.language_model=DIR. The packaged default "
+        f"{DEFAULT_LANGUAGE_MODEL!r} always works offline.")
+
+
 @lru_cache(maxsize=8)
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_language_model(name_or_path))
+    try:
+        return AutoTokenizer.from_pretrained(resolve_language_model(name_or_path))
+    except (OSError, ValueError) as err:
+        raise _unavailable(name_or_path, err) from err
 
 
 def load_language_model(name_or_path: str):
@@ -47,6 +68,8 @@ def load_language_model(name_or_path: str):
     hf_logging.disable_progress_bar()  # one bar per fold and seed is noise
     try:
         return AutoModel.from_pretrained(resolve_language_model(name_or_path))
+    except (OSError, ValueError) as err:
+        raise _unavailable(name_or_path, err) from err
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:

@@ -8,8 +8,8 @@ CMU-SDK pickles: ``extractor`` is null) is refused: its model expects inputs tha
 cannot be given.
 
 Run folder (written by :mod:`msakit.training`): ``config.yaml`` and ``data.json`` at the top,
-checkpoints ``seed<S>/<partition>/best.pt`` (``{"model": state_dict, ...}``), or a single
-training folder holding ``best.pt`` itself. With several checkpoints (seeds x folds), the
+selected weights ``seed<S>/<partition>/best.safetensors`` (read with
+:func:`msakit.training.runs.load_best_state`), or a single training folder holding them itself. With several checkpoints (seeds x folds), the
 prediction is their mean and the spread is reported.
 """
 
@@ -25,7 +25,7 @@ from msakit.extract.config import TOOL_NAME, ExtractorConfig
 
 CONFIG_FILE = "config.yaml"
 DATA_FILE = "data.json"
-BEST_CHECKPOINT = "best.pt"
+BEST_CHECKPOINT = "best.safetensors"
 
 #: 7-class labels of the rounded score on MOSI/MOSEI's [-3, 3] scale.
 SEVEN_CLASSES = {
@@ -43,7 +43,7 @@ class TrainedRun:
     """A run folder ready to predict.
 
     Attributes:
-        checkpoints: training folders whose ``best.pt`` is used.
+        checkpoints: training folders whose ``best.safetensors`` is used.
         extractor: the :class:`ExtractorConfig` the training features were made with.
         normalization: the training statistics recorded with them (or ``None``).
         label_range: the dataset family's label range (``(-3, 3)`` for MOSI-like data).
@@ -102,10 +102,15 @@ def _read_json(path: Path) -> dict:
 
 
 def find_checkpoints(run_dir: Path, checkpoint: str | None = None) -> list[Path]:
-    """Training folders holding ``best.pt``: ``run_dir`` itself, ``run_dir/<checkpoint>``, or
-    every ``run_dir/seed*/*``."""
+    """Training folders holding ``best.safetensors``: ``run_dir`` itself, ``run_dir/<checkpoint>``
+    (which must lie inside ``run_dir``), or every ``run_dir/seed*/*``."""
     if checkpoint:
         chosen = run_dir / checkpoint
+        inside = run_dir.resolve()
+        if chosen.resolve() != inside and inside not in chosen.resolve().parents:
+            raise RunIncompatibleError(
+                f"--checkpoint {checkpoint!r} is outside the run folder {run_dir}: name a "
+                "training folder of the run, e.g. seed1/fold0")
         if not (chosen / BEST_CHECKPOINT).is_file():
             raise RunIncompatibleError(f"{chosen}: no {BEST_CHECKPOINT} there")
         return [chosen]
@@ -227,7 +232,7 @@ def predict_clips(
     from msakit.extract.features import ClipFeatureExtractor, finalize_clip
     from msakit.lm import load_tokenizer
     from msakit.models import FeatureDims, create_model
-    from msakit.training.runs import load_checkpoint
+    from msakit.training.runs import load_best_into
 
     hf_logging.disable_progress_bar()  # a weight-loading bar per checkpoint is noise here
     if not isinstance(run, TrainedRun):
@@ -287,8 +292,7 @@ def predict_clips(
     scores, extras_runs = [], []
     for folder in run.checkpoints:
         model = create_model(config.model, feature_dims)
-        saved = load_checkpoint(folder / BEST_CHECKPOINT, device)
-        model.load_checkpoint_state_dict(saved["model"])
+        load_best_into(model, folder, device)
         model.to(device).eval()
         with torch.no_grad():
             output = model(batch)

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import click
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -33,11 +32,13 @@ def _fail(message: str) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override one config value (YAML syntax), e.g. --set train.lr=1e-4. Repeatable.")
 @click.option("--folds", type=int, help="Grouped (by video) K-fold cross-validation.")
-@click.option("--seeds", cls=MultiValueOption, type=int, help="Seeds to run, e.g. --seeds 1 2 3.")
+@click.option("--seeds", cls=MultiValueOption, type=click.IntRange(0, 2**32 - 1),
+              help="Seeds to run, e.g. --seeds 1 2 3.")
 @click.option("--epochs", type=int, help="Shortcut for --set train.epochs=N.")
 @click.option("--output-dir", type=click.Path(file_okay=False), help="Where run folders go.")
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False),
-              help="Continue an interrupted run folder (other options are then ignored).")
+              help="Continue an interrupted run folder exactly as it was started; options that "
+              "would change it are refused.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (e.g. in logs).")
 def train(model, data_path, config_file, overrides, folds, seeds, epochs, output_dir, resume_dir,
           no_progress):
@@ -49,26 +50,28 @@ def train(model, data_path, config_file, overrides, folds, seeds, epochs, output
       msakit train lf_dnn --data ../shared/data/mosi --set model.modalities=[text]
       msakit train misa --resume runs/misa-mosi-20261125-101500
     """
-    from msakit.config import ConfigError, build_config
+    from msakit.config import ConfigError, build_config, load_yaml_file
     from msakit.data import DataError
     from msakit.training import run_experiment
+    from msakit.training.experiment import check_resume_request
     from msakit.training.results import results_table
 
     console = make_console()
     try:
+        base = load_yaml_file(config_file)
+        extra = list(overrides)
+        if data_path:
+            extra.append(f"data.path={json.dumps(str(Path(data_path).resolve()))}")
+        if folds is not None:
+            extra.append(f"data.folds={folds}")
+        if epochs is not None:
+            extra.append(f"train.epochs={epochs}")
+        if output_dir:
+            extra.append(f"run.output_dir={json.dumps(str(output_dir))}")
         if resume_dir:
+            check_resume_request(resume_dir, model, extra, base, list(seeds) if seeds else None)
             config = None
         else:
-            base = yaml.safe_load(Path(config_file).read_text()) if config_file else {}
-            extra = list(overrides)
-            if data_path:
-                extra.append(f"data.path={json.dumps(str(data_path))}")
-            if folds:
-                extra.append(f"data.folds={folds}")
-            if epochs:
-                extra.append(f"train.epochs={epochs}")
-            if output_dir:
-                extra.append(f"run.output_dir={json.dumps(str(output_dir))}")
             config = build_config(model, extra, base=base)
         run_dir, summary = run_experiment(
             config, seeds=list(seeds) if seeds else None, resume_dir=resume_dir,
@@ -79,6 +82,9 @@ def train(model, data_path, config_file, overrides, folds, seeds, epochs, output
     results = json.loads((run_dir / "metrics.json").read_text())["runs"]
     console.print(results_table(f"{model}: test metrics ({run_dir})", results, summary))
     console.print(f"results: {run_dir / 'results.md'}")
+    from msakit.training.runs import folder_size, human_size
+
+    console.print(f"run folder: {run_dir} ({human_size(folder_size(run_dir))})")
 
 
 @click.command()

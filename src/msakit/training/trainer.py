@@ -35,9 +35,22 @@ NO_DECAY_MARKERS = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weigh
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; a device this
+    machine does not have is a :class:`ConfigError`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from err
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ConfigError(f"device {name!r} is not available here ({count} CUDA device(s)); "
+                              "use train.device=cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' is not available here; use train.device=cpu or auto")
+    return device
 
 
 def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -216,11 +229,26 @@ class Trainer:
         tmp.replace(self.run_dir / runs.LAST_CHECKPOINT)
 
     def _save_best(self, model, epoch: int, value: float) -> None:
-        tmp = self.run_dir / (runs.BEST_CHECKPOINT + ".tmp")
-        torch.save({"model": model.checkpoint_state_dict(), "epoch": epoch,
-                    "selection_metric": self.config.train.selection_metric,
-                    "selection_value": value}, tmp)
-        tmp.replace(self.run_dir / runs.BEST_CHECKPOINT)
+        runs.save_best_state(self.run_dir, model.checkpoint_state_dict(), {
+            "model": self.config.model.name, "epoch": epoch,
+            "selection_metric": self.config.train.selection_metric, "selection_value": value})
+
+    def _keep_epoch_rows_up_to(self, epoch: int) -> None:
+        """Drop ``epochs.csv`` rows after the checkpointed epoch: a crash between writing an
+        epoch's row and its ``last.pt`` must not leave that epoch twice after resuming."""
+        path = self.run_dir / "epochs.csv"
+        if not path.exists():
+            return
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            fieldnames = reader.fieldnames or []
+            rows = [r for r in reader if int(r["epoch"]) <= epoch]
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(path)
 
     def _append_epoch_row(self, row: dict[str, Any]) -> None:
         path = self.run_dir / "epochs.csv"
@@ -286,6 +314,7 @@ class Trainer:
                 scheduler.load_state_dict(saved["scheduler"])
             restore_rng_state(saved["rng"])
             state = {k: saved[k] for k in state}
+            self._keep_epoch_rows_up_to(state["epoch"])
             log.info("resuming %s after epoch %d", self.run_dir, state["epoch"])
 
         weights = self.config.model.loss_weights
@@ -325,7 +354,7 @@ class Trainer:
                 progress.update(epoch_task, advance=1, info=(
                     f"train {train_losses['total']:.4f}  valid {cfg.selection_metric} "
                     f"{value:.4f}  best {state['best_value']:.4f}@{state['best_epoch']}"))
-        if not (self.run_dir / runs.BEST_CHECKPOINT).exists():
+        if not (self.run_dir / runs.BEST_WEIGHTS).exists():
             raise RuntimeError(f"{self.run_dir}: no epoch produced a valid selection value")
         return {
             "best_epoch": state["best_epoch"],
@@ -367,6 +396,5 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def load_best(self, model: MSAModel) -> MSAModel:
-        saved = runs.load_checkpoint(self.run_dir / runs.BEST_CHECKPOINT, self.device)
-        model.load_checkpoint_state_dict(saved["model"])
+        runs.load_best_into(model, self.run_dir, self.device)
         return model.to(self.device)

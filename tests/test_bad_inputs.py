@@ -236,7 +236,7 @@ def test_unknown_language_model_offline_names_it_and_the_way_out(mosi_word_align
         "train", "lf_dnn", "--data", str(mosi_word_aligned), "--folds", "2", "--output-dir",
         str(tmp_path / "runs"), "--set", "model.language_model=no-such-org/no-such-model"])
     assert result.exit_code == 1
-    assert "language model 'no-such-org/no-such-model' is not available" in result.output
+    assert "language model 'no-such-org/no-such-model' could not be loaded" in result.output
     assert "--set model.language_model=DIR" in result.output
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 

@@ -187,3 +187,47 @@ def test_short_real_training_beats_the_training_mean(mosi_word_aligned, tmp_path
     assert len(art["labels"]) == len(fold.train)
     assert {row["id"] for row in art["labels"]} == set(fold.train.ids)
     assert art["drift"]["a"]["mean_abs_drift"] > 0
+
+
+def _groups_by_name(model_name: str, overrides: list[str] = ()) -> tuple[dict, object]:
+    from msakit.training.trainer import build_parameter_groups
+
+    config = build_config(model_name, list(overrides))
+    built = create_model(config.model, DIMS)
+    return {g["name"]: g for g in build_parameter_groups(built, config)}, built
+
+
+@pytest.mark.parametrize("model_name,audio_modules,vision_modules", [
+    ("self_mm", ("audio_lstm", "audio_out"), ("vision_lstm", "vision_out")),
+    ("mmiln", ("audio_lstm", "audio_conv"), ("vision_lstm", "vision_conv")),
+])
+def test_five_official_optimiser_groups(model_name, audio_modules, vision_modules):
+    """thuiar/Self-MM's optimiser: LM with/without decay, audio, video, rest (MOSI values);
+    outside the LM every parameter decays, biases included."""
+    groups, built = _groups_by_name(model_name)
+    assert list(groups) == ["language_model", "language_model/no_decay", "audio", "vision",
+                            "other"]
+    settings = {name: (g["lr"], g["weight_decay"]) for name, g in groups.items()}
+    assert settings == {"language_model": (5e-5, 1e-3), "language_model/no_decay": (5e-5, 0.0),
+                        "audio": (1e-3, 0.01), "vision": (1e-4, 1e-3), "other": (1e-3, 1e-3)}
+
+    def ids(*modules):
+        return {id(p) for m in modules for p in getattr(built, m).parameters()}
+
+    assert {id(p) for p in groups["audio"]["params"]} == ids(*audio_modules)
+    assert {id(p) for p in groups["vision"]["params"]} == ids(*vision_modules)
+    lm = {id(p) for g in ("language_model", "language_model/no_decay") for p in groups[g]["params"]}
+    assert lm == ids("text_encoder")
+    other_names = {n for n, p in built.named_parameters() if id(p) in
+                   {id(q) for q in groups["other"]["params"]}}
+    assert any(n.endswith("bias") for n in other_names)  # biases decay outside the LM
+
+
+def test_optimiser_groups_follow_the_config():
+    groups, _ = _groups_by_name("self_mm", ["model.audio_lr=0.005", "model.vision_lr=null",
+                                            "model.exempt_biases_from_decay=true",
+                                            "train.weight_decay=0.02"])
+    assert groups["audio"]["lr"] == 0.005 and groups["vision"]["lr"] == 1e-3  # None -> train.lr
+    assert groups["audio/no_decay"]["weight_decay"] == 0.0
+    assert groups["other"]["weight_decay"] == 0.02
+    assert {"audio/no_decay", "vision/no_decay", "other/no_decay"} <= set(groups)

@@ -152,3 +152,31 @@ def test_artifact_summary_averages_numeric_groups_only():
     assert summary["edges"]["a"]["std"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
     assert summary["edges"]["b"]["n"] == 2
     assert summarise_artifacts([]) == {}
+
+
+def test_parameter_groups_hook_is_checked():
+    """The trainer takes the model's groups but refuses a parameter in two groups or in none."""
+    from msakit.models.base import FeatureDims, MSAModel
+    from msakit.training.trainer import build_parameter_groups
+
+    class TwoLayers(MSAModel):
+        def __init__(self, config, dims, layout):
+            super().__init__(config, dims)
+            self.first, self.second = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
+            self.layout = layout
+
+        def parameter_groups(self, train):
+            return [{"name": name, "params": list(module.parameters()), "lr": 0.1,
+                     "weight_decay": 0.0} for name, module in self.layout(self)]
+
+    config = build_config("lf_dnn")
+    dims = FeatureDims(1, 1)
+    good = TwoLayers(config.model, dims, lambda m: [("a", m.first), ("b", m.second),
+                                                     ("c", torch.nn.Sequential())])
+    assert [g["name"] for g in build_parameter_groups(good, config)] == ["a", "b"]
+    twice = TwoLayers(config.model, dims, lambda m: [("a", m.first), ("b", m)])
+    with pytest.raises(RuntimeError, match="groups 'a' and 'b'"):
+        build_parameter_groups(twice, config)
+    missing = TwoLayers(config.model, dims, lambda m: [("a", m.first)])
+    with pytest.raises(RuntimeError, match="second.weight"):
+        build_parameter_groups(missing, config)

@@ -96,21 +96,40 @@ class TrainConfig(StrictModel):
     lm_weight_decay: float = Field(0.0, ge=0)
     grad_clip_value: float | None = Field(None, gt=0)
     grad_clip_norm: float | None = Field(None, gt=0)
-    grad_accumulation: int = Field(1, ge=1)
+    grad_accumulation: int = Field(1, ge=1, description="Batches per optimiser step")
+    accumulation: Literal["mean", "sum"] = Field(
+        "mean", description="How the losses of the grad_accumulation batches combine: 'mean' "
+        "divides each by grad_accumulation; 'sum' does not (DMD's official loop)"
+    )
+    clip_every_backward: bool = Field(
+        False, description="Clip (grad_clip_value / grad_clip_norm) the running gradient sum "
+        "after every backward (DMD's official loop) instead of once before each optimiser step"
+    )
     patience: int | None = Field(8, ge=1, description="Early stop after this many epochs "
                                  "without improvement of the selection metric; None = never")
     selection_metric: str = Field("loss", description="'loss' (validation task loss) or a "
                                   "metric name such as MAE, Non0_acc_2, Corr")
-    scheduler: Literal["none", "plateau"] = "none"
+    scheduler: Literal["none", "plateau", "warmup_cosine"] = Field(
+        "none", description="'plateau': ReduceLROnPlateau on the selection value, per epoch; "
+        "'warmup_cosine': linear warm-up then cosine annealing (ALMT's official schedule, see "
+        "msakit.training.trainer.warmup_cosine_factor)"
+    )
     plateau_factor: float = Field(0.5, gt=0, lt=1)
     plateau_patience: int = Field(5, ge=1)
+    warmup_fraction: float = Field(0.1, gt=0, lt=1, description="warmup_cosine: warm-up length "
+                                   "as a share of all epochs (or steps)")
+    cosine_fraction: float = Field(0.9, gt=0, le=1, description="warmup_cosine: cosine period "
+                                   "(CosineAnnealingLR's T_max) as a share of all epochs (or steps)")
+    scheduler_interval: Literal["epoch", "step"] = Field(
+        "epoch", description="warmup_cosine: step the schedule once per epoch (ALMT's official "
+        "script) or once per optimiser step"
+    )
     seed: int = Field(1, ge=0, le=2**32 - 1)
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None = default")
     keep_last: bool = Field(False, description="Keep each training run's resumable last.pt "
                             "(weights + optimiser state) after it finished; by default it is "
                             "deleted then, leaving best.safetensors")
-
 
     @field_validator("device")
     @classmethod
@@ -137,6 +156,8 @@ class RunConfig(StrictModel):
             raise ValueError(f"run.name {name!r} must be one folder name (letters, digits, "
                              "_ . + = @ -, not starting with '.' or '-'), not a path")
         return name
+    preset: str | None = Field(None, description="The preset the config was built from "
+                               "(msakit/configs/presets/<model>/<preset>.yaml); set by --preset")
 
 
 class ExperimentConfig(StrictModel):
@@ -251,19 +272,32 @@ def build_config(
     model_name: str,
     overrides: list[str] | None = None,
     base: dict[str, Any] | None = None,
+    preset: str | None = None,
 ) -> ExperimentConfig:
     """Resolve the config of ``model_name``.
+
+    Precedence: class defaults < ``configs/<model>.yaml`` < ``preset`` < ``base`` < ``overrides``.
 
     Args:
         model_name: a registered model name.
         overrides: ``section.key=value`` strings, applied last.
         base: a config tree (e.g. a user's YAML file or a saved run's config) applied over the
-            model's shipped defaults.
+            model's shipped defaults and the preset.
+        preset: a preset name of ``model_name`` (:mod:`msakit.presets`), e.g. ``"mosi"``.
     """
     from msakit.models import get_model_class  # late import: models import this module
 
     model_cls = get_model_class(model_name)
-    tree = deep_update(default_config_file(model_name), base or {})
+    tree = default_config_file(model_name)
+    if preset is not None:
+        from msakit.presets import PresetError, load_preset
+
+        try:
+            tree = deep_update(tree, load_preset(model_name, preset).config)
+        except PresetError as err:
+            raise ConfigError(str(err)) from err
+        tree = deep_update(tree, {"run": {"preset": preset}})
+    tree = deep_update(tree, base or {})
     tree = apply_overrides(tree, overrides or [])
     model_tree = dict(tree.pop("model", {}) or {})
     given_name = model_tree.setdefault("name", model_name)

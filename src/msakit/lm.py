@@ -29,22 +29,32 @@ def resolve_language_model(name_or_path: str) -> str:
     return name_or_path
 
 
-class LanguageModelError(ConfigError):
-    """A language model that cannot be loaded (unknown name, offline, broken folder)."""
+class LanguageModelUnavailable(ConfigError):
+    """A language model that is neither packaged, nor a local folder, nor reachable on a hub."""
+
+    def __init__(self, name_or_path: str, reason: str):
+        self.name_or_path = name_or_path
+        local = Path(name_or_path).expanduser()
+        if local.exists():
+            message = (f"the folder {local} holds no loadable Hugging Face model ({reason}); "
+                       "it needs the files that save_pretrained writes (config.json, weights, "
+                       "tokenizer files)")
+        elif name_or_path.startswith(("/", "./", "../", "~")):
+            message = f"there is no folder {local}"
+        else:
+            message = (f"it is not a local folder, and no model hub answered or had it "
+                       f"({reason}). Download it where a hub is reachable (e.g. `hf download "
+                       f"{name_or_path} --local-dir DIR`) and pass the folder: "
+                       "--set model.language_model=DIR")
+        super().__init__(
+            f"language model {name_or_path!r} could not be loaded: {message}. The packaged "
+            f"default {DEFAULT_LANGUAGE_MODEL!r} works offline."
+        )
 
 
-def _unavailable(name_or_path: str, err: Exception) -> LanguageModelError:
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    if Path(name_or_path).exists():
-        return LanguageModelError(
-            f"language model folder {name_or_path!r} cannot be loaded ({first}); it needs the "
-            "files `transformers` saves (config.json, tokenizer and weights)")
-    return LanguageModelError(
-        f"language model {name_or_path!r} is not available: it is not a local folder and "
-        f"could not be fetched from a model hub ({first}). Offline, download it where a hub is "
-        f"reachable (e.g. `huggingface-cli download {name_or_path} --local-dir DIR`) and pass "
-        f"the folder: --set model.language_model=DIR. The packaged default "
-        f"{DEFAULT_LANGUAGE_MODEL!r} always works offline.")
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
 
 
 @lru_cache(maxsize=8)
@@ -54,7 +64,7 @@ def load_tokenizer(name_or_path: str):
     try:
         return AutoTokenizer.from_pretrained(resolve_language_model(name_or_path))
     except (OSError, ValueError) as err:
-        raise _unavailable(name_or_path, err) from err
+        raise LanguageModelUnavailable(name_or_path, _first_line(err)) from err
 
 
 def load_language_model(name_or_path: str):
@@ -69,7 +79,7 @@ def load_language_model(name_or_path: str):
     try:
         return AutoModel.from_pretrained(resolve_language_model(name_or_path))
     except (OSError, ValueError) as err:
-        raise _unavailable(name_or_path, err) from err
+        raise LanguageModelUnavailable(name_or_path, _first_line(err)) from err
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:

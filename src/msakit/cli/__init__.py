@@ -24,7 +24,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions that describe a problem with the user's input or environment."""
     from msakit.config import ConfigError
     from msakit.data.dataset import DataError
-    from msakit.lm import LanguageModelError
+    from msakit.lm import LanguageModelUnavailable as LanguageModelError
     from msakit.training.runs import CheckpointError, RunError
 
     types: list[type[BaseException]] = [ConfigError, DataError, CheckpointError, RunError,

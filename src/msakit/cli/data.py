@@ -6,6 +6,7 @@ import json
 
 import click
 
+from msakit.cli._options import DATA_PATH
 from msakit.data.dataset import DataError
 
 
@@ -15,7 +16,7 @@ def data() -> None:
 
 
 @data.command("inspect")
-@click.argument("path", type=click.Path(exists=True))
+@click.argument("path", type=DATA_PATH)
 @click.option("--format", "format_", default="auto", show_default=True,
               type=click.Choice(["auto", "mmsa", "cmu_sdk", "label_csv"]))
 @click.option("--dataset", default="auto", show_default=True,

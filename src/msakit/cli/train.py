@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from msakit.cli._options import MultiValueOption
+from msakit.cli._options import DATA_PATH, MultiValueCommand
 
 
 def make_console() -> Console:
@@ -23,16 +23,19 @@ def _fail(message: str) -> None:
     raise click.ClickException(message)
 
 
-@click.command()
+@click.command(cls=MultiValueCommand, multi_value_options=("--seeds",))
 @click.argument("model")
-@click.option("--data", "data_path", type=click.Path(exists=True),
-              help="MMSA pickle, CMU-SDK word-aligned pickle, or a folder with label.csv.")
+@click.option("--data", "data_path", type=DATA_PATH,
+              help="MMSA pickle, CMU-SDK word-aligned pickle, a folder with label.csv, or "
+              "mosi-demo (229 MOSI clips shipped with msakit).")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="YAML file with model/data/train/run sections, applied over the defaults.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override one config value (YAML syntax), e.g. --set train.lr=1e-4. Repeatable.")
+@click.option("--preset", help="The paper's settings for a dataset, e.g. --preset mosi "
+              "(msakit models --presets lists them); --config and --set apply on top.")
 @click.option("--folds", type=int, help="Grouped (by video) K-fold cross-validation.")
-@click.option("--seeds", cls=MultiValueOption, type=click.IntRange(0, 2**32 - 1),
+@click.option("--seeds", multiple=True, type=click.IntRange(0, 2**32 - 1),
               help="Seeds to run, e.g. --seeds 1 2 3.")
 @click.option("--epochs", type=int, help="Shortcut for --set train.epochs=N.")
 @click.option("--output-dir", type=click.Path(file_okay=False), help="Where run folders go.")
@@ -40,14 +43,18 @@ def _fail(message: str) -> None:
               help="Continue an interrupted run folder exactly as it was started; options that "
               "would change it are refused.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (e.g. in logs).")
-def train(model, data_path, config_file, overrides, folds, seeds, epochs, output_dir, resume_dir,
-          no_progress):
+@click.option("--baseline", "baseline_dir", type=click.Path(exists=True, file_okay=False),
+              help="After training, compare against this finished run (as `msakit compare "
+              "BASELINE NEW`); writes compare.json/.md into the new run folder.")
+def train(model, data_path, config_file, overrides, preset, folds, seeds, epochs, output_dir,
+          resume_dir, no_progress, baseline_dir):
     """Train MODEL, select on validation, test once; prints the results table.
 
     \b
     Examples:
       msakit train misa --data ../shared/data/mosi/word_aligned_valid.pkl --folds 5 --seeds 1 2 3
       msakit train lf_dnn --data ../shared/data/mosi --set model.modalities=[text]
+      msakit train misa --preset mosi --data aligned_50.pkl --set model.language_model=./bert
       msakit train misa --resume runs/misa-mosi-20261125-101500
     """
     from msakit.config import ConfigError, build_config, load_yaml_file
@@ -72,7 +79,7 @@ def train(model, data_path, config_file, overrides, folds, seeds, epochs, output
             check_resume_request(resume_dir, model, extra, base, list(seeds) if seeds else None)
             config = None
         else:
-            config = build_config(model, extra, base=base)
+            config = build_config(model, extra, base=base, preset=preset)
         run_dir, summary = run_experiment(
             config, seeds=list(seeds) if seeds else None, resume_dir=resume_dir,
             progress=not no_progress, console=console,
@@ -81,15 +88,41 @@ def train(model, data_path, config_file, overrides, folds, seeds, epochs, output
         _fail(str(err))
     results = json.loads((run_dir / "metrics.json").read_text())["runs"]
     console.print(results_table(f"{model}: test metrics ({run_dir})", results, summary))
+    _print_paper_row(console, run_dir, summary)
     console.print(f"results: {run_dir / 'results.md'}")
     from msakit.training.runs import folder_size, human_size
 
     console.print(f"run folder: {run_dir} ({human_size(folder_size(run_dir))})")
+    if baseline_dir:
+        from msakit.cli.experiments import print_comparison
+        from msakit.experiments.compare import CompareError, compare_runs, write_comparison
+
+        try:
+            result = compare_runs([baseline_dir, run_dir])
+        except CompareError as err:
+            _fail(f"training finished ({run_dir}), but the comparison is refused: {err}")
+        print_comparison(result, console)
+        json_path, md_path = write_comparison(result, run_dir)
+        console.print(f"comparison: {md_path}")
+
+
+def _print_paper_row(console: Console, run_dir: Path, summary: dict) -> None:
+    """With a preset, the paper's reported row beside this run's mean ± std."""
+    from msakit.config import load_saved_config
+    from msakit.presets import load_preset
+    from msakit.training.results import paper_table
+
+    config = load_saved_config(run_dir / "config.yaml")
+    if not config.run.preset:
+        return
+    preset = load_preset(config.model.name, config.run.preset)
+    if preset.paper is not None:
+        console.print(paper_table(preset, summary, config.model.language_model))
 
 
 @click.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--data", "data_path", type=click.Path(exists=True),
+@click.option("--data", "data_path", type=DATA_PATH,
               help="Score on this file's split instead of each run's own test partition.")
 @click.option("--split", default="test", show_default=True, help="Split of --data to score.")
 def evaluate(run_dir, data_path, split):
@@ -113,11 +146,17 @@ def evaluate(run_dir, data_path, split):
 
 
 @click.command()
+@click.option("--presets", "show_presets", is_flag=True,
+              help="List the presets (papers' settings) instead: model, dataset, source, numbers.")
+@click.option("--markdown", is_flag=True, help="With --presets: print a markdown table.")
 @click.option("--no-params", is_flag=True, help="Skip building models to count parameters.")
 @click.option("--audio-dim", default=74, show_default=True, help="Audio feature size for counts.")
 @click.option("--vision-dim", default=47, show_default=True, help="Vision feature size for counts.")
-def models(no_params, audio_dim, vision_dim):
+def models(show_presets, markdown, no_params, audio_dim, vision_dim):
     """List registered models: name, paper, parameters at the default config."""
+    if show_presets:
+        _list_presets(markdown)
+        return
     import torch
 
     from msakit.config import build_config
@@ -138,6 +177,22 @@ def models(no_params, audio_dim, vision_dim):
             total, trainable = f"{counts['total']:,}", f"{counts['trainable']:,}"
         table.add_row(name, cls.paper, total, trainable)
     console.print(table)
+
+
+def _list_presets(markdown: bool) -> None:
+    from msakit.presets import list_presets, presets_markdown
+
+    presets = list_presets()
+    if markdown:
+        click.echo(presets_markdown(presets), nl=False)
+        return
+    table = Table(title="msakit presets (msakit train MODEL --preset NAME)")
+    for column in ("model", "preset", "language model", "description", "paper's numbers"):
+        table.add_column(column)
+    for p in presets:
+        numbers = ", ".join(f"{k} {v:g}" for k, v in p.paper.metrics.items()) if p.paper else "-"
+        table.add_row(p.model, p.name, p.language_model or "default", p.description, numbers)
+    make_console().print(table)
 
 
 def register(main: click.Group) -> None:

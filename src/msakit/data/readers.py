@@ -63,8 +63,9 @@ def load_dataset(
     """Read a dataset file or folder.
 
     Args:
-        path: an MMSA pickle, a CMU-SDK word-aligned pickle, a folder holding ``label.csv``, or
-            the ``label.csv`` file itself.
+        path: an MMSA pickle, a CMU-SDK word-aligned pickle, a folder holding ``label.csv``,
+            the ``label.csv`` file itself, or a packaged dataset's name (``mosi-demo``: 229 MOSI
+            clips with COVAREP/FACET, see :mod:`msakit.data.packaged`).
         format: ``"auto"`` detects it: a folder or ``*.csv`` is ``label_csv``; a pickle holding a
             dict is ``mmsa``, one holding a list is ``cmu_sdk``.
         dataset: the family (``mosi``, ``mosei``, ``sims``, ``simsv2``, ``custom``), which sets
@@ -79,15 +80,23 @@ def load_dataset(
     Raises:
         DataError: unreadable or inconsistent input; the message says what and where.
     """
-    path = Path(path)
+    from msakit.data.packaged import PACKAGED_DATASETS, read_packaged
+
     if nonfinite not in ("replace", "error"):
         raise DataError(f"nonfinite must be 'replace' or 'error', not {nonfinite!r}")
+    if str(path) in PACKAGED_DATASETS and not Path(path).exists():
+        if format not in ("auto", "cmu_sdk") or dataset not in ("auto", "mosi"):
+            raise DataError(f"{path} is a packaged word-aligned MOSI set: use format auto/"
+                            f"cmu_sdk and dataset auto/mosi (got {format}, {dataset})")
+        return read_packaged(str(path), nonfinite)
+    path = Path(path)
     if dataset != "auto" and dataset not in LABEL_RANGES:
         raise DataError(
             f"unknown dataset {dataset!r}; choose one of auto, {', '.join(LABEL_RANGES)}"
         )
     if not path.exists():
-        raise DataError(f"{path}: no such file or folder")
+        raise DataError(f"{path}: no such file or folder (packaged datasets: "
+                        f"{', '.join(PACKAGED_DATASETS)})")
     if not path.is_dir() and not path.is_file():
         raise DataError(f"{path}: not a regular file or folder (a device, FIFO or socket)")
     result = _read(path, format, dataset, nonfinite)
@@ -125,13 +134,19 @@ def data_fingerprint(path: str | Path) -> dict[str, str]:
     recorded in a run so that it is re-read from anywhere and never silently replaced."""
     import hashlib
 
-    path = Path(path).resolve()
-    data_file = path / "label.csv" if path.is_dir() else path
+    from msakit.data.packaged import is_packaged, packaged_path
+
+    if is_packaged(path) and not Path(path).exists():  # e.g. "mosi-demo": kept as a name
+        name, data_file = str(path), packaged_path(str(path))
+    else:
+        resolved = Path(path).resolve()
+        name = str(resolved)
+        data_file = resolved / "label.csv" if resolved.is_dir() else resolved
     digest = hashlib.sha256()
     with data_file.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return {"path": str(path), "sha256": digest.hexdigest()}
+    return {"path": name, "sha256": digest.hexdigest()}
 
 
 def _clip_digest(split: Split, row: int) -> str:

@@ -32,7 +32,16 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from msakit.config import ModelConfig
+from msakit.config import ModelConfig, TrainConfig
+
+#: Parameter-name fragments that never take weight decay by default (biases and norm weights, as
+#: in BERT fine-tuning).
+NO_DECAY_MARKERS = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+
+
+def takes_no_decay(parameter_name: str) -> bool:
+    """Whether a parameter is a bias or a normalisation weight (no weight decay by default)."""
+    return any(marker in parameter_name for marker in NO_DECAY_MARKERS)
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,33 @@ class MSAModel(nn.Module):
         return {}
 
     # -- optimisation ------------------------------------------------------------------------
+    def parameter_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
+        """Optimiser parameter groups: dicts with ``name``, ``params``, ``lr``, ``weight_decay``.
+
+        The default splits the pretrained language model (``train.lm_lr``,
+        ``train.lm_weight_decay``) from the rest (``train.lr``, ``train.weight_decay``), each with
+        and without decay (biases and norm weights never decay). A model whose official code
+        uses other groups overrides this; the trainer checks that every trainable parameter is
+        in exactly one group.
+        """
+        lm_prefixes = self.language_model_prefixes()
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        for name, parameter in self.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            is_lm = name.startswith(lm_prefixes) if lm_prefixes else False
+            groups.setdefault((is_lm, not takes_no_decay(name)), []).append(parameter)
+        out = []
+        for (is_lm, decays), params in sorted(groups.items()):
+            out.append({
+                "params": params,
+                "lr": train.lm_lr if is_lm else train.lr,
+                "weight_decay": (train.lm_weight_decay if is_lm else train.weight_decay)
+                if decays else 0.0,
+                "name": f"{'language_model' if is_lm else 'other'}{'' if decays else '/no_decay'}",
+            })
+        return out
+
     def language_model_prefixes(self) -> tuple[str, ...]:
         """Parameter-name prefixes that belong to the pretrained language model.
 

@@ -36,10 +36,13 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from msakit.config import ModelConfig
+from msakit.config import TrainConfig
 from msakit.models import register_model
 from msakit.models.base import FeatureDims, ModelOutput, MSAModel
-from msakit.models.self_mm import SequenceLSTM, check_batch_sequence, require_audio_and_vision
+from msakit.models.self_mm import (
+    ModalityOptimiserConfig, SequenceLSTM, check_batch_sequence, modality_parameter_groups,
+    require_audio_and_vision,
+)
 from msakit.modules.gated_attention import GateTransformer, SAGTransformer, masked_mean
 from msakit.modules.losses import cmd_loss, soft_orthogonality_loss
 from msakit.modules.text import PretrainedTextEncoder
@@ -48,7 +51,7 @@ from msakit.modules.ulgm import SentimentHead, ULGMHooks, UnimodalLabelGenerator
 Ablation = Literal["none", "-MFM", "-MRM", "-GateFusion"]
 
 
-class MMILNConfig(ModelConfig):
+class MMILNConfig(ModalityOptimiserConfig):
     """MMILN hyper-parameters. Those outside the fusion layers are Self-MM's (paper, 4.2)."""
 
     name: str = "mmiln"
@@ -146,6 +149,12 @@ class MMILN(ULGMHooks, MSAModel):
              "v": config.post_vision_dim},
             fusion_key="m", label_limit=config.label_limit,
         )
+
+    def parameter_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
+        """Self-MM's five groups (paper 4.2: Self-MM's hyper-parameters); audio = the audio LSTM
+        and its Conv1d (eqs. 2 and 4), vision likewise."""
+        return modality_parameter_groups(self, train, ("audio_lstm", "audio_conv"),
+                                         ("vision_lstm", "vision_conv"))
 
     @staticmethod
     def _conv(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:

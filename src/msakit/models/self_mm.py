@@ -8,6 +8,7 @@ unimodal labels (:mod:`msakit.modules.ulgm`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -15,9 +16,9 @@ from pydantic import Field
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from msakit.config import ModelConfig
+from msakit.config import ModelConfig, TrainConfig
 from msakit.models import register_model
-from msakit.models.base import FeatureDims, ModelOutput, MSAModel
+from msakit.models.base import FeatureDims, ModelOutput, MSAModel, takes_no_decay
 from msakit.modules.text import PretrainedTextEncoder
 from msakit.modules.ulgm import SentimentHead, ULGMHooks, UnimodalLabelGenerator
 
@@ -59,7 +60,62 @@ def check_batch_sequence(batch: dict[str, Any], key: str, feature_dim: int) -> t
     return x
 
 
-class SelfMMConfig(ModelConfig):
+class ModalityOptimiserConfig(ModelConfig):
+    """Self-MM's optimiser groups: the official code gives the audio and the vision
+    sub-networks their own learning rate and weight decay (five Adam groups: LM with and without
+    decay, audio, vision, the rest). ``None`` = the rest's ``train.lr`` / ``train.weight_decay``.
+    """
+
+    audio_lr: float | None = Field(None, gt=0, description="lr of the audio sub-network")
+    audio_weight_decay: float | None = Field(None, ge=0)
+    vision_lr: float | None = Field(None, gt=0, description="lr of the vision sub-network")
+    vision_weight_decay: float | None = Field(None, ge=0)
+    exempt_biases_from_decay: bool = Field(
+        False, description="False (official): only the LM's biases and LayerNorm weights skip "
+        "weight decay; True: every bias and norm weight does (msakit's rule for other models)")
+
+
+def modality_parameter_groups(
+    model: MSAModel, train: TrainConfig, audio_modules: Sequence[str],
+    vision_modules: Sequence[str],
+) -> list[dict[str, Any]]:
+    """Self-MM's five Adam groups (``trains/multiTask/SELF_MM.py`` of thuiar/Self-MM):
+    ``language_model`` and ``language_model/no_decay`` (``lm_lr``; ``lm_weight_decay`` / 0),
+    ``audio`` (``audio_lr``, ``audio_weight_decay``), ``vision`` (the same for vision), ``other``
+    (``lr``, ``weight_decay``). ``audio_modules``/``vision_modules`` are attribute names of the
+    sub-networks. With ``exempt_biases_from_decay`` the last three split into ``.../no_decay``
+    groups too.
+    """
+    config: ModalityOptimiserConfig = model.config  # type: ignore[assignment]
+    settings = {
+        "language_model": (train.lm_lr, train.lm_weight_decay),
+        "audio": (config.audio_lr or train.lr, train.weight_decay
+                  if config.audio_weight_decay is None else config.audio_weight_decay),
+        "vision": (config.vision_lr or train.lr, train.weight_decay
+                   if config.vision_weight_decay is None else config.vision_weight_decay),
+        "other": (train.lr, train.weight_decay),
+    }
+    prefixes = {
+        "language_model": model.language_model_prefixes(),
+        "audio": tuple(f"{m}." for m in audio_modules),
+        "vision": tuple(f"{m}." for m in vision_modules),
+    }
+    groups: dict[str, dict[str, Any]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        owner = next((key for key, p in prefixes.items() if p and name.startswith(p)), "other")
+        lr, decay = settings[owner]
+        exempt = takes_no_decay(name) and (owner == "language_model"
+                                           or config.exempt_biases_from_decay)
+        group_name = owner + ("/no_decay" if exempt else "")
+        group = groups.setdefault(group_name, {"name": group_name, "params": [], "lr": lr,
+                                               "weight_decay": 0.0 if exempt else decay})
+        group["params"].append(parameter)
+    return list(groups.values())
+
+
+class SelfMMConfig(ModalityOptimiserConfig):
     """Self-MM hyper-parameters (official MOSI values)."""
 
     name: str = "self_mm"
@@ -116,6 +172,11 @@ class SelfMM(ULGMHooks, MSAModel):
              "a": config.post_audio_dim, "v": config.post_vision_dim},
             fusion_key="m", label_limit=config.label_limit,
         )
+
+    def parameter_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
+        """The official five groups; audio = LSTM + ``audio_out`` (the official ``AuViSubNet``)."""
+        return modality_parameter_groups(self, train, ("audio_lstm", "audio_out"),
+                                         ("vision_lstm", "vision_out"))
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         text = self.text_encoder(batch["input_ids"], batch["attention_mask"],

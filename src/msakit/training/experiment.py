@@ -26,6 +26,7 @@ from msakit.data import dataset_splits, load_dataset, make_loader
 from msakit.data.dataset import DataError, MSADataset, Split
 from msakit.data.readers import data_fingerprint
 from msakit.lm import load_tokenizer
+from msakit.provenance import ENV_FILE, environment_record
 from msakit.models import FeatureDims, create_model
 from msakit.training import runs
 from msakit.training.runs import RunError
@@ -162,8 +163,14 @@ def data_record(dataset: MSADataset, partitions: list[Partition], config: Experi
 
 
 def _train_one(config: ExperimentConfig, dataset: MSADataset, partition: Partition, seed: int,
-               run_dir: Path, resume: bool, progress: bool, transform=None) -> dict[str, Any]:
-    """Train, select on valid, test once; write everything into ``run_dir``."""
+               run_dir: Path, resume: bool, progress: bool, transform=None,
+               evaluate_test: bool = True, epoch_callback=None) -> dict[str, Any]:
+    """Train, select on valid, test once; write everything into ``run_dir``.
+
+    With ``evaluate_test=False`` (hyper-parameter tuning) the test part is never loaded: the
+    run folder holds the training and validation record only, no test metrics or predictions.
+    ``epoch_callback`` goes to :class:`Trainer`.
+    """
     metrics_path = run_dir / runs.METRICS_FILE
     if resume and metrics_path.exists():
         return runs.read_json(metrics_path)
@@ -176,7 +183,8 @@ def _train_one(config: ExperimentConfig, dataset: MSADataset, partition: Partiti
     config.save(run_dir / runs.CONFIG_FILE)  # the sub-run's own seed, so it stands alone
     torch.manual_seed(seed)  # model initialisation depends on the seed alone
     model = create_model(config.model, feature_dims(dataset, config))
-    trainer = Trainer(config, run_dir, dataset.name, progress=progress)
+    trainer = Trainer(config, run_dir, dataset.name, progress=progress,
+                      epoch_callback=epoch_callback)
 
     def train_loader(epoch: int):
         return loader_for(partition.train, dataset, config, train=True,
@@ -186,13 +194,20 @@ def _train_one(config: ExperimentConfig, dataset: MSADataset, partition: Partiti
     summary = trainer.fit(model, train_loader, valid_loader,
                           torch.as_tensor(partition.train.labels, dtype=torch.float32),
                           resume=resume)
+    if not evaluate_test:
+        result = {"seed": seed, "partition": partition.name, **summary,
+                  "parameters": model.parameter_counts()}
+        runs.write_json(metrics_path, result)
+        return result
     trainer.load_best(model)
     test = evaluate_model(model, loader_for(partition.test, dataset, config, train=False),
                           dataset.name, trainer.device, keep_extras=True)
+    video_of = dict(zip(partition.test.ids, partition.test.video_ids))
     with (run_dir / "predictions.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["id", "label", "prediction"])
-        writer.writerows(zip(test.ids, test.labels.tolist(), test.predictions.tolist()))
+        writer.writerow(["id", "video_id", "label", "prediction"])
+        writer.writerows(zip(test.ids, [video_of[i] for i in test.ids], test.labels.tolist(),
+                             test.predictions.tolist()))
     artifacts = model.run_artifacts()
     evaluation_artifacts = getattr(model, "evaluation_artifacts", None)
     if evaluation_artifacts is not None:
@@ -258,6 +273,7 @@ def run_experiment(
                                    config.run.name)
         config.save(run_dir / runs.CONFIG_FILE)
         runs.write_json(run_dir / runs.DATA_FILE, data_record(dataset, partitions, config))
+        runs.write_json(run_dir / ENV_FILE, environment_record(config.data.path))
     runs.update_experiment_record(run_dir, seeds=seeds, status="running", error=None)
     try:
         summary = _run_all(config, dataset, partitions, seeds, run_dir, resume_dir is not None,

@@ -115,6 +115,34 @@ def results_table(title: str, results: list[dict[str, Any]], summary: dict) -> T
     return table
 
 
+def paper_table(preset, summary: dict, language_model: str | None = None) -> Table:
+    """The paper's reported numbers (:class:`msakit.presets.Preset`) beside this run's mean ± std.
+
+    Papers give accuracies and F1 in percent; the table shows both in the paper's units.
+    """
+    paper = preset.paper
+    title = f"{preset.model} preset {preset.name!r}: paper ({paper.citation}) vs this run"
+    table = Table(title=title, min_width=len(title))  # a narrow table would wrap the title
+    for column in ("metric", "paper", "this run (mean ± std)", "n"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for metric, value in paper.metrics.items():
+        if metric in summary:
+            ours = format_value(metric, summary[metric]["mean"], summary[metric]["std"])
+            n = str(summary[metric]["n"])
+        else:
+            ours, n = "-", "-"
+        table.add_row(metric, f"{value:g}", ours, n)
+    notes = []
+    if paper.note:
+        notes.append(paper.note)
+    if language_model and language_model != preset.language_model:
+        notes.append(f"this run used language model {language_model!r}, the preset names "
+                     f"{preset.language_model!r}")
+    if notes:
+        table.caption = "; ".join(notes)
+    return table
+
+
 def write_results(run_dir: Path, model: str, results: list[dict[str, Any]], summary: dict) -> None:
     """``results.csv`` (one row per run, then mean and std), ``results.md``, ``metrics.json``."""
     metrics = list(summary)

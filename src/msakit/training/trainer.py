@@ -12,7 +12,7 @@ import csv
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,6 @@ from msakit.training import runs
 from msakit.training.seeding import restore_rng_state, rng_state, seed_everything
 
 log = logging.getLogger(__name__)
-
-NO_DECAY_MARKERS = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -58,36 +56,89 @@ def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def build_parameter_groups(model: MSAModel, config: ExperimentConfig) -> list[dict[str, Any]]:
-    """Adam parameter groups: the pretrained LM vs the rest, each with and without weight decay.
+    """The model's optimiser groups (:meth:`MSAModel.parameter_groups`), checked.
 
-    Biases and normalisation weights never decay (as in BERT fine-tuning and Self-MM).
+    Empty groups are dropped; every trainable parameter must be in exactly one group and no
+    frozen parameter in any.
     """
-    train = config.train
-    lm_prefixes = model.language_model_prefixes()
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        is_lm = name.startswith(lm_prefixes) if lm_prefixes else False
-        decays = not any(marker in name for marker in NO_DECAY_MARKERS)
-        groups.setdefault((is_lm, decays), []).append(parameter)
-    out = []
-    for (is_lm, decays), params in sorted(groups.items()):
-        out.append({
-            "params": params,
-            "lr": train.lm_lr if is_lm else train.lr,
-            "weight_decay": (train.lm_weight_decay if is_lm else train.weight_decay) if decays else 0.0,
-            "name": f"{'language_model' if is_lm else 'other'}{'' if decays else '/no_decay'}",
-        })
-    if not out:
+    groups = [g for g in model.parameter_groups(config.train) if len(g["params"])]
+    seen: dict[int, str] = {}
+    for group in groups:
+        for parameter in group["params"]:
+            if id(parameter) in seen:
+                raise RuntimeError(f"model {config.model.name}: a parameter is in optimiser "
+                                   f"groups {seen[id(parameter)]!r} and {group['name']!r}")
+            if not parameter.requires_grad:
+                raise RuntimeError(f"model {config.model.name}: optimiser group "
+                                   f"{group['name']!r} holds a frozen parameter")
+            seen[id(parameter)] = group["name"]
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
+    if missing:
+        raise RuntimeError(f"model {config.model.name}: trainable parameters in no optimiser "
+                           f"group: {missing[:5]}")
+    if not groups:
         raise ConfigError(f"model {config.model.name} has no trainable parameters")
-    return out
+    return groups
 
 
 def make_optimizer(model: MSAModel, config: ExperimentConfig) -> torch.optim.Optimizer:
     groups = build_parameter_groups(model, config)
     cls = torch.optim.AdamW if config.train.optimizer == "adamw" else torch.optim.Adam
     return cls(groups)
+
+
+def warmup_cosine_factor(k: int, warmup: float, period: float) -> float:
+    """Learning-rate factor after ``k`` scheduler steps: linear warm-up, then cosine annealing.
+
+    ``k / W`` while ``k <= W``; afterwards ``(1 + cos(pi j / T)) / 2`` with
+    ``j = k - floor(W) - 1``. This reproduces ALMT's official schedule step for step
+    (``GradualWarmupScheduler(multiplier=1, total_epoch=W)`` handing over to
+    ``CosineAnnealingLR(T_max=T)``, stepped once per epoch): the first epoch runs at lr 0, the
+    base lr is reached at ``k = W`` and held one more step while the hand-over happens.
+
+    Args:
+        k: scheduler steps taken so far (0 before the first epoch / optimiser step).
+        warmup: ``W`` (official: 0.1 x epochs).
+        period: ``T`` (official: 0.9 x epochs).
+    """
+    if k <= warmup:
+        return k / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (k - math.floor(warmup) - 1) / period))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: ExperimentConfig, mode: str,
+                   steps_per_epoch: int):
+    """The configured learning-rate scheduler (or None).
+
+    ``plateau`` is stepped with the epoch's selection value; ``warmup_cosine`` once per epoch or
+    per optimiser step (``train.scheduler_interval``) with no argument.
+    """
+    train = config.train
+    if train.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=mode, factor=train.plateau_factor, patience=train.plateau_patience,
+        )
+    if train.scheduler == "warmup_cosine":
+        total = train.epochs * (steps_per_epoch if train.scheduler_interval == "step" else 1)
+        warmup, period = train.warmup_fraction * total, train.cosine_fraction * total
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda k: warmup_cosine_factor(k, warmup, period)
+        )
+    return None
+
+
+def optimizer_steps_per_epoch(num_batches: int, config: ExperimentConfig) -> int:
+    """Optimiser steps in an epoch of ``num_batches`` (a trailing partial group also steps)."""
+    return max(1, math.ceil(num_batches / config.train.grad_accumulation))
+
+
+def clip_gradients(parameters: list[torch.nn.Parameter], config: ExperimentConfig) -> None:
+    """Apply ``grad_clip_value`` then ``grad_clip_norm`` (each when set)."""
+    train = config.train
+    if train.grad_clip_value is not None:
+        torch.nn.utils.clip_grad_value_(parameters, train.grad_clip_value)
+    if train.grad_clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(parameters, train.grad_clip_norm)
 
 
 def weighted_loss(output: ModelOutput, weights: dict[str, float], model_name: str) -> torch.Tensor:
@@ -107,6 +158,10 @@ def weighted_loss(output: ModelOutput, weights: dict[str, float], model_name: st
         term = weights[name] * value
         total = term if total is None else total + term
     return total
+
+
+def _as_sized(loader):
+    return list(loader) if not hasattr(loader, "__len__") else loader
 
 
 @dataclass
@@ -193,6 +248,9 @@ class Trainer:
         run_dir: the training-run folder (created by the caller).
         dataset_name: metric family (``mosi``, ``sims``, ...).
         progress: show progress bars.
+        epoch_callback: ``(epoch, selection_value, epoch_row) -> None``, called after every
+            epoch once its row and checkpoints are written (e.g. a tuner's pruner); an exception
+            it raises stops training and propagates to the caller.
     """
 
     def __init__(
@@ -201,14 +259,17 @@ class Trainer:
         run_dir: Path,
         dataset_name: str,
         progress: bool = True,
+        epoch_callback: Callable[[int, float, dict[str, Any]], None] | None = None,
     ):
         self.config = config
         self.run_dir = Path(run_dir)
         self.dataset_name = dataset_name
         self.progress = progress
+        self.epoch_callback = epoch_callback
         self.device = resolve_device(config.train.device)
         selection = config.train.selection_metric
         self.selection_mode = "min" if selection == "loss" else metric_direction(selection)
+        self._step_scheduler = None  # a per-optimiser-step schedule, set up in fit
 
     # ------------------------------------------------------------------------------------------
     def _better(self, value: float, best: float | None) -> bool:
@@ -297,12 +358,13 @@ class Trainer:
         model.to(self.device)
         model.on_fit_start(train_labels.to(self.device))
         optimizer = make_optimizer(model, self.config)
-        scheduler = None
-        if cfg.scheduler == "plateau":
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode=self.selection_mode, factor=cfg.plateau_factor,
-                patience=cfg.plateau_patience,
-            )
+        steps_per_epoch = 1
+        if cfg.scheduler == "warmup_cosine" and cfg.scheduler_interval == "step":
+            steps_per_epoch = optimizer_steps_per_epoch(
+                len(_as_sized(train_loader_factory(1))), self.config)
+        scheduler = make_scheduler(optimizer, self.config, self.selection_mode, steps_per_epoch)
+        self._step_scheduler = scheduler if (
+            cfg.scheduler == "warmup_cosine" and cfg.scheduler_interval == "step") else None
         state = {"epoch": 0, "best_value": None, "best_epoch": 0, "bad_epochs": 0,
                  "epoch_seconds": []}
         last_path = self.run_dir / runs.LAST_CHECKPOINT
@@ -331,8 +393,10 @@ class Trainer:
                 train_statistics = model.epoch_statistics()
                 valid = evaluate_model(model, valid_loader, self.dataset_name, self.device)
                 value = valid.selection_value(cfg.selection_metric)
-                if scheduler is not None:
+                if cfg.scheduler == "plateau":
                     scheduler.step(value)
+                elif scheduler is not None and self._step_scheduler is None:
+                    scheduler.step()
                 seconds = time.perf_counter() - started
                 improved = self._better(value, state["best_value"])
                 if improved:
@@ -342,15 +406,18 @@ class Trainer:
                     state["bad_epochs"] += 1
                 state["epoch"] = epoch
                 state["epoch_seconds"] = [*state["epoch_seconds"], seconds]
-                self._append_epoch_row({
+                row = {
                     "epoch": epoch, "seconds": round(seconds, 3),
                     **{f"train_{k}": v for k, v in train_losses.items()},
                     **{f"train_{k}": v for k, v in train_statistics.items()},
                     **{f"valid_{k}": v for k, v in valid.losses.items()},
                     **{f"valid_{k}": v for k, v in valid.metrics.items()},
                     "selected": int(improved),
-                })
+                }
+                self._append_epoch_row(row)
                 self._save_last(model, optimizer, scheduler, state)
+                if self.epoch_callback is not None:
+                    self.epoch_callback(epoch, value, row)
                 progress.update(epoch_task, advance=1, info=(
                     f"train {train_losses['total']:.4f}  valid {cfg.selection_metric} "
                     f"{value:.4f}  best {state['best_value']:.4f}@{state['best_epoch']}"))
@@ -367,7 +434,10 @@ class Trainer:
         cfg = self.config.train
         model.train()
         model.on_epoch_start(epoch)
-        batches = list(loader) if not hasattr(loader, "__len__") else loader
+        batches = _as_sized(loader)
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        # 'mean': each batch's loss / grad_accumulation; 'sum' (DMD official): unscaled
+        scale = 1.0 / cfg.grad_accumulation if cfg.accumulation == "mean" else 1.0
         task = progress.add_task(f"epoch {epoch}", total=len(batches), info="")
         sums: dict[str, float] = {}
         count = 0
@@ -376,14 +446,16 @@ class Trainer:
             batch = move_batch(batch, self.device)
             output = model(batch)
             loss = weighted_loss(output, weights, self.config.model.name)
-            (loss / cfg.grad_accumulation).backward()
+            (loss * scale).backward()
+            if cfg.clip_every_backward:
+                clip_gradients(parameters, self.config)  # the running sum, as DMD's loop
             if step % cfg.grad_accumulation == 0 or step == len(batches):
-                if cfg.grad_clip_value is not None:
-                    torch.nn.utils.clip_grad_value_(model.parameters(), cfg.grad_clip_value)
-                if cfg.grad_clip_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
+                if not cfg.clip_every_backward:
+                    clip_gradients(parameters, self.config)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                if self._step_scheduler is not None:
+                    self._step_scheduler.step()
             model.on_train_batch_end(batch, output, epoch)
             size = output.prediction.shape[0]
             count += size

@@ -125,14 +125,26 @@ def _print_paper_row(console: Console, run_dir: Path, summary: dict) -> None:
 @click.option("--data", "data_path", type=DATA_PATH,
               help="Score on this file's split instead of each run's own test partition.")
 @click.option("--split", default="test", show_default=True, help="Split of --data to score.")
-def evaluate(run_dir, data_path, split):
-    """Re-evaluate the trained checkpoints of RUN_DIR; writes RUN_DIR/evaluation.json."""
+@click.option("--robustness", is_flag=True, help="Score each checkpoint on its test part under "
+              "test-time perturbations (modalities removed, feature noise, time-step masking, "
+              "word dropout); writes robustness.json/.md/.csv and a plot per metric.")
+@click.option("--robustness-seed", default=0, show_default=True, type=click.IntRange(0),
+              help="Seed of the perturbations (the same clips get the same ones in any run).")
+def evaluate(run_dir, data_path, split, robustness, robustness_seed):
+    """Re-evaluate the trained checkpoints of RUN_DIR; writes RUN_DIR/evaluation.json (or,
+    with --data, evaluation-<file>-<split>.json)."""
     from msakit.config import ConfigError
     from msakit.data import DataError
     from msakit.training import evaluate_run
+    from msakit.training.experiment import evaluation_file_name
     from msakit.training.results import artifacts_table, results_table
 
     console = make_console()
+    if robustness:
+        if data_path:
+            _fail("--robustness scores each checkpoint's own test part; it takes no --data")
+        _print_robustness(console, run_dir, robustness_seed)
+        return
     try:
         report = evaluate_run(run_dir, data_path=data_path, split=split)
     except (ConfigError, DataError, KeyError, ValueError, FileNotFoundError) as err:
@@ -142,7 +154,33 @@ def evaluate(run_dir, data_path, split):
     if report.get("artifacts_summary"):
         console.print(artifacts_table("model artifacts (test split), mean ± std over runs",
                                       report["artifacts_summary"]))
-    console.print(f"written: {Path(run_dir) / 'evaluation.json'}")
+    console.print(f"written: {Path(run_dir) / evaluation_file_name(data_path, split)}")
+
+
+def _print_robustness(console: Console, run_dir: str, seed: int) -> None:
+    from msakit.robustness import TABLE_METRICS, evaluate_robustness
+
+    with console.status("scoring the checkpoints under perturbations ..."):
+        report = evaluate_robustness(run_dir, seed=seed)
+    present = report["conditions"][0]["metrics"]
+    metrics = [m for m in TABLE_METRICS if m in present]
+    table = Table(title=f"robustness of {report['model']} ({run_dir}): mean ± std over "
+                  f"{report['n_units']} checkpoints; Δ to clean [95% CI]")
+    table.add_column("condition")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for row in report["conditions"]:
+        cells = []
+        for m in metrics:
+            v = row["metrics"][m]
+            cell = f"{v['mean']:.4f} ± {v['std']:.4f}"
+            if row["family"] != "clean":
+                cell += f"\nΔ {v['difference']:+.4f} [{v['ci_low']:+.4f}, {v['ci_high']:+.4f}]"
+            cells.append(cell)
+        table.add_row(row["condition"], *cells)
+    console.print(table)
+    console.print(f"written: {Path(run_dir) / 'robustness.md'} (.json, .csv, "
+                  "robustness-<metric>.png)")
 
 
 @click.command()

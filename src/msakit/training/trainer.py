@@ -445,7 +445,10 @@ class Trainer:
         for step, batch in enumerate(batches, start=1):
             batch = move_batch(batch, self.device)
             output = model(batch)
-            loss = weighted_loss(output, weights, self.config.model.name)
+            try:
+                loss = weighted_loss(output, weights, self.config.model.name)
+            except FloatingPointError as err:
+                raise FloatingPointError(f"{err} at epoch {epoch}, step {step}") from err
             (loss * scale).backward()
             if cfg.clip_every_backward:
                 clip_gradients(parameters, self.config)  # the running sum, as DMD's loop

@@ -10,6 +10,7 @@ import torch
 from msakit.modules.crossmodal import (
     CrossModalTransformerEncoder,
     future_mask,
+    per_sample_future_mask,
     sinusoidal_positions,
 )
 
@@ -124,8 +125,8 @@ def test_dropout_only_in_training():
         (lambda e: e(torch.randn(2, 4, 8)), "x_query must have shape"),
         (lambda e: e(torch.randn(2, 4, 16), torch.randn(3, 4, 16)), "batch size"),
         (lambda e: e(torch.randn(2, 4, 16), key_padding_mask=torch.zeros(2, 4)), "bool"),
-        (lambda e: e(torch.randn(1, 2, 16), key_padding_mask=torch.ones(1, 2, dtype=torch.bool)),
-         "every key step"),
+        (lambda e: e(torch.randn(1, 2, 16), torch.randn(1, 3, 16),
+                     query_lengths=torch.tensor([2])), "both query_lengths and key_lengths"),
     ],
 )
 def test_clear_errors(call, message):
@@ -136,3 +137,39 @@ def test_clear_errors(call, message):
 def test_heads_must_divide_width():
     with pytest.raises(ValueError, match="divisible"):
         CrossModalTransformerEncoder(10, 4, 1)
+
+
+def test_per_sample_future_mask_uses_each_samples_real_lengths():
+    # sample 0: 2 real queries, 5 real keys -> offset 3; sample 1: 3 and 3 -> offset 0
+    mask = per_sample_future_mask(torch.tensor([2, 3]), torch.tensor([5, 3]), 3, 5)
+    assert mask.shape == (2, 3, 5)
+    torch.testing.assert_close(mask[0, :2], future_mask(2, 5))
+    torch.testing.assert_close(mask[1, :3, :3], future_mask(3, 3))
+    assert not mask[:, :, 0].any()  # key 0 always visible: no fully masked row
+
+
+def test_cross_attention_with_future_mask_ignores_the_batch_padding():
+    torch.manual_seed(0)
+    encoder = CrossModalTransformerEncoder(16, 4, 2, attn_mask=True).eval()
+    query, key = torch.randn(1, 3, 16), torch.randn(1, 5, 16)
+    alone = encoder(query, key)
+    padded_query = torch.cat([query, torch.zeros(1, 4, 16)], dim=1)
+    padded_key = torch.cat([key, torch.zeros(1, 2, 16)], dim=1)
+    with_lengths = encoder(padded_query, padded_key,
+                           key_padding_mask=torch.arange(7)[None] >= 5,
+                           query_lengths=torch.tensor([3]), key_lengths=torch.tensor([5]))
+    torch.testing.assert_close(with_lengths[:, :3], alone, atol=1e-6, rtol=0)
+    # the offset from padded lengths (7 vs 7 -> 0 instead of 2) changes the result
+    padded_offset = encoder(padded_query, padded_key, key_padding_mask=torch.arange(7)[None] >= 5)
+    assert (padded_offset[:, :3] - alone).abs().max() > 1e-3
+
+
+def test_official_positions_skip_steps_whose_first_feature_is_zero():
+    torch.manual_seed(0)
+    official = CrossModalTransformerEncoder(16, 4, 1, zero_step_positions=False).eval()
+    x = torch.randn(1, 4, 16)
+    x[0, 2] = 0.0
+    embedded = official._embed(x)
+    torch.testing.assert_close(embedded[0, 2], torch.zeros(16))
+    positions = sinusoidal_positions(4, 16)
+    torch.testing.assert_close(embedded[0, 1], official.embed_scale * x[0, 1] + positions[1])

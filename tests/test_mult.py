@@ -29,7 +29,8 @@ def test_shipped_config_holds_official_values():
     config = build_config("mult")
     assert (config.model.embed_dim, config.model.num_heads, config.model.num_layers) == (30, 5, 5)
     assert config.model.attn_mask and config.train.lr == 1e-3 and config.train.batch_size == 24
-    assert config.train.grad_clip_norm == 1.0 and config.model.loss_weights == {"task": 1.0}
+    assert config.model.text_dropout == 0.25 and config.model.embed_dropout == 0.25
+    assert config.train.grad_clip_norm == 0.8 and config.model.loss_weights == {"task": 1.0}
 
 
 def test_unknown_loss_weight_is_an_error():

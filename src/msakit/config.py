@@ -101,12 +101,21 @@ class TrainConfig(StrictModel):
         "mean", description="How the losses of the grad_accumulation batches combine: 'mean' "
         "divides each by grad_accumulation; 'sum' does not (DMD's official loop)"
     )
+    partial_accumulation: Literal["step", "drop"] = Field(
+        "step", description="The last batches of an epoch that do not fill grad_accumulation: "
+        "'step' takes an optimiser step on them; 'drop' discards their gradient (Self-MM's "
+        "official loop)"
+    )
     clip_every_backward: bool = Field(
         False, description="Clip (grad_clip_value / grad_clip_norm) the running gradient sum "
         "after every backward (DMD's official loop) instead of once before each optimiser step"
     )
     patience: int | None = Field(8, ge=1, description="Early stop after this many epochs "
                                  "without improvement of the selection metric; None = never")
+    min_improvement: float = Field(
+        0.0, ge=0, description="An epoch improves on the best only by at least this much "
+        "(0: any strict improvement; Self-MM's and MMSA's loops use 1e-6)"
+    )
     selection_metric: str = Field("loss", description="'loss' (validation task loss) or a "
                                   "metric name such as MAE, Non0_acc_2, Corr")
     scheduler: Literal["none", "plateau", "warmup_cosine"] = Field(
@@ -130,6 +139,23 @@ class TrainConfig(StrictModel):
     keep_last: bool = Field(False, description="Keep each training run's resumable last.pt "
                             "(weights + optimiser state) after it finished; by default it is "
                             "deleted then, leaving best.safetensors")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Forward passes under torch.autocast in this dtype (fp16 with loss "
+        "scaling, CUDA only); losses that need fp32 (CMD moments, ULGM distances, DMD edge "
+        "softmax) stay in fp32"
+    )
+    sync_every_steps: int | None = Field(
+        50, ge=1, description="Read the device-side loss sums (progress bar, finiteness check) "
+        "every N training steps; None = at the epoch end only"
+    )
+    num_workers: int | None = Field(
+        None, ge=0, description="DataLoader worker processes; None = 2 on CUDA, 0 on CPU "
+        "(batches are slices of pre-tokenised tensors, cheap to build in the main process)"
+    )
+    pin_memory: bool | None = Field(None, description="Pin batches for asynchronous copies to "
+                                    "the GPU; None = on CUDA only")
+    persistent_workers: bool = Field(True, description="Keep DataLoader workers alive across "
+                                     "epochs (when num_workers > 0)")
 
     @field_validator("device")
     @classmethod

@@ -59,7 +59,7 @@ def train(model, data_path, config_file, overrides, preset, folds, seeds, epochs
     """
     from msakit.config import ConfigError, build_config, load_yaml_file
     from msakit.data import DataError
-    from msakit.training import run_experiment
+    from msakit.training import distributed, run_experiment
     from msakit.training.experiment import check_resume_request
     from msakit.training.results import results_table
 
@@ -86,6 +86,11 @@ def train(model, data_path, config_file, overrides, preset, folds, seeds, epochs
         )
     except (ConfigError, DataError, KeyError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
+    finally:
+        is_main = distributed.current().is_main
+        distributed.shutdown()  # under torchrun: leave the process group
+    if not is_main:  # process 0 prints the results
+        return
     results = json.loads((run_dir / "metrics.json").read_text())["runs"]
     console.print(results_table(f"{model}: test metrics ({run_dir})", results, summary))
     _print_paper_row(console, run_dir, summary)

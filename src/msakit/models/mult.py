@@ -13,6 +13,11 @@ Pipeline (official ``yaohungt/Multimodal-Transformer``, ``MULTModel``):
 
 Loss: L1 (``task``), as the official MOSI/MOSEI setting. Aligned and unaligned inputs both work:
 each modality keeps its own length and padding mask.
+
+Deliberate differences from the official code, each a config option whose official value the
+parity test (``tests/parity/test_mult_parity.py``) uses: ``padding`` (``masked``; official
+attends to padded steps), ``readout`` (``last_valid``; official reads the last, possibly padded,
+position). See ``docs/faithfulness.md``.
 """
 
 from __future__ import annotations
@@ -44,20 +49,27 @@ class MulTConfig(ModelConfig):
     conv_kernel_text: int = Field(1, ge=1)
     conv_kernel_audio: int = Field(1, ge=1)
     conv_kernel_vision: int = Field(1, ge=1)
-    text_dropout: float = Field(0.2, ge=0, lt=1, description="dropout on the text states "
-                                "(official: the embed dropout)")
+    text_dropout: float = Field(0.25, ge=0, lt=1, description="dropout on the text states "
+                                "(official: the embed dropout, 0.25)")
     attn_dropout: float = Field(0.1, ge=0, lt=1, description="attention dropout when text is "
                                 "the source, and of the memories")
     attn_dropout_audio: float = Field(0.0, ge=0, lt=1)
     attn_dropout_vision: float = Field(0.0, ge=0, lt=1)
     relu_dropout: float = Field(0.1, ge=0, lt=1)
     res_dropout: float = Field(0.1, ge=0, lt=1)
-    embed_dropout: float = Field(0.2, ge=0, lt=1)
+    embed_dropout: float = Field(0.25, ge=0, lt=1)
     out_dropout: float = Field(0.0, ge=0, lt=1)
     attn_mask: bool = Field(True, description="official future mask in every transformer")
     readout: Literal["last_valid", "last_position"] = Field(
         "last_valid", description="step read out of each memory: each sample's last real step, "
         "or the last (possibly padded) position as the official code"
+    )
+    padding: Literal["masked", "official"] = Field(
+        "masked", description="'masked': padded steps are masked out of every attention and the "
+        "future mask's offset uses each clip's real lengths (a clip's result does not depend on "
+        "its batch); 'official': as the official code, padded steps are attended to, the offset "
+        "comes from the padded lengths, and steps whose first feature is 0 get no positional "
+        "embedding"
     )
     freeze_language_model: bool = Field(
         False, description="keep the LM fixed (default: fine-tune it, as DMD's BERT)"
@@ -144,7 +156,7 @@ class MulT(MSAModel):
             memory_attn_dropout=config.attn_dropout,
             relu_dropout=config.relu_dropout, res_dropout=config.res_dropout,
             embed_dropout=config.embed_dropout, attn_mask=config.attn_mask,
-            readout=config.readout,
+            readout=config.readout, padding=config.padding,
         )
         combined = 2 * d * len(MODALITIES)
         self.proj1 = nn.Linear(combined, combined)

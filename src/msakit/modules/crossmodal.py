@@ -17,12 +17,16 @@ Faithful to the official implementation (``yaohungt/Multimodal-Transformer``, re
   and key, then ``x + Dropout_res(W2 Dropout_relu(ReLU(W1 LN(x))))`` with a ``4 d`` hidden layer;
 * a final LayerNorm after the last layer;
 * optional "future" mask: query ``i`` sees keys ``j <= i + |L_k - L_q|`` (the official
-  ``buffered_future_mask``, which also works when the two lengths differ);
+  ``buffered_future_mask``, which also works when the two lengths differ). The official code
+  takes ``L_q``/``L_k`` from the tensors, which in its data all have one fixed length; in a
+  batch padded to its longest clip that would make a clip's result depend on its batch, so with
+  ``query_lengths``/``key_lengths`` given the offset comes from each sample's real lengths;
 * Xavier-uniform linear layers with zero biases.
 
 Difference from the official code, on purpose: padding is given explicitly by
-``key_padding_mask`` (the official code has none and only zeroes the positional embedding of
-steps whose first feature is exactly 0, a heuristic we do not copy).
+``key_padding_mask`` (the official code has none: it attends to padded steps, and only leaves out
+the positional embedding of steps whose first feature is exactly 0). The official behaviour is
+available for parity: no ``key_padding_mask``, no lengths, and ``zero_step_positions=False``.
 """
 
 from __future__ import annotations
@@ -57,6 +61,20 @@ def future_mask(query_length: int, key_length: int, device=None) -> torch.Tensor
     offset = 1 + abs(key_length - query_length)
     ones = torch.ones(query_length, key_length, dtype=torch.bool, device=device)
     return torch.triu(ones, diagonal=offset)
+
+
+def per_sample_future_mask(query_lengths: torch.Tensor, key_lengths: torch.Tensor,
+                           query_steps: int, key_steps: int) -> torch.Tensor:
+    """:func:`future_mask` with each sample's real lengths: ``(B,)``, ``(B,)`` -> ``(B, L_q, L_k)``.
+
+    True where query ``i`` of sample ``b`` may not see key ``j``: ``j > i + |K_b - Q_b|`` with
+    ``Q_b``/``K_b`` the real lengths (not the padded ``L_q``/``L_k``). Key 0 is always visible, so
+    no row is fully masked. Computed on the lengths' device without a host sync.
+    """
+    offset = (key_lengths - query_lengths).abs().view(-1, 1, 1)  # (B, 1, 1)
+    query = torch.arange(query_steps, device=query_lengths.device).view(1, -1, 1)
+    key = torch.arange(key_steps, device=query_lengths.device).view(1, 1, -1)
+    return key > query + offset
 
 
 def _xavier_linear(in_features: int, out_features: int) -> nn.Linear:
@@ -119,12 +137,17 @@ class CrossModalTransformerEncoder(nn.Module):
         res_dropout: dropout on each block's output before the residual addition.
         embed_dropout: dropout on the scaled, position-embedded inputs.
         attn_mask: apply the official future ("causal") mask.
+        zero_step_positions: add the positional embedding to every step (default). ``False`` is
+            the official heuristic: a step whose first input feature is exactly 0 is taken for
+            padding and gets no positional embedding.
 
     Shapes:
         ``x_query (B, L_q, d)``, ``x_key (B, L_k, d)`` or None,
         ``key_padding_mask (B, L_k)`` bool with True = padding (with ``x_key=None`` it masks
-        ``x_query``'s own steps) -> ``(B, L_q, d)``. Rows of padded query steps are computed but
-        meaningless; the caller ignores them.
+        ``x_query``'s own steps), ``query_lengths``/``key_lengths`` ``(B,)`` real lengths for
+        the future mask's offset (give both whenever the batch is padded; without them the
+        offset comes from ``L_q``/``L_k`` as in the official code) -> ``(B, L_q, d)``. Rows of
+        padded query steps are computed but meaningless; the caller ignores them.
     """
 
     def __init__(
@@ -137,6 +160,7 @@ class CrossModalTransformerEncoder(nn.Module):
         res_dropout: float = 0.0,
         embed_dropout: float = 0.0,
         attn_mask: bool = False,
+        zero_step_positions: bool = True,
     ):
         super().__init__()
         if embed_dim % num_heads:
@@ -146,6 +170,8 @@ class CrossModalTransformerEncoder(nn.Module):
         self.embed_dim = embed_dim
         self.embed_scale = math.sqrt(embed_dim)
         self.use_future_mask = attn_mask
+        self.num_heads = num_heads
+        self.zero_step_positions = zero_step_positions
         self.embed_dropout = nn.Dropout(embed_dropout)
         self.layers = nn.ModuleList(
             CrossModalTransformerLayer(
@@ -157,13 +183,18 @@ class CrossModalTransformerEncoder(nn.Module):
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         positions = sinusoidal_positions(x.shape[1], self.embed_dim, device=x.device, dtype=x.dtype)
-        return self.embed_dropout(self.embed_scale * x + positions.unsqueeze(0))
+        positions = positions.unsqueeze(0)  # (1, L, d)
+        if not self.zero_step_positions:
+            positions = positions * (x[:, :, :1] != 0).to(x.dtype)  # (B, L, d)
+        return self.embed_dropout(self.embed_scale * x + positions)
 
     def forward(
         self,
         x_query: torch.Tensor,
         x_key: torch.Tensor | None = None,
         key_padding_mask: torch.Tensor | None = None,
+        query_lengths: torch.Tensor | None = None,
+        key_lengths: torch.Tensor | None = None,
     ) -> torch.Tensor:
         self._check(x_query, "x_query")
         if x_key is not None:
@@ -180,12 +211,16 @@ class CrossModalTransformerEncoder(nn.Module):
                     f"key_padding_mask must be a bool tensor of shape {expected} (True = padding), "
                     f"got {key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
                 )
-            if bool(key_padding_mask.all(dim=1).any()):
-                raise ValueError("key_padding_mask masks every key step of some sample")
-        mask = (
-            future_mask(x_query.shape[1], key_length, device=x_query.device)
-            if self.use_future_mask else None
-        )
+        if (query_lengths is None) != (key_lengths is None):
+            raise ValueError("give both query_lengths and key_lengths, or neither")
+        mask = None
+        if self.use_future_mask:
+            if x_key is not None and query_lengths is not None:
+                mask = per_sample_future_mask(
+                    query_lengths, key_lengths, x_query.shape[1], key_length
+                ).repeat_interleave(self.num_heads, dim=0)  # (B * heads, L_q, L_k)
+            else:  # self-attention: the offset is 0 whatever the lengths
+                mask = future_mask(x_query.shape[1], key_length, device=x_query.device)
         x = self._embed(x_query)
         key = self._embed(x_key) if x_key is not None else None
         for layer in self.layers:
@@ -279,6 +314,11 @@ class CrossModalFusion(nn.Module):
         modalities: names, in the order used to concatenate streams (official ``l, a, v``).
         embed_dim: ``d``; each target's memory works at ``(M - 1) d``.
         attn_dropout: per *source* modality name.
+        padding: ``"masked"`` (default): padded steps are masked out of every attention and the
+            future mask's offset uses each sample's real lengths, so a clip's result does not
+            depend on its batch. ``"official"``: as the official code, no padding mask (padded
+            steps are attended to), the offset from the padded lengths, and no positional
+            embedding at steps whose first feature is exactly 0.
 
     Shapes:
         ``sequences[m] (B, L_m, d)``, ``lengths[m] (B,)`` -> ``{target: (B, (M - 1) d)}``;
@@ -299,6 +339,7 @@ class CrossModalFusion(nn.Module):
         embed_dropout: float = 0.0,
         attn_mask: bool = False,
         readout: str = "last_valid",
+        padding: str = "masked",
     ):
         super().__init__()
         self.modalities = tuple(modalities)
@@ -306,12 +347,16 @@ class CrossModalFusion(nn.Module):
             raise ValueError("cross-modal fusion needs at least two modalities")
         if readout not in ("last_valid", "last_position"):
             raise ValueError(f"readout must be 'last_valid' or 'last_position', got {readout!r}")
+        if padding not in ("masked", "official"):
+            raise ValueError(f"padding must be 'masked' or 'official', got {padding!r}")
         missing = [m for m in self.modalities if m not in attn_dropout]
         if missing:
             raise ValueError(f"attn_dropout has no value for source modality(ies) {missing}")
         self.readout = readout
+        self.masked = padding == "masked"
         shared = dict(relu_dropout=relu_dropout, res_dropout=res_dropout,
-                      embed_dropout=embed_dropout, attn_mask=attn_mask)
+                      embed_dropout=embed_dropout, attn_mask=attn_mask,
+                      zero_step_positions=self.masked)
         self.streams = nn.ModuleDict()
         self.memories = nn.ModuleDict()
         for target in self.modalities:
@@ -334,13 +379,17 @@ class CrossModalFusion(nn.Module):
         return_sequences: bool = False,
     ):
         masks = {
-            m: padding_mask_from_lengths(lengths[m], sequences[m].shape[1]) for m in self.modalities
+            m: padding_mask_from_lengths(lengths[m], sequences[m].shape[1]) if self.masked
+            else None
+            for m in self.modalities
         }
         pooled, full = {}, {}
         for target in self.modalities:
             streams = [
                 self.streams[f"{source}_to_{target}"](
-                    sequences[target], sequences[source], key_padding_mask=masks[source]
+                    sequences[target], sequences[source], key_padding_mask=masks[source],
+                    query_lengths=lengths[target] if self.masked else None,
+                    key_lengths=lengths[source] if self.masked else None,
                 )
                 for source in self.sources(target)
             ]

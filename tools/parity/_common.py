@@ -1,0 +1,112 @@
+"""Shared pieces of the parity-fixture generators (run by hand, never in CI).
+
+Each generator imports an official implementation from a checkout (``--official DIR``), patches it
+at run time so that it runs on a CPU without downloads, runs it on a few real clips and saves what
+it computed into ``tests/parity/<model>.pt``. Nothing of the official code is copied here.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "mosi" / "word_aligned_valid.pkl"
+
+#: The small randomly initialised BERT that stands in for bert-base in every fixture: its config is
+#: saved in the fixture and the test rebuilds the same encoder from it.
+TINY_BERT = {
+    "vocab_size": 128, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+    "intermediate_size": 64, "max_position_embeddings": 64, "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+}
+PAD_ID, CLS_ID, SEP_ID = 0, 1, 2
+
+
+def official_commit(checkout: Path) -> str:
+    """The checkout's commit (the generators refuse a checkout that is not a git work tree)."""
+    return subprocess.check_output(["git", "-C", str(checkout), "rev-parse", "HEAD"],
+                                   text=True).strip()
+
+
+def tiny_bert():
+    """A fresh randomly initialised tiny ``BertModel`` (seed the RNG before calling)."""
+    from transformers import BertConfig, BertModel
+
+    return BertModel(BertConfig(**TINY_BERT))
+
+
+def patch_bert_downloads() -> None:
+    """``BertModel.from_pretrained`` -> the tiny random BERT; ``BertTokenizer.from_pretrained`` ->
+    ``None`` (the official models only tokenise in helpers the generators do not call)."""
+    import transformers
+
+    transformers.BertModel.from_pretrained = classmethod(lambda cls, *a, **k: tiny_bert())
+    transformers.BertTokenizer.from_pretrained = classmethod(lambda cls, *a, **k: None)
+
+
+def add_to_path(directory: Path) -> None:
+    sys.path.insert(0, str(Path(directory).resolve()))
+
+
+def fold_token_ids(ids: list[int], special: dict[int, int]) -> list[int]:
+    """Map real token ids into the tiny vocabulary: specials to 0/1/2, the rest to 3..127."""
+    span = TINY_BERT["vocab_size"] - 3
+    return [special[i] if i in special else 3 + i % span for i in ids]
+
+
+def real_clips(data: Path, rows: list[int]) -> dict:
+    """Transcripts tokenised by msakit's default tokenizer (ids folded into the tiny vocabulary)
+    and the word-level COVAREP/Facet sequences of the chosen clips of the 229-clip pickle.
+
+    Returns ``input_ids``/``attention_mask``/``token_type_ids`` ``(B, L_t)`` long, ``audio``
+    ``(B, L, 74)``, ``vision`` ``(B, L, 47)`` float64 zero-padded, ``lengths`` ``(B,)`` long,
+    ``labels`` ``(B,)`` float64 and ``ids``.
+    """
+    from msakit.data import load_dataset
+    from msakit.lm import load_tokenizer
+
+    split = load_dataset(data).split("all").subset(rows)
+    tokenizer = load_tokenizer("all-MiniLM-L6-v2")
+    special = {tokenizer.pad_token_id: PAD_ID, tokenizer.cls_token_id: CLS_ID,
+               tokenizer.sep_token_id: SEP_ID}
+    encoded = [fold_token_ids(tokenizer(text)["input_ids"], special) for text in split.texts]
+    text_len = max(len(e) for e in encoded)
+    input_ids = torch.zeros(len(rows), text_len, dtype=torch.long)
+    attention_mask = torch.zeros(len(rows), text_len, dtype=torch.long)
+    for i, ids in enumerate(encoded):
+        input_ids[i, :len(ids)] = torch.tensor(ids)
+        attention_mask[i, :len(ids)] = 1
+    lengths = torch.tensor([a.shape[0] for a in split.audio])
+    steps = int(lengths.max())
+
+    def pad(arrays):
+        out = torch.zeros(len(arrays), steps, arrays[0].shape[1], dtype=torch.float64)
+        for i, a in enumerate(arrays):
+            out[i, :a.shape[0]] = torch.from_numpy(np.nan_to_num(a.astype(np.float64),
+                                                                 posinf=0.0, neginf=0.0))
+        return out
+
+    return {
+        "input_ids": input_ids, "attention_mask": attention_mask,
+        "token_type_ids": torch.zeros_like(input_ids),
+        "audio": pad(split.audio), "vision": pad(split.vision), "lengths": lengths,
+        "labels": torch.from_numpy(split.labels.astype(np.float64)), "ids": list(split.ids),
+    }
+
+
+def compact(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Float tensors stored as float32 (initial weights were float32 already: exact)."""
+    return {k: v.detach().to(torch.float32).clone() if v.is_floating_point() else v.clone()
+            for k, v in tensors.items()}
+
+
+def save_fixture(fixture: dict, out: Path) -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(fixture, out)
+    print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")

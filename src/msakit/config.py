@@ -184,6 +184,12 @@ class RunConfig(StrictModel):
         return name
     preset: str | None = Field(None, description="The preset the config was built from "
                                "(msakit/configs/presets/<model>/<preset>.yaml); set by --preset")
+    loggers: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list, description="Also send each epoch's scalars to TensorBoard event "
+        "files and/or MLflow (msakit.training.loggers); the run folder stays the record")
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking URI; default: "
+                                            "SQLite file mlruns/mlflow.db in output_dir")
+    mlflow_experiment: str = "msakit"
 
 
 class ExperimentConfig(StrictModel):
@@ -325,6 +331,7 @@ def build_config(
         tree = deep_update(tree, {"run": {"preset": preset}})
     tree = deep_update(tree, base or {})
     tree = apply_overrides(tree, overrides or [])
+    tree.pop("search", None)  # the tuner's search space (msakit.experiments.tune), not a setting
     model_tree = dict(tree.pop("model", {}) or {})
     given_name = model_tree.setdefault("name", model_name)
     if given_name != model_name:

@@ -27,7 +27,8 @@ def split_of_mode(mode: str, where: str) -> str | None:
     return SPLIT_ALIASES[text]
 
 
-def read_table(path: str | Path, required: tuple[str, ...]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+def read_table(path: str | Path, required: tuple[str, ...]
+               ) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """Read a CSV file with a header row, strictly.
 
     Args:

@@ -120,7 +120,7 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: missing, unreadable, foreign, or not this model's."""
 
 
-def load_checkpoint(path: Path, device: str | "torch.device" = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: Path, device: Any = "cpu") -> dict[str, Any]:
     """Load a resumable ``last.pt`` with torch's restricted unpickler (``weights_only=True``).
 
     A file that would need arbitrary code to load (a hostile or foreign pickle) is refused
@@ -173,7 +173,7 @@ def save_best_state(run_dir: Path, state: dict[str, Any], metadata: dict[str, An
                                          **metadata})
 
 
-def load_best_state(run_dir: Path, device: str | "torch.device" = "cpu") -> dict[str, Any]:
+def load_best_state(run_dir: Path, device: Any = "cpu") -> dict[str, Any]:
     """The selected weights of a training-run folder: the one way to read ``best.safetensors``.
 
     No pickle is involved. Refuses (:class:`CheckpointError`, naming the file) a missing file,
@@ -227,8 +227,8 @@ def load_state_into(model, state: dict[str, Any], source: Path) -> None:
         ) from err
 
 
-def load_best_into(model, run_dir: Path, device: str | "torch.device" = "cpu") -> None:
-    """Load a training-run folder's selected weights onto ``model`` (see :func:`load_best_state`)."""
+def load_best_into(model, run_dir: Path, device: Any = "cpu") -> None:
+    """Load a training-run folder's selected weights onto ``model`` (:func:`load_best_state`)."""
     load_state_into(model, load_best_state(run_dir, device), Path(run_dir) / BEST_WEIGHTS)
 
 

@@ -367,7 +367,13 @@ def describe_errors(err: ValidationError, prefix: str = "") -> str:
 
 def load_saved_config(path: Path) -> ExperimentConfig:
     """Re-validate a run's saved ``config.yaml``."""
-    tree = yaml.safe_load(Path(path).read_text()) or {}
+    return config_from_tree(yaml.safe_load(Path(path).read_text()) or {}, str(path))
+
+
+def config_from_tree(tree: dict[str, Any], path: str = "<config>") -> ExperimentConfig:
+    """Re-validate a complete config tree (a run's saved config, an exported ``config.json``)
+    without applying today's shipped defaults."""
+    tree = dict(tree)
     name = (tree.get("model") or {}).get("name")
     if not name:
         raise ConfigError(f"{path}: model.name missing")

@@ -162,18 +162,22 @@ def _clip_digest(split: Split, row: int) -> str:
 
 
 def find_overlaps(dataset: MSADataset) -> list[dict[str, str]]:
-    """Clips present in two splits: the same clip id, or an identical clip (same transcript and
-    the same audio and vision features) under another id.
+    """Clips present in two splits: the same clip id, or (for data with audio/vision features)
+    an identical clip (same transcript and the same features) under another id.
 
     Returns:
         ``[{"kind": "id" | "identical", "splits": "train/test", "first": id, "second": id}]``.
     """
     names = [n for n in SPLIT_NAMES if n in dataset.splits]
+    # text-only data (label.csv) has no feature rows: two clips may say the same short sentence
+    has_features = any(split.audio is not None or split.vision is not None
+                       for split in dataset.splits.values())
     found = []
     for i, first_name in enumerate(names):
         first = dataset.splits[first_name]
         first_ids = set(first.ids)
-        digests = {_clip_digest(first, r): first.ids[r] for r in range(len(first))}
+        digests = {_clip_digest(first, r): first.ids[r] for r in range(len(first))} \
+            if has_features else {}
         for second_name in names[i + 1:]:
             second = dataset.splits[second_name]
             for row, clip_id in enumerate(second.ids):
@@ -181,7 +185,7 @@ def find_overlaps(dataset: MSADataset) -> list[dict[str, str]]:
                 if clip_id in first_ids:
                     found.append({"kind": "id", "splits": pair, "first": clip_id,
                                   "second": clip_id})
-                elif (other := digests.get(_clip_digest(second, row))) is not None:
+                elif digests and (other := digests.get(_clip_digest(second, row))) is not None:
                     found.append({"kind": "identical", "splits": pair, "first": other,
                                   "second": clip_id})
     return found

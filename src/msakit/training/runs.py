@@ -168,6 +168,7 @@ def save_best_state(run_dir: Path, state: dict[str, Any], metadata: dict[str, An
                for name, value in state.items()}
     tmp = run_dir / (BEST_WEIGHTS + ".tmp")
     save_file(tensors, str(tmp), metadata={"format": "msakit-best-weights"})
+    tmp.chmod(0o644)  # safetensors writes 0600; the run folder's other files are 0644
     tmp.replace(run_dir / BEST_WEIGHTS)
     write_json(run_dir / BEST_METADATA, {"format": "msakit-best-weights", "version": 1,
                                          **metadata})

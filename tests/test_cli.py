@@ -102,3 +102,21 @@ def test_hostile_checkpoint_is_refused_and_runs_nothing(runner, tmp_path):
     with pytest.raises(ValueError, match="refused"):
         load_checkpoint(sub / "best.pt")
     assert not marker.exists()
+
+
+def test_seeds_take_several_values_after_one_flag_without_touching_clicks_parser():
+    from msakit.cli._options import expand_multi_value
+
+    flags = ("--seeds",)
+    assert expand_multi_value(["m", "--seeds", "1", "2", "3", "--epochs", "2"], flags) == [
+        "m", "--seeds", "1", "--seeds", "2", "--seeds", "3", "--epochs", "2"]
+    assert expand_multi_value(["--seeds", "-1", "2"], flags) == ["--seeds", "-1", "--seeds", "2"]
+    assert expand_multi_value(["--", "--seeds", "1", "2"], flags) == ["--", "--seeds", "1", "2"]
+    assert expand_multi_value(["--seeds"], flags) == ["--seeds"]
+
+
+@pytest.mark.parametrize("seeds, message", [(["-1"], "-1"), (["x"], "'x' is not a valid integer")])
+def test_invalid_seeds_are_clear_errors(runner, seeds, message):
+    result = runner.invoke(main, ["train", "lf_dnn", "--data", ".", "--seeds", *seeds])
+    assert result.exit_code == 2 and message in result.output
+    assert "Traceback" not in result.output

@@ -214,3 +214,33 @@ def test_transform_hook(aligned_split, tokenizer):
             n_tokens = int(batch["attention_mask"][b].sum())
             full = tokenize_words(tokenizer, aligned_split.words[index][:-1], 64)
             assert n_tokens == len(full) < len(plain[index]["input_ids"])
+
+
+@pytest.mark.parametrize("word_aligned,modalities", [
+    (True, ("text", "audio", "vision")), (False, ("text", "audio", "vision")),
+    (True, ("text", "vision")), (True, ("audio", "vision")),
+])
+def test_packed_batches_equal_per_clip_collate(aligned_split, tokenizer, word_aligned, modalities):
+    """Batches gathered from the packed split are the per-clip collate's, key for key."""
+    from msakit.data.collate import PackedSplit
+
+    split = aligned_split.subset(range(40))
+    split.extra_labels = {"T": np.linspace(-1, 1, 40, dtype=np.float32)}
+    if not word_aligned:
+        split.audio[5] = np.zeros((0, 74), dtype=np.float32)  # a clip with no audio rows
+    dataset = SplitDataset(split, tokenizer, max_text_tokens=24, word_aligned=word_aligned,
+                           modalities=modalities)
+    packed = PackedSplit.from_dataset(dataset)
+    for rows in ([5, 0, 39, 17, 3], [12], list(range(40))[::-1]):
+        expected = collate([dataset[i] for i in rows], pad_token_id=tokenizer.pad_token_id)
+        got = packed.batch(rows)
+        assert set(got) == set(expected)
+        for key, value in expected.items():
+            if isinstance(value, torch.Tensor):
+                assert got[key].dtype == value.dtype, key
+                assert torch.equal(got[key], value), key
+            elif isinstance(value, dict):  # host_lengths
+                assert set(got[key]) == set(value), key
+                assert all(torch.equal(got[key][k], v) for k, v in value.items()), key
+            else:
+                assert got[key] == value, key

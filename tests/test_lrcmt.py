@@ -368,3 +368,84 @@ def test_short_real_run_beats_the_training_mean(mosi_word_aligned, tmp_path):
         result = evaluate_model(model, loader_for(split, dataset, config, train=False), "mosi")
         floor = compute_metrics(np.full(len(split), train_mean), split.labels)["MAE"]
         assert result.metrics["MAE"] < floor, (result.metrics["MAE"], floor)
+
+
+# -- the paper's equations, by hand ---------------------------------------------------------------
+def test_lora_layer_is_w0_x_plus_alpha_over_r_b_a_x():
+    """LoRA (Hu et al. 2021, eq. 3, which LRCMT injects): ``h = W0 x + (alpha / r) B A x``, with
+    ``B`` zero at the start so that the adapted model starts as the pretrained one."""
+    model = build(lora_rank=4, lora_alpha=6.0, lora_dropout=0.0)
+    adapted = [m for m in model.text_encoder.language_model.modules() if hasattr(m, "lora_A")]
+    assert adapted and all(
+        torch.count_nonzero(m.lora_B["default"].weight) == 0 for m in adapted)
+    layer = adapted[0]
+    base = layer.base_layer
+    generator = torch.Generator().manual_seed(3)
+    a = torch.randn(4, base.in_features, generator=generator)
+    b = torch.randn(base.out_features, 4, generator=generator)
+    with torch.no_grad():
+        layer.lora_A["default"].weight.copy_(a)
+        layer.lora_B["default"].weight.copy_(b)
+    x = torch.randn(2, 5, base.in_features, generator=generator)
+    model.eval()
+    expected = x @ base.weight.T + base.bias + (6.0 / 4) * (x @ a.T @ b.T)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_audio_and_vision_interact_before_the_text():
+    """The paper's fusion order: a' = CM(a <- v), v' = CM(v <- a) first; then the text attends
+    to the joint [a'; v'] sequence and the joint sequence to the text."""
+    model = build()
+    model.eval()
+    calls = []
+
+    def recorder(name, module):
+        original = module.forward
+
+        def forward(query, key=None, key_padding_mask=None, *args, **kwargs):
+            out = original(query, key, key_padding_mask, *args, **kwargs)
+            calls.append((name, query.detach(), None if key is None else key.detach(),
+                          out.detach()))
+            return out
+        return forward
+
+    for name, module in model.crossmodal.items():
+        module.forward = recorder(name, module)
+    batch = make_batch()
+    with torch.no_grad():
+        model(batch)
+    order = [c[0] for c in calls]
+    assert order[:2] == ["audio_from_vision", "vision_from_audio"]
+    assert set(order[2:]) == {"text_from_av", "av_from_text"}
+    outputs = {c[0]: c for c in calls}
+    audio_v, vision_a = outputs["audio_from_vision"][3], outputs["vision_from_audio"][3]
+    # the key of text_from_av is the joint sequence: each clip's real a' steps (+ e_a), then its
+    # real v' steps (+ e_v), then zeros
+    joint = outputs["text_from_av"][2]
+    for i in range(3):
+        n_a, n_v = int(batch["audio_lengths"][i]), int(batch["vision_lengths"][i])
+        torch.testing.assert_close(joint[i, :n_a], audio_v[i, :n_a] + model.modality_type[0])
+        torch.testing.assert_close(joint[i, n_a:n_a + n_v],
+                                   vision_a[i, :n_v] + model.modality_type[1])
+    torch.testing.assert_close(outputs["av_from_text"][1], joint)
+
+
+def test_frozen_lm_without_lora_ablation():
+    model = build(frozen_without_lora=True)
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+    assert not any(p.requires_grad for p in model.text_encoder.parameters())
+    assert model.language_model_prefixes() == ()
+    counts = model.parameter_counts()
+    assert counts["lora_adapter"] == 0 and counts["trainable"] == counts["fusion_and_head"]
+    assert model.run_artifacts()["language_model_tuning"] == "frozen"
+    batch = make_batch()
+    before = {n: p.detach().clone() for n, p in model.text_encoder.named_parameters()}
+    train_steps(model, batch, steps=1)
+    assert all(torch.equal(p, before[n]) for n, p in model.text_encoder.named_parameters())
+    fresh = build(seed=5, frozen_without_lora=True)
+    fresh.load_checkpoint_state_dict(_roundtrip(model.checkpoint_state_dict()))
+    model.eval(), fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(fresh(batch).prediction, model(batch).prediction)
+    with pytest.raises(ConfigError, match="exclude each other"):
+        build_config("lrcmt", ["model.full_finetune=true", "model.frozen_without_lora=true"])

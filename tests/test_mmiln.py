@@ -221,3 +221,88 @@ def test_short_real_training_beats_the_training_mean(mosi_word_aligned, tmp_path
     assert float(selected["valid_MAE"]) < mean_mae
     art = model.run_artifacts()["generated_labels"]
     assert set(art["drift"]) == {"a", "v"} and len(art["labels"]) == len(fold.train)
+
+
+# -- equations without official code: hand-computed on small tensors -----------------------------
+def test_pooled_bigru_eq_7_equals_the_packed_run_without_host_lengths():
+    """Eqs. 7 / 16: ĥ = avgpool(BiGRU(X)) over the real steps. The sync-free two-run form equals
+    the packed BiGRU it replaced (same weights, same batch), whatever the padding holds."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    from msakit.modules.gated_attention import PooledBiGRU
+
+    torch.manual_seed(0)
+    pooled = PooledBiGRU(D)
+    x, mask = torch.randn(3, 6, D), _mask([6, 3, 1], 6)
+    x[~mask] = 9.0
+    packed = pack_padded_sequence(x, mask.sum(1), batch_first=True, enforce_sorted=False)
+    out, _ = pad_packed_sequence(pooled.gru(packed)[0], batch_first=True, total_length=6)
+    reference = masked_mean(out, mask)
+    assert torch.allclose(pooled(x, mask), reference, atol=1e-6)
+    # each clip alone gives the same summary
+    alone = torch.cat([pooled(x[i:i + 1, :int(mask[i].sum())], mask[i:i + 1, :int(mask[i].sum())])
+                       for i in range(3)])
+    assert torch.allclose(alone, reference, atol=1e-6)
+
+
+def test_cmd_eq_24_by_hand():
+    """CMD_K = ||E(X)-E(Y)||/|b-a| + sum_k ||C_k(X)-C_k(Y)||/|b-a|^k, K = 3, |b-a| = 2."""
+    from msakit.modules.losses import cmd_loss
+
+    x = torch.tensor([[0.0, 1.0], [0.5, -1.0]])  # E = (.25, 0); C2 = (.0625, 1); C3 = (0, 0)
+    y = torch.tensor([[1.0, 0.0], [1.0, 0.0], [-0.5, 0.0]])  # E = (.5, 0); C2 = (.5, 0)
+    # C3(y) = mean((.5,.5,-1)^3) = (.125+.125-1)/3 = -.25
+    first = (0.25 ** 2) ** 0.5 / 2
+    second = ((0.0625 - 0.5) ** 2 + 1.0) ** 0.5 / 4
+    third = (0.25 ** 2) ** 0.5 / 8
+    assert float(cmd_loss(x, y, 3, interval=2.0)) == pytest.approx(first + second + third,
+                                                                   abs=1e-6)
+    # without the factors (MISA's code) the same three norms are summed
+    assert float(cmd_loss(x, y, 3)) == pytest.approx(2 * first + 4 * second + 8 * third,
+                                                     abs=1e-6)
+
+
+def test_difference_eq_26_by_hand():
+    """||Ĥ_1ᵀ Ĥ_2||_F² on the raw summaries: for H1 = [[1,0],[0,2]], H2 = [[1,1],[3,0]],
+    H1ᵀH2 = [[1,1],[6,0]] -> 1 + 1 + 36 = 38."""
+    from msakit.modules.losses import frobenius_orthogonality_loss, soft_orthogonality_loss
+
+    h1, h2 = torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([[1.0, 1.0], [3.0, 0.0]])
+    assert float(frobenius_orthogonality_loss(h1, h2)) == pytest.approx(38.0)
+    assert float(frobenius_orthogonality_loss(h1, torch.tensor([[0.0, 0.0], [0.0, 0.0]]))) == 0
+    assert float(soft_orthogonality_loss(h1, h2)) != pytest.approx(38.0)  # the 'misa' option
+
+
+def test_sim_and_diff_terms_follow_the_configured_equations(models):
+    """The model's ``sim``/``diff`` (eqs. 25-26) are CMD with |b-a|^k factors and the Frobenius
+    form by default; ``cmd_interval: null`` / ``difference_loss: misa`` switch to MISA's."""
+    import copy
+
+    model = models["none"].eval()
+    batch = make_batch()
+    with torch.no_grad():
+        paper = model(batch).losses
+        misa = copy.deepcopy(model)
+        misa.config = model.config.model_copy(update={"cmd_interval": None,
+                                                      "difference_loss": "misa"})
+        other = misa(batch).losses
+    assert torch.allclose(paper["task"], other["task"])
+    assert float(other["sim"]) > float(paper["sim"]) * 1.9  # factors 1/2, 1/4, ... dropped
+    assert float(other["diff"]) <= 2.0  # two normalised means, each in [0, 1]
+    assert float(other["diff"]) != pytest.approx(float(paper["diff"]))
+    assert build_config("mmiln").model.cmd_interval == 2.0
+    assert build_config("mmiln").model.difference_loss == "frobenius"
+
+
+def test_text_padding_does_not_leak_through_a_wide_conv():
+    """Eq. 4 with kernel 3: appending padding tokens to the text leaves every prediction as is
+    (the LM's states at padding are zeroed before the Conv1d)."""
+    torch.manual_seed(0)
+    model = create_model(build_config("mmiln", ["model.conv_kernel_size=3",
+                                                "model.fusion_layers=1"]).model, DIMS).eval()
+    batch = make_batch()
+    padded = dict(batch)
+    for key in ("input_ids", "attention_mask", "token_type_ids"):
+        padded[key] = torch.cat([batch[key], torch.zeros(4, 3, dtype=torch.long)], dim=1)
+    with torch.no_grad():
+        assert torch.allclose(model(batch).prediction, model(padded).prediction, atol=1e-5)

@@ -140,3 +140,16 @@ def test_l_layers_cost_l_times_the_single_layer_encoder():
     one, three = build(), build(["model.encoder_layers=3"])
     stack = lambda m: sum(p.numel() for p in m.audio_branch.layers.parameters())  # noqa: E731
     assert stack(three) == 3 * stack(one)
+
+
+def test_shipped_config_trains_with_the_posters_augmentation():
+    """The poster defines SAGE-Net with its text and audio augmentation: the shipped config
+    turns both families on (regression: it used to train without any)."""
+    from msakit.augment import transform_from_config
+
+    config = build_config("sagenet")
+    assert config.augment.text.enabled and config.augment.audio.enabled
+    assert not config.augment.vision.enabled  # the poster augments text and audio only
+    assert transform_from_config(config) is not None
+    off = build_config("sagenet", ["augment.text.enabled=false", "augment.audio.enabled=false"])
+    assert transform_from_config(off) is None

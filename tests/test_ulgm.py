@@ -166,3 +166,37 @@ def test_state_round_trip():
         assert torch.equal(other.features[key], ulgm.features[key])
         assert torch.equal(other.centres[key]["neg"], ulgm.centres[key]["neg"])
     assert (other.epoch, other.label_updates) == (2, 1)
+
+
+def test_training_step_needs_no_host_sync():
+    """On the meta device every value read on the host (``int()``, ``bool()``, ``.tolist()``,
+    a boolean-mask gather) raises: ULGM's per-batch work must run there."""
+    ulgm = UnimodalLabelGenerator({"m": 3, "a": 2}, label_limit=3.0)
+    ulgm.reset(torch.tensor([1.0, -2.0, 0.0, 0.5, -0.1, 2.5]))
+    meta = torch.device("meta")
+    index = torch.tensor([4, 1, 3], device=meta)
+    features = {"m": torch.empty(3, 3, device=meta), "a": torch.empty(3, 2, device=meta)}
+    for epoch in (1, 2):
+        ulgm.step(features, index, epoch, ids=["x", "y", "z"])
+        ulgm.targets("a", index), ulgm.loss_weights("a", index)
+    assert ulgm.labels["a"].device == meta and ulgm.label_updates == 1
+
+
+def test_centres_as_masked_means_equal_the_boolean_gather():
+    """The sync-free centres equal the mean over the rows of each class (the official
+    ``bank[labels >= 0].mean(0)``); an empty class keeps its previous centre."""
+    g = torch.Generator().manual_seed(3)
+    ulgm = UnimodalLabelGenerator({"m": 4, "v": 3})
+    labels = torch.tensor([1.2, -0.4, 0.0, 2.0, -3.0, 0.7, -1.1])
+    ulgm.reset(labels)
+    features = {"m": torch.randn(7, 4, generator=g), "v": torch.randn(7, 3, generator=g)}
+    ulgm.step(features, torch.arange(7), epoch=1)
+    for key in ("m", "v"):
+        bank = ulgm.features[key]
+        assert torch.allclose(ulgm.centres[key]["pos"], bank[labels >= 0].mean(0), atol=1e-6)
+        assert torch.allclose(ulgm.centres[key]["neg"], bank[labels < 0].mean(0), atol=1e-6)
+    ulgm.reset(torch.tensor([1.0, 2.0]))
+    ulgm.centres["m"]["neg"] = torch.full((4,), 7.0)
+    ulgm.step({"m": torch.ones(2, 4), "v": torch.ones(2, 3)}, torch.arange(2), epoch=1)
+    assert torch.equal(ulgm.centres["m"]["neg"], torch.full((4,), 7.0))
+    assert torch.equal(ulgm.centres["m"]["pos"], torch.ones(4))

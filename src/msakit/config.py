@@ -76,17 +76,63 @@ class TrainConfig(StrictModel):
     lm_weight_decay: float = Field(0.0, ge=0)
     grad_clip_value: float | None = Field(None, gt=0)
     grad_clip_norm: float | None = Field(None, gt=0)
-    grad_accumulation: int = Field(1, ge=1)
+    grad_accumulation: int = Field(1, ge=1, description="Batches per optimiser step")
+    accumulation: Literal["mean", "sum"] = Field(
+        "mean", description="How the losses of the grad_accumulation batches combine: 'mean' "
+        "divides each by grad_accumulation; 'sum' does not (DMD's official loop)"
+    )
+    partial_accumulation: Literal["step", "drop"] = Field(
+        "step", description="The last batches of an epoch that do not fill grad_accumulation: "
+        "'step' takes an optimiser step on them; 'drop' discards their gradient (Self-MM's "
+        "official loop)"
+    )
+    clip_every_backward: bool = Field(
+        False, description="Clip (grad_clip_value / grad_clip_norm) the running gradient sum "
+        "after every backward (DMD's official loop) instead of once before each optimiser step"
+    )
     patience: int | None = Field(8, ge=1, description="Early stop after this many epochs "
                                  "without improvement of the selection metric; None = never")
+    min_improvement: float = Field(
+        0.0, ge=0, description="An epoch improves on the best only by at least this much "
+        "(0: any strict improvement; Self-MM's and MMSA's loops use 1e-6)"
+    )
     selection_metric: str = Field("loss", description="'loss' (validation task loss) or a "
                                   "metric name such as MAE, Non0_acc_2, Corr")
-    scheduler: Literal["none", "plateau"] = "none"
+    scheduler: Literal["none", "plateau", "warmup_cosine"] = Field(
+        "none", description="'plateau': ReduceLROnPlateau on the selection value, per epoch; "
+        "'warmup_cosine': linear warm-up then cosine annealing (ALMT's official schedule, see "
+        "msakit.training.trainer.warmup_cosine_factor)"
+    )
     plateau_factor: float = Field(0.5, gt=0, lt=1)
     plateau_patience: int = Field(5, ge=1)
+    warmup_fraction: float = Field(0.1, gt=0, lt=1, description="warmup_cosine: warm-up length "
+                                   "as a share of all epochs (or steps)")
+    cosine_fraction: float = Field(0.9, gt=0, le=1, description="warmup_cosine: cosine period "
+                                   "(CosineAnnealingLR's T_max) as a share of all epochs (or steps)")
+    scheduler_interval: Literal["epoch", "step"] = Field(
+        "epoch", description="warmup_cosine: step the schedule once per epoch (ALMT's official "
+        "script) or once per optimiser step"
+    )
     seed: int = 1
     device: str = "auto"
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None = default")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Forward passes under torch.autocast in this dtype (fp16 with loss "
+        "scaling, CUDA only); losses that need fp32 (CMD moments, ULGM distances, DMD edge "
+        "softmax) stay in fp32"
+    )
+    sync_every_steps: int | None = Field(
+        50, ge=1, description="Read the device-side loss sums (progress bar, finiteness check) "
+        "every N training steps; None = at the epoch end only"
+    )
+    num_workers: int | None = Field(
+        None, ge=0, description="DataLoader worker processes; None = 2 on CUDA, 0 on CPU "
+        "(batches are slices of pre-tokenised tensors, cheap to build in the main process)"
+    )
+    pin_memory: bool | None = Field(None, description="Pin batches for asynchronous copies to "
+                                    "the GPU; None = on CUDA only")
+    persistent_workers: bool = Field(True, description="Keep DataLoader workers alive across "
+                                     "epochs (when num_workers > 0)")
 
 
 class RunConfig(StrictModel):

@@ -151,6 +151,100 @@ def _sims_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     }
 
 
+def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``sum(w * v) / sum(w)`` over the last axis; ``nan`` where the weights sum to 0."""
+    total = weights.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (weights * values).sum(axis=-1) / total, np.nan)
+
+
+def _weighted_pearson(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Pearson correlation under sample weights over the last axis; 0.0 where one side is
+    constant (as :func:`pearson_r`)."""
+    total = weights.sum(axis=-1, keepdims=True)
+    xc = x - (weights * x).sum(axis=-1, keepdims=True) / total
+    yc = y - (weights * y).sum(axis=-1, keepdims=True) / total
+    denominator = np.sqrt((weights * xc * xc).sum(axis=-1) * (weights * yc * yc).sum(axis=-1))
+    covariance = (weights * xc * yc).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, covariance / np.where(denominator > 0, denominator, 1),
+                        0.0)
+
+
+def _weighted_binary_f1(truth: np.ndarray, pred: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Support-weighted F1 of two classes (sklearn's ``average="weighted"``, ``zero_division=0``)
+    from weighted confusion counts over the last axis."""
+    tp = (weights * (truth & pred)).sum(axis=-1)
+    fp = (weights * (~truth & pred)).sum(axis=-1)
+    fn = (weights * (truth & ~pred)).sum(axis=-1)
+    tn = (weights * (~truth & ~pred)).sum(axis=-1)
+
+    def f1(hits, misses):
+        return np.where(hits > 0, 2 * hits / np.maximum(2 * hits + misses, 1e-300), 0.0)
+
+    support = tp + fn + tn + fp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0,
+                        ((tp + fn) * f1(tp, fp + fn) + (tn + fp) * f1(tn, fn + fp)) / support,
+                        np.nan)
+
+
+def weighted_metrics(
+    pred: Any, truth: Any, weights: Any = None, dataset: str = "mosi"
+) -> dict[str, np.ndarray]:
+    """:func:`compute_metrics` under per-sample weights, for many weightings at once.
+
+    A weight of ``k`` counts the sample ``k`` times, so integer weights give exactly what
+    :func:`compute_metrics` gives on the samples repeated (the tests check this); a bootstrap
+    replicate is a row of resampling counts. F1 scores are computed from weighted confusion
+    counts (two classes: the same value as sklearn's weighted F1).
+
+    Args:
+        pred: ``(..., N)`` predictions (a batch of prediction vectors, e.g. permuted pairs).
+        truth: ``(N,)`` labels.
+        weights: ``(..., N)`` non-negative sample weights broadcastable against ``pred``;
+            ``None`` = all 1.
+        dataset: metric family, as for :func:`compute_metrics`.
+
+    Returns:
+        ``{name: array of the broadcast batch shape}``; ``nan`` where nothing is scored (e.g.
+        ``Non0`` metrics when every weighted truth is 0).
+    """
+    family = _family(dataset)
+    pred = np.asarray(pred, dtype=np.float64)
+    truth = np.asarray(truth, dtype=np.float64)
+    if pred.shape[-1] != truth.shape[-1] or truth.ndim != 1:
+        raise ValueError(f"predictions {pred.shape} and labels {truth.shape}: expected "
+                         "(..., N) and (N,)")
+    weights = np.ones_like(pred) if weights is None else np.asarray(weights, dtype=np.float64)
+    pred, weights = np.broadcast_arrays(pred, weights)
+    truth = np.broadcast_to(truth, pred.shape)
+    if family == "mosi":
+        non_zero = weights * (truth != 0)
+        return {
+            "Has0_acc_2": _weighted_mean((truth >= 0) == (pred >= 0), weights),
+            "Has0_F1_score": _weighted_binary_f1(truth >= 0, pred >= 0, weights),
+            "Non0_acc_2": _weighted_mean((truth > 0) == (pred > 0), non_zero),
+            "Non0_F1_score": _weighted_binary_f1(truth > 0, pred > 0, non_zero),
+            "Mult_acc_5": _weighted_mean(
+                np.round(np.clip(pred, -2, 2)) == np.round(np.clip(truth, -2, 2)), weights),
+            "Mult_acc_7": _weighted_mean(
+                np.round(np.clip(pred, -3, 3)) == np.round(np.clip(truth, -3, 3)), weights),
+            "MAE": _weighted_mean(np.abs(pred - truth), weights),
+            "Corr": _weighted_pearson(pred, truth, weights),
+        }
+    pred, truth = np.clip(pred, -1.0, 1.0), np.clip(truth, -1.0, 1.0)
+    bins = {k: (_sims_bins(pred, k), _sims_bins(truth, k)) for k in SIMS_BIN_EDGES}
+    return {
+        "Mult_acc_2": _weighted_mean(bins[2][0] == bins[2][1], weights),
+        "Mult_acc_3": _weighted_mean(bins[3][0] == bins[3][1], weights),
+        "Mult_acc_5": _weighted_mean(bins[5][0] == bins[5][1], weights),
+        "F1_score": _weighted_binary_f1(bins[2][1] == 1, bins[2][0] == 1, weights),
+        "MAE": _weighted_mean(np.abs(pred - truth), weights),
+        "Corr": _weighted_pearson(pred, truth, weights),
+    }
+
+
 def metric_names(dataset: str = "mosi") -> tuple[str, ...]:
     """The keys :func:`compute_metrics` returns for ``dataset``."""
     family = _family(dataset)
@@ -208,5 +302,5 @@ def metric_direction(name: str) -> str:
 
 __all__ = [
     "MOSI_METRICS", "SIMS_METRICS", "SIMS_BIN_EDGES", "compute_metrics", "metric_direction",
-    "metric_names", "multiclass_accuracy", "pearson_r",
+    "metric_names", "multiclass_accuracy", "pearson_r", "weighted_metrics",
 ]

@@ -1,131 +1,112 @@
-"""Shared pieces of the parity fixture generators (``tools/parity/<model>.py``).
+"""Shared pieces of the parity-fixture generators (run by hand, never in CI).
 
-Nothing here comes from an official repository: it builds the real input batches, the small
-randomly initialised BERT that stands in for ``bert-base-uncased``, and writes the fixture.
-
-Batches: clips of the 229 real MOSI clips (``word_aligned_valid.pkl``) with unequal word counts,
-each batch sorted by word count, longest first (the official MISA collate does the same, and
-``pack_padded_sequence`` in its model needs it). Features are the first ``AUDIO_DIMS`` COVAREP and
-``VISION_DIMS`` Facet columns (the official recurrent encoders have hidden size = input size,
-so the full 74/47 columns would make a fixture of several MB). Text: one token per word, ids
-from the clips' sorted vocabulary folded into ``VOCAB`` ids (``[PAD]=0``, ``[CLS]=1``,
-``[SEP]=2``), so no tokenizer download is needed; the LM is a 2-layer BERT with hidden size 32.
+Each generator imports an official implementation from a checkout (``--official DIR``), patches it
+at run time so that it runs on a CPU without downloads, runs it on a few real clips and saves what
+it computed into ``tests/parity/<model>.pt``. Nothing of the official code is copied here.
 """
 
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DATA = REPO_ROOT.parent / "shared" / "data" / "mosi" / "word_aligned_valid.pkl"
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "mosi" / "word_aligned_valid.pkl"
 
-#: rows of the 229 clips, one list per batch (unequal word counts in each)
-BATCH_ROWS = ([0, 3, 7, 12], [40, 41, 100, 150], [20, 60, 90, 120])
-AUDIO_DIMS = 6
-VISION_DIMS = 5
-VOCAB = 100
-PAD, CLS, SEP = 0, 1, 2
-
-BERT_CONFIG = dict(
-    vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-    intermediate_size=64, max_position_embeddings=64, type_vocab_size=2,
-    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=PAD,
-)
+#: The small randomly initialised BERT that stands in for bert-base in every fixture: its config is
+#: saved in the fixture and the test rebuilds the same encoder from it.
+TINY_BERT = {
+    "vocab_size": 128, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+    "intermediate_size": 64, "max_position_embeddings": 64, "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+}
+PAD_ID, CLS_ID, SEP_ID = 0, 1, 2
 
 
-def small_bert_config():
-    from transformers import BertConfig
-
-    return BertConfig(**BERT_CONFIG)
-
-
-def commit_of(directory: Path) -> str:
-    """The git commit of an official checkout (a clone, or an archive with a COMMIT file)."""
-    marker = Path(directory) / "COMMIT"
-    if marker.exists():
-        return marker.read_text().strip()
-    try:
-        return subprocess.run(["git", "-C", str(directory), "rev-parse", "HEAD"], check=True,
-                              capture_output=True, text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError) as err:
-        raise SystemExit(
-            f"{directory}: cannot tell the official commit (not a git checkout and no COMMIT "
-            f"file): {err}"
-        ) from None
+def official_commit(checkout: Path) -> str:
+    """The checkout's commit (the generators refuse a checkout that is not a git work tree)."""
+    return subprocess.check_output(["git", "-C", str(checkout), "rev-parse", "HEAD"],
+                                   text=True).strip()
 
 
-def real_batches(data_path: Path = DATA) -> list[dict[str, torch.Tensor]]:
-    """The fixed batches, batch-first, float64 features, as plain tensors.
+def tiny_bert():
+    """A fresh randomly initialised tiny ``BertModel`` (seed the RNG before calling)."""
+    from transformers import BertConfig, BertModel
 
-    Keys: ``input_ids``/``attention_mask``/``token_type_ids`` ``(B, W + 2)``, ``audio``
-    ``(B, W, AUDIO_DIMS)``, ``vision`` ``(B, W, VISION_DIMS)`` zero-padded, ``lengths`` ``(B,)``
-    word counts, ``labels`` ``(B,)``, ``ids`` (clip ids, a list).
+    return BertModel(BertConfig(**TINY_BERT))
+
+
+def patch_bert_downloads() -> None:
+    """``BertModel.from_pretrained`` -> the tiny random BERT; ``BertTokenizer.from_pretrained`` ->
+    ``None`` (the official models only tokenise in helpers the generators do not call)."""
+    import transformers
+
+    transformers.BertModel.from_pretrained = classmethod(lambda cls, *a, **k: tiny_bert())
+    transformers.BertTokenizer.from_pretrained = classmethod(lambda cls, *a, **k: None)
+
+
+def add_to_path(directory: Path) -> None:
+    sys.path.insert(0, str(Path(directory).resolve()))
+
+
+def fold_token_ids(ids: list[int], special: dict[int, int]) -> list[int]:
+    """Map real token ids into the tiny vocabulary: specials to 0/1/2, the rest to 3..127."""
+    span = TINY_BERT["vocab_size"] - 3
+    return [special[i] if i in special else 3 + i % span for i in ids]
+
+
+def real_clips(data: Path, rows: list[int]) -> dict:
+    """Transcripts tokenised by msakit's default tokenizer (ids folded into the tiny vocabulary)
+    and the word-level COVAREP/Facet sequences of the chosen clips of the 229-clip pickle.
+
+    Returns ``input_ids``/``attention_mask``/``token_type_ids`` ``(B, L_t)`` long, ``audio``
+    ``(B, L, 74)``, ``vision`` ``(B, L, 47)`` float64 zero-padded, ``lengths`` ``(B,)`` long,
+    ``labels`` ``(B,)`` float64 and ``ids``.
     """
-    import sys
-
-    sys.path.insert(0, str(REPO_ROOT / "src"))
     from msakit.data import load_dataset
+    from msakit.lm import load_tokenizer
 
-    split = load_dataset(data_path).split("all")
-    vocabulary = sorted({w for rows in BATCH_ROWS for r in rows for w in split.words[r]})
-    word_id = {w: 3 + i % (VOCAB - 3) for i, w in enumerate(vocabulary)}
-    batches = []
-    for rows in BATCH_ROWS:
-        rows = sorted(rows, key=lambda r: -len(split.words[r]))
-        words = [len(split.words[r]) for r in rows]
-        if len(set(words)) < 2:
-            raise SystemExit(f"batch {rows} needs unequal lengths, got {words}")
-        width = max(words)
-        size = len(rows)
-        input_ids = torch.full((size, width + 2), PAD, dtype=torch.long)
-        audio = torch.zeros(size, width, AUDIO_DIMS, dtype=torch.float64)
-        vision = torch.zeros(size, width, VISION_DIMS, dtype=torch.float64)
-        for b, r in enumerate(rows):
-            n = words[b]
-            input_ids[b, : n + 2] = torch.tensor(
-                [CLS] + [word_id[w] for w in split.words[r]] + [SEP])
-            audio[b, :n] = torch.from_numpy(split.audio[r][:, :AUDIO_DIMS]).double()
-            vision[b, :n] = torch.from_numpy(split.vision[r][:, :VISION_DIMS]).double()
-        batches.append({
-            "input_ids": input_ids,
-            "attention_mask": (input_ids != PAD).long(),
-            "token_type_ids": torch.zeros_like(input_ids),
-            "audio": audio,
-            "vision": vision,
-            "lengths": torch.tensor(words, dtype=torch.long),
-            "labels": torch.tensor([float(split.labels[r]) for r in rows], dtype=torch.float64),
-            "ids": [split.ids[r] for r in rows],
-        })
-    return batches
+    split = load_dataset(data).split("all").subset(rows)
+    tokenizer = load_tokenizer("all-MiniLM-L6-v2")
+    special = {tokenizer.pad_token_id: PAD_ID, tokenizer.cls_token_id: CLS_ID,
+               tokenizer.sep_token_id: SEP_ID}
+    encoded = [fold_token_ids(tokenizer(text)["input_ids"], special) for text in split.texts]
+    text_len = max(len(e) for e in encoded)
+    input_ids = torch.zeros(len(rows), text_len, dtype=torch.long)
+    attention_mask = torch.zeros(len(rows), text_len, dtype=torch.long)
+    for i, ids in enumerate(encoded):
+        input_ids[i, :len(ids)] = torch.tensor(ids)
+        attention_mask[i, :len(ids)] = 1
+    lengths = torch.tensor([a.shape[0] for a in split.audio])
+    steps = int(lengths.max())
+
+    def pad(arrays):
+        out = torch.zeros(len(arrays), steps, arrays[0].shape[1], dtype=torch.float64)
+        for i, a in enumerate(arrays):
+            out[i, :a.shape[0]] = torch.from_numpy(np.nan_to_num(a.astype(np.float64),
+                                                                 posinf=0.0, neginf=0.0))
+        return out
+
+    return {
+        "input_ids": input_ids, "attention_mask": attention_mask,
+        "token_type_ids": torch.zeros_like(input_ids),
+        "audio": pad(split.audio), "vision": pad(split.vision), "lengths": lengths,
+        "labels": torch.from_numpy(split.labels.astype(np.float64)), "ids": list(split.ids),
+    }
 
 
-def round_to_float32(module: torch.nn.Module) -> None:
-    """Make every weight exactly representable in float32 (the fixture stores float32) while
-    the module computes in float64."""
-    with torch.no_grad():
-        for tensor in list(module.parameters()) + list(module.buffers()):
-            if tensor.is_floating_point():
-                tensor.copy_(tensor.float().double())
-
-
-def as_float32(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().float().clone() for k, v in tensors.items()}
-
-
-def zero_dropout(module: torch.nn.Module) -> None:
-    """Set every dropout probability to 0: random masks cannot be matched between two codes."""
-    for child in module.modules():
-        if isinstance(child, torch.nn.Dropout):
-            child.p = 0.0
-        if isinstance(child, torch.nn.MultiheadAttention):
-            child.dropout = 0.0
+def compact(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Float tensors stored as float32 (initial weights were float32 already: exact)."""
+    return {k: v.detach().to(torch.float32).clone() if v.is_floating_point() else v.clone()
+            for k, v in tensors.items()}
 
 
 def save_fixture(fixture: dict, out: Path) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(fixture, out)
-    print(f"wrote {out} ({out.stat().st_size / 1e3:.0f} kB)")
+    print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")

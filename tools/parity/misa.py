@@ -8,7 +8,7 @@ make a checkout). The script imports the official ``src/models.py`` and ``src/so
 patches at run time only what needs a download or a GPU:
 
 * ``BertConfig/BertModel.from_pretrained('bert-base-uncased')`` -> the small random BERT of
-  ``_common.BERT_CONFIG`` (hidden 32), and the official ``project_t`` (hard-coded 768 inputs)
+  ``_word_aligned.BERT_CONFIG`` (hidden 32), and the official ``project_t`` (hard-coded 768 inputs)
   rebuilt with 32 inputs;
 * ``gensim`` (imported by the solver, unused with BERT) -> an empty module;
 * every dropout probability -> 0 (the two codes cannot draw the same masks).
@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402
+import _word_aligned as _common  # noqa: E402
 
 HIDDEN = 8
 LOSS_WEIGHTS = {"diff_weight": 0.3, "sim_weight": 1.0, "recon_weight": 1.0}

@@ -6,7 +6,7 @@
 ``tools/parity/misa.py`` for making one from the ``fetch`` mirror). The official ``MULTModel``
 reads precomputed text features (GloVe in the paper); msakit's MulT reads a language model's
 states. The fixture feeds the official model the states of the same small random BERT msakit
-uses (``_common.BERT_CONFIG``), zeroed at padded tokens as msakit does, so parity covers the
+uses (``_word_aligned.BERT_CONFIG``), zeroed at padded tokens as msakit does, so parity covers the
 whole msakit pipeline: BERT -> MulT -> L1 loss, and the gradients of BERT's weights too.
 
 Run-time patches (nothing is copied): the official width ``d_l = d_a = d_v = 30`` is hard-coded;
@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402
+import _word_aligned as _common  # noqa: E402
 
 WIDTH = 8
 SETTINGS = dict(num_heads=2, nlevels=1, lr=1e-3, clip=0.8, when=20, num_epochs=1, batch_size=4)

@@ -7,36 +7,46 @@ import os
 import click
 
 
-class MultiValueOption(click.Option):
-    """An option taking one or more values after one flag: ``--seeds 1 2 3``.
+class MultiValueCommand(click.Command):
+    """A command whose named options take one or more values after one flag: ``--seeds 1 2 3``.
 
-    Click options take a fixed number of values; this one consumes every following token up
-    to the next option.
+    Click options take a fixed number of values. Before click parses the arguments (through the
+    public :meth:`click.Command.parse_args`), ``--seeds 1 2 3`` is rewritten to
+    ``--seeds 1 --seeds 2 --seeds 3``, so each such option is declared with ``multiple=True``.
+    The first value is always taken (as click does for any option), the following ones up to the
+    next token that starts with ``-`` or ``--``.
+
+    Args:
+        multi_value_options: the flags that take several values, e.g. ``("--seeds",)``.
     """
 
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("multiple", True)
+    def __init__(self, *args, multi_value_options: tuple[str, ...] = (), **kwargs):
         super().__init__(*args, **kwargs)
-        self._previous_parser_process = None
-        self._eat_all_parser = None
+        self.multi_value_options = tuple(multi_value_options)
 
-    def add_to_parser(self, parser, ctx):
-        def parser_process(value, state):
-            values = [value]
-            while state.rargs and not state.rargs[0].startswith("-"):
-                values.append(state.rargs.pop(0))
-            for item in values:
-                self._previous_parser_process(item, state)
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, expand_multi_value(args, self.multi_value_options))
 
-        result = super().add_to_parser(parser, ctx)
-        for name in self.opts:
-            our_parser = parser._long_opt.get(name) or parser._short_opt.get(name)
-            if our_parser:
-                self._eat_all_parser = our_parser
-                self._previous_parser_process = our_parser.process
-                our_parser.process = parser_process
-                break
-        return result
+
+def expand_multi_value(args: list[str], flags: tuple[str, ...]) -> list[str]:
+    """``["--seeds", "1", "2", "-x"]`` -> ``["--seeds", "1", "--seeds", "2", "-x"]``."""
+    out: list[str] = []
+    index = 0
+    while index < len(args):
+        token = args[index]
+        index += 1
+        if token == "--":
+            out += args[index - 1:]
+            break
+        out.append(token)
+        if token not in flags or index >= len(args):
+            continue
+        out.append(args[index])  # the first value, whatever it looks like
+        index += 1
+        while index < len(args) and not args[index].startswith("-"):
+            out += [token, args[index]]
+            index += 1
+    return out
 
 
 class DataPathType(click.Path):

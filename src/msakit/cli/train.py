@@ -12,7 +12,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from msakit.cli._options import DATA_PATH, MultiValueOption
+from msakit.cli._options import DATA_PATH, MultiValueCommand
 
 
 def make_console() -> Console:
@@ -24,7 +24,7 @@ def _fail(message: str) -> None:
     raise click.ClickException(message)
 
 
-@click.command()
+@click.command(cls=MultiValueCommand, multi_value_options=("--seeds",))
 @click.argument("model")
 @click.option("--data", "data_path", type=DATA_PATH,
               help="MMSA pickle, CMU-SDK word-aligned pickle, a folder with label.csv, or "
@@ -36,14 +36,18 @@ def _fail(message: str) -> None:
 @click.option("--preset", help="The paper's settings for a dataset, e.g. --preset mosi "
               "(msakit models --presets lists them); --config and --set apply on top.")
 @click.option("--folds", type=int, help="Grouped (by video) K-fold cross-validation.")
-@click.option("--seeds", cls=MultiValueOption, type=int, help="Seeds to run, e.g. --seeds 1 2 3.")
+@click.option("--seeds", multiple=True, type=click.IntRange(0, 2**32 - 1),
+              help="Seeds to run, e.g. --seeds 1 2 3.")
 @click.option("--epochs", type=int, help="Shortcut for --set train.epochs=N.")
 @click.option("--output-dir", type=click.Path(file_okay=False), help="Where run folders go.")
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False),
               help="Continue an interrupted run folder (other options are then ignored).")
 @click.option("--no-progress", is_flag=True, help="No progress bars (e.g. in logs).")
+@click.option("--baseline", "baseline_dir", type=click.Path(exists=True, file_okay=False),
+              help="After training, compare against this finished run (as `msakit compare "
+              "BASELINE NEW`); writes compare.json/.md into the new run folder.")
 def train(model, data_path, config_file, overrides, preset, folds, seeds, epochs, output_dir,
-          resume_dir, no_progress):
+          resume_dir, no_progress, baseline_dir):
     """Train MODEL, select on validation, test once; prints the results table.
 
     \b
@@ -55,7 +59,7 @@ def train(model, data_path, config_file, overrides, preset, folds, seeds, epochs
     """
     from msakit.config import ConfigError, build_config
     from msakit.data import DataError
-    from msakit.training import run_experiment
+    from msakit.training import distributed, run_experiment
     from msakit.training.results import results_table
 
     console = make_console()
@@ -80,10 +84,26 @@ def train(model, data_path, config_file, overrides, preset, folds, seeds, epochs
         )
     except (ConfigError, DataError, KeyError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
+    finally:
+        is_main = distributed.current().is_main
+        distributed.shutdown()  # under torchrun: leave the process group
+    if not is_main:  # process 0 prints the results
+        return
     results = json.loads((run_dir / "metrics.json").read_text())["runs"]
     console.print(results_table(f"{model}: test metrics ({run_dir})", results, summary))
     _print_paper_row(console, run_dir, summary)
     console.print(f"results: {run_dir / 'results.md'}")
+    if baseline_dir:
+        from msakit.cli.experiments import print_comparison
+        from msakit.experiments.compare import CompareError, compare_runs, write_comparison
+
+        try:
+            result = compare_runs([baseline_dir, run_dir])
+        except CompareError as err:
+            _fail(f"training finished ({run_dir}), but the comparison is refused: {err}")
+        print_comparison(result, console)
+        json_path, md_path = write_comparison(result, run_dir)
+        console.print(f"comparison: {md_path}")
 
 
 def _print_paper_row(console: Console, run_dir: Path, summary: dict) -> None:

@@ -47,12 +47,14 @@ Edge cases, chosen so models never see a zero length:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
+from torch.utils.data import SequentialSampler
 
 from msakit.data.dataset import DataError, Split
 from msakit.data.text import TokenizedText, expand_to_tokens, tokenize_text, tokenize_words
@@ -110,9 +112,10 @@ class SplitDataset(Dataset):
         self.rng = np.random.default_rng(seed)
         self.pad_token_id = int(tokenizer.pad_token_id or 0)
         # shared by every SplitDataset over this split with the same settings
-        cache_key = (type(tokenizer).__name__, getattr(tokenizer, "name_or_path", id(tokenizer)),
-                     self.max_text_tokens, self.modalities, word_aligned)
-        self._cache: dict[int, dict[str, Any]] = split.token_cache.setdefault(cache_key, {})
+        self.cache_key = (type(tokenizer).__name__,
+                          getattr(tokenizer, "name_or_path", id(tokenizer)),
+                          self.max_text_tokens, self.modalities, word_aligned)
+        self._cache: dict[int, dict[str, Any]] = split.token_cache.setdefault(self.cache_key, {})
 
     def __len__(self) -> int:
         return len(self.split)
@@ -244,6 +247,159 @@ def collate(items: list[dict[str, Any]], pad_token_id: int = 0) -> dict[str, Any
     return batch
 
 
+def _pack_rows(arrays: list[np.ndarray], dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """Concatenate per-clip arrays ``(L_i, ...)`` into ``(sum L_i, ...)`` with offsets and lengths.
+
+    A clip with no rows gets one zero row (length 1), as :func:`_pad_features` gives it.
+    """
+    rows = [a if a.shape[0] else np.zeros((1, *a.shape[1:]), dtype=a.dtype) for a in arrays]
+    lengths = torch.tensor([r.shape[0] for r in rows], dtype=torch.long)
+    offsets = torch.cumsum(lengths, 0) - lengths
+    flat = torch.from_numpy(np.concatenate(rows)).to(dtype) if rows else torch.zeros(0)
+    return flat, offsets, lengths
+
+
+def _gather_padded(flat: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor,
+                   indices: torch.Tensor, pad_value: float = 0):
+    """Rows of the clips ``indices`` from packed storage, padded to the longest of them.
+
+    Returns:
+        ``(B, L, ...)`` rows (``pad_value`` after each clip's length), ``(B,)`` lengths and
+        ``(B, L)`` bool mask, with ``L = max(lengths[indices])``.
+    """
+    batch_lengths = lengths[indices]
+    positions = torch.arange(int(batch_lengths.max()))
+    mask = positions[None, :] < batch_lengths[:, None]
+    rows = torch.where(mask, offsets[indices][:, None] + positions[None, :], 0)
+    padded = flat[rows]
+    fill = mask if padded.dim() == 2 else mask[..., None]
+    return padded.masked_fill(~fill, pad_value), batch_lengths, mask
+
+
+@dataclass
+class PackedSplit:
+    """Every clip of a :class:`SplitDataset` encoded once and stored back to back.
+
+    Token ids and (word-aligned expanded) features of all ``N`` clips live in flat tensors
+    ``(sum L_i, ...)`` with per-clip offsets and lengths, so a batch is a few vectorised gathers
+    (:meth:`batch`), with no per-clip Python work, and memory is the clips' true size.
+    """
+
+    ids: list[str]
+    input_ids: torch.Tensor
+    token_type_ids: torch.Tensor
+    text_offsets: torch.Tensor
+    text_lengths: torch.Tensor
+    features: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]
+    labels: torch.Tensor
+    extra_labels: dict[str, torch.Tensor]
+    pad_token_id: int
+
+    @classmethod
+    def from_dataset(cls, dataset: SplitDataset) -> PackedSplit:
+        if dataset.transform is not None:
+            raise DataError("a dataset with a transform changes every access; it cannot be packed")
+        items = [dataset[i] for i in range(len(dataset))]
+        if not items:
+            raise DataError("cannot pack an empty split")
+        input_ids, text_offsets, text_lengths = _pack_rows(
+            [item["input_ids"] for item in items], torch.long)
+        token_type_ids = _pack_rows([item["token_type_ids"] for item in items], torch.long)[0]
+        features = {}
+        for modality in ("audio", "vision"):
+            arrays = [item[modality] for item in items]
+            present = [a is not None for a in arrays]
+            if any(present) and not all(present):
+                raise DataError(f"split mixes clips with and without {modality}")
+            features[modality] = _pack_rows(arrays, torch.float32) if all(present) else None
+            words = [item.get(f"word_{modality}") for item in items]
+            if any(w is not None for w in words):
+                if not all(w is not None for w in words):
+                    raise DataError(f"split mixes clips with and without word_{modality}")
+                features[f"word_{modality}"] = _pack_rows(words, torch.float32)
+        split = dataset.split
+        return cls(
+            ids=list(split.ids),
+            input_ids=input_ids,
+            token_type_ids=token_type_ids,
+            text_offsets=text_offsets,
+            text_lengths=text_lengths,
+            features=features,
+            labels=torch.as_tensor(np.asarray(split.labels), dtype=torch.float32),
+            extra_labels={k: torch.as_tensor(np.asarray(v), dtype=torch.float32)
+                          for k, v in split.extra_labels.items()},
+            pad_token_id=dataset.pad_token_id,
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, indices: Sequence[int] | torch.Tensor) -> dict[str, Any]:
+        """The batch dict of the module docstring for the clips at ``indices`` (in order)."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        if index.numel() == 0:
+            raise DataError("cannot collate an empty batch")
+        input_ids, _, text_mask = _gather_padded(
+            self.input_ids, self.text_offsets, self.text_lengths, index, self.pad_token_id)
+        token_type_ids = _gather_padded(
+            self.token_type_ids, self.text_offsets, self.text_lengths, index)[0]
+        batch: dict[str, Any] = {
+            "index": index,
+            "input_ids": input_ids,
+            "attention_mask": text_mask.long(),
+            "token_type_ids": token_type_ids,
+        }
+        size = index.shape[0]
+        host_lengths: dict[str, torch.Tensor] = {}
+        for modality in ("audio", "vision"):
+            packed = self.features[modality]
+            if packed is None:
+                features, lengths, mask = (torch.zeros(size, 1, 0),
+                                           torch.ones(size, dtype=torch.long),
+                                           torch.ones(size, 1, dtype=torch.bool))
+            else:
+                features, lengths, mask = _gather_padded(*packed, index)
+            batch[modality] = features
+            batch[f"{modality}_lengths"] = lengths
+            batch[f"{modality}_mask"] = mask
+            host_lengths[modality] = lengths.clone()
+        for modality in ("audio", "vision"):
+            packed = self.features.get(f"word_{modality}")
+            if packed is not None:
+                features, lengths, mask = _gather_padded(*packed, index)
+                batch[f"word_{modality}"] = features
+                batch["word_lengths"], batch["word_mask"] = lengths, mask
+                host_lengths["word"] = lengths.clone()
+        batch["host_lengths"] = host_lengths
+        batch["labels"] = self.labels[index]
+        for key, values in self.extra_labels.items():
+            batch[f"labels_{key}"] = values[index]
+        batch["ids"] = [self.ids[i] for i in index.tolist()]
+        return batch
+
+
+class PackedBatches(Dataset):
+    """``dataset[list_of_indices]`` -> one batch; used with a ``BatchSampler`` as sampler."""
+
+    def __init__(self, packed: PackedSplit):
+        self.packed = packed
+
+    def __len__(self) -> int:
+        return len(self.packed)
+
+    def __getitem__(self, indices: list[int]) -> dict[str, Any]:
+        return self.packed.batch(indices)
+
+
+def packed_split(dataset: SplitDataset) -> PackedSplit:
+    """The dataset's :class:`PackedSplit`, built once and kept with the split's token cache."""
+    key = ("packed", *dataset.cache_key)
+    cache = dataset.split.token_cache
+    if key not in cache:
+        cache[key] = PackedSplit.from_dataset(dataset)
+    return cache[key]
+
+
 def make_loader(
     data: Split | SplitDataset,
     tokenizer=None,
@@ -257,8 +413,14 @@ def make_loader(
     transform: Transform | None = None,
     drop_last: bool = False,
     num_workers: int = 0,
+    sampler: Sampler[int] | None = None,
+    pin_memory: bool = False,
+    persistent_workers: bool = False,
 ) -> DataLoader:
     """A ``DataLoader`` of batches (see :func:`collate`), deterministic for a given ``seed``.
+
+    Without a ``transform`` the split is tokenised and packed once (:class:`PackedSplit`) and
+    each batch is gathered from it; with one, every access transforms and tokenises afresh.
 
     Args:
         data: a :class:`Split` (wrapped in a new :class:`SplitDataset`), or a
@@ -269,6 +431,8 @@ def make_loader(
         transform: augmentation applied to raw training clips (pass it for training only);
             its ``numpy.random.Generator`` is seeded by ``seed`` too (deterministic with
             ``num_workers=0``).
+        sampler: the clip order instead of ``shuffle`` (e.g. a ``DistributedSampler``).
+        pin_memory, persistent_workers, num_workers: passed to ``DataLoader``.
         Other args: see :class:`SplitDataset`.
     """
     if isinstance(data, SplitDataset):
@@ -283,12 +447,21 @@ def make_loader(
                                transform, seed)
     generator = torch.Generator()
     generator.manual_seed(int(seed))
+    if sampler is None:
+        sampler = (RandomSampler(dataset, generator=generator) if shuffle
+                   else SequentialSampler(dataset))
+    workers = {"num_workers": num_workers, "pin_memory": pin_memory,
+               "persistent_workers": persistent_workers and num_workers > 0}
+    if dataset.transform is None:
+        return DataLoader(PackedBatches(packed_split(dataset)), batch_size=None,
+                          sampler=BatchSampler(sampler, batch_size, drop_last),
+                          generator=generator, **workers)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        sampler=sampler,
         generator=generator,
         collate_fn=partial(collate, pad_token_id=dataset.pad_token_id),
         drop_last=drop_last,
-        num_workers=num_workers,
+        **workers,
     )

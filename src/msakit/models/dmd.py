@@ -52,10 +52,27 @@ Where the official code and the paper disagree (both selectable):
   positive and a negative are skipped; the loss is the mean over anchors of the mean hinge over
   their (positive, negative) pairs.
 
-Other deliberate differences: padding is explicit (key padding masks in every transformer; the
-official code attends to padded steps); the read-out step is each sample's last real step
-(``readout="last_position"`` gives the official last padded position); text states of padded
-tokens are zeroed before the projection, so padded steps stay zero through the bias-free convs.
+Other deliberate differences, each a config option (the official setting in brackets):
+
+- ``padding="masked"`` (``"official"``): padded steps are masked out of every transformer's keys
+  and the future mask's offset uses each clip's real lengths; the official code attends to padded
+  steps and leaves out the positional embedding only where a step's first feature is exactly 0;
+- ``readout="last_valid"`` (``"last_position"``): each sample's last real step is read out, not
+  the final padded position;
+- ``zero_padded_text=True`` (``False``): LM states of padded tokens are zeroed before the
+  projection, so padded steps stay zero through the bias-free convs; with ``False`` the text is
+  padded to ``text_length`` tokens before the LM (as the official pickles are) and every state is
+  kept;
+- ``hetero_repr_weighting="batch_mean"`` is the official HeteroGD representation term (the
+  batch-mean clamped cosine times the batch-mean edge weight); ``"per_sample"`` weights each
+  sample's cosine by its own edge.
+
+Ablations of the paper (Table 4): ``feature_decoupling=False`` (no exclusive/common encoders:
+both branches read the projected ``X̃_m``, and the decoupling losses ``recon``,
+``self_regression``, ``margin``, ``ortho`` are not computed) and ``cross_modal_attention=False``
+(the heterogeneous branch reads each ``s_m`` through its own self-attention encoder instead of
+the cross-modal transformers, so ``h_m`` is ``(B, d)``). A GD unit is removed by setting its
+``distill_*`` loss weights to 0.
 
 The fixed lengths ``T_m`` (official aligned MOSI: 50 for every modality; unaligned MOSI: text 50,
 audio 375, vision 500) exist because the homogeneous heads flatten ``T'_m · d`` features.
@@ -137,7 +154,25 @@ class DMDConfig(ModelConfig):
     embed_dropout: float = Field(0.2, ge=0, lt=1)
     output_dropout: float = Field(0.5, ge=0, lt=1)
     attn_mask: bool = True
-    readout: Literal["last_valid", "last_position"] = "last_valid"
+    readout: Literal["last_valid", "last_position"] = Field(
+        "last_valid", description="read-out step: each sample's last real step, or the last "
+        "(possibly padded) position as the official code"
+    )
+    padding: Literal["masked", "official"] = Field(
+        "masked", description="'masked': padded steps masked out of every attention, future-mask "
+        "offsets from real lengths; 'official': attend to padding, no positional embedding at "
+        "steps whose first feature is exactly 0"
+    )
+    zero_padded_text: bool = Field(
+        True, description="zero the LM states of padded tokens (official: text padded to "
+        "text_length before the LM and every state kept)"
+    )
+    hetero_repr_weighting: Literal["batch_mean", "per_sample"] = Field(
+        "batch_mean", description="HeteroGD representation term: official batch-mean cosine x "
+        "batch-mean edge, or each sample's cosine x its own edge"
+    )
+    feature_decoupling: bool = Field(True, description="ablation 'w/o FD' when false")
+    cross_modal_attention: bool = Field(True, description="ablation 'w/o CA' when false")
     homo_gd_hidden: int = Field(64, ge=1)
     hetero_gd_hidden: int = Field(32, ge=1)
     gd_temperature: float = Field(8.0, gt=0, description="edge softmax temperature (1/alpha)")
@@ -254,10 +289,9 @@ def margin_loss(features: torch.Tensor, labels: torch.Tensor, modality: torch.Te
     valid = positive.unsqueeze(2) & negative.unsqueeze(1)
     counts = valid.sum((1, 2))
     per_anchor = (hinge.clamp(min=0) * valid).sum((1, 2)) / counts.clamp(min=1)
-    anchors = counts > 0
-    if not bool(anchors.any()):
-        return features.sum() * 0.0
-    return per_anchor[anchors].mean()
+    anchors = (counts > 0).to(per_anchor.dtype)
+    # mean over anchors with at least one (positive, negative) pair; 0 when there is none
+    return (per_anchor * anchors).sum() / anchors.sum().clamp(min=1)
 
 
 @register_model
@@ -288,44 +322,59 @@ class DMD(MSAModel):
         steps = {m: self.fixed_lengths[m] - kernels[m] + 1 for m in MODALITIES}
         attn_dropout = {"text": config.attn_dropout, "audio": config.attn_dropout_audio,
                         "vision": config.attn_dropout_vision}
+        masked = config.padding == "masked"
         shared = dict(relu_dropout=config.relu_dropout, res_dropout=config.res_dropout,
                       embed_dropout=config.embed_dropout, attn_mask=config.attn_mask)
+        encoder_options = dict(shared, zero_step_positions=masked)
+        hetero_dim = 2 * d if config.cross_modal_attention else d
 
         self.projections = nn.ModuleDict(
             {m: TemporalConvProjection(in_dims[m], d, kernels[m]) for m in MODALITIES}
         )
-        # decoupling: kernel-1 bias-free Conv1d == bias-free Linear over the feature axis
-        self.exclusive_encoders = nn.ModuleDict(
-            {m: nn.Linear(d, d, bias=False) for m in MODALITIES}
-        )
-        self.common_encoder = nn.Linear(d, d, bias=False)
-        self.decoders = nn.ModuleDict({m: nn.Linear(2 * d, d, bias=False) for m in MODALITIES})
-        self.margin_projections = nn.ModuleDict(
-            {m: nn.Linear(steps[m] * d, d) for m in MODALITIES}
-        )
+        if config.feature_decoupling:
+            # decoupling: kernel-1 bias-free Conv1d == bias-free Linear over the feature axis
+            self.exclusive_encoders = nn.ModuleDict(
+                {m: nn.Linear(d, d, bias=False) for m in MODALITIES}
+            )
+            self.common_encoder = nn.Linear(d, d, bias=False)
+            self.decoders = nn.ModuleDict(
+                {m: nn.Linear(2 * d, d, bias=False) for m in MODALITIES}
+            )
+            self.margin_projections = nn.ModuleDict(
+                {m: nn.Linear(steps[m] * d, d) for m in MODALITIES}
+            )
         # homogeneous branch
         self.homo_heads = nn.ModuleDict(
             {m: _HomogeneousHead(steps[m] * d, d, config.output_dropout) for m in MODALITIES}
         )
         self.common_encoders = nn.ModuleDict({
             m: CrossModalTransformerEncoder(d, config.num_heads, config.num_layers,
-                                            attn_dropout=attn_dropout[m], **shared)
+                                            attn_dropout=attn_dropout[m], **encoder_options)
             for m in MODALITIES
         })
         self.common_head = _ResidualHead(3 * d, config.output_dropout)
         # heterogeneous branch
-        self.fusion = CrossModalFusion(
-            MODALITIES, d, config.num_heads, config.num_layers, config.memory_layers,
-            attn_dropout=attn_dropout, memory_attn_dropout=config.attn_dropout,
-            readout=config.readout, **shared,
-        )
+        if config.cross_modal_attention:
+            self.fusion = CrossModalFusion(
+                MODALITIES, d, config.num_heads, config.num_layers, config.memory_layers,
+                attn_dropout=attn_dropout, memory_attn_dropout=config.attn_dropout,
+                readout=config.readout, padding=config.padding, **shared,
+            )
+        else:  # ablation: one self-attention encoder per exclusive s_m
+            self.exclusive_self_encoders = nn.ModuleDict({
+                m: CrossModalTransformerEncoder(d, config.num_heads, config.num_layers,
+                                                attn_dropout=attn_dropout[m], **encoder_options)
+                for m in MODALITIES
+            })
         self.hetero_heads = nn.ModuleDict(
-            {m: _ResidualHead(2 * d, config.output_dropout) for m in MODALITIES}
+            {m: _ResidualHead(hetero_dim, config.output_dropout) for m in MODALITIES}
         )
         # final fusion of the four gated representations
-        self.gates = nn.ModuleDict({m: nn.Linear(2 * d, 2 * d) for m in MODALITIES})
+        self.gates = nn.ModuleDict(
+            {m: nn.Linear(hetero_dim, hetero_dim) for m in MODALITIES}
+        )
         self.gate_common = nn.Linear(3 * d, 3 * d)
-        self.output_head = _ResidualHead(9 * d, config.output_dropout)
+        self.output_head = _ResidualHead(3 * hetero_dim + 3 * d, config.output_dropout)
         # graph distillation units
         gd = dict(modality_names=GD_NAMES, temperature=config.gd_temperature,
                   detach_edge_inputs=config.detach_edge_inputs)
@@ -334,7 +383,7 @@ class DMD(MSAModel):
             prior_from_scores(config.homo_prior_scores, config.prior_temperature), **gd
         )
         self.hetero_gd = GraphDistillationUnit(
-            2 * d, config.hetero_gd_hidden,
+            hetero_dim, config.hetero_gd_hidden,
             prior_from_scores(config.hetero_prior_scores, config.prior_temperature), **gd
         )
         self.on_epoch_start(0)  # per-epoch edge sums, see epoch_statistics
@@ -374,12 +423,30 @@ class DMD(MSAModel):
             return x[:, -1]
         return last_valid_step(x, lengths)
 
+    def _text(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """LM states fitted to ``text_length``, the lengths used to fit them, the real lengths."""
+        if self.config.zero_padded_text:
+            text, lengths = text_states(self.text_encoder, batch)
+            return text, lengths, lengths
+        # official: the token ids are padded to the fixed length and every LM state is kept
+        extra = max(0, self.fixed_lengths["text"] - batch["input_ids"].shape[1])
+        ids, mask = F.pad(batch["input_ids"], (0, extra)), F.pad(batch["attention_mask"], (0, extra))
+        types = batch.get("token_type_ids")
+        types = None if types is None else F.pad(types, (0, extra))
+        text = self.text_encoder(ids, mask, types)
+        return text, torch.full_like(mask[:, 0], text.shape[1]).long(), mask.sum(1).long()
+
+    def _mask(self, lengths: torch.Tensor, steps: int) -> torch.Tensor | None:
+        if self.config.padding == "official":
+            return None
+        return padding_mask_from_lengths(lengths, steps)
+
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         cfg = self.config
-        text, text_lengths = text_states(self.text_encoder, batch)
+        text, text_fit_lengths, text_lengths = self._text(batch)
         text = F.dropout(text, p=cfg.text_dropout, training=self.training)
         raw = {
-            "text": (text, text_lengths),
+            "text": (text, text_fit_lengths),
             "audio": (batch["audio"], modality_lengths(batch, "audio")),
             "vision": (batch["vision"], modality_lengths(batch, "vision")),
         }
@@ -387,24 +454,38 @@ class DMD(MSAModel):
         for m in MODALITIES:
             x, n = fit_length(*raw[m], self.fixed_lengths[m])
             projected[m], lengths[m] = self.projections[m](x, n)
+        if not cfg.zero_padded_text:  # the real token counts, for masks and the read-out
+            lengths["text"] = text_lengths.clamp(max=projected["text"].shape[1])
 
-        exclusive = {m: self.exclusive_encoders[m](projected[m]) for m in MODALITIES}
-        common = {m: self.common_encoder(projected[m]) for m in MODALITIES}
-        recon = {m: self.decoders[m](torch.cat([exclusive[m], common[m]], -1)) for m in MODALITIES}
-        exclusive_again = {m: self.exclusive_encoders[m](recon[m]) for m in MODALITIES}
+        if cfg.feature_decoupling:
+            exclusive = {m: self.exclusive_encoders[m](projected[m]) for m in MODALITIES}
+            common = {m: self.common_encoder(projected[m]) for m in MODALITIES}
+            recon = {m: self.decoders[m](torch.cat([exclusive[m], common[m]], -1))
+                     for m in MODALITIES}
+            exclusive_again = {m: self.exclusive_encoders[m](recon[m]) for m in MODALITIES}
+        else:  # ablation 'w/o FD': both branches read the projected features
+            exclusive = common = projected
 
         # homogeneous branch: per-modality heads on flattened c_m, and the common-space head
         homo_repr, homo_pred, common_states = {}, {}, {}
         for m in MODALITIES:
             homo_repr[m], homo_pred[m] = self.homo_heads[m](common[m].flatten(1))
-            masks = padding_mask_from_lengths(lengths[m], common[m].shape[1])
-            encoded = self.common_encoders[m](common[m], key_padding_mask=masks)
+            encoded = self.common_encoders[m](
+                common[m], key_padding_mask=self._mask(lengths[m], common[m].shape[1]))
             common_states[m] = self._readout(encoded, lengths[m])
         common_fusion = torch.cat([common_states[m] for m in GD_ORDER], dim=-1)
         _, common_pred = self.common_head(common_fusion)
 
         # heterogeneous branch: cross-modal transformers on the exclusive features
-        hetero_states = self.fusion(exclusive, lengths)
+        if cfg.cross_modal_attention:
+            hetero_states = self.fusion(exclusive, lengths)
+        else:
+            hetero_states = {
+                m: self._readout(self.exclusive_self_encoders[m](
+                    exclusive[m], key_padding_mask=self._mask(lengths[m], exclusive[m].shape[1])),
+                    lengths[m])
+                for m in MODALITIES
+            }
         hetero_repr, hetero_pred = {}, {}
         for m in MODALITIES:
             hetero_repr[m], hetero_pred[m] = self.hetero_heads[m](hetero_states[m])
@@ -439,9 +520,11 @@ class DMD(MSAModel):
             losses["distill_homo_prior"] = self.homo_gd.prior_loss(homo_edges)
             losses["distill_hetero"] = self.hetero_gd.logit_loss(hetero_logits, hetero_edges)
             losses["distill_hetero_repr"] = self.hetero_gd.representation_cosine_loss(
-                hetero_reprs, hetero_edges
+                hetero_reprs, hetero_edges, cfg.hetero_repr_weighting
             )
             losses["distill_hetero_prior"] = self.hetero_gd.prior_loss(hetero_edges)
+            if not cfg.feature_decoupling:
+                return ModelOutput(prediction=prediction, losses=losses, extras=extras)
             losses["recon"] = sum(reconstruction_loss(recon[m], projected[m]) for m in MODALITIES)
             losses["self_regression"] = sum(
                 reconstruction_loss(exclusive[m], exclusive_again[m]) for m in MODALITIES

@@ -80,6 +80,10 @@ class LRCMTConfig(ModelConfig):
         False, description="Unfreeze the whole language model and use no LoRA (the paper's "
         "comparison); the LM then gets train.lm_lr, everything else train.lr."
     )
+    frozen_without_lora: bool = Field(
+        False, description="Ablation: keep the LM frozen and inject no LoRA (only the fusion "
+        "module and head train)"
+    )
     lora_rank: int = Field(8, ge=1, description="LoRA rank r")
     lora_alpha: float = Field(8.0, gt=0, description="LoRA scaling numerator (update alpha/r BAx)")
     lora_dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the LoRA input")
@@ -112,6 +116,8 @@ class LRCMTConfig(ModelConfig):
             )
         if not self.lora_target_modules:
             raise ValueError("lora_target_modules is empty; name at least one linear layer")
+        if self.full_finetune and self.frozen_without_lora:
+            raise ValueError("full_finetune and frozen_without_lora exclude each other")
         return self
 
 
@@ -164,9 +170,9 @@ class LRCMT(MSAModel):
     def __init__(self, config: LRCMTConfig, dims: FeatureDims):
         super().__init__(config, dims)
         self.config: LRCMTConfig = config
-        if config.full_finetune:
+        if config.full_finetune or config.frozen_without_lora:
             self.text_encoder: nn.Module = PretrainedTextEncoder(
-                config.language_model, pooling="none", freeze=False
+                config.language_model, pooling="none", freeze=config.frozen_without_lora
             )
         else:
             self.text_encoder = LoRATextEncoder(
@@ -319,7 +325,8 @@ class LRCMT(MSAModel):
         unexpected = sorted(set(state) - expected)
         missing = sorted(expected - set(state))
         if unexpected or missing:
-            mode = "full fine-tune" if self.config.full_finetune else "LoRA (adapter-only)"
+            mode = ("full fine-tune" if self.config.full_finetune else "frozen LM, no LoRA"
+                    if self.config.frozen_without_lora else "LoRA (adapter-only)")
             raise ValueError(
                 f"checkpoint does not match this {mode} lrcmt model: "
                 f"{len(missing)} missing keys {missing[:3]}, "
@@ -363,6 +370,8 @@ class LRCMT(MSAModel):
             "parameters": self.parameter_counts(),
             "trainable_fraction": self.trainable_fraction,
             "modalities": list(self.modalities),
+            "language_model_tuning": "full" if self.config.full_finetune else (
+                "frozen" if self.config.frozen_without_lora else "lora"),
             "fusion": "av_first" if self.av_first else (
                 "text_only" if len(self.modalities) == 1 else "separate"),
         }

@@ -10,8 +10,10 @@ Text-centred hierarchical fusion on top of Self-MM (paper 001, eqs. 1-36):
    SAG-Transformers fuse them into the text-audio and text-video streams (eqs. 13-23),
    ``X_ta^0 = X_tv^0 = X_t^0``.
 3. Re-fusion module (MRM, section 3.3): ``F*_m = FFN(concat(X_ta^l, X_tv^l))`` with the CMD
-   similarity loss between the last layer's BiGRU summaries ``ĥ_ta^l, ĥ_tv^l`` (eqs. 24-25) and
-   the soft-orthogonality loss on (ĥ_ta, ĥ_a) and (ĥ_tv, ĥ_v) (eq. 26).
+   similarity loss between the last layer's BiGRU summaries ``ĥ_ta^l, ĥ_tv^l`` (eqs. 24-25, with
+   the ``1/|b-a|^k`` factors; ``cmd_interval: null`` drops them as MISA's code does) and the
+   soft-orthogonality loss ``||ĥ_ta^T ĥ_a||_F² + ||ĥ_tv^T ĥ_v||_F²`` (eq. 26 as written;
+   ``difference_loss: misa`` = MISA's batch-centred, normalised mean).
 4. Multi-task learning (section 3.4): fusion head (MSE, eq. 35), audio and vision heads trained
    with weighted L1 against ULGM's generated labels (eqs. 28-35). Total loss eq. 36:
    ``task + task_a + task_v + α·sim + β·diff`` with ``α = loss_weights.sim``,
@@ -45,7 +47,9 @@ from msakit.models.self_mm import (
 )
 from msakit.modules.encoders import recurrent_input
 from msakit.modules.gated_attention import GateTransformer, SAGTransformer, masked_mean
-from msakit.modules.losses import cmd_loss, soft_orthogonality_loss
+from msakit.modules.losses import (
+    cmd_loss, frobenius_orthogonality_loss, soft_orthogonality_loss,
+)
 from msakit.modules.text import PretrainedTextEncoder
 from msakit.modules.ulgm import SentimentHead, ULGMHooks, UnimodalLabelGenerator
 
@@ -74,6 +78,13 @@ class MMILNConfig(ModalityOptimiserConfig):
     post_vision_dropout: float = Field(0.1, ge=0, lt=1)
     fusion_loss: Literal["mse", "l1"] = Field("mse", description="eq. 35 uses MSE for ŷ_m")
     cmd_moments: int = Field(5, ge=1, description="K of eq. 24")
+    cmd_interval: float | None = Field(
+        2.0, gt=0, description="|b-a| of eq. 24 (the k-th term is divided by |b-a|^k): the "
+        "BiGRU summaries average tanh outputs, in [-1, 1] -> 2; null drops the factors (MISA's "
+        "official CMD)")
+    difference_loss: Literal["frobenius", "misa"] = Field(
+        "frobenius", description="eq. 26: 'frobenius' = ||ĥ_1ᵀ ĥ_2||_F² as the paper writes it; "
+        "'misa' = MISA's official form (batch-centred, row-normalised, mean over entries)")
     label_limit: float = Field(3.0, gt=0, description="H: generated labels lie in [-H, H]")
 
     @model_validator(mode="after")
@@ -179,6 +190,9 @@ class MMILN(ULGMHooks, MSAModel):
         vision_mask = self._mask(vision.lengths, vision.x.shape[1])
         audio_seq, _ = self.audio_lstm(audio.x, audio.host_lengths)  # (1)
         vision_seq, _ = self.vision_lstm(vision.x, vision.host_lengths)  # (2)
+        # the LM's states at padding positions are not zero: with a kernel wider than 1 the
+        # Conv1d would read them into the last real steps (a batch-dependent leak)
+        text = text * text_mask.unsqueeze(-1).to(text.dtype)
         x_t = self._conv(self.text_conv, text)  # (3)-(4)
         x_a = self._conv(self.audio_conv, audio_seq)
         x_v = self._conv(self.vision_conv, vision_seq)
@@ -222,9 +236,9 @@ class MMILN(ULGMHooks, MSAModel):
             losses = self.multitask_losses(batch, predictions, fusion_loss=config.fusion_loss)
             if config.refusion:
                 losses["sim"] = cmd_loss(last["ta"].summary, last["tv"].summary,
-                                         config.cmd_moments)  # (25)
-                losses["diff"] = (
-                    soft_orthogonality_loss(last["ta"].summary, last["a"].summary)
-                    + soft_orthogonality_loss(last["tv"].summary, last["v"].summary)
-                )  # (26)
+                                         config.cmd_moments, config.cmd_interval)  # (24)-(25)
+                difference = (frobenius_orthogonality_loss if config.difference_loss ==
+                              "frobenius" else soft_orthogonality_loss)
+                losses["diff"] = (difference(last["ta"].summary, last["a"].summary)
+                                  + difference(last["tv"].summary, last["v"].summary))  # (26)
         return ModelOutput(prediction=predictions["m"], losses=losses, extras=extras)

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -34,7 +33,12 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class PooledBiGRU(nn.Module):
     """``ĥ = avgpool(BiGRU(X))`` over the real steps (eqs. 7 and 16).
 
-    Shapes: ``x (B, L, d)``, ``mask (B, L)`` bool -> ``(B, d)``.
+    Equal to packing the real steps, without reading lengths on the host: the forward direction
+    runs over the right-padded input (padding comes after every real step), the backward
+    direction over a left-padded copy (padding comes after every real step in its reading
+    order); both runs share one call on a doubled batch and the real steps of each are averaged.
+
+    Shapes: ``x (B, L, d)``, ``mask (B, L)`` bool, real steps first -> ``(B, d)``.
     """
 
     def __init__(self, d_model: int):
@@ -45,11 +49,16 @@ class PooledBiGRU(nn.Module):
         self.gru = nn.GRU(d_model, d_model // 2, batch_first=True, bidirectional=True)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        lengths = mask.sum(1).clamp_min(1).detach().cpu()
-        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        out, _ = self.gru(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
-        return masked_mean(out, mask)
+        batch, steps, width = x.shape
+        half = width // 2
+        shift = steps - mask.sum(1, keepdim=True)  # (B, 1) padding length
+        positions = torch.arange(steps, device=x.device).unsqueeze(0)  # (1, L)
+        source = (positions - shift) % steps  # left-padded copy: step j holds x[j - shift]
+        left_padded = x.gather(1, source.unsqueeze(-1).expand(-1, -1, width))
+        out, _ = self.gru(torch.cat([x, left_padded], dim=0))  # (2B, L, d)
+        forward = masked_mean(out[:batch, :, :half], mask)
+        backward = masked_mean(out[batch:, :, half:], positions >= shift)
+        return torch.cat([forward, backward], dim=-1)
 
 
 class FeedForward(nn.Sequential):

@@ -18,10 +18,10 @@ Losses, all scalars:
 * :meth:`GraphDistillationUnit.logit_loss`: ``sum_p mean_b (e_p + prior_p) |ŷ_s - sg(ŷ_t)|``
   (official: the fixed prior is added to the learned weight inside the loss);
 * :meth:`GraphDistillationUnit.representation_cosine_loss`: official HeteroGD's extra term,
-  ``sum_p mean_b (e_p + prior_p) max(0, cos(r_s, sg(r_t)))`` (it pushes the student's
-  representation away from the teacher's direction). The official code multiplies the batch-mean
-  cosine by the batch-mean weight; we weight each sample by its own edge, which is the same
-  objective up to the batch correlation of the two factors;
+  ``sum_p mean_b(e_p + prior_p) · mean_b max(0, cos(r_s, sg(r_t)))`` (it pushes the student's
+  representation away from the teacher's direction): the official code multiplies the batch-mean
+  clamped cosine by the batch-mean weight (``weighting="batch_mean"``); ``"per_sample"`` weights
+  each sample's cosine by its own edge, ``sum_p mean_b (e_p + prior_p) max(0, cos)``;
 * :meth:`GraphDistillationUnit.prior_loss`: ``sum_p (mean_b e_p - prior_p)^2``.
 
 The teacher side is always detached inside the imitation terms (``sg``); the edge network itself
@@ -35,6 +35,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from msakit.modules.precision import full_precision
+
+
+@full_precision
+def _edge_softmax(scores: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``softmax(scores / temperature)`` over the last dim, in float32 (see ``train.precision``)."""
+    return torch.softmax(scores / temperature, dim=-1)
 
 
 def directed_pairs(num_modalities: int) -> list[tuple[int, int]]:
@@ -124,7 +132,7 @@ class GraphDistillationUnit(nn.Module):
         scores = torch.cat(
             [self.edge_score(torch.cat([z[s], z[t]], dim=-1)) for s, t in self.pairs], dim=-1
         )
-        return torch.softmax(scores / self.temperature, dim=-1)
+        return _edge_softmax(scores, self.temperature)
 
     def _weights(self, edges: torch.Tensor) -> torch.Tensor:
         return edges + self.prior.unsqueeze(0)
@@ -138,13 +146,23 @@ class GraphDistillationUnit(nn.Module):
             loss = loss + (weights[:, p] * distance).mean()
         return loss
 
-    def representation_cosine_loss(self, reprs: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-        """Official HeteroGD representation term: weighted ``max(0, cos(r_s, sg(r_t)))``."""
+    def representation_cosine_loss(self, reprs: torch.Tensor, edges: torch.Tensor,
+                                   weighting: str = "batch_mean") -> torch.Tensor:
+        """Official HeteroGD representation term: weighted ``max(0, cos(r_s, sg(r_t)))``.
+
+        ``weighting="batch_mean"`` (official): ``mean_b(w_p) · mean_b(max(0, cos))`` per pair;
+        ``"per_sample"``: ``mean_b(w_p · max(0, cos))``.
+        """
+        if weighting not in ("batch_mean", "per_sample"):
+            raise ValueError(f"weighting must be 'batch_mean' or 'per_sample', got {weighting!r}")
         weights = self._weights(edges)
         loss = reprs.new_zeros(())
         for p, (s, t) in enumerate(self.pairs):
-            cosine = F.cosine_similarity(reprs[s], reprs[t].detach(), dim=-1, eps=1e-8)
-            loss = loss + (weights[:, p] * cosine.clamp(min=0)).mean()
+            cosine = F.cosine_similarity(reprs[s], reprs[t].detach(), dim=-1, eps=1e-8).clamp(min=0)
+            if weighting == "batch_mean":
+                loss = loss + weights[:, p].mean() * cosine.mean()
+            else:
+                loss = loss + (weights[:, p] * cosine).mean()
         return loss
 
     def prior_loss(self, edges: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from msakit.modules.precision import full_precision
+
 
 class SentimentHead(nn.Module):
     """Self-MM's post-fusion / post-unimodal head.
@@ -49,6 +51,7 @@ class SentimentHead(nn.Module):
 # The ULGM formulas as pure functions (unit-tested on hand-made numbers)
 # --------------------------------------------------------------------------------------------
 
+@full_precision
 def relative_distance(
     features: torch.Tensor, positive_centre: torch.Tensor, negative_centre: torch.Tensor,
     eps: float = 1e-8,
@@ -129,7 +132,8 @@ class UnimodalLabelGenerator:
         self.labels: dict[str, torch.Tensor] = {}
         self.features: dict[str, torch.Tensor] = {}
         self.centres: dict[str, dict[str, torch.Tensor]] = {}
-        self.ids: list[str | None] = []
+        self._ids: list[str | None] = []
+        self._pending_ids: list[tuple[torch.Tensor, list[str]]] = []
         self.history: list[dict[str, Any]] = []
         self.label_updates = 0
         self.epoch = 0
@@ -160,23 +164,33 @@ class UnimodalLabelGenerator:
             key: {"pos": torch.zeros(dim), "neg": torch.zeros(dim)}
             for key, dim in self.feature_dims.items()
         }
-        self.ids = [None] * n
+        self._ids = [None] * n
+        self._pending_ids = []
         self.history = []
         self.label_updates = 0
         self.epoch = 0
 
-    def _to(self, device: torch.device) -> None:
-        if self.labels[self.fusion_key].device == device:
+    def _to(self, device: torch.device, dtype: torch.dtype | None = None) -> None:
+        """Move the banks to ``device``; ``dtype`` float64 promotes them (a float64 model keeps
+        float64 labels; anything else stays float32, also under mixed precision)."""
+        current = self.labels[self.fusion_key]
+        dtype = torch.float64 if dtype == torch.float64 else current.dtype
+        if current.device == device and current.dtype == dtype:
             return
-        self.labels = {k: v.to(device) for k, v in self.labels.items()}
-        self.features = {k: v.to(device) for k, v in self.features.items()}
-        self.centres = {k: {c: v.to(device) for c, v in cs.items()} for k, cs in self.centres.items()}
+        self.labels = {k: v.to(device, dtype) for k, v in self.labels.items()}
+        self.features = {k: v.to(device, dtype) for k, v in self.features.items()}
+        self.centres = {k: {c: v.to(device, dtype) for c, v in cs.items()}
+                        for k, cs in self.centres.items()}
 
     def _check_index(self, index: torch.Tensor) -> torch.Tensor:
+        """``index`` as a flat long tensor. Its range is checked here only on the CPU, where that
+        costs no host-device sync; on an accelerator an out-of-range row fails in the indexing
+        kernel itself."""
         if not self.initialised:
             raise RuntimeError("ULGM: call reset(train_labels) (the model's on_fit_start) first")
         index = torch.as_tensor(index).reshape(-1).long()
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.n_samples):
+        if index.device.type == "cpu" and index.numel() and (
+                int(index.min()) < 0 or int(index.max()) >= self.n_samples):
             raise IndexError(
                 f"ULGM: batch['index'] must be rows of the training split (0..{self.n_samples - 1}),"
                 f" got values in [{int(index.min())}, {int(index.max())}]"
@@ -217,19 +231,20 @@ class UnimodalLabelGenerator:
             if value.dim() != 2 or value.shape != (index.shape[0], dim):
                 raise ValueError(f"ULGM.step: features[{key!r}] must be ({index.shape[0]}, {dim}),"
                                  f" got {tuple(value.shape)}")
-            detached[key] = value.float()
+            detached[key] = value
         device = detached[self.fusion_key].device
         index = index.to(device)
-        self._to(device)
+        self._to(device, detached[self.fusion_key].dtype)
+        dtype = self.labels[self.fusion_key].dtype
+        detached = {key: value.to(dtype) for key, value in detached.items()}
         self.epoch = int(epoch)
         if epoch > 1:
             self.update_labels(detached, index, epoch)
         for key, value in detached.items():
             self.features[key][index] = value
         self.update_centres()
-        if ids is not None:
-            for row, clip_id in zip(index.tolist(), ids):
-                self.ids[row] = str(clip_id)
+        if ids is not None:  # resolved to rows in record_epoch, off the per-batch path
+            self._pending_ids.append((index, list(ids)))
 
     def update_labels(self, features: Mapping[str, torch.Tensor], index: torch.Tensor,
                       epoch: int) -> None:
@@ -248,11 +263,15 @@ class UnimodalLabelGenerator:
         self.label_updates += 1
 
     def update_centres(self) -> None:
+        """Class centres as masked means (no data-dependent shapes, no host sync); a class with
+        no rows keeps its previous centre."""
         for key in self.feature_dims:
             labels, bank = self.labels[key], self.features[key]
             for name, rows in (("pos", labels >= 0), ("neg", labels < 0)):
-                if bool(rows.any()):
-                    self.centres[key][name] = bank[rows].mean(0)
+                weights = rows.to(bank.dtype)
+                count = weights.sum()
+                mean = (weights @ bank) / count.clamp_min(1.0)
+                self.centres[key][name] = torch.where(count > 0, mean, self.centres[key][name])
 
     # -- checkpointing -------------------------------------------------------------------------
     STATE_PREFIX = "__ulgm__."
@@ -283,8 +302,8 @@ class UnimodalLabelGenerator:
         self.centres = {k: {c: mine[f"centres.{k}.{c}"].clone().float() for c in ("pos", "neg")}
                         for k in self.feature_dims}
         self.epoch, self.label_updates = (int(x) for x in mine["counters"].tolist())
-        if len(self.ids) != self.n_samples:
-            self.ids = [None] * self.n_samples
+        if len(self._ids) != self.n_samples:
+            self._ids = [None] * self.n_samples
 
     # -- inspection ----------------------------------------------------------------------------
     def drift(self) -> dict[str, dict[str, float]]:
@@ -302,7 +321,20 @@ class UnimodalLabelGenerator:
             }
         return summary
 
+    @property
+    def ids(self) -> list[str | None]:
+        """Clip id of each bank row (``None`` until a training batch held the row)."""
+        self._resolve_ids()
+        return self._ids
+
+    def _resolve_ids(self) -> None:
+        for index, ids in self._pending_ids:
+            for row, clip_id in zip(index.tolist(), ids):
+                self._ids[row] = str(clip_id)
+        self._pending_ids = []
+
     def record_epoch(self, epoch: int) -> None:
+        self._resolve_ids()
         if self.initialised:
             self.history.append({"epoch": int(epoch), **self.drift()})
 
@@ -310,6 +342,7 @@ class UnimodalLabelGenerator:
         """JSON-serialisable labels, drift summary and per-epoch drift history."""
         if not self.initialised:
             return {}
+        self._resolve_ids()
         human = self.labels[self.fusion_key].cpu().tolist()
         rows = []
         for i, y in enumerate(human):

@@ -18,12 +18,13 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from msakit.config import ExperimentConfig, load_saved_config
+from msakit.config import ConfigError, ExperimentConfig, load_saved_config
 from msakit.data import dataset_splits, load_dataset, make_loader
 from msakit.data.dataset import MSADataset, Split
 from msakit.lm import load_tokenizer
+from msakit.provenance import ENV_FILE, environment_record
 from msakit.models import FeatureDims, create_model
-from msakit.training import runs
+from msakit.training import distributed, runs
 from msakit.training.results import (
     artifacts_table,
     summarise,
@@ -63,8 +64,21 @@ def load_experiment_data(config: ExperimentConfig) -> tuple[MSADataset, list[Par
     return dataset, [Partition(*p) for p in parts]
 
 
+def loader_options(config: ExperimentConfig) -> dict[str, Any]:
+    """``num_workers``, ``pin_memory``, ``persistent_workers`` from ``train.*`` (None = the
+    device's default: workers and pinned memory on CUDA only)."""
+    train = config.train
+    on_cuda = resolve_device(train.device).type == "cuda"
+    return {
+        "num_workers": train.num_workers if train.num_workers is not None else (2 if on_cuda else 0),
+        "pin_memory": train.pin_memory if train.pin_memory is not None else on_cuda,
+        "persistent_workers": train.persistent_workers,
+    }
+
+
 def loader_for(split: Split, dataset: MSADataset, config: ExperimentConfig, *, train: bool,
-               seed: int = 0, transform=None):
+               seed: int = 0, transform=None, sampler=None):
+    """Batches of ``split``: shuffled by ``seed`` (or ordered by ``sampler``) when ``train``."""
     tokenizer = load_tokenizer(config.model.language_model)
     return make_loader(
         split,
@@ -76,7 +90,44 @@ def loader_for(split: Split, dataset: MSADataset, config: ExperimentConfig, *, t
         word_aligned=dataset.word_aligned,
         modalities=config.data.modalities,
         transform=transform if train else None,
+        sampler=sampler,
+        **loader_options(config),
     )
+
+
+class EpochLoader:
+    """The training loader, built once; ``epoch -> batches`` whose order depends only on the
+    seed and the epoch (so a resumed run sees the batches it would have seen), and whose
+    DataLoader workers can persist across epochs.
+
+    Under torchrun each process gets every N-th clip of the epoch's order and
+    ``train.batch_size / N`` clips per step (see :mod:`msakit.training.distributed`).
+    """
+
+    def __init__(self, split: Split, dataset: MSADataset, config: ExperimentConfig, seed: int,
+                 transform=None):
+        from torch.utils.data import DistributedSampler
+
+        process = distributed.current()
+        if config.train.batch_size % process.world_size:
+            raise ConfigError(
+                f"train.batch_size={config.train.batch_size} (the global batch) must be a "
+                f"multiple of the {process.world_size} processes"
+            )
+        self.seed = seed
+        self.transform = transform
+        self.sampler = DistributedSampler(range(len(split)), num_replicas=process.world_size,
+                                          rank=process.rank, shuffle=True, seed=seed * 100_003)
+        local = config.model_copy(deep=True)
+        local.train.batch_size = config.train.batch_size // process.world_size
+        self.loader = loader_for(split, dataset, local, train=True, seed=seed,
+                                 transform=transform, sampler=self.sampler)
+
+    def __call__(self, epoch: int):
+        self.sampler.set_epoch(epoch)
+        if self.transform is not None:  # the augmentation's draws depend on (seed, epoch) too
+            self.loader.dataset.rng = np.random.default_rng([self.seed, epoch])
+        return self.loader
 
 
 def data_record(dataset: MSADataset, partitions: list[Partition], config: ExperimentConfig) -> dict:
@@ -93,39 +144,55 @@ def data_record(dataset: MSADataset, partitions: list[Partition], config: Experi
 
 
 def _train_one(config: ExperimentConfig, dataset: MSADataset, partition: Partition, seed: int,
-               run_dir: Path, resume: bool, progress: bool, transform=None) -> dict[str, Any]:
-    """Train, select on valid, test once; write everything into ``run_dir``."""
+               run_dir: Path, resume: bool, progress: bool, transform=None,
+               evaluate_test: bool = True, epoch_callback=None) -> dict[str, Any]:
+    """Train, select on valid, test once; write everything into ``run_dir``.
+
+    With ``evaluate_test=False`` (hyper-parameter tuning) the test part is never loaded: the
+    run folder holds the training and validation record only, no test metrics or predictions.
+    ``epoch_callback`` goes to :class:`Trainer`. Under torchrun, process 0 alone writes.
+    """
+    is_main = distributed.current().is_main
     metrics_path = run_dir / runs.METRICS_FILE
     if resume and metrics_path.exists():
         return runs.read_json(metrics_path)
     config = config.model_copy(deep=True)
     config.train.seed = seed
-    config.save(run_dir / runs.CONFIG_FILE)  # the sub-run's own seed, so it stands alone
+    if is_main:
+        config.save(run_dir / runs.CONFIG_FILE)  # the sub-run's own seed, so it stands alone
     torch.manual_seed(seed)  # model initialisation depends on the seed alone
     model = create_model(config.model, feature_dims(dataset, config))
-    trainer = Trainer(config, run_dir, dataset.name, progress=progress)
+    trainer = Trainer(config, run_dir, dataset.name, progress=progress and is_main,
+                      epoch_callback=epoch_callback)
 
-    def train_loader(epoch: int):
-        return loader_for(partition.train, dataset, config, train=True,
-                          seed=seed * 100_003 + epoch, transform=transform)
-
+    train_loader = EpochLoader(partition.train, dataset, config, seed, transform)
     valid_loader = loader_for(partition.valid, dataset, config, train=False)
     summary = trainer.fit(model, train_loader, valid_loader,
                           torch.as_tensor(partition.train.labels, dtype=torch.float32),
                           resume=resume)
+    if not evaluate_test:
+        result = {"seed": seed, "partition": partition.name, **summary,
+                  "parameters": model.parameter_counts()}
+        if is_main:
+            runs.write_json(metrics_path, result)
+        return result
     trainer.load_best(model)
     test = evaluate_model(model, loader_for(partition.test, dataset, config, train=False),
-                          dataset.name, trainer.device, keep_extras=True)
-    with (run_dir / "predictions.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "label", "prediction"])
-        writer.writerows(zip(test.ids, test.labels.tolist(), test.predictions.tolist()))
+                          dataset.name, trainer.device, keep_extras=True,
+                          precision=config.train.precision)
     artifacts = model.run_artifacts()
     evaluation_artifacts = getattr(model, "evaluation_artifacts", None)
     if evaluation_artifacts is not None:
         artifacts = {**artifacts, "test": evaluation_artifacts(test.extras)}
-    if artifacts:
-        runs.write_json(run_dir / "artifacts.json", artifacts)
+    if is_main:
+        video_of = dict(zip(partition.test.ids, partition.test.video_ids))
+        with (run_dir / "predictions.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["id", "video_id", "label", "prediction"])
+            writer.writerows(zip(test.ids, [video_of[i] for i in test.ids],
+                                 test.labels.tolist(), test.predictions.tolist()))
+        if artifacts:
+            runs.write_json(run_dir / "artifacts.json", artifacts)
     result = {
         "seed": seed,
         "partition": partition.name,
@@ -134,7 +201,8 @@ def _train_one(config: ExperimentConfig, dataset: MSADataset, partition: Partiti
         **summary,
         "parameters": model.parameter_counts(),
     }
-    runs.write_json(metrics_path, result)
+    if is_main:
+        runs.write_json(metrics_path, result)
     return result
 
 
@@ -156,7 +224,10 @@ def run_experiment(
         transform_factory: ``config -> transform | None`` for training-time augmentation;
             default: :func:`msakit.augment.transform_from_config` (the ``augment`` section).
     """
+    process = distributed.setup(config.train.device if config is not None else "auto")
     console = console or Console()
+    if not process.is_main:
+        console = Console(quiet=True)  # process 0 reports
     if resume_dir is not None:
         run_dir = Path(resume_dir)
         config = load_saved_config(run_dir / runs.CONFIG_FILE)
@@ -170,11 +241,15 @@ def run_experiment(
         torch.set_num_threads(config.train.num_threads)
     dataset, partitions = load_experiment_data(config)
     if resume_dir is None:
-        run_dir = runs.new_run_dir(config.run.output_dir, config.model.name, dataset.name,
-                                   config.run.name)
-        config.save(run_dir / runs.CONFIG_FILE)
-        runs.write_json(run_dir / runs.DATA_FILE, data_record(dataset, partitions, config))
-        runs.write_json(run_dir / "experiment.json", {"seeds": seeds})
+        run_dir = None
+        if process.is_main:
+            run_dir = runs.new_run_dir(config.run.output_dir, config.model.name, dataset.name,
+                                       config.run.name)
+            config.save(run_dir / runs.CONFIG_FILE)
+            runs.write_json(run_dir / runs.DATA_FILE, data_record(dataset, partitions, config))
+            runs.write_json(run_dir / "experiment.json", {"seeds": seeds})
+            runs.write_json(run_dir / ENV_FILE, environment_record(config.data.path))
+        run_dir = Path(process.broadcast_object(str(run_dir) if run_dir else None))
     if transform_factory is None:
         from msakit.augment import transform_from_config as transform_factory
     transform = transform_factory(config)
@@ -187,8 +262,10 @@ def run_experiment(
     for seed in seeds:
         for partition in partitions:
             sub = runs.sub_run_dir(run_dir, seed, partition.name)
-            sub.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(run_dir / runs.DATA_FILE, sub / runs.DATA_FILE)
+            if process.is_main:
+                sub.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(run_dir / runs.DATA_FILE, sub / runs.DATA_FILE)
+            process.barrier()
             result = _train_one(config, dataset, partition, seed, sub,
                                 resume=resume_dir is not None, progress=progress,
                                 transform=transform)
@@ -199,6 +276,9 @@ def run_experiment(
             )
             results.append(result)
     summary = summarise(results)
+    if not process.is_main:
+        process.barrier()  # process 0 writes the results
+        return run_dir, summary
     write_results(run_dir, config.model.name, results, summary)
     test_artifacts = []
     for result in results:
@@ -209,6 +289,7 @@ def run_experiment(
         runs.write_json(run_dir / "artifacts.json", {"test_summary": artifacts})
         console.print(artifacts_table(f"{config.model.name}: test-split artifacts, mean ± std "
                                       "over runs", artifacts))
+    process.barrier()
     return run_dir, summary
 
 
@@ -249,7 +330,8 @@ def evaluate_run(
         model.load_checkpoint_state_dict(saved["model"])
         model.to(device)
         loader = loader_for(splits[sub], dataset, sub_config, train=False)
-        evaluation = evaluate_model(model, loader, dataset.name, device, keep_extras=True)
+        evaluation = evaluate_model(model, loader, dataset.name, device, keep_extras=True,
+                                    precision=sub_config.train.precision)
         entry = {"run": str(sub.relative_to(run_dir)) if sub != run_dir else ".",
                  "seed": sub_config.train.seed, "partition": sub.name,
                  "test": evaluation.metrics, "test_losses": evaluation.losses}

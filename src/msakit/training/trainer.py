@@ -4,15 +4,21 @@ A model returns its prediction and named loss terms (:class:`~msakit.models.base
 the trainer sums ``loss_weights[name] * term``, steps the optimiser, calls the model's hooks,
 selects the checkpoint on the validation split, and evaluates the test split once, with the
 selected checkpoint.
+
+Nothing in a training step waits for the device: loss terms are summed on the device
+(:class:`LossAccumulator`) and read every ``train.sync_every_steps`` steps and at the epoch end,
+which is also when their finiteness is checked (:class:`NonFiniteLossError` names the first bad
+term, epoch and step). ``train.precision`` runs forward passes under ``torch.autocast``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,20 +32,63 @@ from rich.progress import (
 from msakit.config import ConfigError, ExperimentConfig
 from msakit.metrics import compute_metrics, metric_direction
 from msakit.models.base import ModelOutput, MSAModel
-from msakit.training import runs
+from msakit.training import distributed, runs
 from msakit.training.seeding import restore_rng_state, rng_state, seed_everything
 
 log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when available (under torchrun: this process's GPU), else CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", distributed.current().local_rank)
     return torch.device(name)
 
 
 def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    """Tensors to ``device``; asynchronous from pinned memory (see ``train.pin_memory``)."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or infinite during training.
+
+    Attributes:
+        term: the loss term (``"total"`` for the weighted sum).
+        epoch: 1-based epoch.
+        step: 1-based step (batch) within the epoch.
+    """
+
+    def __init__(self, term: str, epoch: int, step: int, model_name: str = ""):
+        self.term, self.epoch, self.step = term, epoch, step
+        super().__init__(
+            f"loss term {term!r}{f' of {model_name}' if model_name else ''} is not finite "
+            f"(NaN or inf) at epoch {epoch}, step {step}; try a lower train.lr, "
+            f"train.grad_clip_norm, or train.precision=fp32"
+        )
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse precisions the device cannot run (fp16 autocast is a CUDA feature here)."""
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(
+            f"train.precision=fp16 needs a CUDA device (this run uses {device.type}); "
+            "use train.precision=bf16 on CPU"
+        )
+
+
+def autocast(precision: str, device: torch.device):
+    """``torch.autocast`` for ``precision`` (``fp32``: a no-op context)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    check_precision(precision, device)
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
 
 
 def build_parameter_groups(model: MSAModel, config: ExperimentConfig) -> list[dict[str, Any]]:
@@ -74,6 +123,60 @@ def make_optimizer(model: MSAModel, config: ExperimentConfig) -> torch.optim.Opt
     return cls(groups)
 
 
+def warmup_cosine_factor(k: int, warmup: float, period: float) -> float:
+    """Learning-rate factor after ``k`` scheduler steps: linear warm-up, then cosine annealing.
+
+    ``k / W`` while ``k <= W``; afterwards ``(1 + cos(pi j / T)) / 2`` with
+    ``j = k - floor(W) - 1``. This reproduces ALMT's official schedule step for step
+    (``GradualWarmupScheduler(multiplier=1, total_epoch=W)`` handing over to
+    ``CosineAnnealingLR(T_max=T)``, stepped once per epoch): the first epoch runs at lr 0, the
+    base lr is reached at ``k = W`` and held one more step while the hand-over happens.
+
+    Args:
+        k: scheduler steps taken so far (0 before the first epoch / optimiser step).
+        warmup: ``W`` (official: 0.1 x epochs).
+        period: ``T`` (official: 0.9 x epochs).
+    """
+    if k <= warmup:
+        return k / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (k - math.floor(warmup) - 1) / period))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: ExperimentConfig, mode: str,
+                   steps_per_epoch: int):
+    """The configured learning-rate scheduler (or None).
+
+    ``plateau`` is stepped with the epoch's selection value; ``warmup_cosine`` once per epoch or
+    per optimiser step (``train.scheduler_interval``) with no argument.
+    """
+    train = config.train
+    if train.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=mode, factor=train.plateau_factor, patience=train.plateau_patience,
+        )
+    if train.scheduler == "warmup_cosine":
+        total = train.epochs * (steps_per_epoch if train.scheduler_interval == "step" else 1)
+        warmup, period = train.warmup_fraction * total, train.cosine_fraction * total
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda k: warmup_cosine_factor(k, warmup, period)
+        )
+    return None
+
+
+def optimizer_steps_per_epoch(num_batches: int, config: ExperimentConfig) -> int:
+    """Optimiser steps in an epoch of ``num_batches`` (a trailing partial group also steps)."""
+    return max(1, math.ceil(num_batches / config.train.grad_accumulation))
+
+
+def clip_gradients(parameters: list[torch.nn.Parameter], config: ExperimentConfig) -> None:
+    """Apply ``grad_clip_value`` then ``grad_clip_norm`` (each when set)."""
+    train = config.train
+    if train.grad_clip_value is not None:
+        torch.nn.utils.clip_grad_value_(parameters, train.grad_clip_value)
+    if train.grad_clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(parameters, train.grad_clip_norm)
+
+
 def weighted_loss(output: ModelOutput, weights: dict[str, float], model_name: str) -> torch.Tensor:
     """``sum(weights[k] * v)`` over the terms the model returned; unknown terms are errors."""
     missing = sorted(set(output.losses) - set(weights))
@@ -86,11 +189,68 @@ def weighted_loss(output: ModelOutput, weights: dict[str, float], model_name: st
         raise RuntimeError(f"model {model_name} returned no 'task' loss during training")
     total = None
     for name, value in output.losses.items():
-        if not torch.isfinite(value):
-            raise FloatingPointError(f"loss term {name!r} of {model_name} is {value.item()}")
-        term = weights[name] * value
+        term = weights[name] * value.float()
         total = term if total is None else total + term
     return total
+
+
+class LossAccumulator:
+    """Per-sample sums of an epoch's loss terms, kept on the device until read.
+
+    :meth:`add` launches a few tiny kernels and never waits for the device. :meth:`read` (one
+    host transfer) returns the running means and raises :class:`NonFiniteLossError` for the
+    first step since the previous read where a term was not finite; the per-step values kept
+    for that search are dropped at each read.
+    """
+
+    def __init__(self, epoch: int, model_name: str,
+                 process: distributed.Distributed | None = None):
+        self.process = process or distributed.Distributed()
+        self.epoch = epoch
+        self.model_name = model_name
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self._recent: list[tuple[int, tuple[str, ...], torch.Tensor]] = []
+
+    def add(self, step: int, total: torch.Tensor, losses: dict[str, torch.Tensor],
+            size: int) -> None:
+        names = ("total", *losses)
+        values = torch.stack([total.detach().float(),
+                              *(v.detach().float().reshape(()) for v in losses.values())])
+        self._recent.append((step, names, values))
+        for name, value in zip(names, values * size):
+            self.sums[name] = value if name not in self.sums else self.sums[name] + value
+        self.count += size
+
+    def read(self) -> dict[str, float]:
+        """Mean of every term over the samples seen so far (one device-to-host copy)."""
+        names = list(self.sums)
+        if not names:
+            return {}
+        device = self.sums[names[0]].device
+        sums = torch.stack([*(self.sums[n] for n in names),
+                            torch.tensor(float(self.count), device=device)])
+        *totals, count = self.process.all_reduce_sum(sums).tolist()  # over processes
+        if not all(math.isfinite(v) for v in totals):
+            self._raise_first_non_finite()
+        self._recent.clear()
+        return {n: v / max(count, 1) for n, v in zip(names, totals)}
+
+    def _raise_first_non_finite(self) -> None:
+        for step, names, values in self._recent:
+            finite = torch.isfinite(values).tolist()
+            for name, ok in zip(names, finite):
+                if not ok and name != "total":
+                    raise NonFiniteLossError(name, self.epoch, step, self.model_name)
+            if not all(finite):
+                raise NonFiniteLossError("total", self.epoch, step, self.model_name)
+        # this process's steps were finite: another process's were not, or the sum overflowed
+        raise NonFiniteLossError("total", self.epoch, self._recent[-1][0] if self._recent else 0,
+                                 self.model_name)
+
+
+def _as_sized(loader):
+    return list(loader) if not hasattr(loader, "__len__") else loader
 
 
 @dataclass
@@ -115,49 +275,54 @@ class EvaluationResult:
         return self.metrics[metric]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate_model(
     model: MSAModel,
     loader: Iterable[dict[str, Any]],
     dataset_name: str,
     device: torch.device | str = "cpu",
     keep_extras: bool = False,
+    precision: str = "fp32",
 ) -> EvaluationResult:
     """Run ``model`` in eval mode over ``loader``; metrics on the concatenated predictions.
 
-    Loss terms are averaged over samples (each batch weighted by its size).
+    Loss terms are averaged over samples (each batch weighted by its size). Everything stays on
+    the device until the pass ends; then one copy to the host.
     """
     device = torch.device(device)
     model.eval()
     predictions, labels, ids = [], [], []
-    loss_sums: dict[str, float] = {}
+    loss_sums: dict[str, torch.Tensor] = {}
     extras: dict[str, list[torch.Tensor]] = {}
     count = 0
     for batch in loader:
         batch = move_batch(batch, device)
-        output = model(batch)
+        with autocast(precision, device):
+            output = model(batch)
         size = output.prediction.shape[0]
         count += size
-        predictions.append(output.prediction.detach().float().cpu().reshape(-1))
-        labels.append(batch["labels"].detach().float().cpu().reshape(-1))
+        predictions.append(output.prediction.float().reshape(-1))
+        labels.append(batch["labels"].float().reshape(-1))
         ids.extend(batch.get("ids", []))
         for name, value in output.losses.items():
-            loss_sums[name] = loss_sums.get(name, 0.0) + float(value) * size
+            weighted = value.float() * size
+            loss_sums[name] = weighted if name not in loss_sums else loss_sums[name] + weighted
         if keep_extras:
             for name, value in output.extras.items():
                 if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == size:
-                    extras.setdefault(name, []).append(value.detach().cpu())
+                    extras.setdefault(name, []).append(value)
     if count == 0:
         raise ValueError("evaluation split is empty")
-    pred = torch.cat(predictions).numpy()
-    truth = torch.cat(labels).numpy()
+    pred = torch.cat(predictions).cpu().numpy()
+    truth = torch.cat(labels).cpu().numpy()
+    loss_values = torch.stack(list(loss_sums.values())).tolist() if loss_sums else []
     return EvaluationResult(
         metrics=compute_metrics(pred, truth, dataset=dataset_name),
-        losses={k: v / count for k, v in loss_sums.items()},
+        losses={k: v / count for k, v in zip(loss_sums, loss_values)},
         predictions=pred,
         labels=truth,
         ids=ids,
-        extras={k: torch.cat(v) for k, v in extras.items()},
+        extras={k: torch.cat(v).cpu() for k, v in extras.items()},
     )
 
 
@@ -177,6 +342,9 @@ class Trainer:
         run_dir: the training-run folder (created by the caller).
         dataset_name: metric family (``mosi``, ``sims``, ...).
         progress: show progress bars.
+        epoch_callback: ``(epoch, selection_value, epoch_row) -> None``, called after every
+            epoch once its row and checkpoints are written (e.g. a tuner's pruner); an exception
+            it raises stops training and propagates to the caller.
     """
 
     def __init__(
@@ -185,26 +353,43 @@ class Trainer:
         run_dir: Path,
         dataset_name: str,
         progress: bool = True,
+        epoch_callback: Callable[[int, float, dict[str, Any]], None] | None = None,
     ):
         self.config = config
         self.run_dir = Path(run_dir)
         self.dataset_name = dataset_name
         self.progress = progress
+        self.epoch_callback = epoch_callback
+        self.process = distributed.current()
         self.device = resolve_device(config.train.device)
+        check_precision(config.train.precision, self.device)
+        if config.train.precision == "fp16" and config.train.clip_every_backward:
+            raise ConfigError("train.clip_every_backward clips loss-scaled fp16 gradients; use "
+                              "train.precision=bf16 or fp32 with it")
+        # loss scaling keeps fp16 gradients from underflowing; disabled it is a pass-through
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=config.train.precision == "fp16")
         selection = config.train.selection_metric
         self.selection_mode = "min" if selection == "loss" else metric_direction(selection)
+        self._step_scheduler = None  # a per-optimiser-step schedule, set up in fit
+        self.train_module: torch.nn.Module | None = None  # the model, DDP-wrapped under torchrun
 
     # ------------------------------------------------------------------------------------------
     def _better(self, value: float, best: float | None) -> bool:
         if best is None or (isinstance(best, float) and math.isnan(best)):
             return not math.isnan(value)
-        return value < best if self.selection_mode == "min" else value > best
+        gain = best - value if self.selection_mode == "min" else value - best
+        margin = self.config.train.min_improvement
+        return gain >= margin if margin > 0 else gain > 0
 
     def _save_last(self, model, optimizer, scheduler, state: dict[str, Any]) -> None:
+        if not self.process.is_main:
+            return
         payload = {
             "model": model.checkpoint_state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "grad_scaler": self.scaler.state_dict(),
             "rng": rng_state(),
             **state,
         }
@@ -213,6 +398,8 @@ class Trainer:
         tmp.replace(self.run_dir / runs.LAST_CHECKPOINT)
 
     def _save_best(self, model, epoch: int, value: float) -> None:
+        if not self.process.is_main:
+            return
         tmp = self.run_dir / (runs.BEST_CHECKPOINT + ".tmp")
         torch.save({"model": model.checkpoint_state_dict(), "epoch": epoch,
                     "selection_metric": self.config.train.selection_metric,
@@ -220,6 +407,8 @@ class Trainer:
         tmp.replace(self.run_dir / runs.BEST_CHECKPOINT)
 
     def _append_epoch_row(self, row: dict[str, Any]) -> None:
+        if not self.process.is_main:
+            return
         path = self.run_dir / "epochs.csv"
         if path.exists():
             with path.open() as handle:
@@ -262,16 +451,22 @@ class Trainer:
             A summary: best epoch, best selection value, epochs run, seconds per epoch.
         """
         cfg = self.config.train
-        seed_everything(cfg.seed)
+        seed_everything(cfg.seed + self.process.rank)  # other processes: other dropout masks
         model.to(self.device)
         model.on_fit_start(train_labels.to(self.device))
+        self.train_module = model
+        if self.process.enabled:
+            self.train_module = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
         optimizer = make_optimizer(model, self.config)
-        scheduler = None
-        if cfg.scheduler == "plateau":
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode=self.selection_mode, factor=cfg.plateau_factor,
-                patience=cfg.plateau_patience,
-            )
+        steps_per_epoch = 1
+        if cfg.scheduler == "warmup_cosine" and cfg.scheduler_interval == "step":
+            steps_per_epoch = optimizer_steps_per_epoch(
+                len(_as_sized(train_loader_factory(1))), self.config)
+        scheduler = make_scheduler(optimizer, self.config, self.selection_mode, steps_per_epoch)
+        self._step_scheduler = scheduler if (
+            cfg.scheduler == "warmup_cosine" and cfg.scheduler_interval == "step") else None
         state = {"epoch": 0, "best_value": None, "best_epoch": 0, "bad_epochs": 0,
                  "epoch_seconds": []}
         last_path = self.run_dir / runs.LAST_CHECKPOINT
@@ -281,6 +476,8 @@ class Trainer:
             optimizer.load_state_dict(saved["optimizer"])
             if scheduler is not None and saved.get("scheduler"):
                 scheduler.load_state_dict(saved["scheduler"])
+            if saved.get("grad_scaler"):
+                self.scaler.load_state_dict(saved["grad_scaler"])
             restore_rng_state(saved["rng"])
             state = {k: saved[k] for k in state}
             log.info("resuming %s after epoch %d", self.run_dir, state["epoch"])
@@ -297,10 +494,13 @@ class Trainer:
                                                  epoch, weights, progress)
                 model.on_epoch_end(epoch)
                 train_statistics = model.epoch_statistics()
-                valid = evaluate_model(model, valid_loader, self.dataset_name, self.device)
+                valid = evaluate_model(model, valid_loader, self.dataset_name, self.device,
+                                       precision=cfg.precision)
                 value = valid.selection_value(cfg.selection_metric)
-                if scheduler is not None:
+                if cfg.scheduler == "plateau":
                     scheduler.step(value)
+                elif scheduler is not None and self._step_scheduler is None:
+                    scheduler.step()
                 seconds = time.perf_counter() - started
                 improved = self._better(value, state["best_value"])
                 if improved:
@@ -310,18 +510,22 @@ class Trainer:
                     state["bad_epochs"] += 1
                 state["epoch"] = epoch
                 state["epoch_seconds"] = [*state["epoch_seconds"], seconds]
-                self._append_epoch_row({
+                row = {
                     "epoch": epoch, "seconds": round(seconds, 3),
                     **{f"train_{k}": v for k, v in train_losses.items()},
                     **{f"train_{k}": v for k, v in train_statistics.items()},
                     **{f"valid_{k}": v for k, v in valid.losses.items()},
                     **{f"valid_{k}": v for k, v in valid.metrics.items()},
                     "selected": int(improved),
-                })
+                }
+                self._append_epoch_row(row)
                 self._save_last(model, optimizer, scheduler, state)
+                if self.epoch_callback is not None:
+                    self.epoch_callback(epoch, value, row)
                 progress.update(epoch_task, advance=1, info=(
                     f"train {train_losses['total']:.4f}  valid {cfg.selection_metric} "
                     f"{value:.4f}  best {state['best_value']:.4f}@{state['best_epoch']}"))
+        self.process.barrier()  # process 0 has written its checkpoints
         if not (self.run_dir / runs.BEST_CHECKPOINT).exists():
             raise RuntimeError(f"{self.run_dir}: no epoch produced a valid selection value")
         return {
@@ -332,35 +536,67 @@ class Trainer:
         }
 
     def _train_epoch(self, model, optimizer, loader, epoch, weights, progress) -> dict[str, float]:
+        """One pass over ``loader``; returns the per-sample mean of every loss term and ``total``.
+
+        The step never waits for the device; :class:`LossAccumulator` is read every
+        ``train.sync_every_steps`` steps (progress bar, finiteness) and at the end.
+        """
         cfg = self.config.train
         model.train()
         model.on_epoch_start(epoch)
-        batches = list(loader) if not hasattr(loader, "__len__") else loader
-        task = progress.add_task(f"epoch {epoch}", total=len(batches), info="")
-        sums: dict[str, float] = {}
-        count = 0
+        batches = _as_sized(loader)
+        n_steps = len(batches)
+        if cfg.partial_accumulation == "drop" and n_steps < cfg.grad_accumulation:
+            raise ConfigError(
+                f"train.partial_accumulation=drop with {n_steps} batch(es) per epoch and "
+                f"train.grad_accumulation={cfg.grad_accumulation}: no optimiser step would ever "
+                f"be taken; lower train.grad_accumulation or train.batch_size")
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        # 'mean': each batch's loss / grad_accumulation; 'sum' (DMD official): unscaled
+        scale = 1.0 / cfg.grad_accumulation if cfg.accumulation == "mean" else 1.0
+        task = progress.add_task(f"epoch {epoch}", total=n_steps, info="")
+        losses = LossAccumulator(epoch, self.config.model.name, self.process)
+        module = self.train_module if self.train_module is not None else model
+        gather_for_hooks = (self.process.enabled
+                            and distributed.model_overrides_hook(model, "on_train_batch_end"))
         optimizer.zero_grad(set_to_none=True)
         for step, batch in enumerate(batches, start=1):
             batch = move_batch(batch, self.device)
-            output = model(batch)
-            loss = weighted_loss(output, weights, self.config.model.name)
-            (loss / cfg.grad_accumulation).backward()
-            if step % cfg.grad_accumulation == 0 or step == len(batches):
-                if cfg.grad_clip_value is not None:
-                    torch.nn.utils.clip_grad_value_(model.parameters(), cfg.grad_clip_value)
-                if cfg.grad_clip_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            model.on_train_batch_end(batch, output, epoch)
-            size = output.prediction.shape[0]
-            count += size
-            sums["total"] = sums.get("total", 0.0) + loss.item() * size
-            for name, value in output.losses.items():
-                sums[name] = sums.get(name, 0.0) + value.item() * size
-            progress.update(task, advance=1, info=f"loss {loss.item():.4f}")
+            last_partial = step == n_steps and cfg.partial_accumulation == "step"
+            steps_now = step % cfg.grad_accumulation == 0 or last_partial
+            # under DDP, gradients are averaged over processes only on the stepping micro-batch
+            no_sync = (module.no_sync() if self.process.enabled and not steps_now
+                       else contextlib.nullcontext())
+            with no_sync:
+                with autocast(cfg.precision, self.device):
+                    output = module(batch)
+                    loss = weighted_loss(output, weights, self.config.model.name)
+                self.scaler.scale(loss * scale).backward()
+            if cfg.clip_every_backward:
+                clip_gradients(parameters, self.config)  # the running sum, as DMD's loop
+            if steps_now:
+                self._optimizer_step(parameters, optimizer)
+            if gather_for_hooks:
+                model.on_train_batch_end(*self.process.gather_for_hooks(batch, output), epoch)
+            else:
+                model.on_train_batch_end(batch, output, epoch)
+            losses.add(step, loss, output.losses, output.prediction.shape[0])
+            info = None
+            if cfg.sync_every_steps and step % cfg.sync_every_steps == 0 and step < n_steps:
+                info = f"loss {losses.read()['total']:.4f}"
+            progress.update(task, advance=1, **({"info": info} if info else {}))
         progress.remove_task(task)
-        return {k: v / max(count, 1) for k, v in sums.items()}
+        return losses.read()
+
+    def _optimizer_step(self, parameters: list[torch.nn.Parameter], optimizer) -> None:
+        if not self.config.train.clip_every_backward:
+            self.scaler.unscale_(optimizer)  # clip the true gradients (no-op unless fp16)
+            clip_gradients(parameters, self.config)
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        if self._step_scheduler is not None:
+            self._step_scheduler.step()
 
     # ------------------------------------------------------------------------------------------
     def load_best(self, model: MSAModel) -> MSAModel:

@@ -97,7 +97,8 @@ def test_prediction_loss_and_every_gradient_equal_the_official(fixture, tmp_path
 
 def test_three_training_steps_follow_the_official_loop(fixture, tmp_path):
     """Adam 1e-3 on every MulT weight, clip_grad_norm_ 0.8 on all parameters, text features
-    fixed (the official model reads fixed GloVe vectors; msakit: a frozen LM)."""
+    fixed (the official model reads fixed GloVe vectors; msakit: a frozen LM). Tolerance 1e-5
+    on every weight after the steps, except the attention key biases (see below)."""
     config, model = build(fixture, tmp_path,
                           OFFICIAL_SETTINGS + ["model.freeze_language_model=true"])
     official = fixture["official_settings"]
@@ -111,8 +112,16 @@ def test_three_training_steps_follow_the_official_loop(fixture, tmp_path):
         assert abs(ours - theirs) <= 1e-5, f"step {step} loss {ours} vs official {theirs}"
     state = model.state_dict()
     for name, value in _parameters_and_used_buffers(trajectory["after"]).items():
-        assert_close(state[official_to_msakit(name)], value,
-                     f"{name} after {trajectory['steps']} steps")
+        ours = state[official_to_msakit(name)]
+        if name.endswith("in_proj_bias"):
+            # the key bias shifts every score of a query equally: its true gradient is 0 and
+            # both codes hold rounding noise (~1e-17), which Adam scales to a full lr step;
+            # compare the query and value biases only
+            width = value.shape[0] // 3
+            keep = torch.ones_like(value, dtype=torch.bool)
+            keep[width : 2 * width] = False
+            ours, value = ours[keep], value[keep]
+        assert_close(ours, value, f"{name} after {trajectory['steps']} steps")
 
 
 def test_scheduler_and_selection_are_the_official_ones(fixture):

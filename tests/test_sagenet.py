@@ -153,3 +153,16 @@ def test_shipped_config_trains_with_the_posters_augmentation():
     assert transform_from_config(config) is not None
     off = build_config("sagenet", ["augment.text.enabled=false", "augment.audio.enabled=false"])
     assert transform_from_config(off) is None
+
+
+def test_evaluation_artifacts_hold_each_clips_mean_gate():
+    model = build()
+    model.eval()
+    with torch.no_grad():
+        output = model(synthetic_batch(SHAPE, VOCAB))
+    artifacts = model.evaluation_artifacts(output.extras)
+    values = artifacts["gate_values"]
+    assert set(values) == {"text_by_audio", "audio_by_text", "text_by_vision", "vision_by_text"}
+    expected = output.extras["gate_text_by_audio"].mean(dim=1)
+    assert values["text_by_audio"] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert artifacts["gates"]["text_by_audio"] == pytest.approx(float(expected.mean()), abs=1e-5)

@@ -141,6 +141,12 @@ class RunConfig(StrictModel):
                              "<model>-<dataset>-<timestamp>")
     preset: str | None = Field(None, description="The preset the config was built from "
                                "(msakit/configs/presets/<model>/<preset>.yaml); set by --preset")
+    loggers: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list, description="Also send each epoch's scalars to TensorBoard event "
+        "files and/or MLflow (msakit.training.loggers); the run folder stays the record")
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking URI; default: "
+                                            "SQLite file mlruns/mlflow.db in output_dir")
+    mlflow_experiment: str = "msakit"
 
 
 class ExperimentConfig(StrictModel):
@@ -254,6 +260,7 @@ def build_config(
         tree = deep_update(tree, {"run": {"preset": preset}})
     tree = deep_update(tree, base or {})
     tree = apply_overrides(tree, overrides or [])
+    tree.pop("search", None)  # the tuner's search space (msakit.experiments.tune), not a setting
     model_tree = dict(tree.pop("model", {}) or {})
     given_name = model_tree.setdefault("name", model_name)
     if given_name != model_name:
@@ -273,7 +280,13 @@ def build_config(
 
 def load_saved_config(path: Path) -> ExperimentConfig:
     """Re-validate a run's saved ``config.yaml``."""
-    tree = yaml.safe_load(Path(path).read_text()) or {}
+    return config_from_tree(yaml.safe_load(Path(path).read_text()) or {}, str(path))
+
+
+def config_from_tree(tree: dict[str, Any], path: str = "<config>") -> ExperimentConfig:
+    """Re-validate a complete config tree (a run's saved config, an exported ``config.json``)
+    without applying today's shipped defaults."""
+    tree = dict(tree)
     name = (tree.get("model") or {}).get("name")
     if not name:
         raise ConfigError(f"{path}: model.name missing")

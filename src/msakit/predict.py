@@ -1,6 +1,10 @@
-"""``msakit predict``: sentiment of new clips with a trained run.
+"""``msakit predict``: sentiment of new clips or transcripts with a trained model.
 
-The clips' features are computed with the extractor config recorded in the run's ``data.json``
+A model comes from a run folder (``--run``), an exported folder (``--model``, see
+:mod:`msakit.pretrained`) or, with neither, the pretrained text model shipped in the package.
+
+For models that read audio or vision, the clips' features are computed with the extractor config
+recorded in the run's ``data.json``
 (``extractor``, copied from the training pickle that ``msakit extract`` wrote), normalised with
 the training statistics recorded there, then fed to every selected checkpoint of the run.
 A run trained on features msakit cannot compute (MMSA's COVAREP/Facet/OpenFace pickles,
@@ -11,6 +15,10 @@ Run folder (written by :mod:`msakit.training`): ``config.yaml`` and ``data.json`
 checkpoints ``seed<S>/<partition>/best.pt`` (``{"model": state_dict, ...}``), or a single
 training folder holding ``best.pt`` itself. With several checkpoints (seeds x folds), the
 prediction is their mean and the spread is reported.
+
+A text-only model (audio and vision dims 0) needs only a transcript: ``--text`` alone, or a clip
+whose transcript is given, beside it (``<clip>.txt``) or made by the offline speech recogniser
+(pocketsphinx; flagged ``low_quality``). The clip's audio and video do not change its score.
 """
 
 from __future__ import annotations
@@ -34,29 +42,74 @@ SEVEN_CLASSES = {
 }
 
 
+#: Model extras that are hidden representations, not contributions: left out of predictions.
+REPRESENTATION_EXTRAS = ("fused", "hidden", "hyper_modality")
+
+
+def _is_contribution(name: str) -> bool:
+    return name not in REPRESENTATION_EXTRAS and not name.startswith("feature_")
+
+
 class RunIncompatibleError(ValueError):
     """The run cannot predict from raw clips; the message says why and what to do."""
 
 
 @dataclass
 class TrainedRun:
-    """A run folder ready to predict.
+    """A trained model ready to predict: a run folder, or an exported model folder.
 
     Attributes:
-        checkpoints: training folders whose ``best.pt`` is used.
-        extractor: the :class:`ExtractorConfig` the training features were made with.
+        run_dir: the run folder or the exported folder.
+        checkpoints: training folders whose ``best.pt`` is used (a run), or ``[]`` (exported).
+        extractor: the :class:`ExtractorConfig` the training features were made with; ``None``
+            for a text-only model (it needs no audio/vision features).
         normalization: the training statistics recorded with them (or ``None``).
         label_range: the dataset family's label range (``(-3, 3)`` for MOSI-like data).
+        states: the members' model state dicts when they are already loaded (exported models);
+            ``None``: read ``best.pt`` of each checkpoint folder.
     """
 
     run_dir: Path
     config: Any
     data_info: dict
-    extractor: ExtractorConfig
+    extractor: ExtractorConfig | None
     normalization: dict | None
     checkpoints: list[Path]
     label_range: tuple[float, float]
     notes: list[str] = field(default_factory=list)
+    states: list[dict] | None = None
+
+    @property
+    def feature_dims(self) -> dict[str, int]:
+        dims = self.data_info.get("feature_dims") or {}
+        return {m: int(dims.get(m, 0) or 0) for m in ("audio", "vision")}
+
+    @property
+    def text_only(self) -> bool:
+        """The model reads the transcript only (no audio/vision features)."""
+        return not any(self.feature_dims.values())
+
+    @property
+    def members(self) -> int:
+        return len(self.states) if self.states is not None else len(self.checkpoints)
+
+    def member_states(self, device: str = "cpu"):
+        """Yield each member's model state dict (read lazily from ``best.pt`` for a run)."""
+        from msakit.training.runs import load_checkpoint
+
+        if self.states is not None:
+            yield from self.states
+            return
+        for folder in self.checkpoints:
+            yield load_checkpoint(folder / BEST_CHECKPOINT, device)["model"]
+
+    def predict(self, clips: Sequence[str | Path] | None = None,
+                texts: Sequence[str | None] | None = None, **options) -> list["ClipPrediction"]:
+        """Clips (with optional transcripts) or transcripts alone; see :func:`predict_clips`
+        and :func:`predict_texts`."""
+        if clips:
+            return predict_clips(clips, self, texts, **options)
+        return predict_texts(list(texts or []), self, **options)
 
 
 @dataclass
@@ -70,9 +123,11 @@ class ClipPrediction:
         class7: the rounded score on the [-3, 3] scale and its name.
         contributions: the model's per-sample extras (gates, unimodal predictions), averaged
             over checkpoints, as nested lists of floats.
+        modalities: what the model read (e.g. ``["text"]`` for a text-only model).
+        low_quality: the transcript came from speech recognition (often wrong).
     """
 
-    clip: str
+    clip: str | None
     text: str
     text_source: str
     score: float
@@ -84,6 +139,8 @@ class ClipPrediction:
     checkpoints: int
     info: dict
     warnings: list[str]
+    modalities: list[str] = field(default_factory=list)
+    low_quality: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -119,8 +176,13 @@ def find_checkpoints(run_dir: Path, checkpoint: str | None = None) -> list[Path]
     return found
 
 
-def load_trained_run(run_dir: str | Path, checkpoint: str | None = None) -> TrainedRun:
+def load_trained_run(run_dir: str | Path, checkpoint: str | None = None,
+                     require_clip_features: bool = True) -> TrainedRun:
     """Read a run folder and check it can predict from raw clips.
+
+    Args:
+        require_clip_features: refuse a run whose audio/vision features msakit cannot compute
+            (``False``: load it anyway, e.g. to export it; its ``extractor`` is then ``None``).
 
     Raises:
         RunIncompatibleError: not a run folder, or trained on features msakit cannot compute.
@@ -143,8 +205,34 @@ def load_trained_run(run_dir: str | Path, checkpoint: str | None = None) -> Trai
     except (ConfigError, FileNotFoundError, KeyError) as err:
         raise RunIncompatibleError(f"{config_path}: cannot load the run's config: {err}") from err
     data_info = _read_json(data_path)
+    label_range = LABEL_RANGES.get(data_info.get("dataset", "custom"), LABEL_RANGES["custom"])
+    extractor, normalization, notes = check_feature_source(run_dir, data_info,
+                                                           require=require_clip_features)
+    return TrainedRun(run_dir=run_dir, config=config, data_info=data_info, extractor=extractor,
+                      normalization=normalization, checkpoints=checkpoints,
+                      label_range=tuple(label_range), notes=notes)
+
+
+def check_feature_source(where: Path, data_info: dict, require: bool = True
+                         ) -> tuple[ExtractorConfig | None, dict | None, list[str]]:
+    """The extractor config and normalisation new clips' features must be made with.
+
+    A text-only model needs none (``(None, None, [])``). A model reading audio/vision must have
+    been trained on features from ``msakit extract``; with ``require=False`` one trained on
+    other features gives ``(None, None, [note])`` instead of an error.
+
+    Raises:
+        RunIncompatibleError: the model reads features msakit cannot compute for new clips.
+    """
+    run_dir = where
     record = data_info.get("extractor")
     source = data_info.get("source", "?")
+    dims = data_info.get("feature_dims") or {}
+    if not any(int(dims.get(m, 0) or 0) for m in ("audio", "vision")):
+        return None, None, []
+    if record is None and not require:
+        return None, None, [f"{run_dir} reads features of {source} that msakit cannot compute "
+                            "from raw clips"]
     if record is None:
         raise RunIncompatibleError(
             f"{run_dir} was trained on {source}, whose features were not computed by "
@@ -184,10 +272,7 @@ def load_trained_run(run_dir: str | Path, checkpoint: str | None = None) -> Trai
         if name != "msakit" and version and now.get(name) and now[name] != version:
             notes.append(f"{name} is {now[name]} here but the training features were made with "
                          f"{version}; features may differ slightly")
-    label_range = LABEL_RANGES.get(data_info.get("dataset", "custom"), LABEL_RANGES["custom"])
-    return TrainedRun(run_dir=run_dir, config=config, data_info=data_info, extractor=extractor,
-                      normalization=record.get("normalization"), checkpoints=checkpoints,
-                      label_range=tuple(label_range), notes=notes)
+    return extractor, record.get("normalization"), notes
 
 
 def polarity_of(score: float) -> str:
@@ -208,28 +293,20 @@ def predict_clips(
     strict: bool = False,
     device: str = "cpu",
 ) -> list[ClipPrediction]:
-    """Predict the sentiment of media files with a trained run.
+    """Predict the sentiment of media files with a trained model.
 
     Args:
         clips: media files (video or audio).
-        run: a :class:`TrainedRun` or a run folder.
+        run: a :class:`TrainedRun` (also what :func:`msakit.from_pretrained` returns) or a run
+            folder.
         texts: one transcript per clip (``None`` entries: ``<clip>.txt`` beside it, then ASR).
-        asr: transcribe clips without a transcript (default: as the training extraction did).
+        asr: transcribe clips without a transcript (default: as the training extraction did;
+            for a text-only model, on).
         strict: refuse clips without a video track or a face instead of warning.
 
     Raises:
         RunIncompatibleError, ExtractionError: with the reason, naming the run or clip.
     """
-    import torch
-    from transformers.utils import logging as hf_logging
-
-    from msakit.data import Split, make_loader
-    from msakit.extract.features import ClipFeatureExtractor, finalize_clip
-    from msakit.lm import load_tokenizer
-    from msakit.models import FeatureDims, create_model
-    from msakit.training.runs import load_checkpoint
-
-    hf_logging.disable_progress_bar()  # a weight-loading bar per checkpoint is noise here
     if not isinstance(run, TrainedRun):
         run = load_trained_run(run)
     clips = [Path(c) for c in clips]
@@ -239,8 +316,16 @@ def predict_clips(
     if len(texts) != len(clips):
         raise ValueError(f"{len(texts)} transcript(s) for {len(clips)} clip(s): give one --text "
                          "per clip, in order, or none")
-    config = run.config
-    modalities = list(config.data.modalities)
+    if run.text_only:
+        return _predict_text_only_clips(clips, run, texts, asr, device)
+    if run.extractor is None:
+        raise RunIncompatibleError(
+            f"{run.run_dir}: the model reads audio/vision features msakit cannot compute from "
+            f"raw clips ({'; '.join(run.notes)}); it cannot predict media files")
+
+    from msakit.extract.features import ClipFeatureExtractor, finalize_clip
+
+    modalities = list(run.config.data.modalities)
     extractor_config = run.extractor
     if asr is not None:
         extractor_config = extractor_config.model_copy(
@@ -254,7 +339,7 @@ def predict_clips(
         audio, vision = finalize_clip(features.audio, features.vision, run.extractor,
                                       run.normalization)
         for modality, values in (("audio", audio), ("vision", vision)):
-            expected = int((run.data_info.get("feature_dims") or {}).get(modality, 0) or 0)
+            expected = run.feature_dims[modality]
             if expected and values.shape[1] != expected:
                 raise RunIncompatibleError(
                     f"{clip}: this installation computes {values.shape[1]}-d {modality} "
@@ -265,56 +350,138 @@ def predict_clips(
                 )
         extracted.append((features, audio, vision))
 
+    scores, spread, contributions = _score(
+        run, [f.text or "." for f, _, _ in extracted], [a for _, a, _ in extracted],
+        [v for _, _, v in extracted], [c.stem for c in clips], device)
+    return [
+        _prediction(run, str(clip), features.text, features.text_source, scores[i], spread[i],
+                    contributions[i], features.info, list(features.warnings))
+        for i, (clip, (features, _, _)) in enumerate(zip(clips, extracted))
+    ]
+
+
+def predict_texts(texts: Sequence[str], run: TrainedRun | str | Path,
+                  device: str = "cpu") -> list[ClipPrediction]:
+    """Predict the sentiment of transcripts alone (no media) with a text-only model.
+
+    Raises:
+        RunIncompatibleError: the model also reads audio or vision.
+        ValueError: no text, or an empty one.
+    """
+    if not isinstance(run, TrainedRun):
+        run = load_trained_run(run)
+    texts = [str(t) for t in texts]
+    if not texts:
+        raise ValueError("no text given")
+    for i, text in enumerate(texts, 1):
+        if not text.strip():
+            raise ValueError(f"text {i} is empty")
+    if not run.text_only:
+        raise RunIncompatibleError(
+            f"{run.run_dir}: this model also reads {', '.join(m for m, d in run.feature_dims.items() if d)} "
+            "features; give the clips (media files) as well as their transcripts")
+    scores, spread, contributions = _score(run, texts, None, None,
+                                           [f"text{i}" for i in range(len(texts))], device)
+    return [_prediction(run, None, text.strip(), "given", scores[i], spread[i],
+                        contributions[i], {}, [])
+            for i, text in enumerate(texts)]
+
+
+def _predict_text_only_clips(clips: list[Path], run: TrainedRun, texts: list[str | None],
+                             asr: bool | None, device: str) -> list[ClipPrediction]:
+    """A text-only model on media files: each clip is decoded (so a broken file is an error),
+    its transcript is the given one, ``<clip>.txt``, or pocketsphinx's (``low_quality``)."""
+    from msakit.extract.media import SAMPLE_RATE, ExtractionError, decode_audio, probe
+    from msakit.extract.text import ASR_NOTE, sidecar_transcript, transcribe
+
+    transcripts, sources, infos, warnings = [], [], [], []
+    for clip, text in zip(clips, texts):
+        where = str(clip)
+        info = probe(clip)
+        samples = decode_audio(clip)
+        notes = ["text-only model: the clip's audio and video do not change the score"]
+        source = "given"
+        if text is None or not text.strip():
+            text, source = sidecar_transcript(clip), "txt"
+        if text is None:
+            if asr is False:
+                raise ExtractionError(
+                    f"{where}: no transcript: none given (--text), no {clip.stem}.txt beside the "
+                    "clip, and speech recognition is off (--no-asr)", "text")
+            text, source = transcribe(samples, where), "asr"
+            notes.insert(0, ASR_NOTE + ": low-quality prediction")
+        transcripts.append(text.strip())
+        sources.append(source)
+        infos.append({"duration_s": round(samples.size / SAMPLE_RATE, 3),
+                      "has_video": bool(info.has_video)})
+        warnings.append(notes)
+    scores, spread, contributions = _score(run, transcripts, None, None,
+                                           [c.stem for c in clips], device)
+    return [_prediction(run, str(clip), transcripts[i], sources[i], scores[i], spread[i],
+                        contributions[i], infos[i], warnings[i])
+            for i, clip in enumerate(clips)]
+
+
+def _score(run: TrainedRun, texts: list[str], audio: list[np.ndarray] | None,
+           vision: list[np.ndarray] | None, names: list[str], device: str):
+    """Every member's prediction on one batch; returns per-sample mean, spread over members
+    and contributions (the models' per-sample extras averaged over members)."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from msakit.data import Split, make_loader
+    from msakit.lm import load_tokenizer
+    from msakit.models import FeatureDims, create_model
+
+    hf_logging.disable_progress_bar()  # a weight-loading bar per checkpoint is noise here
+    config = run.config
+    n = len(texts)
     split = Split(
-        ids=[f"predict$_${c.stem}" for c in clips],
-        video_ids=["predict"] * len(clips),
-        texts=[f.text or "." for f, _, _ in extracted],
-        labels=np.zeros(len(clips), dtype=np.float32),
-        audio=[a for _, a, _ in extracted],
-        vision=[v for _, _, v in extracted],
+        ids=[f"predict$_${name}" for name in names], video_ids=["predict"] * n, texts=texts,
+        labels=np.zeros(n, dtype=np.float32), audio=audio, vision=vision,
     )
-    dims = run.data_info.get("feature_dims") or {}
-    feature_dims = FeatureDims(audio=int(dims.get("audio", 0) or 0),
-                               vision=int(dims.get("vision", 0) or 0))
-    loader = make_loader(split, load_tokenizer(config.model.language_model),
-                         batch_size=len(clips), shuffle=False,
-                         max_text_tokens=config.data.max_text_tokens, modalities=modalities)
+    loader = make_loader(split, load_tokenizer(config.model.language_model), batch_size=n,
+                         shuffle=False, max_text_tokens=config.data.max_text_tokens,
+                         modalities=list(config.data.modalities))
     batch = next(iter(loader))
     for key in [k for k in batch if k == "labels" or k.startswith("labels_")]:
         del batch[key]  # no labels: models skip their losses
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     scores, extras_runs = [], []
-    for folder in run.checkpoints:
-        model = create_model(config.model, feature_dims)
-        saved = load_checkpoint(folder / BEST_CHECKPOINT, device)
-        model.load_checkpoint_state_dict(saved["model"])
+    for state in run.member_states(device):
+        model = create_model(config.model, FeatureDims(**run.feature_dims))
+        model.load_checkpoint_state_dict(state)
         model.to(device).eval()
         with torch.no_grad():
             output = model(batch)
         scores.append(output.prediction.detach().float().cpu().reshape(-1).numpy())
         extras_runs.append({
             name: value.detach().float().cpu().numpy() for name, value in output.extras.items()
-            if isinstance(value, torch.Tensor) and value.dim() >= 1
-            and value.shape[0] == len(clips)
+            if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == n
+            and _is_contribution(name)
         })
-    scores_array = np.stack(scores)  # (checkpoints, clips)
-    mean, spread = scores_array.mean(0), scores_array.std(0)
+    scores_array = np.stack(scores)  # (members, samples)
     shared = set.intersection(*(set(e) for e in extras_runs)) if extras_runs else set()
+    contributions = [
+        {name: np.round(np.mean([e[name][i] for e in extras_runs], axis=0), 6).tolist()
+         for name in sorted(shared)}
+        for i in range(n)
+    ]
+    return scores_array.mean(0), scores_array.std(0), contributions
 
-    predictions = []
-    for i, (clip, (features, _, _)) in enumerate(zip(clips, extracted)):
-        score = float(mean[i])
-        contributions = {
-            name: np.round(np.mean([e[name][i] for e in extras_runs], axis=0), 6).tolist()
-            for name in sorted(shared)
-        }
-        class7 = seven_class(score, run.label_range)
-        predictions.append(ClipPrediction(
-            clip=str(clip), text=features.text, text_source=features.text_source,
-            score=round(score, 6), score_std=round(float(spread[i]), 6),
-            polarity=polarity_of(score), class7=class7, class7_name=SEVEN_CLASSES[class7],
-            contributions=contributions, checkpoints=len(run.checkpoints),
-            info=features.info, warnings=list(features.warnings) + run.notes,
-        ))
-    return predictions
+
+def _prediction(run: TrainedRun, clip: str | None, text: str, text_source: str, score: float,
+                spread: float, contributions: dict, info: dict,
+                warnings: list[str]) -> ClipPrediction:
+    score = float(score)
+    class7 = seven_class(score, run.label_range)
+    modalities = ["text"] if run.text_only else [
+        m for m in run.config.data.modalities if m == "text" or run.feature_dims.get(m)]
+    return ClipPrediction(
+        clip=clip, text=text, text_source=text_source, score=round(score, 6),
+        score_std=round(float(spread), 6), polarity=polarity_of(score), class7=class7,
+        class7_name=SEVEN_CLASSES[class7], contributions=contributions,
+        checkpoints=run.members, info=info, warnings=warnings + run.notes,
+        modalities=modalities, low_quality=text_source == "asr",
+    )

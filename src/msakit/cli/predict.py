@@ -1,4 +1,4 @@
-"""``msakit predict``: sentiment of raw clips with a trained run."""
+"""``msakit predict`` and ``msakit export``: apply and package trained models."""
 
 from __future__ import annotations
 
@@ -8,42 +8,74 @@ import click
 from rich.console import Console
 
 
+def resolve_model(run_dir: str | None, model_dir: str | None, checkpoint: str | None = None):
+    """The model to predict with: a run folder, an exported folder, or the shipped model.
+
+    Raises:
+        click.ClickException: with the reason.
+    """
+    from msakit.predict import RunIncompatibleError, load_trained_run
+    from msakit.pretrained import ExportError, from_pretrained
+
+    if run_dir and model_dir:
+        raise click.ClickException("give --run or --model, not both")
+    if checkpoint and not run_dir:
+        raise click.ClickException("--checkpoint picks a training folder of a --run")
+    try:
+        if run_dir:
+            return load_trained_run(run_dir, checkpoint)
+        return from_pretrained(model_dir)
+    except (RunIncompatibleError, ExportError) as err:
+        raise click.ClickException(str(err)) from err
+
+
 @click.command()
-@click.argument("clips", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="A run folder written by `msakit train` on features from `msakit extract`.")
+@click.argument("clips", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False),
+              help="A run folder written by `msakit train` (on features from `msakit extract`, "
+              "or text only).")
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
+              help="A model folder written by `msakit export`. Default (no --run, no --model): "
+              "the pretrained text model shipped with msakit.")
 @click.option("--text", "texts", multiple=True,
-              help="Transcript of a clip; repeat once per clip, in order. Without it: "
-              "<clip>.txt beside the clip, else speech recognition when enabled.")
+              help="Transcript of a clip; repeat once per clip, in order. Without clips: the "
+              "texts to score. Without it: <clip>.txt beside the clip, else speech recognition.")
 @click.option("--checkpoint", help="Use one training folder of the run, e.g. seed1/fold0 "
               "(default: the mean over all of them).")
 @click.option("--asr/--no-asr", default=None,
               help="Transcribe clips without a transcript with pocketsphinx (default: as the "
-              "training extraction did).")
+              "training extraction did; on for text-only models). Flagged low quality.")
 @click.option("--strict", is_flag=True, help="Refuse clips with no video track or no face.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one list of objects).")
-def predict(clips, run_dir, texts, checkpoint, asr, strict, as_json):
-    """Predict the sentiment of CLIPS (video or audio files) with the model of RUN.
+def predict(clips, run_dir, model_dir, texts, checkpoint, asr, strict, as_json):
+    """Predict the sentiment of CLIPS (video or audio files), or of --text alone.
 
     \b
     Prints per clip the score (on the training labels' scale, [-3, 3] for MOSI-like data),
     polarity, 7-class label and the model's per-modality contributions when it has them.
 
     \b
-    Example:
-      msakit predict interview.mp4 --run runs/lf_dnn-custom-20261125-101500 \\
-          --text "i loved every minute of it"
+    Examples:
+      msakit predict --text "i loved every minute of it"          # the shipped model
+      msakit predict interview.mp4 --text "i loved every minute of it"
+      msakit predict interview.mp4 --run runs/lf_dnn-custom-20261125-101500
+      msakit predict interview.mp4 --model exported/lf_dnn
     """
     from msakit.extract import ExtractionError
-    from msakit.predict import RunIncompatibleError, load_trained_run, predict_clips
+    from msakit.predict import RunIncompatibleError, predict_clips, predict_texts
 
-    if texts and len(texts) != len(clips):
+    if not clips and not texts:
+        raise click.ClickException("nothing to predict: give media files and/or --text")
+    if clips and texts and len(texts) != len(clips):
         raise click.ClickException(
             f"{len(texts)} --text for {len(clips)} clip(s): give one per clip, in order, or none")
+    model = resolve_model(run_dir, model_dir, checkpoint)
     try:
-        run = load_trained_run(run_dir, checkpoint)
-        results = predict_clips(clips, run, list(texts) if texts else None, asr=asr,
-                                strict=strict)
+        if clips:
+            results = predict_clips(clips, model, list(texts) if texts else None, asr=asr,
+                                    strict=strict)
+        else:
+            results = predict_texts(list(texts), model)
     except (RunIncompatibleError, ExtractionError, ValueError) as err:
         raise click.ClickException(str(err)) from err
 
@@ -54,14 +86,43 @@ def predict(clips, run_dir, texts, checkpoint, asr, strict, as_json):
     for r in results:
         spread = f" ± {r.score_std:.3f} over {r.checkpoints} checkpoints" if r.checkpoints > 1 \
             else ""
-        console.print(f"[bold]{r.clip}[/]", highlight=False)
+        console.print(f"[bold]{r.clip or 'text'}[/]", highlight=False)
         console.print(f"  text ({r.text_source}): {r.text!r}", markup=False, highlight=False)
         console.print(f"  score {r.score:+.3f}{spread}  polarity {r.polarity}  "
-                      f"7-class {r.class7:+d} ({r.class7_name})", highlight=False)
+                      f"7-class {r.class7:+d} ({r.class7_name})  reads {'+'.join(r.modalities)}",
+                      highlight=False)
+        if r.low_quality:
+            console.print("  [red]low quality:[/] the transcript is machine-made (ASR)",
+                          highlight=False)
         for name, value in r.contributions.items():
             console.print(f"  {name}: {_short(value)}", markup=False, highlight=False)
         for warning in r.warnings:
             console.print(f"  [yellow]note:[/] {warning}", highlight=False)
+
+
+@click.command("export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--checkpoint", help="Export one training folder of the run, e.g. seed1/fold0 "
+              "(default: all of them, as an ensemble).")
+@click.option("--push-to-hub", "repo_id", metavar="REPO_ID",
+              help="Also upload the folder to the Hugging Face Hub (extra msakit[hub]).")
+def export(run_dir, out_dir, checkpoint, repo_id):
+    """Write the model of RUN_DIR to OUT_DIR: model.safetensors, config.json,
+    feature_spec.json, metrics.json and a model card (README.md).
+
+    \b
+    Load it with `msakit predict --model OUT_DIR` or msakit.from_pretrained("OUT_DIR").
+    """
+    from msakit.pretrained import ExportError, export_run, push_to_hub
+
+    try:
+        folder = export_run(run_dir, out_dir, checkpoint)
+        click.echo(f"exported {run_dir} -> {folder}")
+        if repo_id:
+            click.echo(f"pushed to {push_to_hub(folder, repo_id)}")
+    except ExportError as err:
+        raise click.ClickException(str(err)) from err
 
 
 def _short(value) -> str:
@@ -81,3 +142,4 @@ def _short(value) -> str:
 
 def register(main: click.Group) -> None:
     main.add_command(predict)
+    main.add_command(export)

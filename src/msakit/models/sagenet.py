@@ -39,7 +39,7 @@ from torch.nn import functional as F
 from msakit.config import ModelConfig
 from msakit.models import register_model
 from msakit.models.base import FeatureDims, ModelOutput, MSAModel
-from msakit.modules.gates import CrossGatedSum
+from msakit.modules.gates import CrossGatedSum, gate_values
 from msakit.modules.text import PretrainedTextEncoder
 
 
@@ -195,3 +195,12 @@ class SAGENet(MSAModel):
             else:
                 losses["task"] = F.mse_loss(prediction, labels)
         return ModelOutput(prediction=prediction, losses=losses, extras=extras)
+
+    def evaluation_artifacts(self, extras: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Gate statistics over an evaluated split: mean and std of each gate over clips and
+        features, and each clip's mean gate (``gate_values``, for ``msakit report``)."""
+        values = gate_values(extras)
+        summary: dict[str, Any] = {
+            "gates": {name: float(torch.tensor(v).mean()) for name, v in values.items()}}
+        summary["gate_values"] = values
+        return summary

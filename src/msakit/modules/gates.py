@@ -61,3 +61,22 @@ class CrossGatedSum(nn.Module):
         gate_on_second = torch.sigmoid(self.gate_from_first(first))  # G_t
         fused = gate_on_first * first + gate_on_second * second  # F = W_t + W_a
         return CrossGatedSumOutput(fused, gate_on_first, gate_on_second)
+
+
+def gate_values(extras: dict[str, torch.Tensor]) -> dict[str, list[float]]:
+    """Per-clip mean gate value of every ``gate_*`` extra over an evaluated split.
+
+    Args:
+        extras: a model's extras concatenated over the split; ``gate_*`` are ``(N,)`` or
+            ``(N, D)`` values in [0, 1].
+
+    Returns:
+        ``{name: N floats}``, what ``msakit report`` draws as gate distributions.
+    """
+    out = {}
+    for name, value in sorted(extras.items()):
+        if name.startswith("gate_") and value.numel():
+            value = value.float()
+            per_clip = value.reshape(value.shape[0], -1).mean(dim=1)
+            out[name.removeprefix("gate_")] = [round(v, 5) for v in per_clip.tolist()]
+    return out

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from msakit.modules.gates import gate_values
 from msakit.modules.precision import full_precision
 
 
@@ -393,6 +394,8 @@ class ULGMHooks:
                 value = value.float()
                 summary[name] = {"mean": float(value.mean()),
                                  "std": float(value.std()) if value.numel() > 1 else 0.0}
+        if gates := gate_values(dict(extras)):
+            summary["gate_values"] = gates  # per-clip gate means, drawn by msakit report
         return summary
 
     def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:

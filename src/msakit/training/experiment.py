@@ -22,9 +22,10 @@ from msakit.config import ConfigError, ExperimentConfig, load_saved_config
 from msakit.data import dataset_splits, load_dataset, make_loader
 from msakit.data.dataset import MSADataset, Split
 from msakit.lm import load_tokenizer
-from msakit.provenance import ENV_FILE, environment_record
 from msakit.models import FeatureDims, create_model
+from msakit.provenance import ENV_FILE, environment_record
 from msakit.training import distributed, runs
+from msakit.training.loggers import open_loggers
 from msakit.training.results import (
     artifacts_table,
     summarise,
@@ -162,14 +163,26 @@ def _train_one(config: ExperimentConfig, dataset: MSADataset, partition: Partiti
         config.save(run_dir / runs.CONFIG_FILE)  # the sub-run's own seed, so it stands alone
     torch.manual_seed(seed)  # model initialisation depends on the seed alone
     model = create_model(config.model, feature_dims(dataset, config))
+    loggers = open_loggers(config, run_dir, seed, partition.name) if is_main else []
+
+    def on_epoch(epoch: int, value: float, row: dict[str, Any]) -> None:
+        for logger in loggers:
+            logger.log(epoch, row)
+        if epoch_callback is not None:
+            epoch_callback(epoch, value, row)
+
     trainer = Trainer(config, run_dir, dataset.name, progress=progress and is_main,
-                      epoch_callback=epoch_callback)
+                      epoch_callback=on_epoch if loggers or epoch_callback else None)
 
     train_loader = EpochLoader(partition.train, dataset, config, seed, transform)
     valid_loader = loader_for(partition.valid, dataset, config, train=False)
-    summary = trainer.fit(model, train_loader, valid_loader,
-                          torch.as_tensor(partition.train.labels, dtype=torch.float32),
-                          resume=resume)
+    try:
+        summary = trainer.fit(model, train_loader, valid_loader,
+                              torch.as_tensor(partition.train.labels, dtype=torch.float32),
+                              resume=resume)
+    finally:
+        for logger in loggers:
+            logger.close()
     if not evaluate_test:
         result = {"seed": seed, "partition": partition.name, **summary,
                   "parameters": model.parameter_counts()}

@@ -1,0 +1,413 @@
+"""``msakit report RUN_DIR``: one self-contained ``report.html`` of a finished run.
+
+Everything comes from the run folder (``metrics.json``, each training run's ``epochs.csv``,
+``predictions.csv`` and ``artifacts.json``, ``env.json``); figures are drawn with matplotlib's
+Agg backend and embedded as base64 PNGs, so the file opens offline and can be mailed around.
+
+Sections: the per-(seed, partition) results with mean ± std; learning curves per partition
+(training loss terms, validation task loss, validation selection metric, the selected epoch
+marked); predicted vs true; the 7-class confusion matrix (Acc-7's classes); the model's own
+artifacts (DMD's HomoGD/HeteroGD edges, gate distributions of SAGE-Net and MMILN, Self-MM's
+unimodal label drift, any per-epoch model statistics); the run's provenance.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from msakit.training import runs
+from msakit.training.results import format_value, mean_std
+
+EDGE = re.compile(r"^([A-Z])->([A-Z])$")
+MODALITY_ORDER = ("L", "A", "V")
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the run folder
+# ----------------------------------------------------------------------------------------------
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _float(value: str | None) -> float:
+    try:
+        return float(value) if value not in (None, "") else np.nan
+    except ValueError:
+        return np.nan
+
+
+def _training_runs(run_dir: Path) -> list[dict[str, Any]]:
+    """Every training run: seed, partition, epochs, predictions, artifacts."""
+    found = []
+    for sub in sorted(run_dir.glob("seed*/*/epochs.csv")):
+        folder = sub.parent
+        metrics = runs.read_json(folder / runs.METRICS_FILE) \
+            if (folder / runs.METRICS_FILE).exists() else {}
+        entry = {"seed": metrics.get("seed", folder.parent.name.removeprefix("seed")),
+                 "partition": metrics.get("partition", folder.name), "folder": folder,
+                 "epochs": _read_csv(sub), "metrics": metrics,
+                 "predictions": _read_csv(folder / "predictions.csv")
+                 if (folder / "predictions.csv").exists() else [],
+                 "artifacts": runs.read_json(folder / "artifacts.json")
+                 if (folder / "artifacts.json").exists() else {}}
+        found.append(entry)
+    if not found:
+        raise FileNotFoundError(f"{run_dir}: no training run (seed*/<partition>/epochs.csv) "
+                                "found; is it an msakit run folder?")
+    return found
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures
+# ----------------------------------------------------------------------------------------------
+
+def _figure(width: float = 10, height: float = 3.2, cols: int = 1, rows: int = 1):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(rows, cols, figsize=(width, height), squeeze=False)
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def learning_curves(train_runs: list[dict], loss_terms: list[str], selection: str) -> list[tuple]:
+    """One figure per partition: training loss terms, validation loss, selection metric."""
+    from matplotlib.ticker import MaxNLocator
+
+    by_partition: dict[str, list[dict]] = defaultdict(list)
+    for run in train_runs:
+        by_partition[run["partition"]].append(run)
+    figures = []
+    # with selection on the loss, the third panel shows the binary accuracy instead
+    shown = selection if selection != "loss" else _accuracy_column(train_runs)
+    valid_metric = f"valid_{shown}"
+    for partition, group in by_partition.items():
+        fig, axes = _figure(12, 3.2, cols=3)
+        train_ax, loss_ax, metric_ax = axes[0]
+        for run in group:
+            rows = run["epochs"]
+            epochs = [int(r["epoch"]) for r in rows]
+            label = f"seed {run['seed']}"
+            for term in ["total", *loss_terms]:
+                column = f"train_{term}"
+                if column in rows[0] and (term == "total" or len(loss_terms) > 1):
+                    train_ax.plot(epochs, [_float(r.get(column)) for r in rows],
+                                  label=f"{term} ({label})" if len(group) > 1 else term,
+                                  linewidth=1.2)
+            best = run["metrics"].get("best_epoch")
+            for ax, column in ((loss_ax, "valid_task"), (metric_ax, valid_metric)):
+                values = [_float(r.get(column)) for r in rows]
+                line, = ax.plot(epochs, values, label=label, linewidth=1.2)
+                if best in epochs:
+                    ax.plot([best], [values[epochs.index(best)]], marker="*", markersize=12,
+                            color=line.get_color(), linestyle="none")
+        train_ax.set_title(f"{partition}: training loss terms")
+        loss_ax.set_title(f"{partition}: validation task loss")
+        metric_ax.set_title(f"{partition}: validation {shown} (★ = selected)")
+        for ax in axes[0]:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        figures.append((f"Learning curves: {partition}", _png(fig)))
+    return figures
+
+
+def _accuracy_column(train_runs: list[dict]) -> str:
+    columns = train_runs[0]["epochs"][0]
+    return next((m for m in ("Non0_acc_2", "Mult_acc_2", "MAE") if f"valid_{m}" in columns),
+                "task")
+
+
+def _pooled_predictions(train_runs: list[dict]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    truth, pred, partition = [], [], []
+    for run in train_runs:
+        for row in run["predictions"]:
+            truth.append(float(row["label"]))
+            pred.append(float(row["prediction"]))
+            partition.append(run["partition"])
+    return np.asarray(truth), np.asarray(pred), partition
+
+
+def prediction_figures(train_runs: list[dict], label_range: tuple[float, float]) -> list[tuple]:
+    truth, pred, partition = _pooled_predictions(train_runs)
+    if not len(truth):
+        return []
+    from sklearn.metrics import confusion_matrix
+
+    fig, axes = _figure(11, 4.6, cols=2)
+    scatter_ax, matrix_ax = axes[0]
+    low, high = label_range
+    for name in sorted(set(partition)):
+        mask = np.asarray(partition) == name
+        scatter_ax.scatter(truth[mask], pred[mask], s=12, alpha=0.6, label=name)
+    scatter_ax.plot([low, high], [low, high], color="grey", linewidth=1, linestyle="--")
+    scatter_ax.set_xlabel("true sentiment")
+    scatter_ax.set_ylabel("predicted sentiment")
+    scatter_ax.set_title(f"Predicted vs true (test, {len(truth)} predictions, all seeds)")
+    scatter_ax.legend(fontsize=7)
+    scatter_ax.grid(alpha=0.3)
+    if high - low >= 6:  # MOSI-style: Acc-7's classes
+        classes = np.arange(-3, 4)
+        truth_classes = np.round(np.clip(truth, -3, 3)).astype(int)
+        pred_classes = np.round(np.clip(pred, -3, 3)).astype(int)
+        title = "7-class confusion (Acc-7 classes: clip to [-3, 3], round)"
+    else:  # SIMS: the five classes of Mult_acc_5
+        from msakit.metrics import _sims_bins
+
+        classes = np.arange(5)
+        truth_classes = _sims_bins(np.clip(truth, -1, 1), 5)
+        pred_classes = _sims_bins(np.clip(pred, -1, 1), 5)
+        title = "5-class confusion (SIMS Mult_acc_5 classes)"
+    matrix = confusion_matrix(truth_classes, pred_classes, labels=classes)
+    image = matrix_ax.imshow(matrix, cmap="Blues")
+    matrix_ax.set_xticks(range(len(classes)), classes)
+    matrix_ax.set_yticks(range(len(classes)), classes)
+    matrix_ax.set_xlabel("predicted class")
+    matrix_ax.set_ylabel("true class")
+    matrix_ax.set_title(title)
+    for (i, j), count in np.ndenumerate(matrix):
+        if count:
+            matrix_ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
+                           color="white" if count > matrix.max() / 2 else "black")
+    fig.colorbar(image, ax=matrix_ax, fraction=0.046)
+    return [("Test predictions", _png(fig))]
+
+
+def _edge_matrix(values: dict[str, float]) -> tuple[np.ndarray, list[str]] | None:
+    """``{"V->L": w, ...}`` as a source x target matrix, or None if the names are not edges."""
+    pairs = [EDGE.match(name) for name in values]
+    if not values or not all(pairs):
+        return None
+    names = [m for m in MODALITY_ORDER if any(m in p.groups() for p in pairs)]
+    names += sorted({g for p in pairs for g in p.groups()} - set(names))
+    matrix = np.full((len(names), len(names)), np.nan)
+    for match, value in zip(pairs, values.values()):
+        source, target = match.groups()
+        matrix[names.index(source), names.index(target)] = value
+    return matrix, names
+
+
+def artifact_figures(train_runs: list[dict], run_artifacts: dict,
+                     loss_terms: list[str] = ()) -> list[tuple]:
+    """Whatever the model exposes: edge heatmaps, gate distributions, label drift, statistics."""
+    figures = []
+    summary = run_artifacts.get("test_summary", {})
+    edge_groups = {g: {n: s["mean"] for n, s in stats.items()}
+                   for g, stats in summary.items()
+                   if _edge_matrix({n: s["mean"] for n, s in stats.items()}) is not None}
+    if edge_groups:
+        fig, axes = _figure(4.2 * len(edge_groups), 3.8, cols=len(edge_groups))
+        for ax, (group, values) in zip(axes[0], edge_groups.items()):
+            matrix, names = _edge_matrix(values)
+            image = ax.imshow(matrix, cmap="viridis")
+            ax.set_xticks(range(len(names)), names)
+            ax.set_yticks(range(len(names)), names)
+            ax.set_xlabel("target")
+            ax.set_ylabel("source")
+            n = next(iter(summary[group].values()))["n"]
+            ax.set_title(f"{group} (mean over {n} runs)")
+            for (i, j), value in np.ndenumerate(matrix):
+                if np.isfinite(value):
+                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white")
+            fig.colorbar(image, ax=ax, fraction=0.046)
+        figures.append(("Model artifacts: graph edges on the test split", _png(fig)))
+
+    gates: dict[str, list[float]] = defaultdict(list)
+    for run in train_runs:
+        for name, values in (run["artifacts"].get("test", {}).get("gate_values") or {}).items():
+            gates[name].extend(values)
+    if gates:
+        fig, axes = _figure(10, 3.4)
+        ax = axes[0][0]
+        ax.hist(list(gates.values()), bins=30, range=(0, 1), label=list(gates), alpha=0.8,
+                histtype="stepfilled" if len(gates) == 1 else "bar")
+        ax.set_xlabel("per-clip mean gate value (test split, all runs)")
+        ax.set_ylabel("clips")
+        ax.set_title("Gate distributions")
+        ax.legend(fontsize=7)
+        figures.append(("Model artifacts: gates", _png(fig)))
+
+    drift_runs = [r for r in train_runs
+                  if (r["artifacts"].get("generated_labels") or {}).get("drift_by_epoch")]
+    if drift_runs:
+        tasks = drift_runs[0]["artifacts"]["generated_labels"]["tasks"]
+        fig, axes = _figure(4 * len(tasks), 3.4, cols=len(tasks))
+        for ax, task in zip(axes[0], tasks):
+            for run in drift_runs:
+                history = run["artifacts"]["generated_labels"]["drift_by_epoch"]
+                key = next((k for k in ("mean_abs_drift", "mean_drift")
+                            if k in history[0].get(task, {})), None)
+                if key is None:
+                    continue
+                ax.plot([h["epoch"] for h in history], [h[task][key] for h in history],
+                        linewidth=1, alpha=0.7)
+            ax.set_title(f"unimodal label {task}: drift from human label")
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+        figures.append(("Model artifacts: generated unimodal labels (one line per run)",
+                        _png(fig)))
+
+    statistics = _model_statistics(train_runs, loss_terms)
+    if statistics:
+        fig, axes = _figure(10, 3.4)
+        ax = axes[0][0]
+        for column, series in statistics.items():
+            ax.plot(range(1, len(series) + 1), series, label=column.removeprefix("train_"),
+                    linewidth=1.2)
+        ax.set_xlabel("epoch")
+        ax.set_title("Per-epoch model statistics (mean over runs)")
+        ax.legend(fontsize=7, ncol=2)
+        ax.grid(alpha=0.3)
+        figures.append(("Model artifacts: per-epoch statistics", _png(fig)))
+    return figures
+
+
+def _model_statistics(train_runs: list[dict], loss_terms: list[str]) -> dict[str, list[float]]:
+    """``train_*`` columns of epochs.csv that are not loss terms (e.g. DMD's edges)."""
+    columns = None
+    for run in train_runs:
+        names = [c for c in run["epochs"][0] if c.startswith("train_")]
+        columns = names if columns is None else [c for c in columns if c in names]
+    stats = [c for c in columns or [] if c.removeprefix("train_") not in {"total", *loss_terms}]
+    out = {}
+    for column in stats:
+        length = min(len(r["epochs"]) for r in train_runs)
+        out[column] = [float(np.nanmean([_float(r["epochs"][e].get(column)) for r in train_runs]))
+                       for e in range(length)]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# HTML
+# ----------------------------------------------------------------------------------------------
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.8em 0; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+tr.summary td { font-weight: bold; background: #f4f4f4; }
+img { max-width: 100%; } pre { background: #f6f6f6; padding: 0.8em; font-size: 0.8em; }
+.note { color: #666; font-size: 0.85em; }
+"""
+
+
+def _results_table(train_runs: list[dict], summary: dict) -> str:
+    metrics = list(summary)
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in metrics)
+    rows = []
+    for run in train_runs:
+        test = run["metrics"].get("test", {})
+        cells = "".join(f"<td>{format_value(m, test[m])}</td>" if m in test else "<td></td>"
+                        for m in metrics)
+        rows.append(f"<tr><td>seed {run['seed']} / {html.escape(run['partition'])}</td>"
+                    f"<td>{run['metrics'].get('best_epoch', '')}</td>{cells}</tr>")
+    n = next(iter(summary.values()))["n"] if summary else 0
+    cells = "".join(f"<td>{format_value(m, summary[m]['mean'], summary[m]['std'])}</td>"
+                    for m in metrics)
+    rows.append(f"<tr class='summary'><td>mean ± std (n={n})</td><td></td>{cells}</tr>")
+    return (f"<table><tr><th>run</th><th>selected epoch</th>{head}</tr>{''.join(rows)}</table>"
+            "<p class='note'>Accuracies and F1 in %; std is the sample standard deviation over "
+            "(seed, partition) runs.</p>")
+
+
+def _provenance(run_dir: Path) -> str:
+    parts = []
+    env_path = run_dir / "env.json"
+    if env_path.exists():
+        env = runs.read_json(env_path)
+        data = env.get("data") or {}
+        git = (env.get("msakit") or {}).get("git") or {}
+        facts = [
+            ("msakit", f"{env['msakit']['version']}"
+             + (f", commit {git['commit'][:12]}{' (uncommitted changes)' if git.get('dirty') else ''}"
+                if git else "")),
+            ("Python", env["python"]["version"]),
+            ("torch", f"{env['torch']['version']} (CUDA {env['torch']['cuda']}, cuDNN "
+                      f"{env['torch']['cudnn']}; devices: "
+                      f"{', '.join(env['torch']['devices']) or 'CPU only'})"),
+            ("CPU / OS", f"{env['cpu']['count']} CPUs, {env['os']['platform']}"),
+            ("data", f"{data.get('path', '?')}"),
+            ("data SHA-256", f"{data.get('sha256', '?')} ({data.get('identity', '')})"),
+        ]
+        parts.append("<table>" + "".join(
+            f"<tr><td>{html.escape(k)}</td><td style='text-align:left'>{html.escape(str(v))}"
+            "</td></tr>" for k, v in facts) + "</table>")
+    else:
+        parts.append("<p class='note'>No env.json (a run made before msakit recorded "
+                     "provenance).</p>")
+    config_path = run_dir / runs.CONFIG_FILE
+    if config_path.exists():
+        parts.append("<details><summary>Resolved config</summary><pre>"
+                     + html.escape(config_path.read_text()) + "</pre></details>")
+    return "".join(parts)
+
+
+def build_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
+    """Write ``report.html`` (default: into ``run_dir``) and return its path."""
+    import yaml
+
+    run_dir = Path(run_dir)
+    saved = runs.read_json(run_dir / runs.METRICS_FILE) \
+        if (run_dir / runs.METRICS_FILE).exists() else None
+    if saved is None or "summary" not in saved:
+        raise FileNotFoundError(f"{run_dir}: no metrics.json with a summary (not a finished "
+                                "msakit run folder)")
+    train_runs = _training_runs(run_dir)
+    config = yaml.safe_load((run_dir / runs.CONFIG_FILE).read_text())
+    data = runs.read_json(run_dir / runs.DATA_FILE) if (run_dir / runs.DATA_FILE).exists() else {}
+    from msakit.data.dataset import LABEL_RANGES
+
+    label_range = LABEL_RANGES.get(data.get("dataset", "mosi"), (-3.0, 3.0))
+    selection = config["train"]["selection_metric"]
+    run_artifacts = runs.read_json(run_dir / "artifacts.json") \
+        if (run_dir / "artifacts.json").exists() else {}
+    sections = [
+        ("Results on the test parts", _results_table(train_runs, saved["summary"])),
+    ]
+    loss_terms = list((config.get("model") or {}).get("loss_weights") or {})
+    figures = (learning_curves(train_runs, loss_terms, selection)
+               + prediction_figures(train_runs, label_range)
+               + artifact_figures(train_runs, run_artifacts, loss_terms))
+    for title, png in figures:
+        sections.append((title, f"<img alt='{html.escape(title)}' "
+                                f"src='data:image/png;base64,{png}'>"))
+    if run_artifacts.get("test_summary"):
+        sections.append(("Model artifacts (numbers)", "<pre>" + html.escape(
+            json.dumps(run_artifacts["test_summary"], indent=1)) + "</pre>"))
+    sections.append(("Provenance", _provenance(run_dir)))
+    model = config["model"]["name"]
+    title = f"{model} on {data.get('dataset', '?')}: {run_dir.name}"
+    body = "".join(f"<h2>{html.escape(t)}</h2>{content}" for t, content in sections)
+    document = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+                f"</title><style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+                f"<p class='note'>{len(train_runs)} training run(s); selection on validation "
+                f"{html.escape(selection)}; the test part of each partition scored once."
+                f"</p>{body}</body></html>")
+    output = Path(output) if output else run_dir / "report.html"
+    output.write_text(document, encoding="utf-8")
+    return output

@@ -1,0 +1,444 @@
+"""Hyper-parameter search on validation with Optuna: ``msakit tune``.
+
+A trial samples values from the model's search space, trains every partition (the file's own
+split, or each grouped fold with ``data.folds``) with one seed, and scores the validation
+selection metric of each partition's selected epoch; the objective is their mean. The test part
+of a partition is never loaded: trial folders hold configs and per-epoch logs, no test metrics
+or predictions (``msakit.training.experiment._train_one(evaluate_test=False)``).
+
+Sampler: TPE. Pruner: median, fed after every epoch with that epoch's validation selection
+value at step ``fold_index * epochs + epoch`` (folds are the same for every trial, so steps are
+comparable). Storage: an SQLite file in the study folder by default, or any SQLAlchemy URL
+(e.g. PostgreSQL) so workers on several machines share the study; ``jobs`` local worker
+processes share it too. Rerunning the same command continues the study until ``trials``
+trials are finished (complete or pruned); trials whose worker died are failed by Optuna's
+heartbeat and retried once.
+
+Search spaces live in the ``search:`` section of ``msakit/configs/<model>.yaml``; a user YAML's
+``search:`` section replaces or adds entries. Each entry maps a config key to a distribution::
+
+    search:
+      train.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}
+      model.dropout: {type: float, low: 0.0, high: 0.5}
+      model.hidden_size: {type: categorical, choices: [64, 128, 256]}
+      train.batch_size: {type: int, low: 16, high: 64, step: 16}
+      model.loss_weights.diff: {type: float, low: 0.05, high: 1.0, log: true}
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from msakit.config import ConfigError, ExperimentConfig, build_config, default_config_file
+from msakit.training import runs
+
+log = logging.getLogger(__name__)
+
+DISTRIBUTION_TYPES = ("float", "int", "categorical")
+ALLOWED_FIELDS = {"float": {"type", "low", "high", "log", "step"},
+                  "int": {"type", "low", "high", "log", "step"},
+                  "categorical": {"type", "choices"}}
+#: Checkpoints of a trial's runs are removed once its validation values are recorded (a study
+#: of 20 trials x 5 folds would otherwise keep hundreds of model copies nobody evaluates).
+CHECKPOINTS = (runs.BEST_CHECKPOINT, runs.LAST_CHECKPOINT)
+
+
+# ----------------------------------------------------------------------------------------------
+# Search space
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched config key and its distribution."""
+
+    key: str                      # e.g. "train.lr", "model.loss_weights.diff"
+    type: str                     # float | int | categorical
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple | None = None
+
+    def suggest(self, trial) -> Any:
+        if self.type == "float":
+            return trial.suggest_float(self.key, self.low, self.high, log=self.log,
+                                       step=self.step)
+        if self.type == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log,
+                                     step=int(self.step or 1))
+        return trial.suggest_categorical(self.key, list(self.choices))
+
+    def example(self) -> Any:
+        """A value inside the range, to check the key against the config schema."""
+        if self.type == "categorical":
+            return self.choices[0]
+        return int(self.low) if self.type == "int" else float(self.low)
+
+
+def parse_search_space(model: str, search: dict[str, Any], where: str,
+                       base: dict[str, Any] | None = None) -> list[Dimension]:
+    """Validate a ``search:`` section; errors name the key and what is wrong."""
+    if not isinstance(search, dict) or not search:
+        raise ConfigError(f"{where}: the search section of {model} is empty; give at least one "
+                          "key, e.g. train.lr: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}")
+    dimensions = []
+    for key, spec in search.items():
+        here = f"{where}: search.{key}"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{here}: expected a mapping like {{type: float, low: .., high: ..}}"
+                              f", got {spec!r}")
+        kind = spec.get("type")
+        if kind not in DISTRIBUTION_TYPES:
+            raise ConfigError(f"{here}: type must be one of {DISTRIBUTION_TYPES}, got {kind!r}")
+        unknown = set(spec) - ALLOWED_FIELDS[kind]
+        if unknown:
+            raise ConfigError(f"{here}: unknown field(s) {sorted(unknown)} for a {kind} range; "
+                              f"allowed: {sorted(ALLOWED_FIELDS[kind])}")
+        if kind == "categorical":
+            choices = spec.get("choices")
+            if not isinstance(choices, list) or not choices:
+                raise ConfigError(f"{here}: empty or missing choices (a non-empty list)")
+            dimension = Dimension(key, kind, choices=tuple(choices))
+        else:
+            try:
+                low, high = float(spec["low"]), float(spec["high"])
+            except (KeyError, TypeError, ValueError):
+                raise ConfigError(f"{here}: needs numeric low and high") from None
+            if not low < high:
+                raise ConfigError(f"{here}: empty range: low {low} must be below high {high}")
+            if spec.get("log") and low <= 0:
+                raise ConfigError(f"{here}: a log range needs low > 0, got {low}")
+            if kind == "int" and (low != int(low) or high != int(high)):
+                raise ConfigError(f"{here}: int range needs whole low/high, got {low}, {high}")
+            step = spec.get("step")
+            if step is not None and (spec.get("log") or float(step) <= 0):
+                raise ConfigError(f"{here}: step must be > 0 and cannot be combined with log")
+            dimension = Dimension(key, kind, low, high, bool(spec.get("log", False)),
+                                  None if step is None else float(step))
+        _check_key(model, dimension, here, base)
+        dimensions.append(dimension)
+    return dimensions
+
+
+def _check_key(model: str, dimension: Dimension, where: str, base: dict | None) -> None:
+    parts = dimension.key.split(".")
+    if len(parts) < 2 or parts[0] not in ("model", "train", "data", "augment"):
+        raise ConfigError(f"{where}: the key must be section.field in model, train, data or "
+                          f"augment, e.g. train.lr")
+    if parts[:2] == ["model", "loss_weights"]:
+        terms = build_config(model, base=base).model.loss_weights
+        if len(parts) != 3 or parts[2] not in terms:
+            raise ConfigError(f"{where}: unknown loss term; {model}'s terms are {sorted(terms)}")
+    try:
+        build_config(model, [f"{dimension.key}={_yaml(dimension.example())}"], base=base)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: not a valid setting of {model}: {err}") from None
+
+
+def _yaml(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def search_space(model: str, user_config: dict[str, Any] | None = None,
+                 user_file: str | None = None) -> list[Dimension]:
+    """The model's shipped ``search:`` section, entries replaced/added by the user's."""
+    shipped = default_config_file(model).get("search") or {}
+    user = dict((user_config or {}).get("search") or {})
+    merged = {**shipped, **user}
+    where = user_file if user else f"msakit/configs/{model}.yaml"
+    base = {k: v for k, v in (user_config or {}).items() if k != "search"}
+    return parse_search_space(model, merged, where, base)
+
+
+# ----------------------------------------------------------------------------------------------
+# The study
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class TuneSettings:
+    """Everything a worker process needs (picklable)."""
+
+    model: str
+    base: dict[str, Any]          # the user's YAML (without search) + fixed overrides applied
+    overrides: list[str]
+    study_dir: str
+    study_name: str
+    storage: str
+    trials: int
+    timeout: float | None
+    seed: int
+    progress: bool = False
+
+
+def default_study_name(model: str, data_path: str, folds: int | None) -> str:
+    return f"{model}-{Path(data_path).stem}" + (f"-{folds}folds" if folds else "")
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+def _storage(url: str):
+    import warnings
+
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    # heartbeats (what lets a rerun retry the trials of a killed worker) are marked experimental
+    warnings.filterwarnings("ignore", category=ExperimentalWarning, module="optuna")
+    warnings.filterwarnings("ignore", category=ExperimentalWarning, module=__name__)
+    engine = ({"connect_args": {"timeout": 60}} if url.startswith("sqlite")
+              else {"pool_pre_ping": True})
+    try:
+        return RDBStorage(url, heartbeat_interval=30, grace_period=120, engine_kwargs=engine,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                              max_retry=1))
+    except ImportError as err:
+        raise ConfigError(f"storage {_redact(url)}: its database driver is not installed "
+                          "(PostgreSQL: pip install 'msakit[postgres]')") from err
+
+
+def _direction(config: ExperimentConfig) -> str:
+    from msakit.metrics import metric_direction
+
+    metric = config.train.selection_metric
+    return "minimize" if metric == "loss" or metric_direction(metric) == "min" else "maximize"
+
+
+def open_study(settings: TuneSettings, direction: str, worker: int = 0):
+    import optuna
+
+    return optuna.create_study(
+        study_name=settings.study_name, storage=_storage(settings.storage),
+        direction=direction, load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=settings.seed + 1000 * worker),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+    )
+
+
+def trial_config(settings: TuneSettings, params: dict[str, Any]) -> ExperimentConfig:
+    return build_config(settings.model, settings.overrides
+                        + [f"{k}={_yaml(v)}" for k, v in params.items()], base=settings.base)
+
+
+def _objective(settings: TuneSettings, dimensions: list[Dimension]):
+    import optuna
+
+    from msakit.training.experiment import _train_one, load_experiment_data
+
+    cache: dict[str, Any] = {}
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {d.key: d.suggest(trial) for d in dimensions}
+        config = trial_config(settings, params)
+        if "data" not in cache:
+            cache["data"] = load_experiment_data(config)
+        dataset, partitions = cache["data"]
+        if config.train.num_threads:
+            import torch
+
+            torch.set_num_threads(config.train.num_threads)
+        trial_dir = Path(settings.study_dir) / "trials" / f"trial{trial.number:04d}"
+        if trial_dir.exists():  # a retried trial gets a fresh number; never reuse a folder
+            trial_dir = runs.new_run_dir(trial_dir.parent, f"trial{trial.number:04d}", "retry")
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        config.save(trial_dir / runs.CONFIG_FILE)
+        trial.set_user_attr("run_dir", str(trial_dir))
+        trial.set_user_attr("worker_pid", os.getpid())
+        seed = config.train.seed
+        epochs = config.train.epochs
+        values = []
+        for index, partition in enumerate(partitions):
+            sub = runs.sub_run_dir(trial_dir, seed, partition.name)
+            sub.mkdir(parents=True, exist_ok=True)
+
+            def report(epoch: int, value: float, row: dict, index=index) -> None:
+                trial.report(value, step=index * epochs + epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at {partition.name} epoch {epoch}")
+
+            try:
+                result = _train_one(config, dataset, partition, seed, sub, resume=False,
+                                    progress=settings.progress, evaluate_test=False,
+                                    epoch_callback=report)
+            finally:
+                for name in CHECKPOINTS:
+                    (sub / name).unlink(missing_ok=True)
+            values.append(float(result["best_valid"]))
+            trial.set_user_attr(f"valid_{partition.name}", values[-1])
+        return sum(values) / len(values)
+
+    return objective
+
+
+def run_worker(settings: TuneSettings, worker: int = 0) -> None:
+    """One worker: runs trials of the shared study until ``settings.trials`` are finished."""
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    dimensions = search_space(settings.model, settings.base)
+    direction = _direction(trial_config(settings, {}))
+    study = open_study(settings, direction, worker)
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    if len(study.get_trials(deepcopy=False, states=finished)) >= settings.trials:
+        return
+    study.optimize(_objective(settings, dimensions), timeout=settings.timeout,
+                   callbacks=[MaxTrialsCallback(settings.trials, states=finished)],
+                   catch=(), gc_after_trial=True)
+
+
+def _worker_main(settings: TuneSettings, worker: int) -> None:  # pragma: no cover - subprocess
+    import torch
+
+    torch.set_num_threads(1)
+    run_worker(settings, worker)
+
+
+def tune(
+    model: str,
+    data_path: str,
+    trials: int,
+    folds: int | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    jobs: int = 1,
+    timeout: float | None = None,
+    user_config: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+    output_dir: str | Path = "runs",
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run (or continue) a study; write the best config, the trials table and importances.
+
+    Returns:
+        The summary written to ``<study folder>/study.json``.
+    """
+    if trials < 1:
+        raise ConfigError("--trials must be at least 1")
+    if jobs < 1:
+        raise ConfigError("--jobs must be at least 1")
+    user_config = dict(user_config or {})
+    fixed = list(overrides or []) + [f"data.path={_yaml(str(data_path))}"]
+    if folds:
+        fixed.append(f"data.folds={folds}")
+    config = build_config(model, fixed, base=user_config)  # validates the fixed settings
+    search_space(model, user_config)                       # and the search space
+    name = study_name or default_study_name(model, data_path, folds)
+    study_dir = Path(output_dir) / f"tune-{name}"
+    study_dir.mkdir(parents=True, exist_ok=True)
+    settings = TuneSettings(
+        model=model, base=user_config, overrides=fixed, study_dir=str(study_dir),
+        study_name=name, storage=storage or sqlite_url(study_dir / "study.db"),
+        trials=trials, timeout=timeout, seed=seed, progress=progress and jobs == 1)
+    _check_same_study(study_dir, settings)
+    open_study(settings, _direction(config))  # create it once before workers race to
+    started = time.perf_counter()
+    if jobs == 1:
+        run_worker(settings)
+    else:
+        context = multiprocessing.get_context("spawn")
+        workers = [context.Process(target=_worker_main, args=(settings, w)) for w in range(jobs)]
+        for process in workers:
+            process.start()
+        for process in workers:
+            process.join()
+        failed = [p.exitcode for p in workers if p.exitcode != 0]
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {jobs} tuning worker(s) failed (exit codes "
+                               f"{failed}); the study in {settings.storage} keeps their trials")
+    return write_study_results(settings, time.perf_counter() - started)
+
+
+def _check_same_study(study_dir: Path, settings: TuneSettings) -> None:
+    """A rerun continues the study only with the same search and fixed settings."""
+    record = {"model": settings.model, "base": settings.base, "overrides": settings.overrides}
+    path = study_dir / "tune.json"
+    if path.exists():
+        saved = runs.read_json(path)
+        if {k: saved.get(k) for k in record} != runs._clean(record):
+            raise ConfigError(
+                f"{study_dir}: holds study {settings.study_name!r} run with other settings "
+                f"({path}); rerun with the same model, data, --folds, --config and --set to "
+                "continue it, or pass --study NEW_NAME")
+    else:
+        runs.write_json(path, {**record, "study": settings.study_name,
+                               "storage": _redact(settings.storage)})
+
+
+def _redact(url: str) -> str:
+    """A storage URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a URL SQLAlchemy cannot parse is reported as given
+        return url
+
+
+def write_study_results(settings: TuneSettings, seconds: float) -> dict[str, Any]:
+    """``best_config.yaml``, ``trials.csv``/``trials.md``, ``importance.json``, ``study.json``."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=settings.study_name, storage=_storage(settings.storage))
+    study_dir = Path(settings.study_dir)
+    trials = study.get_trials(deepcopy=False)
+    keys = sorted({k for t in trials for k in t.params})
+    rows = [{"number": t.number, "state": t.state.name,
+             "value": t.value if t.value is not None else "",
+             "seconds": round(t.duration.total_seconds(), 1) if t.duration else "",
+             **{k: t.params.get(k, "") for k in keys}} for t in trials]
+    columns = ["number", "state", "value", "seconds", *keys]
+    with (study_dir / "trials.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row[c]) for c in columns) + " |")
+    summary: dict[str, Any] = {
+        "study": settings.study_name, "storage": _redact(settings.storage),
+        "direction": study.direction.name.lower(),
+        "trials": {state.name.lower(): sum(t.state == state for t in trials)
+                   for state in TrialState},
+        "seconds_this_run": round(seconds, 1),
+    }
+    if complete:
+        best = study.best_trial
+        config = trial_config(settings, best.params)
+        config.save(study_dir / "best_config.yaml")
+        summary["best"] = {"number": best.number, "value": best.value, "params": best.params,
+                           "per_partition": {k: v for k, v in best.user_attrs.items()
+                                             if k.startswith("valid_")},
+                           "config": str(study_dir / "best_config.yaml")}
+        lines += ["", f"Best: trial {best.number}, validation {config.train.selection_metric} "
+                      f"{best.value:.4f} (mean over partitions)."]
+    try:
+        importance = optuna.importance.get_param_importances(study)
+        summary["importance"] = dict(importance)
+        lines += ["", "| parameter | importance (fANOVA) |", "|---|---|"] + [
+            f"| {k} | {v:.3f} |" for k, v in importance.items()]
+    except (RuntimeError, ValueError) as err:
+        summary["importance"] = None
+        summary["importance_unavailable"] = str(err)
+    (study_dir / "trials.md").write_text("\n".join(lines) + "\n")
+    runs.write_json(study_dir / "study.json", summary)
+    return {**summary, "study_dir": str(study_dir)}
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

@@ -1,0 +1,200 @@
+"""``msakit serve``: a small HTTP service around one trained model (FastAPI + uvicorn).
+
+Endpoints:
+
+* ``POST /v1/predict`` — multipart form with ``file`` (a media file) and/or ``text`` (its
+  transcript, or the text alone). Answers the prediction object ``msakit predict --json``
+  prints for one clip (score, polarity, 7-class, contributions, warnings, ``low_quality``).
+* ``GET /healthz`` — ``{"status": "ok", ...}`` with the model's name and modalities.
+* ``GET /`` — a page to upload a clip (and an optional transcript) and see the score on the
+  [-3, 3] scale with the modality contributions.
+
+Errors are JSON ``{"detail": "..."}``: 413 upload over the size limit, 415 unsupported media
+type, 422 unreadable media or missing input (naming the problem), 504 over the per-request time
+limit, 503 when the work queue is full. Feature extraction and inference run in a thread pool
+so the event loop keeps answering (``/healthz`` stays fast during long predictions); uploads
+go to a private temporary folder that the worker removes when it finishes, whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from msakit.extract.media import MEDIA_SUFFIXES
+from msakit.predict import TrainedRun
+
+CHUNK = 1 << 20
+
+
+@dataclass
+class ServeLimits:
+    """Per-request limits.
+
+    Attributes:
+        max_upload_bytes: larger uploads are refused with 413.
+        timeout_s: a prediction taking longer is answered with 504.
+        workers: threads doing extraction and inference.
+        max_queue: requests waiting or running at once; more get 503.
+    """
+
+    max_upload_bytes: int = 50 * 1024 * 1024
+    timeout_s: float = 120.0
+    workers: int = 2
+    max_queue: int = 16
+
+
+def _safe_name(name: str | None) -> str:
+    base = Path(name or "upload").name
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._") or "upload"
+    return cleaned[-100:]
+
+
+def create_app(model: TrainedRun, limits: ServeLimits | None = None, model_name: str = ""):
+    """The FastAPI application serving ``model``."""
+    from msakit.extract.media import ExtractionError
+    from msakit.predict import RunIncompatibleError, predict_clips, predict_texts
+
+    limits = limits or ServeLimits()
+    executor = ThreadPoolExecutor(max_workers=limits.workers, thread_name_prefix="msakit-serve")
+    in_flight = threading.BoundedSemaphore(limits.max_queue)
+    temp_root = Path(tempfile.mkdtemp(prefix="msakit-serve-"))
+    page = (resources.files("msakit") / "static" / "index.html").read_text()
+    modalities = ["text"] if model.text_only else [
+        m for m in model.config.data.modalities if m == "text" or model.feature_dims.get(m)]
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        executor.shutdown(wait=False, cancel_futures=True)
+        shutil.rmtree(temp_root, ignore_errors=True)
+
+    app = FastAPI(title="msakit", version=_version(), lifespan=lifespan)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "model": model_name or model.config.model.name,
+                "modalities": modalities, "members": model.members}
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return page
+
+    def work(folder: Path | None, clip: Path | None, text: str | None,
+             original: str) -> dict[str, Any]:
+        try:
+            if clip is not None:
+                result = predict_clips([clip], model, [text] if text else None)[0]
+                result.clip = original
+            else:
+                result = predict_texts([text or ""], model)[0]
+            return result.to_dict()
+        finally:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+            in_flight.release()
+
+    @app.post("/v1/predict")
+    async def predict(request: Request):
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > limits.max_upload_bytes + CHUNK:
+            raise HTTPException(413, f"upload of {int(length)} bytes is over the limit of "
+                                f"{limits.max_upload_bytes} bytes")
+        try:
+            form = await request.form(max_part_size=limits.max_upload_bytes + 1)
+        except Exception as err:  # starlette raises its own MultiPartException types
+            message = str(getattr(err, "message", err))
+            status = 413 if "exceed" in message.lower() else 422
+            raise HTTPException(status, f"unreadable form: {message}") from err
+        upload = form.get("file")
+        text = form.get("text")
+        text = text.strip() if isinstance(text, str) and text.strip() else None
+        if isinstance(upload, str) or (upload is not None and not upload.filename):
+            upload = None
+        if upload is None and text is None:
+            raise HTTPException(422, "give a media file (field 'file') and/or a transcript "
+                                "(field 'text')")
+        if upload is None and not model.text_only:
+            raise HTTPException(422, "this model also reads audio/vision: upload the clip "
+                                "(field 'file') as well")
+        folder = clip = None
+        original = ""
+        if upload is not None:
+            original = _safe_name(upload.filename)
+            suffix = Path(original).suffix.lower()
+            if suffix not in MEDIA_SUFFIXES:
+                await upload.close()
+                raise HTTPException(415, f"unsupported media type {suffix or '(no suffix)'!r} "
+                                    f"for {original!r}; send one of {', '.join(MEDIA_SUFFIXES)}")
+            folder = Path(tempfile.mkdtemp(dir=temp_root))
+            clip = folder / original
+            size = 0
+            try:
+                with clip.open("wb") as handle:
+                    while chunk := await upload.read(CHUNK):
+                        size += len(chunk)
+                        if size > limits.max_upload_bytes:
+                            raise HTTPException(413, f"{original}: over the upload limit of "
+                                                f"{limits.max_upload_bytes} bytes")
+                        handle.write(chunk)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            finally:
+                await upload.close()
+            if size == 0:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise HTTPException(422, f"{original}: the uploaded file is empty")
+        if not in_flight.acquire(blocking=False):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise HTTPException(503, "busy: too many predictions in progress; retry later")
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(executor, work, folder, clip, text, original)
+        try:
+            result = await asyncio.wait_for(asyncio.shield(future), limits.timeout_s)
+        except asyncio.TimeoutError:
+            # the worker keeps its temp folder until it finishes, then removes it
+            raise HTTPException(504, f"the prediction took longer than {limits.timeout_s:g} s "
+                                "and was abandoned") from None
+        except (ExtractionError, RunIncompatibleError, ValueError) as err:
+            message = str(err)
+            if folder is not None:
+                message = message.replace(str(clip), original).replace(str(folder), "")
+            return JSONResponse({"detail": message}, status_code=422)
+        return result
+
+    app.state.temp_root = temp_root
+    app.state.executor = executor
+    return app
+
+
+def _version() -> str:
+    from msakit import __version__
+
+    return __version__
+
+
+def serve(model: TrainedRun, host: str = "127.0.0.1", port: int = 8000,
+          limits: ServeLimits | None = None, model_name: str = "") -> None:
+    """Run the server until interrupted."""
+    import uvicorn
+
+    app = create_app(model, limits, model_name)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    finally:
+        app.state.executor.shutdown(wait=False, cancel_futures=True)
+        shutil.rmtree(app.state.temp_root, ignore_errors=True)

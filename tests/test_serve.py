@@ -113,8 +113,13 @@ def test_predict_text_and_clips(server, mosi_raw_dir):
     for key in ("score", "polarity", "class7", "class7_name", "contributions", "warnings"):
         assert key in answer
 
-    with open(mosi_raw_dir / MP4, "rb") as handle:  # no transcript: offline ASR
-        asr = _post(server, files={"file": (MP4, handle, "video/mp4")})
+    with open(mosi_raw_dir / MP4, "rb") as handle:  # a video with its transcript
+        video = _post(server, files={"file": (MP4, handle, "video/mp4")},
+                      data={"text": "a really ambitious weird failure"})
+    assert video.status_code == 200 and video.json()["info"]["has_video"] is True
+
+    with open(mosi_raw_dir / WAV, "rb") as handle:  # no transcript: offline ASR
+        asr = _post(server, files={"file": (WAV, handle, "audio/wav")})
     assert asr.status_code == 200, asr.text
     assert asr.json()["text_source"] == "asr" and asr.json()["low_quality"] is True
     assert any("ASR" in w for w in asr.json()["warnings"])

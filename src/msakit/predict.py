@@ -23,6 +23,7 @@ whose transcript is given, beside it (``<clip>.txt``) or made by the offline spe
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -78,6 +79,8 @@ class TrainedRun:
     label_range: tuple[float, float]
     notes: list[str] = field(default_factory=list)
     states: list[dict] | None = None
+    _built: dict = field(default_factory=dict, repr=False, compare=False)
+    _lock: Any = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def feature_dims(self) -> dict[str, int]:
@@ -102,6 +105,21 @@ class TrainedRun:
             return
         for folder in self.checkpoints:
             yield load_checkpoint(folder / BEST_CHECKPOINT, device)["model"]
+
+    def models(self, device: str = "cpu") -> list:
+        """The members as evaluation-mode models on ``device``, built once and kept (building
+        one loads the language model: seconds; a server predicts many times)."""
+        from msakit.models import FeatureDims, create_model
+
+        with self._lock:
+            if device not in self._built:
+                built = []
+                for state in self.member_states(device):
+                    model = create_model(self.config.model, FeatureDims(**self.feature_dims))
+                    model.load_checkpoint_state_dict(state)
+                    built.append(model.to(device).eval())
+                self._built[device] = built
+            return self._built[device]
 
     def predict(self, clips: Sequence[str | Path] | None = None,
                 texts: Sequence[str | None] | None = None, **options) -> list["ClipPrediction"]:
@@ -431,7 +449,6 @@ def _score(run: TrainedRun, texts: list[str], audio: list[np.ndarray] | None,
 
     from msakit.data import Split, make_loader
     from msakit.lm import load_tokenizer
-    from msakit.models import FeatureDims, create_model
 
     hf_logging.disable_progress_bar()  # a weight-loading bar per checkpoint is noise here
     config = run.config
@@ -449,10 +466,7 @@ def _score(run: TrainedRun, texts: list[str], audio: list[np.ndarray] | None,
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     scores, extras_runs = [], []
-    for state in run.member_states(device):
-        model = create_model(config.model, FeatureDims(**run.feature_dims))
-        model.load_checkpoint_state_dict(state)
-        model.to(device).eval()
+    for model in run.models(device):
         with torch.no_grad():
             output = model(batch)
         scores.append(output.prediction.detach().float().cpu().reshape(-1).numpy())

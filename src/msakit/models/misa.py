@@ -165,7 +165,8 @@ class MISA(MSAModel):
         vision = recurrent_input(batch, "vision")
         return {
             "text": self.text_encoder(
-                batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
+                batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                hidden_states=batch.get("text_hidden"),
             ),
             "audio": self.audio_encoder(audio.x, audio.host_lengths),
             "vision": self.vision_encoder(vision.x, vision.host_lengths),

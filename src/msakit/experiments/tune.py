@@ -49,7 +49,7 @@ ALLOWED_FIELDS = {"float": {"type", "low", "high", "log", "step"},
                   "categorical": {"type", "choices"}}
 #: Checkpoints of a trial's runs are removed once its validation values are recorded (a study
 #: of 20 trials x 5 folds would otherwise keep hundreds of model copies nobody evaluates).
-CHECKPOINTS = (runs.BEST_CHECKPOINT, runs.LAST_CHECKPOINT)
+CHECKPOINTS = (runs.BEST_WEIGHTS, runs.BEST_METADATA, runs.LAST_CHECKPOINT)
 
 
 # ----------------------------------------------------------------------------------------------

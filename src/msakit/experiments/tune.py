@@ -428,7 +428,7 @@ def write_study_results(settings: TuneSettings, seconds: float) -> dict[str, Any
     try:
         importance = optuna.importance.get_param_importances(study)
         summary["importance"] = dict(importance)
-        lines += ["", "| parameter | importance (fANOVA) |", "|---|---|"] + [
+        lines += ["", "| parameter | importance (Optuna default evaluator, PED-ANOVA in Optuna 5) |", "|---|---|"] + [
             f"| {k} | {v:.3f} |" for k, v in importance.items()]
     except (RuntimeError, ValueError) as err:
         summary["importance"] = None

@@ -35,7 +35,10 @@ def run(name: str, precision: str, data: Path, batch_size: int, epochs: int) -> 
     from msakit.config import build_config
     from msakit.models import create_model
     from msakit.training.experiment import (
-        EpochLoader, feature_dims, load_experiment_data, loader_for,
+        EpochLoader,
+        feature_dims,
+        load_experiment_data,
+        loader_for,
     )
     from msakit.training.trainer import Trainer
 

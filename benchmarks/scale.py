@@ -150,8 +150,9 @@ def measure_epochs(path: Path, model_name: str, train_clips: int, epochs: int,
         run_dir.mkdir()
         if mode != "fill":
             Trainer(config, run_dir, dataset.name, progress=False).fit(
-                model, lambda epoch: loader_for(train, dataset, config, train=True, seed=epoch,
-                                                text_states=text_states),
+                # fit() runs within this iteration, so the lambda sees this iteration's values
+                model, lambda epoch: loader_for(
+                    train, dataset, config, train=True, seed=epoch, text_states=text_states),  # noqa: B023
                 loader_for(valid, dataset, config, train=False, text_states=text_states),
                 torch.as_tensor(train.labels, dtype=torch.float32))
             rows = (run_dir / "epochs.csv").read_text().splitlines()[1:]

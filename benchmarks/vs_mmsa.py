@@ -221,8 +221,12 @@ def run_msakit(model_name: str, seed: int, pickle_path: Path, epochs: int, repea
 
     from msakit.config import build_config
     from msakit.models import create_model
-    from msakit.training.experiment import EpochLoader, feature_dims, load_experiment_data
-    from msakit.training.experiment import loader_for
+    from msakit.training.experiment import (
+        EpochLoader,
+        feature_dims,
+        load_experiment_data,
+        loader_for,
+    )
     from msakit.training.trainer import Trainer, evaluate_model
 
     config = build_config(model_name, [

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from msakit.lm import load_tokenizer
 from msakit.config import DEFAULT_LANGUAGE_MODEL
+from msakit.lm import load_tokenizer
 
 
 def make_batch(texts, audio_lengths, vision_lengths, audio_dim=5, vision_dim=7, labels=None,

@@ -6,7 +6,7 @@ for the chosen clips of the 229 word-aligned MOSI clips.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

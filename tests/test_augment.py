@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from msakit import augment
 from msakit.augment import (
-    AugmentConfig, AugmentationError, FeatureAugmentConfig, TextAugmentConfig, WordOpConfig,
-    build_transform, build_waveform_transform, stop_words,
+    AugmentationError,
+    AugmentConfig,
+    FeatureAugmentConfig,
+    TextAugmentConfig,
+    WordOpConfig,
+    build_transform,
+    build_waveform_transform,
+    stop_words,
 )
 from msakit.lm import load_tokenizer
 
@@ -229,9 +235,8 @@ def test_real_word_aligned_clips_through_the_loader(mosi_word_aligned, tokenizer
 
 def test_never_at_evaluation(mosi_word_aligned, tokenizer):
     from msakit.config import build_config
-    from msakit.training.experiment import loader_for
-
     from msakit.data import load_dataset
+    from msakit.training.experiment import loader_for
 
     dataset = load_dataset(mosi_word_aligned)
     split = next(iter(dataset.splits.values())).subset(range(16))

@@ -1,7 +1,14 @@
 import pytest
 import yaml
 
-from msakit.config import ConfigError, ExperimentConfig, apply_overrides, build_config, load_saved_config, parse_override
+from msakit.config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    build_config,
+    load_saved_config,
+    parse_override,
+)
 
 
 def test_parse_override_parses_yaml_values():

@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from _msa_batches import make_batch, select
+
 from msakit.config import ConfigError, build_config
 from msakit.models import FeatureDims, create_model
 from msakit.models.dmd import DMD_LOSS_TERMS, margin_loss, orthogonality_loss
@@ -382,7 +382,8 @@ def test_training_step_has_no_host_sync():
     boolean-mask indexing with a data-dependent size) raises. The LM is stubbed: it is not
     DMD's code. (Regression: the margin loss used ``bool(anchors.any())`` and a boolean gather.)"""
     from msakit.config import build_config as build
-    from msakit.models import FeatureDims as Dims, create_model as create
+    from msakit.models import FeatureDims as Dims
+    from msakit.models import create_model as create
 
     config = build("dmd", ["model.embed_dim=8", "model.num_heads=2", "model.num_layers=1",
                            "model.memory_layers=1", *[f"model.{m}_length=12" for m in

@@ -75,8 +75,9 @@ def test_training_with_the_cache_matches_training_without(mosi, clips, tmp_path)
         run_dir = tmp_path / mode
         run_dir.mkdir()
         trainer = Trainer(config, run_dir, "mosi", progress=False)
-        trainer.fit(model, lambda epoch: _loader(clips, mosi, config, states, shuffle=True,
-                                                 seed=epoch),
+        # fit() runs within this iteration, so the lambda sees this iteration's values
+        trainer.fit(model, lambda epoch: _loader(
+                        clips, mosi, config, states, shuffle=True, seed=epoch),  # noqa: B023
                     _loader(clips, mosi, config, states),
                     torch.as_tensor(clips.labels, dtype=torch.float32))
         evaluation = evaluate_model(model, _loader(clips, mosi, config, states), "mosi")

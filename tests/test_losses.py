@@ -8,7 +8,10 @@ import pytest
 import torch
 
 from msakit.modules.losses import (
-    cmd_loss, reconstruction_loss, safe_l2_norm, soft_orthogonality_loss,
+    cmd_loss,
+    reconstruction_loss,
+    safe_l2_norm,
+    soft_orthogonality_loss,
 )
 
 

@@ -11,8 +11,7 @@ import torch
 from msakit.config import ConfigError, build_config
 from msakit.lm import load_tokenizer
 from msakit.models import create_model, list_models
-from msakit.models.base import FeatureDims
-from msakit.models.base import FROZEN_CHECKSUM_KEY
+from msakit.models.base import FROZEN_CHECKSUM_KEY, FeatureDims
 from msakit.models.lrcmt import LRCMT, LRCMTConfig
 from msakit.modules.lora import LoRAConfigError, LoRATextEncoder, count_parameters
 

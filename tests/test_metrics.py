@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from msakit.metrics import (
-    MOSI_METRICS, SIMS_METRICS, compute_metrics, metric_direction, metric_names, pearson_r,
+    MOSI_METRICS,
+    SIMS_METRICS,
+    compute_metrics,
+    metric_direction,
+    metric_names,
+    pearson_r,
 )
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from _real_batches import real_batch
+
 from msakit.config import ConfigError, build_config
 from msakit.data import load_dataset
 from msakit.models import FeatureDims, list_models

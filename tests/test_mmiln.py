@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_self_mm import DIMS, make_batch
 
 from msakit.config import ConfigError, build_config
-from msakit.models import FeatureDims, create_model, list_models
+from msakit.models import create_model, list_models
 from msakit.modules.gated_attention import GateTransformer, SAGTransformer, masked_mean
-
-from test_self_mm import DIMS, make_batch
 
 D, HEADS, FF = 16, 4, 32
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from _msa_batches import make_batch, select
+
 from msakit.config import ConfigError, build_config
 from msakit.models import FeatureDims, create_model
 from msakit.modules.crossmodal import (

@@ -35,6 +35,14 @@ def test_every_shipped_preset_builds_a_valid_config(preset):
                     else resolved[key] == value, (section, key)
 
 
+def test_every_registered_model_has_a_preset_naming_the_official_language_model():
+    by_model = {p.model for p in SHIPPED}
+    assert by_model == set(list_models())
+    for preset in SHIPPED:  # the official LM, unless the paper names none (then it says so)
+        assert preset.language_model or "no language model" in preset.paper.note, (
+            f"{preset.model}/{preset.name} names no language model")
+
+
 def test_the_presets_doc_is_the_generated_table():
     doc = (REPO_ROOT / "docs" / "presets.md").read_text()
     assert presets_markdown(SHIPPED) in doc, (

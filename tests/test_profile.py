@@ -13,7 +13,11 @@ from msakit.cli import main
 from msakit.config import ModelConfig
 from msakit.models import FeatureDims, ModelOutput, MSAModel, list_models
 from msakit.profiling import (
-    SyntheticShape, count_flops, measure_cpu_memory, profile_model, synthetic_batch,
+    SyntheticShape,
+    count_flops,
+    measure_cpu_memory,
+    profile_model,
+    synthetic_batch,
 )
 
 SHAPE = SyntheticShape(batch_size=2, text_len=10, audio_len=6, vision_len=5, audio_dim=8,

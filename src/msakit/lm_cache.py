@@ -234,7 +234,7 @@ class SplitTextStates:
         self.statistics = CacheStatistics()
 
     @classmethod
-    def for_model(cls, model: nn.Module, config, word_aligned: bool) -> "SplitTextStates | None":
+    def for_model(cls, model: nn.Module, config, word_aligned: bool) -> SplitTextStates | None:
         """States for ``model`` under ``config`` when ``train.lm_cache`` allows and its LM is
         frozen; ``None`` otherwise (the LM then runs on every batch)."""
         if config.train.lm_cache == "off":

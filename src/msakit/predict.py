@@ -13,8 +13,8 @@ cannot be given.
 
 Run folder (written by :mod:`msakit.training`): ``config.yaml`` and ``data.json`` at the top,
 selected weights ``seed<S>/<partition>/best.safetensors`` (read with
-:func:`msakit.training.runs.load_best_state`), or a single training folder holding them itself. With several checkpoints (seeds x folds), the
-prediction is their mean and the spread is reported.
+:func:`msakit.training.runs.load_best_state`), or a single training folder holding them
+itself. With several checkpoints (seeds x folds), the prediction is their mean and the spread is reported.
 
 A text-only model (audio and vision dims 0) needs only a transcript: ``--text`` alone, or a clip
 whose transcript is given, beside it (``<clip>.txt``) or made by the offline speech recogniser
@@ -24,9 +24,10 @@ whose transcript is given, beside it (``<clip>.txt``) or made by the offline spe
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -125,7 +126,7 @@ class TrainedRun:
             return self._built[device]
 
     def predict(self, clips: Sequence[str | Path] | None = None,
-                texts: Sequence[str | None] | None = None, **options) -> list["ClipPrediction"]:
+                texts: Sequence[str | None] | None = None, **options) -> list[ClipPrediction]:
         """Clips (with optional transcripts) or transcripts alone; see :func:`predict_clips`
         and :func:`predict_texts`."""
         if clips:

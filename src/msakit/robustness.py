@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import csv
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -154,7 +155,10 @@ def evaluate_robustness(
     from msakit.models import create_model
     from msakit.training import runs
     from msakit.training.experiment import (
-        check_data_unchanged, feature_dims, load_experiment_data, loader_for,
+        check_data_unchanged,
+        feature_dims,
+        load_experiment_data,
+        loader_for,
     )
     from msakit.training.trainer import evaluate_model, resolve_device
 

@@ -11,7 +11,8 @@ Name mapping (official -> msakit), ``<m>`` in l/a/v -> text/audio/vision:
 ``encoder_s_<m>`` / ``encoder_c`` / ``decoder_<m>`` (kernel-1 convs) -> ``exclusive_encoders.<m>``
 / ``common_encoder`` / ``decoders.<m>`` (linear, kernel axis dropped); ``align_c_<m>`` ->
 ``margin_projections.<m>`` (the official layer reads ``c_m`` flattened channel-major, msakit
-time-major: :func:`convert` reorders its weight's columns); ``proj1|proj2|out_layer_<m>_low`` -> ``homo_heads.<m>.proj1|proj2|out``;
+time-major: :func:`convert` reorders its weight's columns);
+``proj1|proj2|out_layer_<m>_low`` -> ``homo_heads.<m>.proj1|proj2|out``;
 ``..._high`` -> ``hetero_heads.<m>...``; ``proj1_c|proj2_c|out_layer_c`` -> ``common_head``;
 ``self_attentions_c_<m>`` -> ``common_encoders.<m>``; ``trans_<t>_with_<s>`` ->
 ``fusion.streams.<s>_to_<t>``; ``trans_<t>_mem`` -> ``fusion.memories.<t>``; ``weight_<m>`` ->

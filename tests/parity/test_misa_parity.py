@@ -17,9 +17,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _parity import (
+    assert_close,
+    load_fixture,
+    load_mapped,
+    msakit_batch,
+    small_bert_dir,
+    train_steps,
+)
 
-from _parity import (assert_close, load_fixture, load_mapped, msakit_batch, small_bert_dir,
-                     train_steps)
 from msakit.config import build_config
 from msakit.models import FeatureDims, create_model
 

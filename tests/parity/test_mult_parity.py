@@ -22,9 +22,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _parity import (
+    assert_close,
+    load_fixture,
+    load_mapped,
+    msakit_batch,
+    small_bert_dir,
+    train_steps,
+)
 
-from _parity import (assert_close, load_fixture, load_mapped, msakit_batch, small_bert_dir,
-                     train_steps)
 from msakit.config import build_config
 from msakit.models import FeatureDims, create_model
 
@@ -143,7 +149,7 @@ def test_msakit_default_padding_makes_a_clip_independent_of_its_batch(fixture, t
     batch = msakit_batch(fixture["batches"][0])
     alone = [msakit_batch({k: (v[i : i + 1] if torch.is_tensor(v) else v[i : i + 1])
                            for k, v in fixture["batches"][0].items()}) for i in range(4)]
-    for b, clip in enumerate(alone):  # cut each clip to its own lengths: no padding at all
+    for clip in alone:  # cut each clip to its own lengths: no padding at all
         words = int(clip["audio_lengths"][0])
         tokens = int(clip["attention_mask"].sum())
         for key in ("input_ids", "attention_mask", "token_type_ids"):

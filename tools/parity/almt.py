@@ -26,7 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _official import (  # noqa: E402
-    SMALL_BERT, float32, git_commit, parameters_by_name, patch_environment,
+    SMALL_BERT,
+    float32,
+    git_commit,
+    patch_environment,
 )
 
 B = 4

@@ -27,7 +27,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _official import (  # noqa: E402
-    SMALL_BERT, float32, git_commit, parameters_by_name, patch_environment,
+    SMALL_BERT,
+    float32,
+    git_commit,
+    parameters_by_name,
+    patch_environment,
 )
 
 B, T = 4, 50  # the official aligned MOSI length is hard-coded to 50 for every modality

@@ -30,7 +30,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    DEFAULT_DATA, TINY_BERT, compact, official_commit, real_clips, save_fixture, tiny_bert,
+    DEFAULT_DATA,
+    TINY_BERT,
+    compact,
+    official_commit,
+    real_clips,
+    save_fixture,
+    tiny_bert,
 )
 
 ROWS = [0, 5, 7, 1, 12, 9]

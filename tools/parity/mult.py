@@ -13,7 +13,8 @@ Run-time patches (nothing is copied): the official width ``d_l = d_a = d_v = 30`
 a subclass turns those three attributes into constants of ``WIDTH`` (8) so the fixture stays
 small; every dropout is 0; ``ReduceLROnPlateau(verbose=...)`` (removed from current PyTorch)
 drops the argument; the positional embedding gets a contiguous input (current PyTorch's
-``clone`` keeps strides, which breaks the official ``.view(-1)``); the loop's ``save_model``/``load_model`` keep the model in memory and
+``clone`` keeps strides, which breaks the official ``.view(-1)``); the loop's
+``save_model``/``load_model`` keep the model in memory and
 ``input()`` returns at once.
 
 Recorded (float64 compute, float32 storage): initial weights, inputs (right-padded to the batch's
@@ -59,6 +60,7 @@ def hyper_parameters(dims: dict[str, int]) -> types.SimpleNamespace:
 def import_official(directory: Path):
     sys.path.insert(0, str(directory))
     from modules import position_embedding  # noqa: E402  (official modules/)
+
     from src import models, train  # noqa: E402  (official src/models.py, src/train.py)
 
     # current PyTorch's clone() keeps the input's strides, so the official .view(-1) on the

@@ -31,8 +31,14 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    DEFAULT_DATA, TINY_BERT, add_to_path, compact, official_commit, patch_bert_downloads,
-    real_clips, save_fixture,
+    DEFAULT_DATA,
+    TINY_BERT,
+    add_to_path,
+    compact,
+    official_commit,
+    patch_bert_downloads,
+    real_clips,
+    save_fixture,
 )
 
 ROWS = [0, 5, 7, 1, 12, 9]  # 6 clips, labels of both signs and one 0.0, lengths 18/5/6/6/...

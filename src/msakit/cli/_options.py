@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import click
+from rich.console import Console
+
+
+def make_console() -> Console:
+    """Full-width tables also when the output is a file or a pipe (rich would use 80 columns)."""
+    return Console(width=None if sys.stdout.isatty() else 200)
 
 
 class MultiValueCommand(click.Command):

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import click
 
-from msakit.cli._options import DATA_PATH, MultiValueCommand
-from msakit.cli.train import make_console
+from msakit.cli._options import DATA_PATH, MultiValueCommand, make_console
 
 
 def print_comparison(result: dict, console) -> None:

@@ -30,10 +30,11 @@ def serve(model_dir, run_dir, host, port, max_upload_mb, timeout_s, workers):
     from msakit.cli.predict import resolve_model
 
     try:
-        from msakit.serve import ServeLimits
-        from msakit.serve import serve as run_server
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
+
+        from msakit.serve import ServeLimits
+        from msakit.serve import serve as run_server
     except ImportError as err:
         raise click.ClickException(f"msakit serve needs FastAPI and uvicorn: pip install "
                                    f"'msakit[serve]' ({err})") from err

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from msakit.cli._options import DATA_PATH, MultiValueCommand
-
-
-def make_console() -> Console:
-    """Full-width tables also when the output is a file or a pipe (rich would use 80 columns)."""
-    return Console(width=None if sys.stdout.isatty() else 200)
+from msakit.cli._options import DATA_PATH, MultiValueCommand, make_console
 
 
 def _fail(message: str) -> None:

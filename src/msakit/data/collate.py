@@ -49,14 +49,21 @@ Edge cases, chosen so models never see a zero length:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
-from torch.utils.data import SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
 
 from msakit.data.dataset import DataError, Split
 from msakit.data.text import TokenizedText, expand_to_tokens, tokenize_text, tokenize_words

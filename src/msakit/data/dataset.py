@@ -8,8 +8,8 @@ guess which padding is real.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import numpy as np
 
@@ -63,7 +63,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def subset(self, indices: Iterable[int]) -> "Split":
+    def subset(self, indices: Iterable[int]) -> Split:
         """A new split holding the rows at ``indices`` (in that order)."""
         idx = [int(i) for i in indices]
 
@@ -82,7 +82,7 @@ class Split:
         )
 
     @classmethod
-    def concat(cls, splits: "list[Split]") -> "Split":
+    def concat(cls, splits: list[Split]) -> Split:
         """One split holding the rows of ``splits`` in order (they must carry the same fields)."""
         if not splits:
             raise DataError("nothing to concatenate")

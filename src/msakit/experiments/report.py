@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from msakit.training import runs
-from msakit.training.results import format_value, mean_std
+from msakit.training.results import format_value
 
 EDGE = re.compile(r"^([A-Z])->([A-Z])$")
 MODALITY_ORDER = ("L", "A", "V")

@@ -261,7 +261,8 @@ def _objective(settings: TuneSettings, dimensions: list[Dimension]):
             sub = runs.sub_run_dir(trial_dir, seed, partition.name)
             sub.mkdir(parents=True, exist_ok=True)
 
-            def report(epoch: int, value: float, row: dict, index=index) -> None:
+            def report(epoch: int, value: float, row: dict, index=index,
+                       partition=partition) -> None:
                 trial.report(value, step=index * epochs + epoch)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at {partition.name} epoch {epoch}")
@@ -428,7 +429,8 @@ def write_study_results(settings: TuneSettings, seconds: float) -> dict[str, Any
     try:
         importance = optuna.importance.get_param_importances(study)
         summary["importance"] = dict(importance)
-        lines += ["", "| parameter | importance (Optuna default evaluator, PED-ANOVA in Optuna 5) |", "|---|---|"] + [
+        heading = "| parameter | importance (Optuna default evaluator, PED-ANOVA in Optuna 5) |"
+        lines += ["", heading, "|---|---|"] + [
             f"| {k} | {v:.3f} |" for k, v in importance.items()]
     except (RuntimeError, ValueError) as err:
         summary["importance"] = None

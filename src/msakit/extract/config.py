@@ -42,7 +42,7 @@ class AudioConfig(StrictModel):
     rms: bool = Field(True, description="log RMS energy (librosa)")
 
     @model_validator(mode="after")
-    def _check(self) -> "AudioConfig":
+    def _check(self) -> AudioConfig:
         if self.pitch_fmax <= self.pitch_fmin:
             raise ValueError("audio.pitch_fmax must exceed audio.pitch_fmin")
         if len(set(self.extractors)) != len(self.extractors):
@@ -98,7 +98,7 @@ class ExtractorConfig(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _check_version(self) -> "ExtractorConfig":
+    def _check_version(self) -> ExtractorConfig:
         if self.layout_version != FEATURE_LAYOUT_VERSION:
             raise ValueError(
                 f"layout_version {self.layout_version} is not the one this msakit computes "

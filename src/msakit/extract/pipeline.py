@@ -291,7 +291,14 @@ def extract_folder(
     Raises:
         ExtractionError: ``label.csv`` unusable, or no clip could be extracted at all.
     """
-    from tqdm import tqdm
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from msakit.extract.writer import write_mmsa_pickle
 
@@ -317,7 +324,9 @@ def extract_folder(
             todo.append((spec, path, signature))
 
     by_key = {spec.key: spec for spec in specs}
-    bar = tqdm(total=len(todo), desc="extracting", unit="clip", disable=not progress or not todo)
+    bar = Progress(TextColumn("extracting"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress or not todo)
+    task = bar.add_task("extracting", total=len(todo))
 
     def collect(key, outcome):
         if isinstance(outcome, ClipFailure):
@@ -325,21 +334,21 @@ def extract_folder(
         else:
             results[key] = outcome
             report.extracted += 1
-        bar.update(1)
+        bar.advance(task)
 
-    if todo and workers <= 1:
-        _init_worker(config.model_dump_json(), strict)
-        for spec, path, signature in todo:
-            collect(*_extract_one(spec, path, signature))
-    elif todo:
-        with ProcessPoolExecutor(
-            max_workers=min(workers, len(todo)), mp_context=get_context("spawn"),
-            initializer=_init_worker, initargs=(config.model_dump_json(), strict),
-        ) as pool:
-            futures = [pool.submit(_extract_one, *job) for job in todo]
-            for future in as_completed(futures):
-                collect(*future.result())
-    bar.close()
+    with bar:  # the live display ends also when a clip raises
+        if todo and workers <= 1:
+            _init_worker(config.model_dump_json(), strict)
+            for spec, path, signature in todo:
+                collect(*_extract_one(spec, path, signature))
+        elif todo:
+            with ProcessPoolExecutor(
+                max_workers=min(workers, len(todo)), mp_context=get_context("spawn"),
+                initializer=_init_worker, initargs=(config.model_dump_json(), strict),
+            ) as pool:
+                futures = [pool.submit(_extract_one, *job) for job in todo]
+                for future in as_completed(futures):
+                    collect(*future.result())
 
     _write_reports(work_dir, report, results, by_key)
     kept = [spec for spec in specs if spec.key in results]

@@ -41,7 +41,7 @@ from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
-from msakit.config import ModelConfig
+from msakit.config_schema import ModelConfig
 from msakit.models import register_model
 from msakit.models.base import FeatureDims, ModelOutput, MSAModel
 from msakit.modules.text import PretrainedTextEncoder

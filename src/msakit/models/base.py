@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from msakit.config import ModelConfig, TrainConfig
+from msakit.config_schema import ModelConfig, TrainConfig
 
 #: Checkpoint key of the checksum of the frozen weights a checkpoint leaves out.
 FROZEN_CHECKSUM_KEY = "frozen_language_model_checksum"

@@ -87,7 +87,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from msakit.config import ModelConfig
+from msakit.config_schema import ModelConfig
 from msakit.models import register_model
 from msakit.models.base import FeatureDims, ModelOutput, MSAModel
 from msakit.models.mult import (
@@ -195,7 +195,7 @@ class DMDConfig(ModelConfig):
     loss_weights: dict[str, float] = Field(default_factory=_default_loss_weights)
 
     @model_validator(mode="after")
-    def _check(self) -> "DMDConfig":
+    def _check(self) -> DMDConfig:
         check_loss_weights(self.loss_weights, DMD_LOSS_TERMS, "dmd")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"num_heads {self.num_heads} must divide embed_dim {self.embed_dim}")

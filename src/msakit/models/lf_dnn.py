@@ -7,9 +7,9 @@ summaries are concatenated and regressed:
 block              computation                                                    output
 =================  =============================================================  ===============
 text               LM (fine-tuned by default), mean or [CLS] pooling              ``(B, 384)``
-                   -> Dropout -> Linear(384 -> text_hidden) -> ReLU               
+                   -> Dropout -> Linear(384 -> text_hidden) -> ReLU
                    -> Linear(text_hidden -> text_out)                             ``(B, 256)``
-audio / vision     masked mean over the real steps -> BatchNorm -> Dropout        
+audio / vision     masked mean over the real steps -> BatchNorm -> Dropout
                    -> 3 x (Linear + ReLU) (MMSA's ``SubNet``)                     ``(B, 16/128)``
 post-fusion        concat -> Dropout -> Linear + ReLU -> Linear + ReLU -> Linear  ``(B,)``
 =================  =============================================================  ===============
@@ -37,7 +37,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from msakit.config import ModelConfig, TrainConfig
+from msakit.config_schema import ModelConfig, TrainConfig
 from msakit.models import register_model
 from msakit.models.base import FeatureDims, ModelOutput, MSAModel
 from msakit.modules.encoders import masked_time_mean
@@ -95,7 +95,7 @@ class LFDNNConfig(ModelConfig):
         return [m for m in MODALITY_ORDER if m in value]
 
     @model_validator(mode="after")
-    def _check_weights(self) -> "LFDNNConfig":
+    def _check_weights(self) -> LFDNNConfig:
         if set(self.loss_weights) != {"task"}:
             raise ValueError(
                 f"model.loss_weights must give exactly ['task'], got {sorted(self.loss_weights)}"

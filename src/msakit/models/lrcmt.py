@@ -60,13 +60,12 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from msakit.config import ModelConfig
+from msakit.config_schema import ModelConfig
 from msakit.models import register_model
 from msakit.models.base import FeatureDims, ModelOutput, MSAModel
 from msakit.modules.crossmodal import CrossModalTransformerEncoder
 from msakit.modules.lora import LoRATextEncoder, count_parameters
 from msakit.modules.text import PretrainedTextEncoder
-
 
 #: Checkpoint entry holding the checksum of the frozen LM a LoRA checkpoint belongs to.
 
@@ -108,7 +107,7 @@ class LRCMTConfig(ModelConfig):
     task_loss: Literal["l1", "mse"] = Field("l1", description="supervised loss on the prediction")
 
     @model_validator(mode="after")
-    def _check(self) -> "LRCMTConfig":
+    def _check(self) -> LRCMTConfig:
         if self.embed_dim % self.num_heads:
             raise ValueError(
                 f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})"

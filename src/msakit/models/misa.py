@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from msakit.config import ModelConfig
+from msakit.config_schema import ModelConfig
 from msakit.models import register_model
 from msakit.models.base import FeatureDims, ModelOutput, MSAModel
 from msakit.modules.encoders import StackedBiLSTMEncoder, recurrent_input
@@ -87,7 +87,7 @@ class MISAConfig(ModelConfig):
     )
 
     @model_validator(mode="after")
-    def _check(self) -> "MISAConfig":
+    def _check(self) -> MISAConfig:
         missing = set(MISA_LOSS_TERMS) - set(self.loss_weights)
         unknown = set(self.loss_weights) - set(MISA_LOSS_TERMS)
         if missing or unknown:

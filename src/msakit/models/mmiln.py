@@ -38,17 +38,22 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from msakit.config import TrainConfig
+from msakit.config_schema import TrainConfig
 from msakit.models import register_model
 from msakit.models.base import FeatureDims, ModelOutput, MSAModel
 from msakit.models.self_mm import (
-    ModalityOptimiserConfig, SequenceLSTM, check_batch_sequence, modality_parameter_groups,
+    ModalityOptimiserConfig,
+    SequenceLSTM,
+    check_batch_sequence,
+    modality_parameter_groups,
     require_audio_and_vision,
 )
 from msakit.modules.encoders import recurrent_input
 from msakit.modules.gated_attention import GateTransformer, SAGTransformer, masked_mean
 from msakit.modules.losses import (
-    cmd_loss, frobenius_orthogonality_loss, soft_orthogonality_loss,
+    cmd_loss,
+    frobenius_orthogonality_loss,
+    soft_orthogonality_loss,
 )
 from msakit.modules.text import PretrainedTextEncoder
 from msakit.modules.ulgm import SentimentHead, ULGMHooks, UnimodalLabelGenerator
@@ -88,7 +93,7 @@ class MMILNConfig(ModalityOptimiserConfig):
     label_limit: float = Field(3.0, gt=0, description="H: generated labels lie in [-H, H]")
 
     @model_validator(mode="after")
-    def _check_sizes(self) -> "MMILNConfig":
+    def _check_sizes(self) -> MMILNConfig:
         if self.model_dim % 2:
             raise ValueError(f"model_dim must be even (BiGRU with model_dim/2 units per "
                              f"direction), got {self.model_dim}")

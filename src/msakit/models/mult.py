@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from msakit.config import ModelConfig
+from msakit.config_schema import ModelConfig
 from msakit.models import register_model
 from msakit.models.base import FeatureDims, ModelOutput, MSAModel
 from msakit.modules.crossmodal import CrossModalFusion, TemporalConvProjection
@@ -77,7 +77,7 @@ class MulTConfig(ModelConfig):
     loss_weights: dict[str, float] = Field(default_factory=lambda: {"task": 1.0})
 
     @model_validator(mode="after")
-    def _check(self) -> "MulTConfig":
+    def _check(self) -> MulTConfig:
         check_loss_weights(self.loss_weights, ("task",), "mult")
         if self.embed_dim % self.num_heads or (2 * self.embed_dim) % self.num_heads:
             raise ValueError(

@@ -36,7 +36,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torch.nn import functional as F
 
-from msakit.config import ModelConfig
+from msakit.config_schema import ModelConfig
 from msakit.models import register_model
 from msakit.models.base import FeatureDims, ModelOutput, MSAModel
 from msakit.modules.gates import CrossGatedSum, gate_values
@@ -71,7 +71,7 @@ class SAGENetConfig(ModelConfig):
         return value
 
     @model_validator(mode="after")
-    def _heads_divide_width(self) -> "SAGENetConfig":
+    def _heads_divide_width(self) -> SAGENetConfig:
         if self.hidden_size % self.attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by attention_heads "

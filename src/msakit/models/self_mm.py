@@ -16,7 +16,7 @@ from pydantic import Field
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from msakit.config import ModelConfig, TrainConfig
+from msakit.config_schema import ModelConfig, TrainConfig
 from msakit.models import register_model
 from msakit.models.base import FeatureDims, ModelOutput, MSAModel, takes_no_decay
 from msakit.modules.encoders import recurrent_input

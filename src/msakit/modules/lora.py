@@ -14,7 +14,8 @@ small fine-tuning steps). :class:`LoRATextEncoder` is therefore *not* flagged
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn

@@ -76,7 +76,7 @@ class PretrainedTextEncoder(nn.Module):
         """No weight of the LM trains (LoRA adapters or fine-tuning make this False)."""
         return not any(parameter.requires_grad for parameter in self.model.parameters())
 
-    def train(self, mode: bool = True) -> "PretrainedTextEncoder":
+    def train(self, mode: bool = True) -> PretrainedTextEncoder:
         super().train(mode)
         if mode and self.is_frozen:
             self.model.eval()  # a fixed feature extractor: no dropout

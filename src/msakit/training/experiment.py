@@ -8,8 +8,8 @@ with the checkpoint selected on its validation part.
 from __future__ import annotations
 
 import csv
-import re
 import logging
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +20,11 @@ import torch
 from rich.console import Console
 
 from msakit.config import (
-    ConfigError, ExperimentConfig, build_config, deep_update, load_saved_config,
+    ConfigError,
+    ExperimentConfig,
+    build_config,
+    deep_update,
+    load_saved_config,
 )
 from msakit.data import dataset_splits, load_dataset, make_loader
 from msakit.data.dataset import DataError, MSADataset, Split
@@ -31,13 +35,13 @@ from msakit.models import FeatureDims, create_model
 from msakit.provenance import ENV_FILE, environment_record
 from msakit.training import distributed, runs
 from msakit.training.loggers import open_loggers
-from msakit.training.runs import RunError
 from msakit.training.results import (
     artifacts_table,
     summarise,
     summarise_artifacts,
     write_results,
 )
+from msakit.training.runs import RunError
 from msakit.training.trainer import Trainer, evaluate_model, resolve_device
 
 log = logging.getLogger(__name__)

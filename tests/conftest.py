@@ -53,3 +53,11 @@ def seeded():
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_msakit_cache(tmp_path_factory):
+    """Trainings in tests keep their language-model cache in a temporary folder, not ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MSAKIT_CACHE", str(tmp_path_factory.mktemp("msakit-cache")))
+        yield

@@ -21,7 +21,7 @@ from msakit.training.trainer import Trainer, evaluate_model
 def clips(mosi_word_aligned):
     dataset = load_dataset(mosi_word_aligned)
     split = dataset.split("all")
-    return dataset, split.subset(range(24)), split.subset(range(24, 56))
+    return dataset, split.subset(range(16)), split.subset(range(16, 40))
 
 
 def _train(name, precision, clips, run_dir):
@@ -54,7 +54,7 @@ def test_bf16_trains_every_model_close_to_fp32(name, clips, tmp_path):
               and k != "train_seconds" and v != ""}
     assert losses and all(math.isfinite(v) for v in losses.values()), losses
     assert np.isfinite(bf16.predictions).all()
-    # three steps in bf16 and in fp32 from the same initialisation end close together
+    # two steps in bf16 and in fp32 from the same initialisation end close together
     assert np.abs(bf16.predictions - fp32.predictions).max() < 0.25
     assert abs(bf16.metrics["MAE"] - fp32.metrics["MAE"]) < 0.05
     assert bf16.metrics["MAE"] != fp32.metrics["MAE"]  # bf16 did run in lower precision

@@ -162,6 +162,7 @@ def test_warmup_cosine_per_step_counts_optimiser_steps(tmp_path):
 def test_dmd_and_almt_configs_use_their_official_loops():
     dmd = build_config("dmd").train
     assert (dmd.grad_accumulation, dmd.accumulation, dmd.clip_every_backward) == (10, "sum", True)
+    assert dmd.partial_accumulation == "drop"
     assert (dmd.grad_clip_value, dmd.scheduler, dmd.plateau_factor, dmd.plateau_patience) == (
         0.6, "plateau", 0.5, 5)
     assert (dmd.patience, dmd.selection_metric) == (10, "loss")

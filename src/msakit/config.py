@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator,
+)
 
 from msakit.augment import AugmentConfig
 
@@ -121,6 +123,10 @@ class TrainConfig(StrictModel):
         "scaling, CUDA only); losses that need fp32 (CMD moments, ULGM distances, DMD edge "
         "softmax) stay in fp32"
     )
+    fused_optimizer: bool = Field(
+        True, description="Adam/AdamW as PyTorch's fused kernel (CPU and CUDA); false = the "
+        "per-parameter loop (same update up to floating-point rounding)"
+    )
     sync_every_steps: int | None = Field(
         50, ge=1, description="Read the device-side loss sums (progress bar, finiteness check) "
         "every N training steps; None = at the epoch end only"
@@ -133,6 +139,21 @@ class TrainConfig(StrictModel):
                                     "the GPU; None = on CUDA only")
     persistent_workers: bool = Field(True, description="Keep DataLoader workers alive across "
                                      "epochs (when num_workers > 0)")
+    lm_cache: Literal["auto", "off"] = Field(
+        "auto", description="auto: when the language model is frozen (and, for the training "
+        "split, text augmentation is off) compute its hidden states once per clip and reuse them "
+        "from an on-disk cache; off: run the LM on every batch"
+    )
+    lm_cache_dir: str | None = Field(
+        None, description="Folder of the language-model cache; default $MSAKIT_CACHE/lm, else "
+        "~/.cache/msakit/lm (safe to delete)"
+    )
+
+    @field_validator("lm_cache", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML reads a bare ``off`` as False (and ``on`` as True)."""
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
 
 
 class RunConfig(StrictModel):

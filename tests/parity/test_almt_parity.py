@@ -90,14 +90,6 @@ def fixture():
     return torch.load(FIXTURE, weights_only=True)
 
 
-@pytest.fixture(scope="module")
-def small_bert(fixture, tmp_path_factory):
-    from transformers import BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("small_bert_almt")
-    BertModel(BertConfig(**fixture["bert_config"])).save_pretrained(folder)
-    return str(folder)
-
 
 def build(fixture, small_bert, mask_padding=False, extra=()):
     m = fixture["model"]

@@ -105,15 +105,6 @@ def fixture():
     return torch.load(FIXTURE, weights_only=True)
 
 
-@pytest.fixture(scope="module")
-def small_bert(fixture, tmp_path_factory):
-    """A folder holding a BERT of the fixture's configuration (weights come from the fixture)."""
-    from transformers import BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("small_bert")
-    BertModel(BertConfig(**fixture["bert_config"])).save_pretrained(folder)
-    return str(folder)
-
 
 OFFICIAL_SETTINGS = ["model.padding=official", "model.readout=last_position",
                      "model.zero_padded_text=false", "model.hetero_repr_weighting=batch_mean"]
@@ -175,7 +166,9 @@ def test_prediction_losses_and_gradients_match_the_official_code(fixture, small_
         torch.testing.assert_close(value, fixture["losses"][term], rtol=0, atol=TOLERANCE,
                                    msg=lambda m, t=term: f"loss {t}: {m}")
     total = weighted_loss(output, config.model.loss_weights, "dmd")
-    torch.testing.assert_close(total, fixture["losses"]["combined"], rtol=0, atol=TOLERANCE)
+    # the trainer sums the weighted terms in float32 (for mixed precision)
+    torch.testing.assert_close(total.double(), fixture["losses"]["combined"], rtol=0,
+                               atol=TOLERANCE)
     total.backward()
     ours = dict(model.named_parameters())
     checked = 0
@@ -234,12 +227,14 @@ def test_official_training_loop_takes_the_same_steps(fixture, small_bert, tmp_pa
         target = official_to_msakit(name)
         if target is None:
             continue
+        if re.search(r"_gd\.(logit_embedding|repr_embedding|edge_score)\.bias$", target):
+            continue  # shift every edge score equally: softmax-invariant, true gradient 0
         expected, ours = convert(name, change, changes[target].shape), changes[target]
         ours_default = default[target]
         if target.endswith("attention.in_proj_bias"):
             # The key bias adds the same amount to every score of a query, so its true
-            # gradient is 0; both sides hold rounding noise, which Adam scales up to a
-            # visible step. Compare the query and value biases only.
+            # gradient is 0 (as the GD units' biases above); both sides hold rounding noise,
+            # which Adam scales up to a visible step. Compare the query and value biases.
             width = len(expected) // 3
             keep = torch.ones(len(expected), dtype=torch.bool)
             keep[width:2 * width] = False

@@ -12,6 +12,7 @@ import types
 from pathlib import Path
 
 import torch
+from _common import compact as float32  # noqa: F401  (fixture storage, shared with the others)
 from torch import nn
 
 #: The small randomly initialised BERT every generator uses in place of bert-base.

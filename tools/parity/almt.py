@@ -25,7 +25,9 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _official import SMALL_BERT, git_commit, parameters_by_name, patch_environment  # noqa: E402
+from _official import (  # noqa: E402
+    SMALL_BERT, float32, git_commit, parameters_by_name, patch_environment,
+)
 
 B = 4
 TEXT_LENGTH, AUDIO_LENGTH, VISION_LENGTH = 12, 10, 9
@@ -62,10 +64,6 @@ def make_batch(seed: int = 1) -> dict:
 def subset(batch: dict, rows: list[int]) -> dict:
     return {"text": batch["text"][rows], "audio": batch["audio"][rows],
             "vision": batch["vision"][rows], "labels": {"M": batch["labels"]["M"][rows]}}
-
-
-def _float32(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.float() for k, v in tensors.items()}
 
 
 def official_lrs(get_scheduler, epochs: int, lr: float) -> list[float]:
@@ -132,7 +130,7 @@ def main() -> None:
         "bert_config": SMALL_BERT,
         "model": MODEL,
         # built in float32 and run in float64: the float32 weights are exact
-        "initial": _float32(initial),
+        "initial": float32(initial),
         "inputs": {"input_ids": batch["text"][:, 0].long(),
                    "attention_mask": batch["text"][:, 1].long(),
                    "token_type_ids": batch["text"][:, 2].long(),
@@ -140,10 +138,10 @@ def main() -> None:
                    "labels": batch["labels"]["M"]},
         "prediction": output.detach().squeeze(-1),
         "losses": {"task": loss.detach()},
-        "grads": _float32(grads),
+        "grads": float32(grads),
         "loop": {"batches": rows, "n_epochs": N_EPOCHS, "epochs_run": LOOP_EPOCHS, "lr": LR,
                  "weight_decay": WEIGHT_DECAY, "epoch_lrs": epoch_lrs,
-                 "param_changes": _float32({k: after[k].detach() - initial[k]
+                 "param_changes": float32({k: after[k].detach() - initial[k]
                                             for k in initial})},
         "scheduler_lrs": {n: official_lrs(get_scheduler, n, 1e-4) for n in (200, 30, 6)},
     }

@@ -26,7 +26,9 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _official import SMALL_BERT, git_commit, parameters_by_name, patch_environment  # noqa: E402
+from _official import (  # noqa: E402
+    SMALL_BERT, float32, git_commit, parameters_by_name, patch_environment,
+)
 
 B, T = 4, 50  # the official aligned MOSI length is hard-coded to 50 for every modality
 REAL_LENGTHS = [50, 37, 23, 12]
@@ -178,10 +180,6 @@ def subset(batch: dict, rows: list[int]) -> dict:
             "vision": batch["vision"][rows], "labels": {"M": batch["labels"]["M"][rows]}}
 
 
-def _float32(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.float() for k, v in tensors.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--official", type=Path, required=True, help="mdswyz/DMD checkout")
@@ -228,17 +226,17 @@ def main() -> None:
                   "audio_dim": AUDIO_DIM, "vision_dim": VISION_DIM},
         # built in float32 and run in float64: the float32 weights are exact; gradients and
         # the trajectory's parameter changes are stored in float32 (relative error ~6e-8)
-        "initial": _float32(initial),
+        "initial": float32(initial),
         "inputs": {"input_ids": batch["text"][:, 0].long(), "attention_mask": batch["text"][:, 1].long(),
                    "token_type_ids": batch["text"][:, 2].long(), "audio": batch["audio"].float(),
                    "vision": batch["vision"].float(), "labels": batch["labels"]["M"],
                    "lengths": torch.tensor(REAL_LENGTHS)},
         "prediction": prediction.detach(),
         "losses": {k: v.detach() for k, v in terms.items()},
-        "grads": _float32(grads),
+        "grads": float32(grads),
         "loop": {"batches": rows, "update_epochs": 2, "grad_clip": 0.6, "lr": 1e-4,
                  "steps": 2,
-                 "param_changes": _float32({k: p - initial[k]
+                 "param_changes": float32({k: p - initial[k]
                                             for k, p in trajectory["params"].items()})},
     }
     options.out.parent.mkdir(parents=True, exist_ok=True)

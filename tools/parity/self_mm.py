@@ -182,11 +182,12 @@ def main() -> None:
         "steps": [{"outputs": compact(s["outputs"]), "losses": compact(s["losses"]),
                    "labels": compact(s["labels"]),
                    "centres": {k: compact(c) for k, c in s["centres"].items()}} for s in steps],
-        # gradients of the first two steps (epoch 1: human labels only; epoch 2: ULGM labels),
-        # parameters after every step (fixture size)
+        # fixture size: gradients at the second step (ULGM labels in the loss from epoch 2),
+        # parameters after the first, the second and the last step
         "optimizer_steps": [{"after_forward": s["after_forward"],
-                             **({"gradients": compact(s["gradients"])} if i < 2 else {}),
-                             "parameters": compact(s["parameters"])}
+                             **({"gradients": compact(s["gradients"])} if i == 1 else {}),
+                             **({"parameters": compact(s["parameters"])}
+                                if i in (0, 1, len(optimizer_steps) - 1) else {})}
                             for i, s in enumerate(optimizer_steps)],
         "early_stopping": {"valid_losses": VALID_LOSSES, "early_stop": EARLY_STOP,
                            "epochs_run": len(epochs_seen), "min_improvement": 1e-6},

@@ -46,8 +46,11 @@ def _fail(message: str) -> None:
 @click.option("--baseline", "baseline_dir", type=click.Path(exists=True, file_okay=False),
               help="After training, compare against this finished run (as `msakit compare "
               "BASELINE NEW`); writes compare.json/.md into the new run folder.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train this many (seed, fold) runs at a time, each in its own process (one "
+              "GPU each where several are visible).")
 def train(model, data_path, config_file, overrides, preset, folds, seeds, epochs, output_dir,
-          resume_dir, no_progress, baseline_dir):
+          resume_dir, no_progress, baseline_dir, jobs):
     """Train MODEL, select on validation, test once; prints the results table.
 
     \b
@@ -56,10 +59,12 @@ def train(model, data_path, config_file, overrides, preset, folds, seeds, epochs
       msakit train lf_dnn --data ../shared/data/mosi --set model.modalities=[text]
       msakit train misa --preset mosi --data aligned_50.pkl --set model.language_model=./bert
       msakit train misa --resume runs/misa-mosi-20261125-101500
+      msakit train sagenet --data ../shared/data/mosi/word_aligned_valid.pkl --folds 5 --jobs 2
     """
     from msakit.config import ConfigError, build_config
     from msakit.data import DataError
     from msakit.training import distributed, run_experiment
+    from msakit.training.experiment import JobsFailed
     from msakit.training.results import results_table
 
     console = make_console()
@@ -80,9 +85,9 @@ def train(model, data_path, config_file, overrides, preset, folds, seeds, epochs
             config = build_config(model, extra, base=base, preset=preset)
         run_dir, summary = run_experiment(
             config, seeds=list(seeds) if seeds else None, resume_dir=resume_dir,
-            progress=not no_progress, console=console,
+            progress=not no_progress, console=console, jobs=jobs,
         )
-    except (ConfigError, DataError, KeyError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, DataError, KeyError, ValueError, FileNotFoundError, JobsFailed) as err:
         _fail(str(err))
     finally:
         is_main = distributed.current().is_main

@@ -19,6 +19,8 @@ key                    shape / type       meaning
 ``labels``             ``(B,)`` float32   human sentiment label
 ``labels_T`` etc.      ``(B,)`` float32   unimodal labels, when the split has them (SIMS)
 ``ids``                list of str        clip ids
+``text_hidden``        ``(B, L_t, H)``    a frozen LM's cached hidden states (only when the
+                                          loader was given ``text_states``)
 =====================  =================  ==================================================
 
 Edge cases, chosen so models never see a zero length:
@@ -338,17 +340,57 @@ class PackedSplit:
         return batch
 
 
-class PackedBatches(Dataset):
-    """``dataset[list_of_indices]`` -> one batch; used with a ``BatchSampler`` as sampler."""
+@dataclass(frozen=True)
+class TextStates:
+    """A frozen language model's hidden states for every clip of a split (:mod:`msakit.lm_cache`).
 
-    def __init__(self, packed: PackedSplit):
+    Attributes:
+        hidden: ``(N, L_max, H)`` float32, each clip's states at every position up to the token
+            budget ``L_max`` (padding positions included, as the LM computes them).
+        input_ids: ``(N, L_max)`` long, the tokens they were computed from, padded.
+    """
+
+    hidden: torch.Tensor
+    input_ids: torch.Tensor
+
+
+def add_text_states(batch: dict[str, Any], text_states: TextStates) -> dict[str, Any]:
+    """Add ``text_hidden`` ``(B, L_t, H)``, gathered for the batch's clips, to ``batch``.
+
+    The batch's tokens must be those the states were computed from (a transform that changes
+    the text cannot use cached states): a mismatch is an error, never a silent reuse.
+    """
+    index, text_length = batch["index"], batch["input_ids"].shape[1]
+    if not torch.equal(text_states.input_ids[index, :text_length], batch["input_ids"]):
+        raise DataError("the batch's tokens differ from those the cached language-model states "
+                        "were computed from (does a transform change the text?); set "
+                        "train.lm_cache=off")
+    batch["text_hidden"] = text_states.hidden[index, :text_length]
+    return batch
+
+
+def collate_with_text_states(items: list[dict[str, Any]], pad_token_id: int,
+                             text_states: TextStates) -> dict[str, Any]:
+    """:func:`collate` plus :func:`add_text_states`."""
+    return add_text_states(collate(items, pad_token_id), text_states)
+
+
+class PackedBatches(Dataset):
+    """``dataset[list_of_indices]`` -> one batch; used with a ``BatchSampler`` as sampler.
+
+    With ``text_states`` each batch also carries the frozen LM's cached ``text_hidden``.
+    """
+
+    def __init__(self, packed: PackedSplit, text_states: TextStates | None = None):
         self.packed = packed
+        self.text_states = text_states
 
     def __len__(self) -> int:
         return len(self.packed)
 
     def __getitem__(self, indices: list[int]) -> dict[str, Any]:
-        return self.packed.batch(indices)
+        batch = self.packed.batch(indices)
+        return batch if self.text_states is None else add_text_states(batch, self.text_states)
 
 
 def packed_split(dataset: SplitDataset) -> PackedSplit:
@@ -376,6 +418,7 @@ def make_loader(
     sampler: Sampler[int] | None = None,
     pin_memory: bool = False,
     persistent_workers: bool = False,
+    text_states: TextStates | None = None,
 ) -> DataLoader:
     """A ``DataLoader`` of batches (see :func:`collate`), deterministic for a given ``seed``.
 
@@ -393,6 +436,8 @@ def make_loader(
             ``num_workers=0``).
         sampler: the clip order instead of ``shuffle`` (e.g. a ``DistributedSampler``).
         pin_memory, persistent_workers, num_workers: passed to ``DataLoader``.
+        text_states: a frozen LM's cached states for the split's clips; each batch then
+            carries ``text_hidden`` and models skip the LM.
         Other args: see :class:`SplitDataset`.
     """
     if isinstance(data, SplitDataset):
@@ -413,7 +458,7 @@ def make_loader(
     workers = {"num_workers": num_workers, "pin_memory": pin_memory,
                "persistent_workers": persistent_workers and num_workers > 0}
     if dataset.transform is None:
-        return DataLoader(PackedBatches(packed_split(dataset)), batch_size=None,
+        return DataLoader(PackedBatches(packed_split(dataset), text_states), batch_size=None,
                           sampler=BatchSampler(sampler, batch_size, drop_last),
                           generator=generator, **workers)
     return DataLoader(
@@ -421,7 +466,9 @@ def make_loader(
         batch_size=batch_size,
         sampler=sampler,
         generator=generator,
-        collate_fn=partial(collate, pad_token_id=dataset.pad_token_id),
+        collate_fn=partial(collate, pad_token_id=dataset.pad_token_id) if text_states is None
+        else partial(collate_with_text_states, pad_token_id=dataset.pad_token_id,
+                     text_states=text_states),
         drop_last=drop_last,
         **workers,
     )

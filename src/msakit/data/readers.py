@@ -99,7 +99,7 @@ def load_dataset(
         else:
             content = safe_load(path)
             if isinstance(content, dict):
-                return read_mmsa_pickle(path, dataset, nonfinite, content=content)
+                return _read_mmsa_content(path, dataset, nonfinite, content, owned=True)
             if isinstance(content, (list, tuple)):
                 return read_cmu_sdk_pickle(path, dataset, nonfinite, content=content)
             raise DataError(
@@ -108,7 +108,7 @@ def load_dataset(
                 "clips"
             )
     if format == "mmsa":
-        return read_mmsa_pickle(path, dataset, nonfinite)
+        return _read_mmsa_content(path, dataset, nonfinite, safe_load(path), owned=True)
     if format == "cmu_sdk":
         return read_cmu_sdk_pickle(path, dataset, nonfinite)
     if format == "label_csv":
@@ -129,9 +129,21 @@ def read_mmsa_pickle(
     """Read an MMSA-style pickle (see the module docstring). ``text``/``text_bert`` features are
     not used as inputs (transcripts are re-tokenised for the chosen language model); the
     ``text_bert`` attention mask only gives true lengths of aligned audio/vision."""
-    path = Path(path)
+    if content is None:
+        return _read_mmsa_content(Path(path), dataset, nonfinite, safe_load(path), owned=True)
+    return _read_mmsa_content(Path(path), dataset, nonfinite, content, owned=False)
+
+
+#: an owned MMSA feature array is used in place when its clips' true lengths fill this share
+VIEW_MIN_FILL = 0.75
+
+
+def _read_mmsa_content(path: Path, dataset: DatasetName, nonfinite: NonfinitePolicy, data: Any,
+                       owned: bool) -> MSADataset:
+    """``owned``: ``data`` was unpickled for this call alone, so its feature arrays may be used
+    in place or released once copied (float64 becomes float32 once, replacing the array in
+    ``data``): peak memory stays near the arrays' own size (see ``VIEW_MIN_FILL``)."""
     source = str(path)
-    data = safe_load(path) if content is None else content
     if not isinstance(data, dict):
         raise DataError(
             f"{source}: an MMSA pickle holds a dict with keys train/valid/test, found a "
@@ -157,7 +169,8 @@ def read_mmsa_pickle(
         where = f"{source} [{split_name}]"
         if not isinstance(fields, dict):
             raise DataError(f"{where}: expected a dict of fields, found {type(fields).__name__}")
-        split, split_dims = _read_mmsa_split(fields, where, split_name, nonfinite, replaced)
+        split, split_dims = _read_mmsa_split(fields, where, split_name, nonfinite, replaced,
+                                             owned)
         if dims is None:
             dims, dims_from = split_dims, split_name
         elif split_dims != dims:
@@ -196,7 +209,7 @@ def _array(fields: dict, key: str, where: str) -> np.ndarray:
 
 def _read_mmsa_split(
     fields: dict, where: str, split_name: str, nonfinite: NonfinitePolicy,
-    replaced: dict[str, int],
+    replaced: dict[str, int], owned: bool = False,
 ) -> tuple[Split, dict[str, int]]:
     for key in MMSA_REQUIRED_KEYS:
         if key not in fields:
@@ -258,7 +271,10 @@ def _read_mmsa_split(
             raise DataError(
                 f"{where}: field {modality!r} has dtype {features.dtype}, expected numbers"
             )
-        padded_length = features.shape[1]
+        if owned and features.dtype != np.float32:
+            features = features.astype(np.float32)
+            fields[modality] = features  # frees the original once converted
+        padded_length, dim = features.shape[1], features.shape[2]
         lengths_key = f"{modality}_lengths"
         if lengths_key in fields:
             lengths = np.asarray(fields[lengths_key]).reshape(-1)
@@ -280,11 +296,18 @@ def _read_mmsa_split(
                 f"outside 0..{padded_length} (the padded length of {modality!r})"
             )
         clips = [features[i, : lengths[i]] for i in range(n)]
+        # An owned array whose clips fill most of it is kept, clips being views into it; one
+        # mostly padding is copied at true length and released (peak: all arrays plus the
+        # true-length copy of the current one)
+        kept_fraction = float(lengths.sum()) / max(1, n * padded_length)
         per_modality[modality] = clean_features(
             clips, f"{where} field {modality!r}", f"{split_name}/{modality}", nonfinite, replaced,
-            ids_list,
+            ids_list, copy=not owned or kept_fraction < VIEW_MIN_FILL,
         )
-        dims[modality] = int(features.shape[2])
+        del clips
+        if owned:
+            fields[modality] = features = None
+        dims[modality] = int(dim)
 
     split = Split(
         ids=ids_list, video_ids=video_ids, texts=texts, labels=labels,

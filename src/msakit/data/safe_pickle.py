@@ -95,13 +95,17 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 def safe_loads(data: bytes, source: str = "<bytes>") -> Any:
     """Unpickle ``data`` with :class:`RestrictedUnpickler`; see :func:`safe_load`."""
+    return _load_stream(io.BytesIO(data), source, len(data))
+
+
+def _load_stream(handle, source: str, size: int) -> Any:
     try:
-        return RestrictedUnpickler(io.BytesIO(data), source=source).load()
+        return RestrictedUnpickler(handle, source=source).load()
     except DataError:
         raise
     except EOFError as err:
         raise DataError(
-            f"{source}: the pickle ends early (truncated or empty file, {len(data)} bytes)"
+            f"{source}: the pickle ends early (truncated or empty file, {size} bytes)"
         ) from err
     except (pickle.UnpicklingError, ValueError, TypeError, KeyError, IndexError,
             AttributeError, UnicodeDecodeError, MemoryError, OverflowError) as err:
@@ -120,11 +124,13 @@ def safe_load(path: str | Path) -> Any:
     """
     path = Path(path)
     try:
-        data = path.read_bytes()
+        # unpickled straight from the file: holding the file's bytes as well would double the
+        # peak memory of a large dataset
+        with path.open("rb") as handle:
+            return _load_stream(handle, str(path), path.stat().st_size)
     except FileNotFoundError as err:
         raise DataError(f"{path}: no such file") from err
     except IsADirectoryError as err:
         raise DataError(f"{path}: is a folder, expected a pickle file") from err
     except OSError as err:
         raise DataError(f"{path}: cannot read the file: {err}") from err
-    return safe_loads(data, source=str(path))

@@ -62,18 +62,23 @@ def check_labels(
 
 def clean_features(
     clips: list[np.ndarray], where: str, count_key: str, nonfinite: NonfinitePolicy,
-    replaced: dict[str, int], ids: list[str],
+    replaced: dict[str, int], ids: list[str], copy: bool = True,
 ) -> list[np.ndarray]:
-    """Per-clip ``(L_i, D)`` arrays as contiguous float32 copies with NaN/±inf handled.
+    """Per-clip ``(L_i, D)`` contiguous float32 arrays with NaN/±inf handled.
 
     Only the true-length part of each clip is inspected (padding is discarded before this).
     With ``nonfinite="replace"`` the values become 0 and their number is added to
-    ``replaced[count_key]``; with ``"error"`` the first one is reported.
+    ``replaced[count_key]``; with ``"error"`` the first one is reported. ``copy=False`` keeps
+    clips that are already contiguous float32 (views into a caller-owned array, whose
+    non-finite values are then replaced in place) instead of copying them.
     """
     out = []
     total = 0
     for i, clip in enumerate(clips):
-        array = np.array(clip, dtype=np.float32, copy=True)
+        if copy:
+            array = np.array(clip, dtype=np.float32, copy=True)
+        else:
+            array = np.ascontiguousarray(clip, dtype=np.float32)
         finite = np.isfinite(array)
         if not finite.all():
             count = int(array.size - finite.sum())

@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
 
-from msakit.config import ModelConfig
+from msakit.config import ModelConfig, TrainConfig
 from msakit.models import register_model
 from msakit.models.base import FeatureDims, ModelOutput, MSAModel
 from msakit.modules.encoders import masked_time_mean
@@ -55,6 +56,22 @@ class LFDNNConfig(ModelConfig):
         description="modalities to fuse, e.g. [text] for the text-only floor",
     )
     text_pooling: Literal["mean", "cls"] = "mean"
+    text_subnet: Literal["pooled", "lstm"] = Field(
+        "pooled", description="'pooled': the pooled LM vector -> Dropout -> Linear -> ReLU -> "
+        "Linear; 'lstm': MMSA's TextSubNet, a one-layer LSTM (text_hidden units) over the LM's "
+        "token states whose final state goes through Linear(text_hidden -> text_out) (MMSA's "
+        "one-layer TextSubNet sets its dropout to 0, so text_dropout does not apply)")
+    text_lstm_reads_padding: bool = Field(
+        False, description="lstm: run over every position up to the batch's padded length, as "
+        "MMSA's unpacked LSTM does over its fixed-length arrays (then a prediction depends on "
+        "the batch's padding); False: only the real tokens")
+    time_average_steps: int | None = Field(
+        None, ge=1, description="audio/vision summaries: None = mean over the real steps; N = "
+        "sum over the real steps / N, as MMSA averages its N-step zero-padded arrays (50 for "
+        "MOSI/MOSEI aligned_50/unaligned_50)")
+    exempt_biases_from_decay: bool = Field(
+        True, description="False: weight decay on every trainable parameter (MMSA's single Adam "
+        "group); True: biases and norm weights do not decay")
     freeze_language_model: bool = False
     text_hidden: int = Field(128, ge=1)
     text_out: int = Field(256, ge=1)
@@ -135,11 +152,17 @@ class LFDNN(MSAModel):
                 config.language_model, pooling=config.text_pooling,
                 freeze=config.freeze_language_model,
             )
-            self.text_subnet = nn.Sequential(
-                nn.Dropout(config.text_dropout),
-                nn.Linear(self.text_encoder.hidden_size, config.text_hidden), nn.ReLU(),
-                nn.Linear(config.text_hidden, config.text_out),
-            )
+            if config.text_subnet == "lstm":
+                self.text_encoder.pooling = "none"
+                self.text_lstm = nn.LSTM(self.text_encoder.hidden_size, config.text_hidden,
+                                         batch_first=True)
+                self.text_subnet = nn.Linear(config.text_hidden, config.text_out)
+            else:
+                self.text_subnet = nn.Sequential(
+                    nn.Dropout(config.text_dropout),
+                    nn.Linear(self.text_encoder.hidden_size, config.text_hidden), nn.ReLU(),
+                    nn.Linear(config.text_hidden, config.text_out),
+                )
             fused += config.text_out
         if "audio" in self.modalities:
             self.audio_subnet = _FeatureSubNet(dims.audio, config.audio_hidden,
@@ -161,10 +184,13 @@ class LFDNN(MSAModel):
         """``{modality: (B, d_m)}`` for the configured modalities (text 256, audio 16, vision 128)."""
         features = {}
         if "text" in self.modalities:
-            pooled = self.text_encoder(
-                batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
-            )
-            features["text"] = self.text_subnet(pooled)
+            encoded = self.text_encoder(
+                batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                hidden_states=batch.get("text_hidden"),
+            )  # (B, H) pooled, or (B, L_t, H) token states for the LSTM
+            if self.config.text_subnet == "lstm":
+                encoded = self._text_lstm_final(encoded, batch["attention_mask"])
+            features["text"] = self.text_subnet(encoded)
         for modality in ("audio", "vision"):
             if modality not in self.modalities:
                 continue
@@ -174,9 +200,40 @@ class LFDNN(MSAModel):
                         f"lf_dnn with model.modalities={list(self.modalities)} needs "
                         f"batch[{key!r}]"
                     )
-            averaged = masked_time_mean(batch[modality], batch[f"{modality}_mask"])
+            averaged = self._time_average(batch[modality], batch[f"{modality}_mask"])
             features[modality] = getattr(self, f"{modality}_subnet")(averaged)
         return features
+
+    def _text_lstm_final(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Final LSTM state ``(B, text_hidden)`` over ``states (B, L_t, H)``."""
+        if self.config.text_lstm_reads_padding:
+            _, (final, _) = self.text_lstm(states)
+        else:
+            lengths = attention_mask.sum(1).clamp_min(1).cpu()
+            packed = pack_padded_sequence(states, lengths, batch_first=True,
+                                          enforce_sorted=False)
+            _, (final, _) = self.text_lstm(packed)
+        return final[-1]
+
+    def _time_average(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``(B, L, D)`` -> ``(B, D)``: the mean over real steps, or their sum / N."""
+        steps = self.config.time_average_steps
+        if steps is None:
+            return masked_time_mean(x, mask)
+        return (x * mask.to(x.dtype).unsqueeze(-1)).sum(1) / steps
+
+    def parameter_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
+        if self.config.exempt_biases_from_decay:
+            return super().parameter_groups(train)
+        groups = []
+        lm_prefixes = self.language_model_prefixes()
+        for is_lm in (True, False):
+            params = [p for n, p in self.named_parameters() if p.requires_grad
+                      and bool(lm_prefixes and n.startswith(lm_prefixes)) == is_lm]
+            groups.append({"name": "language_model" if is_lm else "other", "params": params,
+                           "lr": train.lm_lr if is_lm else train.lr,
+                           "weight_decay": train.lm_weight_decay if is_lm else train.weight_decay})
+        return groups
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         features = self.unimodal_features(batch)

@@ -150,7 +150,8 @@ class MISA(MSAModel):
                 raise KeyError(f"MISA needs batch[{key!r}] (text, audio and vision)")
         return {
             "text": self.text_encoder(
-                batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
+                batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                hidden_states=batch.get("text_hidden"),
             ),
             "audio": self.audio_encoder(batch["audio"], batch["audio_lengths"]),
             "vision": self.vision_encoder(batch["vision"], batch["vision_lengths"]),

@@ -181,7 +181,8 @@ class MMILN(ULGMHooks, MSAModel):
         config: MMILNConfig = self.config  # type: ignore[assignment]
         text_mask = batch["attention_mask"].bool()
         text = self.text_encoder(batch["input_ids"], batch["attention_mask"],
-                                 batch.get("token_type_ids"))  # (B, L_t, H_t)
+                                 batch.get("token_type_ids"),
+                                 hidden_states=batch.get("text_hidden"))  # (B, L_t, H_t)
         audio = check_batch_sequence(batch, "audio", self.dims.audio)
         vision = check_batch_sequence(batch, "vision", self.dims.vision)
         audio_mask = self._mask(batch, "audio", audio.shape[1])

@@ -91,7 +91,8 @@ def text_states(encoder: PretrainedTextEncoder, batch: dict[str, Any]
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """LM hidden states with padded tokens zeroed, and token lengths: ``(B, L, H)``, ``(B,)``."""
     attention_mask = batch["attention_mask"]
-    hidden = encoder(batch["input_ids"], attention_mask, batch.get("token_type_ids"))
+    hidden = encoder(batch["input_ids"], attention_mask, batch.get("token_type_ids"),
+                     hidden_states=batch.get("text_hidden"))
     return hidden * attention_mask.unsqueeze(-1).to(hidden.dtype), attention_mask.sum(1).long()
 
 

@@ -180,7 +180,8 @@ class SelfMM(ULGMHooks, MSAModel):
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         text = self.text_encoder(batch["input_ids"], batch["attention_mask"],
-                                 batch.get("token_type_ids"))  # (B, H_t)
+                                 batch.get("token_type_ids"),
+                                 hidden_states=batch.get("text_hidden"))  # (B, H_t)
         audio = check_batch_sequence(batch, "audio", self.dims.audio)
         vision = check_batch_sequence(batch, "vision", self.dims.vision)
         _, audio_final = self.audio_lstm(audio, batch["audio_lengths"])

@@ -4,7 +4,8 @@
 half precision: CMD's higher central moments (``x^5`` of bf16's 8-bit mantissa), ULGM's
 distance ratios, and the softmax over DMD's edge scores. Those functions are wrapped with
 :func:`full_precision`: autocast is switched off inside and floating-point tensor arguments are
-cast to float32 (gradients flow back through the casts).
+cast to float32 when they are half precision (float64 stays float64, e.g. in the parity tests;
+gradients flow back through the casts).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _to_float32(value: Any) -> Any:
-    if isinstance(value, torch.Tensor) and value.is_floating_point():
+    """Half-precision tensors to float32; float32 and float64 stay as they are."""
+    if isinstance(value, torch.Tensor) and value.dtype in (torch.float16, torch.bfloat16):
         return value.float()
     return value
 

@@ -16,6 +16,10 @@ class PretrainedTextEncoder(nn.Module):
     The trainer recognises this module (``is_pretrained_language_model``) and gives its weights
     the language-model learning rate.
 
+    A frozen LM (every weight fixed, no adapters) is a fixed feature extractor: it always runs in
+    eval mode (no dropout), so its hidden states depend on the tokens alone and can be cached
+    (:mod:`msakit.lm_cache`); models then pass them as ``hidden_states`` and the LM is skipped.
+
     Args:
         name_or_path: Hugging Face model name or local path.
         pooling: ``"cls"`` (first token, Self-MM), ``"mean"`` (masked mean, MISA) or ``"none"``.
@@ -41,17 +45,50 @@ class PretrainedTextEncoder(nn.Module):
         if freeze:
             for parameter in self.model.parameters():
                 parameter.requires_grad_(False)
+            self.model.eval()
+
+    @property
+    def is_frozen(self) -> bool:
+        """No weight of the LM trains (LoRA adapters or fine-tuning make this False)."""
+        return not any(parameter.requires_grad for parameter in self.model.parameters())
+
+    def train(self, mode: bool = True) -> "PretrainedTextEncoder":
+        super().train(mode)
+        if mode and self.is_frozen:
+            self.model.eval()  # a fixed feature extractor: no dropout
+        return self
+
+    def language_model_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The LM's last hidden states ``(B, L, H)``, unpooled."""
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None and "token_type_ids" in self.model.forward.__code__.co_varnames:
+            kwargs["token_type_ids"] = token_type_ids
+        return self.model(**kwargs).last_hidden_state
 
     def forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
+        hidden_states: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None and "token_type_ids" in self.model.forward.__code__.co_varnames:
-            kwargs["token_type_ids"] = token_type_ids
-        hidden = self.model(**kwargs).last_hidden_state  # (B, L, H)
+        """Pooled (or full) LM states; ``hidden_states`` ``(B, L, H)`` are cached states of a
+        frozen LM for these tokens (the batch's ``text_hidden``), used instead of running it."""
+        if hidden_states is None:
+            hidden = self.language_model_states(input_ids, attention_mask, token_type_ids)
+        else:
+            if not self.is_frozen:
+                raise RuntimeError("cached language-model states were given to a language model "
+                                   "that trains; set train.lm_cache=off or freeze it")
+            if hidden_states.shape[:2] != input_ids.shape or hidden_states.shape[2] != self.hidden_size:
+                raise ValueError(f"cached text states have shape {tuple(hidden_states.shape)}, "
+                                 f"expected {(*input_ids.shape, self.hidden_size)}")
+            hidden = hidden_states
         if self.pooling == "cls":
             return hidden[:, 0]
         if self.pooling == "mean":

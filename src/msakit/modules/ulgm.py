@@ -153,16 +153,17 @@ class UnimodalLabelGenerator:
 
         Shapes: ``human_labels (N,)``.
         """
-        human = torch.as_tensor(human_labels, dtype=torch.float32).detach().reshape(-1).clone()
+        human = torch.as_tensor(human_labels).detach().reshape(-1).clone()
+        human = human.to(torch.float64 if human.dtype == torch.float64 else torch.float32)
         if human.numel() == 0:
             raise ValueError("ULGM: the training split is empty")
         if not torch.isfinite(human).all():
             raise ValueError("ULGM: the training labels contain NaN or inf")
         n = human.shape[0]
         self.labels = {key: human.clone() for key in self.feature_dims}
-        self.features = {key: torch.zeros(n, dim) for key, dim in self.feature_dims.items()}
+        self.features = {key: human.new_zeros(n, dim) for key, dim in self.feature_dims.items()}
         self.centres = {
-            key: {"pos": torch.zeros(dim), "neg": torch.zeros(dim)}
+            key: {"pos": human.new_zeros(dim), "neg": human.new_zeros(dim)}
             for key, dim in self.feature_dims.items()
         }
         self._ids = [None] * n

@@ -22,6 +22,7 @@ from msakit.config import ConfigError, ExperimentConfig, load_saved_config
 from msakit.data import dataset_splits, load_dataset, make_loader
 from msakit.data.dataset import MSADataset, Split
 from msakit.lm import load_tokenizer
+from msakit.lm_cache import SplitTextStates
 from msakit.models import FeatureDims, create_model
 from msakit.provenance import ENV_FILE, environment_record
 from msakit.training import distributed, runs
@@ -78,9 +79,14 @@ def loader_options(config: ExperimentConfig) -> dict[str, Any]:
 
 
 def loader_for(split: Split, dataset: MSADataset, config: ExperimentConfig, *, train: bool,
-               seed: int = 0, transform=None, sampler=None):
-    """Batches of ``split``: shuffled by ``seed`` (or ordered by ``sampler``) when ``train``."""
+               seed: int = 0, transform=None, sampler=None,
+               text_states: SplitTextStates | None = None):
+    """Batches of ``split``: shuffled by ``seed`` (or ordered by ``sampler``) when ``train``.
+    With ``text_states`` they carry the frozen LM's cached states (for training only while text
+    augmentation is off: augmented text has no cached states)."""
     tokenizer = load_tokenizer(config.model.language_model)
+    if train and config.augment.text.enabled:
+        text_states = None
     return make_loader(
         split,
         tokenizer,
@@ -93,6 +99,7 @@ def loader_for(split: Split, dataset: MSADataset, config: ExperimentConfig, *, t
         transform=transform if train else None,
         sampler=sampler,
         **loader_options(config),
+        text_states=text_states(split) if text_states is not None else None,
     )
 
 
@@ -106,7 +113,7 @@ class EpochLoader:
     """
 
     def __init__(self, split: Split, dataset: MSADataset, config: ExperimentConfig, seed: int,
-                 transform=None):
+                 transform=None, text_states: SplitTextStates | None = None):
         from torch.utils.data import DistributedSampler
 
         process = distributed.current()
@@ -122,7 +129,8 @@ class EpochLoader:
         local = config.model_copy(deep=True)
         local.train.batch_size = config.train.batch_size // process.world_size
         self.loader = loader_for(split, dataset, local, train=True, seed=seed,
-                                 transform=transform, sampler=self.sampler)
+                                 transform=transform, sampler=self.sampler,
+                                 text_states=text_states)
 
     def __call__(self, epoch: int):
         self.sampler.set_epoch(epoch)
@@ -173,9 +181,12 @@ def _train_one(config: ExperimentConfig, dataset: MSADataset, partition: Partiti
 
     trainer = Trainer(config, run_dir, dataset.name, progress=progress and is_main,
                       epoch_callback=on_epoch if loggers or epoch_callback else None)
+    model.to(trainer.device)  # the LM cache computes missing states on the training device
+    text_states = SplitTextStates.for_model(model, config, dataset.word_aligned)
 
-    train_loader = EpochLoader(partition.train, dataset, config, seed, transform)
-    valid_loader = loader_for(partition.valid, dataset, config, train=False)
+    train_loader = EpochLoader(partition.train, dataset, config, seed, transform, text_states)
+    valid_loader = loader_for(partition.valid, dataset, config, train=False,
+                              text_states=text_states)
     try:
         summary = trainer.fit(model, train_loader, valid_loader,
                               torch.as_tensor(partition.train.labels, dtype=torch.float32),
@@ -190,7 +201,8 @@ def _train_one(config: ExperimentConfig, dataset: MSADataset, partition: Partiti
             runs.write_json(metrics_path, result)
         return result
     trainer.load_best(model)
-    test = evaluate_model(model, loader_for(partition.test, dataset, config, train=False),
+    test = evaluate_model(model, loader_for(partition.test, dataset, config, train=False,
+                                            text_states=text_states),
                           dataset.name, trainer.device, keep_extras=True,
                           precision=config.train.precision)
     artifacts = model.run_artifacts()
@@ -214,9 +226,119 @@ def _train_one(config: ExperimentConfig, dataset: MSADataset, partition: Partiti
         **summary,
         "parameters": model.parameter_counts(),
     }
+    if text_states is not None:  # clips whose frozen-LM states came from disk / were computed
+        result["lm_cache"] = {"directory": str(text_states.cache.directory),
+                              "hits": text_states.statistics.hits,
+                              "computed": text_states.statistics.computed}
     if is_main:
         runs.write_json(metrics_path, result)
     return result
+
+
+def _result_line(result: dict[str, Any]) -> str:
+    return (f"  seed {result['seed']} {result['partition']}: best epoch {result['best_epoch']}, "
+            "test " + ", ".join(f"{k} {v:.4f}" for k, v in result["test"].items()
+                                if k in ("Non0_acc_2", "Has0_acc_2", "Mult_acc_2", "MAE", "Corr")))
+
+
+class JobsFailed(RuntimeError):
+    """Some (seed, partition) runs of a ``--jobs`` experiment failed; the others finished."""
+
+
+# -- one worker process of --jobs ---------------------------------------------------------------
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(config: ExperimentConfig, device_queue, threads: int | None,
+                 transform_factory) -> None:
+    """Load the data once per worker process and claim a device for its lifetime."""
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    device = device_queue.get() if device_queue is not None else None
+    if device is not None:
+        config.train.device = device
+    if threads:
+        torch.set_num_threads(threads)
+    dataset, partitions = load_experiment_data(config)
+    if transform_factory is None:
+        from msakit.augment import transform_from_config as transform_factory
+    _worker.update(config=config, dataset=dataset, partitions=partitions,
+                   transform=transform_factory(config))
+
+
+def _worker_job(seed: int, index: int, sub: str, resume: bool) -> dict[str, Any]:
+    import traceback
+
+    try:
+        return _train_one(_worker["config"], _worker["dataset"], _worker["partitions"][index],
+                          seed, Path(sub), resume=resume, progress=False,
+                          transform=_worker["transform"])
+    except BaseException as err:  # noqa: BLE001 - reported by the parent with the log's path
+        Path(sub, "error.txt").write_text(traceback.format_exc())
+        raise JobsFailed(f"{type(err).__name__}: {err}") from None
+
+
+def _prefill_lm_cache(config: ExperimentConfig, dataset: MSADataset,
+                      partitions: list[Partition]) -> None:
+    """Compute a frozen LM's missing states once, before parallel jobs would each do it."""
+    if config.train.lm_cache == "off":
+        return
+    model = create_model(config.model, feature_dims(dataset, config))
+    text_states = SplitTextStates.for_model(model, config, dataset.word_aligned)
+    if text_states is not None:
+        for partition in partitions:
+            for split in (partition.train, partition.valid, partition.test):
+                text_states(split)
+
+
+def _run_parallel(config: ExperimentConfig, dataset: MSADataset, partitions: list[Partition],
+                  jobs_list: list[tuple[int, int, Path]], jobs: int, *, resume: bool,
+                  console: Console, transform_factory) -> list[dict[str, Any]]:
+    """Train ``jobs_list`` (seed, partition index, run folder) ``jobs`` at a time.
+
+    Each worker process loads the data once and trains one run at a time; runs are seeded as
+    in a sequential experiment, so with the same ``train.num_threads`` the results are the same.
+    Where CUDA devices are visible (and ``train.device`` is ``auto`` or ``cuda``) each worker
+    takes its own, round-robin. Without ``train.num_threads`` each worker gets
+    ``cpu_count // jobs`` torch threads. A failed run is reported with its traceback file
+    (``<run>/error.txt``); the others finish, then :class:`JobsFailed` names every failure.
+    """
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    jobs = min(jobs, len(jobs_list))
+    context = multiprocessing.get_context("spawn")
+    device_queue = None
+    if config.train.device in ("auto", "cuda") and torch.cuda.is_available():
+        device_queue = context.Manager().Queue()
+        for worker in range(jobs):
+            device_queue.put(f"cuda:{worker % torch.cuda.device_count()}")
+    threads = config.train.num_threads or max(1, (os.cpu_count() or 1) // jobs)
+    _prefill_lm_cache(config, dataset, partitions)
+    console.print(f"  {len(jobs_list)} runs, {jobs} at a time (processes)")
+    results: dict[int, dict[str, Any]] = {}
+    failures: list[str] = []
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
+                             initargs=(config, device_queue, threads,
+                                       transform_factory)) as pool:
+        futures = {pool.submit(_worker_job, seed, index, str(sub), resume): (position, seed, sub)
+                   for position, (seed, index, sub) in enumerate(jobs_list)}
+        for future in as_completed(futures):
+            position, seed, sub = futures[future]
+            done = len(results) + len(failures) + 1
+            try:
+                results[position] = future.result()
+            except Exception as err:  # noqa: BLE001 - every failure is collected and reported
+                log_file = sub / "error.txt"
+                failures.append(f"seed {seed} {sub.name}: {err}"
+                                + (f" (traceback: {log_file})" if log_file.exists() else ""))
+                console.print(f"  [red]failed[/] [{done}/{len(jobs_list)}] {failures[-1]}")
+                continue
+            console.print(f"[{done}/{len(jobs_list)}]" + _result_line(results[position]))
+    if failures:
+        raise JobsFailed(f"{len(failures)} of {len(jobs_list)} runs failed: "
+                         + "; ".join(failures))
+    return [results[position] for position in range(len(jobs_list))]
 
 
 def run_experiment(
@@ -226,6 +348,7 @@ def run_experiment(
     progress: bool = True,
     console: Console | None = None,
     transform_factory=None,
+    jobs: int = 1,
 ) -> tuple[Path, dict[str, Any]]:
     """Train ``config`` for every seed and partition; return the run folder and the summary.
 
@@ -236,8 +359,15 @@ def run_experiment(
             the interrupted one continues from its ``last.pt``, missing ones are trained.
         transform_factory: ``config -> transform | None`` for training-time augmentation;
             default: :func:`msakit.augment.transform_from_config` (the ``augment`` section).
+        jobs: train this many (seed, partition) runs at a time, each in its own process (one
+            GPU each where several are visible; see :func:`_run_parallel`).
     """
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
     process = distributed.setup(config.train.device if config is not None else "auto")
+    if jobs > 1 and process.world_size > 1:
+        raise ValueError("--jobs runs independent runs in parallel processes; under torchrun "
+                         "every process already trains the same run: use one or the other")
     console = console or Console()
     if not process.is_main:
         console = Console(quiet=True)  # process 0 reports
@@ -271,22 +401,26 @@ def run_experiment(
                       f"{dataset.replaced_nonfinite}")
     console.print(f"[bold]{config.model.name}[/] on {dataset.name} ({dataset.source}): "
                   f"{len(partitions)} partition(s) x {len(seeds)} seed(s) -> {run_dir}")
-    results = []
+    jobs_list = []
     for seed in seeds:
-        for partition in partitions:
+        for index, partition in enumerate(partitions):
             sub = runs.sub_run_dir(run_dir, seed, partition.name)
             if process.is_main:
                 sub.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(run_dir / runs.DATA_FILE, sub / runs.DATA_FILE)
-            process.barrier()
-            result = _train_one(config, dataset, partition, seed, sub,
+            jobs_list.append((seed, index, sub))
+    process.barrier()
+    if jobs > 1 and len(jobs_list) > 1:
+        results = _run_parallel(config, dataset, partitions, jobs_list, jobs,
+                                resume=resume_dir is not None, console=console,
+                                transform_factory=transform_factory)
+    else:
+        results = []
+        for seed, index, sub in jobs_list:
+            result = _train_one(config, dataset, partitions[index], seed, sub,
                                 resume=resume_dir is not None, progress=progress,
                                 transform=transform)
-            console.print(
-                f"  seed {seed} {partition.name}: best epoch {result['best_epoch']}, test "
-                + ", ".join(f"{k} {v:.4f}" for k, v in result["test"].items()
-                            if k in ("Non0_acc_2", "Has0_acc_2", "Mult_acc_2", "MAE", "Corr"))
-            )
+            console.print(_result_line(result))
             results.append(result)
     summary = summarise(results)
     if not process.is_main:
@@ -342,7 +476,9 @@ def evaluate_run(
         saved = runs.load_checkpoint(sub / runs.BEST_CHECKPOINT, device)
         model.load_checkpoint_state_dict(saved["model"])
         model.to(device)
-        loader = loader_for(splits[sub], dataset, sub_config, train=False)
+        text_states = SplitTextStates.for_model(model, sub_config, dataset.word_aligned)
+        loader = loader_for(splits[sub], dataset, sub_config, train=False,
+                            text_states=text_states)
         evaluation = evaluate_model(model, loader, dataset.name, device, keep_extras=True,
                                     precision=sub_config.train.precision)
         entry = {"run": str(sub.relative_to(run_dir)) if sub != run_dir else ".",

@@ -118,9 +118,19 @@ def build_parameter_groups(model: MSAModel, config: ExperimentConfig) -> list[di
 
 
 def make_optimizer(model: MSAModel, config: ExperimentConfig) -> torch.optim.Optimizer:
+    """Adam or AdamW over the model's parameter groups.
+
+    With ``train.fused_optimizer`` (default) the update runs as PyTorch's fused kernel when every
+    parameter is a float tensor on the CPU or a CUDA device: the same Adam update, one kernel
+    for all parameters instead of a Python loop of small ops per parameter (on CPU the loop was
+    about a quarter of a MISA step with a fine-tuned LM, see docs/performance.md).
+    """
     groups = build_parameter_groups(model, config)
     cls = torch.optim.AdamW if config.train.optimizer == "adamw" else torch.optim.Adam
-    return cls(groups)
+    parameters = [p for group in groups for p in group["params"]]
+    fused = config.train.fused_optimizer and all(
+        p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in parameters)
+    return cls(groups, fused=True) if fused else cls(groups)
 
 
 def warmup_cosine_factor(k: int, warmup: float, period: float) -> float:

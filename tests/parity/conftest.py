@@ -1,0 +1,16 @@
+"""Shared by the parity tests: the small random BERT their fixtures were generated with."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def small_bert(fixture, tmp_path_factory):
+    """A folder holding a BERT of the module fixture's ``bert_config`` (its weights are then
+    replaced by the fixture's), so that msakit builds the model through its usual loader."""
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("small_bert")
+    BertModel(BertConfig(**fixture["bert_config"])).save_pretrained(folder)
+    return str(folder)

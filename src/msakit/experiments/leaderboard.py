@@ -167,10 +167,10 @@ def leaderboard_notes(board: dict[str, Any]) -> list[str]:
     majority = board["majority"]
     rate = majority["rate"]
     baseline = board["rows"][0]["label"]
-    notes = [f"Majority-class rate: {100 * rate:.1f} % ({majority['majority']} labels: "
-             f"{max(majority['n_positive'], majority['n_negative'])} of the "
-             f"{majority['n_nonzero']} test clips with a non-zero label), what always predicting "
-             f"the majority sign scores on {ACCURACY_METRIC}."]
+    notes = [(f"Majority-class rate: {100 * rate:.1f} % ({majority['majority']} labels: "
+              f"{max(majority['n_positive'], majority['n_negative'])} of the "
+              f"{majority['n_nonzero']} test clips with a non-zero label), what always "
+              f"predicting the majority sign scores on {ACCURACY_METRIC}.")]
     if ACCURACY_METRIC in board["metrics"]:
         above = [r["label"] for r in board["rows"] if r.get("above_majority")]
         below = [r["label"] for r in board["rows"] if r.get("above_majority") is False]
@@ -216,13 +216,7 @@ def leaderboard_markdown(board: dict[str, Any]) -> str:
 def write_leaderboard(board: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``leaderboard.json`` and ``leaderboard.md`` into ``out_dir`` (never over existing
     ones: ``leaderboard-2.json`` ... then)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / "leaderboard.json", out_dir / "leaderboard.md"
-    n = 1
-    while json_path.exists() or md_path.exists():
-        n += 1
-        json_path, md_path = out_dir / f"leaderboard-{n}.json", out_dir / f"leaderboard-{n}.md"
+    json_path, md_path = runs.unused_paths(out_dir, "leaderboard", (".json", ".md"))
     runs.write_json(json_path, board)
     md_path.write_text(leaderboard_markdown(board))
     return json_path, md_path

@@ -26,11 +26,11 @@ train() {  # train NAME MODEL [--set ...]
 }
 EXTRA=("$@")
 start=$SECONDS
-train text-floor lf_dnn "${frozen[@]}" --set 'model.modalities=[text]' --set train.epochs=40 --set train.patience=6
-train sagenet    sagenet "${frozen[@]}" --set train.epochs=30 --set train.patience=6
-train mmiln      mmiln   "${frozen[@]}" --set train.epochs=30 --set train.patience=6
-train dmd        dmd     "${frozen[@]}" --set train.epochs=30 --set train.patience=6 --set train.grad_accumulation=1 --set train.lr=1e-3
-train misa       misa    "${frozen[@]}" --set train.epochs=30 --set train.patience=6 --set train.lr=1e-3
+train text-floor lf_dnn "${frozen[@]}" --set 'model.modalities=[text]' --set train.epochs=60 --set train.patience=10 --set train.lr=3e-3
+train sagenet    sagenet "${frozen[@]}" --set train.epochs=20 --set train.patience=6
+train mmiln      mmiln   "${frozen[@]}" --set train.epochs=20 --set train.patience=6
+train dmd        dmd     "${frozen[@]}" --set train.epochs=20 --set train.patience=6 --set train.grad_accumulation=1 --set train.lr=1e-3
+train misa       misa    "${frozen[@]}" --set train.epochs=20 --set train.patience=6 --set train.lr=1e-3
 train lrcmt      lrcmt   --set train.epochs=8 --set train.patience=3
 echo "trained in $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s"
 msakit leaderboard "$out/text-floor" "$out"/{sagenet,mmiln,dmd,lrcmt,misa} --output-dir "$out"

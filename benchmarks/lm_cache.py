@@ -3,7 +3,8 @@
     python benchmarks/lm_cache.py --data ../shared/data/mosi/word_aligned_valid.pkl \
         --models sagenet mult dmd --epochs 4
 
-Each model is trained with ``model.freeze_language_model=true`` on the first of 5 grouped folds
+Each model is trained with ``model.freeze_language_model=true`` and augmentation off (with text
+augmentation the training split cannot use the cache) on the first of 5 grouped folds
 of the data (229 clips: about 150 training, 37 validation clips), with ``train.lm_cache=off``
 and then ``auto`` (the cache is filled first, in a folder of its own, so ``auto`` epochs are the
 "after the first run" case), one torch thread, the same seed. An epoch is the training pass plus
@@ -37,6 +38,8 @@ def train_epochs(name: str, data: str, epochs: int, cache: str, cache_dir: Path,
                  work: Path) -> dict:
     config = build_config(name, [
         f"data.path={data}", "data.folds=5", "model.freeze_language_model=true",
+        # augmentation off (SAGE-Net's default has it on): augmented text has no cached states
+        "augment.text.enabled=false", "augment.audio.enabled=false",
         f"train.epochs={epochs}", "train.patience=null", "train.num_threads=1",
         "train.device=cpu", f"train.lm_cache={cache}", f"train.lm_cache_dir={cache_dir}",
     ])

@@ -130,6 +130,7 @@ def measure_epochs(path: Path, model_name: str, train_clips: int, epochs: int,
         config = build_config(model_name, [
             f"data.path={path}", "model.freeze_language_model=true",
             f"train.epochs={1 if mode == 'fill' else epochs}", "train.patience=null",
+            "augment.text.enabled=false", "augment.audio.enabled=false",
             "train.num_threads=1", "train.device=cpu", f"train.lm_cache={mode if mode != 'fill' else 'auto'}",
             f"train.lm_cache_dir={cache_dir}",
         ])
@@ -170,6 +171,7 @@ def main() -> None:
     parser.add_argument("--train-clips", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--loader-batches", type=int, default=100)
+    parser.add_argument("--no-epochs", action="store_true", help="skip part 3 (training)")
     args = parser.parse_args()
     import logging
 
@@ -197,6 +199,8 @@ def main() -> None:
               f"epoch (tokenising), {second:.1f} batches/s after")
         del dataset
 
+        if args.no_epochs:
+            return
         epochs = measure_epochs(path, args.model, args.train_clips, args.epochs, tmp / "cache",
                                 tmp)
         off, cached = statistics.median(epochs["off"]), statistics.median(epochs["auto"])

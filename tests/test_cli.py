@@ -51,10 +51,10 @@ def test_train_evaluate_and_resume_end_to_end(runner, mosi_word_aligned, tmp_pat
     # resume of a run whose second seed was lost retrains only what is missing
     shutil.rmtree(run_dir / "seed2")
     (run_dir / "metrics.json").unlink()
-    before = (run_dir / "seed1" / "fold0" / "best.pt").stat().st_mtime_ns
+    before = (run_dir / "seed1" / "fold0" / "best.safetensors").stat().st_mtime_ns
     result = runner.invoke(main, ["train", "lf_dnn", "--resume", str(run_dir), "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert (run_dir / "seed1" / "fold0" / "best.pt").stat().st_mtime_ns == before
+    assert (run_dir / "seed1" / "fold0" / "best.safetensors").stat().st_mtime_ns == before
     resumed = json.loads((run_dir / "metrics.json").read_text())
     for metric, stats in trained["summary"].items():
         assert resumed["summary"][metric]["mean"] == pytest.approx(stats["mean"]), metric
@@ -95,12 +95,12 @@ def test_hostile_checkpoint_is_refused_and_runs_nothing(runner, tmp_path):
     sub = tmp_path / "run" / "seed1" / "fold0"
     sub.mkdir(parents=True)
     (sub / "config.yaml").write_text("model:\n  name: lf_dnn\n")
-    with (sub / "best.pt").open("wb") as handle:
+    with (sub / "last.pt").open("wb") as handle:
         pickle.dump({"model": Hostile()}, handle)
     from msakit.training.runs import load_checkpoint
 
     with pytest.raises(ValueError, match="refused"):
-        load_checkpoint(sub / "best.pt")
+        load_checkpoint(sub / "last.pt")
     assert not marker.exists()
 
 

@@ -12,7 +12,9 @@ from msakit.data.text import expand_to_tokens, tokenize_words
 from msakit.lm import load_tokenizer
 
 BATCH_KEYS = {"index", "input_ids", "attention_mask", "token_type_ids", "audio", "audio_lengths",
-              "audio_mask", "vision", "vision_lengths", "vision_mask", "labels", "ids"}
+              "audio_mask", "vision", "vision_lengths", "vision_mask", "labels", "ids",
+              "host_lengths"}
+WORD_KEYS = {"word_audio", "word_vision", "word_lengths", "word_mask"}
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +73,7 @@ def test_collate_word_aligned(aligned_split, tokenizer):
     dataset = SplitDataset(aligned_split, tokenizer, max_text_tokens=64, word_aligned=True)
     rows = [0, 5, 17, 100]
     batch = collate([dataset[i] for i in rows], pad_token_id=tokenizer.pad_token_id)
-    assert set(batch) == BATCH_KEYS
+    assert set(batch) == BATCH_KEYS | WORD_KEYS
     lengths = batch["attention_mask"].sum(1)
     length = batch["input_ids"].shape[1]
     assert batch["audio"].shape == (4, length, 74) and batch["vision"].shape == (4, length, 47)
@@ -85,6 +87,36 @@ def test_collate_word_aligned(aligned_split, tokenizer):
     assert batch["ids"] == [aligned_split.ids[i] for i in rows]
     assert (batch["input_ids"][~batch["attention_mask"].bool()] == tokenizer.pad_token_id).all()
     assert not batch["audio"][~batch["audio_mask"]].any()
+    # one step per word for recurrent encoders: every word, unexpanded, and CPU lengths
+    words = torch.tensor([len(aligned_split.words[i]) for i in rows])
+    assert torch.equal(batch["word_lengths"], words)
+    assert torch.equal(batch["host_lengths"]["word"], words)
+    assert batch["word_audio"].shape == (4, int(words.max()), 74)
+    for b, i in enumerate(rows):
+        assert torch.equal(batch["word_audio"][b, : words[b]],
+                           torch.from_numpy(aligned_split.audio[i]))
+        assert torch.equal(batch["word_vision"][b, : words[b]],
+                           torch.from_numpy(aligned_split.vision[i]))
+    assert not batch["word_audio"][~batch["word_mask"]].any()
+    # host lengths stay on the CPU when the batch moves to a device
+    from msakit.training.trainer import move_batch
+    moved = move_batch(batch, torch.device("meta"))
+    assert moved["audio"].device.type == "meta"
+    assert moved["host_lengths"]["word"].device.type == "cpu"
+
+
+def test_recurrent_input_reads_word_steps_when_present(aligned_split, tokenizer):
+    from msakit.modules.encoders import recurrent_input
+    aligned = next(iter(make_loader(aligned_split.subset([0, 5]), tokenizer, 2,
+                                    word_aligned=True)))
+    sequence = recurrent_input(aligned, "vision")
+    assert sequence.x is aligned["word_vision"]
+    assert torch.equal(sequence.lengths, aligned["word_lengths"])
+    assert sequence.host_lengths is aligned["host_lengths"]["word"]
+    unaligned = next(iter(make_loader(aligned_split.subset([0, 5]), tokenizer, 2)))
+    sequence = recurrent_input(unaligned, "vision")
+    assert sequence.x is unaligned["vision"]
+    assert sequence.host_lengths is unaligned["host_lengths"]["vision"]
 
 
 def test_collate_unaligned_and_absent_modalities(aligned_split, text_split, tokenizer):
@@ -207,5 +239,8 @@ def test_packed_batches_equal_per_clip_collate(aligned_split, tokenizer, word_al
             if isinstance(value, torch.Tensor):
                 assert got[key].dtype == value.dtype, key
                 assert torch.equal(got[key], value), key
+            elif isinstance(value, dict):  # host_lengths
+                assert set(got[key]) == set(value), key
+                assert all(torch.equal(got[key][k], v) for k, v in value.items()), key
             else:
                 assert got[key] == value, key

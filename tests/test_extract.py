@@ -334,5 +334,5 @@ def test_video_without_any_face_is_kept_marked_or_refused_when_strict(tmp_path, 
 
 def test_unreadable_label_csv_is_refused(tmp_path):
     (tmp_path / "label.csv").write_bytes(b"video_id,clip_id\n\xff\xfe\x00garbage\n")
-    with pytest.raises(ExtractionError, match=r"label\.csv: not a readable UTF-8 CSV"):
+    with pytest.raises(ExtractionError, match=r"label\.csv: not a UTF-8 text file"):
         extract_folder(tmp_path, tmp_path / "out.pkl", progress=False)

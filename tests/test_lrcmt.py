@@ -358,8 +358,10 @@ def test_short_real_run_beats_the_training_mean(mosi_word_aligned, tmp_path):
                 torch.as_tensor(fold.train.labels))
     trainer.load_best(model)
     assert all(torch.equal(v, lm_base_weights(model)[k]) for k, v in base_before.items())
-    # best.pt holds the adapter, fusion and head only
-    stored = torch.load(tmp_path / "best.pt", weights_only=True)["model"]
+    # best.safetensors holds the adapter, fusion and head only
+    from msakit.training.runs import load_best_state
+
+    stored = load_best_state(tmp_path)
     assert (sum(v.numel() for k, v in stored.items() if k != FROZEN_CHECKSUM_KEY)
             == model.parameter_counts()["trainable"])
 

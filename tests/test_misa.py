@@ -32,7 +32,7 @@ def test_registered_with_official_defaults():
     assert config.model.hidden_size == 128 and config.model.dropout == 0.5
     assert config.train.lr == 1e-4 and config.train.lm_lr == 1e-4
     assert config.train.batch_size == 64 and config.train.grad_clip_value == 1.0
-    assert config.train.patience == 6 and config.train.selection_metric == "loss"
+    assert config.train.patience == 7 and config.train.selection_metric == "loss"
 
 
 def test_config_errors_are_clear():
@@ -135,3 +135,28 @@ def test_optimiser_steps_reduce_the_loss_on_a_real_batch(mosi):
         end, end_output = total_loss()
     assert end.item() < 0.5 * start.item()
     assert end_output.losses["task"].item() < 0.5 * start_output.losses["task"].item()
+
+
+def test_freeze_lm_layers_freezes_only_the_first_layers():
+    model = MISA(MISAConfig(freeze_lm_layers=4), DIMS)  # MiniLM has 6 layers
+    layers = model.text_encoder.transformer_layers()
+    assert not any(p.requires_grad for layer in layers[:4] for p in layer.parameters())
+    assert all(p.requires_grad for layer in layers[4:] for p in layer.parameters())
+    assert all(p.requires_grad for p in model.text_encoder.model.embeddings.parameters())
+    with pytest.raises(ValueError, match="cannot freeze 7 layers"):
+        MISA(MISAConfig(freeze_lm_layers=7), DIMS)
+
+
+def test_recurrent_encoders_read_one_step_per_word(mosi, misa_model):
+    batch = real_batch(mosi, range(4))
+    misa_model.eval()
+    with torch.no_grad():
+        utterances = misa_model.encode(batch)
+        words = batch["word_lengths"]
+        for b in range(4):
+            clip = batch["word_audio"][b : b + 1, : words[b]]
+            alone = misa_model.audio_encoder(clip, words[b : b + 1])
+            torch.testing.assert_close(utterances["audio"][b : b + 1], alone)
+        # the sub-word-expanded copy (zero rows for [CLS]/[SEP]) is not what the LSTMs read
+        expanded = misa_model.audio_encoder(batch["audio"], batch["audio_lengths"])
+        assert (expanded - utterances["audio"]).abs().max() > 1e-3

@@ -61,7 +61,9 @@ def trained_run(extracted):
     root, features = extracted
     result = _invoke(["train", "lf_dnn", "--data", str(features), "--epochs", "2",
                       "--output-dir", str(root / "runs"), "--set", "run.name=tiny",
-                      "--set", "train.batch_size=2", "--no-progress"])
+                      "--set", "train.batch_size=2", "--no-progress",
+                      # the fixture's splits are copies of the same two clips, on purpose
+                      "--set", "data.allow_overlap=true"])
     assert result.exit_code == 0, result.output
     return root / "runs" / "tiny"
 
@@ -105,7 +107,7 @@ def _fake_run(folder, extractor, dims=None):
     (folder / "data.json").write_text(json.dumps({
         "source": "/data/mosi/aligned_50.pkl", "dataset": "mosi", "word_aligned": False,
         "feature_dims": dims or {"audio": 5, "vision": 20}, "extractor": extractor}))
-    (folder / "seed1" / "standard" / "best.pt").write_bytes(b"")
+    (folder / "seed1" / "standard" / "best.safetensors").write_bytes(b"")
     return folder
 
 
@@ -186,7 +188,7 @@ def test_contributions_come_from_model_extras(extracted, tmp_path, monkeypatch, 
     registry.list_models()  # discover the real models before adding the probe
     monkeypatch.setitem(registry._REGISTRY, GateProbe.name, GateProbe)
     _, features = extracted
-    dataset = load_dataset(features)
+    dataset = load_dataset(features, allow_overlap=True)  # the fixture repeats one clip
     run = tmp_path / "run"
     run.mkdir()
     ExperimentConfig(model=GateProbeConfig(loss_weights={"task": 1.0})).save(run / "config.yaml")
@@ -197,7 +199,9 @@ def test_contributions_come_from_model_extras(extracted, tmp_path, monkeypatch, 
     from msakit.models import FeatureDims
 
     model = GateProbe(GateProbeConfig(), FeatureDims(**dataset.feature_dims))
-    torch.save({"model": model.checkpoint_state_dict(), "epoch": 1}, run / "best.pt")
+    from msakit.training.runs import save_best_state
+
+    save_best_state(run, model.checkpoint_state_dict(), {"epoch": 1})
 
     (prediction,) = predict_clips([mosi_raw_dir / MP4], run, [MP4_TEXT])
     gate = prediction.contributions["gate_audio_vision"]

@@ -62,7 +62,7 @@ def test_misa_short_training_learns_and_beats_the_training_mean(mosi_word_aligne
     fold = partitions[0]
     mean_mae = compute_metrics(np.full(len(fold.valid), fold.train.labels.mean()),
                                fold.valid.labels)["MAE"]
-    selected = [r for r in rows if r["selected"] == "1"][-1]  # the checkpoint kept in best.pt
+    selected = [r for r in rows if r["selected"] == "1"][-1]  # the weights kept in best.safetensors
     assert float(selected["valid_MAE"]) < mean_mae
 
 
@@ -128,9 +128,10 @@ def test_results_table_has_every_run_and_sample_std(mosi_word_aligned, tmp_path)
     for seed in (1, 2):
         for fold in ("fold0", "fold1"):
             sub = run_dir / f"seed{seed}" / fold
-            for name in ("config.yaml", "data.json", "epochs.csv", "best.pt", "last.pt",
-                         "metrics.json", "predictions.csv"):
+            for name in ("config.yaml", "data.json", "epochs.csv", "best.safetensors",
+                         "best.json", "metrics.json", "predictions.csv"):
                 assert (sub / name).exists(), sub / name
+            assert not (sub / "last.pt").exists()  # finished: no resumable state kept
 
 
 def test_artifact_summary_averages_numeric_groups_only():

@@ -63,7 +63,8 @@ class StrictModel(BaseModel):
     :class:`AugmentConfig` at module level without an import cycle.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(),
+                              allow_inf_nan=False)
 
 
 class WordOpConfig(StrictModel):

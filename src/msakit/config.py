@@ -9,6 +9,7 @@ from ``--set section.key=value`` overrides. Unknown keys are errors everywhere.
 
 from __future__ import annotations
 
+import math
 import re
 from importlib import resources
 from pathlib import Path
@@ -16,7 +17,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator,
+    BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator,
+    model_validator,
 )
 
 from msakit.augment import AugmentConfig
@@ -29,7 +31,10 @@ class ConfigError(ValueError):
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    """Unknown keys are errors; NaN and infinity are refused for every float field."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(),
+                              allow_inf_nan=False)
 
 
 class ModelConfig(StrictModel):
@@ -45,6 +50,15 @@ class ModelConfig(StrictModel):
         default_factory=dict,
         description="Weight of each named loss term the model returns; the trainer sums w * term.",
     )
+
+    @field_validator("loss_weights")
+    @classmethod
+    def _finite_non_negative_weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        for term, weight in weights.items():
+            if not math.isfinite(weight) or weight < 0:
+                raise ValueError(f"loss weight of {term!r} is {weight}; loss weights must be "
+                                 "finite and >= 0 (0 switches a term off)")
+        return weights
 
 
 class DataConfig(StrictModel):
@@ -64,6 +78,10 @@ class DataConfig(StrictModel):
     fold_seed: int = 0
     nonfinite: Literal["replace", "error"] = Field(
         "replace", description="NaN/inf in features: replace by 0 (and report) or refuse"
+    )
+    allow_overlap: bool = Field(
+        False, description="Accept the same clip id, or an identical clip (transcript and "
+        "features), in two of a file's train/valid/test splits; refused by default (leakage)"
     )
 
 
@@ -115,9 +133,12 @@ class TrainConfig(StrictModel):
         "epoch", description="warmup_cosine: step the schedule once per epoch (ALMT's official "
         "script) or once per optimiser step"
     )
-    seed: int = 1
-    device: str = "auto"
+    seed: int = Field(1, ge=0, le=2**32 - 1)
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None = default")
+    keep_last: bool = Field(False, description="Keep each training run's resumable last.pt "
+                            "(weights + optimiser state) after it finished; by default it is "
+                            "deleted then, leaving best.safetensors")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Forward passes under torch.autocast in this dtype (fp16 with loss "
         "scaling, CUDA only); losses that need fp32 (CMD moments, ULGM distances, DMD edge "
@@ -155,11 +176,31 @@ class TrainConfig(StrictModel):
         """YAML reads a bare ``off`` as False (and ``on`` as True)."""
         return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not _DEVICE.match(device):
+            raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+        return device
+
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=@-]*$")
+
 
 class RunConfig(StrictModel):
     output_dir: str = "runs"
-    name: str | None = Field(None, description="Run directory name; default "
-                             "<model>-<dataset>-<timestamp>")
+    name: str | None = Field(None, description="Run directory name (one folder name: letters, "
+                             "digits, _ . + = @ -); default <model>-<dataset>-<timestamp>")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_folder_name(cls, name: str | None) -> str | None:
+        if name is not None and (not _RUN_NAME.match(name) or name in (".", "..")
+                                 or len(name) > 200):
+            raise ValueError(f"run.name {name!r} must be one folder name (letters, digits, "
+                             "_ . + = @ -, not starting with '.' or '-'), not a path")
+        return name
     preset: str | None = Field(None, description="The preset the config was built from "
                                "(msakit/configs/presets/<model>/<preset>.yaml); set by --preset")
     loggers: list[Literal["tensorboard", "mlflow"]] = Field(
@@ -200,6 +241,34 @@ def default_config_file(model_name: str) -> dict[str, Any]:
     if not resource.is_file():
         return {}
     return yaml.safe_load(resource.read_text()) or {}
+
+
+def load_yaml_file(path: str | Path | None) -> dict[str, Any]:
+    """A user's YAML config file as a mapping (``{}`` for ``None`` or an empty file).
+
+    Raises:
+        ConfigError: unreadable, not valid YAML (with the line), or not a mapping of sections.
+    """
+    if path is None:
+        return {}
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}:{at}: not valid YAML ({problem})") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from err
+    except IsADirectoryError as err:
+        raise ConfigError(f"{path}: is a folder, expected a YAML file") from err
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (model:, data:, train:, ...), "
+                          f"found a {type(tree).__name__}")
+    return tree
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -294,9 +363,25 @@ def build_config(
         )
     try:
         model_config = model_cls.config_class(**model_tree)
+    except ValidationError as err:
+        raise ConfigError(f"invalid config for {model_name}: {describe_errors(err, 'model')}"
+                          ) from err
+    try:
         return ExperimentConfig(model=model_config, **tree)
     except ValidationError as err:
-        raise ConfigError(f"invalid config for {model_name}:\n{err}") from err
+        raise ConfigError(f"invalid config for {model_name}: {describe_errors(err)}") from err
+
+
+def describe_errors(err: ValidationError, prefix: str = "") -> str:
+    """A pydantic error as one line: ``key: problem (got value); ...``."""
+    parts = []
+    for item in err.errors():
+        key = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "")
+        message = item["msg"].removeprefix("Value error, ")
+        value = item.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        parts.append(f"{key}: {message}{shown}")
+    return "; ".join(parts)
 
 
 def load_saved_config(path: Path) -> ExperimentConfig:
@@ -320,4 +405,4 @@ def config_from_tree(tree: dict[str, Any], path: str = "<config>") -> Experiment
             model=model_cls.config_class(**tree.pop("model")), **tree
         )
     except ValidationError as err:
-        raise ConfigError(f"{path}: invalid saved config:\n{err}") from err
+        raise ConfigError(f"{path}: invalid saved config: {describe_errors(err)}") from err

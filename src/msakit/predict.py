@@ -12,8 +12,8 @@ CMU-SDK pickles: ``extractor`` is null) is refused: its model expects inputs tha
 cannot be given.
 
 Run folder (written by :mod:`msakit.training`): ``config.yaml`` and ``data.json`` at the top,
-checkpoints ``seed<S>/<partition>/best.pt`` (``{"model": state_dict, ...}``), or a single
-training folder holding ``best.pt`` itself. With several checkpoints (seeds x folds), the
+selected weights ``seed<S>/<partition>/best.safetensors`` (read with
+:func:`msakit.training.runs.load_best_state`), or a single training folder holding them itself. With several checkpoints (seeds x folds), the
 prediction is their mean and the spread is reported.
 
 A text-only model (audio and vision dims 0) needs only a transcript: ``--text`` alone, or a clip
@@ -34,7 +34,7 @@ from msakit.extract.config import TOOL_NAME, ExtractorConfig
 
 CONFIG_FILE = "config.yaml"
 DATA_FILE = "data.json"
-BEST_CHECKPOINT = "best.pt"
+BEST_CHECKPOINT = "best.safetensors"
 
 #: 7-class labels of the rounded score on MOSI/MOSEI's [-3, 3] scale.
 SEVEN_CLASSES = {
@@ -61,13 +61,14 @@ class TrainedRun:
 
     Attributes:
         run_dir: the run folder or the exported folder.
-        checkpoints: training folders whose ``best.pt`` is used (a run), or ``[]`` (exported).
+        checkpoints: training folders whose ``best.safetensors`` is used (a run), or ``[]``
+            (exported).
         extractor: the :class:`ExtractorConfig` the training features were made with; ``None``
             for a text-only model (it needs no audio/vision features).
         normalization: the training statistics recorded with them (or ``None``).
         label_range: the dataset family's label range (``(-3, 3)`` for MOSI-like data).
         states: the members' model state dicts when they are already loaded (exported models);
-            ``None``: read ``best.pt`` of each checkpoint folder.
+            ``None``: read ``best.safetensors`` of each checkpoint folder.
     """
 
     run_dir: Path
@@ -97,26 +98,28 @@ class TrainedRun:
         return len(self.states) if self.states is not None else len(self.checkpoints)
 
     def member_states(self, device: str = "cpu"):
-        """Yield each member's model state dict (read lazily from ``best.pt`` for a run)."""
-        from msakit.training.runs import load_checkpoint
+        """Yield each member's model state dict (read lazily from ``best.safetensors`` for a
+        run, with :func:`msakit.training.runs.load_best_state`)."""
+        from msakit.training.runs import load_best_state
 
         if self.states is not None:
             yield from self.states
             return
         for folder in self.checkpoints:
-            yield load_checkpoint(folder / BEST_CHECKPOINT, device)["model"]
+            yield load_best_state(folder, device)
 
     def models(self, device: str = "cpu") -> list:
         """The members as evaluation-mode models on ``device``, built once and kept (building
         one loads the language model: seconds; a server predicts many times)."""
         from msakit.models import FeatureDims, create_model
+        from msakit.training.runs import load_state_into
 
         with self._lock:
             if device not in self._built:
                 built = []
                 for state in self.member_states(device):
                     model = create_model(self.config.model, FeatureDims(**self.feature_dims))
-                    model.load_checkpoint_state_dict(state)
+                    load_state_into(model, state, self.run_dir)
                     built.append(model.to(device).eval())
                 self._built[device] = built
             return self._built[device]
@@ -177,10 +180,15 @@ def _read_json(path: Path) -> dict:
 
 
 def find_checkpoints(run_dir: Path, checkpoint: str | None = None) -> list[Path]:
-    """Training folders holding ``best.pt``: ``run_dir`` itself, ``run_dir/<checkpoint>``, or
-    every ``run_dir/seed*/*``."""
+    """Training folders holding ``best.safetensors``: ``run_dir`` itself, ``run_dir/<checkpoint>``
+    (which must lie inside ``run_dir``), or every ``run_dir/seed*/*``."""
     if checkpoint:
         chosen = run_dir / checkpoint
+        inside = run_dir.resolve()
+        if chosen.resolve() != inside and inside not in chosen.resolve().parents:
+            raise RunIncompatibleError(
+                f"--checkpoint {checkpoint!r} is outside the run folder {run_dir}: name a "
+                "training folder of the run, e.g. seed1/fold0")
         if not (chosen / BEST_CHECKPOINT).is_file():
             raise RunIncompatibleError(f"{chosen}: no {BEST_CHECKPOINT} there")
         return [chosen]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import yaml
 from rich.console import Console
 
 console = Console(soft_wrap=True)
@@ -25,15 +24,17 @@ console = Console(soft_wrap=True)
               "(default: unaligned, each modality at its own frame rate).")
 @click.option("--asr", is_flag=True, help="Transcribe clips without a transcript with "
               "pocketsphinx (English; poor accuracy).")
-@click.option("--workers", type=int, default=1, show_default=True,
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
               help="Clips extracted in parallel (processes).")
 @click.option("--work-dir", type=click.Path(file_okay=False),
               help="Cache and errors.csv/warnings.csv (default: OUTPUT.extract).")
 @click.option("--strict", is_flag=True, help="Fail clips with no video track or no face "
               "instead of keeping them with a warning.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--force", is_flag=True, help="Allow the output inside the clip folder (an input "
+              "file such as label.csv is never overwritten).")
 def extract(folder, output, config_file, overrides, aligned_length, asr, workers, work_dir,
-            strict, no_progress):
+            strict, no_progress, force):
     """Extract audio, vision and text features from the clips listed in FOLDER/label.csv.
 
     \b
@@ -48,11 +49,11 @@ def extract(folder, output, config_file, overrides, aligned_length, asr, workers
       msakit extract my_clips/ -o my_clips.pkl --workers 2
       msakit train lf_dnn --data my_clips.pkl
     """
-    from msakit.config import ConfigError
+    from msakit.config import ConfigError, load_yaml_file
     from msakit.extract import ExtractionError, build_extractor_config
     from msakit.extract.pipeline import extract_folder
 
-    base = yaml.safe_load(Path(config_file).read_text()) if config_file else {}
+    base = load_yaml_file(config_file)
     extra = list(overrides)
     if aligned_length is not None:
         extra += ["alignment=fixed", f"aligned_length={aligned_length}"]
@@ -61,7 +62,7 @@ def extract(folder, output, config_file, overrides, aligned_length, asr, workers
     try:
         config = build_extractor_config(base, extra)
         report = extract_folder(folder, output, config, workers=workers, work_dir=work_dir,
-                                strict=strict, progress=not no_progress)
+                                strict=strict, progress=not no_progress, force=force)
     except (ConfigError, ExtractionError) as err:
         raise click.ClickException(str(err)) from err
 

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import click
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -41,7 +40,8 @@ def _fail(message: str) -> None:
 @click.option("--epochs", type=int, help="Shortcut for --set train.epochs=N.")
 @click.option("--output-dir", type=click.Path(file_okay=False), help="Where run folders go.")
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False),
-              help="Continue an interrupted run folder (other options are then ignored).")
+              help="Continue an interrupted run folder exactly as it was started; options that "
+              "would change it are refused.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (e.g. in logs).")
 @click.option("--baseline", "baseline_dir", type=click.Path(exists=True, file_okay=False),
               help="After training, compare against this finished run (as `msakit compare "
@@ -61,27 +61,28 @@ def train(model, data_path, config_file, overrides, preset, folds, seeds, epochs
       msakit train misa --resume runs/misa-mosi-20261125-101500
       msakit train sagenet --data ../shared/data/mosi/word_aligned_valid.pkl --folds 5 --jobs 2
     """
-    from msakit.config import ConfigError, build_config
+    from msakit.config import ConfigError, build_config, load_yaml_file
     from msakit.data import DataError
     from msakit.training import distributed, run_experiment
-    from msakit.training.experiment import JobsFailed
+    from msakit.training.experiment import JobsFailed, check_resume_request
     from msakit.training.results import results_table
 
     console = make_console()
     try:
+        base = load_yaml_file(config_file)
+        extra = list(overrides)
+        if data_path:
+            extra.append(f"data.path={json.dumps(str(Path(data_path).resolve()))}")
+        if folds is not None:
+            extra.append(f"data.folds={folds}")
+        if epochs is not None:
+            extra.append(f"train.epochs={epochs}")
+        if output_dir:
+            extra.append(f"run.output_dir={json.dumps(str(output_dir))}")
         if resume_dir:
+            check_resume_request(resume_dir, model, extra, base, list(seeds) if seeds else None)
             config = None
         else:
-            base = yaml.safe_load(Path(config_file).read_text()) if config_file else {}
-            extra = list(overrides)
-            if data_path:
-                extra.append(f"data.path={json.dumps(str(data_path))}")
-            if folds:
-                extra.append(f"data.folds={folds}")
-            if epochs:
-                extra.append(f"train.epochs={epochs}")
-            if output_dir:
-                extra.append(f"run.output_dir={json.dumps(str(output_dir))}")
             config = build_config(model, extra, base=base, preset=preset)
         run_dir, summary = run_experiment(
             config, seeds=list(seeds) if seeds else None, resume_dir=resume_dir,
@@ -98,6 +99,9 @@ def train(model, data_path, config_file, overrides, preset, folds, seeds, epochs
     console.print(results_table(f"{model}: test metrics ({run_dir})", results, summary))
     _print_paper_row(console, run_dir, summary)
     console.print(f"results: {run_dir / 'results.md'}")
+    from msakit.training.runs import folder_size, human_size
+
+    console.print(f"run folder: {run_dir} ({human_size(folder_size(run_dir))})")
     if baseline_dir:
         from msakit.cli.experiments import print_comparison
         from msakit.experiments.compare import CompareError, compare_runs, write_comparison
@@ -130,14 +134,26 @@ def _print_paper_row(console: Console, run_dir: Path, summary: dict) -> None:
 @click.option("--data", "data_path", type=DATA_PATH,
               help="Score on this file's split instead of each run's own test partition.")
 @click.option("--split", default="test", show_default=True, help="Split of --data to score.")
-def evaluate(run_dir, data_path, split):
-    """Re-evaluate the trained checkpoints of RUN_DIR; writes RUN_DIR/evaluation.json."""
+@click.option("--robustness", is_flag=True, help="Score each checkpoint on its test part under "
+              "test-time perturbations (modalities removed, feature noise, time-step masking, "
+              "word dropout); writes robustness.json/.md/.csv and a plot per metric.")
+@click.option("--robustness-seed", default=0, show_default=True, type=click.IntRange(0),
+              help="Seed of the perturbations (the same clips get the same ones in any run).")
+def evaluate(run_dir, data_path, split, robustness, robustness_seed):
+    """Re-evaluate the trained checkpoints of RUN_DIR; writes RUN_DIR/evaluation.json (or,
+    with --data, evaluation-<file>-<split>.json)."""
     from msakit.config import ConfigError
     from msakit.data import DataError
     from msakit.training import evaluate_run
+    from msakit.training.experiment import evaluation_file_name
     from msakit.training.results import artifacts_table, results_table
 
     console = make_console()
+    if robustness:
+        if data_path:
+            _fail("--robustness scores each checkpoint's own test part; it takes no --data")
+        _print_robustness(console, run_dir, robustness_seed)
+        return
     try:
         report = evaluate_run(run_dir, data_path=data_path, split=split)
     except (ConfigError, DataError, KeyError, ValueError, FileNotFoundError) as err:
@@ -147,7 +163,33 @@ def evaluate(run_dir, data_path, split):
     if report.get("artifacts_summary"):
         console.print(artifacts_table("model artifacts (test split), mean ± std over runs",
                                       report["artifacts_summary"]))
-    console.print(f"written: {Path(run_dir) / 'evaluation.json'}")
+    console.print(f"written: {Path(run_dir) / evaluation_file_name(data_path, split)}")
+
+
+def _print_robustness(console: Console, run_dir: str, seed: int) -> None:
+    from msakit.robustness import TABLE_METRICS, evaluate_robustness
+
+    with console.status("scoring the checkpoints under perturbations ..."):
+        report = evaluate_robustness(run_dir, seed=seed)
+    present = report["conditions"][0]["metrics"]
+    metrics = [m for m in TABLE_METRICS if m in present]
+    table = Table(title=f"robustness of {report['model']} ({run_dir}): mean ± std over "
+                  f"{report['n_units']} checkpoints; Δ to clean [95% CI]")
+    table.add_column("condition")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for row in report["conditions"]:
+        cells = []
+        for m in metrics:
+            v = row["metrics"][m]
+            cell = f"{v['mean']:.4f} ± {v['std']:.4f}"
+            if row["family"] != "clean":
+                cell += f"\nΔ {v['difference']:+.4f} [{v['ci_low']:+.4f}, {v['ci_high']:+.4f}]"
+            cells.append(cell)
+        table.add_row(row["condition"], *cells)
+    console.print(table)
+    console.print(f"written: {Path(run_dir) / 'robustness.md'} (.json, .csv, "
+                  "robustness-<metric>.png)")
 
 
 @click.command()

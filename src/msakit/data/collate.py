@@ -16,6 +16,14 @@ key                    shape / type       meaning
 ``vision``             ``(B, L_v, D_v)``  same for vision
 ``vision_lengths``     ``(B,)`` long
 ``vision_mask``        ``(B, L_v)`` bool
+``word_audio``         ``(B, L_w, D_a)``  word-aligned data only: one step per word (not
+                                          expanded), zero-padded; for recurrent encoders
+``word_vision``        ``(B, L_w, D_v)``  same for vision
+``word_lengths``       ``(B,)`` long      number of words of each clip
+``word_mask``          ``(B, L_w)`` bool  True for real words
+``host_lengths``       dict of ``(B,)``   ``audio``/``vision`` (and ``word``) lengths as CPU
+                                          tensors: a dict, so moving the batch to a device
+                                          leaves them on the host for ``pack_padded_sequence``
 ``labels``             ``(B,)`` float32   human sentiment label
 ``labels_T`` etc.      ``(B,)`` float32   unimodal labels, when the split has them (SIMS)
 ``ids``                list of str        clip ids
@@ -32,8 +40,11 @@ Edge cases, chosen so models never see a zero length:
 * **Text excluded** by ``modalities``: the tokens of an empty transcript (special tokens only).
 * **Word-aligned data**: audio/vision are expanded to the tokens (see :mod:`msakit.data.text`),
   so ``L_a == L_v == L_t``, ``audio_lengths == attention_mask.sum(1)``, and special tokens and
-  padding have zero rows. With text excluded there is nothing to align to, and audio/vision keep
-  one step per word.
+  padding have zero rows; models that need token alignment (MulT, DMD) read these. The same
+  features at one step per word (all of the clip's words, as the official MISA/Self-MM code
+  reads them) are ``word_audio``/``word_vision`` with ``word_lengths``, for recurrent encoders
+  (:func:`msakit.modules.encoders.recurrent_input`). With text excluded there is nothing to
+  align to: audio/vision keep one step per word and equal ``word_audio``/``word_vision``.
 """
 
 from __future__ import annotations
@@ -164,6 +175,8 @@ class SplitDataset(Dataset):
                     features = expand_to_tokens(features, tokens.word_index)
                 # without text there are no tokens to align to: one step per word stays
             item[modality] = features
+            if self.word_aligned and raw[modality] is not None:
+                item[f"word_{modality}"] = raw[modality]
         return item
 
 
@@ -210,11 +223,23 @@ def collate(items: list[dict[str, Any]], pad_token_id: int = 0) -> dict[str, Any
         "attention_mask": attention_mask,
         "token_type_ids": token_type_ids,
     }
+    host_lengths: dict[str, torch.Tensor] = {}
     for modality in ("audio", "vision"):
         features, lengths, mask = _pad_features([item[modality] for item in items], modality)
         batch[modality] = features
         batch[f"{modality}_lengths"] = lengths
         batch[f"{modality}_mask"] = mask
+        host_lengths[modality] = lengths.clone()
+    for modality in ("audio", "vision"):
+        key = f"word_{modality}"
+        if any(key in item for item in items):
+            if not all(key in item for item in items):
+                raise DataError(f"batch mixes clips with and without {key}")
+            features, lengths, mask = _pad_features([item[key] for item in items], key)
+            batch[key] = features
+            batch["word_lengths"], batch["word_mask"] = lengths, mask
+            host_lengths["word"] = lengths.clone()
+    batch["host_lengths"] = host_lengths
     batch["labels"] = torch.tensor([item["label"] for item in items], dtype=torch.float32)
     for key in items[0]["extra_labels"]:
         batch[f"labels_{key}"] = torch.tensor(
@@ -289,6 +314,11 @@ class PackedSplit:
             if any(present) and not all(present):
                 raise DataError(f"split mixes clips with and without {modality}")
             features[modality] = _pack_rows(arrays, torch.float32) if all(present) else None
+            words = [item.get(f"word_{modality}") for item in items]
+            if any(w is not None for w in words):
+                if not all(w is not None for w in words):
+                    raise DataError(f"split mixes clips with and without word_{modality}")
+                features[f"word_{modality}"] = _pack_rows(words, torch.float32)
         split = dataset.split
         return cls(
             ids=list(split.ids),
@@ -322,6 +352,7 @@ class PackedSplit:
             "token_type_ids": token_type_ids,
         }
         size = index.shape[0]
+        host_lengths: dict[str, torch.Tensor] = {}
         for modality in ("audio", "vision"):
             packed = self.features[modality]
             if packed is None:
@@ -333,6 +364,15 @@ class PackedSplit:
             batch[modality] = features
             batch[f"{modality}_lengths"] = lengths
             batch[f"{modality}_mask"] = mask
+            host_lengths[modality] = lengths.clone()
+        for modality in ("audio", "vision"):
+            packed = self.features.get(f"word_{modality}")
+            if packed is not None:
+                features, lengths, mask = _gather_padded(*packed, index)
+                batch[f"word_{modality}"] = features
+                batch["word_lengths"], batch["word_mask"] = lengths, mask
+                host_lengths["word"] = lengths.clone()
+        batch["host_lengths"] = host_lengths
         batch["labels"] = self.labels[index]
         for key, values in self.extra_labels.items():
             batch[f"labels_{key}"] = values[index]

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from msakit.data.dataset import MSADataset
+from msakit.data.readers import find_overlaps
 
 
 def _stats(values: np.ndarray) -> dict[str, float]:
@@ -50,9 +51,10 @@ def summarize_dataset(dataset: MSADataset) -> dict[str, Any]:
                 "min": float(labels.min()), "max": float(labels.max()),
                 "positive": float((labels > 0).mean()), "negative": float((labels < 0).mean()),
                 "zero": float((labels == 0).mean()),
-            },
+            } if labels.size else {},
             "extra_labels": sorted(split.extra_labels),
         }
+    summary["overlaps"] = find_overlaps(dataset)
     return summary
 
 
@@ -96,11 +98,31 @@ def render_summary(summary: dict[str, Any], console=None) -> None:
         labels.add_column(column, justify="left" if column == "split" else "right")
     for name, info in splits.items():
         s = info["labels"]
+        if not s:
+            labels.add_row(name, *["-"] * 7)
+            continue
         labels.add_row(name, f"{s['mean']:.3f}", f"{s['std']:.3f}", f"{s['min']:g}",
                        f"{s['max']:g}", f"{s['positive']:.1%}", f"{s['negative']:.1%}",
                        f"{s['zero']:.1%}")
     console.print(labels)
 
+    empty = [name for name, info in splits.items() if not info["clips"]]
+    if empty:
+        console.print(f"[yellow]Empty split(s): {', '.join(empty)}[/] (training needs clips in "
+                      "train, valid and test, or --folds K to cross-validate)")
+    overlaps = summary.get("overlaps") or []
+    if overlaps:
+        console.print(f"[red]{len(overlaps)} clip(s) shared between splits[/] (leakage; "
+                      "training refuses them unless data.allow_overlap=true):")
+        for item in overlaps[:10]:
+            console.print(f"  {item['splits']}: " + (
+                f"id {item['first']}" if item["kind"] == "id"
+                else f"{item['first']} = {item['second']} (identical transcript and features)"),
+                markup=False, highlight=False)
+        if len(overlaps) > 10:
+            console.print(f"  ... and {len(overlaps) - 10} more")
+    else:
+        console.print("No clip shared between splits.")
     replaced = summary["replaced_nonfinite"]
     if replaced:
         console.print("Non-finite feature values replaced by 0: " + ", ".join(

@@ -13,6 +13,7 @@ Every reader validates what it reads (see :mod:`msakit.data.validation`) and rep
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -57,6 +58,7 @@ def load_dataset(
     format: Format = "auto",
     dataset: DatasetName = "auto",
     nonfinite: NonfinitePolicy = "replace",
+    allow_overlap: bool = False,
 ) -> MSADataset:
     """Read a dataset file or folder.
 
@@ -71,6 +73,9 @@ def load_dataset(
             folder name (label.csv).
         nonfinite: NaN/±inf in features: ``"replace"`` by 0 and count them in
             ``replaced_nonfinite``, or ``"error"``.
+        allow_overlap: accept a clip id, or an identical clip (same transcript and features),
+            in two of train/valid/test (train/test leakage; see :func:`find_overlaps`). A clip id
+            twice within one split is always refused.
 
     Raises:
         DataError: unreadable or inconsistent input; the message says what and where.
@@ -92,7 +97,15 @@ def load_dataset(
     if not path.exists():
         raise DataError(f"{path}: no such file or folder (packaged datasets: "
                         f"{', '.join(PACKAGED_DATASETS)})")
+    if not path.is_dir() and not path.is_file():
+        raise DataError(f"{path}: not a regular file or folder (a device, FIFO or socket)")
+    result = _read(path, format, dataset, nonfinite)
+    check_splits(result, allow_overlap)
+    return result
 
+
+def _read(path: Path, format: Format, dataset: DatasetName,
+          nonfinite: NonfinitePolicy) -> MSADataset:
     if format == "auto":
         if path.is_dir() or path.suffix.lower() == ".csv":
             format = "label_csv"
@@ -114,6 +127,92 @@ def load_dataset(
     if format == "label_csv":
         return read_label_csv(path, dataset)
     raise DataError(f"unknown format {format!r}; choose auto, mmsa, cmu_sdk or label_csv")
+
+
+def data_fingerprint(path: str | Path) -> dict[str, str]:
+    """The absolute path of a dataset and the SHA-256 of its file (``label.csv`` for a folder),
+    recorded in a run so that it is re-read from anywhere and never silently replaced."""
+    import hashlib
+
+    from msakit.data.packaged import is_packaged, packaged_path
+
+    if is_packaged(path) and not Path(path).exists():  # e.g. "mosi-demo": kept as a name
+        name, data_file = str(path), packaged_path(str(path))
+    else:
+        resolved = Path(path).resolve()
+        name = str(resolved)
+        data_file = resolved / "label.csv" if resolved.is_dir() else resolved
+    digest = hashlib.sha256()
+    with data_file.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"path": name, "sha256": digest.hexdigest()}
+
+
+def _clip_digest(split: Split, row: int) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(split.texts[row].encode("utf-8"))
+    for clips in (split.audio, split.vision):
+        if clips is not None:
+            array = np.ascontiguousarray(clips[row])
+            digest.update(str(array.shape).encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def find_overlaps(dataset: MSADataset) -> list[dict[str, str]]:
+    """Clips present in two splits: the same clip id, or (for data with audio/vision features)
+    an identical clip (same transcript and the same features) under another id.
+
+    Returns:
+        ``[{"kind": "id" | "identical", "splits": "train/test", "first": id, "second": id}]``.
+    """
+    names = [n for n in SPLIT_NAMES if n in dataset.splits]
+    # text-only data (label.csv) has no feature rows: two clips may say the same short sentence
+    has_features = any(split.audio is not None or split.vision is not None
+                       for split in dataset.splits.values())
+    found = []
+    for i, first_name in enumerate(names):
+        first = dataset.splits[first_name]
+        first_ids = set(first.ids)
+        digests = {_clip_digest(first, r): first.ids[r] for r in range(len(first))} \
+            if has_features else {}
+        for second_name in names[i + 1:]:
+            second = dataset.splits[second_name]
+            for row, clip_id in enumerate(second.ids):
+                pair = f"{first_name}/{second_name}"
+                if clip_id in first_ids:
+                    found.append({"kind": "id", "splits": pair, "first": clip_id,
+                                  "second": clip_id})
+                elif digests and (other := digests.get(_clip_digest(second, row))) is not None:
+                    found.append({"kind": "identical", "splits": pair, "first": other,
+                                  "second": clip_id})
+    return found
+
+
+def check_splits(dataset: MSADataset, allow_overlap: bool = False) -> None:
+    """Refuse a clip id twice within a split, and (unless ``allow_overlap``) clips shared by
+    two splits (:func:`find_overlaps`)."""
+    for name, split in dataset.splits.items():
+        if len(set(split.ids)) != len(split.ids):
+            seen: set[str] = set()
+            duplicate = next(i for i in split.ids if i in seen or seen.add(i))
+            count = len(split.ids) - len(set(split.ids))
+            raise DataError(f"{dataset.source} [{name}]: clip id {duplicate!r} appears more "
+                            f"than once ({count} repeated id(s) in this split)")
+    if allow_overlap:
+        return
+    overlaps = find_overlaps(dataset)
+    if overlaps:
+        first = overlaps[0]
+        what = (f"clip {first['first']!r} is in both" if first["kind"] == "id" else
+                f"clips {first['first']!r} and {first['second']!r} are identical (transcript "
+                "and features) across")
+        raise DataError(
+            f"{dataset.source}: {len(overlaps)} clip(s) shared between splits, e.g. {what} "
+            f"{first['splits'].replace('/', ' and ')}: that leaks test data into training. "
+            "`msakit data inspect` lists them; set data.allow_overlap=true to accept them")
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,7 +326,7 @@ def _read_mmsa_split(
         raise DataError(
             f"{where}: field 'id' has shape {ids.shape}, expected ({n},) like raw_text"
         )
-    ids_list = [str(i) for i in ids]
+    ids_list = _strings(ids, "id", where)
     video_ids = [split_clip_id(i, where, row) for row, i in enumerate(ids_list)]
 
     labels = _labels(fields, "regression_labels", n, where)
@@ -241,22 +340,18 @@ def _read_mmsa_split(
     for short in present:
         extra[short] = _labels(fields, SIMS_UNIMODAL_KEYS[short], n, where)
 
-    texts = check_texts(
-        [t.decode("utf-8", errors="replace") if isinstance(t, bytes) else str(t)
-         for t in raw_text],
-        ids_list, where,
-    )
+    texts = check_texts(_strings(raw_text, "raw_text", where), ids_list, where)
 
     # True lengths of aligned data: the text_bert mask (it counts [CLS]/[SEP], as MMSA does).
     text_lengths = None
     if "text_bert" in fields:
         text_bert = np.asarray(fields["text_bert"])
-        if text_bert.ndim != 3 or text_bert.shape[0] != n or text_bert.shape[1] != 3:
+        if n and (text_bert.ndim != 3 or text_bert.shape[0] != n or text_bert.shape[1] != 3):
             raise DataError(
                 f"{where}: field 'text_bert' has shape {text_bert.shape}, expected ({n}, 3, L) "
                 "(token ids, attention mask, segment ids)"
             )
-        text_lengths = text_bert[:, 1, :].sum(axis=1).astype(np.int64)
+        text_lengths = text_bert[:, 1, :].sum(axis=1).astype(np.int64) if n else None
 
     dims = {}
     per_modality: dict[str, list[np.ndarray]] = {}
@@ -267,10 +362,7 @@ def _read_mmsa_split(
                 f"{where}: field {modality!r} has shape {features.shape}, expected ({n}, L, D) "
                 f"with N={n} clips like raw_text"
             )
-        if not np.issubdtype(features.dtype, np.number):
-            raise DataError(
-                f"{where}: field {modality!r} has dtype {features.dtype}, expected numbers"
-            )
+        _require_real(features, modality, where)
         if owned and features.dtype != np.float32:
             features = features.astype(np.float32)
             fields[modality] = features  # frees the original once converted
@@ -283,7 +375,7 @@ def _read_mmsa_split(
                     f"{where}: field {lengths_key!r} has shape "
                     f"{np.asarray(fields[lengths_key]).shape}, expected ({n},)"
                 )
-            lengths = lengths.astype(np.int64)
+            lengths = _integer_lengths(lengths, lengths_key, where, ids_list)
         elif text_lengths is not None and padded_length == text_bert.shape[2]:
             lengths = text_lengths
         else:
@@ -316,10 +408,45 @@ def _read_mmsa_split(
     return split, dims
 
 
+def _strings(values: np.ndarray, key: str, where: str) -> list[str]:
+    """Cells of a text field as ``str`` (bytes decoded); anything else (``None``, numbers) is
+    refused rather than turned into the text "None"."""
+    out = []
+    for row, value in enumerate(values.tolist()):
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", errors="replace")
+        if not isinstance(value, str):
+            raise DataError(f"{where}: field {key!r} of row {row} is {value!r} "
+                            f"({type(value).__name__}), expected a string")
+        out.append(value)
+    return out
+
+
+def _require_real(values: np.ndarray, key: str, where: str) -> None:
+    if np.issubdtype(values.dtype, np.complexfloating):
+        raise DataError(f"{where}: field {key!r} holds complex numbers ({values.dtype}); "
+                        "expected real numbers")
+    if not (np.issubdtype(values.dtype, np.floating) or np.issubdtype(values.dtype, np.integer)):
+        raise DataError(f"{where}: field {key!r} has dtype {values.dtype}, expected real numbers")
+
+
+def _integer_lengths(lengths: np.ndarray, key: str, where: str, ids: list[str]) -> np.ndarray:
+    """Sequence lengths as int64; 8.9 is refused, not truncated to 8."""
+    _require_real(lengths, key, where)
+    if np.issubdtype(lengths.dtype, np.floating):
+        bad = np.flatnonzero(~np.isfinite(lengths) | (lengths != np.round(lengths)))
+        if bad.size:
+            row = int(bad[0])
+            raise DataError(f"{where}: {key} of clip {ids[row]!r} (row {row}) is {lengths[row]}, "
+                            "expected a whole number of steps")
+    return lengths.astype(np.int64)
+
+
 def _labels(fields: dict, key: str, n: int, where: str) -> np.ndarray:
     values = np.asarray(fields[key])
     if values.shape not in ((n,), (n, 1)):
         raise DataError(f"{where}: field {key!r} has shape {values.shape}, expected ({n},)")
+    _require_real(values, key, where)
     try:
         values = values.reshape(n).astype(np.float32)
     except (TypeError, ValueError) as err:
@@ -383,7 +510,9 @@ def read_cmu_sdk_pickle(
             )
         clip_id = f"{match['video']}$_${int(match['index']) + 1}"
         facet, covarep = np.asarray(facet), np.asarray(covarep)
-        words = [str(w) for w in words]
+        _require_real(facet, f"facet of entry {row}", where)
+        _require_real(covarep, f"covarep of entry {row}", where)
+        words = _strings(np.asarray(list(words), dtype=object), f"words of entry {row}", where)
         length = len(words)
         if facet.ndim != 2 or covarep.ndim != 2 or facet.shape[0] != length \
                 or covarep.shape[0] != length or len(word_ids) != length:
@@ -401,7 +530,9 @@ def read_cmu_sdk_pickle(
                 f"{covarep.shape[1]}-d / facet {facet.shape[1]}-d, earlier entries "
                 f"{dims['audio']}-d / {dims['vision']}-d"
             )
-        label_array = np.asarray(label, dtype=np.float64).reshape(-1)
+        label_array = np.asarray(label)
+        _require_real(label_array, f"label of entry {row}", where)
+        label_array = label_array.astype(np.float64).reshape(-1)
         if label_array.size != 1:
             raise DataError(
                 f"{where}: entry {row} ({segment}) has label of shape {np.shape(label)}, "
@@ -442,76 +573,67 @@ def read_cmu_sdk_pickle(
 # --------------------------------------------------------------------------------------------
 
 LABEL_CSV_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
+#: ``mode`` may be left out: every row then goes to train (use --folds to cross-validate)
+LABEL_CSV_REQUIRED = ("video_id", "clip_id", "text", "label")
 
 
 def read_label_csv(path: str | Path, dataset: DatasetName = "auto") -> MSADataset:
     """Read MMSA's ``label.csv`` (a folder holding it, or the file). Text only: feature dims 0.
 
+    Rows are read strictly (:func:`msakit.data.csv_table.read_table`: a row with more fields
+    than columns is refused, naming the line). ``mode`` takes the split names ``msakit extract``
+    takes (train, valid/val/dev, test; any case); a row without a mode goes to train.
     Optional ``label_T``/``label_A``/``label_V`` columns (CH-SIMS) become unimodal labels.
     ``dataset="auto"`` takes the family from the folder name (``mosi``, ``mosei``, ``sims``,
     ``simsv2`` in it), else ``sims`` when unimodal labels are present, else ``custom``.
     """
-    import pandas as pd
+    from msakit.data.csv_table import read_table, split_of_mode
 
     path = Path(path)
     csv_path = path / "label.csv" if path.is_dir() else path
     source = str(csv_path)
-    if not csv_path.is_file():
+    if not csv_path.exists():
         raise DataError(f"{path}: no label.csv in this folder")
-    try:
-        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False, on_bad_lines="error")
-    except pd.errors.ParserError as err:
-        raise DataError(f"{source}: unreadable row: {err}") from err
-    except (UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise DataError(f"{source}: not a readable CSV file: {err}") from err
-    missing = [c for c in LABEL_CSV_COLUMNS if c not in frame.columns]
-    if missing:
-        raise DataError(
-            f"{source}: missing column(s) {missing}; label.csv needs "
-            f"{', '.join(LABEL_CSV_COLUMNS)} (found {list(frame.columns)})"
-        )
-    unimodal_columns = {k: f"label_{k}" for k in ("T", "A", "V") if f"label_{k}" in frame}
+    columns, rows = read_table(csv_path, LABEL_CSV_REQUIRED)
+    unimodal_columns = {k: f"label_{k}" for k in ("T", "A", "V") if f"label_{k}" in columns}
 
-    def numbers(column: str) -> np.ndarray:
-        values = pd.to_numeric(frame[column].str.strip(), errors="coerce")
-        bad = np.flatnonzero(values.isna().to_numpy() | ~np.isfinite(values.to_numpy()))
-        if bad.size:
-            row = int(bad[0])
-            raise DataError(
-                f"{source}: line {row + 2}: column {column!r} is {frame[column].iloc[row]!r}, "
-                "expected a finite number"
-            )
-        return values.to_numpy(dtype=np.float32)
+    def number(line: int, row: dict[str, str], column: str) -> float:
+        try:
+            value = float(row[column])
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise DataError(f"{source}: line {line}: column {column!r} is {row[column]!r}, "
+                            "expected a finite number")
+        return value
 
-    labels = numbers("label")
-    extra_all = {k: numbers(col) for k, col in unimodal_columns.items()}
-    modes = frame["mode"].str.strip().to_numpy()
-    unknown = sorted(set(modes) - set(SPLIT_NAMES))
-    if unknown:
-        row = int(np.flatnonzero(~np.isin(modes, SPLIT_NAMES))[0])
-        raise DataError(
-            f"{source}: line {row + 2}: mode {unknown[0]!r}; expected train, valid or test"
-        )
-    for column in ("video_id", "clip_id"):
-        blank = np.flatnonzero(frame[column].str.strip().to_numpy() == "")
-        if blank.size:
-            raise DataError(f"{source}: line {int(blank[0]) + 2}: empty {column}")
+    by_split: dict[str, list[tuple[int, dict[str, str]]]] = {}
+    for line, row in rows:
+        for column in ("video_id", "clip_id"):
+            if not row[column]:
+                raise DataError(f"{source}: line {line}: empty {column}")
+        split_name = split_of_mode(row.get("mode", ""), f"{source}: line {line}") or "train"
+        by_split.setdefault(split_name, []).append((line, row))
 
     splits: dict[str, Split] = {}
     for split_name in SPLIT_NAMES:
-        rows = np.flatnonzero(modes == split_name)
-        if rows.size == 0:
+        members = by_split.get(split_name)
+        if not members:
             continue
         where = f"{source} [{split_name}]"
-        video_ids = [frame["video_id"].iloc[r].strip() for r in rows]
-        ids = [f"{v}$_${frame['clip_id'].iloc[r].strip()}" for v, r in zip(video_ids, rows)]
+        video_ids = [row["video_id"] for _, row in members]
+        ids = [f"{row['video_id']}$_${row['clip_id']}" for _, row in members]
         texts = check_texts(
-            [frame["text"].iloc[r] for r in rows], ids, where,
-            row_label=lambda i, rows=rows: f"line {int(rows[i]) + 2}",
+            [row["text"] for _, row in members], ids, where,
+            row_label=lambda i, members=members: f"line {members[i][0]}",
         )
         splits[split_name] = Split(
-            ids=ids, video_ids=video_ids, texts=texts, labels=labels[rows],
-            extra_labels={k: v[rows] for k, v in extra_all.items()},
+            ids=ids, video_ids=video_ids, texts=texts,
+            labels=np.array([number(line, row, "label") for line, row in members],
+                            dtype=np.float32),
+            extra_labels={k: np.array([number(line, row, col) for line, row in members],
+                                      dtype=np.float32)
+                          for k, col in unimodal_columns.items()},
         )
     if not splits:
         raise DataError(f"{source}: holds no rows")

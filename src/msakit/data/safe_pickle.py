@@ -5,6 +5,12 @@ pickles (MMSA's ``aligned_50.pkl``, CMU-SDK's word-aligned pickles) only need bu
 and numpy arrays, so :func:`safe_load` admits exactly the globals that rebuild numpy arrays,
 dtypes and scalars. Any other global is refused when the unpickler looks it up, before it can be
 called, and the refusal names the file and the global.
+
+Nothing in the file may make the unpickler allocate more than the file could hold: the
+unpickler is Python's pure-Python one (its memo is a dict, and a length field larger than the
+bytes left is a short read, not an allocation), and the callables that take a size
+(``bytearray(n)``, numpy's ``_reconstruct(ndarray, shape, dtype)``) are wrapped to refuse sizes
+beyond the file's own length.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import _compat_pickle
 import importlib
 import io
 import pickle
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -55,17 +62,70 @@ def allowed_globals() -> list[str]:
     return sorted(f"{m}.{n}" for m, n in (*_ALLOWED_NUMPY, *_ALLOWED_PLAIN))
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only numpy-array and builtin-container globals.
+#: Extra bytes a size argument may ask for beyond the file's length (small legit headers).
+ALLOCATION_SLACK = 1 << 20
+
+
+class _NdarrayToken:
+    """Stands for ``numpy.ndarray`` in a pickle: usable as ``_reconstruct``'s first argument
+    (as numpy writes it) but not callable, so ``ndarray(shape)`` cannot allocate."""
+
+
+_NDARRAY = _NdarrayToken()
+
+
+class RestrictedUnpickler(pickle._Unpickler):
+    """An unpickler that resolves only numpy-array and builtin-container globals and allocates
+    at most about the size of its input.
 
     Args:
         file: a binary file object.
         source: the file's name, for error messages.
+        max_allocation: the largest size in bytes a size argument may request (default: the
+            file's length plus :data:`ALLOCATION_SLACK`).
     """
 
-    def __init__(self, file, source: str = "<pickle>"):
+    def __init__(self, file, source: str = "<pickle>", max_allocation: int | None = None):
         super().__init__(file)
         self.source = source
+        if max_allocation is None:
+            position = file.tell()
+            max_allocation = file.seek(0, io.SEEK_END) + ALLOCATION_SLACK
+            file.seek(position)
+        self.max_allocation = max_allocation
+
+    def _refuse_size(self, what: str, size: int) -> None:
+        raise DataError(
+            f"{self.source}: refused: the pickle asks for {what} of {size:,} bytes, more than the "
+            f"file itself holds ({self.max_allocation - ALLOCATION_SLACK:,} bytes); it is corrupt "
+            "or crafted. Nothing from it was executed."
+        )
+
+    def _bounded(self, key: tuple[str, str], target: Any) -> Any:
+        if key[1] in ("bytearray", "bytes"):
+            def make_bytes(*args):
+                if args and isinstance(args[0], int) and args[0] > self.max_allocation:
+                    self._refuse_size(key[1], args[0])
+                return target(*args)
+
+            return make_bytes
+        if key[1] == "_reconstruct":
+            import numpy as np
+
+            def reconstruct(subtype, shape, dtype):
+                if subtype is not _NDARRAY:
+                    raise DataError(f"{self.source}: _reconstruct of something other than a "
+                                    "numpy array; not a dataset pickle")
+                count = 1
+                for extent in shape if isinstance(shape, tuple) else (shape,):
+                    count *= int(extent)
+                size = count * np.dtype(dtype).itemsize
+                if size > self.max_allocation:
+                    self._refuse_size("an array", size)
+                return target(np.ndarray, shape, dtype)
+
+            return reconstruct
+        return target
 
     def find_class(self, module: str, name: str) -> Any:
         # Python 2 names (protocol < 3), as pickle.Unpickler.find_class maps them
@@ -74,12 +134,14 @@ class RestrictedUnpickler(pickle.Unpickler):
         elif module in _compat_pickle.IMPORT_MAPPING:
             module = _compat_pickle.IMPORT_MAPPING[module]
         key = (module, name)
+        if key == ("numpy", "ndarray"):
+            return _NDARRAY
         if key in _ALLOWED_NUMPY:
             submodule, attribute = _ALLOWED_NUMPY[key]
-            return getattr(_numpy_core_module(submodule), attribute)
+            return self._bounded(key, getattr(_numpy_core_module(submodule), attribute))
         if key in _ALLOWED_PLAIN:
             target_module, attribute = _ALLOWED_PLAIN[key]
-            return getattr(importlib.import_module(target_module), attribute)
+            return self._bounded(key, getattr(importlib.import_module(target_module), attribute))
         raise DataError(
             f"{self.source}: refused to unpickle the global {module}.{name}: a dataset pickle may "
             "only hold builtin containers and numpy arrays, so this file is either not a dataset "
@@ -108,7 +170,8 @@ def _load_stream(handle, source: str, size: int) -> Any:
             f"{source}: the pickle ends early (truncated or empty file, {size} bytes)"
         ) from err
     except (pickle.UnpicklingError, ValueError, TypeError, KeyError, IndexError,
-            AttributeError, UnicodeDecodeError, MemoryError, OverflowError) as err:
+            AttributeError, UnicodeDecodeError, MemoryError, OverflowError,
+            struct.error) as err:
         raise DataError(
             f"{source}: not a readable pickle (corrupt or truncated): "
             f"{type(err).__name__}: {err}"
@@ -123,6 +186,9 @@ def safe_load(path: str | Path) -> Any:
             the allow-list (:func:`allowed_globals`); in the last case nothing was executed.
     """
     path = Path(path)
+    if path.exists() and not path.is_dir() and not path.is_file():
+        raise DataError(f"{path}: not a regular file (a device, FIFO or socket); expected a "
+                        "pickle file")
     try:
         # unpickled straight from the file: holding the file's bytes as well would double the
         # peak memory of a large dataset

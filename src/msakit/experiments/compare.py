@@ -275,7 +275,9 @@ def check_pairable(a_dir: Path, a: dict, b_dir: Path, b: dict,
 # ----------------------------------------------------------------------------------------------
 
 @dataclass
-class _PairedUnit:
+class PairedUnit:
+    """Two sets of predictions (a, b) of one training unit on the same clips, in one order."""
+
     labels: np.ndarray          # (N,)
     a: np.ndarray               # (N,) A's predictions
     b: np.ndarray               # (N,) B's predictions, same clip order
@@ -283,7 +285,7 @@ class _PairedUnit:
     partition: str
 
 
-def _pair(a_units: dict, b_units: dict) -> tuple[list[_PairedUnit], list[str], dict[str, list]]:
+def _pair(a_units: dict, b_units: dict) -> tuple[list[PairedUnit], list[str], dict[str, list]]:
     videos: dict[str, int] = {}
     partition_videos: dict[str, set[int]] = {}
     paired = []
@@ -295,15 +297,15 @@ def _pair(a_units: dict, b_units: dict) -> tuple[list[_PairedUnit], list[str], d
         # (impossible with grouped folds) would still be two clusters
         index = np.array([videos.setdefault(f"{key[1]}/{v}", len(videos)) for v in ua.video_ids])
         partition_videos.setdefault(key[1], set()).update(index.tolist())
-        paired.append(_PairedUnit(ua.labels, ua.predictions, b_pred, index, key[1]))
+        paired.append(PairedUnit(ua.labels, ua.predictions, b_pred, index, key[1]))
     names = list(videos)
     return paired, names, {p: sorted(v) for p, v in partition_videos.items()}
 
 
 def _mean_over_units(
-    units: list[_PairedUnit], dataset: str, metrics: list[str],
-    predictions: Callable[[_PairedUnit], tuple[np.ndarray, np.ndarray]],
-    weights: Callable[[_PairedUnit], np.ndarray | None],
+    units: list[PairedUnit], dataset: str, metrics: list[str],
+    predictions: Callable[[PairedUnit], tuple[np.ndarray, np.ndarray]],
+    weights: Callable[[PairedUnit], np.ndarray | None],
 ) -> dict[str, np.ndarray]:
     """``mean_u [metric(B_u) - metric(A_u)]`` for every metric, batched over the leading axis."""
     totals: dict[str, Any] = {m: 0.0 for m in metrics}
@@ -315,6 +317,40 @@ def _mean_over_units(
         for m in metrics:
             totals[m] = totals[m] + (mb[m] - ma[m])
     return {m: np.asarray(v) / len(units) for m, v in totals.items()}
+
+
+def paired_units_ci(
+    units: list[PairedUnit], partition_videos: dict[str, list[int]], n_videos: int,
+    dataset: str, metrics: Sequence[str], n_boot: int = 2000, seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[dict[str, float], dict[str, tuple[float, float, int]]]:
+    """``D = mean_u [metric(b_u) - metric(a_u)]`` per metric and its cluster-bootstrap interval
+    (videos resampled with replacement within each partition; see the module doc).
+
+    Returns:
+        ``({metric: D}, {metric: (ci_low, ci_high, replicates used)})``.
+    """
+    def observed_predictions(u):
+        return u.a, u.b
+
+    observed = _mean_over_units(units, dataset, list(metrics), observed_predictions,
+                                lambda u: None)
+    rng = np.random.default_rng(seed)
+    video_counts = np.zeros((n_boot, n_videos))
+    for partition in sorted(partition_videos):
+        members = partition_videos[partition]
+        video_counts[:, members] = rng.multinomial(
+            len(members), np.full(len(members), 1.0 / len(members)), size=n_boot)
+    boot = _mean_over_units(units, dataset, list(metrics), observed_predictions,
+                            lambda u: video_counts[:, u.video])
+    alpha = (1.0 - confidence) / 2.0
+    intervals = {}
+    for m in metrics:
+        valid = boot[m][np.isfinite(boot[m])]
+        low, high = (np.quantile(valid, [alpha, 1.0 - alpha]) if len(valid)
+                     else (math.nan, math.nan))
+        intervals[m] = (float(low), float(high), int(len(valid)))
+    return {m: float(observed[m]) for m in metrics}, intervals
 
 
 def compare_pair(
@@ -346,20 +382,8 @@ def compare_pair(
     units, video_names, partition_videos = _pair(a_units, b_units)
     n_videos = len(video_names)
 
-    def observed_predictions(u):
-        return u.a, u.b
-
-    observed = _mean_over_units(units, dataset, metrics, observed_predictions, lambda u: None)
-
-    # cluster bootstrap: per partition, multinomial counts over its test videos
-    rng = np.random.default_rng(seed)
-    video_counts = np.zeros((n_boot, n_videos))
-    for partition in sorted(partition_videos):
-        members = partition_videos[partition]
-        video_counts[:, members] = rng.multinomial(
-            len(members), np.full(len(members), 1.0 / len(members)), size=n_boot)
-    boot = _mean_over_units(units, dataset, metrics, observed_predictions,
-                            lambda u: video_counts[:, u.video])
+    observed, intervals = paired_units_ci(units, partition_videos, n_videos, dataset, metrics,
+                                          n_boot, seed, confidence)
 
     # permutation: swap A and B for all clips of a video
     patterns = sign_flip_patterns(n_videos, n_permutations, seed)
@@ -371,13 +395,10 @@ def compare_pair(
 
     permuted = _mean_over_units(units, dataset, metrics, flipped, lambda u: None)
 
-    alpha = (1.0 - confidence) / 2.0
     table = {}
     for m in metrics:
         difference = float(observed[m])
-        valid = boot[m][np.isfinite(boot[m])]
-        low, high = (np.quantile(valid, [alpha, 1.0 - alpha]) if len(valid)
-                     else (math.nan, math.nan))
+        low, high, used = intervals[m]
         a_mean = float(_unit_mean(units, dataset, m, "a"))
         direction = metric_direction(m)
         better = ("none" if difference == 0 else
@@ -387,7 +408,7 @@ def compare_pair(
             "ci_low": float(low), "ci_high": float(high),
             "p_value": permutation_p_value(difference, permuted[m], exact),
             "better": better, "higher_is_better": direction == "max",
-            "boot_replicates_used": int(len(valid)),
+            "boot_replicates_used": used,
         }
     return {
         "a": str(a_dir), "b": str(b_dir),
@@ -413,7 +434,7 @@ def compare_pair(
     }
 
 
-def _unit_mean(units: list[_PairedUnit], dataset: str, metric: str, side: str) -> float:
+def _unit_mean(units: list[PairedUnit], dataset: str, metric: str, side: str) -> float:
     values = [weighted_metrics(getattr(u, side), u.labels, None, dataset)[metric] for u in units]
     return float(np.mean(values))
 

@@ -49,7 +49,7 @@ ALLOWED_FIELDS = {"float": {"type", "low", "high", "log", "step"},
                   "categorical": {"type", "choices"}}
 #: Checkpoints of a trial's runs are removed once its validation values are recorded (a study
 #: of 20 trials x 5 folds would otherwise keep hundreds of model copies nobody evaluates).
-CHECKPOINTS = (runs.BEST_CHECKPOINT, runs.LAST_CHECKPOINT)
+CHECKPOINTS = (runs.BEST_WEIGHTS, runs.BEST_METADATA, runs.LAST_CHECKPOINT)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -428,7 +428,7 @@ def write_study_results(settings: TuneSettings, seconds: float) -> dict[str, Any
     try:
         importance = optuna.importance.get_param_importances(study)
         summary["importance"] = dict(importance)
-        lines += ["", "| parameter | importance (fANOVA) |", "|---|---|"] + [
+        lines += ["", "| parameter | importance (Optuna default evaluator, PED-ANOVA in Optuna 5) |", "|---|---|"] + [
             f"| {k} | {v:.3f} |" for k, v in importance.items()]
     except (RuntimeError, ValueError) as err:
         summary["importance"] = None

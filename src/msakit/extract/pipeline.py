@@ -26,13 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
+from msakit.data.csv_table import read_table, split_of_mode
+from msakit.data.dataset import DataError
 from msakit.extract.config import ExtractorConfig
 from msakit.extract.features import ClipFeatureExtractor, ClipFeatures
 from msakit.extract.media import MEDIA_SUFFIXES, ExtractionError
 
 SPLITS = ("train", "valid", "test")
-SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "dev": "valid",
-                 "test": "test"}
 REQUIRED_COLUMNS = ("video_id", "clip_id")
 
 
@@ -122,7 +122,8 @@ def read_clip_list(folder: Path) -> tuple[list[ClipSpec], list[ClipFailure]]:
     that cannot be used becomes a :class:`ClipFailure`; the others go on.
 
     Raises:
-        ExtractionError: ``label.csv`` is missing or lacks the required columns.
+        ExtractionError: ``label.csv`` is missing, lacks the required columns, or has a row
+            with more or fewer fields than columns (named by line).
     """
     table = folder / "label.csv"
     if not table.is_file():
@@ -130,27 +131,15 @@ def read_clip_list(folder: Path) -> tuple[list[ClipSpec], list[ClipFailure]]:
             f"{folder}: no label.csv (columns video_id, clip_id, text, label, mode)", "label"
         )
     try:
-        with table.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            columns = [c.strip() for c in reader.fieldnames or []]
-            missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-            if missing:
-                raise ExtractionError(
-                    f"{table}: missing column(s) {missing}; found {columns} (expected "
-                    "video_id, clip_id, text, label, mode)", "label"
-                )
-            raw_rows = [{(k or "").strip(): (v or "").strip() if isinstance(v, str) else v
-                         for k, v in row.items()} for row in reader]
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise ExtractionError(f"{table}: not a readable UTF-8 CSV file ({err})", "label") from err
+        _, raw_rows = read_table(table, REQUIRED_COLUMNS)
+    except DataError as err:
+        raise ExtractionError(str(err), "label") from err
 
     specs, failures, seen = [], [], {}
-    for number, row in enumerate(raw_rows, start=2):  # line 1 is the header
+    for number, row in raw_rows:
         video_id, clip_id = row.get("video_id", ""), row.get("clip_id", "")
         where = f"{table} line {number}"
         try:
-            if None in row:
-                raise ExtractionError(f"{where}: more fields than columns", "label")
             if not video_id or not clip_id:
                 raise ExtractionError(f"{where}: empty video_id or clip_id", "label")
             if "$_$" in video_id or "$_$" in clip_id:
@@ -169,14 +158,11 @@ def read_clip_list(folder: Path) -> tuple[list[ClipSpec], list[ClipFailure]]:
                     "label") from None
             if label_text and not math.isfinite(label):
                 raise ExtractionError(f"{where}: label {label_text!r} is not finite", "label")
-            mode = (row.get("mode") or "").lower()
-            if mode:
-                if mode not in SPLIT_ALIASES:
-                    raise ExtractionError(
-                        f"{where}: mode {row.get('mode')!r} of clip {video_id}/{clip_id}; "
-                        "expected train, valid or test", "label")
-                split = SPLIT_ALIASES[mode]
-            else:
+            try:
+                split = split_of_mode(row.get("mode") or "", f"{where}: clip {video_id}/{clip_id}")
+            except DataError as err:
+                raise ExtractionError(str(err), "label") from None
+            if split is None:
                 split = "test" if math.isnan(label) else "train"
             text = row.get("text") or None
             media = find_media(folder, video_id, clip_id)
@@ -257,6 +243,27 @@ def _extract_one(spec: ClipSpec, cache_path: Path, signature: str):
     return spec.key, features
 
 
+def check_output_paths(folder: Path, output: Path, work_dir: Path, specs: list[ClipSpec],
+                       force: bool) -> None:
+    """Refuse to write over an input: ``output`` or ``work_dir`` being ``label.csv``, a clip's
+    media file, or (without ``force``) lying anywhere inside the clip folder."""
+    root = folder.resolve()
+    inputs = {(folder / "label.csv").resolve(), *(s.media.resolve() for s in specs if s.media)}
+    for what, path in (("output", output), ("work folder", work_dir)):
+        resolved = path.resolve()
+        if resolved in inputs or any(resolved in p.parents for p in inputs):
+            raise ExtractionError(f"{what} {path} is an input of the extraction (label.csv or a "
+                                  "clip); choose another path", "output")
+        if resolved == root:
+            raise ExtractionError(f"{what} {path} is the clip folder itself", "output")
+        if root in resolved.parents and not force:
+            raise ExtractionError(
+                f"{what} {path} is inside the clip folder {folder}; write it elsewhere (e.g. "
+                f"-o {folder.name}.pkl beside the folder) or pass --force", "output")
+    if output.exists() and not output.is_file():
+        raise ExtractionError(f"output {output} exists and is not a file", "output")
+
+
 def extract_folder(
     folder: str | Path,
     output: str | Path,
@@ -265,6 +272,7 @@ def extract_folder(
     work_dir: str | Path | None = None,
     strict: bool = False,
     progress: bool = True,
+    force: bool = False,
 ) -> ExtractionReport:
     """Extract every clip listed in ``<folder>/label.csv`` and write the MMSA pickle ``output``.
 
@@ -274,6 +282,8 @@ def extract_folder(
         work_dir: cache and reports (default ``<output>.extract``).
         strict: fail clips with no video track or no face at all instead of warning.
         progress: show a progress bar.
+        force: allow ``output`` (or the work folder) inside the clip folder; an input file
+            (``label.csv``, a clip) is never overwritten.
 
     Returns:
         What was done; failing clips are listed in ``errors.csv`` and left out of the pickle.
@@ -288,11 +298,12 @@ def extract_folder(
     folder, output = Path(folder), Path(output)
     config = config or ExtractorConfig()
     work_dir = Path(work_dir) if work_dir else output.with_name(output.name + ".extract")
+    specs, failures = read_clip_list(folder)
+    check_output_paths(folder, output, work_dir, specs, force)
     cache_dir = work_dir / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     report = ExtractionReport(output=output, work_dir=work_dir)
-
-    specs, report.failures = read_clip_list(folder)
+    report.failures = failures
     results: dict[str, ClipFeatures] = {}
     todo = []
     for spec in specs:

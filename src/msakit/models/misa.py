@@ -28,12 +28,20 @@ fusion                 [P_t,P_v,P_a,S_t,S_v,S_a] as 6 tokens -> one        ``(B,
 head                   Linear(6H -> 3H) -> Dropout -> ReLU -> Linear(3H -> 1)  ``(B,)``
 =====================  ==================================================  ==============
 
-Where we differ from the official code (deliberately): the text vector is a *masked* mean over
-the real tokens (the official code averages over the padded length too, so its vector depends on
-the batch's padding); audio and vision are packed with their own real lengths (MMSA's port packs
-them with the text lengths); CMD is safe for a batch of one (see
-:func:`msakit.modules.losses.cmd_loss`). The official code fine-tunes BERT with the same Adam
-learning rate as the rest (1e-4), which the shipped config reproduces (``train.lm_lr``).
+Inputs as the official code reads them: the text vector is the masked mean of the LM's states
+over the real tokens (as the official code); audio and vision are read at one step per word on
+word-aligned data (``word_audio``/``word_vision``, :func:`~msakit.modules.encoders.recurrent_input`),
+packed with their own real lengths (MMSA's port packs them with the text lengths). The official
+code fine-tunes BERT with the same Adam learning rate as the rest (1e-4), which the shipped config
+reproduces (``train.lm_lr``); on MOSEI it freezes BERT layers 0-8 (``model.freeze_lm_layers=9``,
+the ``mosei`` preset).
+
+Where we differ from the official code (deliberately): CMD's norms have a zero (not NaN)
+gradient where two moments are exactly equal, as for a batch of one (values are identical, and
+so are gradients wherever the official ones are finite; see
+:func:`msakit.modules.losses.cmd_loss`); the official collate truncates BERT's tokens to the
+batch's longest word count + 2, msakit to ``data.max_text_tokens``. The numeric parity test
+(``tests/parity/test_misa_parity.py``) and ``docs/faithfulness.md`` say what is covered.
 """
 
 from __future__ import annotations
@@ -48,7 +56,7 @@ from torch import nn
 from msakit.config import ModelConfig
 from msakit.models import register_model
 from msakit.models.base import FeatureDims, ModelOutput, MSAModel
-from msakit.modules.encoders import StackedBiLSTMEncoder
+from msakit.modules.encoders import StackedBiLSTMEncoder, recurrent_input
 from msakit.modules.losses import cmd_loss, reconstruction_loss, soft_orthogonality_loss
 from msakit.modules.text import PretrainedTextEncoder
 
@@ -68,6 +76,10 @@ class MISAConfig(ModelConfig):
     transformer_dropout: float = Field(0.1, ge=0.0, lt=1.0)
     freeze_language_model: bool = Field(
         False, description="keep the LM fixed (the official model fine-tunes it)"
+    )
+    freeze_lm_layers: int = Field(
+        0, ge=0, description="keep the LM's first N transformer layers fixed; the official "
+        "MOSEI setting freezes BERT layers 0-8 (N = 9), MOSI fine-tunes all"
     )
     loss_weights: dict[str, float] = Field(
         default_factory=lambda: {"task": 1.0, "cmd": 1.0, "diff": 0.3, "recon": 1.0},
@@ -114,7 +126,8 @@ class MISA(MSAModel):
                 )
         hidden = config.hidden_size
         self.text_encoder = PretrainedTextEncoder(
-            config.language_model, pooling="mean", freeze=config.freeze_language_model
+            config.language_model, pooling="mean", freeze=config.freeze_language_model,
+            freeze_layers=config.freeze_lm_layers,
         )
         self.audio_encoder = StackedBiLSTMEncoder(dims.audio)
         self.vision_encoder = StackedBiLSTMEncoder(dims.vision)
@@ -148,13 +161,15 @@ class MISA(MSAModel):
                     "vision_lengths"):
             if key not in batch:
                 raise KeyError(f"MISA needs batch[{key!r}] (text, audio and vision)")
+        audio = recurrent_input(batch, "audio")  # one step per word on word-aligned data
+        vision = recurrent_input(batch, "vision")
         return {
             "text": self.text_encoder(
                 batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
                 hidden_states=batch.get("text_hidden"),
             ),
-            "audio": self.audio_encoder(batch["audio"], batch["audio_lengths"]),
-            "vision": self.vision_encoder(batch["vision"], batch["vision_lengths"]),
+            "audio": self.audio_encoder(audio.x, audio.host_lengths),
+            "vision": self.vision_encoder(vision.x, vision.host_lengths),
         }
 
     def representations(self, batch: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:

@@ -45,6 +45,7 @@ from msakit.models.self_mm import (
     ModalityOptimiserConfig, SequenceLSTM, check_batch_sequence, modality_parameter_groups,
     require_audio_and_vision,
 )
+from msakit.modules.encoders import recurrent_input
 from msakit.modules.gated_attention import GateTransformer, SAGTransformer, masked_mean
 from msakit.modules.losses import (
     cmd_loss, frobenius_orthogonality_loss, soft_orthogonality_loss,
@@ -172,8 +173,7 @@ class MMILN(ULGMHooks, MSAModel):
         return conv(x.transpose(1, 2)).transpose(1, 2)  # (B, L, D_in) -> (B, L, d_s)
 
     @staticmethod
-    def _mask(batch: dict[str, Any], key: str, length: int) -> torch.Tensor:
-        lengths = batch[f"{key}_lengths"]
+    def _mask(lengths: torch.Tensor, length: int) -> torch.Tensor:
         steps = torch.arange(length, device=lengths.device)
         return steps.unsqueeze(0) < lengths.unsqueeze(1)  # (B, L) True = real step
 
@@ -183,12 +183,14 @@ class MMILN(ULGMHooks, MSAModel):
         text = self.text_encoder(batch["input_ids"], batch["attention_mask"],
                                  batch.get("token_type_ids"),
                                  hidden_states=batch.get("text_hidden"))  # (B, L_t, H_t)
-        audio = check_batch_sequence(batch, "audio", self.dims.audio)
-        vision = check_batch_sequence(batch, "vision", self.dims.vision)
-        audio_mask = self._mask(batch, "audio", audio.shape[1])
-        vision_mask = self._mask(batch, "vision", vision.shape[1])
-        audio_seq, _ = self.audio_lstm(audio, batch["audio_lengths"])  # (1)
-        vision_seq, _ = self.vision_lstm(vision, batch["vision_lengths"])  # (2)
+        check_batch_sequence(batch, "audio", self.dims.audio)
+        check_batch_sequence(batch, "vision", self.dims.vision)
+        # one step per word on word-aligned data, as the Self-MM code MMILN builds on
+        audio, vision = recurrent_input(batch, "audio"), recurrent_input(batch, "vision")
+        audio_mask = self._mask(audio.lengths, audio.x.shape[1])
+        vision_mask = self._mask(vision.lengths, vision.x.shape[1])
+        audio_seq, _ = self.audio_lstm(audio.x, audio.host_lengths)  # (1)
+        vision_seq, _ = self.vision_lstm(vision.x, vision.host_lengths)  # (2)
         # the LM's states at padding positions are not zero: with a kernel wider than 1 the
         # Conv1d would read them into the last real steps (a batch-dependent leak)
         text = text * text_mask.unsqueeze(-1).to(text.dtype)

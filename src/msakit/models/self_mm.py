@@ -19,6 +19,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from msakit.config import ModelConfig, TrainConfig
 from msakit.models import register_model
 from msakit.models.base import FeatureDims, ModelOutput, MSAModel, takes_no_decay
+from msakit.modules.encoders import recurrent_input
 from msakit.modules.text import PretrainedTextEncoder
 from msakit.modules.ulgm import SentimentHead, ULGMHooks, UnimodalLabelGenerator
 
@@ -36,7 +37,8 @@ class SequenceLSTM(nn.Module):
         self.rnn = nn.LSTM(in_dim, hidden_dim, batch_first=True)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        packed = pack_padded_sequence(x, lengths.detach().cpu().clamp_min(1), batch_first=True,
+        # lengths on the CPU (the batch's host_lengths) avoid a device-to-host copy here
+        packed = pack_padded_sequence(x, lengths.to("cpu", torch.int64), batch_first=True,
                                       enforce_sorted=False)
         packed_out, (final, _) = self.rnn(packed)
         outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=x.shape[1])
@@ -182,10 +184,11 @@ class SelfMM(ULGMHooks, MSAModel):
         text = self.text_encoder(batch["input_ids"], batch["attention_mask"],
                                  batch.get("token_type_ids"),
                                  hidden_states=batch.get("text_hidden"))  # (B, H_t)
-        audio = check_batch_sequence(batch, "audio", self.dims.audio)
-        vision = check_batch_sequence(batch, "vision", self.dims.vision)
-        _, audio_final = self.audio_lstm(audio, batch["audio_lengths"])
-        _, vision_final = self.vision_lstm(vision, batch["vision_lengths"])
+        check_batch_sequence(batch, "audio", self.dims.audio)
+        check_batch_sequence(batch, "vision", self.dims.vision)
+        audio, vision = recurrent_input(batch, "audio"), recurrent_input(batch, "vision")
+        _, audio_final = self.audio_lstm(audio.x, audio.host_lengths)  # one step per word
+        _, vision_final = self.vision_lstm(vision.x, vision.host_lengths)
         audio = self.audio_out(self.lstm_dropout(audio_final))  # (B, audio_out)
         vision = self.vision_out(self.lstm_dropout(vision_final))  # (B, vision_out)
 

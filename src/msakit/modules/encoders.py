@@ -2,16 +2,26 @@
 
 Every encoder takes a zero-padded ``(B, L, D)`` batch with its ``(B,)`` true lengths and only
 ever reads the real steps (packed sequences or masks), so padding never changes a result.
+Recurrent encoders pack with lengths on the CPU: pass the batch's ``host_lengths`` (see
+:func:`recurrent_input`) so that no device-to-host copy happens on the training path.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 
-def _check_sequence(x: torch.Tensor, lengths: torch.Tensor, input_dim: int, name: str) -> None:
+def _host_lengths(x: torch.Tensor, lengths: torch.Tensor, input_dim: int, name: str
+                  ) -> torch.Tensor:
+    """Check shapes and return the lengths as a CPU int64 tensor (what packing needs).
+
+    Pass CPU lengths (the batch's ``host_lengths``) to avoid a device-to-host copy; the range
+    check then reads host memory only.
+    """
     if x.dim() != 3 or x.shape[-1] != input_dim:
         raise ValueError(
             f"{name}: expected a (B, L, {input_dim}) batch, got {tuple(x.shape)}"
@@ -20,11 +30,38 @@ def _check_sequence(x: torch.Tensor, lengths: torch.Tensor, input_dim: int, name
         raise ValueError(
             f"{name}: expected ({x.shape[0]},) lengths, got {tuple(lengths.shape)}"
         )
-    if x.shape[0] and (int(lengths.min()) < 1 or int(lengths.max()) > x.shape[1]):
+    host = lengths.detach().to("cpu", torch.int64)
+    if x.shape[0] and (int(host.min()) < 1 or int(host.max()) > x.shape[1]):
         raise ValueError(
-            f"{name}: lengths must lie in [1, {x.shape[1]}], got min {int(lengths.min())} "
-            f"and max {int(lengths.max())}"
+            f"{name}: lengths must lie in [1, {x.shape[1]}], got min {int(host.min())} "
+            f"and max {int(host.max())}"
         )
+    return host
+
+
+class RecurrentInput(NamedTuple):
+    """A sequence for a recurrent encoder: ``x (B, L, D)``, ``lengths (B,)`` on ``x``'s device,
+    ``host_lengths (B,)`` the same lengths on the CPU (for packing)."""
+
+    x: torch.Tensor
+    lengths: torch.Tensor
+    host_lengths: torch.Tensor
+
+
+def recurrent_input(batch: dict, modality: str) -> RecurrentInput:
+    """``audio``/``vision`` of a batch as a recurrent encoder should read it.
+
+    On word-aligned data this is one step per word (``word_<modality>``, ``word_lengths``), as
+    the official MISA and Self-MM code reads it, not the sequence expanded to sub-word tokens
+    (which repeats a word's row per sub-word and has zero rows for special tokens). The CPU
+    lengths come from the batch's ``host_lengths`` when present, so packing needs no
+    device-to-host copy.
+    """
+    host = batch.get("host_lengths") or {}
+    key, length_key = ((f"word_{modality}", "word") if f"word_{modality}" in batch
+                       else (modality, modality))
+    lengths = batch[f"{length_key}_lengths"]
+    return RecurrentInput(batch[key], lengths, host.get(length_key, lengths))
 
 
 def _check_input_dim(input_dim: int, name: str) -> None:
@@ -35,10 +72,8 @@ def _check_input_dim(input_dim: int, name: str) -> None:
         )
 
 
-def _pack(x: torch.Tensor, lengths: torch.Tensor):
-    return pack_padded_sequence(
-        x, lengths.detach().to("cpu", torch.int64), batch_first=True, enforce_sorted=False
-    )
+def _pack(x: torch.Tensor, host_lengths: torch.Tensor):
+    return pack_padded_sequence(x, host_lengths, batch_first=True, enforce_sorted=False)
 
 
 class StackedBiLSTMEncoder(nn.Module):
@@ -77,7 +112,7 @@ class StackedBiLSTMEncoder(nn.Module):
         return 4 * self.hidden_dim
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        _check_sequence(x, lengths, self.input_dim, "StackedBiLSTMEncoder")
+        lengths = _host_lengths(x, lengths, self.input_dim, "StackedBiLSTMEncoder")
         packed_out1, (final1, _) = self.rnn1(_pack(x, lengths))  # final1: (2, B, H)
         out1, _ = pad_packed_sequence(packed_out1, batch_first=True, total_length=x.shape[1])
         _, (final2, _) = self.rnn2(_pack(self.layer_norm(out1), lengths))  # (2, B, H)
@@ -124,7 +159,7 @@ class LSTMEncoder(nn.Module):
         self.linear = nn.Linear(hidden_dim * (2 if bidirectional else 1), output_dim)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        _check_sequence(x, lengths, self.input_dim, "LSTMEncoder")
+        lengths = _host_lengths(x, lengths, self.input_dim, "LSTMEncoder")
         _, (final, _) = self.rnn(_pack(x, lengths))  # (layers * directions, B, hidden)
         if self.bidirectional:
             last = torch.cat((final[-2], final[-1]), dim=-1)
@@ -152,4 +187,5 @@ def masked_time_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
-__all__ = ["StackedBiLSTMEncoder", "LSTMEncoder", "masked_time_mean"]
+__all__ = ["StackedBiLSTMEncoder", "LSTMEncoder", "masked_time_mean", "recurrent_input",
+           "RecurrentInput"]

@@ -24,6 +24,9 @@ class PretrainedTextEncoder(nn.Module):
         name_or_path: Hugging Face model name or local path.
         pooling: ``"cls"`` (first token, Self-MM), ``"mean"`` (masked mean, MISA) or ``"none"``.
         freeze: keep the pretrained weights fixed.
+        freeze_layers: keep the first ``N`` transformer layers fixed (their parameters get
+            ``requires_grad=False``); embeddings and later layers still train. MISA's official
+            MOSEI setting freezes BERT layers 0-8 (``N = 9``).
 
     Shapes:
         ``input_ids``, ``attention_mask``: ``(B, L)`` -> ``(B, H)`` pooled, or ``(B, L, H)``
@@ -37,6 +40,7 @@ class PretrainedTextEncoder(nn.Module):
         name_or_path: str,
         pooling: Literal["cls", "mean", "none"] = "cls",
         freeze: bool = False,
+        freeze_layers: int = 0,
     ):
         super().__init__()
         self.model = load_language_model(name_or_path)
@@ -46,6 +50,26 @@ class PretrainedTextEncoder(nn.Module):
             for parameter in self.model.parameters():
                 parameter.requires_grad_(False)
             self.model.eval()
+        if freeze_layers:
+            layers = self.transformer_layers()
+            if freeze_layers > len(layers):
+                raise ValueError(
+                    f"cannot freeze {freeze_layers} layers of {name_or_path!r}: it has "
+                    f"{len(layers)}"
+                )
+            for layer in layers[:freeze_layers]:
+                for parameter in layer.parameters():
+                    parameter.requires_grad_(False)
+
+    def transformer_layers(self) -> nn.ModuleList:
+        """The LM's stack of transformer layers (``encoder.layer`` of BERT-like models)."""
+        layers = getattr(getattr(self.model, "encoder", None), "layer", None)
+        if not isinstance(layers, nn.ModuleList):
+            raise ValueError(
+                f"{type(self.model).__name__} has no encoder.layer stack; freezing single "
+                "layers needs a BERT-like model"
+            )
+        return layers
 
     @property
     def is_frozen(self) -> bool:

@@ -8,6 +8,7 @@ with the checkpoint selected on its validation part.
 from __future__ import annotations
 
 import csv
+import re
 import logging
 import shutil
 from dataclasses import dataclass
@@ -18,15 +19,19 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from msakit.config import ConfigError, ExperimentConfig, load_saved_config
+from msakit.config import (
+    ConfigError, ExperimentConfig, build_config, deep_update, load_saved_config,
+)
 from msakit.data import dataset_splits, load_dataset, make_loader
-from msakit.data.dataset import MSADataset, Split
+from msakit.data.dataset import DataError, MSADataset, Split
+from msakit.data.readers import data_fingerprint
 from msakit.lm import load_tokenizer
 from msakit.lm_cache import SplitTextStates
 from msakit.models import FeatureDims, create_model
 from msakit.provenance import ENV_FILE, environment_record
 from msakit.training import distributed, runs
 from msakit.training.loggers import open_loggers
+from msakit.training.runs import RunError
 from msakit.training.results import (
     artifacts_table,
     summarise,
@@ -60,10 +65,73 @@ def load_experiment_data(config: ExperimentConfig) -> tuple[MSADataset, list[Par
     if not data.path:
         raise ValueError("no data file given: pass --data PATH (or set data.path)")
     dataset = load_dataset(data.path, format=data.format, dataset=data.dataset,
-                           nonfinite=data.nonfinite)
+                           nonfinite=data.nonfinite, allow_overlap=data.allow_overlap)
     parts = dataset_splits(dataset, folds=data.folds, valid_fraction=data.valid_fraction,
                            seed=data.fold_seed)
+    for part in parts:
+        for role in ("train", "valid", "test"):
+            if len(getattr(part, role)) == 0:
+                raise DataError(
+                    f"{dataset.source}: the {role} part of partition {part.name!r} is empty; "
+                    "training needs clips in train, valid and test (use --folds K to "
+                    "cross-validate a file whose own splits are empty)")
     return dataset, [Partition(*p) for p in parts]
+
+
+def check_data_unchanged(config: ExperimentConfig, run_dir: Path) -> None:
+    """Refuse to resume or re-evaluate ``run_dir`` on data other than it was trained on.
+
+    The run records the data's absolute path and SHA-256 (``data.json``); a file at that path
+    with another hash is refused, naming both.
+    """
+    record_path = Path(run_dir) / runs.DATA_FILE
+    recorded = runs.read_json(record_path).get("sha256") if record_path.exists() else None
+    if recorded is None:  # a run from before data hashes were recorded
+        return
+    current = data_fingerprint(config.data.path)["sha256"]
+    if current != recorded:
+        raise RunError(
+            f"{config.data.path}: the data changed since {run_dir} was trained on it (SHA-256 "
+            f"{current[:12]}... now, {recorded[:12]}... then); refusing to score other data as "
+            "the run's own. To score this file anyway, pass it explicitly: --data PATH")
+
+
+def check_resume_request(run_dir: str | Path, model_name: str, overrides: list[str],
+                         base: dict[str, Any] | None, seeds: list[int] | None) -> None:
+    """Refuse a ``--resume`` whose model, options or seeds differ from the saved run's.
+
+    A resumed run continues exactly what was started; anything else is a new run.
+    """
+    run_dir = Path(run_dir)
+    saved = load_saved_config(run_dir / runs.CONFIG_FILE)
+    if model_name != saved.model.name:
+        raise RunError(f"{run_dir} is a {saved.model.name} run; --resume cannot continue it as "
+                       f"{model_name}")
+    if overrides or base:
+        try:
+            requested = build_config(model_name, overrides, base=deep_update(saved.to_dict(),
+                                                                             base or {}))
+        except ConfigError as err:
+            raise RunError(f"--resume {run_dir}: {err}") from err
+        differences = _differences(saved.to_dict(), requested.to_dict())
+        if differences:
+            raise RunError(
+                f"--resume continues {run_dir} exactly as it was started, but these settings "
+                f"differ: {'; '.join(differences[:6])}. Start a new run for other settings.")
+    if seeds is not None:
+        saved_seeds = runs.read_json(run_dir / "experiment.json")["seeds"]
+        if list(seeds) != list(saved_seeds):
+            raise RunError(f"--resume {run_dir}: the run has seeds {saved_seeds}, not {seeds}")
+
+
+def _differences(saved: Any, requested: Any, prefix: str = "") -> list[str]:
+    if isinstance(saved, dict) and isinstance(requested, dict):
+        out = []
+        for key in sorted(set(saved) | set(requested)):
+            out += _differences(saved.get(key), requested.get(key),
+                                f"{prefix}.{key}" if prefix else key)
+        return out
+    return [] if saved == requested else [f"{prefix} {saved!r} -> {requested!r}"]
 
 
 def loader_options(config: ExperimentConfig) -> dict[str, Any]:
@@ -141,6 +209,7 @@ class EpochLoader:
 
 def data_record(dataset: MSADataset, partitions: list[Partition], config: ExperimentConfig) -> dict:
     return {
+        **data_fingerprint(config.data.path),
         "source": str(dataset.source),
         "dataset": dataset.name,
         "word_aligned": dataset.word_aligned,
@@ -165,6 +234,10 @@ def _train_one(config: ExperimentConfig, dataset: MSADataset, partition: Partiti
     metrics_path = run_dir / runs.METRICS_FILE
     if resume and metrics_path.exists():
         return runs.read_json(metrics_path)
+    if is_main and not (run_dir / runs.LAST_CHECKPOINT).exists():
+        # nothing resumable: whatever an interrupted first epoch left is started over
+        for stale in ("epochs.csv", runs.BEST_WEIGHTS, runs.BEST_METADATA):
+            (run_dir / stale).unlink(missing_ok=True)
     config = config.model_copy(deep=True)
     config.train.seed = seed
     if is_main:
@@ -199,6 +272,7 @@ def _train_one(config: ExperimentConfig, dataset: MSADataset, partition: Partiti
                   "parameters": model.parameter_counts()}
         if is_main:
             runs.write_json(metrics_path, result)
+            _drop_resume_state(run_dir, config)
         return result
     trainer.load_best(model)
     test = evaluate_model(model, loader_for(partition.test, dataset, config, train=False,
@@ -232,7 +306,15 @@ def _train_one(config: ExperimentConfig, dataset: MSADataset, partition: Partiti
                               "computed": text_states.statistics.computed}
     if is_main:
         runs.write_json(metrics_path, result)
+        _drop_resume_state(run_dir, config)
     return result
+
+
+def _drop_resume_state(run_dir: Path, config: ExperimentConfig) -> None:
+    """A finished training run needs no ``last.pt`` (weights + optimiser state) unless
+    ``train.keep_last``; ``best.safetensors`` stays."""
+    if not config.train.keep_last:
+        (run_dir / runs.LAST_CHECKPOINT).unlink(missing_ok=True)
 
 
 def _result_line(result: dict[str, Any]) -> str:
@@ -361,6 +443,10 @@ def run_experiment(
             default: :func:`msakit.augment.transform_from_config` (the ``augment`` section).
         jobs: train this many (seed, partition) runs at a time, each in its own process (one
             GPU each where several are visible; see :func:`_run_parallel`).
+
+    ``experiment.json`` records ``status``: ``running``, then ``finished`` or ``failed`` (with
+    the error). A diverging run (a non-finite loss) is a :class:`RunError`. The data must be the
+    file the run recorded (same SHA-256) to resume.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
@@ -376,13 +462,23 @@ def run_experiment(
         config = load_saved_config(run_dir / runs.CONFIG_FILE)
         saved = runs.read_json(run_dir / "experiment.json")
         seeds = saved["seeds"]
+        check_data_unchanged(config, run_dir)
     else:
         seeds = list(seeds or [config.train.seed])
         if len(set(seeds)) != len(seeds):
-            raise ValueError(f"seeds must be distinct, got {seeds}")
+            raise ConfigError(f"seeds must be distinct, got {seeds}")
+        if any(not 0 <= s < 2**32 for s in seeds):
+            raise ConfigError(f"seeds must be integers in [0, 2**32), got {seeds}")
+        if config.data.path and Path(config.data.path).exists():
+            # the run records where its data is, so it is found from any folder
+            config = config.model_copy(deep=True)
+            config.data.path = str(Path(config.data.path).resolve())
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
     dataset, partitions = load_experiment_data(config)
+    # an unavailable LM or device fails before any run folder is made
+    load_tokenizer(config.model.language_model)
+    resolve_device(config.train.device)
     if resume_dir is None:
         run_dir = None
         if process.is_main:
@@ -390,9 +486,28 @@ def run_experiment(
                                        config.run.name)
             config.save(run_dir / runs.CONFIG_FILE)
             runs.write_json(run_dir / runs.DATA_FILE, data_record(dataset, partitions, config))
-            runs.write_json(run_dir / "experiment.json", {"seeds": seeds})
             runs.write_json(run_dir / ENV_FILE, environment_record(config.data.path))
         run_dir = Path(process.broadcast_object(str(run_dir) if run_dir else None))
+    if process.is_main:
+        runs.update_experiment_record(run_dir, seeds=seeds, status="running", error=None)
+    try:
+        summary = _run_all(config, dataset, partitions, seeds, run_dir, resume_dir, progress,
+                           console, transform_factory, process, jobs)
+    except BaseException as err:
+        if process.is_main:
+            runs.update_experiment_record(run_dir, status="failed",
+                                          error=f"{type(err).__name__}: {err}")
+        if isinstance(err, FloatingPointError):
+            raise RunError(f"training diverged: {err}. The run folder {run_dir} is kept and "
+                           "marked failed") from err
+        raise
+    if process.is_main:
+        runs.update_experiment_record(run_dir, status="finished")
+    return run_dir, summary
+
+
+def _run_all(config, dataset, partitions, seeds, run_dir, resume_dir, progress, console,
+             transform_factory, process, jobs) -> dict[str, Any]:
     if transform_factory is None:
         from msakit.augment import transform_from_config as transform_factory
     transform = transform_factory(config)
@@ -425,7 +540,7 @@ def run_experiment(
     summary = summarise(results)
     if not process.is_main:
         process.barrier()  # process 0 writes the results
-        return run_dir, summary
+        return summary
     write_results(run_dir, config.model.name, results, summary)
     test_artifacts = []
     for result in results:
@@ -437,7 +552,7 @@ def run_experiment(
         console.print(artifacts_table(f"{config.model.name}: test-split artifacts, mean ± std "
                                       "over runs", artifacts))
     process.barrier()
-    return run_dir, summary
+    return summary
 
 
 def evaluate_run(
@@ -457,10 +572,12 @@ def evaluate_run(
     run_dir = Path(run_dir)
     sub_dirs = runs.checkpoint_dirs(run_dir)
     config = load_saved_config(sub_dirs[0] / runs.CONFIG_FILE)
+    if data_path is None:
+        check_data_unchanged(config, sub_dirs[0])
     if data_path is not None:
         config.data.path = str(data_path)
         dataset = load_dataset(data_path, format="auto", dataset=config.data.dataset,
-                               nonfinite=config.data.nonfinite)
+                               nonfinite=config.data.nonfinite, allow_overlap=True)
         trained = runs.read_json(sub_dirs[0] / runs.DATA_FILE)["feature_dims"]
         check_feature_dims(dataset, trained, config.data.modalities)
         splits = {d: dataset.split(split) for d in sub_dirs}
@@ -473,8 +590,7 @@ def evaluate_run(
     for sub in sub_dirs:
         sub_config = load_saved_config(sub / runs.CONFIG_FILE)
         model = create_model(sub_config.model, feature_dims(dataset, sub_config))
-        saved = runs.load_checkpoint(sub / runs.BEST_CHECKPOINT, device)
-        model.load_checkpoint_state_dict(saved["model"])
+        runs.load_best_into(model, sub, device)
         model.to(device)
         text_states = SplitTextStates.for_model(model, sub_config, dataset.word_aligned)
         loader = loader_for(splits[sub], dataset, sub_config, train=False,
@@ -494,5 +610,14 @@ def evaluate_run(
     artifacts = summarise_artifacts([r["artifacts"] for r in results if "artifacts" in r])
     if artifacts:
         report["artifacts_summary"] = artifacts
-    runs.write_json(run_dir / "evaluation.json", report)
+    runs.write_json(run_dir / evaluation_file_name(data_path, split), report)
     return report
+
+
+def evaluation_file_name(data_path: str | Path | None, split: str) -> str:
+    """``evaluation.json`` for the run's own test parts; one file per other data and split, so
+    scoring other data never overwrites an earlier evaluation."""
+    if data_path is None:
+        return "evaluation.json"
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(data_path).name)
+    return f"evaluation-{stem}-{split}.json"

@@ -39,12 +39,25 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when available (under torchrun: this process's GPU), else CPU."""
+    """``auto``: CUDA when available (under torchrun: this process's GPU), else CPU; or
+    ``cpu``, ``cuda``, ``cuda:N``, ``mps``. A device this machine does not have is a
+    :class:`ConfigError`."""
     if name == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu")
         return torch.device("cuda", distributed.current().local_rank)
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from err
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ConfigError(f"device {name!r} is not available here ({count} CUDA device(s)); "
+                              "use train.device=cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' is not available here; use train.device=cpu or auto")
+    return device
 
 
 def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -410,11 +423,26 @@ class Trainer:
     def _save_best(self, model, epoch: int, value: float) -> None:
         if not self.process.is_main:
             return
-        tmp = self.run_dir / (runs.BEST_CHECKPOINT + ".tmp")
-        torch.save({"model": model.checkpoint_state_dict(), "epoch": epoch,
-                    "selection_metric": self.config.train.selection_metric,
-                    "selection_value": value}, tmp)
-        tmp.replace(self.run_dir / runs.BEST_CHECKPOINT)
+        runs.save_best_state(self.run_dir, model.checkpoint_state_dict(), {
+            "model": self.config.model.name, "epoch": epoch,
+            "selection_metric": self.config.train.selection_metric, "selection_value": value})
+
+    def _keep_epoch_rows_up_to(self, epoch: int) -> None:
+        """Drop ``epochs.csv`` rows after the checkpointed epoch: a crash between writing an
+        epoch's row and its ``last.pt`` must not leave that epoch twice after resuming."""
+        path = self.run_dir / "epochs.csv"
+        if not self.process.is_main or not path.exists():
+            return
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            fieldnames = reader.fieldnames or []
+            rows = [r for r in reader if int(r["epoch"]) <= epoch]
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(path)
 
     def _append_epoch_row(self, row: dict[str, Any]) -> None:
         if not self.process.is_main:
@@ -490,6 +518,7 @@ class Trainer:
                 self.scaler.load_state_dict(saved["grad_scaler"])
             restore_rng_state(saved["rng"])
             state = {k: saved[k] for k in state}
+            self._keep_epoch_rows_up_to(state["epoch"])
             log.info("resuming %s after epoch %d", self.run_dir, state["epoch"])
 
         weights = self.config.model.loss_weights
@@ -536,7 +565,7 @@ class Trainer:
                     f"train {train_losses['total']:.4f}  valid {cfg.selection_metric} "
                     f"{value:.4f}  best {state['best_value']:.4f}@{state['best_epoch']}"))
         self.process.barrier()  # process 0 has written its checkpoints
-        if not (self.run_dir / runs.BEST_CHECKPOINT).exists():
+        if not (self.run_dir / runs.BEST_WEIGHTS).exists():
             raise RuntimeError(f"{self.run_dir}: no epoch produced a valid selection value")
         return {
             "best_epoch": state["best_epoch"],
@@ -610,6 +639,5 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def load_best(self, model: MSAModel) -> MSAModel:
-        saved = runs.load_checkpoint(self.run_dir / runs.BEST_CHECKPOINT, self.device)
-        model.load_checkpoint_state_dict(saved["model"])
+        runs.load_best_into(model, self.run_dir, self.device)
         return model.to(self.device)

@@ -12,7 +12,8 @@ from msakit.config import ConfigError, build_config
 from msakit.lm import load_tokenizer
 from msakit.models import create_model, list_models
 from msakit.models.base import FeatureDims
-from msakit.models.lrcmt import FROZEN_CHECKSUM_KEY, LRCMT, LRCMTConfig
+from msakit.models.base import FROZEN_CHECKSUM_KEY
+from msakit.models.lrcmt import LRCMT, LRCMTConfig
 from msakit.modules.lora import LoRAConfigError, LoRATextEncoder, count_parameters
 
 TEXTS = ["it was really good", "i did not like the ending at all", "okay"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from msakit.data.dataset import DataError, MSADataset
+from msakit.data.dataset import DataError
 
 #: name -> (file inside msakit/data/demo, dataset family)
 PACKAGED_DATASETS: dict[str, tuple[str, str]] = {"mosi-demo": ("mosi_demo.npz", "mosi")}
@@ -45,11 +45,13 @@ def load_demo_arrays(name: str = "mosi-demo") -> dict[str, np.ndarray]:
     return arrays
 
 
-def read_packaged(name: str, nonfinite: str = "replace") -> MSADataset:
-    """Packaged dataset ``name`` as an :class:`MSADataset` (one split ``"all"``, word-aligned),
-    validated by the CMU-SDK reader exactly as the pickle it came from."""
-    from msakit.data.readers import read_cmu_sdk_pickle
+def packaged_entries(name: str) -> tuple[list[tuple], str]:
+    """Packaged dataset ``name`` as CMU-SDK word-aligned entries and its dataset family.
 
+    The entries are ``((word_ids, facet (L, 47), covarep (L, 74), words), [[label]], segment_id)``,
+    the layout of the pickle they came from, so the CMU-SDK reader validates them exactly as it
+    validates that pickle (``msakit.data.readers.load_dataset`` does).
+    """
     arrays = load_demo_arrays(name)
     ends = np.cumsum(arrays["lengths"])
     starts = ends - arrays["lengths"]
@@ -63,4 +65,4 @@ def read_packaged(name: str, nonfinite: str = "replace") -> MSADataset:
             str(arrays["segment_ids"][i]),
         ))
     _, family = PACKAGED_DATASETS[name]
-    return read_cmu_sdk_pickle(name, family, nonfinite, content=entries)
+    return entries, family

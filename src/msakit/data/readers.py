@@ -80,7 +80,7 @@ def load_dataset(
     Raises:
         DataError: unreadable or inconsistent input; the message says what and where.
     """
-    from msakit.data.packaged import PACKAGED_DATASETS, read_packaged
+    from msakit.data.packaged import PACKAGED_DATASETS, packaged_entries
 
     if nonfinite not in ("replace", "error"):
         raise DataError(f"nonfinite must be 'replace' or 'error', not {nonfinite!r}")
@@ -88,7 +88,8 @@ def load_dataset(
         if format not in ("auto", "cmu_sdk") or dataset not in ("auto", "mosi"):
             raise DataError(f"{path} is a packaged word-aligned MOSI set: use format auto/"
                             f"cmu_sdk and dataset auto/mosi (got {format}, {dataset})")
-        return read_packaged(str(path), nonfinite)
+        entries, family = packaged_entries(str(path))
+        return read_cmu_sdk_pickle(str(path), family, nonfinite, content=entries)
     path = Path(path)
     if dataset != "auto" and dataset not in LABEL_RANGES:
         raise DataError(

@@ -69,7 +69,6 @@ from msakit.modules.text import PretrainedTextEncoder
 
 
 #: Checkpoint entry holding the checksum of the frozen LM a LoRA checkpoint belongs to.
-FROZEN_CHECKSUM_KEY = "frozen_language_model_checksum"
 
 
 class LRCMTConfig(ModelConfig):
@@ -216,7 +215,6 @@ class LRCMT(MSAModel):
                 self.crossmodal[f"{m}_from_text"] = encoder()
             streams = 2 * len(nonverbal)
         self.head = ResidualHead(streams * d, config.output_dropout)
-        self._frozen_keys = self._frozen_state_keys()  # fixed once the model is built
 
     # -- forward ----------------------------------------------------------------------------
     def _nonverbal(self, batch: dict[str, Any], modality: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -284,7 +282,7 @@ class LRCMT(MSAModel):
         """
         return ("text_encoder.",) if self.config.full_finetune else ()
 
-    def _frozen_state_keys(self) -> set[str]:
+    def frozen_state_keys(self) -> set[str]:
         """State-dict keys of the frozen pretrained LM (parameters and buffers), LoRA excluded."""
         if self.config.full_finetune:
             return set()
@@ -292,58 +290,10 @@ class LRCMT(MSAModel):
         return {f"text_encoder.{key}" for key in self.text_encoder.state_dict()
                 if key not in trainable}
 
-    def _frozen_checksum(self) -> torch.Tensor:
-        """``(2,)`` float64: sum and sum of squares of the frozen LM weights (identifies them)."""
-        total = torch.zeros(2, dtype=torch.float64)
-        for key, value in self.text_encoder.state_dict().items():
-            if f"text_encoder.{key}" in self._frozen_keys:
-                values = value.detach().double()
-                total += torch.stack([values.sum(), values.square().sum()]).cpu()
-        return total
-
-    def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
-        """With LoRA: adapters, fusion module and head only (the frozen LM is not stored),
-        plus a checksum of the frozen LM under :data:`FROZEN_CHECKSUM_KEY`."""
-        frozen = self._frozen_keys
-        state = {k: v for k, v in self.state_dict().items() if k not in frozen}
-        if frozen:
-            state[FROZEN_CHECKSUM_KEY] = self._frozen_checksum()
-        return state
-
-    def load_checkpoint_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Load a checkpoint of :meth:`checkpoint_state_dict` onto this model.
-
-        A LoRA checkpoint must hold exactly the non-frozen weights and the checksum of the frozen
-        LM it was trained on; the frozen LM keeps the pretrained weights it was built with, and a
-        checksum mismatch (another LM) is an error. A full state dict (e.g. from a full
-        fine-tune) is refused for a LoRA model and vice versa, naming the first offending keys.
-        """
-        state = dict(state)
-        frozen = self._frozen_keys
-        checksum = state.pop(FROZEN_CHECKSUM_KEY, None) if frozen else None
-        expected = set(self.state_dict()) - frozen
-        unexpected = sorted(set(state) - expected)
-        missing = sorted(expected - set(state))
-        if unexpected or missing:
-            mode = ("full fine-tune" if self.config.full_finetune else "frozen LM, no LoRA"
-                    if self.config.frozen_without_lora else "LoRA (adapter-only)")
-            raise ValueError(
-                f"checkpoint does not match this {mode} lrcmt model: "
-                f"{len(missing)} missing keys {missing[:3]}, "
-                f"{len(unexpected)} unexpected keys {unexpected[:3]}"
-            )
-        if frozen:
-            if checksum is None:
-                raise ValueError(f"LoRA checkpoint has no {FROZEN_CHECKSUM_KEY!r}: it was not "
-                                 "written by checkpoint_state_dict() of a LoRA lrcmt model")
-            if not torch.allclose(checksum.double().cpu(), self._frozen_checksum(),
-                                  rtol=1e-9, atol=0.0):
-                raise ValueError(
-                    "LoRA checkpoint was trained on other frozen language-model weights than "
-                    f"this model's ({self.config.language_model!r}); build the model with the "
-                    "language model the checkpoint was trained with"
-                )
-        self.load_state_dict(state, strict=False)
+    def checkpoint_description(self) -> str:
+        mode = ("full fine-tune" if self.config.full_finetune else "frozen LM, no LoRA"
+                if self.config.frozen_without_lora else "LoRA (adapter-only)")
+        return f"{mode} lrcmt model"
 
     # -- reporting --------------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:

@@ -60,6 +60,50 @@ def compare(run_dirs, metrics, n_boot, n_permutations, seed, output_dir):
     console.print(f"written: {json_path}, {md_path}")
 
 
+@click.command(cls=MultiValueCommand, multi_value_options=("--metric",))
+@click.argument("baseline", type=click.Path(exists=True, file_okay=False))
+@click.argument("run_dirs", nargs=-1, required=True,
+                type=click.Path(exists=True, file_okay=False))
+@click.option("--metric", "metrics", multiple=True,
+              help="Metrics to show (default: Non0_acc_2 Non0_F1_score MAE Corr), after the "
+              "run folders.")
+@click.option("--n-boot", default=2000, show_default=True, type=click.IntRange(100),
+              help="Cluster-bootstrap replicates of each difference's CI.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the resampling.")
+@click.option("--output-dir", default="runs", show_default=True,
+              type=click.Path(file_okay=False),
+              help="leaderboard.json / leaderboard.md go into this folder.")
+def leaderboard(baseline, run_dirs, metrics, n_boot, seed, output_dir):
+    """One table of BASELINE and RUN_DIRS: each model's mean ± std (n), its paired difference to
+    BASELINE (95 % CI, p, as msakit compare), the majority-class rate of the test clips and the
+    selected epochs.
+
+    \b
+    Example:
+      msakit leaderboard runs/text-floor runs/misa runs/sagenet --output-dir runs
+    """
+    from msakit.experiments.compare import CompareError
+    from msakit.experiments.leaderboard import (
+        DEFAULT_METRICS,
+        build_leaderboard,
+        leaderboard_notes,
+        leaderboard_table,
+        write_leaderboard,
+    )
+
+    console = make_console()
+    try:
+        board = build_leaderboard(baseline, list(run_dirs), metrics=list(metrics) or
+                                  DEFAULT_METRICS, n_boot=n_boot, seed=seed)
+    except CompareError as err:
+        raise click.ClickException(str(err)) from None
+    console.print(leaderboard_table(board))
+    for note in leaderboard_notes(board):
+        console.print(note)
+    json_path, md_path = write_leaderboard(board, output_dir)
+    console.print(f"written: {json_path}, {md_path}")
+
+
 @click.command()
 @click.argument("model")
 @click.option("--data", "data_path", required=True, type=DATA_PATH,
@@ -137,5 +181,6 @@ def report(run_dir, output):
 
 def register(main: click.Group) -> None:
     main.add_command(compare)
+    main.add_command(leaderboard)
     main.add_command(tune)
     main.add_command(report)

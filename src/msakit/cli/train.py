@@ -66,7 +66,9 @@ def train(model, data_path, config_file, overrides, preset, folds, seeds, epochs
         base = load_yaml_file(config_file)
         extra = list(overrides)
         if data_path:
-            extra.append(f"data.path={json.dumps(str(Path(data_path).resolve()))}")
+            # a packaged name (mosi-demo) is not a path: only real paths are made absolute
+            resolved = Path(data_path).resolve() if Path(data_path).exists() else data_path
+            extra.append(f"data.path={json.dumps(str(resolved))}")
         if folds is not None:
             extra.append(f"data.folds={folds}")
         if epochs is not None:

@@ -525,13 +525,7 @@ def comparison_markdown(result: dict[str, Any]) -> str:
 
 def write_comparison(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``compare.json`` and ``compare.md`` into ``out_dir`` (never over existing ones)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / "compare.json", out_dir / "compare.md"
-    n = 1
-    while json_path.exists() or md_path.exists():
-        n += 1
-        json_path, md_path = out_dir / f"compare-{n}.json", out_dir / f"compare-{n}.md"
+    json_path, md_path = runs.unused_paths(out_dir, "compare", (".json", ".md"))
     runs.write_json(json_path, result)
     md_path.write_text(comparison_markdown(result))
     return json_path, md_path

@@ -59,6 +59,18 @@ def new_run_dir(output_dir: str | Path, model: str, dataset: str, name: str | No
             candidate = root / f"{base}-{n}"
 
 
+def unused_paths(out_dir: str | Path, stem: str, suffixes: tuple[str, ...]) -> list[Path]:
+    """``out_dir/stem<suffix>`` for every suffix, or ``stem-2``, ``stem-3``, ... until none of
+    them exists: written results are never overwritten. Creates ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name, n = stem, 1
+    while any((out_dir / f"{name}{suffix}").exists() for suffix in suffixes):
+        n += 1
+        name = f"{stem}-{n}"
+    return [out_dir / f"{name}{suffix}" for suffix in suffixes]
+
+
 def is_failed_run(run_dir: Path) -> bool:
     """A run folder whose experiment failed, or a stub in which nothing was trained."""
     record = Path(run_dir) / EXPERIMENT_FILE

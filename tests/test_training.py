@@ -171,6 +171,7 @@ def test_loss_accumulator_reads_means_and_names_the_first_non_finite_step():
 
 def test_training_stops_with_non_finite_loss_error(mosi_word_aligned, tmp_path, monkeypatch):
     from msakit.models.lf_dnn import LFDNN
+    from msakit.training.runs import RunError
     from msakit.training.trainer import NonFiniteLossError
 
     original = LFDNN.forward
@@ -187,9 +188,11 @@ def test_training_stops_with_non_finite_loss_error(mosi_word_aligned, tmp_path, 
     monkeypatch.setattr(LFDNN, "forward", nan_on_third_training_step)
     config = _fast_lf_dnn(mosi_word_aligned, tmp_path, "train.epochs=1", "data.folds=2",
                           "train.batch_size=32")
-    with pytest.raises(NonFiniteLossError) as raised:
+    with pytest.raises(RunError, match="training diverged") as raised:
         run_experiment(config, seeds=[1], progress=False)
-    assert (raised.value.term, raised.value.epoch, raised.value.step) == ("task", 1, 3)
+    cause = raised.value.__cause__
+    assert isinstance(cause, NonFiniteLossError)
+    assert (cause.term, cause.epoch, cause.step) == ("task", 1, 3)
 
 
 def test_parameter_groups_hook_is_checked():

@@ -252,6 +252,16 @@ def _shown_metrics(report: dict[str, Any]) -> list[str]:
     return [m for m in TABLE_METRICS if m in present]
 
 
+def format_cell(value: dict[str, float], family: str, delta: str = " (Δ {})") -> str:
+    """``mean ± std``; for a perturbed condition also ``delta`` filled with
+    ``difference [ci_low, ci_high]``."""
+    cell = f"{value['mean']:.4f} ± {value['std']:.4f}"
+    if family != "clean":
+        cell += delta.format(f"{value['difference']:+.4f} "
+                             f"[{value['ci_low']:+.4f}, {value['ci_high']:+.4f}]")
+    return cell
+
+
 def robustness_markdown(report: dict[str, Any]) -> str:
     metrics = _shown_metrics(report)
     lines = [f"# Robustness of {report['model']} ({report['run']})", "",
@@ -260,13 +270,7 @@ def robustness_markdown(report: dict[str, Any]) -> str:
              "| condition | " + " | ".join(metrics) + " |",
              "| --- | " + " | ".join("---" for _ in metrics) + " |"]
     for row in report["conditions"]:
-        cells = []
-        for m in metrics:
-            v = row["metrics"][m]
-            cell = f"{v['mean']:.4f} ± {v['std']:.4f}"
-            if row["family"] != "clean":
-                cell += f" (Δ {v['difference']:+.4f} [{v['ci_low']:+.4f}, {v['ci_high']:+.4f}])"
-            cells.append(cell)
+        cells = [format_cell(row["metrics"][m], row["family"]) for m in metrics]
         lines.append(f"| {row['condition']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -163,7 +163,7 @@ def evaluate(run_dir, data_path, split, robustness, robustness_seed):
 
 
 def _print_robustness(console: Console, run_dir: str, seed: int) -> None:
-    from msakit.robustness import TABLE_METRICS, evaluate_robustness
+    from msakit.robustness import TABLE_METRICS, evaluate_robustness, format_cell
 
     with console.status("scoring the checkpoints under perturbations ..."):
         report = evaluate_robustness(run_dir, seed=seed)
@@ -175,13 +175,7 @@ def _print_robustness(console: Console, run_dir: str, seed: int) -> None:
     for m in metrics:
         table.add_column(m, justify="right")
     for row in report["conditions"]:
-        cells = []
-        for m in metrics:
-            v = row["metrics"][m]
-            cell = f"{v['mean']:.4f} ± {v['std']:.4f}"
-            if row["family"] != "clean":
-                cell += f"\nΔ {v['difference']:+.4f} [{v['ci_low']:+.4f}, {v['ci_high']:+.4f}]"
-            cells.append(cell)
+        cells = [format_cell(row["metrics"][m], row["family"], "\nΔ {}") for m in metrics]
         table.add_row(row["condition"], *cells)
     console.print(table)
     console.print(f"written: {Path(run_dir) / 'robustness.md'} (.json, .csv, "

@@ -20,20 +20,37 @@ def print_comparison(result: dict, console) -> None:
                   f"p: {method['p_value']}.", style="dim")
 
 
+def _metric_option(help_text: str):
+    return click.option("--metric", "metrics", multiple=True, help=help_text)
+
+
+def _n_boot_option(help_text: str):
+    return click.option("--n-boot", default=2000, show_default=True, type=click.IntRange(100),
+                        help=help_text)
+
+
+def _output_dir_option(help_text: str):
+    return click.option("--output-dir", default="runs", show_default=True,
+                        type=click.Path(file_okay=False), help=help_text)
+
+
+#: Shared by ``compare`` and ``leaderboard``: the run folders (for ``leaderboard``, those after
+#: BASELINE) and the seed of the bootstrap / permutation resampling.
+_RUN_DIRS = click.argument("run_dirs", nargs=-1, required=True,
+                           type=click.Path(exists=True, file_okay=False))
+_RESAMPLING_SEED = click.option("--seed", default=0, show_default=True,
+                                help="Seed of the resampling.")
+
+
 @click.command(cls=MultiValueCommand, multi_value_options=("--metric",))
-@click.argument("run_dirs", nargs=-1, required=True,
-                type=click.Path(exists=True, file_okay=False))
-@click.option("--metric", "metrics", multiple=True,
-              help="Metrics to compare (default: all of the dataset's), e.g. --metric MAE Corr "
-              "(after the run folders).")
-@click.option("--n-boot", default=2000, show_default=True, type=click.IntRange(100),
-              help="Cluster-bootstrap replicates.")
+@_RUN_DIRS
+@_metric_option("Metrics to compare (default: all of the dataset's), e.g. --metric MAE Corr "
+                "(after the run folders).")
+@_n_boot_option("Cluster-bootstrap replicates.")
 @click.option("--n-permutations", default=10_000, show_default=True, type=click.IntRange(100),
               help="Random sign-flip patterns when there are too many videos to enumerate all.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the resampling.")
-@click.option("--output-dir", default="runs", show_default=True,
-              type=click.Path(file_okay=False),
-              help="compare.json / compare.md go into a new folder compare-<timestamp> here.")
+@_RESAMPLING_SEED
+@_output_dir_option("compare.json / compare.md go into a new folder compare-<timestamp> here.")
 def compare(run_dirs, metrics, n_boot, n_permutations, seed, output_dir):
     """Paired comparison of RUN_DIRS against the first one (the baseline).
 
@@ -62,17 +79,12 @@ def compare(run_dirs, metrics, n_boot, n_permutations, seed, output_dir):
 
 @click.command(cls=MultiValueCommand, multi_value_options=("--metric",))
 @click.argument("baseline", type=click.Path(exists=True, file_okay=False))
-@click.argument("run_dirs", nargs=-1, required=True,
-                type=click.Path(exists=True, file_okay=False))
-@click.option("--metric", "metrics", multiple=True,
-              help="Metrics to show (default: Non0_acc_2 Non0_F1_score MAE Corr), after the "
-              "run folders.")
-@click.option("--n-boot", default=2000, show_default=True, type=click.IntRange(100),
-              help="Cluster-bootstrap replicates of each difference's CI.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the resampling.")
-@click.option("--output-dir", default="runs", show_default=True,
-              type=click.Path(file_okay=False),
-              help="leaderboard.json / leaderboard.md go into this folder.")
+@_RUN_DIRS
+@_metric_option("Metrics to show (default: Non0_acc_2 Non0_F1_score MAE Corr), after the "
+                "run folders.")
+@_n_boot_option("Cluster-bootstrap replicates of each difference's CI.")
+@_RESAMPLING_SEED
+@_output_dir_option("leaderboard.json / leaderboard.md go into this folder.")
 def leaderboard(baseline, run_dirs, metrics, n_boot, seed, output_dir):
     """One table of BASELINE and RUN_DIRS: each model's mean ± std (n), its paired difference to
     BASELINE (95 % CI, p, as msakit compare), the majority-class rate of the test clips and the

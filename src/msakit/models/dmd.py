@@ -91,6 +91,8 @@ from msakit.config_schema import ModelConfig
 from msakit.models import register_model
 from msakit.models.base import FeatureDims, ModelOutput, MSAModel
 from msakit.models.mult import (
+    PaddingOption,
+    ReadoutOption,
     check_loss_weights,
     modality_lengths,
     require_all_modalities,
@@ -154,15 +156,8 @@ class DMDConfig(ModelConfig):
     embed_dropout: float = Field(0.2, ge=0, lt=1)
     output_dropout: float = Field(0.5, ge=0, lt=1)
     attn_mask: bool = True
-    readout: Literal["last_valid", "last_position"] = Field(
-        "last_valid", description="read-out step: each sample's last real step, or the last "
-        "(possibly padded) position as the official code"
-    )
-    padding: Literal["masked", "official"] = Field(
-        "masked", description="'masked': padded steps masked out of every attention, future-mask "
-        "offsets from real lengths; 'official': attend to padding, no positional embedding at "
-        "steps whose first feature is exactly 0"
-    )
+    readout: ReadoutOption = "last_valid"
+    padding: PaddingOption = "masked"
     zero_padded_text: bool = Field(
         True, description="zero the LM states of padded tokens (official: text padded to "
         "text_length before the LM and every state kept)"

@@ -22,7 +22,7 @@ position). See ``docs/faithfulness.md``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,19 @@ from msakit.modules.crossmodal import CrossModalFusion, TemporalConvProjection
 from msakit.modules.text import PretrainedTextEncoder
 
 MODALITIES = ("text", "audio", "vision")
+
+#: ``readout`` of MulT and DMD (passed on to :class:`CrossModalFusion`).
+ReadoutOption = Annotated[Literal["last_valid", "last_position"], Field(
+    description="step read out of each sequence encoder: each sample's last real step, or the "
+    "last (possibly padded) position as the official code"
+)]
+#: ``padding`` of MulT and DMD (passed on to :class:`CrossModalFusion`).
+PaddingOption = Annotated[Literal["masked", "official"], Field(
+    description="'masked': padded steps are masked out of every attention and the future "
+    "mask's offset uses each clip's real lengths (a clip's result does not depend on its batch); "
+    "'official': as the official code, padded steps are attended to, the offset comes from the "
+    "padded lengths, and steps whose first feature is 0 get no positional embedding"
+)]
 
 
 class MulTConfig(ModelConfig):
@@ -60,17 +73,8 @@ class MulTConfig(ModelConfig):
     embed_dropout: float = Field(0.25, ge=0, lt=1)
     out_dropout: float = Field(0.0, ge=0, lt=1)
     attn_mask: bool = Field(True, description="official future mask in every transformer")
-    readout: Literal["last_valid", "last_position"] = Field(
-        "last_valid", description="step read out of each memory: each sample's last real step, "
-        "or the last (possibly padded) position as the official code"
-    )
-    padding: Literal["masked", "official"] = Field(
-        "masked", description="'masked': padded steps are masked out of every attention and the "
-        "future mask's offset uses each clip's real lengths (a clip's result does not depend on "
-        "its batch); 'official': as the official code, padded steps are attended to, the offset "
-        "comes from the padded lengths, and steps whose first feature is 0 get no positional "
-        "embedding"
-    )
+    readout: ReadoutOption = "last_valid"
+    padding: PaddingOption = "masked"
     freeze_language_model: bool = Field(
         False, description="keep the LM fixed (default: fine-tune it, as DMD's BERT)"
     )

@@ -1,10 +1,14 @@
 """Helpers for the parity tests: load a fixture, a local copy of its small BERT, msakit batches,
-and the trainer's optimisation steps on given batches."""
+official -> msakit parameter names, gradient comparison, and the trainer's optimisation steps
+(or a whole ``Trainer.fit`` with scripted validation losses) on given batches."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -52,6 +56,25 @@ def msakit_batch(batch: dict, word_steps: bool = True) -> dict:
     return out
 
 
+def rename_by_rules(name: str, rules: Sequence[tuple[str, Callable[[tuple], str]]]) -> str:
+    """msakit's name for the official parameter ``name``: the first ``(pattern, target)`` rule
+    whose regular expression matches it gives ``target(match.groups())``."""
+    for pattern, target in rules:
+        match = re.match(pattern, name)
+        if match:
+            return target(match.groups())
+    raise KeyError(f"no msakit name for official parameter {name!r}")
+
+
+def rename_by_prefix(name: str, prefixes: Sequence[tuple[str, str]]) -> str:
+    """msakit's name for the official parameter ``name``: the first ``(official, msakit)``
+    prefix pair whose official prefix starts ``name`` replaces it."""
+    for old, new in prefixes:
+        if name.startswith(old):
+            return new + name[len(old):]
+    raise KeyError(f"no msakit name for the official parameter {name!r}")
+
+
 def load_mapped(model: torch.nn.Module, official: dict[str, torch.Tensor], mapping,
                 ignore: tuple[str, ...] = ()) -> None:
     """Copy the official weights into ``model`` through ``mapping(official_name) -> name``.
@@ -79,13 +102,54 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> flo
     return difference
 
 
-def train_steps(model, config, batches, tmp_path) -> list[float]:
-    """msakit's Trainer: one epoch over ``batches`` (its optimiser, clipping and step), as
-    ``Trainer.fit`` runs it; returns the total loss of each step."""
-    from msakit.training.trainer import Trainer, _progress, make_optimizer
+def assert_official_gradients(model: torch.nn.Module, official: dict[str, torch.Tensor],
+                              to_msakit: Callable[[str], str | None], convert=None) -> set[str]:
+    """Each official gradient equals the gradient of its msakit parameter within ``ATOL``.
+
+    ``to_msakit(official_name)`` gives the msakit name (``None``: no counterpart, skipped);
+    ``convert(official_name, gradient, shape)`` lays a gradient out as msakit's parameter
+    (default: the same layout). Returns the msakit names compared.
+    """
+    ours = dict(model.named_parameters())
+    compared = set()
+    for name, gradient in official.items():
+        target = to_msakit(name)
+        if target is None:
+            continue
+        assert ours[target].grad is not None, f"{name}: no gradient of {target} in msakit"
+        expected = (gradient.double() if convert is None
+                    else convert(name, gradient, ours[target].shape))
+        torch.testing.assert_close(ours[target].grad, expected, rtol=0, atol=ATOL,
+                                   msg=lambda m, t=target: f"gradient of {t}: {m}")
+        compared.add(target)
+    return compared
+
+
+def train_epochs(model, config, batches, tmp_path, epochs: int = 1,
+                 scheduled: bool = False) -> list[float]:
+    """msakit's Trainer: ``epochs`` epochs over ``batches`` (its optimiser, clipping and step),
+    as ``Trainer.fit`` runs them, with its per-epoch learning-rate schedule when ``scheduled``;
+    returns the learning rate of the first parameter group at the start of each epoch."""
+    from msakit.training.trainer import Trainer, _progress, make_optimizer, make_scheduler
 
     trainer = Trainer(config, tmp_path, "mosi", progress=False)
     optimizer = make_optimizer(model, config)
+    scheduler = (make_scheduler(optimizer, config, "min", steps_per_epoch=1) if scheduled
+                 else None)
+    lrs = []
+    with _progress(False) as progress:
+        for epoch in range(1, epochs + 1):
+            lrs.append(optimizer.param_groups[0]["lr"])
+            trainer._train_epoch(model, optimizer, batches, epoch, config.model.loss_weights,
+                                 progress)
+            if scheduler is not None:
+                scheduler.step()
+    return lrs
+
+
+def train_steps(model, config, batches, tmp_path) -> list[float]:
+    """msakit's Trainer: one epoch over ``batches`` (see :func:`train_epochs`); returns the
+    total loss of each step."""
     totals = []
     original = model.forward
 
@@ -97,9 +161,52 @@ def train_steps(model, config, batches, tmp_path) -> list[float]:
 
     model.forward = recording_forward
     try:
-        with _progress(False) as progress:
-            trainer._train_epoch(model, optimizer, batches, 1, config.model.loss_weights,
-                                 progress)
+        train_epochs(model, config, batches, tmp_path)
     finally:
         del model.forward
     return totals
+
+
+def fit_with_scripted_validation(config, model, batches, labels, valid_losses, run_dir,
+                                 monkeypatch, on_step: Callable[[torch.nn.Module, dict], None]
+                                 ) -> tuple[dict, int]:
+    """``Trainer.fit`` over the same ``batches`` every epoch, its validation pass replaced by
+    ``valid_losses`` (one ``task`` loss per epoch, as the official runs were scripted).
+
+    ``on_step(model, gradients)`` is called after every optimiser step with the gradients the
+    step used (every trainable parameter's, zeros where none). Returns the fit summary and the
+    number of validation passes.
+    """
+    from msakit.training import trainer as trainer_module
+    from msakit.training.trainer import EvaluationResult, Trainer
+
+    make_optimizer = trainer_module.make_optimizer
+
+    def recording_make_optimizer(m, c):
+        optimizer = make_optimizer(m, c)
+        step = optimizer.step
+
+        def recording_step(*args, **kwargs):
+            gradients = {k: p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+                         for k, p in m.named_parameters() if p.requires_grad}
+            result = step(*args, **kwargs)
+            on_step(m, gradients)
+            return result
+
+        optimizer.step = recording_step
+        return optimizer
+
+    scripted = iter(valid_losses)
+    valid_calls = 0
+
+    def scripted_evaluation(*args, **kwargs):
+        nonlocal valid_calls
+        valid_calls += 1
+        return EvaluationResult(metrics={}, losses={"task": next(scripted)},
+                                predictions=np.zeros(1), labels=np.zeros(1), ids=[])
+
+    monkeypatch.setattr(trainer_module, "make_optimizer", recording_make_optimizer)
+    monkeypatch.setattr(trainer_module, "evaluate_model", scripted_evaluation)
+    summary = Trainer(config, run_dir, "mosi", progress=False).fit(
+        model, lambda epoch: batches, [None], labels)
+    return summary, valid_calls

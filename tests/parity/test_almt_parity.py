@@ -26,16 +26,15 @@ to_key_vision|to_value_audio|to_value_vision|to_out``); ``fusion_layer.pos_embed
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
+from _parity import assert_official_gradients, load_fixture, rename_by_rules, train_epochs
 
 from msakit.config import build_config
 from msakit.models import FeatureDims, create_model
-from msakit.training.trainer import Trainer, _progress, make_optimizer, make_scheduler
+from msakit.training.trainer import make_scheduler
 
-FIXTURE = Path(__file__).with_name("almt.pt")
 MODALITY = {"l": "text", "a": "audio", "v": "vision"}
 TOLERANCE = 1e-5
 
@@ -78,17 +77,12 @@ def official_to_msakit(name: str) -> str:
          lambda g: f"fusion_layers.{_layer(g[0])}"),
         (r"^regression_layer\.0\.(.*)", lambda g: f"regression.{g[0]}"),
     ]
-    for pattern, target in rules:
-        match = re.match(pattern, name)
-        if match:
-            return target(match.groups())
-    raise KeyError(f"no msakit name for official parameter {name!r}")
+    return rename_by_rules(name, rules)
 
 
 @pytest.fixture(scope="module")
 def fixture():
-    return torch.load(FIXTURE, weights_only=True)
-
+    return load_fixture("almt")
 
 
 def build(fixture, small_bert, mask_padding=False, extra=()):
@@ -145,13 +139,8 @@ def test_prediction_loss_and_gradients_match_the_official_code(fixture, small_be
     torch.testing.assert_close(output.losses["task"], fixture["losses"]["task"], rtol=0,
                                atol=TOLERANCE)
     output.losses["task"].backward()
-    ours = dict(model.named_parameters())
-    for name, grad in fixture["grads"].items():
-        target = official_to_msakit(name)
-        torch.testing.assert_close(ours[target].grad, grad.double(), rtol=0, atol=TOLERANCE,
-                                   msg=lambda m, t=target: f"{t}: {m}")
-    with_grad = {n for n, p in ours.items() if p.grad is not None}
-    assert with_grad == {official_to_msakit(n) for n in fixture["grads"]}
+    compared = assert_official_gradients(model, fixture["grads"], official_to_msakit)
+    assert compared == {n for n, p in model.named_parameters() if p.grad is not None}
 
 
 def test_masking_padding_changes_the_padded_clips_only(fixture, small_bert):
@@ -191,17 +180,9 @@ def test_official_training_loop_takes_the_same_steps(fixture, small_bert, tmp_pa
     ])
     assert config.train.optimizer == "adamw" and config.train.scheduler == "warmup_cosine"
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
-    trainer = Trainer(config, tmp_path, "mosi", progress=False)
-    optimizer = make_optimizer(model, config)
-    scheduler = make_scheduler(optimizer, config, "min", steps_per_epoch=1)
     batches = [batch_of(fixture, rows) for rows in loop["batches"]]
-    lrs = []
-    with _progress(False) as progress:
-        for epoch in range(1, loop["epochs_run"] + 1):
-            lrs.append(optimizer.param_groups[0]["lr"])
-            trainer._train_epoch(model, optimizer, batches, epoch, config.model.loss_weights,
-                                 progress)
-            scheduler.step()
+    lrs = train_epochs(model, config, batches, tmp_path, epochs=loop["epochs_run"],
+                       scheduled=True)
     assert lrs == pytest.approx(loop["epoch_lrs"], rel=1e-12)
     ours = dict(model.named_parameters())
     for name, change in loop["param_changes"].items():

@@ -26,16 +26,15 @@ layers feed no loss and have no msakit counterpart.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
+from _parity import assert_official_gradients, load_fixture, rename_by_rules, train_epochs
 
 from msakit.config import build_config
 from msakit.models import FeatureDims, create_model
-from msakit.training.trainer import Trainer, _progress, make_optimizer, weighted_loss
+from msakit.training.trainer import weighted_loss
 
-FIXTURE = Path(__file__).with_name("dmd.pt")
 MODALITY = {"l": "text", "a": "audio", "v": "vision"}
 TOLERANCE = 1e-5
 UNMAPPED = re.compile(r"^dmd\.proj_cosine_[lav]\.")
@@ -84,11 +83,10 @@ def official_to_msakit(name: str) -> str | None:
         (r"^(proj1|proj2)\.(.*)", lambda g: f"output_head.{g[0]}.{g[1]}"),
         (r"^out_layer\.(.*)", lambda g: f"output_head.out.{g[0]}"),
     ]
-    for pattern, target in rules:
-        match = re.match(pattern, rest)
-        if match:
-            return target(match.groups())
-    raise KeyError(f"no msakit name for official parameter {name!r}")
+    try:
+        return rename_by_rules(rest, rules)
+    except KeyError:
+        raise KeyError(f"no msakit name for official parameter {name!r}") from None
 
 
 def convert(name: str, value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -103,8 +101,7 @@ def convert(name: str, value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def fixture():
-    return torch.load(FIXTURE, weights_only=True)
-
+    return load_fixture("dmd")
 
 
 OFFICIAL_SETTINGS = ["model.padding=official", "model.readout=last_position",
@@ -171,19 +168,11 @@ def test_prediction_losses_and_gradients_match_the_official_code(fixture, small_
     torch.testing.assert_close(total.double(), fixture["losses"]["combined"], rtol=0,
                                atol=TOLERANCE)
     total.backward()
-    ours = dict(model.named_parameters())
-    checked = 0
-    for name, grad in fixture["grads"].items():
-        target = official_to_msakit(name)
-        if target is None:
-            continue
-        assert ours[target].grad is not None, target
-        torch.testing.assert_close(ours[target].grad, convert(name, grad, ours[target].shape),
-                                   rtol=0, atol=TOLERANCE, msg=lambda m, t=target: f"{t}: {m}")
-        checked += 1
+    compared = assert_official_gradients(model, fixture["grads"], official_to_msakit, convert)
     # the same parameters get a gradient on both sides (not the LM's unused pooler)
+    ours = dict(model.named_parameters())
     with_grad = {n for n, p in ours.items() if p.grad is not None}
-    assert checked == len(with_grad) and len(with_grad) >= len(ours) - 2
+    assert compared == with_grad and len(with_grad) >= len(ours) - 2
 
 
 def test_msakit_defaults_change_only_the_padded_clips(fixture, small_bert):
@@ -207,11 +196,7 @@ def _loop_changes(fixture, small_bert, tmp_path, semantics):
         "train.lm_weight_decay=0",
     ])
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
-    trainer = Trainer(config, tmp_path, "mosi", progress=False)
-    optimizer = make_optimizer(model, config)
-    batches = [batch_of(fixture, rows) for rows in loop["batches"]]
-    with _progress(False) as progress:
-        trainer._train_epoch(model, optimizer, batches, 1, config.model.loss_weights, progress)
+    train_epochs(model, config, [batch_of(fixture, rows) for rows in loop["batches"]], tmp_path)
     return {k: v.detach() - before[k] for k, v in model.named_parameters()}
 
 

@@ -18,18 +18,13 @@ Name mapping, official -> msakit (see ``OFFICIAL_TO_MSAKIT``): ``text_model.mode
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
+from _parity import fit_with_scripted_validation, load_fixture, rename_by_prefix
 
 from msakit.config import build_config
 from msakit.models import FeatureDims, create_model
-from msakit.training import trainer as trainer_module
-from msakit.training.trainer import EvaluationResult, Trainer
 
-FIXTURE = Path(__file__).parent / "parity" / "self_mm.pt"
 TOLERANCE = 1e-5
 HEADS = {"fusion": "m", "text": "t", "audio": "a", "video": "v"}
 LAYERS = {"1": "project", "2": "hidden", "3": "out"}
@@ -47,15 +42,12 @@ OUTPUTS = {"T": "pred_t", "A": "pred_a", "V": "pred_v", "Feature_f": "feature_m"
 
 
 def msakit_name(official: str) -> str:
-    for old, new in OFFICIAL_TO_MSAKIT:
-        if official.startswith(old):
-            return new + official[len(old):]
-    raise KeyError(f"no msakit name for the official parameter {official!r}")
+    return rename_by_prefix(official, OFFICIAL_TO_MSAKIT)
 
 
 @pytest.fixture(scope="module")
 def fixture():
-    return torch.load(FIXTURE, weights_only=False)
+    return load_fixture("self_mm")
 
 
 @pytest.fixture(scope="module")
@@ -129,9 +121,8 @@ def replay(fixture, bert_dir, tmp_path, monkeypatch, official_loop: bool = True,
     own = model.state_dict()
     assert set(state) == set(own), (set(state) ^ set(own))
     model.load_state_dict(state)
-    names = dict(model.named_parameters())
 
-    record = {"forwards": [], "labels": [], "optimizer_steps": [], "valid_calls": 0}
+    record = {"forwards": [], "labels": [], "optimizer_steps": []}
     forward = model.forward
 
     def recording_forward(batch):
@@ -149,38 +140,19 @@ def replay(fixture, bert_dir, tmp_path, monkeypatch, official_loop: bool = True,
                                   for k, cs in model.ulgm.centres.items()}))
 
     model.ulgm.step = recording_step
-    make_optimizer = trainer_module.make_optimizer
 
-    def recording_make_optimizer(m, c):
-        optimizer = make_optimizer(m, c)
-        step = optimizer.step
+    def record_optimizer_step(m, gradients):
+        record["optimizer_steps"].append({
+            "after_forward": len(record["forwards"]), "gradients": gradients,
+            "parameters": {k: p.detach().clone() for k, p in m.named_parameters()}})
 
-        def recording_optimizer_step(*args, **kwargs):
-            grads = {k: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
-                     for k, p in names.items()}
-            result = step(*args, **kwargs)
-            record["optimizer_steps"].append({
-                "after_forward": len(record["forwards"]), "gradients": grads,
-                "parameters": {k: p.detach().clone() for k, p in names.items()}})
-            return result
-
-        optimizer.step = recording_optimizer_step
-        return optimizer
-
-    scripted = iter([*fixture["early_stopping"]["valid_losses"], *extra_valid_losses])
-
-    def scripted_evaluation(*args, **kwargs):
-        record["valid_calls"] += 1
-        return EvaluationResult(metrics={}, losses={"task": next(scripted)},
-                                predictions=np.zeros(1), labels=np.zeros(1), ids=[])
-
-    monkeypatch.setattr(trainer_module, "make_optimizer", recording_make_optimizer)
-    monkeypatch.setattr(trainer_module, "evaluate_model", scripted_evaluation)
     labels = torch.cat([b["labels"] for b in batches])  # float64: ULGM keeps that precision
     run_dir = tmp_path / ("official" if official_loop else "default")
     run_dir.mkdir()
-    summary = Trainer(config, run_dir, "mosi", progress=False).fit(
-        model, lambda epoch: batches, [None], labels)
+    summary, record["valid_calls"] = fit_with_scripted_validation(
+        config, model, batches, labels,
+        [*fixture["early_stopping"]["valid_losses"], *extra_valid_losses], run_dir, monkeypatch,
+        record_optimizer_step)
     return record, summary
 
 

@@ -20,18 +20,13 @@ msakit [text, audio, vision]: ``post_fusion_layer_1.weight``'s columns are permu
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
+from _parity import fit_with_scripted_validation, load_fixture, rename_by_prefix
 
 from msakit.config import build_config
 from msakit.models import FeatureDims, create_model
-from msakit.training import trainer as trainer_module
-from msakit.training.trainer import EvaluationResult, Trainer
 
-FIXTURE = Path(__file__).parent / "parity" / "lf_dnn.pt"
 TOLERANCE = 1e-5
 OFFICIAL_TO_MSAKIT = [
     ("text_subnet.rnn.", "text_lstm."), ("text_subnet.linear_1.", "text_subnet."),
@@ -45,14 +40,11 @@ OUTPUTS = {"Feature_t": "text", "Feature_a": "audio", "Feature_v": "vision"}
 
 @pytest.fixture(scope="module")
 def fixture():
-    return torch.load(FIXTURE, weights_only=False)
+    return load_fixture("lf_dnn")
 
 
 def msakit_name(official: str) -> str:
-    for old, new in OFFICIAL_TO_MSAKIT:
-        if official.startswith(old):
-            return new + official[len(old):]
-    raise KeyError(f"no msakit name for the official parameter {official!r}")
+    return rename_by_prefix(official, OFFICIAL_TO_MSAKIT)
 
 
 def to_msakit(fixture, name: str, value: torch.Tensor) -> torch.Tensor:
@@ -114,7 +106,7 @@ def replay(fixture, bert_dir, tmp_path, monkeypatch):
     lm = model.text_encoder.model.state_dict()
     assert all(torch.equal(lm[k].double(), v.double()) for k, v in fixture["bert_state"].items())
 
-    record = {"forwards": [], "steps": [], "valid_calls": 0}
+    record = {"forwards": [], "steps": []}
     unimodal = model.unimodal_features
 
     def recording_unimodal(batch):
@@ -131,35 +123,16 @@ def replay(fixture, bert_dir, tmp_path, monkeypatch):
         return output
 
     model.forward = recording_forward
-    make_optimizer = trainer_module.make_optimizer
 
-    def recording_make_optimizer(m, c):
-        optimizer = make_optimizer(m, c)
-        step = optimizer.step
+    def record_step(m, gradients):
+        record["steps"].append({"after_forward": len(record["forwards"]), "gradients": gradients,
+                                "state": {k: v.detach().clone()
+                                          for k, v in m.state_dict().items()}})
 
-        def recording_step(*args, **kwargs):
-            grads = {k: p.grad.clone() for k, p in m.named_parameters() if p.requires_grad}
-            result = step(*args, **kwargs)
-            record["steps"].append({"after_forward": len(record["forwards"]), "gradients": grads,
-                                    "state": {k: v.detach().clone()
-                                              for k, v in m.state_dict().items()}})
-            return result
-
-        optimizer.step = recording_step
-        return optimizer
-
-    scripted = iter(fixture["early_stopping"]["valid_losses"])
-
-    def scripted_evaluation(*args, **kwargs):
-        record["valid_calls"] += 1
-        return EvaluationResult(metrics={}, losses={"task": next(scripted)},
-                                predictions=np.zeros(1), labels=np.zeros(1), ids=[])
-
-    monkeypatch.setattr(trainer_module, "make_optimizer", recording_make_optimizer)
-    monkeypatch.setattr(trainer_module, "evaluate_model", scripted_evaluation)
     labels = torch.cat([b["labels"] for b in batches]).float()
-    summary = Trainer(config, tmp_path, "mosi", progress=False).fit(
-        model, lambda epoch: batches, [None], labels)
+    summary, _ = fit_with_scripted_validation(
+        config, model, batches, labels, fixture["early_stopping"]["valid_losses"], tmp_path,
+        monkeypatch, record_step)
     return record, summary
 
 

@@ -105,6 +105,34 @@ def compact(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             for k, v in tensors.items()}
 
 
+def scripted_validation(losses: list[float], epochs_seen: list[int]):
+    """A stand-in for the official trainer's ``do_test``: each call appends its epoch number to
+    ``epochs_seen`` and returns the next scripted validation loss as ``{"Loss": value}``."""
+    scripted = iter(losses)
+
+    def scripted_test(model, dataloader, *args, **kwargs):
+        epochs_seen.append(len(epochs_seen) + 1)
+        return {"Loss": next(scripted)}
+
+    return scripted_test
+
+
+def recording_adam(model: torch.nn.Module, on_step) -> type[torch.optim.Adam]:
+    """``torch.optim.Adam`` whose ``step`` collects the gradient of every parameter of ``model``
+    (zeros where none), steps, then calls ``on_step(gradients)``: set it as the official
+    trainer module's ``optim.Adam`` to record the official optimiser steps."""
+
+    class RecordingAdam(torch.optim.Adam):
+        def step(self, closure=None):
+            gradients = {k: (p.grad.detach().clone() if p.grad is not None
+                             else torch.zeros_like(p)) for k, p in model.named_parameters()}
+            result = super().step(closure)
+            on_step(gradients)
+            return result
+
+    return RecordingAdam
+
+
 def save_fixture(fixture: dict, out: Path) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -61,6 +61,20 @@ def patch_environment(official: Path) -> None:
     nn.CosineEmbeddingLoss = LegacyCosineEmbeddingLoss
 
 
+def random_text(generator: torch.Generator, real_lengths: list[int], length: int) -> torch.Tensor:
+    """MMSA's BERT text input ``(B, 3, length)`` float64 for ``B = len(real_lengths)`` clips:
+    token ids drawn (first, from ``generator``) from ``SMALL_BERT``'s vocabulary and kept on
+    each clip's first ``real_lengths[i]`` tokens (0 after), the attention mask, token types 0."""
+    size = len(real_lengths)
+    ids = torch.randint(1, SMALL_BERT["vocab_size"], (size, length), generator=generator)
+    mask = torch.zeros(size, length)
+    for i, n in enumerate(real_lengths):
+        mask[i, :n] = 1
+    ids = ids * mask.long()
+    return torch.stack([ids.double(), mask.double(),
+                        torch.zeros(size, length, dtype=torch.float64)], 1)
+
+
 def git_commit(official: Path) -> str:
     """The checkout's commit (``git rev-parse HEAD``), or the ``--commit`` the caller gives."""
     out = subprocess.run(["git", "-C", str(official), "rev-parse", "HEAD"],

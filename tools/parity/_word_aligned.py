@@ -124,6 +124,24 @@ def zero_dropout(module: torch.nn.Module) -> None:
             child.dropout = 0.0
 
 
+def fixture_header(model: str, official_repo: str, official: Path) -> dict:
+    """The fields a fixture starts with: the model, the official repository and the checkout's
+    commit, this generator (``tools/parity/<model>.py``) and the small BERT's config."""
+    return {
+        "model": model,
+        "official_repo": official_repo,
+        "official_commit": commit_of(official),
+        "generator": f"tools/parity/{model}.py",
+        "bert_config": BERT_CONFIG,
+    }
+
+
+def stored_batches(batches: list[dict]) -> list[dict]:
+    """The batches as the fixture keeps them: floating-point tensors in float32."""
+    return [{k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v)
+             for k, v in b.items()} for b in batches]
+
+
 def save_fixture(fixture: dict, out: Path) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

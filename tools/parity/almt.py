@@ -30,6 +30,7 @@ from _official import (  # noqa: E402
     float32,
     git_commit,
     patch_environment,
+    random_text,
 )
 
 B = 4
@@ -51,12 +52,7 @@ MODEL = dict(
 
 def make_batch(seed: int = 1) -> dict:
     generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, SMALL_BERT["vocab_size"], (B, TEXT_LENGTH), generator=generator)
-    mask = torch.zeros(B, TEXT_LENGTH)
-    for i, n in enumerate(REAL_TEXT):
-        mask[i, :n] = 1
-    ids = ids * mask.long()
-    text = torch.stack([ids.double(), mask.double(), torch.zeros(B, TEXT_LENGTH).double()], 1)
+    text = random_text(generator, REAL_TEXT, TEXT_LENGTH)
     # float32 draws: exact in the float32 fixture and in the float64 run
     audio = torch.randn(B, AUDIO_LENGTH, AUDIO_DIM, generator=generator).double()
     vision = torch.randn(B, VISION_LENGTH, VISION_DIM, generator=generator).double()

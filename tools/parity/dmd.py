@@ -32,6 +32,7 @@ from _official import (  # noqa: E402
     git_commit,
     parameters_by_name,
     patch_environment,
+    random_text,
 )
 
 B, T = 4, 50  # the official aligned MOSI length is hard-coded to 50 for every modality
@@ -81,12 +82,8 @@ def build(args, seed: int = 0):
 
 def make_batch(seed: int = 1) -> dict:
     generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, SMALL_BERT["vocab_size"], (B, T), generator=generator)
-    mask = torch.zeros(B, T)
-    for i, n in enumerate(REAL_LENGTHS):
-        mask[i, :n] = 1
-    ids = ids * mask.long()
-    text = torch.stack([ids.double(), mask.double(), torch.zeros(B, T, dtype=torch.float64)], 1)
+    text = random_text(generator, REAL_LENGTHS, T)
+    mask = text[:, 1]
     # float32 draws: every value is exact in the float32 fixture and the float64 run
     audio = torch.randn(B, T, AUDIO_DIM, generator=generator).double()
     vision = torch.randn(B, T, VISION_DIM, generator=generator).double()

@@ -35,7 +35,9 @@ from _common import (  # noqa: E402
     compact,
     official_commit,
     real_clips,
+    recording_adam,
     save_fixture,
+    scripted_validation,
     tiny_bert,
 )
 
@@ -152,24 +154,14 @@ def main() -> None:
         return loss
 
     trainer.criterion = recording_criterion
-    scripted = iter(VALID_LOSSES)
+    trainer.do_test = scripted_validation(VALID_LOSSES, epochs_seen)
 
-    def scripted_test(model, dataloader, mode="VAL", return_sample_results=False):
-        epochs_seen.append(len(epochs_seen) + 1)
-        return {"Loss": next(scripted)}
+    def record_step(gradients):
+        optimizer_steps.append({"after_forward": len(forwards), "gradients": gradients,
+                                "state": {k: v.detach().clone()
+                                          for k, v in official.state_dict().items()}})
 
-    trainer.do_test = scripted_test
-
-    class RecordingAdam(torch.optim.Adam):
-        def step(self, closure=None):
-            grads = {k: p.grad.detach().clone() for k, p in official.named_parameters()}
-            result = super().step(closure)
-            optimizer_steps.append({"after_forward": len(forwards), "gradients": grads,
-                                    "state": {k: v.detach().clone()
-                                              for k, v in official.state_dict().items()}})
-            return result
-
-    train_module.optim.Adam = RecordingAdam
+    train_module.optim.Adam = recording_adam(official, record_step)
     with tempfile.TemporaryDirectory() as tmp:
         official_args.model_save_path = str(Path(tmp) / "best.pth")
         trainer.do_train(official, {"train": official_batches, "valid": [None]})

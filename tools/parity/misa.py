@@ -154,17 +154,12 @@ def main() -> None:
     after = _common.as_float32(model.state_dict())
 
     fixture = {
-        "model": "misa",
-        "official_repo": "declare-lab/MISA",
-        "official_commit": _common.commit_of(args.official),
-        "generator": "tools/parity/misa.py",
-        "bert_config": _common.BERT_CONFIG,
+        **_common.fixture_header("misa", "declare-lab/MISA", args.official),
         "sizes": {"hidden_size": HIDDEN, **dims},
         "official_settings": {"lr": config.learning_rate, "clip_value": config.clip,
                               "patience": config.patience, **LOSS_WEIGHTS},
         "initial": initial,
-        "batches": [{k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v)
-                     for k, v in b.items()} for b in batches],
+        "batches": _common.stored_batches(batches),
         "prediction": prediction.detach().view(-1).clone(),
         "losses": {**{k: v.detach().clone() for k, v in losses.items()},
                    "total": total.detach().clone()},

@@ -163,11 +163,7 @@ def main() -> None:
     after = _common.as_float32(model.state_dict())
 
     fixture = {
-        "model": "mult",
-        "official_repo": "yaohungt/Multimodal-Transformer",
-        "official_commit": _common.commit_of(args.official),
-        "generator": "tools/parity/mult.py",
-        "bert_config": _common.BERT_CONFIG,
+        **_common.fixture_header("mult", "yaohungt/Multimodal-Transformer", args.official),
         "sizes": {"embed_dim": WIDTH, "num_heads": hyp.num_heads, "num_layers": hyp.nlevels,
                   "memory_layers": max(hyp.nlevels, 3), **dims},
         "official_settings": {"lr": hyp.lr, "clip_norm": hyp.clip,
@@ -176,8 +172,7 @@ def main() -> None:
                                           "threshold": scheduler.threshold,
                                           "threshold_mode": scheduler.threshold_mode}},
         "initial": initial,
-        "batches": [{k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v)
-                     for k, v in b.items()} for b in batches],
+        "batches": _common.stored_batches(batches),
         "prediction": prediction.detach().view(-1).clone(),
         "losses": {"task": loss.detach().clone()},
         "gradients": _common.as_float32(gradients),

@@ -38,7 +38,9 @@ from _common import (  # noqa: E402
     official_commit,
     patch_bert_downloads,
     real_clips,
+    recording_adam,
     save_fixture,
+    scripted_validation,
 )
 
 ROWS = [0, 5, 7, 1, 12, 9]  # 6 clips, labels of both signs and one 0.0, lengths 18/5/6/6/...
@@ -151,27 +153,15 @@ def main() -> None:
                                 for k, cs in trainer.center_map.items()}
 
     trainer.update_centers = recording_update_centers
-    scripted = iter(VALID_LOSSES)
+    trainer.do_test = scripted_validation(VALID_LOSSES, epochs_seen)
 
-    def scripted_test(model, dataloader, mode="VAL"):
-        epochs_seen.append(len(epochs_seen) + 1)
-        return {"Loss": next(scripted)}
+    def record_step(gradients):
+        optimizer_steps.append({
+            "after_forward": len(steps), "gradients": gradients,
+            "parameters": {k: p.detach().clone() for k, p in official.named_parameters()},
+        })
 
-    trainer.do_test = scripted_test
-
-    class RecordingAdam(torch.optim.Adam):
-        def step(self, closure=None):
-            named = dict(official.named_parameters())
-            grads = {k: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
-                     for k, p in named.items()}
-            result = super().step(closure)
-            optimizer_steps.append({
-                "after_forward": len(steps), "gradients": grads,
-                "parameters": {k: p.detach().clone() for k, p in named.items()},
-            })
-            return result
-
-    official_train_module.optim.Adam = RecordingAdam
+    official_train_module.optim.Adam = recording_adam(official, record_step)
     with tempfile.TemporaryDirectory() as tmp:
         official_args.model_save_path = str(Path(tmp) / "best.pth")
         official_args.res_save_dir = tmp

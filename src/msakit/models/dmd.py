@@ -93,13 +93,14 @@ from msakit.models.base import FeatureDims, ModelOutput, MSAModel
 from msakit.models.mult import (
     PaddingOption,
     ReadoutOption,
+    attention_dropout_by_source,
     check_loss_weights,
+    cross_modal_fusion,
     modality_lengths,
     require_all_modalities,
     text_states,
 )
 from msakit.modules.crossmodal import (
-    CrossModalFusion,
     CrossModalTransformerEncoder,
     TemporalConvProjection,
     fit_length,
@@ -315,12 +316,11 @@ class DMD(MSAModel):
         self.fixed_lengths = {m: getattr(config, f"{m}_length") for m in MODALITIES}
         kernels = {m: getattr(config, f"conv_kernel_{m}") for m in MODALITIES}
         steps = {m: self.fixed_lengths[m] - kernels[m] + 1 for m in MODALITIES}
-        attn_dropout = {"text": config.attn_dropout, "audio": config.attn_dropout_audio,
-                        "vision": config.attn_dropout_vision}
+        attn_dropout = attention_dropout_by_source(config)
         masked = config.padding == "masked"
-        shared = dict(relu_dropout=config.relu_dropout, res_dropout=config.res_dropout,
-                      embed_dropout=config.embed_dropout, attn_mask=config.attn_mask)
-        encoder_options = dict(shared, zero_step_positions=masked)
+        encoder_options = dict(relu_dropout=config.relu_dropout, res_dropout=config.res_dropout,
+                               embed_dropout=config.embed_dropout, attn_mask=config.attn_mask,
+                               zero_step_positions=masked)
         hetero_dim = 2 * d if config.cross_modal_attention else d
 
         self.projections = nn.ModuleDict(
@@ -350,11 +350,7 @@ class DMD(MSAModel):
         self.common_head = _ResidualHead(3 * d, config.output_dropout)
         # heterogeneous branch
         if config.cross_modal_attention:
-            self.fusion = CrossModalFusion(
-                MODALITIES, d, config.num_heads, config.num_layers, config.memory_layers,
-                attn_dropout=attn_dropout, memory_attn_dropout=config.attn_dropout,
-                readout=config.readout, padding=config.padding, **shared,
-            )
+            self.fusion = cross_modal_fusion(config)
         else:  # ablation: one self-attention encoder per exclusive s_m
             self.exclusive_self_encoders = nn.ModuleDict({
                 m: CrossModalTransformerEncoder(d, config.num_heads, config.num_layers,

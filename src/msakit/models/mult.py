@@ -91,6 +91,26 @@ class MulTConfig(ModelConfig):
         return self
 
 
+def attention_dropout_by_source(config: ModelConfig) -> dict[str, float]:
+    """``{modality: attention dropout when it is the source}`` of a config with MulT's fields
+    (:class:`MulTConfig`, DMD's): ``attn_dropout`` is the text's."""
+    return {"text": config.attn_dropout, "audio": config.attn_dropout_audio,
+            "vision": config.attn_dropout_vision}
+
+
+def cross_modal_fusion(config: ModelConfig) -> CrossModalFusion:
+    """MulT's fusion over text, audio and vision (each ``(B, L_m, embed_dim)``) from a config
+    with MulT's fields (:class:`MulTConfig`, DMD's); the memories use the text's attention
+    dropout, as the official code."""
+    return CrossModalFusion(
+        MODALITIES, config.embed_dim, config.num_heads, config.num_layers, config.memory_layers,
+        attn_dropout=attention_dropout_by_source(config), memory_attn_dropout=config.attn_dropout,
+        relu_dropout=config.relu_dropout, res_dropout=config.res_dropout,
+        embed_dropout=config.embed_dropout, attn_mask=config.attn_mask,
+        readout=config.readout, padding=config.padding,
+    )
+
+
 def text_states(encoder: PretrainedTextEncoder, batch: dict[str, Any]
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """LM hidden states with padded tokens zeroed, and token lengths: ``(B, L, H)``, ``(B,)``."""
@@ -154,15 +174,7 @@ class MulT(MSAModel):
             "audio": TemporalConvProjection(dims.audio, d, config.conv_kernel_audio),
             "vision": TemporalConvProjection(dims.vision, d, config.conv_kernel_vision),
         })
-        self.fusion = CrossModalFusion(
-            MODALITIES, d, config.num_heads, config.num_layers, config.memory_layers,
-            attn_dropout={"text": config.attn_dropout, "audio": config.attn_dropout_audio,
-                          "vision": config.attn_dropout_vision},
-            memory_attn_dropout=config.attn_dropout,
-            relu_dropout=config.relu_dropout, res_dropout=config.res_dropout,
-            embed_dropout=config.embed_dropout, attn_mask=config.attn_mask,
-            readout=config.readout, padding=config.padding,
-        )
+        self.fusion = cross_modal_fusion(config)
         combined = 2 * d * len(MODALITIES)
         self.proj1 = nn.Linear(combined, combined)
         self.proj2 = nn.Linear(combined, combined)

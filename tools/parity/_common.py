@@ -28,9 +28,19 @@ PAD_ID, CLS_ID, SEP_ID = 0, 1, 2
 
 
 def official_commit(checkout: Path) -> str:
-    """The checkout's commit (the generators refuse a checkout that is not a git work tree)."""
-    return subprocess.check_output(["git", "-C", str(checkout), "rev-parse", "HEAD"],
-                                   text=True).strip()
+    """The commit of an official checkout (a git clone, or an archive with a ``COMMIT`` file);
+    the generators refuse a checkout whose commit they cannot tell."""
+    marker = Path(checkout) / "COMMIT"
+    if marker.exists():
+        return marker.read_text().strip()
+    try:
+        return subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], check=True,
+                              capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as err:
+        raise SystemExit(
+            f"{checkout}: cannot tell the official commit (not a git checkout and no COMMIT "
+            f"file): {err}"
+        ) from None
 
 
 def tiny_bert():

@@ -6,13 +6,13 @@ tightened); the official model and training code run unchanged.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import types
 from pathlib import Path
 
 import torch
 from _common import compact as float32  # noqa: F401  (fixture storage, shared with the others)
+from _common import official_commit, save_fixture  # noqa: F401  (for the generators)
 from torch import nn
 
 #: The small randomly initialised BERT every generator uses in place of bert-base.
@@ -73,13 +73,6 @@ def random_text(generator: torch.Generator, real_lengths: list[int], length: int
     ids = ids * mask.long()
     return torch.stack([ids.double(), mask.double(),
                         torch.zeros(size, length, dtype=torch.float64)], 1)
-
-
-def git_commit(official: Path) -> str:
-    """The checkout's commit (``git rev-parse HEAD``), or the ``--commit`` the caller gives."""
-    out = subprocess.run(["git", "-C", str(official), "rev-parse", "HEAD"],
-                         capture_output=True, text=True)
-    return out.stdout.strip() if out.returncode == 0 else ""
 
 
 def parameters_by_name(modules: dict[str, nn.Module]) -> dict[str, nn.Parameter]:

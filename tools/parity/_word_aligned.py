@@ -14,10 +14,10 @@ from the clips' sorted vocabulary folded into ``VOCAB`` ids (``[PAD]=0``, ``[CLS
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import torch
+from _common import official_commit, save_fixture  # noqa: F401  (save_fixture: for the generators)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA = REPO_ROOT.parent / "shared" / "data" / "mosi" / "word_aligned_valid.pkl"
@@ -40,21 +40,6 @@ def small_bert_config():
     from transformers import BertConfig
 
     return BertConfig(**BERT_CONFIG)
-
-
-def commit_of(directory: Path) -> str:
-    """The git commit of an official checkout (a clone, or an archive with a COMMIT file)."""
-    marker = Path(directory) / "COMMIT"
-    if marker.exists():
-        return marker.read_text().strip()
-    try:
-        return subprocess.run(["git", "-C", str(directory), "rev-parse", "HEAD"], check=True,
-                              capture_output=True, text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError) as err:
-        raise SystemExit(
-            f"{directory}: cannot tell the official commit (not a git checkout and no COMMIT "
-            f"file): {err}"
-        ) from None
 
 
 def real_batches(data_path: Path = DATA) -> list[dict[str, torch.Tensor]]:
@@ -130,7 +115,7 @@ def fixture_header(model: str, official_repo: str, official: Path) -> dict:
     return {
         "model": model,
         "official_repo": official_repo,
-        "official_commit": commit_of(official),
+        "official_commit": official_commit(official),
         "generator": f"tools/parity/{model}.py",
         "bert_config": BERT_CONFIG,
     }
@@ -140,10 +125,3 @@ def stored_batches(batches: list[dict]) -> list[dict]:
     """The batches as the fixture keeps them: floating-point tensors in float32."""
     return [{k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v)
              for k, v in b.items()} for b in batches]
-
-
-def save_fixture(fixture: dict, out: Path) -> None:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(fixture, out)
-    print(f"wrote {out} ({out.stat().st_size / 1e3:.0f} kB)")

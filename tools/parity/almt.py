@@ -28,9 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _official import (  # noqa: E402
     SMALL_BERT,
     float32,
-    git_commit,
+    official_commit,
     patch_environment,
     random_text,
+    save_fixture,
 )
 
 B = 4
@@ -125,7 +126,7 @@ def main() -> None:
     after = dict(model.named_parameters())
     fixture = {
         "official": "Haoyu-ha/ALMT",
-        "commit": options.commit or git_commit(options.official),
+        "commit": options.commit or official_commit(options.official),
         "bert_config": SMALL_BERT,
         "model": MODEL,
         # built in float32 and run in float64: the float32 weights are exact
@@ -144,11 +145,9 @@ def main() -> None:
                                             for k in initial})},
         "scheduler_lrs": {n: official_lrs(get_scheduler, n, 1e-4) for n in (200, 30, 6)},
     }
-    options.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(fixture, options.out)
-    print(f"wrote {options.out} ({options.out.stat().st_size / 1e6:.2f} MB, "
-          f"{sum(v.numel() for v in initial.values())} parameters, commit "
-          f"{fixture['commit'][:12]}); loss {loss.item():.6f}; epoch lrs {epoch_lrs}")
+    save_fixture(fixture, options.out)
+    print(f"{sum(v.numel() for v in initial.values())} parameters, commit "
+          f"{fixture['commit'][:12]}; loss {loss.item():.6f}; epoch lrs {epoch_lrs}")
 
 
 if __name__ == "__main__":

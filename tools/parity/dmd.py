@@ -29,10 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _official import (  # noqa: E402
     SMALL_BERT,
     float32,
-    git_commit,
+    official_commit,
     parameters_by_name,
     patch_environment,
     random_text,
+    save_fixture,
 )
 
 B, T = 4, 50  # the official aligned MOSI length is hard-coded to 50 for every modality
@@ -220,7 +221,7 @@ def main() -> None:
                                    [subset(batch, r) for r in rows], steps=2)
     fixture = {
         "official": "mdswyz/DMD",
-        "commit": options.commit or git_commit(options.official),
+        "commit": options.commit or official_commit(options.official),
         "bert_config": SMALL_BERT,
         "sizes": {"embed_dim": 4, "num_heads": 2, "num_layers": 2, "length": T,
                   "kernels": {"text": 5, "audio": 1, "vision": 3},
@@ -240,11 +241,9 @@ def main() -> None:
                  "param_changes": float32({k: p - initial[k]
                                             for k, p in trajectory["params"].items()})},
     }
-    options.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(fixture, options.out)
-    size = options.out.stat().st_size
-    print(f"wrote {options.out} ({size / 1e6:.2f} MB, {sum(v.numel() for v in initial.values())} "
-          f"parameters, commit {fixture['commit'][:12]}); losses: "
+    save_fixture(fixture, options.out)
+    print(f"{sum(v.numel() for v in initial.values())} parameters, commit "
+          f"{fixture['commit'][:12]}; losses: "
           + ", ".join(f"{k} {v.item():.5f}" for k, v in terms.items()))
     assert math.isfinite(terms["combined"].item())
 

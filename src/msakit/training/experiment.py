@@ -11,7 +11,6 @@ import csv
 import logging
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from msakit.config import (
     deep_update,
     load_saved_config,
 )
-from msakit.data import dataset_splits, load_dataset, make_loader
+from msakit.data import Fold, dataset_splits, load_dataset, make_loader
 from msakit.data.dataset import DataError, MSADataset, Split
 from msakit.data.readers import data_fingerprint
 from msakit.lm import load_tokenizer
@@ -47,14 +46,6 @@ from msakit.training.trainer import Trainer, evaluate_model, resolve_device
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Partition:
-    name: str
-    train: Split
-    valid: Split
-    test: Split
-
-
 def feature_dims(dataset: MSADataset, config: ExperimentConfig) -> FeatureDims:
     """Input sizes the model is built for; modalities left out by ``data.modalities`` are 0."""
     keep = set(config.data.modalities)
@@ -64,7 +55,7 @@ def feature_dims(dataset: MSADataset, config: ExperimentConfig) -> FeatureDims:
     )
 
 
-def load_experiment_data(config: ExperimentConfig) -> tuple[MSADataset, list[Partition]]:
+def load_experiment_data(config: ExperimentConfig) -> tuple[MSADataset, list[Fold]]:
     data = config.data
     if not data.path:
         raise ValueError("no data file given: pass --data PATH (or set data.path)")
@@ -79,7 +70,7 @@ def load_experiment_data(config: ExperimentConfig) -> tuple[MSADataset, list[Par
                     f"{dataset.source}: the {role} part of partition {part.name!r} is empty; "
                     "training needs clips in train, valid and test (use --folds K to "
                     "cross-validate a file whose own splits are empty)")
-    return dataset, [Partition(*p) for p in parts]
+    return dataset, parts
 
 
 def check_data_unchanged(config: ExperimentConfig, run_dir: Path) -> None:
@@ -211,7 +202,7 @@ class EpochLoader:
         return self.loader
 
 
-def data_record(dataset: MSADataset, partitions: list[Partition], config: ExperimentConfig) -> dict:
+def data_record(dataset: MSADataset, partitions: list[Fold], config: ExperimentConfig) -> dict:
     return {
         **data_fingerprint(config.data.path),
         "source": str(dataset.source),
@@ -225,7 +216,7 @@ def data_record(dataset: MSADataset, partitions: list[Partition], config: Experi
     }
 
 
-def _train_one(config: ExperimentConfig, dataset: MSADataset, partition: Partition, seed: int,
+def _train_one(config: ExperimentConfig, dataset: MSADataset, partition: Fold, seed: int,
                run_dir: Path, resume: bool, progress: bool, transform=None,
                evaluate_test: bool = True, epoch_callback=None) -> dict[str, Any]:
     """Train, select on valid, test once; write everything into ``run_dir``.
@@ -364,7 +355,7 @@ def _worker_job(seed: int, index: int, sub: str, resume: bool) -> dict[str, Any]
 
 
 def _prefill_lm_cache(config: ExperimentConfig, dataset: MSADataset,
-                      partitions: list[Partition]) -> None:
+                      partitions: list[Fold]) -> None:
     """Compute a frozen LM's missing states once, before parallel jobs would each do it."""
     if config.train.lm_cache == "off":
         return
@@ -376,7 +367,7 @@ def _prefill_lm_cache(config: ExperimentConfig, dataset: MSADataset,
                 text_states(split)
 
 
-def _run_parallel(config: ExperimentConfig, dataset: MSADataset, partitions: list[Partition],
+def _run_parallel(config: ExperimentConfig, dataset: MSADataset, partitions: list[Fold],
                   jobs_list: list[tuple[int, int, Path]], jobs: int, *, resume: bool,
                   console: Console, transform_factory) -> list[dict[str, Any]]:
     """Train ``jobs_list`` (seed, partition index, run folder) ``jobs`` at a time.

@@ -210,6 +210,19 @@ def _pad_features(
     return padded, lengths, mask
 
 
+def _put_sequences(batch: dict[str, Any], host_lengths: dict[str, torch.Tensor], key: str,
+                   padded: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+    """Put padded ``(features (B, L, D), lengths (B,), mask (B, L))`` into ``batch`` under
+    ``key`` (``audio``/``vision``: ``<key>``, ``<key>_lengths``, ``<key>_mask``; the word-level
+    ``word_<m>``: ``word_<m>``, ``word_lengths``, ``word_mask``) and a copy of the lengths into
+    ``host_lengths``."""
+    features, lengths, mask = padded
+    name = "word" if key.startswith("word_") else key
+    batch[key] = features
+    batch[f"{name}_lengths"], batch[f"{name}_mask"] = lengths, mask
+    host_lengths[name] = lengths.clone()
+
+
 def collate(items: list[dict[str, Any]], pad_token_id: int = 0) -> dict[str, Any]:
     """Stack :class:`SplitDataset` items into the batch dict of the module docstring."""
     if not items:
@@ -232,20 +245,15 @@ def collate(items: list[dict[str, Any]], pad_token_id: int = 0) -> dict[str, Any
     }
     host_lengths: dict[str, torch.Tensor] = {}
     for modality in ("audio", "vision"):
-        features, lengths, mask = _pad_features([item[modality] for item in items], modality)
-        batch[modality] = features
-        batch[f"{modality}_lengths"] = lengths
-        batch[f"{modality}_mask"] = mask
-        host_lengths[modality] = lengths.clone()
+        _put_sequences(batch, host_lengths, modality,
+                       _pad_features([item[modality] for item in items], modality))
     for modality in ("audio", "vision"):
         key = f"word_{modality}"
         if any(key in item for item in items):
             if not all(key in item for item in items):
                 raise DataError(f"batch mixes clips with and without {key}")
-            features, lengths, mask = _pad_features([item[key] for item in items], key)
-            batch[key] = features
-            batch["word_lengths"], batch["word_mask"] = lengths, mask
-            host_lengths["word"] = lengths.clone()
+            _put_sequences(batch, host_lengths, key,
+                           _pad_features([item[key] for item in items], key))
     batch["host_lengths"] = host_lengths
     batch["labels"] = torch.tensor([item["label"] for item in items], dtype=torch.float32)
     for key in items[0]["extra_labels"]:
@@ -363,22 +371,16 @@ class PackedSplit:
         for modality in ("audio", "vision"):
             packed = self.features[modality]
             if packed is None:
-                features, lengths, mask = (torch.zeros(size, 1, 0),
-                                           torch.ones(size, dtype=torch.long),
-                                           torch.ones(size, 1, dtype=torch.bool))
+                padded = (torch.zeros(size, 1, 0), torch.ones(size, dtype=torch.long),
+                          torch.ones(size, 1, dtype=torch.bool))
             else:
-                features, lengths, mask = _gather_padded(*packed, index)
-            batch[modality] = features
-            batch[f"{modality}_lengths"] = lengths
-            batch[f"{modality}_mask"] = mask
-            host_lengths[modality] = lengths.clone()
+                padded = _gather_padded(*packed, index)
+            _put_sequences(batch, host_lengths, modality, padded)
         for modality in ("audio", "vision"):
             packed = self.features.get(f"word_{modality}")
             if packed is not None:
-                features, lengths, mask = _gather_padded(*packed, index)
-                batch[f"word_{modality}"] = features
-                batch["word_lengths"], batch["word_mask"] = lengths, mask
-                host_lengths["word"] = lengths.clone()
+                _put_sequences(batch, host_lengths, f"word_{modality}",
+                               _gather_padded(*packed, index))
         batch["host_lengths"] = host_lengths
         batch["labels"] = self.labels[index]
         for key, values in self.extra_labels.items():

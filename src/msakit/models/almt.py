@@ -271,10 +271,7 @@ class ALMT(MSAModel):
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         masked = self.config.mask_padding
         attention_mask = batch["attention_mask"]
-        text_states = self.text_encoder(
-            batch["input_ids"], attention_mask, batch.get("token_type_ids"),
-            hidden_states=batch.get("text_hidden"),
-        )  # (B, L_t, H)
+        text_states = self.text_encoder.encode_batch(batch)  # (B, L_t, H)
         text = self.project_text(text_states, attention_mask.bool() if masked else None)
         audio = self.project_audio(batch["audio"], batch["audio_mask"] if masked else None)
         vision = self.project_vision(batch["vision"], batch["vision_mask"] if masked else None)

@@ -19,7 +19,8 @@ key                    shape / type       meaning
 ``labels_T`` etc.      ``(B,)`` float     optional unimodal labels (SIMS)
 ``ids``                list of str        clip ids (not a tensor)
 ``text_hidden``        ``(B, L_t, H)``    optional: a frozen LM's cached hidden states; pass them
-                                          to the text encoder as ``hidden_states``
+                                          to the text encoder as ``hidden_states`` (its
+                                          ``encode_batch(batch)`` does)
 =====================  =================  ==================================================
 
 For word-aligned data ``L_a == L_v == L_t``: the audio/vision row of each sub-word token is its

@@ -184,10 +184,8 @@ class LFDNN(MSAModel):
         """``{modality: (B, d_m)}`` for the configured modalities (text 256, audio 16, vision 128)."""
         features = {}
         if "text" in self.modalities:
-            encoded = self.text_encoder(
-                batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-                hidden_states=batch.get("text_hidden"),
-            )  # (B, H) pooled, or (B, L_t, H) token states for the LSTM
+            # (B, H) pooled, or (B, L_t, H) token states for the LSTM
+            encoded = self.text_encoder.encode_batch(batch)
             if self.config.text_subnet == "lstm":
                 encoded = self._text_lstm_final(encoded, batch["attention_mask"])
             features["text"] = self.text_subnet(encoded)

@@ -164,10 +164,7 @@ class MISA(MSAModel):
         audio = recurrent_input(batch, "audio")  # one step per word on word-aligned data
         vision = recurrent_input(batch, "vision")
         return {
-            "text": self.text_encoder(
-                batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-                hidden_states=batch.get("text_hidden"),
-            ),
+            "text": self.text_encoder.encode_batch(batch),
             "audio": self.audio_encoder(audio.x, audio.host_lengths),
             "vision": self.vision_encoder(vision.x, vision.host_lengths),
         }

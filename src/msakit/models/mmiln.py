@@ -185,9 +185,7 @@ class MMILN(ULGMHooks, MSAModel):
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         config: MMILNConfig = self.config  # type: ignore[assignment]
         text_mask = batch["attention_mask"].bool()
-        text = self.text_encoder(batch["input_ids"], batch["attention_mask"],
-                                 batch.get("token_type_ids"),
-                                 hidden_states=batch.get("text_hidden"))  # (B, L_t, H_t)
+        text = self.text_encoder.encode_batch(batch)  # (B, L_t, H_t)
         check_batch_sequence(batch, "audio", self.dims.audio)
         check_batch_sequence(batch, "vision", self.dims.vision)
         # one step per word on word-aligned data, as the Self-MM code MMILN builds on

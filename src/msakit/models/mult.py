@@ -115,8 +115,7 @@ def text_states(encoder: PretrainedTextEncoder, batch: dict[str, Any]
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """LM hidden states with padded tokens zeroed, and token lengths: ``(B, L, H)``, ``(B,)``."""
     attention_mask = batch["attention_mask"]
-    hidden = encoder(batch["input_ids"], attention_mask, batch.get("token_type_ids"),
-                     hidden_states=batch.get("text_hidden"))
+    hidden = encoder.encode_batch(batch)
     return hidden * attention_mask.unsqueeze(-1).to(hidden.dtype), attention_mask.sum(1).long()
 
 

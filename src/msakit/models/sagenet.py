@@ -169,10 +169,7 @@ class SAGENet(MSAModel):
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         attention_mask = batch["attention_mask"]
-        text_states = self.text_encoder(
-            batch["input_ids"], attention_mask, batch.get("token_type_ids"),
-            hidden_states=batch.get("text_hidden"),
-        )  # (B, L_t, H)
+        text_states = self.text_encoder.encode_batch(batch)  # (B, L_t, H)
         text = self.text_branch(text_states, attention_mask.bool())  # (B, d)
         audio = self.audio_branch(batch["audio"], batch["audio_mask"])  # (B, d)
         text_audio = self.fuse_audio(text, audio)

@@ -181,9 +181,7 @@ class SelfMM(ULGMHooks, MSAModel):
                                          ("vision_lstm", "vision_out"))
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
-        text = self.text_encoder(batch["input_ids"], batch["attention_mask"],
-                                 batch.get("token_type_ids"),
-                                 hidden_states=batch.get("text_hidden"))  # (B, H_t)
+        text = self.text_encoder.encode_batch(batch)  # (B, H_t)
         check_batch_sequence(batch, "audio", self.dims.audio)
         check_batch_sequence(batch, "vision", self.dims.vision)
         audio, vision = recurrent_input(batch, "audio"), recurrent_input(batch, "vision")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -93,6 +94,12 @@ class PretrainedTextEncoder(nn.Module):
         if token_type_ids is not None and "token_type_ids" in self.model.forward.__code__.co_varnames:
             kwargs["token_type_ids"] = token_type_ids
         return self.model(**kwargs).last_hidden_state
+
+    def encode_batch(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """:meth:`forward` on a collated batch: its ``input_ids`` / ``attention_mask`` ``(B, L)``,
+        ``token_type_ids`` if any, and the cached states ``text_hidden`` ``(B, L, H)`` if any."""
+        return self(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                    hidden_states=batch.get("text_hidden"))
 
     def forward(
         self,

@@ -6,11 +6,10 @@ import itertools
 
 import pytest
 import torch
+from _real_batches import real_batch
 
 from msakit.data import load_dataset
 from msakit.modules.text import PretrainedTextEncoder, length_groups
-
-from _real_batches import real_batch
 
 
 def padded_tokens(lengths, groups, overhead):

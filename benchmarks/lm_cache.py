@@ -13,6 +13,12 @@ the validation pass, as in ``epochs.csv``. Printed per model: the median and ran
 also measures the other processes; CPU time measures this one), the off/auto ratios, the
 one-time cost of filling the cache, and whether both runs reached the same losses. Nothing is
 asserted; the numbers are for docs/performance.md.
+
+``--language-model bert-base-shape`` times the presets' case (they name ``bert-base-uncased``,
+12 layers, 768-d, which this offline machine cannot download): a BertModel of exactly that shape
+with random weights (seeded) and the packaged MiniLM's tokenizer (the same uncased WordPiece
+vocabulary), saved to a temporary folder. Its compute per token is bert-base's; its hidden states
+are meaningless, so read its timings, not its losses.
 """
 
 from __future__ import annotations
@@ -34,9 +40,24 @@ from msakit.training.experiment import feature_dims, load_experiment_data, loade
 from msakit.training.trainer import Trainer
 
 
+def bert_base_shaped(folder: Path) -> str:
+    """Save a randomly initialised bert-base-uncased-shaped BertModel with MiniLM's tokenizer."""
+    from transformers import BertConfig, BertModel
+
+    from msakit.lm import load_tokenizer
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12,
+                        num_attention_heads=12, intermediate_size=3072)
+    BertModel(config).save_pretrained(folder)
+    load_tokenizer("all-MiniLM-L6-v2").save_pretrained(folder)
+    return str(folder)
+
+
 def train_epochs(name: str, data: str, epochs: int, cache: str, cache_dir: Path,
-                 work: Path) -> dict:
-    config = build_config(name, [
+                 work: Path, language_model: str | None = None) -> dict:
+    lm = [f"model.language_model={language_model}"] if language_model else []
+    config = build_config(name, [*lm,
         f"data.path={data}", "data.folds=5", "model.freeze_language_model=true",
         # augmentation off (SAGE-Net's default has it on): augmented text has no cached states
         "augment.text.enabled=false", "augment.audio.enabled=false",
@@ -92,20 +113,28 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/mosi/word_aligned_valid.pkl")
     parser.add_argument("--models", nargs="+", default=["sagenet", "mult", "dmd"])
     parser.add_argument("--epochs", type=int, default=4, help="epochs per run (>= 2)")
+    parser.add_argument("--language-model", choices=["default", "bert-base-shape"],
+                        default="default", help="the models' default LM (packaged MiniLM) or a "
+                        "random-weight LM of bert-base-uncased's shape (the presets' LM)")
     args = parser.parse_args()
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    print(f"frozen LM, fold 0 of 5 on {args.data}, {args.epochs} epochs, 1 thread; "
+    print(f"frozen LM ({args.language_model}), fold 0 of 5 on {args.data}, {args.epochs} epochs, "
+          "1 thread; "
           "seconds per epoch, median [range] over epochs 2..N")
     print(f"{'model':8} {'off wall':>20} {'cached wall':>20} {'ratio':>6} "
           f"{'off cpu':>20} {'cached cpu':>20} {'ratio':>6} {'fill s':>7} same-loss")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        lm = None
+        if args.language_model == "bert-base-shape":
+            lm = bert_base_shaped(tmp / "bert-base-shape")
         for name in args.models:
-            off = train_epochs(name, args.data, args.epochs, "off", tmp / "cache", tmp)
+            off = train_epochs(name, args.data, args.epochs, "off", tmp / "cache", tmp, lm)
             # fill the cache as a first run would, then time a later run
             (tmp / f"fill-{name}").mkdir()
-            warm = train_epochs(name, args.data, 1, "auto", tmp / "cache", tmp / f"fill-{name}")
-            cached = train_epochs(name, args.data, args.epochs, "auto", tmp / "cache", tmp)
+            warm = train_epochs(name, args.data, 1, "auto", tmp / "cache", tmp / f"fill-{name}",
+                                lm)
+            cached = train_epochs(name, args.data, args.epochs, "auto", tmp / "cache", tmp, lm)
             same = max(abs(a - b) for a, b in zip(off["losses"], cached["losses"]))
             print(f"{name:8} {summary(off['wall']):>20} {summary(cached['wall']):>20} "
                   f"{statistics.median(off['wall']) / statistics.median(cached['wall']):6.2f} "

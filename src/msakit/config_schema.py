@@ -24,7 +24,7 @@ from msakit.lm import DEFAULT_LANGUAGE_MODEL
 
 __all__ = [
     "ConfigError", "DEFAULT_LANGUAGE_MODEL", "StrictModel", "ModelConfig", "DataConfig",
-    "TrainConfig", "RunConfig", "ExperimentConfig",
+    "TrainConfig", "RunConfig", "ExperimentConfig", "LengthGroupedLMConfig",
 ]
 
 
@@ -57,6 +57,19 @@ class ModelConfig(StrictModel):
                 raise ValueError(f"loss weight of {term!r} is {weight}; loss weights must be "
                                  "finite and >= 0 (0 switches a term off)")
         return weights
+
+
+class LengthGroupedLMConfig(ModelConfig):
+    """For models whose heads never read the LM's states at padding positions (masked mean or
+    first-token pooling, key-padding masks): they may run the LM on length groups."""
+
+    lm_group_by_length: bool = Field(
+        True, description="On the CPU, run the language model on groups of clips of similar "
+        "length, each padded to its own longest clip (msakit.modules.text.length_groups): the "
+        "same states for every real token, fewer padded tokens computed. With LM dropout the "
+        "masks are drawn per group (another random stream than one padded batch); false runs "
+        "one padded batch as the official code does.",
+    )
 
 
 class DataConfig(StrictModel):

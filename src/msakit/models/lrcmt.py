@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from msakit.config_schema import ModelConfig
+from msakit.config_schema import LengthGroupedLMConfig
 from msakit.models import register_model
 from msakit.models.base import FeatureDims, ModelOutput, MSAModel
 from msakit.modules.crossmodal import CrossModalTransformerEncoder
@@ -70,7 +70,7 @@ from msakit.modules.text import PretrainedTextEncoder
 #: Checkpoint entry holding the checksum of the frozen LM a LoRA checkpoint belongs to.
 
 
-class LRCMTConfig(ModelConfig):
+class LRCMTConfig(LengthGroupedLMConfig):
     """LRCMT hyper-parameters (see ``msakit/configs/lrcmt.yaml`` for the shipped defaults)."""
 
     name: str = "lrcmt"
@@ -170,13 +170,15 @@ class LRCMT(MSAModel):
         self.config: LRCMTConfig = config
         if config.full_finetune or config.frozen_without_lora:
             self.text_encoder: nn.Module = PretrainedTextEncoder(
-                config.language_model, pooling="none", freeze=config.frozen_without_lora
+                config.language_model, pooling="none", freeze=config.frozen_without_lora,
+                group_by_length=config.lm_group_by_length,
             )
         else:
             self.text_encoder = LoRATextEncoder(
                 config.language_model, pooling="none", rank=config.lora_rank,
                 alpha=config.lora_alpha, dropout=config.lora_dropout,
                 target_modules=config.lora_target_modules,
+                group_by_length=config.lm_group_by_length,
             )
         d = config.embed_dim
         self.modalities: tuple[str, ...] = ("text",) + tuple(

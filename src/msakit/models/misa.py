@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from msakit.config_schema import ModelConfig
+from msakit.config_schema import LengthGroupedLMConfig
 from msakit.models import register_model
 from msakit.models.base import FeatureDims, ModelOutput, MSAModel
 from msakit.modules.encoders import StackedBiLSTMEncoder, recurrent_input
@@ -64,7 +64,7 @@ MISA_LOSS_TERMS = ("task", "cmd", "diff", "recon")
 MODALITY_ORDER = ("text", "vision", "audio")  # the official token order: t, v, a
 
 
-class MISAConfig(ModelConfig):
+class MISAConfig(LengthGroupedLMConfig):
     """MISA's hyper-parameters; defaults are the official ones (declare-lab/MISA)."""
 
     name: str = "misa"
@@ -127,7 +127,7 @@ class MISA(MSAModel):
         hidden = config.hidden_size
         self.text_encoder = PretrainedTextEncoder(
             config.language_model, pooling="mean", freeze=config.freeze_language_model,
-            freeze_layers=config.freeze_lm_layers,
+            freeze_layers=config.freeze_lm_layers, group_by_length=config.lm_group_by_length,
         )
         self.audio_encoder = StackedBiLSTMEncoder(dims.audio)
         self.vision_encoder = StackedBiLSTMEncoder(dims.vision)

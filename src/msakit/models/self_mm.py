@@ -16,7 +16,7 @@ from pydantic import Field
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from msakit.config_schema import ModelConfig, TrainConfig
+from msakit.config_schema import LengthGroupedLMConfig, ModelConfig, TrainConfig
 from msakit.models import register_model
 from msakit.models.base import FeatureDims, ModelOutput, MSAModel, takes_no_decay
 from msakit.modules.encoders import recurrent_input
@@ -117,7 +117,7 @@ def modality_parameter_groups(
     return list(groups.values())
 
 
-class SelfMMConfig(ModalityOptimiserConfig):
+class SelfMMConfig(ModalityOptimiserConfig, LengthGroupedLMConfig):
     """Self-MM hyper-parameters (official MOSI values)."""
 
     name: str = "self_mm"
@@ -153,7 +153,8 @@ class SelfMM(ULGMHooks, MSAModel):
         super().__init__(config, dims)
         require_audio_and_vision(self.name, dims)
         self.text_encoder = PretrainedTextEncoder(
-            config.language_model, pooling="cls", freeze=config.freeze_language_model
+            config.language_model, pooling="cls", freeze=config.freeze_language_model,
+            group_by_length=config.lm_group_by_length,
         )
         text_dim = self.text_encoder.hidden_size
         self.audio_lstm = SequenceLSTM(dims.audio, config.audio_lstm_hidden)

@@ -100,6 +100,7 @@ class LoRATextEncoder(nn.Module):
         name_or_path: Hugging Face model name or local path (``all-MiniLM-L6-v2`` is packaged).
         pooling: ``"cls"``, ``"mean"`` or ``"none"`` (hidden states).
         rank, alpha, dropout, target_modules: see :func:`inject_lora`.
+        group_by_length: see :class:`~msakit.modules.text.PretrainedTextEncoder`.
 
     Shapes:
         ``input_ids``, ``attention_mask``: ``(B, L)`` -> ``(B, H)`` pooled, or ``(B, L, H)``.
@@ -116,9 +117,11 @@ class LoRATextEncoder(nn.Module):
         alpha: float = 8.0,
         dropout: float = 0.0,
         target_modules: Sequence[str] = ("query", "value"),
+        group_by_length: bool = False,
     ):
         super().__init__()
-        self.encoder = PretrainedTextEncoder(name_or_path, pooling=pooling, freeze=True)
+        self.encoder = PretrainedTextEncoder(name_or_path, pooling=pooling, freeze=True,
+                                             group_by_length=group_by_length)
         # The wrapped encoder's class says "pretrained LM, use lm_lr"; after freezing, its only
         # trainable weights are the adapters, which must not get lm_lr.
         self.encoder.is_pretrained_language_model = False

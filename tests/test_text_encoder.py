@@ -1,0 +1,79 @@
+"""The pretrained text encoder's length groups: fewer padded tokens, the same states."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from _real_batches import real_batch
+
+from msakit.data import load_dataset
+from msakit.modules.text import PretrainedTextEncoder, length_groups
+
+
+def padded_tokens(lengths, groups, overhead):
+    return sum(len(g) * max(lengths[i] for i in g) + overhead for g in groups)
+
+
+@pytest.mark.parametrize("lengths", [[5], [7, 7, 7], [3, 40, 4, 38, 5], [12, 9, 30, 31, 8, 50]])
+def test_length_groups_partition_the_clips_optimally(lengths):
+    overhead = 10
+    groups = length_groups(lengths, overhead)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    # the optimum over every way to cut the sorted clips into contiguous runs
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    best = min(
+        padded_tokens(lengths, [order[a:b] for a, b in zip((0, *cuts), (*cuts, len(order)))],
+                      overhead)
+        for k in range(len(order))
+        for cuts in itertools.combinations(range(1, len(order)), k)
+    )
+    assert padded_tokens(lengths, groups, overhead) == best
+
+
+def test_length_groups_split_short_from_long_clips_and_keep_similar_ones_together():
+    assert length_groups([4, 50, 5, 48], overhead_tokens=10) == [[0, 2], [3, 1]]
+    assert length_groups([20, 21, 22], overhead_tokens=10) == [[0, 1, 2]]
+
+
+@pytest.fixture(scope="module")
+def batch(mosi_word_aligned):
+    rows = [22, 78, 25, 18, 106, 114, 131, 154]  # 4 clips of 4 tokens, 4 of 39 to 48
+    return real_batch(load_dataset(mosi_word_aligned), rows)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "none"])
+def test_grouped_states_equal_one_padded_batch_at_every_real_token(batch, pooling):
+    torch.manual_seed(0)
+    encoder = PretrainedTextEncoder("all-MiniLM-L6-v2", pooling=pooling).eval()
+    lengths = batch["attention_mask"].sum(1)
+    assert len(length_groups(lengths.tolist())) > 1, "the batch must make several groups"
+    args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    outputs, grads = {}, {}
+    for grouped in (False, True):
+        encoder.group_by_length = grouped
+        encoder.zero_grad(set_to_none=True)
+        out = encoder(*args)
+        weights = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+        if pooling == "none":
+            out = out * batch["attention_mask"][..., None]  # heads read real tokens only
+        (out * weights).sum().backward()
+        outputs[grouped] = out.detach()
+        grads[grouped] = {n: p.grad.clone() for n, p in encoder.named_parameters()
+                          if p.grad is not None}
+    assert outputs[True].shape == outputs[False].shape
+    torch.testing.assert_close(outputs[True], outputs[False], atol=1e-5, rtol=1e-4)
+    assert grads[True].keys() == grads[False].keys()
+    for name in grads[False]:
+        torch.testing.assert_close(grads[True][name], grads[False][name], atol=5e-5, rtol=1e-3,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_grouping_is_off_by_default_and_for_a_single_clip(batch):
+    encoder = PretrainedTextEncoder("all-MiniLM-L6-v2", pooling="none").eval()
+    assert encoder.group_by_length is False
+    encoder.group_by_length = True
+    with torch.no_grad():
+        alone = encoder(batch["input_ids"][:1], batch["attention_mask"][:1])
+    assert alone.shape[:2] == batch["input_ids"][:1].shape

@@ -1,6 +1,7 @@
 """Where a training step's time goes: ``torch.profiler`` over real training steps (CPU).
 
-    PYTHONPATH=src python benchmarks/profile_step.py misa dmd [--steps 6] [--batch-size 16]
+    PYTHONPATH=src python benchmarks/profile_step.py misa dmd [--steps 6] [--batch-size 16] \
+        [--set model.freeze_language_model=true ...]
 
 For each model: builds it with its shipped defaults, takes real batches of the 229 word-aligned
 MOSI clips through the trainer's own loader, runs two warm-up steps and profiles ``--steps``
@@ -27,9 +28,11 @@ from msakit.training.trainer import make_optimizer, move_batch, weighted_loss
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mosi" / "word_aligned_valid.pkl"
 
 
-def profile_model(name: str, data: Path, steps: int, batch_size: int) -> None:
+def profile_model(name: str, data: Path, steps: int, batch_size: int,
+                  overrides: list[str]) -> None:
     dataset = load_dataset(data)
-    config = build_config(name, [f"train.batch_size={batch_size}", "train.grad_accumulation=1"])
+    config = build_config(name, [f"train.batch_size={batch_size}", "train.grad_accumulation=1",
+                                 *overrides])
     split = dataset.split("all")
     torch.manual_seed(0)
     model = create_model(config.model, feature_dims(dataset, config))
@@ -84,10 +87,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="config override, as for msakit train")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for name in args.models:
-        profile_model(name, args.data, args.steps, args.batch_size)
+        profile_model(name, args.data, args.steps, args.batch_size, args.overrides)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from functools import lru_cache
 from pathlib import Path
 
@@ -71,7 +72,16 @@ def load_tokenizer(name_or_path: str):
 
 
 def load_language_model(name_or_path: str):
-    """A fresh ``transformers`` encoder (``AutoModel``) with pretrained weights."""
+    """A fresh ``transformers`` encoder (``AutoModel``) with pretrained weights.
+
+    Each call returns a new copy; the pretrained model read from disk is kept for the process
+    (the last two names), so the folds and seeds of an experiment do not read it again.
+    """
+    return copy.deepcopy(_pretrained_language_model(name_or_path))
+
+
+@lru_cache(maxsize=2)
+def _pretrained_language_model(name_or_path: str):
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 

@@ -111,7 +111,7 @@ def leaderboard(baseline, run_dirs, metrics, n_boot, seed, output_dir):
         raise click.ClickException(str(err)) from None
     console.print(leaderboard_table(board))
     for note in leaderboard_notes(board):
-        console.print(note)
+        console.print(note, markup=False)
     json_path, md_path = write_leaderboard(board, output_dir)
     console.print(f"written: {json_path}, {md_path}")
 

@@ -193,14 +193,17 @@ def leaderboard_notes(board: dict[str, Any]) -> list[str]:
 
 def leaderboard_table(board: dict[str, Any]):
     """A rich table of :func:`build_leaderboard`'s result."""
+    from rich.markup import escape
     from rich.table import Table
 
     columns, cells = leaderboard_rows(board)
-    table = Table(title=f"Leaderboard (Δ vs {board['rows'][0]['label']}: {board['baseline']})")
+    # labels such as "lf_dnn [text]" are text, not rich markup
+    table = Table(title=escape(f"Leaderboard (Δ vs {board['rows'][0]['label']}: "
+                               f"{board['baseline']})"))
     for column in columns:
-        table.add_column(column, justify="left" if column in ("model",) else "right")
+        table.add_column(escape(column), justify="left" if column in ("model",) else "right")
     for line in cells:
-        table.add_row(*line)
+        table.add_row(*(escape(cell) for cell in line))
     return table
 
 

@@ -177,13 +177,24 @@ class MSAModel(nn.Module):
         return frozen if lm_parameters & frozen else set()  # buffers alone are not worth it
 
     def frozen_checksum(self, keys: set[str] | None = None) -> torch.Tensor:
-        """``(2,)`` float64: sum and sum of squares of the frozen weights (identifies them)."""
+        """``(2,)`` float64: sum and sum of squares of the frozen weights (identifies them).
+
+        Remembered while the weights stay the same tensors, unmodified (same storage and
+        version counter: any in-place change, e.g. ``load_state_dict``, bumps it), so saving a
+        checkpoint every epoch does not re-read a frozen LM's 22M+ weights each time.
+        """
         keys = self.frozen_state_keys() if keys is None else keys
+        values = [(key, value) for key, value in self.state_dict().items()
+                  if key in keys and value.is_floating_point()]
+        fingerprint = tuple((key, value.data_ptr(), value._version) for key, value in values)
+        remembered = getattr(self, "_frozen_checksum_memo", None)
+        if remembered is not None and remembered[0] == fingerprint:
+            return remembered[1].clone()
         total = torch.zeros(2, dtype=torch.float64)
-        for key, value in self.state_dict().items():
-            if key in keys and value.is_floating_point():
-                values = value.detach().double()
-                total += torch.stack([values.sum(), values.square().sum()]).cpu()
+        for _, value in values:
+            value = value.detach().double()
+            total += torch.stack([value.sum(), value.square().sum()]).cpu()
+        self._frozen_checksum_memo = (fingerprint, total.clone())
         return total
 
     def checkpoint_description(self) -> str:

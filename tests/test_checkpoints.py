@@ -99,3 +99,30 @@ def test_wrong_weight_names_are_named():
     state["head.not_a_weight"] = torch.zeros(1)
     with pytest.raises(ValueError, match=r"1 unexpected keys \['head.not_a_weight'\]"):
         _lf_dnn(1, freeze_language_model=True).load_checkpoint_state_dict(state)
+
+
+def test_the_remembered_checksum_follows_in_place_changes_of_the_frozen_weights():
+    model = _lf_dnn(0, freeze_language_model=True)
+    first = model.frozen_checksum()
+    assert torch.equal(model.frozen_checksum(), first)  # remembered, same value
+    weight = next(p for n, p in model.named_parameters()
+                  if n.startswith(model.language_model_prefixes()))
+    with torch.no_grad():
+        weight.add_(0.5)
+    changed = model.frozen_checksum()
+    assert not torch.equal(changed, first)
+    model._frozen_checksum_memo = None  # what a computation from scratch gives
+    assert torch.equal(model.frozen_checksum(), changed)
+    model.load_state_dict(_lf_dnn(0, freeze_language_model=True).state_dict())
+    assert torch.equal(model.frozen_checksum(), first)
+
+
+def test_each_model_gets_its_own_copy_of_the_pretrained_language_model():
+    a, b = _lf_dnn(0, freeze_language_model=True), _lf_dnn(0, freeze_language_model=True)
+    pa = dict(a.named_parameters())
+    pb = dict(b.named_parameters())
+    name = next(n for n in pa if n.startswith(a.language_model_prefixes()))
+    assert pa[name].data_ptr() != pb[name].data_ptr() and torch.equal(pa[name], pb[name])
+    with torch.no_grad():
+        pa[name].add_(1.0)
+    assert not torch.equal(pa[name], pb[name])

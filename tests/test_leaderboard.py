@@ -72,6 +72,9 @@ def test_leaderboard_command_prints_and_writes(two_runs, tmp_path):
                                        "--output-dir", str(out)])
     assert result.exit_code == 0, result.output
     assert "Majority-class rate" in result.output and "inside the noise" in result.output
+    # the terminal shows the label too (rich would otherwise take "[text]" for markup)
+    assert "lf_dnn [text]" in result.output
+    assert "Δ Non0_acc_2 vs lf_dnn [text] inside the noise" in " ".join(result.output.split())
     saved = json.loads((out / "leaderboard.json").read_text())
     assert [r["label"] for r in saved["rows"]] == ["lf_dnn [text]", "lf_dnn"]
     markdown = (out / "leaderboard.md").read_text()

@@ -77,3 +77,17 @@ def test_grouping_is_off_by_default_and_for_a_single_clip(batch):
     with torch.no_grad():
         alone = encoder(batch["input_ids"][:1], batch["attention_mask"][:1])
     assert alone.shape[:2] == batch["input_ids"][:1].shape
+
+
+def test_padded_states_ignore_grouping_and_keep_the_padding_positions(batch):
+    """What the LM cache stores: one padded batch, even from an encoder that groups."""
+    encoder = PretrainedTextEncoder("all-MiniLM-L6-v2", pooling="none").eval()
+    args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    with torch.no_grad():
+        encoder.group_by_length = False
+        reference = encoder.language_model_states(*args)
+        encoder.group_by_length = True
+        padded = encoder.padded_language_model_states(*args)
+        grouped = encoder.language_model_states(*args)
+    torch.testing.assert_close(padded, reference, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(grouped, reference, atol=1e-3)  # grouped: zeros past each group

@@ -185,7 +185,8 @@ class LanguageModelCache:
                     token_type_ids[i, :len(ids)] = torch.from_numpy(
                         np.asarray(types, dtype=np.int64))
                     attention_mask[i, :len(ids)] = 1
-                states = self.encoder.language_model_states(
+                # the store is shared with models that read padding positions: no length groups
+                states = self.encoder.padded_language_model_states(
                     input_ids.to(device), attention_mask.to(device), token_type_ids.to(device))
                 outputs.append(states.float().cpu())
         finally:

@@ -138,25 +138,27 @@ class PretrainedTextEncoder(nn.Module):
     ) -> torch.Tensor:
         """The LM's last hidden states ``(B, L, H)``, unpooled (see ``group_by_length``)."""
         if not self.group_by_length or attention_mask.device.type != "cpu" or len(input_ids) < 2:
-            return self._run_language_model(input_ids, attention_mask, token_type_ids)
+            return self.padded_language_model_states(input_ids, attention_mask, token_type_ids)
         lengths = attention_mask.sum(1).tolist()
         groups = length_groups(lengths)
         if len(groups) == 1:
-            return self._run_language_model(input_ids, attention_mask, token_type_ids)
+            return self.padded_language_model_states(input_ids, attention_mask, token_type_ids)
         padded_length = input_ids.shape[1]
         parts = []
         for group in groups:
             rows = torch.tensor(group)
             length = lengths[group[-1]]  # the group's longest clip
-            states = self._run_language_model(
+            states = self.padded_language_model_states(
                 input_ids[rows, :length], attention_mask[rows, :length],
                 None if token_type_ids is None else token_type_ids[rows, :length])
             parts.append(F.pad(states, (0, 0, 0, padded_length - length)))
         order = torch.tensor([row for group in groups for row in group])
         return torch.cat(parts)[torch.argsort(order)]
 
-    def _run_language_model(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                            token_type_ids: torch.Tensor | None) -> torch.Tensor:
+    def padded_language_model_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                                     token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The LM's states ``(B, L, H)`` for one padded batch, padding positions included (what
+        the LM computes there), whatever ``group_by_length`` says."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None and "token_type_ids" in self.model.forward.__code__.co_varnames:
             kwargs["token_type_ids"] = token_type_ids

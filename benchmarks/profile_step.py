@@ -1,12 +1,14 @@
 """Where a training step's time goes: ``torch.profiler`` over real training steps (CPU).
 
     PYTHONPATH=src python benchmarks/profile_step.py misa dmd [--steps 6] [--batch-size 16] \
-        [--set model.freeze_language_model=true ...]
+        [--set model.freeze_language_model=true ...] [--cached]
 
 For each model: builds it with its shipped defaults, takes real batches of the 229 word-aligned
 MOSI clips through the trainer's own loader, runs two warm-up steps and profiles ``--steps``
 steps (data loading, forward, loss, backward, optimiser step, hooks). Prints, per model, the
-step time split by phase and the operators with the most self CPU time. The numbers are CPU
+step time split by phase and the operators with the most self CPU time. With ``--cached`` (and a
+frozen LM) the batches carry the LM's cached states, as in every epoch after a cache's first
+fill, so the profile shows the model's own cost. The numbers are CPU
 time on a shared machine: read the shares, not the absolute milliseconds.
 """
 
@@ -21,6 +23,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from msakit.config import build_config
 from msakit.data import load_dataset
+from msakit.lm_cache import SplitTextStates
 from msakit.models import create_model
 from msakit.training.experiment import EpochLoader, feature_dims
 from msakit.training.trainer import make_optimizer, move_batch, weighted_loss
@@ -29,7 +32,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mosi" / "word_
 
 
 def profile_model(name: str, data: Path, steps: int, batch_size: int,
-                  overrides: list[str]) -> None:
+                  overrides: list[str], cached: bool = False) -> None:
     dataset = load_dataset(data)
     config = build_config(name, [f"train.batch_size={batch_size}", "train.grad_accumulation=1",
                                  *overrides])
@@ -38,7 +41,11 @@ def profile_model(name: str, data: Path, steps: int, batch_size: int,
     model = create_model(config.model, feature_dims(dataset, config))
     model.on_fit_start(torch.as_tensor(split.labels, dtype=torch.float32))
     optimizer = make_optimizer(model, config)
-    loader = EpochLoader(split, dataset, config, seed=1)(1)
+    text_states = SplitTextStates.for_model(model, config, dataset.word_aligned) if cached else None
+    if cached and text_states is None:
+        raise SystemExit(f"--cached needs a frozen language model ({name}: set "
+                         "model.freeze_language_model=true)")
+    loader = EpochLoader(split, dataset, config, seed=1, text_states=text_states)(1)
     weights = config.model.loss_weights
     model.train()
 
@@ -87,12 +94,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cached", action="store_true",
+                        help="feed the frozen LM's cached states (fills the cache first)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="config override, as for msakit train")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for name in args.models:
-        profile_model(name, args.data, args.steps, args.batch_size, args.overrides)
+        profile_model(name, args.data, args.steps, args.batch_size, args.overrides, args.cached)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,12 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MSAKIT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One share of the cores per pytest-xdist worker: two workers with two threads each on two cores
+# spend much of their time waiting on each other's threads.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+TEST_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+torch.set_num_threads(TEST_THREADS)
+os.environ.setdefault("OMP_NUM_THREADS", str(TEST_THREADS))  # the CLI processes tests start
 
 
 def _require(path: Path) -> Path:

@@ -32,7 +32,7 @@ def test_train_evaluate_and_resume_end_to_end(runner, mosi_word_aligned, tmp_pat
     out = tmp_path / "runs"
     result = runner.invoke(main, [
         "train", "lf_dnn", "--data", str(mosi_word_aligned), "--folds", "2", "--seeds", "1", "2",
-        "--epochs", "1", "--output-dir", str(out), "--no-progress", "--set", "train.num_threads=2",
+        "--epochs", "1", "--output-dir", str(out), "--no-progress",
         "--set", "model.freeze_language_model=true",
     ])
     assert result.exit_code == 0, result.output

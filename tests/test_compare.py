@@ -181,7 +181,7 @@ def test_compare_command_writes_json_and_markdown(real_folds, tmp_path):
 @pytest.mark.slow
 def test_train_with_baseline_prints_the_comparison(mosi_word_aligned, tmp_path):
     common = ["--data", str(mosi_word_aligned), "--folds", "2", "--seeds", "1", "--epochs", "1",
-              "--set", "model.freeze_language_model=true", "--set", "train.num_threads=2",
+              "--set", "model.freeze_language_model=true",
               "--output-dir", str(tmp_path), "--no-progress"]
     first = CliRunner().invoke(main, ["train", "lf_dnn", *common, "--set", "run.name=base"])
     assert first.exit_code == 0, first.output

@@ -316,7 +316,7 @@ def test_short_real_data_run_learns_and_beats_the_training_mean(mosi_word_aligne
         f"data.path={mosi_word_aligned}", "data.folds=5", f"run.output_dir={tmp_path}",
         "model.embed_dim=16", "model.num_heads=2", "model.num_layers=1", "model.memory_layers=1",
         "model.freeze_language_model=true", "train.epochs=4", "train.lr=1e-3",
-        "train.grad_accumulation=1", "train.patience=null", "train.num_threads=2",
+        "train.grad_accumulation=1", "train.patience=null",
     ])
     dataset, partitions = load_experiment_data(config)
     fold = partitions[0]
@@ -355,7 +355,7 @@ def test_train_and_evaluate_report_mean_edges_over_runs(mosi_word_aligned, tmp_p
 
     config = build_config("dmd", list(TINY) + [
         f"data.path={mosi_word_aligned}", "data.folds=2", f"run.output_dir={tmp_path}",
-        "model.freeze_language_model=true", "train.epochs=1", "train.num_threads=2",
+        "model.freeze_language_model=true", "train.epochs=1",
         "train.grad_accumulation=1",  # the official 10 takes no step on ~90 training clips
     ])
     run_dir, _ = run_experiment(config, seeds=[1], progress=False)

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 def two_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("leaderboard")
     common = ["--data", "mosi-demo", "--folds", "2", "--seeds", "1", "--epochs", "1",
-              "--set", "model.freeze_language_model=true", "--set", "train.num_threads=2",
+              "--set", "model.freeze_language_model=true",
               "--output-dir", str(root), "--no-progress"]
     for name, extra in (("floor", ["--set", "model.modalities=[text]"]), ("full", [])):
         result = CliRunner().invoke(main, ["train", "lf_dnn", *common, "--set",

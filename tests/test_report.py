@@ -56,8 +56,8 @@ def trained_run(mosi_word_aligned, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     result = CliRunner().invoke(main, [
         "train", "lf_dnn", "--data", str(mosi_word_aligned), "--folds", "2", "--seeds", "1",
-        "--epochs", "2", "--set", "model.freeze_language_model=true", "--set",
-        "train.num_threads=2", "--set", "run.name=run", "--set", "run.loggers=[tensorboard]",
+        "--epochs", "2", "--set", "model.freeze_language_model=true",
+        "--set", "run.name=run", "--set", "run.loggers=[tensorboard]",
         "--output-dir", str(out),
         "--no-progress"])
     assert result.exit_code == 0, result.output

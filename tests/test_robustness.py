@@ -73,7 +73,7 @@ def test_removing_text_hurts_a_trained_model_more_than_removing_audio(mosi_word_
 
     config = build_config("lf_dnn", [
         f"data.path={mosi_word_aligned}", "data.folds=5", f"run.output_dir={tmp_path}",
-        "train.num_threads=2", "train.epochs=30", "train.patience=10", "train.lr=3e-3",
+        "train.epochs=30", "train.patience=10", "train.lr=3e-3",
         "model.freeze_language_model=true"])  # at lr 1e-3 it learns little in a few epochs
     run_dir, _ = run_experiment(config, seeds=[1], progress=False)
     conditions = [Condition("clean"), Condition("remove", removed=("text",)),

@@ -26,7 +26,7 @@ def trained(mosi_word_aligned, tmp_path_factory):
         result = CliRunner().invoke(main, [
             "train", "lf_dnn", "--data", "data/clips.pkl", "--folds", "2", "--epochs", "1",
             "--output-dir", "runs", "--no-progress", "--set", "model.freeze_language_model=true",
-            "--set", "train.num_threads=2", "--set", "run.name=safety"])
+            "--set", "run.name=safety"])
     finally:
         os.chdir(cwd)
     assert result.exit_code == 0, result.output

@@ -70,6 +70,17 @@ def test_grouped_states_equal_one_padded_batch_at_every_real_token(batch, poolin
                                    msg=lambda m, name=name: f"{name}: {m}")
 
 
+def test_groups_share_one_word_embedding_lookup(batch):
+    """The vocabulary-sized embedding gradient is built once per batch, not once per group."""
+    encoder = PretrainedTextEncoder("all-MiniLM-L6-v2", pooling="mean", group_by_length=True)
+    lookups = []
+    encoder.model.get_input_embeddings().register_forward_hook(
+        lambda module, inputs, output: lookups.append(tuple(output.shape)))
+    encoder(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).sum().backward()
+    assert len(length_groups(batch["attention_mask"].sum(1).tolist())) > 1
+    assert lookups == [(*batch["input_ids"].shape, encoder.hidden_size)]
+
+
 def test_grouping_is_off_by_default_and_for_a_single_clip(batch):
     encoder = PretrainedTextEncoder("all-MiniLM-L6-v2", pooling="none").eval()
     assert encoder.group_by_length is False

@@ -19,8 +19,7 @@ from msakit.training.trainer import weighted_loss
 
 def _config(model, pkl, tmp_path, *extra):
     return build_config(model, [
-        f"data.path={pkl}", "data.folds=5", f"run.output_dir={tmp_path}",
-        "train.num_threads=2", *extra,
+        f"data.path={pkl}", "data.folds=5", f"run.output_dir={tmp_path}", *extra,
     ])
 
 
@@ -67,8 +66,11 @@ def test_misa_short_training_learns_and_beats_the_training_mean(mosi_word_aligne
 
 
 def test_same_seed_same_run(mosi_word_aligned, tmp_path):
-    config = _fast_lf_dnn(mosi_word_aligned, tmp_path, "train.epochs=2", "data.folds=2")
+    threads = torch.get_num_threads()
+    config = _fast_lf_dnn(mosi_word_aligned, tmp_path, "train.epochs=2", "data.folds=2",
+                          f"train.num_threads={threads + 1}")
     first, _ = run_experiment(config, seeds=[3], progress=False)
+    assert torch.get_num_threads() == threads  # train.num_threads held for the experiment only
     second, _ = run_experiment(config, seeds=[3], progress=False)
     assert first != second  # never the same folder
     for fold in ("fold0", "fold1"):

@@ -17,7 +17,7 @@ from msakit.models import list_models
 from msakit.training import experiment
 
 #: A tiny budget: LF-DNN on a frozen LM, 2 folds, 1 epoch per trial, a 2-parameter search.
-FIXED = ["model.freeze_language_model=true", "train.epochs=1", "train.num_threads=2",
+FIXED = ["model.freeze_language_model=true", "train.epochs=1",
          "train.batch_size=64", "data.max_text_tokens=32"]
 SEARCH = {"search": {"train.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
                      "model.post_fusion_dim": {"type": "categorical", "choices": [32, 64]}}}

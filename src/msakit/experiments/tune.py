@@ -293,9 +293,15 @@ def run_worker(settings: TuneSettings, worker: int = 0) -> None:
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
     if len(study.get_trials(deepcopy=False, states=finished)) >= settings.trials:
         return
-    study.optimize(_objective(settings, dimensions), timeout=settings.timeout,
-                   callbacks=[MaxTrialsCallback(settings.trials, states=finished)],
-                   catch=(), gc_after_trial=True)
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        study.optimize(_objective(settings, dimensions), timeout=settings.timeout,
+                       callbacks=[MaxTrialsCallback(settings.trials, states=finished)],
+                       catch=(), gc_after_trial=True)
+    finally:
+        torch.set_num_threads(threads)  # train.num_threads applies to the trials only
 
 
 def _worker_main(settings: TuneSettings, worker: int) -> None:  # pragma: no cover - subprocess

@@ -144,13 +144,18 @@ class PretrainedTextEncoder(nn.Module):
         if len(groups) == 1:
             return self.padded_language_model_states(input_ids, attention_mask, token_type_ids)
         padded_length = input_ids.shape[1]
+        # One word-embedding lookup for the whole batch: its backward is then one dense
+        # (vocabulary x H) gradient per batch instead of one per group (each a ~47 MB zero-fill
+        # for MiniLM, plus the sums that accumulate them).
+        word_embeddings = self.model.get_input_embeddings()(input_ids)
         parts = []
         for group in groups:
             rows = torch.tensor(group)
             length = lengths[group[-1]]  # the group's longest clip
-            states = self.padded_language_model_states(
-                input_ids[rows, :length], attention_mask[rows, :length],
-                None if token_type_ids is None else token_type_ids[rows, :length])
+            states = self._run_language_model(
+                attention_mask[rows, :length],
+                None if token_type_ids is None else token_type_ids[rows, :length],
+                inputs_embeds=word_embeddings[rows, :length])
             parts.append(F.pad(states, (0, 0, 0, padded_length - length)))
         order = torch.tensor([row for group in groups for row in group])
         return torch.cat(parts)[torch.argsort(order)]
@@ -159,7 +164,14 @@ class PretrainedTextEncoder(nn.Module):
                                      token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The LM's states ``(B, L, H)`` for one padded batch, padding positions included (what
         the LM computes there), whatever ``group_by_length`` says."""
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        return self._run_language_model(attention_mask, token_type_ids, input_ids=input_ids)
+
+    def _run_language_model(self, attention_mask: torch.Tensor,
+                            token_type_ids: torch.Tensor | None, **tokens: torch.Tensor
+                            ) -> torch.Tensor:
+        """The LM's last hidden states for ``input_ids`` or their word embeddings
+        ``inputs_embeds`` ``(B, L, H)`` (position and token-type embeddings added by the LM)."""
+        kwargs = {**tokens, "attention_mask": attention_mask}
         if token_type_ids is not None and "token_type_ids" in self.model.forward.__code__.co_varnames:
             kwargs["token_type_ids"] = token_type_ids
         return self.model(**kwargs).last_hidden_state

@@ -443,6 +443,15 @@ def run_experiment(
     the error). A diverging run (a non-finite loss) is a :class:`RunError`. The data must be the
     file the run recorded (same SHA-256) to resume.
     """
+    threads = torch.get_num_threads()
+    try:
+        return _run_experiment(config, seeds, resume_dir, progress, console, transform_factory,
+                               jobs)
+    finally:
+        torch.set_num_threads(threads)  # train.num_threads applies to this experiment only
+
+
+def _run_experiment(config, seeds, resume_dir, progress, console, transform_factory, jobs):
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     process = distributed.setup(config.train.device if config is not None else "auto")

@@ -10,10 +10,8 @@ import pytest
 import torch
 
 from msakit.config import ConfigError, build_config
-from msakit.metrics import compute_metrics
 from msakit.models import ModelOutput
 from msakit.training import run_experiment
-from msakit.training.experiment import load_experiment_data
 from msakit.training.trainer import weighted_loss
 
 
@@ -44,23 +42,16 @@ def test_weighted_loss_sums_configured_terms_and_refuses_unweighted_ones():
 
 @pytest.mark.slow
 def test_misa_short_training_learns_and_beats_the_training_mean(mosi_word_aligned, tmp_path):
-    config = _config("misa", mosi_word_aligned, tmp_path, "train.epochs=4", "train.batch_size=16",
-                     "train.patience=null")
-    run_dir, _ = run_experiment(config, seeds=[1], progress=False)
-    sub = run_dir / "seed1" / "fold0"
-    rows = _epochs(sub)
+    from test_self_mm import train_one_fold
+
+    _, rows, mean_mae, _ = train_one_fold("misa", mosi_word_aligned, tmp_path, "train.epochs=4")
     assert len(rows) == 4
     # every loss term of MISA is logged, finite, and the training loss goes down
     for term in ("task", "cmd", "diff", "recon"):
         values = [float(r[f"train_{term}"]) for r in rows]
         assert all(np.isfinite(values)), term
     assert float(rows[-1]["train_total"]) < float(rows[0]["train_total"])
-
     # the selected checkpoint beats predicting the training mean on its validation part
-    _, partitions = load_experiment_data(config)
-    fold = partitions[0]
-    mean_mae = compute_metrics(np.full(len(fold.valid), fold.train.labels.mean()),
-                               fold.valid.labels)["MAE"]
     selected = [r for r in rows if r["selected"] == "1"][-1]  # the weights kept in best.safetensors
     assert float(selected["valid_MAE"]) < mean_mae
 

@@ -10,7 +10,7 @@ Writes a synthetic MMSA pickle with CMU-MOSEI's unaligned shapes: 16,326 / 1,871
 so the figures concern the audio/vision arrays. Then it reports:
 
 1. **load**: ``msakit.data.load_dataset`` in a fresh process: seconds, and the growth of the
-   process's peak RSS over its RSS before loading, as a multiple of the arrays' own size (the
+   process's peak RSS (VmHWM) over its RSS before loading, as a multiple of the arrays' own size (the
    target is <= 1.5x);
 2. **loader**: training batches per second of ``make_loader`` (batch 32, shuffled, one process),
    first epoch (tokenises) and second epoch (tokens cached);
@@ -78,16 +78,20 @@ def write_pickle(path: Path, scale: float, seed: int = 0) -> tuple[dict[str, int
 
 
 LOAD_PROBE = r"""
-import json, resource, sys, time
+import json, sys, time
 import msakit.data, torch  # imports first: their memory is not the dataset's
-def rss_kib():
+def status_kib(field):
     with open("/proc/self/status") as handle:
-        return next(int(line.split()[1]) for line in handle if line.startswith("VmRSS"))
+        return next(int(line.split()[1]) for line in handle if line.startswith(field))
+def rss_kib():
+    return status_kib("VmRSS")
 before = rss_kib()
 started = time.perf_counter()
 dataset = msakit.data.load_dataset(sys.argv[1])
 seconds = time.perf_counter() - started
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# VmHWM is this process image's own high-water mark; ru_maxrss would carry the parent's RSS
+# from before the exec (subprocess spawns by vfork), i.e. the benchmark's own memory
+peak = status_kib("VmHWM")
 print(json.dumps({"seconds": seconds, "before_kib": before, "peak_kib": peak,
                   "after_kib": rss_kib(), "clips": {n: len(s) for n, s in dataset.splits.items()}}))
 """

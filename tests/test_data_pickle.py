@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
+import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -75,6 +77,22 @@ def test_truncated_and_corrupt(mosi_word_aligned, tmp_path):
         safe_load(corrupt)
     with pytest.raises(DataError, match=r"no such file"):
         safe_load(tmp_path / "missing.pkl")
+
+
+def test_loaded_arrays_are_freed_as_soon_as_the_caller_drops_them(tmp_path):
+    """The reader copies padded arrays at true length and drops them; nothing of the unpickler
+    may keep them alive until a garbage collection (a MOSEI file's arrays would stay resident)."""
+    path = tmp_path / "arrays.pkl"
+    path.write_bytes(pickle.dumps({"audio": np.zeros((4, 50, 74), dtype=np.float32)},
+                                  protocol=4))
+    gc.disable()
+    try:
+        content = safe_load(path)
+        array = weakref.ref(content["audio"])
+        del content
+        assert array() is None
+    finally:
+        gc.enable()
 
 
 @pytest.mark.parametrize("protocol", [2, 3, 4, 5])

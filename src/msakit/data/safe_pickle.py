@@ -161,8 +161,9 @@ def safe_loads(data: bytes, source: str = "<bytes>") -> Any:
 
 
 def _load_stream(handle, source: str, size: int) -> Any:
+    unpickler = RestrictedUnpickler(handle, source=source)
     try:
-        return RestrictedUnpickler(handle, source=source).load()
+        return unpickler.load()
     except DataError:
         raise
     except EOFError as err:
@@ -176,6 +177,12 @@ def _load_stream(handle, source: str, size: int) -> Any:
             f"{source}: not a readable pickle (corrupt or truncated): "
             f"{type(err).__name__}: {err}"
         ) from err
+    finally:
+        # The memo references every object read, and the unpickler is in a reference cycle
+        # (its memoised allow-list wrappers refer back to it): without this the file's arrays
+        # would stay alive until the next garbage collection, even after the reader has
+        # copied them at their true length and dropped them.
+        unpickler.memo.clear()
 
 
 def safe_load(path: str | Path) -> Any:

@@ -231,7 +231,11 @@ def test_broken_config_yaml_is_one_clear_line_and_debug_shows_the_traceback(tmp_
 
 def test_unknown_language_model_offline_names_it_and_the_way_out(mosi_word_aligned, tmp_path,
                                                                  monkeypatch):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # the hub reads the variable once, at import: an earlier test may have imported it
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     result = CliRunner().invoke(main, [
         "train", "lf_dnn", "--data", str(mosi_word_aligned), "--folds", "2", "--output-dir",
         str(tmp_path / "runs"), "--set", "model.language_model=no-such-org/no-such-model"])

@@ -146,7 +146,9 @@ class TrainConfig(StrictModel):
     )
     seed: int = Field(1, ge=0, le=2**32 - 1)
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
-    num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None = default")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads while the "
+                                    "experiment runs (the previous count is restored after); "
+                                    "None = leave as is")
     keep_last: bool = Field(False, description="Keep each training run's resumable last.pt "
                             "(weights + optimiser state) after it finished; by default it is "
                             "deleted then, leaving best.safetensors")

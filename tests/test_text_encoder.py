@@ -102,3 +102,47 @@ def test_padded_states_ignore_grouping_and_keep_the_padding_positions(batch):
         grouped = encoder.language_model_states(*args)
     torch.testing.assert_close(padded, reference, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(grouped, reference, atol=1e-3)  # grouped: zeros past each group
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_reused_embedding_gradient_equals_the_dense_one_and_keeps_its_memory(batch, grouped):
+    """Two micro-batches accumulated, an optimiser step, then another batch: the word-embedding
+    gradient is PyTorch's dense one (up to summation order), always in the same buffer."""
+    args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    halves = [tuple(a[:4] for a in args), tuple(a[4:] for a in args)]
+    grads, buffers = {}, []
+    for reuse in (False, True):
+        torch.manual_seed(0)
+        encoder = PretrainedTextEncoder("all-MiniLM-L6-v2", pooling="mean",
+                                        group_by_length=grouped, reuse_embedding_gradient=reuse)
+        encoder.train()
+        for module in encoder.modules():  # the same function in both runs
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        weight = encoder.model.get_input_embeddings().weight
+        optimizer = torch.optim.Adam(encoder.parameters(), lr=1e-3, fused=True)
+        for step in range(2):
+            for half in halves:  # gradient accumulation over two micro-batches
+                encoder(*half).pow(2).sum().backward()
+            assert weight.grad is not None and not weight.grad.is_sparse
+            if reuse:
+                buffers.append(weight.grad.data_ptr())
+            grads[reuse, step] = weight.grad.clone()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        assert not encoder.model.get_input_embeddings().sparse  # only inside the lookup
+    for step in range(2):
+        assert grads[True, step].abs().sum() > 0
+        torch.testing.assert_close(grads[True, step], grads[False, step], atol=1e-6, rtol=1e-5)
+    assert buffers[0] == buffers[1]  # the second step's gradient reused the first one's memory
+
+
+def test_no_gradient_buffer_without_training(batch):
+    args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    frozen = PretrainedTextEncoder("all-MiniLM-L6-v2", freeze=True).train()
+    tuned = PretrainedTextEncoder("all-MiniLM-L6-v2").eval()
+    for encoder in (frozen, tuned):
+        with torch.no_grad():
+            encoder(*args)
+        assert encoder._embedding_gradient is None
+        assert encoder.model.get_input_embeddings().weight.grad is None

@@ -152,9 +152,8 @@ class PretrainedTextEncoder(nn.Module):
         if len(groups) == 1:
             return self.padded_language_model_states(input_ids, attention_mask, token_type_ids)
         padded_length = input_ids.shape[1]
-        # One word-embedding lookup for the whole batch: its backward is then one dense
-        # (vocabulary x H) gradient per batch instead of one per group (each a ~47 MB zero-fill
-        # for MiniLM, plus the sums that accumulate them).
+        # One word-embedding lookup for the whole batch: one (vocabulary x H) embedding
+        # gradient per batch instead of one per group, and no sums of them.
         with self.reused_embedding_gradient():
             word_embeddings = self.model.get_input_embeddings()(input_ids)
         parts = []

@@ -293,15 +293,12 @@ def run_worker(settings: TuneSettings, worker: int = 0) -> None:
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
     if len(study.get_trials(deepcopy=False, states=finished)) >= settings.trials:
         return
-    import torch
+    from msakit.training.experiment import restored_torch_threads
 
-    threads = torch.get_num_threads()
-    try:
+    with restored_torch_threads():  # train.num_threads applies to the trials only
         study.optimize(_objective(settings, dimensions), timeout=settings.timeout,
                        callbacks=[MaxTrialsCallback(settings.trials, states=finished)],
                        catch=(), gc_after_trial=True)
-    finally:
-        torch.set_num_threads(threads)  # train.num_threads applies to the trials only
 
 
 def _worker_main(settings: TuneSettings, worker: int) -> None:  # pragma: no cover - subprocess

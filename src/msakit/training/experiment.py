@@ -11,6 +11,8 @@ import csv
 import logging
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -443,12 +445,19 @@ def run_experiment(
     the error). A diverging run (a non-finite loss) is a :class:`RunError`. The data must be the
     file the run recorded (same SHA-256) to resume.
     """
-    threads = torch.get_num_threads()
-    try:
+    with restored_torch_threads():  # train.num_threads applies to this experiment only
         return _run_experiment(config, seeds, resume_dir, progress, console, transform_factory,
                                jobs)
+
+
+@contextmanager
+def restored_torch_threads() -> Iterator[None]:
+    """Give torch back the thread count it had on entry, whatever ``train.num_threads`` set."""
+    threads = torch.get_num_threads()
+    try:
+        yield
     finally:
-        torch.set_num_threads(threads)  # train.num_threads applies to this experiment only
+        torch.set_num_threads(threads)
 
 
 def _run_experiment(config, seeds, resume_dir, progress, console, transform_factory, jobs):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _real_training import train_one_fold
 from test_self_mm import DIMS, make_batch
 
 from msakit.config import ConfigError, build_config
@@ -210,8 +211,6 @@ def test_fusion_layers_scale_parameters():
 
 @pytest.mark.slow
 def test_short_real_training_beats_the_training_mean(mosi_word_aligned, tmp_path):
-    from test_self_mm import train_one_fold
-
     model, rows, mean_mae, fold = train_one_fold("mmiln", mosi_word_aligned, tmp_path,
                                                  "train.epochs=4")
     for term in ("task", "task_a", "task_v", "sim", "diff"):

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from _real_training import train_one_fold
 
 from msakit.config import build_config
 from msakit.models import FeatureDims, create_model, list_models
@@ -139,38 +140,6 @@ def test_checkpoint_carries_ulgm_state(model):
     fresh.load_checkpoint_state_dict(state)
     assert torch.equal(fresh.ulgm.labels["v"], model.ulgm.labels["v"])
     assert torch.equal(fresh.heads["m"].out.weight, model.heads["m"].out.weight)
-
-
-def train_one_fold(model_name: str, pkl, run_dir, *overrides):
-    """Train ``model_name`` on fold 0 of the 229 clips with the generic trainer.
-
-    Returns the model (best checkpoint loaded), the epoch rows and the training-mean MAE on the
-    fold's validation part.
-    """
-    import csv
-
-    from msakit.metrics import compute_metrics
-    from msakit.training.experiment import feature_dims, load_experiment_data, loader_for
-    from msakit.training.trainer import Trainer
-
-    config = build_config(model_name, [
-        f"data.path={pkl}", "data.folds=5", "train.batch_size=16", "train.grad_accumulation=1",
-        f"train.num_threads={torch.get_num_threads()}", "train.patience=null", *overrides,
-    ])
-    dataset, partitions = load_experiment_data(config)
-    fold = partitions[0]
-    torch.manual_seed(1)
-    model = create_model(config.model, feature_dims(dataset, config))
-    trainer = Trainer(config, run_dir, dataset.name, progress=False)
-    trainer.fit(model, lambda epoch: loader_for(fold.train, dataset, config, train=True, seed=epoch),
-                loader_for(fold.valid, dataset, config, train=False),
-                torch.as_tensor(fold.train.labels, dtype=torch.float32))
-    trainer.load_best(model)
-    with (run_dir / "epochs.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
-    mean_mae = compute_metrics(np.full(len(fold.valid), fold.train.labels.mean()),
-                               fold.valid.labels)["MAE"]
-    return model, rows, mean_mae, fold
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from _real_training import train_one_fold
 
 from msakit.config import ConfigError, build_config
 from msakit.models import ModelOutput
@@ -42,8 +43,6 @@ def test_weighted_loss_sums_configured_terms_and_refuses_unweighted_ones():
 
 @pytest.mark.slow
 def test_misa_short_training_learns_and_beats_the_training_mean(mosi_word_aligned, tmp_path):
-    from test_self_mm import train_one_fold
-
     _, rows, mean_mae, _ = train_one_fold("misa", mosi_word_aligned, tmp_path, "train.epochs=4")
     assert len(rows) == 4
     # every loss term of MISA is logged, finite, and the training loss goes down

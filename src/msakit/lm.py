@@ -80,6 +80,23 @@ def load_language_model(name_or_path: str):
     return copy.deepcopy(_pretrained_language_model(name_or_path))
 
 
+def _no_hub_kernels() -> dict:
+    """``from_pretrained`` arguments that keep the encoder on PyTorch's own layers.
+
+    transformers >= 5.25 "kernelizes" every model it loads by default (``kernels`` package):
+    layers are swapped for kernels fetched from the Hugging Face hub, chosen per device at each
+    ``.train()``/``.eval()``, which fails on devices the ``kernels`` package does not know (the
+    ``meta`` device of our host-sync tests) and would make results depend on the hub. msakit
+    keeps the layers the parity fixtures were made with. ``use_kernels`` exists since 4.54.
+    """
+    import transformers
+    from packaging.version import Version
+
+    if Version(transformers.__version__).release >= (4, 54):
+        return {"use_kernels": False}
+    return {}
+
+
 @lru_cache(maxsize=2)
 def _pretrained_language_model(name_or_path: str):
     from transformers import AutoModel
@@ -90,7 +107,8 @@ def _pretrained_language_model(name_or_path: str):
     hf_logging.set_verbosity_error()  # silence "weights not used" notes for pooler heads
     hf_logging.disable_progress_bar()  # one bar per fold and seed is noise
     try:
-        return AutoModel.from_pretrained(resolve_language_model(name_or_path))
+        return AutoModel.from_pretrained(resolve_language_model(name_or_path),
+                                         **_no_hub_kernels())
     except (OSError, ValueError) as err:
         raise LanguageModelUnavailable(name_or_path, _first_line(err)) from err
     finally:

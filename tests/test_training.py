@@ -61,6 +61,11 @@ def test_same_seed_same_run(mosi_word_aligned, tmp_path):
                           f"train.num_threads={threads + 1}")
     first, _ = run_experiment(config, seeds=[3], progress=False)
     assert torch.get_num_threads() == threads  # train.num_threads held for the experiment only
+    cpu = json.loads((first / "env.json").read_text())["cpu"]
+    # which kernel path and how many threads produced these numbers (docs/reproducibility.md)
+    assert cpu["capability"] == torch.backends.cpu.get_cpu_capability()
+    assert cpu["threads"] == threads + 1
+    assert cpu["model"]
     second, _ = run_experiment(config, seeds=[3], progress=False)
     assert first != second  # never the same folder
     for fold in ("fold0", "fold1"):

@@ -104,6 +104,38 @@ def _version(package: str) -> str | None:
         return None
 
 
+def _cpu_model() -> str | None:
+    """The CPU's marketing name ("AMD EPYC 7B13", ...); ``platform.processor()`` is often empty."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def cpu_record() -> dict[str, Any]:
+    """The CPU a run computed on, including PyTorch's kernel path.
+
+    ``capability`` is the instruction set PyTorch's CPU kernels dispatch to (``AVX512``, ``AVX2``,
+    ``DEFAULT``, ...; forced with the environment variable ``ATEN_CPU_CAPABILITY``). float32
+    results of the same seed are identical on the same path and differ in the last bits between
+    paths, which a long training can amplify into a different selected epoch (docs/reproducibility.md).
+    """
+    import torch
+
+    return {
+        "model": _cpu_model(),
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "capability_forced": os.environ.get("ATEN_CPU_CAPABILITY"),
+        "count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+    }
+
+
 def environment_record(data_path: str | Path | None = None) -> dict[str, Any]:
     """What ``env.json`` holds: software, hardware and the data file of a run."""
     import torch
@@ -119,7 +151,8 @@ def environment_record(data_path: str | Path | None = None) -> dict[str, Any]:
                    "implementation": platform.python_implementation(),
                    "executable": sys.executable},
         "packages": {name: _version(name) for name in
-                     ("torch", "transformers", "peft", "numpy", "scikit-learn", "optuna")},
+                     ("torch", "transformers", "peft", "kernels", "tokenizers", "safetensors",
+                      "numpy", "scipy", "scikit-learn", "optuna")},
         "torch": {
             "version": torch.__version__,
             "cuda": torch.version.cuda,
@@ -129,9 +162,9 @@ def environment_record(data_path: str | Path | None = None) -> dict[str, Any]:
             "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
             if cuda else [],
             "threads": torch.get_num_threads(),
+            "interop_threads": torch.get_num_interop_threads(),
         },
-        "cpu": {"count": os.cpu_count(), "machine": platform.machine(),
-                "processor": platform.processor() or None},
+        "cpu": cpu_record(),
         "os": {"platform": platform.platform(), "system": platform.system(),
                "release": platform.release()},
     }

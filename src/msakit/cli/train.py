@@ -107,8 +107,8 @@ def train(model, data_path, config_file, overrides, preset, folds, seeds, epochs
         except CompareError as err:
             _fail(f"training finished ({run_dir}), but the comparison is refused: {err}")
         print_comparison(result, console)
-        json_path, md_path = write_comparison(result, run_dir)
-        console.print(f"comparison: {md_path}")
+        _, md_path, png_path = write_comparison(result, run_dir)
+        console.print(f"comparison: {md_path}, forest plot {png_path.name}")
 
 
 def _print_paper_row(console: Console, run_dir: Path, summary: dict) -> None:

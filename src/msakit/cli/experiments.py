@@ -159,6 +159,8 @@ def tune(model, data_path, folds, trials, storage, study_name, jobs, timeout, co
     if "best" in summary:
         console.print(f"best config: {summary['best']['config']}  "
                       f"(msakit train {model} --config {summary['best']['config']})")
+    if summary.get("figures"):
+        console.print("figures: " + ", ".join(str(study_dir / f) for f in summary["figures"]))
 
 
 @click.command()

@@ -39,7 +39,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -49,6 +49,8 @@ from msakit.training import runs
 #: ``predictions.csv`` columns: ``video_id`` is written by msakit >= this module; older run
 #: folders get it from the clip id (``video$_$clip``).
 CLIP_ID_SEPARATOR = "$_$"
+#: ``compare.json`` / ``.md`` / ``.png`` (``compare-2.*``, ... beside existing ones)
+COMPARISON_STEM = "compare"
 MAX_EXACT_VIDEOS = 16  # 2^16 = 65,536 sign-flip patterns at most are enumerated
 
 
@@ -672,13 +674,13 @@ def comparison_markdown(result: dict[str, Any]) -> str:
 
 
 def forest_plot(rows: Sequence[tuple[str, dict[str, dict[str, Any]]]], metrics: Sequence[str],
-                path: str | Path, title: str) -> Path:
+                path: str | Path | IO[bytes], title: str) -> str | Path | IO[bytes]:
     """Each model's difference to the baseline with its interval, one panel per metric.
 
     Args:
         rows: ``[(label, {metric: entry of compare_pair's "metrics"})]``, top to bottom.
         metrics: the panels, left to right.
-        path: the PNG to write (matplotlib, Agg).
+        path: the PNG to write (matplotlib, Agg), a path or a binary file.
         title: the figure's title.
 
     A filled marker is a difference outside the noise (the decision rule), a hollow one inside
@@ -691,7 +693,6 @@ def forest_plot(rows: Sequence[tuple[str, dict[str, dict[str, Any]]]], metrics: 
 
     from msakit.training.results import _is_percent
 
-    path = Path(path)
     height = 1.3 + 0.45 * len(rows)
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics) + 1.5, height),
                              squeeze=False, sharey=True)
@@ -719,7 +720,8 @@ def forest_plot(rows: Sequence[tuple[str, dict[str, dict[str, Any]]]], metrics: 
     return path
 
 
-def comparison_forest_plot(result: dict[str, Any], path: str | Path) -> Path:
+def comparison_forest_plot(result: dict[str, Any],
+                           path: str | Path | IO[bytes]) -> str | Path | IO[bytes]:
     """:func:`forest_plot` of a :func:`compare_runs` result (each B against the baseline)."""
     comparisons = result["comparisons"]
     metrics = list(comparisons[0]["metrics"])
@@ -738,7 +740,8 @@ CI_LEGEND = ("95 % CI over {n} videos (jackknife t); filled = outside the noise 
 def write_comparison(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path, Path]:
     """Write ``compare.json``, ``compare.md`` and the forest plot ``compare.png`` into
     ``out_dir`` (never over existing ones)."""
-    json_path, md_path, png_path = runs.unused_paths(out_dir, "compare", (".json", ".md", ".png"))
+    json_path, md_path, png_path = runs.unused_paths(out_dir, COMPARISON_STEM,
+                                                     (".json", ".md", ".png"))
     runs.write_json(json_path, result)
     md_path.write_text(comparison_markdown(result))
     comparison_forest_plot(result, png_path)

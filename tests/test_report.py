@@ -110,7 +110,7 @@ def test_report_is_one_self_contained_page(trained_run):
         assert section in page, section
     images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
     assert len(images) == 3  # two partitions' curves, predictions + confusion matrix
-    assert "<title>lf_dnn on mosi</title>" in page
+    assert "<title>lf_dnn on mosi (run run)</title>" in page  # the folder is named "run"
     assert all(_drawn(_decode(png)) > 0.02 for png in images)
     # nothing is fetched from anywhere: no external scripts, styles or images
     assert not re.search(r"(src|href)=['\"]?(https?:|//)", page)

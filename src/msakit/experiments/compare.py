@@ -693,11 +693,17 @@ def forest_plot(rows: Sequence[tuple[str, dict[str, dict[str, Any]]]], metrics: 
 
     from msakit.training.results import _is_percent
 
-    height = 1.3 + 0.45 * len(rows)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics) + 1.5, height),
-                             squeeze=False, sharey=True)
+    columns = min(FOREST_COLUMNS, len(metrics))
+    grid_rows = math.ceil(len(metrics) / columns)
+    panel_height = 0.9 + 0.45 * len(rows)
+    fig, axes = plt.subplots(grid_rows, columns, squeeze=False,
+                             figsize=(3.4 * columns + 1.5, panel_height * grid_rows + 0.5))
     positions = np.arange(len(rows))[::-1]
-    for ax, metric in zip(axes[0], metrics):
+    for index, ax in enumerate(axes.flat):
+        if index >= len(metrics):
+            ax.set_visible(False)
+            continue
+        metric = metrics[index]
         scale = 100.0 if _is_percent(metric) else 1.0
         for y, (_, entries) in zip(positions, rows):
             entry = entries[metric]
@@ -709,10 +715,13 @@ def forest_plot(rows: Sequence[tuple[str, dict[str, dict[str, Any]]]], metrics: 
         ax.axvline(0.0, color="black", linestyle="--", linewidth=1)
         better = "higher" if metric_direction(metric) == "max" else "lower"
         ax.set_xlabel(f"Δ {metric}" + (" (points)" if _is_percent(metric) else "")
-                      + f"\n{better} is better")
+                      + f"\n{better} is better", fontsize=9)
         ax.grid(axis="x", alpha=0.3)
-    axes[0][0].set_yticks(positions, [label for label, _ in rows])
-    axes[0][0].set_ylim(-0.7, len(rows) - 0.3)
+        ax.set_ylim(-0.7, len(rows) - 0.3)
+        if index % columns == 0:
+            ax.set_yticks(positions, [label for label, _ in rows])
+        else:
+            ax.set_yticks(positions, [])
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=100)
@@ -732,6 +741,8 @@ def comparison_forest_plot(result: dict[str, Any],
     return forest_plot(rows, metrics, path, title)
 
 
+#: Panels per row of a forest plot (more metrics wrap onto further rows).
+FOREST_COLUMNS = 4
 #: The legend of every forest plot.
 CI_LEGEND = ("95 % CI over {n} videos (jackknife t); filled = outside the noise "
              "(Holm p < 0.05), dashed = no difference")

@@ -106,7 +106,7 @@ def _legend(ax) -> None:
     if len(handles) <= MAX_INSIDE_LEGEND:
         ax.legend(fontsize=7, loc="best", framealpha=0.8)
     else:
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2),
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.32),
                   ncol=min(3, (len(handles) + 4) // 5), frameon=False)
 
 
@@ -300,6 +300,9 @@ def artifact_figures(train_runs: list[dict], run_artifacts: dict,
         for column, series in statistics.items():
             ax.plot(range(1, len(series) + 1), series, label=column.removeprefix("train_"),
                     linewidth=1.2)
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_title("Per-epoch model statistics (mean over runs)")
         _legend(ax)

@@ -357,7 +357,7 @@ def _y_limits(values: np.ndarray, metric: str) -> tuple[float, float]:
 
 
 def plot_metric(report: dict[str, Any], metric: str, path: Path) -> None:
-    """Three panels: removals (bars with CIs), noise level, masking rates; clean as a line.
+    """Three panels: removals (points with CIs), noise level, masking rates; clean as a line.
     Accuracies and F1 in percent; the y-range is at least :data:`MIN_Y_SPAN`."""
     import matplotlib
 
@@ -382,11 +382,14 @@ def plot_metric(report: dict[str, Any], metric: str, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.4), constrained_layout=True)
     removed, _, means, shifted, low, high = series("remove")
     shown = [np.array([clean]), means, low, high]
-    axes[0].bar(range(len(removed)), means, color="tab:gray")
+    # points, not bars: a bar's length from an axis that does not start at 0 would mislead
+    axes[0].plot(range(len(removed)), means, marker="o", linestyle="none", color="tab:gray",
+                 label="mean over checkpoints")
     axes[0].errorbar(range(len(removed)), shifted, yerr=[shifted - low, high - shifted],
                      fmt="none", ecolor="black", capsize=3)
     axes[0].set_xticks(range(len(removed)),
-                       ["without\n" + " + ".join(r["removed"]) for r in removed], fontsize=8)
+                       ["without\n" + " and\n".join(r["removed"]) for r in removed], fontsize=8)
+    axes[0].set_xlim(-0.6, len(removed) - 0.4)
     axes[0].set_title("modalities removed")
     for axis, families, xlabel in ((axes[1], ["noise"], "noise on audio and vision (× training std)"),
                                    (axes[2], ["time_mask", "word_dropout"], "rate")):

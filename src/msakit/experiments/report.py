@@ -106,7 +106,7 @@ def _legend(ax) -> None:
     if len(handles) <= MAX_INSIDE_LEGEND:
         ax.legend(fontsize=7, loc="best", framealpha=0.8)
     else:
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.32),
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.45),
                   ncol=min(3, (len(handles) + 4) // 5), frameon=False)
 
 

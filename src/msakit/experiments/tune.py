@@ -433,8 +433,11 @@ def write_study_results(settings: TuneSettings, seconds: float) -> dict[str, Any
                            "per_partition": {k: v for k, v in best.user_attrs.items()
                                              if k.startswith("valid_")},
                            "config": str(study_dir / "best_config.yaml")}
-        lines += ["", f"Best: trial {best.number}, validation {config.train.selection_metric} "
-                      f"{best.value:.4f} (mean over partitions)."]
+        from msakit.training.results import format_metric
+
+        metric = config.train.selection_metric
+        lines += ["", f"Best: trial {best.number}, validation {metric} "
+                      f"{format_metric(metric, best.value)} (mean over partitions)."]
     try:
         importance = optuna.importance.get_param_importances(study)
         summary["importance"] = dict(importance)

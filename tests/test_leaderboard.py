@@ -34,8 +34,8 @@ def two_runs(tmp_path_factory):
 
 def test_leaderboard_numbers_are_the_runs_and_compares(two_runs):
     _, floor, full = two_runs
-    board = build_leaderboard(floor, [full], n_boot=300)
-    reference = compare_runs([floor, full], metrics=list(DEFAULT_METRICS), n_boot=300)
+    board = build_leaderboard(floor, [full])
+    reference = compare_runs([floor, full], metrics=list(DEFAULT_METRICS))
     assert [r["label"] for r in board["rows"]] == ["lf_dnn [text]", "lf_dnn"]
     for row, run_dir in zip(board["rows"], (floor, full)):
         saved = runs.read_json(run_dir / runs.METRICS_FILE)
@@ -48,9 +48,10 @@ def test_leaderboard_numbers_are_the_runs_and_compares(two_runs):
     compared = reference["comparisons"][0]["metrics"]
     for metric in DEFAULT_METRICS:
         entry = board["rows"][1]["difference"][metric]
-        for key in ("difference", "ci_low", "ci_high", "p_value"):
+        for key in ("difference", "ci_low", "ci_high", "p_value", "p_holm", "outside_noise"):
             assert entry[key] == compared[metric][key], (metric, key)
-        assert entry["inside_noise"] == (entry["ci_low"] <= 0 <= entry["ci_high"])
+        if entry["ci_low"] <= 0 <= entry["ci_high"] or entry["p_holm"] >= 0.05:
+            assert not entry["outside_noise"]
         # the difference is the difference of the two runs' reported means
         assert entry["difference"] == pytest.approx(
             board["rows"][1]["summary"][metric]["mean"]
@@ -68,7 +69,7 @@ def test_leaderboard_numbers_are_the_runs_and_compares(two_runs):
 def test_leaderboard_command_prints_and_writes(two_runs, tmp_path):
     root, floor, full = two_runs
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["leaderboard", str(floor), str(full), "--n-boot", "200",
+    result = CliRunner().invoke(main, ["leaderboard", str(floor), str(full),
                                        "--output-dir", str(out)])
     assert result.exit_code == 0, result.output
     assert "Majority-class rate" in result.output and "inside the noise" in result.output
@@ -79,9 +80,12 @@ def test_leaderboard_command_prints_and_writes(two_runs, tmp_path):
     assert [r["label"] for r in saved["rows"]] == ["lf_dnn [text]", "lf_dnn"]
     markdown = (out / "leaderboard.md").read_text()
     assert "| lf_dnn [text] |" in markdown and "baseline" in markdown
-    again = CliRunner().invoke(main, ["leaderboard", str(floor), str(full), "--n-boot", "200",
+    forest = (out / "leaderboard.png").read_bytes()
+    assert forest.startswith(b"\x89PNG\r\n\x1a\n") and "leaderboard.png" in markdown
+    again = CliRunner().invoke(main, ["leaderboard", str(floor), str(full),
                                       "--output-dir", str(out)])
     assert again.exit_code == 0 and (out / "leaderboard-2.json").exists()
+    assert (out / "leaderboard-2.png").exists()
     refused = CliRunner().invoke(main, ["leaderboard", str(floor), str(root)])
     assert refused.exit_code != 0
     assert "no predictions.csv" in refused.output and "Traceback" not in refused.output

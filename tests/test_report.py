@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -13,7 +14,12 @@ import pytest
 from click.testing import CliRunner
 
 from msakit.cli import main
-from msakit.experiments.report import artifact_figures, build_report
+from msakit.experiments.report import (
+    artifact_figures,
+    build_report,
+    report_title,
+    shared_colour_range,
+)
 
 
 def _decode(png_base64: str) -> np.ndarray:
@@ -51,6 +57,35 @@ def test_model_artifacts_become_figures():
         assert _drawn(_decode(png)) > 0.02
 
 
+def test_report_title_does_not_repeat_the_model():
+    assert report_title("dmd", "mosi", "dmd") == "dmd on mosi"  # was "dmd on mosi: dmd"
+    assert report_title("dmd", "mosi", "dmd-mosi-20261130-010000") == "dmd on mosi"
+    assert report_title("misa", "mosi", "tuned") == "misa on mosi (run tuned)"
+
+
+def test_heatmap_panels_share_one_stated_colour_range():
+    # DMD's homo_gd spans 0.1660-0.1672: on its own range equal 0.17 cells looked unequal
+    homo = [0.1660, 0.1668, 0.1672]
+    hetero = [0.05, 0.5, 0.9]
+    assert shared_colour_range(homo + hetero) == (0.0, 1.0)   # weights: the full [0, 1]
+    assert shared_colour_range([0.5, 2.5, -1.0]) == (-1.0, 2.5)
+    edges = {"V->L": 0.1660, "A->L": 0.1672, "L->V": 0.1668}
+    run_artifacts = {"test_summary": {
+        "homo_gd": {k: {"mean": v, "std": 0.0, "n": 3} for k, v in edges.items()},
+        "hetero_gd": {k: {"mean": 0.9 - v, "std": 0.0, "n": 3} for k, v in edges.items()}}}
+    figures = dict(artifact_figures([], run_artifacts))
+    image = _decode(figures["Model artifacts: graph edges on the test split"])
+    assert _drawn(image) > 0.02
+
+
+def test_log_lines_show_accuracies_in_percent():
+    from msakit.training.experiment import _result_line
+
+    line = _result_line({"seed": 1, "partition": "fold0", "best_epoch": 3,
+                         "test": {"Non0_acc_2": 0.69899, "MAE": 1.09834, "Corr": 0.61}})
+    assert "Non0_acc_2 69.90 %" in line and "MAE 1.0983" in line and "0.6990" not in line
+
+
 @pytest.fixture(scope="module")
 def trained_run(mosi_word_aligned, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
@@ -75,6 +110,7 @@ def test_report_is_one_self_contained_page(trained_run):
         assert section in page, section
     images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
     assert len(images) == 3  # two partitions' curves, predictions + confusion matrix
+    assert "<title>lf_dnn on mosi (run run)</title>" in page  # the folder is named "run"
     assert all(_drawn(_decode(png)) > 0.02 for png in images)
     # nothing is fetched from anywhere: no external scripts, styles or images
     assert not re.search(r"(src|href)=['\"]?(https?:|//)", page)
@@ -104,3 +140,22 @@ def test_report_renders_in_headless_chromium(trained_run, tmp_path):
     coloured = float(((rgb.max(axis=-1) - rgb.min(axis=-1)) > 0.2).mean())
     assert _drawn(image) > 0.02
     assert coloured > 0.003
+
+
+@pytest.mark.slow
+def test_report_shows_artifact_numbers_and_comparisons_as_tables(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    edges = {"V->L": 0.1660, "A->L": 0.1672, "L->V": 0.1668}
+    (run / "artifacts.json").write_text(json.dumps({"test_summary": {
+        "homo_gd": {k: {"mean": v, "std": 0.001, "n": 2} for k, v in edges.items()}}}))
+    from msakit.experiments.compare import compare_runs, write_comparison
+
+    write_comparison(compare_runs([trained_run, run], metrics=["Non0_acc_2", "MAE"]), run)
+    page = build_report(run).read_text()
+    assert "Model artifacts (numbers)" in page and "<th>group</th>" in page
+    assert "<pre>" not in page.split("Provenance")[0]  # no raw JSON dump above the config
+    assert '"mean"' not in page and "homo_gd (n=2)" in page
+    assert "Comparison with the baseline (compare.json)" in page and "p (Holm)" in page
+    images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
+    assert len(images) == 5  # curves x 2, predictions, edge heatmap, forest plot

@@ -78,7 +78,10 @@ def test_removing_text_hurts_a_trained_model_more_than_removing_audio(mosi_word_
     run_dir, _ = run_experiment(config, seeds=[1], progress=False)
     conditions = [Condition("clean"), Condition("remove", removed=("text",)),
                   Condition("remove", removed=("audio",))]
-    report = evaluate_robustness(run_dir, conditions, n_boot=200)
+    steps = []
+    report = evaluate_robustness(run_dir, conditions,
+                                 progress=lambda done, total, what: steps.append((done, total)))
+    assert steps == [(k, 15) for k in range(1, 16)]  # 5 checkpoints x 3 conditions
     by_name = {row["condition"]: row["metrics"] for row in report["conditions"]}
     text_loss = by_name["remove:text"]["MAE"]["difference"]
     audio_loss = by_name["remove:audio"]["MAE"]["difference"]
@@ -89,4 +92,41 @@ def test_removing_text_hurts_a_trained_model_more_than_removing_audio(mosi_word_
     assert [r["condition"] for r in saved["conditions"]] == ["clean", "remove:text",
                                                              "remove:audio"]
     assert (run_dir / "robustness-MAE.png").stat().st_size > 0
-    assert "remove:text" in (run_dir / "robustness.md").read_text()
+    markdown = (run_dir / "robustness.md").read_text()
+    assert "| without text |" in markdown and "Non0_acc_2 (%)" in markdown
+
+
+def test_conditions_are_named_in_words():
+    from msakit.robustness import condition_label
+
+    labels = {c.name: c.label for c in default_conditions()}
+    assert labels["remove:text"] == "without text"
+    assert labels["remove:text+audio"] == "without text and audio"
+    assert labels["remove:audio+vision"] == "without audio and vision"
+    assert labels["word_dropout:0.3"] == "30 % of words masked"
+    assert labels["time_mask:0.1"] == "10 % of audio/vision steps zeroed"
+    assert labels["noise:0.5"] == "noise 0.5 × std on audio and vision"
+    assert len(set(labels.values())) == len(labels)  # no two conditions read alike
+    # a robustness.json written before labels existed still gets words
+    assert condition_label({"family": "remove", "level": None,
+                            "removed": ["audio", "vision"]}) == "without audio and vision"
+
+
+def test_robustness_cells_show_accuracies_in_percent():
+    from msakit.robustness import format_cell
+
+    value = {"mean": 0.69899, "std": 0.0412, "difference": -0.0523, "ci_low": -0.0911,
+             "ci_high": -0.0135}
+    assert format_cell(value, "remove", metric="Non0_acc_2") == \
+        "69.9 ± 4.1 (Δ -5.2 [-9.1, -1.4])"
+    assert format_cell(value, "clean", metric="MAE") == "0.699 ± 0.041"
+
+
+def test_robustness_plot_keeps_a_sensible_y_range(tmp_path):
+    from msakit.robustness import MIN_Y_SPAN, _y_limits
+
+    # a 0.4-point change must not fill the axis
+    low, high = _y_limits(np.array([69.8, 70.0, 70.2]), "Non0_acc_2")
+    assert high - low >= MIN_Y_SPAN["percent"] and low < 69.8 and high > 70.2
+    low, high = _y_limits(np.array([0.9, 1.6]), "MAE")  # a wide range is kept, with a margin
+    assert low < 0.9 and high > 1.6 and high - low < 0.9

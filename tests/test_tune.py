@@ -60,7 +60,7 @@ def test_a_user_search_section_replaces_and_adds_entries():
 
 @pytest.mark.slow
 def test_tiny_search_never_touches_the_test_split_and_continues_when_rerun(
-        mosi_word_aligned, tmp_path, monkeypatch):
+        mosi_word_aligned, tmp_path, monkeypatch, caplog):
     loaded_ids = []
     real_loader_for = experiment.loader_for
 
@@ -69,10 +69,26 @@ def test_tiny_search_never_touches_the_test_split_and_continues_when_rerun(
         return real_loader_for(split, *args, **kwargs)
 
     monkeypatch.setattr(experiment, "loader_for", recording_loader_for)
-    summary = tune("lf_dnn", str(mosi_word_aligned), trials=2, folds=2, user_config=SEARCH,
-                   overrides=FIXED, output_dir=tmp_path)
+    import logging
+
+    import optuna
+
+    optuna.logging.enable_propagation()
+    try:
+        with caplog.at_level(logging.INFO, logger="optuna"):
+            summary = tune("lf_dnn", str(mosi_word_aligned), trials=2, folds=2,
+                           user_config=SEARCH, overrides=FIXED, output_dir=tmp_path)
+    finally:
+        optuna.logging.disable_propagation()
+    # the log says once that the study was created, not then that an existing one is used
+    assert sum("A new study created" in r.getMessage() for r in caplog.records) == 1
+    assert not any("Using an existing study" in r.getMessage() for r in caplog.records)
     study_dir = tmp_path / "tune-lf_dnn-word_aligned_valid-2folds"
     assert summary["trials"]["complete"] + summary["trials"]["pruned"] == 2
+    # two trials: a caveat, and the history as a figure
+    assert "fewer than 20" in summary["caveat"]
+    assert "Caveat: only" in (study_dir / "trials.md").read_text()
+    assert (study_dir / "history.png").read_bytes().startswith(b"\x89PNG")
 
     # every loader was built over a fold's training or validation part, none over a test
     # part, and nothing test-side was written
@@ -109,6 +125,9 @@ def test_tiny_search_never_touches_the_test_split_and_continues_when_rerun(
     assert again["trials"]["complete"] + again["trials"]["pruned"] == 3
     searched = {d.key for d in search_space("lf_dnn", SEARCH)}
     assert isinstance(again["importance"], dict) and set(again["importance"]) == searched
+    if again["trials"]["complete"] >= 2:
+        assert "importance.png" in again["figures"]
+        assert (study_dir / "importance.png").read_bytes().startswith(b"\x89PNG")
     # other settings under the same study name are refused, not mixed in
     with pytest.raises(ConfigError, match="other settings"):
         tune("lf_dnn", str(mosi_word_aligned), trials=4, folds=2, user_config=SEARCH,

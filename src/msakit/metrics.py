@@ -190,7 +190,8 @@ def _weighted_binary_f1(truth: np.ndarray, pred: np.ndarray, weights: np.ndarray
 
 
 def weighted_metrics(
-    pred: Any, truth: Any, weights: Any = None, dataset: str = "mosi"
+    pred: Any, truth: Any, weights: Any = None, dataset: str = "mosi",
+    names: Any = None,
 ) -> dict[str, np.ndarray]:
     """:func:`compute_metrics` under per-sample weights, for many weightings at once.
 
@@ -205,6 +206,7 @@ def weighted_metrics(
         weights: ``(..., N)`` non-negative sample weights broadcastable against ``pred``;
             ``None`` = all 1.
         dataset: metric family, as for :func:`compute_metrics`.
+        names: compute only these metrics (default: all of the family's).
 
     Returns:
         ``{name: array of the broadcast batch shape}``; ``nan`` where nothing is scored (e.g.
@@ -221,28 +223,35 @@ def weighted_metrics(
     truth = np.broadcast_to(truth, pred.shape)
     if family == "mosi":
         non_zero = weights * (truth != 0)
-        return {
-            "Has0_acc_2": _weighted_mean((truth >= 0) == (pred >= 0), weights),
-            "Has0_F1_score": _weighted_binary_f1(truth >= 0, pred >= 0, weights),
-            "Non0_acc_2": _weighted_mean((truth > 0) == (pred > 0), non_zero),
-            "Non0_F1_score": _weighted_binary_f1(truth > 0, pred > 0, non_zero),
-            "Mult_acc_5": _weighted_mean(
+        formulas = {
+            "Has0_acc_2": lambda: _weighted_mean((truth >= 0) == (pred >= 0), weights),
+            "Has0_F1_score": lambda: _weighted_binary_f1(truth >= 0, pred >= 0, weights),
+            "Non0_acc_2": lambda: _weighted_mean((truth > 0) == (pred > 0), non_zero),
+            "Non0_F1_score": lambda: _weighted_binary_f1(truth > 0, pred > 0, non_zero),
+            "Mult_acc_5": lambda: _weighted_mean(
                 np.round(np.clip(pred, -2, 2)) == np.round(np.clip(truth, -2, 2)), weights),
-            "Mult_acc_7": _weighted_mean(
+            "Mult_acc_7": lambda: _weighted_mean(
                 np.round(np.clip(pred, -3, 3)) == np.round(np.clip(truth, -3, 3)), weights),
-            "MAE": _weighted_mean(np.abs(pred - truth), weights),
-            "Corr": _weighted_pearson(pred, truth, weights),
+            "MAE": lambda: _weighted_mean(np.abs(pred - truth), weights),
+            "Corr": lambda: _weighted_pearson(pred, truth, weights),
         }
-    pred, truth = np.clip(pred, -1.0, 1.0), np.clip(truth, -1.0, 1.0)
-    bins = {k: (_sims_bins(pred, k), _sims_bins(truth, k)) for k in SIMS_BIN_EDGES}
-    return {
-        "Mult_acc_2": _weighted_mean(bins[2][0] == bins[2][1], weights),
-        "Mult_acc_3": _weighted_mean(bins[3][0] == bins[3][1], weights),
-        "Mult_acc_5": _weighted_mean(bins[5][0] == bins[5][1], weights),
-        "F1_score": _weighted_binary_f1(bins[2][1] == 1, bins[2][0] == 1, weights),
-        "MAE": _weighted_mean(np.abs(pred - truth), weights),
-        "Corr": _weighted_pearson(pred, truth, weights),
-    }
+    else:
+        pred, truth = np.clip(pred, -1.0, 1.0), np.clip(truth, -1.0, 1.0)
+        bins = {k: (_sims_bins(pred, k), _sims_bins(truth, k)) for k in SIMS_BIN_EDGES}
+        formulas = {
+            "Mult_acc_2": lambda: _weighted_mean(bins[2][0] == bins[2][1], weights),
+            "Mult_acc_3": lambda: _weighted_mean(bins[3][0] == bins[3][1], weights),
+            "Mult_acc_5": lambda: _weighted_mean(bins[5][0] == bins[5][1], weights),
+            "F1_score": lambda: _weighted_binary_f1(bins[2][1] == 1, bins[2][0] == 1, weights),
+            "MAE": lambda: _weighted_mean(np.abs(pred - truth), weights),
+            "Corr": lambda: _weighted_pearson(pred, truth, weights),
+        }
+    unknown = set(names or ()) - set(formulas)
+    if unknown:
+        raise ValueError(f"unknown metric(s) {sorted(unknown)} for {dataset}; "
+                         f"choose from {list(formulas)}")
+    return {name: formula() for name, formula in formulas.items()
+            if names is None or name in names}
 
 
 def metric_names(dataset: str = "mosi") -> tuple[str, ...]:

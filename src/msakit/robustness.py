@@ -2,9 +2,9 @@
 
 Every selected checkpoint of a run is scored on its own test part, clean and under each
 perturbation; the table reports each metric's mean over checkpoints and the paired difference
-to the clean score with a 95 % cluster-bootstrap interval (videos resampled within each
-partition, :func:`msakit.experiments.compare.paired_units_ci`, the statistic ``msakit compare``
-uses).
+to the clean score with its 95 % interval over videos, by the rule ``msakit compare`` uses
+(:func:`msakit.experiments.compare.paired_units_interval`: delete-one-video jackknife, t with
+videos - 1 degrees of freedom).
 
 Perturbations (applied to the clips, before tokenisation and batching):
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import csv
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,11 +51,25 @@ class Condition:
 
     @property
     def name(self) -> str:
+        """Short identifier, the key of the written files (``remove:text+audio``, ``noise:0.5``)."""
         if self.family == "clean":
             return "clean"
         if self.family == "remove":
             return "remove:" + "+".join(self.removed)
         return f"{self.family}:{self.level:g}"
+
+    @property
+    def label(self) -> str:
+        """The condition in words, for tables and plots (``without text and audio``)."""
+        if self.family == "clean":
+            return "clean"
+        if self.family == "remove":
+            return "without " + " and ".join(self.removed)
+        if self.family == "noise":
+            return f"noise {self.level:g} × std on audio and vision"
+        if self.family == "time_mask":
+            return f"{100 * self.level:g} % of audio/vision steps zeroed"
+        return f"{100 * self.level:g} % of words masked"
 
 
 def default_conditions(noise_levels: Sequence[float] = NOISE_LEVELS,
@@ -135,21 +149,26 @@ def evaluate_robustness(
     run_dir: str | Path,
     conditions: Sequence[Condition] | None = None,
     seed: int = 0,
-    n_boot: int = 2000,
     write: bool = True,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> dict[str, Any]:
     """Score every selected checkpoint of ``run_dir`` under each condition (module doc).
 
+    Args:
+        progress: called as ``progress(done, total, what)`` after each (checkpoint, condition)
+            is scored, e.g. to drive a progress bar.
+
     Returns:
-        ``{"run", "model", "dataset", "conditions": [{"condition", "family", "level",
-        "metrics": {m: {"mean", "std", "difference", "ci_low", "ci_high"}}}], "n_units",
-        "n_clips", "n_videos", "method"}``; written as ``robustness.json``/``.md``/``.csv`` and
-        ``robustness-<metric>.png`` in ``run_dir`` when ``write``.
+        ``{"run", "model", "dataset", "conditions": [{"condition", "label", "family", "level",
+        "metrics": {m: {"mean", "std", "difference", "ci_low", "ci_high", "p_value"}}}],
+        "n_units", "n_clips", "n_videos", "method"}``; written as
+        ``robustness.json``/``.md``/``.csv`` and ``robustness-<metric>.png`` in ``run_dir``
+        when ``write``.
     """
     import torch
 
     from msakit.config import load_saved_config
-    from msakit.experiments.compare import PairedUnit, paired_units_ci
+    from msakit.experiments.compare import PairedUnit, paired_units_interval
     from msakit.lm import load_tokenizer
     from msakit.metrics import metric_names
     from msakit.models import create_model
@@ -178,6 +197,7 @@ def evaluate_robustness(
     predictions: dict[str, list[np.ndarray]] = {c.name: [] for c in conditions}
     scores: dict[str, list[dict[str, float]]] = {c.name: [] for c in conditions}
     units_info = []
+    total, done = len(sub_dirs) * len(conditions), 0
     for sub in sub_dirs:
         sub_config = load_saved_config(sub / runs.CONFIG_FILE)
         partition = by_name[sub.name]
@@ -192,50 +212,48 @@ def evaluate_robustness(
                                     dataset.name, device)
             predictions[condition.name].append(result.predictions)
             scores[condition.name].append(result.metrics)
+            done += 1
+            if progress is not None:
+                progress(done, total, f"{sub.parent.name}/{sub.name}: {condition.label}")
         units_info.append((partition.name, partition.test))
 
     videos: dict[str, int] = {}
-    partition_videos: dict[str, set[int]] = {}
     unit_videos = []
     for partition_name, test in units_info:
-        index = np.array([videos.setdefault(f"{partition_name}/{v}", len(videos))
-                          for v in test.video_ids])
-        partition_videos.setdefault(partition_name, set()).update(index.tolist())
-        unit_videos.append(index)
-    members = {p: sorted(v) for p, v in partition_videos.items()}
+        unit_videos.append(np.array([videos.setdefault(f"{partition_name}/{v}", len(videos))
+                                     for v in test.video_ids]))
 
     rows = []
     for condition in conditions:
         per_metric = {}
         if condition.family == "clean":
-            differences = {m: 0.0 for m in metrics}
-            intervals = {m: (0.0, 0.0, n_boot) for m in metrics}
+            rule = {m: {"difference": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_value": 1.0}
+                    for m in metrics}
         else:
             units = [PairedUnit(test.labels, clean, perturbed, video, name)
                      for (name, test), clean, perturbed, video in zip(
                          units_info, predictions["clean"], predictions[condition.name],
                          unit_videos)]
-            differences, intervals = paired_units_ci(units, members, len(videos), dataset.name,
-                                                     metrics, n_boot, seed)
+            rule = paired_units_interval(units, len(videos), dataset.name, metrics)
         for m in metrics:
             values = np.array([s[m] for s in scores[condition.name]], dtype=np.float64)
             per_metric[m] = {
                 "mean": float(values.mean()),
                 "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                "difference": differences[m], "ci_low": intervals[m][0],
-                "ci_high": intervals[m][1],
+                **{k: rule[m][k] for k in ("difference", "ci_low", "ci_high", "p_value")},
             }
-        rows.append({"condition": condition.name, "family": condition.family,
-                     "level": condition.level, "removed": list(condition.removed),
-                     "metrics": per_metric})
+        rows.append({"condition": condition.name, "label": condition.label,
+                     "family": condition.family, "level": condition.level,
+                     "removed": list(condition.removed), "metrics": per_metric})
     report = {
         "run": str(run_dir), "model": config.model.name, "dataset": dataset.name,
         "n_units": len(sub_dirs), "n_clips": int(sum(len(t) for _, t in units_info)),
         "n_videos": len(videos), "seed": seed,
         "method": "metric per checkpoint on its test part, mean ± sample std over checkpoints; "
                   "difference = mean over checkpoints of metric(perturbed) - metric(clean), "
-                  f"95% cluster-bootstrap CI over videos within partitions ({n_boot} "
-                  "replicates, msakit compare's statistic)",
+                  f"95 % CI over the {len(videos)} videos by msakit compare's rule "
+                  "(delete-one-video jackknife, t with videos - 1 degrees of freedom); "
+                  "accuracies and F1 in %",
         "conditions": rows,
     }
     if write:
@@ -252,14 +270,36 @@ def _shown_metrics(report: dict[str, Any]) -> list[str]:
     return [m for m in TABLE_METRICS if m in present]
 
 
-def format_cell(value: dict[str, float], family: str, delta: str = " (Δ {})") -> str:
+def format_cell(value: dict[str, float], family: str, delta: str = " (Δ {})",
+                metric: str = "MAE") -> str:
     """``mean ± std``; for a perturbed condition also ``delta`` filled with
-    ``difference [ci_low, ci_high]``."""
-    cell = f"{value['mean']:.4f} ± {value['std']:.4f}"
+    ``difference [ci_low, ci_high]``; accuracies and F1 of ``metric`` in percent."""
+    from msakit.training.results import _is_percent
+
+    scale, digits = (100.0, 1) if _is_percent(metric) else (1.0, 3)
+
+    def fmt(x, sign=""):
+        return f"{scale * x:{sign}.{digits}f}"
+
+    cell = f"{fmt(value['mean'])} ± {fmt(value['std'])}"
     if family != "clean":
-        cell += delta.format(f"{value['difference']:+.4f} "
-                             f"[{value['ci_low']:+.4f}, {value['ci_high']:+.4f}]")
+        cell += delta.format(f"{fmt(value['difference'], '+')} "
+                             f"[{fmt(value['ci_low'], '+')}, {fmt(value['ci_high'], '+')}]")
     return cell
+
+
+def metric_header(metric: str) -> str:
+    """The column name of ``metric``: accuracies and F1 with ``(%)``."""
+    from msakit.training.results import _is_percent
+
+    return metric + (" (%)" if _is_percent(metric) else "")
+
+
+def condition_label(row: dict[str, Any]) -> str:
+    """A written row's condition in words (rows written before labels existed: rebuilt)."""
+    if "label" in row:
+        return row["label"]
+    return Condition(row["family"], row["level"], tuple(row.get("removed") or ())).label
 
 
 def robustness_markdown(report: dict[str, Any]) -> str:
@@ -267,11 +307,11 @@ def robustness_markdown(report: dict[str, Any]) -> str:
     lines = [f"# Robustness of {report['model']} ({report['run']})", "",
              f"{report['n_units']} checkpoint(s), {report['n_clips']} test clips, "
              f"{report['n_videos']} videos. {report['method']}.", "",
-             "| condition | " + " | ".join(metrics) + " |",
+             "| condition | " + " | ".join(metric_header(m) for m in metrics) + " |",
              "| --- | " + " | ".join("---" for _ in metrics) + " |"]
     for row in report["conditions"]:
-        cells = [format_cell(row["metrics"][m], row["family"]) for m in metrics]
-        lines.append(f"| {row['condition']} | " + " | ".join(cells) + " |")
+        cells = [format_cell(row["metrics"][m], row["family"], metric=m) for m in metrics]
+        lines.append(f"| {condition_label(row)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -286,13 +326,14 @@ def write_robustness(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     metrics = list(report["conditions"][0]["metrics"])
     with written[2].open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["condition", "family", "level", "metric", "mean", "std", "difference",
-                         "ci_low", "ci_high"])
+        writer.writerow(["condition", "label", "family", "level", "metric", "mean", "std",
+                         "difference", "ci_low", "ci_high", "p_value"])
         for row in report["conditions"]:
             for m in metrics:
                 v = row["metrics"][m]
-                writer.writerow([row["condition"], row["family"], row["level"], m, v["mean"],
-                                 v["std"], v["difference"], v["ci_low"], v["ci_high"]])
+                writer.writerow([row["condition"], condition_label(row), row["family"],
+                                 row["level"], m, v["mean"], v["std"], v["difference"],
+                                 v["ci_low"], v["ci_high"], v["p_value"]])
     for m in _shown_metrics(report):
         path = out_dir / f"robustness-{m}.png"
         plot_metric(report, m, path)
@@ -300,48 +341,76 @@ def write_robustness(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     return written
 
 
+#: The smallest y-range of a robustness plot, in the plotted unit (points for accuracies and F1),
+#: so that a change of a few tenths does not fill the panel and look like a cliff.
+MIN_Y_SPAN = {"percent": 10.0, "MAE": 0.2, "Corr": 0.2}
+
+
+def _y_limits(values: np.ndarray, metric: str) -> tuple[float, float]:
+    from msakit.training.results import _is_percent
+
+    span = MIN_Y_SPAN["percent"] if _is_percent(metric) else MIN_Y_SPAN.get(metric, 0.2)
+    finite = values[np.isfinite(values)]
+    low, high = float(finite.min()), float(finite.max())
+    margin = max(span - (high - low), 0.0) / 2 + 0.05 * (high - low)
+    return low - margin, high + margin
+
+
 def plot_metric(report: dict[str, Any], metric: str, path: Path) -> None:
-    """Three panels: removals (bars with CIs), noise level, masking rates; clean as a line."""
+    """Three panels: removals (points with CIs), noise level, masking rates; clean as a line.
+    Accuracies and F1 in percent; the y-range is at least :data:`MIN_Y_SPAN`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from msakit.training.results import _is_percent
+
+    scale = 100.0 if _is_percent(metric) else 1.0
     rows = report["conditions"]
-    clean = rows[0]["metrics"][metric]["mean"]
+    clean = scale * rows[0]["metrics"][metric]["mean"]
 
     def series(family):
         chosen = [r for r in rows if r["family"] == family]
         levels = [r["level"] for r in chosen]
-        means = np.array([r["metrics"][metric]["mean"] for r in chosen])
-        low = np.array([r["metrics"][metric]["ci_low"] for r in chosen]) + clean
-        high = np.array([r["metrics"][metric]["ci_high"] for r in chosen]) + clean
-        return chosen, levels, means, low, high
+        means = np.array([scale * r["metrics"][metric]["mean"] for r in chosen])
+        shifted = np.array([clean + scale * r["metrics"][metric]["difference"] for r in chosen])
+        low = np.array([scale * r["metrics"][metric]["ci_low"] for r in chosen]) + clean
+        high = np.array([scale * r["metrics"][metric]["ci_high"] for r in chosen]) + clean
+        return chosen, levels, means, shifted, low, high
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4), constrained_layout=True)
-    removed, _, means, low, high = series("remove")
-    axes[0].bar(range(len(removed)), means, color="tab:gray")
-    axes[0].errorbar(range(len(removed)), clean + np.array(
-        [r["metrics"][metric]["difference"] for r in removed]),
-        yerr=[clean + np.array([r["metrics"][metric]["difference"] for r in removed]) - low,
-              high - (clean + np.array([r["metrics"][metric]["difference"] for r in removed]))],
-        fmt="none", ecolor="black", capsize=3)
-    axes[0].set_xticks(range(len(removed)), ["-" + "+".join(r["removed"]) for r in removed],
-                       rotation=30)
-    axes[0].set_title("modality removed")
-    for axis, families, xlabel in ((axes[1], ["noise"], "noise (x training std)"),
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.4), constrained_layout=True)
+    removed, _, means, shifted, low, high = series("remove")
+    shown = [np.array([clean]), means, low, high]
+    # points, not bars: a bar's length from an axis that does not start at 0 would mislead
+    axes[0].plot(range(len(removed)), means, marker="o", linestyle="none", color="tab:gray",
+                 label="mean over checkpoints")
+    axes[0].errorbar(range(len(removed)), shifted, yerr=[shifted - low, high - shifted],
+                     fmt="none", ecolor="black", capsize=3)
+    axes[0].set_xticks(range(len(removed)),
+                       ["without\n" + " and\n".join(r["removed"]) for r in removed], fontsize=8)
+    axes[0].set_xlim(-0.6, len(removed) - 0.4)
+    axes[0].set_title("modalities removed")
+    for axis, families, xlabel in ((axes[1], ["noise"], "noise on audio and vision (× training std)"),
                                    (axes[2], ["time_mask", "word_dropout"], "rate")):
-        for family in families:
-            _, levels, means, low, high = series(family)
+        for family, label in zip(families, ("audio/vision steps zeroed", "words masked")
+                                 if len(families) > 1 else ("noise",)):
+            _, levels, means, _, low, high = series(family)
             if levels:
-                axis.plot(levels, means, marker="o", label=family)
+                axis.plot(levels, means, marker="o", label=label)
                 axis.fill_between(levels, low, high, alpha=0.2)
+                shown += [means, low, high]
         axis.set_xlabel(xlabel)
-        axis.legend()
+    limits = _y_limits(np.concatenate(shown), metric)
     for axis in axes:
         axis.axhline(clean, color="tab:green", linestyle="--", label="clean")
-        axis.set_ylabel(metric)
+        axis.set_ylabel(metric + (" (%)" if scale == 100.0 else ""))
+        axis.set_ylim(*limits)
+        axis.grid(axis="y", alpha=0.3)
+    for axis in axes[1:]:
+        axis.legend(fontsize=8, loc="best", framealpha=0.8)
     fig.suptitle(f"{report['model']}: {metric} under test-time perturbations "
-                 f"({report['n_units']} checkpoints; bands: 95% CI of the paired difference)")
+                 f"({report['n_units']} checkpoints; bars and bands: 95 % CI of the paired "
+                 "difference to clean)", fontsize=10)
     fig.savefig(path, dpi=100)
     plt.close(fig)

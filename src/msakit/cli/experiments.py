@@ -11,22 +11,15 @@ from msakit.cli._options import DATA_PATH, MultiValueCommand, make_console
 
 
 def print_comparison(result: dict, console) -> None:
-    from msakit.experiments.compare import comparison_table
+    from msakit.experiments.compare import comparison_table, method_notes
 
     for comparison in result["comparisons"]:
         console.print(comparison_table(comparison))
-    method = result["comparisons"][0]["method"]
-    console.print(f"B - A: {method['statistic']}.\n95 % CI: {method['ci']}.\n"
-                  f"p: {method['p_value']}.", style="dim")
+    console.print("\n".join(method_notes(result["comparisons"][0])), style="dim", markup=False)
 
 
 def _metric_option(help_text: str):
     return click.option("--metric", "metrics", multiple=True, help=help_text)
-
-
-def _n_boot_option(help_text: str):
-    return click.option("--n-boot", default=2000, show_default=True, type=click.IntRange(100),
-                        help=help_text)
 
 
 def _output_dir_option(help_text: str):
@@ -35,28 +28,24 @@ def _output_dir_option(help_text: str):
 
 
 #: Shared by ``compare`` and ``leaderboard``: the run folders (for ``leaderboard``, those after
-#: BASELINE) and the seed of the bootstrap / permutation resampling.
+#: BASELINE).
 _RUN_DIRS = click.argument("run_dirs", nargs=-1, required=True,
                            type=click.Path(exists=True, file_okay=False))
-_RESAMPLING_SEED = click.option("--seed", default=0, show_default=True,
-                                help="Seed of the resampling.")
 
 
 @click.command(cls=MultiValueCommand, multi_value_options=("--metric",))
 @_RUN_DIRS
 @_metric_option("Metrics to compare (default: all of the dataset's), e.g. --metric MAE Corr "
                 "(after the run folders).")
-@_n_boot_option("Cluster-bootstrap replicates.")
-@click.option("--n-permutations", default=10_000, show_default=True, type=click.IntRange(100),
-              help="Random sign-flip patterns when there are too many videos to enumerate all.")
-@_RESAMPLING_SEED
-@_output_dir_option("compare.json / compare.md go into a new folder compare-<timestamp> here.")
-def compare(run_dirs, metrics, n_boot, n_permutations, seed, output_dir):
+@_output_dir_option("compare.json / .md / .png go into a new folder compare-<timestamp> here.")
+def compare(run_dirs, metrics, output_dir):
     """Paired comparison of RUN_DIRS against the first one (the baseline).
 
     Predictions are paired by (seed, partition, clip id); for every metric: the difference of
-    the runs' means, a 95 % CI from a cluster bootstrap over videos, and a paired permutation
-    p-value (whole videos swapped). Runs on different data, partitions or clips are refused.
+    the runs' means, its 95 % CI and p from one rule (delete-one-video jackknife, t with
+    videos - 1 degrees of freedom; p Holm-adjusted over several runs), "favours" only when the
+    adjusted p < 0.05, and a forest plot. Runs on different data, partitions or clips are
+    refused.
 
     \b
     Example:
@@ -67,14 +56,13 @@ def compare(run_dirs, metrics, n_boot, n_permutations, seed, output_dir):
 
     console = make_console()
     try:
-        result = compare_runs(list(run_dirs), metrics=list(metrics) or None, n_boot=n_boot,
-                              n_permutations=n_permutations, seed=seed)
+        result = compare_runs(list(run_dirs), metrics=list(metrics) or None)
     except CompareError as err:
         raise click.ClickException(str(err)) from None
     print_comparison(result, console)
     out_dir = runs.new_run_dir(output_dir, "compare", Path(run_dirs[0]).name)
-    json_path, md_path = write_comparison(result, out_dir)
-    console.print(f"written: {json_path}, {md_path}")
+    written = write_comparison(result, out_dir)
+    console.print("written: " + ", ".join(str(p) for p in written))
 
 
 @click.command(cls=MultiValueCommand, multi_value_options=("--metric",))
@@ -82,13 +70,11 @@ def compare(run_dirs, metrics, n_boot, n_permutations, seed, output_dir):
 @_RUN_DIRS
 @_metric_option("Metrics to show (default: Non0_acc_2 Non0_F1_score MAE Corr), after the "
                 "run folders.")
-@_n_boot_option("Cluster-bootstrap replicates of each difference's CI.")
-@_RESAMPLING_SEED
-@_output_dir_option("leaderboard.json / leaderboard.md go into this folder.")
-def leaderboard(baseline, run_dirs, metrics, n_boot, seed, output_dir):
+@_output_dir_option("leaderboard.json / .md / .png go into this folder.")
+def leaderboard(baseline, run_dirs, metrics, output_dir):
     """One table of BASELINE and RUN_DIRS: each model's mean ± std (n), its paired difference to
-    BASELINE (95 % CI, p, as msakit compare), the majority-class rate of the test clips and the
-    selected epochs.
+    BASELINE (95 % CI, p and Holm-adjusted p, as msakit compare), the majority-class rate of the
+    test clips and the selected epochs; a forest plot of the differences.
 
     \b
     Example:
@@ -106,14 +92,14 @@ def leaderboard(baseline, run_dirs, metrics, n_boot, seed, output_dir):
     console = make_console()
     try:
         board = build_leaderboard(baseline, list(run_dirs), metrics=list(metrics) or
-                                  DEFAULT_METRICS, n_boot=n_boot, seed=seed)
+                                  DEFAULT_METRICS)
     except CompareError as err:
         raise click.ClickException(str(err)) from None
     console.print(leaderboard_table(board))
     for note in leaderboard_notes(board):
         console.print(note, markup=False)
-    json_path, md_path = write_leaderboard(board, output_dir)
-    console.print(f"written: {json_path}, {md_path}")
+    written = write_leaderboard(board, output_dir)
+    console.print("written: " + ", ".join(str(p) for p in written))
 
 
 @click.command()
@@ -173,6 +159,8 @@ def tune(model, data_path, folds, trials, storage, study_name, jobs, timeout, co
     if "best" in summary:
         console.print(f"best config: {summary['best']['config']}  "
                       f"(msakit train {model} --config {summary['best']['config']})")
+    if summary.get("figures"):
+        console.print("figures: " + ", ".join(str(study_dir / f) for f in summary["figures"]))
 
 
 @click.command()

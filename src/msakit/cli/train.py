@@ -107,8 +107,8 @@ def train(model, data_path, config_file, overrides, preset, folds, seeds, epochs
         except CompareError as err:
             _fail(f"training finished ({run_dir}), but the comparison is refused: {err}")
         print_comparison(result, console)
-        json_path, md_path = write_comparison(result, run_dir)
-        console.print(f"comparison: {md_path}")
+        _, md_path, png_path = write_comparison(result, run_dir)
+        console.print(f"comparison: {md_path}, forest plot {png_path.name}")
 
 
 def _print_paper_row(console: Console, run_dir: Path, summary: dict) -> None:
@@ -163,20 +163,36 @@ def evaluate(run_dir, data_path, split, robustness, robustness_seed):
 
 
 def _print_robustness(console: Console, run_dir: str, seed: int) -> None:
-    from msakit.robustness import TABLE_METRICS, evaluate_robustness, format_cell
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with console.status("scoring the checkpoints under perturbations ..."):
-        report = evaluate_robustness(run_dir, seed=seed)
+    from msakit.robustness import (
+        TABLE_METRICS,
+        condition_label,
+        evaluate_robustness,
+        format_cell,
+        metric_header,
+    )
+
+    with Progress(TextColumn("scoring under perturbations"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("{task.description}"), console=console,
+                  transient=True) as bar:
+        task = bar.add_task("", total=None)
+
+        def advance(done: int, total: int, what: str) -> None:
+            bar.update(task, completed=done, total=total, description=what)
+
+        report = evaluate_robustness(run_dir, seed=seed, progress=advance)
     present = report["conditions"][0]["metrics"]
     metrics = [m for m in TABLE_METRICS if m in present]
     table = Table(title=f"robustness of {report['model']} ({run_dir}): mean ± std over "
-                  f"{report['n_units']} checkpoints; Δ to clean [95% CI]")
+                  f"{report['n_units']} checkpoints; Δ to clean [95 % CI]")
     table.add_column("condition")
     for m in metrics:
-        table.add_column(m, justify="right")
+        table.add_column(metric_header(m), justify="right")
     for row in report["conditions"]:
-        cells = [format_cell(row["metrics"][m], row["family"], "\nΔ {}") for m in metrics]
-        table.add_row(row["condition"], *cells)
+        cells = [format_cell(row["metrics"][m], row["family"], "\nΔ {}", metric=m)
+                 for m in metrics]
+        table.add_row(condition_label(row), *cells)
     console.print(table)
     console.print(f"written: {Path(run_dir) / 'robustness.md'} (.json, .csv, "
                   "robustness-<metric>.png)")

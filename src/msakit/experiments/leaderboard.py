@@ -8,7 +8,9 @@ what a reader needs to judge them on small data:
 * the **majority-class rate** of the test clips: the share of the majority sign among clips with a
   non-zero label (what always predicting that sign scores on ``Non0_acc_2``), and which models'
   mean ``Non0_acc_2`` is above it;
-* which differences to the baseline are **inside the noise** (their 95 % CI contains 0);
+* which differences to the baseline are **outside the noise**: by the one decision rule of
+  :mod:`compare` (jackknife-t interval and p over videos, p Holm-adjusted over the models), so
+  the interval, p and the verdict never disagree;
 * each run's **selected epochs** (best epoch on validation / epochs run, per training run), so a
   budget that stops before the model converged (the last epoch selected) shows.
 """
@@ -22,7 +24,14 @@ from typing import Any
 import numpy as np
 import yaml
 
-from msakit.experiments.compare import CompareError, compare_runs, load_units
+from msakit.experiments.compare import (
+    CI_LEGEND,
+    CompareError,
+    compare_runs,
+    forest_plot,
+    format_p,
+    load_units,
+)
 from msakit.training import runs
 
 DEFAULT_METRICS = ("Non0_acc_2", "Non0_F1_score", "MAE", "Corr")
@@ -78,16 +87,14 @@ def build_leaderboard(
     baseline: str | Path,
     run_dirs: Sequence[str | Path],
     metrics: Sequence[str] = DEFAULT_METRICS,
-    n_boot: int = 2000,
-    n_permutations: int = 10_000,
-    seed: int = 0,
 ) -> dict[str, Any]:
     """The leaderboard of ``baseline`` and ``run_dirs``.
 
     Returns:
         ``{"baseline", "metrics", "majority", "method", "rows": [{"run", "label", "summary":
         {metric: {mean, std, n}}, "selected_epochs": [...], "difference": {metric: {difference,
-        ci_low, ci_high, p_value, inside_noise}} (None for the baseline), "above_majority"}]}``.
+        ci_low, ci_high, p_value, p_holm, outside_noise}} (None for the baseline),
+        "above_majority"}]}``.
 
     Raises:
         CompareError: a run folder that is not finished or cannot be paired with the baseline.
@@ -97,22 +104,22 @@ def build_leaderboard(
     others = [Path(r) for r in run_dirs]
     if not others:
         raise CompareError("give the baseline run folder and at least one other run folder")
-    comparison = compare_runs([baseline, *others], metrics=metrics, n_boot=n_boot,
-                              n_permutations=n_permutations, seed=seed)
+    comparison = compare_runs([baseline, *others], metrics=metrics)
     majority = majority_rate(baseline)
     rows = []
     for run_dir, compared in zip([baseline, *others], [None, *comparison["comparisons"]]):
         row = {"run": str(run_dir), "label": run_label(run_dir), **_run_summary(run_dir, metrics)}
         row["difference"] = None if compared is None else {
-            m: {k: e[k] for k in ("difference", "ci_low", "ci_high", "p_value")}
-            | {"inside_noise": bool(e["ci_low"] <= 0.0 <= e["ci_high"])}
+            m: {k: e[k] for k in ("difference", "se", "df", "ci_low", "ci_high", "p_value",
+                                  "p_holm", "outside_noise", "higher_is_better")}
             for m, e in compared["metrics"].items()}
         if ACCURACY_METRIC in row["summary"]:
             row["above_majority"] = bool(row["summary"][ACCURACY_METRIC]["mean"] > majority["rate"])
         rows.append(row)
     first = comparison["comparisons"][0]
     return {"baseline": str(baseline), "metrics": metrics, "majority": majority,
-            "pairing": first["pairing"], "method": first["method"], "rows": rows}
+            "pairing": first["pairing"], "method": first["method"],
+            "n_comparisons": len(others), "rows": rows}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,7 +148,7 @@ def leaderboard_rows(board: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     columns = ["model"]
     for m in board["metrics"]:
         name = m + (" (%)" if _is_percent(m) else "")
-        columns += [name, f"Δ {name} [95 % CI] p"]
+        columns += [name, f"Δ {name} [95 % CI] p (Holm)"]
     columns.append("selected epoch / run")
     cells = []
     for row in board["rows"]:
@@ -155,8 +162,9 @@ def leaderboard_rows(board: dict[str, Any]) -> tuple[list[str], list[list[str]]]
                 d = row["difference"][m]
                 sign = "+" if d["difference"] >= 0 else ""
                 line.append(f"{sign}{_fmt(m, d['difference'])} [{_fmt(m, d['ci_low'])}, "
-                            f"{_fmt(m, d['ci_high'])}] p={d['p_value']:.3f}"
-                            + (" ~" if d["inside_noise"] else ""))
+                            f"{_fmt(m, d['ci_high'])}] p={format_p(d['p_value'])} "
+                            f"({format_p(d['p_holm'])})"
+                            + ("" if d["outside_noise"] else " ~"))
         line.append(_epochs_cell(row))
         cells.append(line)
     return columns, cells
@@ -176,19 +184,31 @@ def leaderboard_notes(board: dict[str, Any]) -> list[str]:
         below = [r["label"] for r in board["rows"] if r.get("above_majority") is False]
         notes.append(f"Mean {ACCURACY_METRIC} above it: {', '.join(above) or 'none'}"
                      + (f"; not above it: {', '.join(below)}." if below else "."))
+    n = board["n_comparisons"]
     for m in board["metrics"]:
-        noise = [r["label"] for r in board["rows"][1:] if r["difference"][m]["inside_noise"]]
-        clear = [r["label"] for r in board["rows"][1:] if not r["difference"][m]["inside_noise"]]
-        notes.append(f"Δ {m} vs {baseline} inside the noise (95 % CI contains 0, marked ~): "
+        noise = [r["label"] for r in board["rows"][1:] if not r["difference"][m]["outside_noise"]]
+        clear = [r["label"] for r in board["rows"][1:] if r["difference"][m]["outside_noise"]]
+        notes.append(f"Δ {m} vs {baseline} inside the noise (marked ~): "
                      f"{', '.join(noise) or 'none'}"
                      + (f"; outside it: {', '.join(clear)}." if clear else "."))
     pairing, method = board["pairing"], board["method"]
     notes.append(f"Δ = model − {baseline}, paired over {pairing['n_units']} training runs "
                  f"({pairing['n_clips']} test predictions, {pairing['n_videos']} videos); "
-                 f"CI: {method['ci']}; p: {method['p_value']}. Selected epoch / run: the epoch "
-                 "chosen on validation and the epochs run, per training run; 'last' counts runs "
-                 "whose selected epoch is the last one run.")
+                 f"CI: {method['ci']}; p: {method['p_value']}; (Holm): p adjusted over the "
+                 f"{n} model{'s' * (n > 1)} compared with {baseline}, per metric. Outside the "
+                 "noise only when the Holm-adjusted p < 0.05 (then the CI excludes 0, too). "
+                 "Selected epoch / run: the epoch chosen on validation and the epochs run, per "
+                 "training run; 'last' counts runs whose selected epoch is the last one run.")
     return notes
+
+
+def leaderboard_forest_plot(board: dict[str, Any], path: str | Path) -> Path:
+    """The forest plot of the leaderboard: every model's Δ to the baseline with its interval,
+    one panel per metric."""
+    rows = [(r["label"], r["difference"]) for r in board["rows"][1:]]
+    title = (f"Δ vs {board['rows'][0]['label']}: "
+             + CI_LEGEND.format(n=board["pairing"]["n_videos"]))
+    return forest_plot(rows, board["metrics"], path, title)
 
 
 def leaderboard_table(board: dict[str, Any]):
@@ -216,10 +236,13 @@ def leaderboard_markdown(board: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_leaderboard(board: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``leaderboard.json`` and ``leaderboard.md`` into ``out_dir`` (never over existing
-    ones: ``leaderboard-2.json`` ... then)."""
-    json_path, md_path = runs.unused_paths(out_dir, "leaderboard", (".json", ".md"))
+def write_leaderboard(board: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path, Path]:
+    """Write ``leaderboard.json``, ``leaderboard.md`` and the forest plot ``leaderboard.png``
+    into ``out_dir`` (never over existing ones: ``leaderboard-2.json`` ... then)."""
+    json_path, md_path, png_path = runs.unused_paths(out_dir, "leaderboard",
+                                                     (".json", ".md", ".png"))
     runs.write_json(json_path, board)
-    md_path.write_text(leaderboard_markdown(board))
-    return json_path, md_path
+    md_path.write_text(leaderboard_markdown(board)
+                       + f"\n![forest plot of the differences]({png_path.name})\n")
+    leaderboard_forest_plot(board, png_path)
+    return json_path, md_path, png_path

@@ -87,9 +87,27 @@ def _png(fig) -> str:
 
     buffer = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=90)
+    # "tight" keeps the legends placed outside the axes (see _legend) inside the image
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+#: More legend entries than this go below the axes instead of over the curves.
+MAX_INSIDE_LEGEND = 4
+
+
+def _legend(ax) -> None:
+    """A legend that never covers the data: inside (best place) when short, below the axes in
+    columns when long."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    if len(handles) <= MAX_INSIDE_LEGEND:
+        ax.legend(fontsize=7, loc="best", framealpha=0.8)
+    else:
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.45),
+                  ncol=min(3, (len(handles) + 4) // 5), frameon=False)
 
 
 def learning_curves(train_runs: list[dict], loss_terms: list[str], selection: str) -> list[tuple]:
@@ -130,7 +148,7 @@ def learning_curves(train_runs: list[dict], loss_terms: list[str], selection: st
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            _legend(ax)
         figures.append((f"Learning curves: {partition}", _png(fig)))
     return figures
 
@@ -167,7 +185,7 @@ def prediction_figures(train_runs: list[dict], label_range: tuple[float, float])
     scatter_ax.set_xlabel("true sentiment")
     scatter_ax.set_ylabel("predicted sentiment")
     scatter_ax.set_title(f"Predicted vs true (test, {len(truth)} predictions, all seeds)")
-    scatter_ax.legend(fontsize=7)
+    _legend(scatter_ax)
     scatter_ax.grid(alpha=0.3)
     if high - low >= 6:  # MOSI-style: Acc-7's classes
         classes = np.arange(-3, 4)
@@ -219,10 +237,12 @@ def artifact_figures(train_runs: list[dict], run_artifacts: dict,
                    for g, stats in summary.items()
                    if _edge_matrix({n: s["mean"] for n, s in stats.items()}) is not None}
     if edge_groups:
-        fig, axes = _figure(4.2 * len(edge_groups), 3.8, cols=len(edge_groups))
+        low, high = shared_colour_range([v for values in edge_groups.values()
+                                         for v in values.values()])
+        fig, axes = _figure(4.2 * len(edge_groups), 4.1, cols=len(edge_groups))
         for ax, (group, values) in zip(axes[0], edge_groups.items()):
             matrix, names = _edge_matrix(values)
-            image = ax.imshow(matrix, cmap="viridis")
+            image = ax.imshow(matrix, cmap="viridis", vmin=low, vmax=high)
             ax.set_xticks(range(len(names)), names)
             ax.set_yticks(range(len(names)), names)
             ax.set_xlabel("target")
@@ -231,8 +251,11 @@ def artifact_figures(train_runs: list[dict], run_artifacts: dict,
             ax.set_title(f"{group} (mean over {n} runs)")
             for (i, j), value in np.ndenumerate(matrix):
                 if np.isfinite(value):
-                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white")
+                    dark = (value - low) / (high - low) < 0.6  # viridis is dark at the bottom
+                    ax.text(j, i, f"{value:.3f}", ha="center", va="center",
+                            color="white" if dark else "black")
             fig.colorbar(image, ax=ax, fraction=0.046)
+        fig.suptitle(f"colour range {low:g} to {high:g}, the same in every panel", fontsize=9)
         figures.append(("Model artifacts: graph edges on the test split", _png(fig)))
 
     gates: dict[str, list[float]] = defaultdict(list)
@@ -247,7 +270,7 @@ def artifact_figures(train_runs: list[dict], run_artifacts: dict,
         ax.set_xlabel("per-clip mean gate value (test split, all runs)")
         ax.set_ylabel("clips")
         ax.set_title("Gate distributions")
-        ax.legend(fontsize=7)
+        _legend(ax)
         figures.append(("Model artifacts: gates", _png(fig)))
 
     drift_runs = [r for r in train_runs
@@ -277,12 +300,28 @@ def artifact_figures(train_runs: list[dict], run_artifacts: dict,
         for column, series in statistics.items():
             ax.plot(range(1, len(series) + 1), series, label=column.removeprefix("train_"),
                     linewidth=1.2)
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_title("Per-epoch model statistics (mean over runs)")
-        ax.legend(fontsize=7, ncol=2)
+        _legend(ax)
         ax.grid(alpha=0.3)
         figures.append(("Model artifacts: per-epoch statistics", _png(fig)))
     return figures
+
+
+def shared_colour_range(values: list[float]) -> tuple[float, float]:
+    """One colour range for every panel of a heatmap figure: ``[0, 1]`` when all values lie in
+    it (weights, probabilities), else the values' overall minimum and maximum; so equal
+    values get equal colours in every panel, and a panel whose values hardly differ shows it."""
+    finite = np.asarray([v for v in values if np.isfinite(v)], dtype=np.float64)
+    if not len(finite):
+        return 0.0, 1.0
+    low, high = float(finite.min()), float(finite.max())
+    if low >= 0.0 and high <= 1.0:
+        return 0.0, 1.0
+    return (low, high) if high > low else (low - 0.5, high + 0.5)
 
 
 def _model_statistics(train_runs: list[dict], loss_terms: list[str]) -> dict[str, list[float]]:
@@ -333,6 +372,75 @@ def _results_table(train_runs: list[dict], summary: dict) -> str:
     return (f"<table><tr><th>run</th><th>selected epoch</th>{head}</tr>{''.join(rows)}</table>"
             "<p class='note'>Accuracies and F1 in %; std is the sample standard deviation over "
             "(seed, partition) runs.</p>")
+
+
+def report_title(model: str, dataset: str | None, run_name: str) -> str:
+    """``model on dataset``, then the run folder's name unless it only repeats the model's."""
+    title = model + (f" on {dataset}" if dataset else "")
+    if run_name.split("-")[0] != model:
+        title += f" (run {run_name})"
+    return title
+
+
+def _artifacts_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
+    """The model's test-split artifacts as a table: one row per group, mean ± std per name."""
+    names: list[str] = []
+    for stats in summary.values():
+        names += [n for n in stats if n not in names]
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    rows = []
+    for group, stats in summary.items():
+        n = next(iter(stats.values()))["n"]
+        cells = "".join(
+            f"<td>{stats[name]['mean']:.4g} ± {stats[name]['std']:.2g}</td>" if name in stats
+            else "<td></td>" for name in names)
+        rows.append(f"<tr><td>{html.escape(group)} (n={n})</td>{cells}</tr>")
+    return (f"<table><tr><th>group</th>{head}</tr>{''.join(rows)}</table>"
+            "<p class='note'>Mean ± sample std over the training runs, on each run's test "
+            "part.</p>")
+
+
+def _comparison_sections(run_dir: Path) -> list[tuple[str, str]]:
+    """The comparisons written into the run folder (``msakit train --baseline``): their table
+    and forest plot."""
+    from msakit.experiments.compare import (
+        COLUMNS,
+        COMPARISON_STEM,
+        _cells,
+        comparison_forest_plot,
+        comparison_title,
+        method_notes,
+    )
+    from msakit.training.results import _is_percent
+
+    sections = []
+    for path in sorted(run_dir.glob(f"{COMPARISON_STEM}*.json")):
+        try:
+            result = json.loads(path.read_text())
+            comparisons = result["comparisons"]
+            entries = comparisons[0]["metrics"]
+            if not all("p_holm" in e for e in entries.values()):
+                continue  # written by an older msakit, without the decision rule
+        except (ValueError, KeyError, IndexError, TypeError):
+            continue
+        parts = []
+        for comparison in comparisons:
+            rows = "".join(
+                "<tr><td>" + html.escape(metric + (" (%)" if _is_percent(metric) else ""))
+                + "</td>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(metric, e))
+                + "</tr>" for metric, e in comparison["metrics"].items())
+            parts.append(f"<p>{html.escape(comparison_title(comparison))}</p><table><tr>"
+                         + "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+                         + f"</tr>{rows}</table>")
+        buffer = io.BytesIO()
+        comparison_forest_plot(result, buffer)
+        png = base64.b64encode(buffer.getvalue()).decode("ascii")
+        parts.append(f"<img alt='forest plot' src='data:image/png;base64,{png}'>")
+        parts.append("<p class='note'>" + " ".join(html.escape(n)
+                                                    for n in method_notes(comparisons[0]))
+                     + "</p>")
+        sections.append((f"Comparison with the baseline ({path.name})", "".join(parts)))
+    return sections
 
 
 def _provenance(run_dir: Path) -> str:
@@ -397,11 +505,11 @@ def build_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
         sections.append((title, f"<img alt='{html.escape(title)}' "
                                 f"src='data:image/png;base64,{png}'>"))
     if run_artifacts.get("test_summary"):
-        sections.append(("Model artifacts (numbers)", "<pre>" + html.escape(
-            json.dumps(run_artifacts["test_summary"], indent=1)) + "</pre>"))
+        sections.append(("Model artifacts (numbers)",
+                         _artifacts_table(run_artifacts["test_summary"])))
+    sections += _comparison_sections(run_dir)
     sections.append(("Provenance", _provenance(run_dir)))
-    model = config["model"]["name"]
-    title = f"{model} on {data.get('dataset', '?')}: {run_dir.name}"
+    title = report_title(config["model"]["name"], data.get("dataset"), run_dir.name)
     body = "".join(f"<h2>{html.escape(t)}</h2>{content}" for t, content in sections)
     document = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
                 f"</title><style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"

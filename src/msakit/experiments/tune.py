@@ -214,14 +214,20 @@ def _direction(config: ExperimentConfig) -> str:
     return "minimize" if metric == "loss" or metric_direction(metric) == "min" else "maximize"
 
 
-def open_study(settings: TuneSettings, direction: str, worker: int = 0):
+def open_study(settings: TuneSettings, direction: str, worker: int = 0, create: bool = True):
+    """The study, created when ``create`` and it does not exist yet; a worker (``create=False``)
+    loads the study :func:`tune` created, so the log says once what happened to the study."""
     import optuna
 
+    sampler = optuna.samplers.TPESampler(seed=settings.seed + 1000 * worker)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if not create:
+        return optuna.load_study(study_name=settings.study_name,
+                                 storage=_storage(settings.storage), sampler=sampler,
+                                 pruner=pruner)
     return optuna.create_study(
         study_name=settings.study_name, storage=_storage(settings.storage),
-        direction=direction, load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=settings.seed + 1000 * worker),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+        direction=direction, load_if_exists=True, sampler=sampler, pruner=pruner,
     )
 
 
@@ -289,7 +295,7 @@ def run_worker(settings: TuneSettings, worker: int = 0) -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     dimensions = search_space(settings.model, settings.base)
     direction = _direction(trial_config(settings, {}))
-    study = open_study(settings, direction, worker)
+    study = open_study(settings, direction, worker, create=False)
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
     if len(study.get_trials(deepcopy=False, states=finished)) >= settings.trials:
         return
@@ -427,8 +433,11 @@ def write_study_results(settings: TuneSettings, seconds: float) -> dict[str, Any
                            "per_partition": {k: v for k, v in best.user_attrs.items()
                                              if k.startswith("valid_")},
                            "config": str(study_dir / "best_config.yaml")}
-        lines += ["", f"Best: trial {best.number}, validation {config.train.selection_metric} "
-                      f"{best.value:.4f} (mean over partitions)."]
+        from msakit.training.results import format_metric
+
+        metric = config.train.selection_metric
+        lines += ["", f"Best: trial {best.number}, validation {metric} "
+                      f"{format_metric(metric, best.value)} (mean over partitions)."]
     try:
         importance = optuna.importance.get_param_importances(study)
         summary["importance"] = dict(importance)
@@ -438,9 +447,62 @@ def write_study_results(settings: TuneSettings, seconds: float) -> dict[str, Any
     except (RuntimeError, ValueError) as err:
         summary["importance"] = None
         summary["importance_unavailable"] = str(err)
+    if len(complete) < MIN_TRUSTED_TRIALS:
+        summary["caveat"] = (
+            f"only {len(complete)} trial(s) completed (fewer than {MIN_TRUSTED_TRIALS}): the "
+            "best configuration is one draw among few and the importances rest on "
+            f"{len(complete)} points; treat both as a hint, run more trials, and compare the "
+            "best configuration with the defaults on fresh seeds (msakit compare)")
+        lines += ["", f"Caveat: {summary['caveat']}."]
+    summary["figures"] = study_figures(study, study_dir)
     (study_dir / "trials.md").write_text("\n".join(lines) + "\n")
     runs.write_json(study_dir / "study.json", summary)
     return {**summary, "study_dir": str(study_dir)}
+
+
+#: Fewer completed trials than this get a caveat: TPE's first 10 trials are random, and
+#: importances fitted to a handful of points are mostly noise.
+MIN_TRUSTED_TRIALS = 20
+#: The figures of a study folder.
+HISTORY_FIGURE = "history.png"
+IMPORTANCE_FIGURE = "importance.png"
+
+
+def study_figures(study, study_dir: Path) -> list[str]:
+    """Optuna's optimisation history and parameter importances (its matplotlib
+    visualisation), as PNGs in ``study_dir``; returns the names written (none without a
+    completed trial; no importances with fewer than two completed trials)."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    plots = []
+    if complete:
+        plots.append((HISTORY_FIGURE, optuna.visualization.matplotlib.plot_optimization_history))
+    if len(complete) >= 2 and complete[0].params:
+        plots.append((IMPORTANCE_FIGURE, optuna.visualization.matplotlib.plot_param_importances))
+    written = []
+    for name, plot in plots:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                ax = plot(study)
+            except (RuntimeError, ValueError) as err:  # e.g. importances of constant values
+                log.warning("%s not drawn: %s", name, err)
+                continue
+        figure = ax.get_figure()
+        figure.set_size_inches(8, 4.5)
+        figure.tight_layout()
+        figure.savefig(study_dir / name, dpi=100)
+        plt.close(figure)
+        written.append(name)
+    return written
 
 
 def _cell(value: Any) -> str:

@@ -315,8 +315,10 @@ def _drop_resume_state(run_dir: Path, config: ExperimentConfig) -> None:
 
 
 def _result_line(result: dict[str, Any]) -> str:
+    from msakit.training.results import format_metric
+
     return (f"  seed {result['seed']} {result['partition']}: best epoch {result['best_epoch']}, "
-            "test " + ", ".join(f"{k} {v:.4f}" for k, v in result["test"].items()
+            "test " + ", ".join(f"{k} {format_metric(k, v)}" for k, v in result["test"].items()
                                 if k in ("Non0_acc_2", "Has0_acc_2", "Mult_acc_2", "MAE", "Corr")))
 
 

@@ -20,6 +20,12 @@ def _is_percent(metric: str) -> bool:
     return any(marker in metric for marker in PERCENT_MARKERS)
 
 
+def format_metric(metric: str, value: float) -> str:
+    """One value for a log line: accuracies and F1 in percent with the unit (``69.90 %``),
+    others with four decimals."""
+    return f"{format_value(metric, value)} %" if _is_percent(metric) else format_value(metric, value)
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and *sample* standard deviation (ddof=1; 0.0 for a single value)."""
     array = np.asarray(values, dtype=float)

@@ -38,6 +38,7 @@ from msakit.config import ConfigError, ExperimentConfig
 from msakit.metrics import compute_metrics, metric_direction
 from msakit.models.base import ModelOutput, MSAModel
 from msakit.training import distributed, runs
+from msakit.training.results import format_metric
 from msakit.training.seeding import restore_rng_state, rng_state, seed_everything
 
 log = logging.getLogger(__name__)
@@ -568,7 +569,9 @@ class Trainer:
                     self.epoch_callback(epoch, value, row)
                 progress.update(epoch_task, advance=1, info=(
                     f"train {train_losses['total']:.4f}  valid {cfg.selection_metric} "
-                    f"{value:.4f}  best {state['best_value']:.4f}@{state['best_epoch']}"))
+                    f"{format_metric(cfg.selection_metric, value)}  best "
+                    f"{format_metric(cfg.selection_metric, state['best_value'])}"
+                    f"@{state['best_epoch']}"))
         self.process.barrier()  # process 0 has written its checkpoints
         if not (self.run_dir / runs.BEST_WEIGHTS).exists():
             raise RuntimeError(f"{self.run_dir}: no epoch produced a valid selection value")

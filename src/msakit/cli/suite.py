@@ -116,8 +116,10 @@ def run(name, data_path, dataset, folds, seeds, epochs, overrides, output_dir, r
         bug = any(e.get("kind", "").startswith("internal") for e in record["rows"]
                   if e.get("state") == "failed")
         err = click.ClickException(
-            f"{len(failed)} row(s) failed ({', '.join(failed)}); the others are kept. Fix the "
-            f"cause and continue with: msakit suite run {name} --resume {suite_dir}"
+            f"{len(failed)} row(s) failed ({', '.join(failed)}); the others are kept. "
+            f"`msakit suite run {name} --resume {suite_dir}` continues with the same settings "
+            "(after an interruption or a fixed cause outside the settings); a failure the "
+            "settings cause needs a new suite run with other --set values"
             + (" (an internal error is a bug in msakit: rerun with msakit --debug and report "
                "it)" if bug else ""))
         err.exit_code = 2 if bug else 1

@@ -598,18 +598,21 @@ def _state_cell(entry: dict[str, Any]) -> str:
     return text
 
 
-def suite_rows(record: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Columns and cells of the side-by-side table (shared by the console and the markdown)."""
+def suite_rows(record: dict[str, Any], stacked: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Columns and cells of the side-by-side table: per metric a paper and a measured column,
+    or with ``stacked`` one column holding the paper's figure over the measured one."""
     metrics = record["metrics"]
     columns = ["row", "status"]
     for m in metrics:
         unit = " (%)" if paper_metric_scale(m) == 100.0 else ""
-        columns += [f"{m}{unit} paper", f"{m}{unit} measured"]
+        columns += ([f"{m}{unit}\npaper\nmeasured"] if stacked else
+                    [f"{m}{unit} paper", f"{m}{unit} measured"])
     cells = []
     for entry in record["rows"]:
         line = [entry["label"], _state_cell(entry)]
         for m in metrics:
-            line += [_paper_cell(entry, m), _measured_cell(entry, m)]
+            pair = [_paper_cell(entry, m), _measured_cell(entry, m)]
+            line += ["\n".join(pair)] if stacked else pair
         cells.append(line)
     return columns, cells
 
@@ -618,7 +621,8 @@ def suite_notes(record: dict[str, Any]) -> list[str]:
     """The sentences under the table: sources, protocol, language model, what was not run."""
     request = record["request"]
     folds = f"{request['folds']} folds grouped by video" if request["folds"] else "its own splits"
-    seeds = request["seeds"] or "the config's seed"
+    seeds = (" ".join(map(str, request["seeds"])) if request["seeds"]
+             else "each config's train.seed")
     notes = [f"Paper: {record['source']}."]
     if record.get("note"):
         notes.append(f"Note: {record['note']}.")
@@ -643,7 +647,7 @@ def suite_notes(record: dict[str, Any]) -> list[str]:
             for e in skipped) + ".")
     failed = [e for e in record["rows"] if e.get("state") == "failed"]
     if failed:
-        notes.append("Failed (rerun with --resume): " + "; ".join(
+        notes.append("Failed: " + "; ".join(
             f"{e['label']}: {e['error']}" for e in failed) + ".")
     return notes
 
@@ -653,7 +657,7 @@ def suite_table(record: dict[str, Any]):
     from rich.markup import escape
     from rich.table import Table
 
-    columns, cells = suite_rows(record)
+    columns, cells = suite_rows(record, stacked=True)
     table = Table(title=escape(f"suite {record['suite']}: {record['title']} — paper "
                                f"({record['dataset']}) vs measured"))
     for column in columns:

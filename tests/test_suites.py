@@ -109,6 +109,19 @@ def test_cli_suite_show_and_unknown_suite():
     unknown = runner.invoke(main, ["suite", "run", "nope", "--data", "mosi-demo"])
     assert unknown.exit_code == 1
     assert "no suite 'nope'" in unknown.output and "mmsa" in unknown.output
+    for args in (["suite"], ["suite", "run"], ["suite", "list"], ["suite", "show"]):
+        helped = runner.invoke(main, [*args, "--help"])
+        assert helped.exit_code == 0 and "Usage" in helped.output, helped.output
+    no_data = runner.invoke(main, ["suite", "run", "dmd"])
+    assert no_data.exit_code == 2 and "--data" in no_data.output
+
+
+def test_leaderboard_of_one_folder_that_is_not_a_suite_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(main, ["leaderboard", str(tmp_path)])
+    assert result.exit_code == 2 and "suite folder" in result.output
+    floor = CliRunner().invoke(main, ["leaderboard", str(tmp_path), str(tmp_path), "--floor",
+                                      "x"])
+    assert floor.exit_code == 2 and "--floor" in floor.output
 
 
 # ----------------------------------------------------------------------------------------------

@@ -252,3 +252,5 @@ def test_resume_keeps_finished_rows_and_continues_an_unfinished_one(tiny_suite, 
     assert fold0.stat().st_mtime_ns == fold0_time  # the finished fold is not retrained
     assert (suite_dir / "misa" / "seed1" / "fold1" / "best.safetensors").is_file()
     assert rows["misa"]["summary"]["MAE"]["n"] == 2
+    assert rows["misa"]["language_model_substituted"]["requested"] == "bert-base-uncased"
+    assert record["language_model_substituted"] == ["bert-base-uncased"]

@@ -397,8 +397,9 @@ def _is_user_error(err: BaseException) -> bool:
 def _train_row(row: SuiteRow, dataset: str, suite_dir: Path, data: str, folds: int | None,
                epochs: int | None, seeds: list[int] | None, overrides: list[str],
                lm_checks: dict[str, tuple[bool, str]], run_kwargs: dict[str, Any],
-               console) -> dict[str, Any]:
-    """Train (or resume, or keep) one available row; returns its entry of ``suite.json``."""
+               console, previous: dict[str, Any]) -> dict[str, Any]:
+    """Train (or resume, or keep) one available row; returns its entry of ``suite.json``
+    (``previous``: the row's entry in the record being resumed, or ``{}``)."""
     from msakit.config import build_config, load_saved_config
     from msakit.lm import DEFAULT_LANGUAGE_MODEL
     from msakit.presets import preset_names
@@ -407,6 +408,8 @@ def _train_row(row: SuiteRow, dataset: str, suite_dir: Path, data: str, folds: i
     run_dir = suite_dir / row.id
     state = _row_state(run_dir) if run_dir.is_dir() else "new"
     entry: dict[str, Any] = {"run_dir": row.id}
+    if state != "new" and previous.get("language_model_substituted"):
+        entry["language_model_substituted"] = previous["language_model_substituted"]
     if state == "finished":
         console.print(f"[bold]{row.label}[/]: finished in {run_dir}, kept")
         entry.update(state="finished", kept=True)
@@ -492,6 +495,7 @@ def run_suite(suite: Suite, data: str | None = None, *, dataset: str | None = No
             "suite": suite.name, "data": data, "dataset": dataset, "folds": folds,
             "epochs": epochs, "seeds": list(seeds) if seeds else None, "overrides": overrides})
         request = saved["request"]
+        previous = {e["id"]: e for e in saved.get("rows", [])}
         data, dataset, folds, epochs = (request["data"], request["dataset"], request["folds"],
                                         request["epochs"])
         seeds, overrides = request["seeds"], request["overrides"]
@@ -501,6 +505,7 @@ def run_suite(suite: Suite, data: str | None = None, *, dataset: str | None = No
         family = load_dataset(data).name
         dataset = choose_dataset(suite, family, dataset)
         request = _request_record(suite, data, dataset, folds, epochs, seeds, overrides)
+        previous = {}
         suite_dir = runs.new_run_dir(output_dir, f"suite-{suite.name}", dataset)
     names = (registered or list_models)()
     record: dict[str, Any] = {
@@ -526,7 +531,8 @@ def run_suite(suite: Suite, data: str | None = None, *, dataset: str | None = No
         else:
             try:
                 entry.update(_train_row(row, dataset, suite_dir, data, folds, epochs, seeds,
-                                        overrides, lm_checks, run_kwargs, console))
+                                        overrides, lm_checks, run_kwargs, console,
+                                        previous.get(row.id, {})))
             except KeyboardInterrupt:
                 entry.update(state="failed", error="interrupted")
                 entries[row.id] = entry

@@ -51,6 +51,7 @@ import yaml
 
 from msakit.errors import ConfigError
 from msakit.presets import PAPER_METRICS, paper_metric_scale
+from msakit.training import runs
 
 SUITE_JSON = "suite.json"
 SUITE_MD = "suite.md"
@@ -357,8 +358,6 @@ def check_suite_resume(suite_dir: str | Path, requested: dict[str, Any]) -> dict
     path = suite_dir / SUITE_JSON
     if not path.is_file():
         raise SuiteError(f"{suite_dir}: no {SUITE_JSON} (not a suite folder)")
-    from msakit.training import runs
-
     record = runs.read_json(path)
     saved = record["request"]
     differences = [f"{key}: {saved.get(key)!r} then, {value!r} now"
@@ -373,9 +372,7 @@ def check_suite_resume(suite_dir: str | Path, requested: dict[str, Any]) -> dict
 
 def _row_state(run_dir: Path) -> str:
     """``finished``, ``resumable`` (a run folder to continue) or ``new``."""
-    from msakit.training import runs
-
-    record = run_dir / "experiment.json"
+    record = run_dir / runs.EXPERIMENT_FILE
     if not record.is_file() or not (run_dir / runs.CONFIG_FILE).is_file():
         return "new"
     status = runs.read_json(record).get("status")
@@ -387,11 +384,10 @@ def _row_state(run_dir: Path) -> str:
 def _is_user_error(err: BaseException) -> bool:
     from msakit.data.dataset import DataError
     from msakit.training.experiment import JobsFailed
-    from msakit.training.runs import CheckpointError, RunError
 
     # as msakit train: config, data, run and LM errors (ConfigError is a ValueError), OS errors
-    return isinstance(err, (ValueError, KeyError, OSError, DataError, RunError, CheckpointError,
-                            JobsFailed))
+    return isinstance(err, (ValueError, KeyError, OSError, DataError, runs.RunError,
+                            runs.CheckpointError, JobsFailed))
 
 
 def _train_row(row: SuiteRow, dataset: str, suite_dir: Path, data: str, folds: int | None,
@@ -403,7 +399,7 @@ def _train_row(row: SuiteRow, dataset: str, suite_dir: Path, data: str, folds: i
     from msakit.config import build_config, load_saved_config
     from msakit.lm import DEFAULT_LANGUAGE_MODEL
     from msakit.presets import preset_names
-    from msakit.training import run_experiment, runs
+    from msakit.training import run_experiment
 
     run_dir = suite_dir / row.id
     state = _row_state(run_dir) if run_dir.is_dir() else "new"
@@ -483,8 +479,6 @@ def run_suite(suite: Suite, data: str | None = None, *, dataset: str | None = No
 
     from msakit.data import load_dataset
     from msakit.models import list_models
-    from msakit.training import runs
-
     console = console or Console()
     overrides = list(overrides)
     if data and Path(data).exists():  # the record holds where the data is, from any folder
@@ -553,8 +547,6 @@ def run_suite(suite: Suite, data: str | None = None, *, dataset: str | None = No
 
 def _write_record(suite_dir: Path, record: dict[str, Any], suite: Suite,
                   entries: dict[str, dict[str, Any]], status: str) -> dict[str, Any]:
-    from msakit.training import runs
-
     rows = []
     for row in suite.rows:
         if row.id not in entries:
@@ -696,8 +688,6 @@ def leaderboard_runs(suite_dir: str | Path, baseline: str | None = None) -> tupl
         SuiteError: not a suite folder, an unknown or unfinished baseline row, or fewer than two
             finished rows.
     """
-    from msakit.training import runs
-
     suite_dir = Path(suite_dir)
     path = suite_dir / SUITE_JSON
     if not path.is_file():

@@ -254,3 +254,18 @@ def test_resume_keeps_finished_rows_and_continues_an_unfinished_one(tiny_suite, 
     assert rows["misa"]["summary"]["MAE"]["n"] == 2
     assert rows["misa"]["language_model_substituted"]["requested"] == "bert-base-uncased"
     assert record["language_model_substituted"] == ["bert-base-uncased"]
+
+
+def test_cli_resume_of_a_finished_suite_trains_nothing_and_prints_the_table(tiny_suite,
+                                                                              tmp_path):
+    _, suite_dir, _ = tiny_suite
+    suite_file = tmp_path / "tiny.yaml"  # a suite file by path; its name is the file's stem
+    suite_file.write_text(TINY)
+    result = CliRunner().invoke(main, ["suite", "run", str(suite_file), "--resume",
+                                       str(suite_dir), "--no-progress"], terminal_width=300)
+    assert result.exit_code == 0, result.output
+    assert "LF-DNN: finished in" in result.output and "kept" in result.output
+    assert "Model from another branch" in result.output  # reported, not dropped
+    assert "all-MiniLM-L6-v2 stands in" in result.output
+    other = CliRunner().invoke(main, ["suite", "run", "mmsa", "--resume", str(suite_dir)])
+    assert other.exit_code == 1 and "'tiny' then, 'mmsa' now" in other.output

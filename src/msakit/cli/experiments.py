@@ -67,19 +67,33 @@ def compare(run_dirs, metrics, output_dir):
 
 @click.command(cls=MultiValueCommand, multi_value_options=("--metric",))
 @click.argument("baseline", type=click.Path(exists=True, file_okay=False))
-@_RUN_DIRS
+@click.argument("run_dirs", nargs=-1, type=click.Path(exists=True, file_okay=False))
 @_metric_option("Metrics to show (default: Non0_acc_2 Non0_F1_score MAE Corr), after the "
                 "run folders.")
 @_output_dir_option("leaderboard.json / .md / .png go into this folder.")
-def leaderboard(baseline, run_dirs, metrics, output_dir):
+@click.option("--floor", "floor_row", help="With a suite folder: the row (id) to compare "
+              "against (default: the suite's baseline row, else its first finished row).")
+def leaderboard(baseline, run_dirs, metrics, output_dir, floor_row):
     """One table of BASELINE and RUN_DIRS: each model's mean ± std (n), its paired difference to
     BASELINE (95 % CI, p and Holm-adjusted p, as msakit compare), the majority-class rate of the
-    test clips and the selected epochs; a forest plot of the differences.
+    test clips and the selected epochs; a forest plot of the differences. BASELINE may be a
+    suite folder (msakit suite run) alone: its finished rows.
 
     \b
     Example:
       msakit leaderboard runs/text-floor runs/misa runs/sagenet --output-dir runs
+      msakit leaderboard runs/suite-mmsa-mosi-20261207-020000 [--floor lf_dnn]
     """
+    from msakit.experiments.suites import SUITE_JSON, leaderboard_runs
+
+    if (Path(baseline) / SUITE_JSON).is_file() and not run_dirs:
+        baseline, run_dirs = leaderboard_runs(baseline, floor_row)
+    elif floor_row:
+        raise click.UsageError("--floor names a row of a suite folder; give the suite folder "
+                               "alone")
+    elif not run_dirs:
+        raise click.UsageError("give the baseline run folder and at least one other run "
+                               "folder (or one suite folder)")
     from msakit.experiments.compare import CompareError
     from msakit.experiments.leaderboard import (
         DEFAULT_METRICS,

@@ -211,13 +211,13 @@ def test_tiny_suite_runs_and_reports_every_row(tiny_suite):
 
 def test_leaderboard_reads_a_suite_folder(tiny_suite, tmp_path):
     _, suite_dir, _ = tiny_suite
-    result = CliRunner().invoke(main, ["leaderboard", str(suite_dir), "--n-boot", "200",
+    result = CliRunner().invoke(main, ["leaderboard", str(suite_dir),
                                        "--output-dir", str(tmp_path)], terminal_width=300)
     assert result.exit_code == 0, result.output
     board = json.loads((tmp_path / "leaderboard.json").read_text())
     assert [Path(r["run"]).name for r in board["rows"]] == ["lf_dnn", "misa"]
     floor = CliRunner().invoke(main, ["leaderboard", str(suite_dir), "--floor", "misa",
-                                      "--n-boot", "200", "--output-dir", str(tmp_path)])
+                                      "--output-dir", str(tmp_path)])
     assert floor.exit_code == 0, floor.output
     board = json.loads((tmp_path / "leaderboard-2.json").read_text())
     assert Path(board["baseline"]).name == "misa"

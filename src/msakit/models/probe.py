@@ -195,11 +195,13 @@ class Probe(MSAModel):
             size += self.text_encoder.hidden_size
         size += sum(2 * getattr(dims, m) for m in ("audio", "vision") if m in self.modalities)
         self.feature_size = size
-        self.register_buffer("feature_mean", torch.zeros(size))
-        self.register_buffer("feature_scale", torch.ones(size))
-        self.register_buffer("coefficients", torch.zeros(size))
-        self.register_buffer("intercept", torch.zeros(()))
-        self.register_buffer("alpha", torch.zeros(()))  # 0 until fitted
+        # float64: near-constant features (std ~1e-4 of their mean) are divided by their std
+        float64 = {"dtype": torch.float64}
+        self.register_buffer("feature_mean", torch.zeros(size, **float64))
+        self.register_buffer("feature_scale", torch.ones(size, **float64))
+        self.register_buffer("coefficients", torch.zeros(size, **float64))
+        self.register_buffer("intercept", torch.zeros((), **float64))
+        self.register_buffer("alpha", torch.zeros((), **float64))  # 0 until fitted
         self._validation_curve: dict[str, float] = {}
 
     def text_block_size(self) -> int:
@@ -209,11 +211,12 @@ class Probe(MSAModel):
         return self.text_encoder.hidden_size
 
     def pooled_features(self, batch: dict[str, Any]) -> torch.Tensor:
-        """``(B, F)``: the pooled text state, then audio and vision ``[mean, std]``."""
+        """``(B, F)`` float64: the pooled text state, then audio and vision ``[mean, std]``."""
         parts = []
         if "text" in self.modalities:
             text = self.text_encoder.encode_batch(batch).float()  # (B, H)
-            parts.append(F.normalize(text, dim=-1) if self.config.text_normalize else text)
+            text = F.normalize(text, dim=-1) if self.config.text_normalize else text
+            parts.append(text.double())
         for modality in ("audio", "vision"):
             if modality not in self.modalities:
                 continue
@@ -223,12 +226,12 @@ class Probe(MSAModel):
                 if needed not in batch:
                     raise KeyError(f"probe with model.modalities={list(self.modalities)} needs "
                                    f"batch[{needed!r}]")
-            parts.append(masked_time_mean_std(batch[key].float(), batch[mask_key]))
+            parts.append(masked_time_mean_std(batch[key].double(), batch[mask_key]))
         return torch.cat(parts, dim=-1)
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         standardised = (self.pooled_features(batch) - self.feature_mean) / self.feature_scale
-        prediction = standardised @ self.coefficients + self.intercept  # (B,)
+        prediction = (standardised @ self.coefficients + self.intercept).float()  # (B,)
         losses = {}
         if "labels" in batch:
             losses["task"] = F.l1_loss(prediction, batch["labels"].to(prediction.dtype))
@@ -239,7 +242,7 @@ class Probe(MSAModel):
         """Pooled features ``(N, F)`` and labels ``(N,)`` of every batch, in float64."""
         features, labels = [], []
         for batch in batches:
-            features.append(self.pooled_features(batch).double())
+            features.append(self.pooled_features(batch))
             labels.append(batch["labels"].double().reshape(-1))
         if not features:
             raise ValueError("probe: no batches to fit on")
@@ -253,6 +256,12 @@ class Probe(MSAModel):
         self.eval()
         x_train, y_train = self.collect(train_batches)
         x_valid, y_valid = self.collect(valid_batches)
+        with torch.autocast(x_train.device.type, enabled=False):  # the solve in float64
+            return self._solve(x_train, y_train, x_valid, y_valid)
+
+    def _solve(self, x_train: torch.Tensor, y_train: torch.Tensor, x_valid: torch.Tensor,
+               y_valid: torch.Tensor) -> dict[str, float]:
+        """Fit on ``x_train (N, F)``, ``y_train (N,)``; choose the penalty on the valid part."""
         mean, scale = standardisation(x_train, block=self.text_block_size())
         coefficients, intercept = ridge_path((x_train - mean) / scale, y_train,
                                              self.config.alphas)

@@ -594,9 +594,10 @@ class Trainer:
         self._keep_epoch_rows_up_to(0)
         started = time.perf_counter()
         model.eval()
-        statistics = model.fit_closed_form(
-            (move_batch(batch, self.device) for batch in train_loader),
-            (move_batch(batch, self.device) for batch in valid_loader))
+        with autocast(self.config.train.precision, self.device):  # features as in evaluation
+            statistics = model.fit_closed_form(
+                (move_batch(batch, self.device) for batch in train_loader),
+                (move_batch(batch, self.device) for batch in valid_loader))
         valid = evaluate_model(model, valid_loader, self.dataset_name, self.device,
                                precision=self.config.train.precision)
         value = valid.selection_value(self.config.train.selection_metric)

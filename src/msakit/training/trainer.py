@@ -3,7 +3,8 @@
 A model returns its prediction and named loss terms (:class:`~msakit.models.base.ModelOutput`);
 the trainer sums ``loss_weights[name] * term``, steps the optimiser, calls the model's hooks,
 selects the checkpoint on the validation split, and evaluates the test split once, with the
-selected checkpoint.
+selected checkpoint. A model fitted in closed form (``fits_in_closed_form``, e.g. the ridge
+probe) skips the gradient epochs: :meth:`Trainer.fit` calls its ``fit_closed_form`` once.
 
 Nothing in a training step waits for the device: loss terms are summed on the device
 (:class:`LossAccumulator`) and read every ``train.sync_every_steps`` steps and at the epoch end,
@@ -586,12 +587,12 @@ class Trainer:
         "epoch" in which it fits on the training batches (choosing hyper-parameters on the
         validation batches), then is scored on validation and saved as the selected epoch.
 
-        A fit takes seconds, so a resumed run fits again instead of keeping a ``last.pt``.
+        A fit takes seconds, so it keeps no ``last.pt``: a resumed run fits again (the
+        experiment layer clears what an unfinished run without ``last.pt`` left).
         """
         if self.process.enabled:
             raise ConfigError(f"model {self.config.model.name} is fitted in closed form on one "
                               "process; run it without torchrun")
-        self._keep_epoch_rows_up_to(0)
         started = time.perf_counter()
         model.eval()
         with autocast(self.config.train.precision, self.device):  # features as in evaluation

@@ -209,3 +209,14 @@ def test_contributions_come_from_model_extras(extracted, tmp_path, monkeypatch, 
     heads = [prediction.contributions["unimodal_audio"],
              prediction.contributions["unimodal_vision"]]
     assert prediction.score == pytest.approx(float(np.dot(gate, heads)), abs=1e-4)
+
+
+def test_a_model_configured_for_text_alone_needs_no_clip_features(tmp_path):
+    """``model.modalities=[text]`` on MMSA features: a text-only model, whatever the data had."""
+    from msakit.config import build_config
+
+    run = _fake_run(tmp_path / "run", extractor=None)
+    build_config("lf_dnn", ["model.modalities=[text]"]).save(run / "config.yaml")
+    loaded = load_trained_run(run)
+    assert loaded.text_only and loaded.extractor is None
+    assert loaded.feature_dims == {"audio": 0, "vision": 0}

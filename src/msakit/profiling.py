@@ -362,32 +362,41 @@ def profile_model(
     )
 
     flops_inference = count_flops(model, batch, train=False) / shape.batch_size
-    flops_train = count_flops(model, batch, train=True) / shape.batch_size
+    # a closed-form model (the probe) has no backward: its training pass is a forward pass over
+    # the clips plus one solve, so train FLOPs are the forward's and no train step is timed
+    closed_form = model.fits_in_closed_form
+    flops_train = flops_inference if closed_form else (
+        count_flops(model, batch, train=True) / shape.batch_size)
 
     memory_figures: tuple[Any, Any, Any, Any] = (None, None, None, None)
     method = "not measured"
     if memory and torch_device.type == "cuda":
-        optimizer = make_optimizer(model)
         inf_peak, inf_extra, method = measure_cuda_memory(
             lambda: inference_step(model, batch), torch_device)
-        train_peak, train_extra, method = measure_cuda_memory(
-            lambda: train_step(model, batch, optimizer), torch_device)
+        train_peak = train_extra = None
+        if not closed_form:
+            optimizer = make_optimizer(model)
+            train_peak, train_extra, method = measure_cuda_memory(
+                lambda: train_step(model, batch, optimizer), torch_device)
+            del optimizer
         memory_figures = (inf_peak, inf_extra, train_peak, train_extra)
-        del optimizer
     elif memory:
         inf_peak, inf_extra, method = measure_cpu_memory_isolated(
             model_name, overrides, shape, "inference")
-        train_peak, train_extra, method = measure_cpu_memory_isolated(
-            model_name, overrides, shape, "train")
+        train_peak = train_extra = None
+        if not closed_form:
+            train_peak, train_extra, method = measure_cpu_memory_isolated(
+                model_name, overrides, shape, "train")
         memory_figures = (inf_peak, inf_extra, train_peak, train_extra)
 
     latency_inference = latency_train = None
     if repeats > 0:
         latency_inference = median_latency_ms(
             lambda: inference_step(model, batch), torch_device, repeats)
-        optimizer = make_optimizer(model)
-        latency_train = median_latency_ms(
-            lambda: train_step(model, batch, optimizer), torch_device, repeats)
+        if not closed_form:
+            optimizer = make_optimizer(model)
+            latency_train = median_latency_ms(
+                lambda: train_step(model, batch, optimizer), torch_device, repeats)
 
     return ProfileResult(
         model=label or model_name,

@@ -29,6 +29,7 @@ word's row, and special tokens get zero rows.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -83,11 +84,15 @@ class MSAModel(nn.Module):
     ``on_fit_start`` (see the training split), ``on_epoch_start``, ``on_train_batch_end``
     (called after the optimiser step) and ``on_epoch_end``; ``epoch_statistics`` adds the model's
     own per-epoch numbers (e.g. DMD's mean distillation edges) to the run's ``epochs.csv``.
+
+    A model with ``fits_in_closed_form = True`` has no gradient training: the trainer calls
+    :meth:`fit_closed_form` once instead of the epochs (one row in ``epochs.csv``).
     """
 
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    fits_in_closed_form: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig, dims: FeatureDims):
         super().__init__()
@@ -110,6 +115,23 @@ class MSAModel(nn.Module):
 
     def on_epoch_end(self, epoch: int) -> None:
         """Called after each training epoch, before validation."""
+
+    def fit_closed_form(self, train_batches: Iterable[dict[str, Any]],
+                        valid_batches: Iterable[dict[str, Any]]) -> dict[str, float]:
+        """Fit without gradients (only when ``fits_in_closed_form``), e.g. a ridge regression.
+
+        Args:
+            train_batches: every training batch once, on the model's device; the fitted
+                weights must come from these.
+            valid_batches: the validation batches, for choosing hyper-parameters (e.g. a
+                penalty); the test split is never passed.
+
+        Returns:
+            Numbers describing the fit, written as ``train_<name>`` columns of ``epochs.csv``;
+            ``task`` and ``total`` are the training loss.
+        """
+        raise NotImplementedError(f"{type(self).__name__} sets fits_in_closed_form but does not "
+                                  "implement fit_closed_form")
 
     def epoch_statistics(self) -> dict[str, float]:
         """Numbers describing the training epoch just finished, called after ``on_epoch_end``.

@@ -3,7 +3,8 @@
 A model returns its prediction and named loss terms (:class:`~msakit.models.base.ModelOutput`);
 the trainer sums ``loss_weights[name] * term``, steps the optimiser, calls the model's hooks,
 selects the checkpoint on the validation split, and evaluates the test split once, with the
-selected checkpoint.
+selected checkpoint. A model fitted in closed form (``fits_in_closed_form``, e.g. the ridge
+probe) skips the gradient epochs: :meth:`Trainer.fit` calls its ``fit_closed_form`` once.
 
 Nothing in a training step waits for the device: loss terms are summed on the device
 (:class:`LossAccumulator`) and read every ``train.sync_every_steps`` steps and at the epoch end,
@@ -498,6 +499,8 @@ class Trainer:
         seed_everything(cfg.seed + self.process.rank)  # other processes: other dropout masks
         model.to(self.device)
         model.on_fit_start(train_labels.to(self.device))
+        if model.fits_in_closed_form:
+            return self._fit_closed_form(model, train_loader_factory(1), valid_loader)
         self.train_module = model
         if self.process.enabled:
             self.train_module = torch.nn.parallel.DistributedDataParallel(
@@ -581,6 +584,42 @@ class Trainer:
             "epochs_run": state["epoch"],
             "seconds_per_epoch": float(np.mean(state["epoch_seconds"])) if state["epoch_seconds"] else None,
         }
+
+    def _fit_closed_form(self, model: MSAModel, train_loader, valid_loader) -> dict[str, Any]:
+        """A model without gradient training (:attr:`MSAModel.fits_in_closed_form`): one
+        "epoch" in which it fits on the training batches (choosing hyper-parameters on the
+        validation batches), then is scored on validation and saved as the selected epoch.
+
+        A fit takes seconds, so it keeps no ``last.pt``: a resumed run fits again (the
+        experiment layer clears what an unfinished run without ``last.pt`` left).
+        """
+        if self.process.enabled:
+            raise ConfigError(f"model {self.config.model.name} is fitted in closed form on one "
+                              "process; run it without torchrun")
+        started = time.perf_counter()
+        model.eval()
+        with autocast(self.config.train.precision, self.device):  # features as in evaluation
+            statistics = model.fit_closed_form(
+                (move_batch(batch, self.device) for batch in train_loader),
+                (move_batch(batch, self.device) for batch in valid_loader))
+        valid = evaluate_model(model, valid_loader, self.dataset_name, self.device,
+                               precision=self.config.train.precision)
+        value = valid.selection_value(self.config.train.selection_metric)
+        seconds = time.perf_counter() - started
+        self._save_best(model, 1, value)
+        row = {
+            "epoch": 1, "seconds": round(seconds, 3),
+            **{f"train_{k}": v for k, v in statistics.items()},
+            **{f"valid_{k}": v for k, v in valid.losses.items()},
+            **{f"valid_{k}": v for k, v in valid.metrics.items()},
+            "selected": 1,
+        }
+        self._append_epoch_row(row)
+        if self.epoch_callback is not None:
+            self.epoch_callback(1, value, row)
+        self.process.barrier()
+        return {"best_epoch": 1, "best_valid": value, "epochs_run": 1,
+                "seconds_per_epoch": seconds}
 
     def _train_epoch(self, model, optimizer, loader, epoch, weights, progress) -> dict[str, float]:
         """One pass over ``loader``; returns the per-sample mean of every loss term and ``total``.

@@ -1,0 +1,79 @@
+"""The unimodal sub-networks MMSA's tensor-fusion family shares (TFN, LMF; MMSA's
+``models/subNets/FeatureNets.py``), and MMSA's time average of audio/vision.
+
+Parameter names follow MMSA's (``norm``, ``drop``, ``linear_1`` ...), so an MMSA state dict maps
+onto them by module prefix alone.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+
+def time_average(x: torch.Tensor, mask: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+    """``(B, L, D), (B, L) -> (B, D)``: the mean over the real steps (``steps=None``), or the sum
+    over the real steps divided by ``steps``, which is MMSA's ``need_normalized`` mean over its
+    ``steps``-long zero-padded arrays (50 for MOSI/MOSEI ``aligned_50``/``unaligned_50``)."""
+    weights = mask.to(x.dtype).unsqueeze(-1)
+    total = (x * weights).sum(1)
+    if steps is None:
+        return total / weights.sum(1).clamp_min(1.0)
+    return total / steps
+
+
+class FeatureSubNet(nn.Module):
+    """MMSA's ``SubNet``: BatchNorm -> Dropout -> 3 x (Linear + ReLU). ``(B, D) -> (B, H)``.
+
+    A training batch of one sample has no batch statistics (MMSA's BatchNorm raises); it is then
+    normalised with the running statistics, as in evaluation.
+    """
+
+    def __init__(self, in_dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(in_dim)
+        self.drop = nn.Dropout(dropout)
+        self.linear_1 = nn.Linear(in_dim, hidden)
+        self.linear_2 = nn.Linear(hidden, hidden)
+        self.linear_3 = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] == 1:
+            normed = F.batch_norm(x, self.norm.running_mean, self.norm.running_var,
+                                  self.norm.weight, self.norm.bias, training=False,
+                                  eps=self.norm.eps)
+        else:
+            normed = self.norm(x)
+        hidden = F.relu(self.linear_1(self.drop(normed)))
+        return F.relu(self.linear_3(F.relu(self.linear_2(hidden))))
+
+
+class TextLSTMSubNet(nn.Module):
+    """MMSA's ``TextSubNet``: a one-layer LSTM over token states, its final hidden state ->
+    Linear. ``(B, L, D), (B, L) -> (B, out)``.
+
+    MMSA's one-layer ``TextSubNet`` sets its dropout to 0 whatever the config says (its
+    ``nn.Dropout(0.0)`` is left out here: it is the identity). ``reads_padding=True`` runs the
+    LSTM over every position up to the batch's padded length, as MMSA's unpacked LSTM does (a
+    prediction then depends on the batch's padding); ``False`` packs the real tokens.
+    """
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, reads_padding: bool = False):
+        super().__init__()
+        self.reads_padding = reads_padding
+        self.rnn = nn.LSTM(in_dim, hidden, batch_first=True)
+        self.linear_1 = nn.Linear(hidden, out_dim)
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.reads_padding:
+            _, (final, _) = self.rnn(states)
+        else:
+            lengths = mask.sum(1).clamp_min(1).cpu()  # pack_padded_sequence wants CPU lengths
+            packed = pack_padded_sequence(states, lengths, batch_first=True, enforce_sorted=False)
+            _, (final, _) = self.rnn(packed)
+        return self.linear_1(final[-1])
+
+
+__all__ = ["FeatureSubNet", "TextLSTMSubNet", "time_average"]

@@ -18,8 +18,12 @@ output             6 * sigmoid(y) - 3 (the label range, as the authors' code)   
 Sizes are MMSA's MOSI settings (``config_regression.json``: hidden (text 128, audio 32, video
 128), text_out 32, post-fusion 64, dropouts 0.3 / 0.3 / 0.3 / 0.5). The flattening order is
 MMSA's: audio outermost, then vision, then text (index ``(i_a * (d_v + 1) + i_v) * (d_t + 1) +
-i_t``). MMSA's one-layer ``TextSubNet`` sets its dropout to 0, so ``text_dropout`` does not
-apply (kept as a field for the config's shape; documented in docs/models.md).
+i_t``). MMSA's one-layer ``TextSubNet`` sets its dropout to 0, so ``text_dropout`` applies only
+with ``text_final_dropout`` (the authors' code).
+
+Differences of MMSA's port to the authors' PyTorch code (Justin1904/TensorFusionNetworks, which
+MMSA cites), each an option whose default is MMSA's: ``text_final_dropout`` (the authors drop out
+the final text LSTM state), ``loss_reduction`` (the authors sum the L1 loss over the batch).
 
 Text: MMSA's non-BERT models read fixed BERT token features; msakit computes the token states
 with the (frozen by default) language model and runs the same LSTM over them. By default the LSTM
@@ -61,8 +65,11 @@ class TFNConfig(ModelConfig):
     audio_dropout: float = Field(0.3, ge=0.0, lt=1.0)
     vision_dropout: float = Field(0.3, ge=0.0, lt=1.0)
     text_dropout: float = Field(
-        0.3, ge=0.0, lt=1.0, description="unused, as in MMSA (its one-layer TextSubNet sets "
-        "its dropout to 0)")
+        0.3, ge=0.0, lt=1.0, description="used only with text_final_dropout (MMSA's one-layer "
+        "TextSubNet sets its dropout to 0)")
+    text_final_dropout: bool = Field(
+        False, description="True: text_dropout on the final LSTM state, as the authors' code "
+        "(Justin1904/TensorFusionNetworks); False: MMSA's dropout 0")
     post_fusion_dropout: float = Field(0.5, ge=0.0, lt=1.0)
     output_bound: float | None = Field(
         3.0, gt=0.0, description="prediction = 2b * sigmoid(y) - b (MMSA and the authors: b = 3, "
@@ -74,6 +81,9 @@ class TFNConfig(ModelConfig):
         None, ge=1, description="audio/vision: None = mean over the real steps; N = sum over the "
         "real steps / N, MMSA's mean over its N-step zero-padded arrays (50 for MOSI/MOSEI)")
     loss: Literal["l1", "mse"] = Field("l1", description="task loss (MMSA trains TFN with L1)")
+    loss_reduction: Literal["mean", "sum"] = Field(
+        "mean", description="mean over the batch (MMSA); sum (the authors' L1Loss(size_average="
+        "False))")
     loss_weights: dict[str, float] = Field(default_factory=lambda: {"task": 1.0})
 
     @model_validator(mode="after")
@@ -110,8 +120,10 @@ class TFN(MSAModel):
                                  f"{modality} features; use lf_dnn with model.modalities")
         self.text_encoder = PretrainedTextEncoder(
             config.language_model, pooling="none", freeze=config.freeze_language_model)
-        self.text_subnet = TextLSTMSubNet(self.text_encoder.hidden_size, config.text_hidden,
-                                          config.text_out, config.text_lstm_reads_padding)
+        self.text_subnet = TextLSTMSubNet(
+            self.text_encoder.hidden_size, config.text_hidden, config.text_out,
+            config.text_lstm_reads_padding,
+            dropout=config.text_dropout if config.text_final_dropout else 0.0)
         self.audio_subnet = FeatureSubNet(dims.audio, config.audio_hidden, config.audio_dropout)
         self.vision_subnet = FeatureSubNet(dims.vision, config.vision_hidden,
                                            config.vision_dropout)
@@ -142,5 +154,5 @@ class TFN(MSAModel):
         if "labels" in batch:
             labels = batch["labels"].to(prediction.dtype).reshape(-1)
             loss_fn = F.l1_loss if self.config.loss == "l1" else F.mse_loss
-            losses["task"] = loss_fn(prediction, labels)
+            losses["task"] = loss_fn(prediction, labels, reduction=self.config.loss_reduction)
         return ModelOutput(prediction=prediction, losses=losses)

@@ -54,16 +54,19 @@ class TextLSTMSubNet(nn.Module):
     """MMSA's ``TextSubNet``: a one-layer LSTM over token states, its final hidden state ->
     Linear. ``(B, L, D), (B, L) -> (B, out)``.
 
-    MMSA's one-layer ``TextSubNet`` sets its dropout to 0 whatever the config says (its
-    ``nn.Dropout(0.0)`` is left out here: it is the identity). ``reads_padding=True`` runs the
-    LSTM over every position up to the batch's padded length, as MMSA's unpacked LSTM does (a
-    prediction then depends on the batch's padding); ``False`` packs the real tokens.
+    ``dropout`` applies to the final state. MMSA's one-layer ``TextSubNet`` sets it to 0 whatever
+    the config says; the authors' ``TextSubNet`` (Justin1904's TFN and LMF code) applies the text
+    dropout there. ``reads_padding=True`` runs the LSTM over every position up to the batch's
+    padded length, as MMSA's unpacked LSTM does (a prediction then depends on the batch's
+    padding); ``False`` packs the real tokens.
     """
 
-    def __init__(self, in_dim: int, hidden: int, out_dim: int, reads_padding: bool = False):
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, reads_padding: bool = False,
+                 dropout: float = 0.0):
         super().__init__()
         self.reads_padding = reads_padding
         self.rnn = nn.LSTM(in_dim, hidden, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
         self.linear_1 = nn.Linear(hidden, out_dim)
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -73,7 +76,7 @@ class TextLSTMSubNet(nn.Module):
             lengths = mask.sum(1).clamp_min(1).cpu()  # pack_padded_sequence wants CPU lengths
             packed = pack_padded_sequence(states, lengths, batch_first=True, enforce_sorted=False)
             _, (final, _) = self.rnn(packed)
-        return self.linear_1(final[-1])
+        return self.linear_1(self.dropout(final[-1]))
 
 
 __all__ = ["FeatureSubNet", "TextLSTMSubNet", "time_average"]

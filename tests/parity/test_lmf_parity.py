@@ -51,7 +51,8 @@ def overrides(fixture, bert_dir, dropouts) -> list[str]:
     return [
         f"model.language_model={bert_dir}", "model.freeze_language_model=true",
         "model.text_lstm_reads_padding=true",
-        f"model.time_average_steps={fixture['average_steps']}",
+        f"model.audio_average_steps={fixture['average_steps']}",
+        f"model.vision_average_steps={fixture['average_steps']}",
         f"model.text_hidden={text_hidden}", f"model.audio_hidden={audio_hidden}",
         f"model.vision_hidden={video_hidden}", f"model.rank={sizes['rank']}",
         f"model.text_dropout={text_p}", f"model.audio_dropout={audio_p}",

@@ -6,7 +6,7 @@ summed over the real steps / 50 (MMSA's mean over its 50-step zero-padded arrays
 float64, six real clips in three batches of two. With dropout 0, MMSA's ``do_train`` (Adam
 without weight decay, a step per batch, L1 loss) for three epochs with scripted validation
 losses; msakit runs the same through ``Trainer.fit`` with MMSA's reading of its arrays
-(``text_lstm_reads_padding: true``, ``time_average_steps: 50``) and must match every prediction,
+(``text_lstm_reads_padding: true``, ``audio_average_steps``/``vision_average_steps: 50``) and must match every prediction,
 unimodal feature and loss, every gradient, every parameter and BatchNorm buffer after each step,
 and the epoch early stopping ends on. At MMSA's MOSI dropout rates: the same dropout calls (rate
 and input shape, in call order) in train mode, and the same eval-mode predictions.
@@ -56,7 +56,8 @@ def overrides(fixture, bert_dir, dropouts) -> list[str]:
     return [
         f"model.language_model={bert_dir}", "model.freeze_language_model=true",
         "model.text_lstm_reads_padding=true",
-        f"model.time_average_steps={fixture['average_steps']}",
+        f"model.audio_average_steps={fixture['average_steps']}",
+        f"model.vision_average_steps={fixture['average_steps']}",
         f"model.text_hidden={text_hidden}", f"model.text_out={sizes['text_out']}",
         f"model.audio_hidden={audio_hidden}", f"model.vision_hidden={video_hidden}",
         f"model.post_fusion_dim={sizes['post_fusion_dim']}", f"model.text_dropout={text_p}",

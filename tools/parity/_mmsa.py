@@ -99,11 +99,12 @@ def lstm_dropouts(model: torch.nn.Module) -> list[tuple[str, float, int]]:
             if isinstance(m, torch.nn.LSTM)]
 
 
-def make_batches(clips: dict, bert, feature_steps) -> list[dict]:
+def make_batches(clips: dict, bert, feature_steps, text_steps=None) -> list[dict]:
     """3 batches of 2: token ids and mask (to the batch's longest transcript), the BERT's token
     states ``text_features``, the word-level audio/vision ``audio_full``/``vision_full`` with
     ``lengths``, and ``official_audio``/``official_vision`` = ``feature_steps(x, mask)``, what
-    MMSA's loader gives the model."""
+    MMSA's loader gives the model (``text_steps(states, mask)`` for the text features, if
+    given)."""
     batches = []
     steps_mask = torch.arange(clips["audio"].shape[1])[None] < clips["lengths"][:, None]
     for start in range(0, len(ROWS), BATCH):
@@ -114,6 +115,8 @@ def make_batches(clips: dict, bert, feature_steps) -> list[dict]:
         with torch.no_grad():
             text = bert(input_ids=ids, attention_mask=mask,
                         token_type_ids=torch.zeros_like(ids)).last_hidden_state
+        if text_steps is not None:
+            text = text_steps(text, mask)
         batches.append({
             "input_ids": ids, "attention_mask": mask, "text_features": text,
             "official_audio": feature_steps(clips["audio"][rows], steps_mask[rows]),
@@ -136,7 +139,8 @@ def official_inputs(batch: dict) -> tuple:
 
 
 def run_official(data: Path, build_model, train_module, trainer_class: str, args: dict,
-                 feature_steps, forward_outputs=("M",), rated_args: dict | None = None) -> dict:
+                 feature_steps, forward_outputs=("M",), rated_args: dict | None = None,
+                 text_steps=None) -> dict:
     """Everything a fixture records (module docstring); ``build_model(args)`` builds MMSA's
     model from an :class:`AttributeDict`; ``args`` are the training run's (dropout 0) and
     ``rated_args`` the changes for MMSA's MOSI dropout rates."""
@@ -145,7 +149,7 @@ def run_official(data: Path, build_model, train_module, trainer_class: str, args
     bert = tiny_bert()
     bert_state = {k: v.clone() for k, v in bert.state_dict().items()}
     bert.double().eval()
-    batches = make_batches(clips, bert, feature_steps)
+    batches = make_batches(clips, bert, feature_steps, text_steps)
 
     base = {"num_classes": 1, "train_mode": "regression", "dataset_name": "mosi",
             "KeyEval": "Loss", "early_stop": EARLY_STOP, "cur_seed": 1,

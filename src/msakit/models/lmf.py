@@ -30,7 +30,7 @@ dropout is built but never called, as in the authors' code; ``post_fusion_dropou
 the config's shape and does nothing.
 
 Text and audio/vision are read as in msakit's TFN (``text_lstm_reads_padding``,
-``time_average_steps`` reproduce MMSA's reading of its zero-padded arrays).
+``audio_average_steps``/``vision_average_steps`` reproduce MMSA's reading of its zero-padded arrays).
 """
 
 from __future__ import annotations
@@ -82,9 +82,13 @@ class LMFConfig(ModelConfig):
     text_lstm_reads_padding: bool = Field(
         False, description="True: the LSTM runs over the batch's padded length, as MMSA's "
         "unpacked LSTM (a prediction then depends on the batch's padding); False: real tokens")
-    time_average_steps: int | None = Field(
-        None, ge=1, description="audio/vision: None = mean over the real steps; N = sum over the "
-        "real steps / N, MMSA's mean over its N-step zero-padded arrays (50 for MOSI/MOSEI)")
+    audio_average_steps: int | None = Field(
+        None, ge=1, description="audio summary: None = mean over the real steps; N = sum over the "
+        "real steps / N, MMSA's mean over its N-step zero-padded array (MOSI/MOSEI: 50 aligned, "
+        "500 unaligned; SIMS: 400)")
+    vision_average_steps: int | None = Field(
+        None, ge=1, description="the same for vision (MOSI/MOSEI: 50 aligned, 375 unaligned; "
+        "SIMS: 55)")
     loss: Literal["l1", "mse"] = Field("l1", description="task loss (MMSA trains LMF with L1)")
     loss_reduction: Literal["mean", "sum"] = Field(
         "mean", description="mean over the batch (MMSA); sum (the authors' L1Loss(size_average="
@@ -144,9 +148,9 @@ class LMF(MSAModel):
     def unimodal_features(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """``{"audio": (B, audio_hidden), "vision": (B, vision_hidden), "text": (B, text_out)}``,
         computed in MMSA's order (audio, vision, text)."""
-        steps = self.config.time_average_steps
-        features = {m: getattr(self, f"{m}_subnet")(
-            time_average(batch[m], batch[f"{m}_mask"], steps)) for m in ("audio", "vision")}
+        features = {m: getattr(self, f"{m}_subnet")(time_average(
+            batch[m], batch[f"{m}_mask"], getattr(self.config, f"{m}_average_steps")))
+            for m in ("audio", "vision")}
         states = self.text_encoder.encode_batch(batch)  # (B, L_t, H)
         features["text"] = self.text_subnet(states, batch["attention_mask"])
         return features

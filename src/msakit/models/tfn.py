@@ -28,8 +28,9 @@ the final text LSTM state), ``loss_reduction`` (the authors sum the L1 loss over
 Text: MMSA's non-BERT models read fixed BERT token features; msakit computes the token states
 with the (frozen by default) language model and runs the same LSTM over them. By default the LSTM
 reads only the real tokens and audio/vision are true means over their real steps, so a clip's
-prediction does not depend on its batch; ``text_lstm_reads_padding`` and ``time_average_steps``
-reproduce MMSA's reading of its zero-padded arrays (the parity test sets both).
+prediction does not depend on its batch; ``text_lstm_reads_padding`` and
+``audio_average_steps``/``vision_average_steps`` reproduce MMSA's reading of its zero-padded
+arrays (the parity test sets them).
 
 The loss is L1 (MMSA trains TFN with ``nn.L1Loss``); MMSA's optimiser is Adam without weight
 decay over every parameter.
@@ -77,9 +78,13 @@ class TFNConfig(ModelConfig):
     text_lstm_reads_padding: bool = Field(
         False, description="True: the LSTM runs over the batch's padded length, as MMSA's "
         "unpacked LSTM (a prediction then depends on the batch's padding); False: real tokens")
-    time_average_steps: int | None = Field(
-        None, ge=1, description="audio/vision: None = mean over the real steps; N = sum over the "
-        "real steps / N, MMSA's mean over its N-step zero-padded arrays (50 for MOSI/MOSEI)")
+    audio_average_steps: int | None = Field(
+        None, ge=1, description="audio summary: None = mean over the real steps; N = sum over the "
+        "real steps / N, MMSA's mean over its N-step zero-padded array (MOSI/MOSEI: 50 aligned, "
+        "500 unaligned; SIMS: 400)")
+    vision_average_steps: int | None = Field(
+        None, ge=1, description="the same for vision (MOSI/MOSEI: 50 aligned, 375 unaligned; "
+        "SIMS: 55)")
     loss: Literal["l1", "mse"] = Field("l1", description="task loss (MMSA trains TFN with L1)")
     loss_reduction: Literal["mean", "sum"] = Field(
         "mean", description="mean over the batch (MMSA); sum (the authors' L1Loss(size_average="
@@ -136,9 +141,9 @@ class TFN(MSAModel):
     def unimodal_features(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """``{"audio": (B, audio_hidden), "vision": (B, vision_hidden), "text": (B, text_out)}``,
         computed in MMSA's order (audio, vision, text: the order of its dropout calls)."""
-        steps = self.config.time_average_steps
-        features = {m: getattr(self, f"{m}_subnet")(
-            time_average(batch[m], batch[f"{m}_mask"], steps)) for m in ("audio", "vision")}
+        features = {m: getattr(self, f"{m}_subnet")(time_average(
+            batch[m], batch[f"{m}_mask"], getattr(self.config, f"{m}_average_steps")))
+            for m in ("audio", "vision")}
         states = self.text_encoder.encode_batch(batch)  # (B, L_t, H)
         features["text"] = self.text_subnet(states, batch["attention_mask"])
         return features

@@ -1,5 +1,6 @@
 """The unimodal sub-networks MMSA's tensor-fusion family shares (TFN, LMF; MMSA's
-``models/subNets/FeatureNets.py``), and MMSA's time average of audio/vision.
+``models/subNets/FeatureNets.py``), MMSA's time average of audio/vision and its ``avg_pool``
+alignment (``models/subNets/AlignNets.py``).
 
 Parameter names follow MMSA's (``norm``, ``drop``, ``linear_1`` ...), so an MMSA state dict maps
 onto them by module prefix alone.
@@ -22,6 +23,20 @@ def time_average(x: torch.Tensor, mask: torch.Tensor, steps: int | None = None) 
     if steps is None:
         return total / weights.sum(1).clamp_min(1.0)
     return total / steps
+
+
+def avg_pool_align(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """``(B, L, D) -> (B, steps, D)``: MMSA's ``AlignSubNet`` in ``avg_pool`` mode, which fits an
+    audio/vision array to the text length for its ``need_model_aligned`` models. ``L`` is padded
+    to the next multiple of ``steps`` by repeating the last step, then every
+    ``ceil(L / steps)`` consecutive steps are averaged; ``L == steps`` is returned as is."""
+    length = x.shape[1]
+    if length == steps:
+        return x
+    pool = -(-length // steps)  # ceil
+    pad = pool * steps - length
+    x = torch.cat([x, x[:, -1:].expand(-1, pad, -1)], dim=1)
+    return x.reshape(x.shape[0], steps, pool, x.shape[-1]).mean(dim=2)
 
 
 class FeatureSubNet(nn.Module):
@@ -79,4 +94,4 @@ class TextLSTMSubNet(nn.Module):
         return self.linear_1(self.dropout(final[-1]))
 
 
-__all__ = ["FeatureSubNet", "TextLSTMSubNet", "time_average"]
+__all__ = ["FeatureSubNet", "TextLSTMSubNet", "avg_pool_align", "time_average"]

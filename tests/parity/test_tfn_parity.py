@@ -8,8 +8,9 @@ without weight decay, a step per batch, L1 loss) for three epochs with scripted 
 losses; msakit runs the same through ``Trainer.fit`` with MMSA's reading of its arrays
 (``text_lstm_reads_padding: true``, ``audio_average_steps``/``vision_average_steps: 50``) and
 must match every prediction, unimodal feature and loss, every gradient, every parameter and
-BatchNorm buffer after each step, and the epoch early stopping ends on. At MMSA's MOSI dropout rates: the same dropout calls (rate
-and input shape, in call order) in train mode, and the same eval-mode predictions.
+BatchNorm buffer after each step, and the epoch early stopping ends on. At MMSA's MOSI dropout
+rates: the same dropout calls (rate and input shape, in call order) in train mode, and the same
+eval-mode predictions.
 
 Names: msakit keeps MMSA's (``video_subnet`` -> ``vision_subnet``); MMSA's constant
 ``output_range``/``output_shift`` parameters are msakit's ``output_bound`` (6 = 2 * 3, -3 = -3).

@@ -42,7 +42,7 @@ from torch import nn
 from msakit.config_schema import ModelConfig, TrainConfig
 from msakit.models import register_model
 from msakit.models.base import FeatureDims, ModelOutput, MSAModel
-from msakit.modules.mmsa_subnets import avg_pool_align
+from msakit.modules.mmsa_subnets import avg_pool_align, fixed_length, single_adam_group
 from msakit.modules.text import PretrainedTextEncoder
 
 
@@ -75,13 +75,6 @@ class EFLSTMConfig(ModelConfig):
             raise ValueError(
                 f"model.loss_weights must give exactly ['task'], got {sorted(self.loss_weights)}")
         return self
-
-
-def fixed_length(x: torch.Tensor, mask: torch.Tensor, steps: int) -> torch.Tensor:
-    """``(B, L, D), (B, L) -> (B, steps, D)``: zero past the real steps, then zero-padded or
-    truncated to ``steps``."""
-    x = (x * mask.to(x.dtype).unsqueeze(-1))[:, :steps]
-    return F.pad(x, (0, 0, 0, steps - x.shape[1]))
 
 
 @register_model
@@ -124,17 +117,7 @@ class EFLSTM(MSAModel):
     def parameter_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
         if self.config.exempt_biases_from_decay:
             return super().parameter_groups(train)
-        lm_prefixes = self.language_model_prefixes()
-        groups = []
-        for is_lm in (True, False):
-            params = [p for n, p in self.named_parameters() if p.requires_grad
-                      and bool(lm_prefixes and n.startswith(lm_prefixes)) == is_lm]
-            if params:
-                groups.append({"name": "language_model" if is_lm else "other", "params": params,
-                               "lr": train.lm_lr if is_lm else train.lr,
-                               "weight_decay": train.lm_weight_decay if is_lm
-                               else train.weight_decay})
-        return groups
+        return single_adam_group(self, train)
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         x = self.norm(self.fused_sequence(batch))
@@ -149,4 +132,4 @@ class EFLSTM(MSAModel):
         return ModelOutput(prediction=prediction, losses=losses)
 
 
-__all__ = ["EFLSTM", "EFLSTMConfig", "fixed_length"]
+__all__ = ["EFLSTM", "EFLSTMConfig"]

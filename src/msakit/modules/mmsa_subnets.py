@@ -25,6 +25,31 @@ def time_average(x: torch.Tensor, mask: torch.Tensor, steps: int | None = None) 
     return total / steps
 
 
+def fixed_length(x: torch.Tensor, mask: torch.Tensor, steps: int) -> torch.Tensor:
+    """``(B, L, D), (B, L) -> (B, steps, D)``: zero past the real steps, then zero-padded or
+    truncated to ``steps`` (MMSA's fixed-length arrays)."""
+    x = (x * mask.to(x.dtype).unsqueeze(-1))[:, :steps]
+    return F.pad(x, (0, 0, 0, steps - x.shape[1]))
+
+
+def single_adam_group(model: nn.Module, train) -> list[dict]:
+    """MMSA's optimiser layout for most of its models: one Adam group, ``train.lr`` and
+    ``train.weight_decay`` on every trainable parameter, biases and norm weights included
+    (a pretrained LM, if it trains, in its own group at ``train.lm_lr``)."""
+    prefixes = tuple(name + "." for name, module in model.named_modules()
+                     if getattr(module, "is_pretrained_language_model", False))
+    groups = []
+    for is_lm in (True, False):
+        params = [p for n, p in model.named_parameters() if p.requires_grad
+                  and bool(prefixes and n.startswith(prefixes)) == is_lm]
+        if params:
+            groups.append({"name": "language_model" if is_lm else "other", "params": params,
+                           "lr": train.lm_lr if is_lm else train.lr,
+                           "weight_decay": train.lm_weight_decay if is_lm
+                           else train.weight_decay})
+    return groups
+
+
 def avg_pool_align(x: torch.Tensor, steps: int) -> torch.Tensor:
     """``(B, L, D) -> (B, steps, D)``: MMSA's ``AlignSubNet`` in ``avg_pool`` mode, which fits an
     audio/vision array to the text length for its ``need_model_aligned`` models. ``L`` is padded
@@ -94,4 +119,5 @@ class TextLSTMSubNet(nn.Module):
         return self.linear_1(self.dropout(final[-1]))
 
 
-__all__ = ["FeatureSubNet", "TextLSTMSubNet", "avg_pool_align", "time_average"]
+__all__ = ["FeatureSubNet", "TextLSTMSubNet", "avg_pool_align", "fixed_length",
+           "single_adam_group", "time_average"]

@@ -82,7 +82,7 @@ class EFLSTM(MSAModel):
     """Early-fusion LSTM (see the module docstring for blocks and sizes)."""
 
     name = "ef_lstm"
-    paper = ("Williams et al. Recognizing emotions in video using multimodal DNN feature fusion. "
+    paper = ("Williams et al., Recognizing emotions in video using multimodal DNN feature fusion, "
              "2018 (MMSA's EF_LSTM)")
     config_class = EFLSTMConfig
 

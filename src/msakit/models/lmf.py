@@ -111,7 +111,7 @@ class LMF(MSAModel):
     """Low-rank Multimodal Fusion (see the module docstring for blocks and sizes)."""
 
     name = "lmf"
-    paper = ("Liu et al. Efficient Low-rank Multimodal Fusion with Modality-Specific Factors. "
+    paper = ("Liu et al., Efficient Low-rank Multimodal Fusion with Modality-Specific Factors, "
              "ACL 2018 (MMSA's port)")
     config_class = LMFConfig
 

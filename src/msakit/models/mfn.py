@@ -97,7 +97,7 @@ class MFN(MSAModel):
     """Memory Fusion Network (see the module docstring for blocks and sizes)."""
 
     name = "mfn"
-    paper = ("Zadeh et al. Memory Fusion Network for Multi-view Sequential Learning. AAAI 2018 "
+    paper = ("Zadeh et al., Memory Fusion Network for Multi-view Sequential Learning, AAAI 2018 "
              "(MMSA's port)")
     config_class = MFNConfig
 

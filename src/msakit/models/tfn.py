@@ -113,7 +113,7 @@ class TFN(MSAModel):
     """Tensor Fusion Network (see the module docstring for blocks and sizes)."""
 
     name = "tfn"
-    paper = ("Zadeh et al. Tensor Fusion Network for Multimodal Sentiment Analysis. EMNLP 2017 "
+    paper = ("Zadeh et al., Tensor Fusion Network for Multimodal Sentiment Analysis, EMNLP 2017 "
              "(MMSA's port)")
     config_class = TFNConfig
 

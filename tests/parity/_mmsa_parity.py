@@ -41,8 +41,9 @@ def msakit_batches(fixture: dict) -> list[dict]:
         batches.append({
             "index": b["index"], "input_ids": b["input_ids"], "attention_mask": b["attention_mask"],
             "token_type_ids": torch.zeros_like(b["input_ids"]),
-            "audio": b["audio_full"], "audio_mask": mask, "audio_lengths": b["lengths"],
-            "vision": b["vision_full"], "vision_mask": mask, "vision_lengths": b["lengths"],
+            "audio": b["audio_full"].double(), "audio_mask": mask, "audio_lengths": b["lengths"],
+            "vision": b["vision_full"].double(), "vision_mask": mask,
+            "vision_lengths": b["lengths"],
             "labels": b["labels"]["M"], "host_lengths": {"audio": b["lengths"],
                                                          "vision": b["lengths"]},
         })
@@ -185,7 +186,9 @@ def assert_training_matches(fixture, record, summary, to_msakit: Mapping,
                                            atol=TOLERANCE, rtol=0,
                                            msg=f"step {i + 1}: {kind} of {name}")
                 compared += 1
-            assert compared > 0
+            # a fixture may keep the state of some steps only (graph_mfn: size)
+            assert compared > 0 or (kind == "state" and not theirs[kind])
+    assert sum(bool(s["state"]) for s in steps) >= 2
     stopping = fixture["early_stopping"]
     assert summary["epochs_run"] == stopping["epochs_run"]
     best = min(range(len(stopping["valid_losses"][:stopping["epochs_run"]])),

@@ -121,6 +121,24 @@ def graph_mfn(p: dict, dataset: str) -> tuple[dict, dict]:
     return {**model, "loss": "l1"}, train_fields(p)
 
 
+def mlf_dnn(p: dict, dataset: str) -> tuple[dict, dict]:
+    th, ah, vh = p["hidden_dims"]
+    ad, vd, td = p["dropouts"]
+    pt, pa, pv, pf = p["post_dropouts"]
+    return ({"freeze_language_model": True, "text_hidden": th, "audio_hidden": ah,
+             "vision_hidden": vh, "text_out": p["text_out"],
+             "post_fusion_dim": p["post_fusion_dim"], "post_text_dim": p["post_text_dim"],
+             "post_audio_dim": p["post_audio_dim"], "post_vision_dim": p["post_video_dim"],
+             "audio_dropout": ad, "vision_dropout": vd, "text_dropout": td,
+             "post_text_dropout": pt, "post_audio_dropout": pa, "post_vision_dropout": pv,
+             "post_fusion_dropout": pf, "text_weight_decay": p["text_weight_decay"],
+             "audio_weight_decay": p["audio_weight_decay"],
+             "vision_weight_decay": p["video_weight_decay"],
+             "loss_weights": "{" + ", ".join(f"{term}: {fmt(float(p[key]))}" for term, key in (
+                 ("task", "M"), ("text", "T"), ("audio", "A"), ("vision", "V"))) + "}"},
+            train_fields(p))
+
+
 MODELS = {
     "tfn": ("TFN", tfn, AVERAGED),
     "lmf": ("LMF", lmf, AVERAGED),
@@ -140,6 +158,10 @@ MODELS = {
         "MMSA reads fixed BERT features (the LM is frozen) and audio/vision, word-aligned and "
         "padded to",
         "seq_len steps (MOSI/MOSEI aligned_50: 50; SIMS: 39)."]),
+    "mlf_dnn": ("MLF-DNN", mlf_dnn, AVERAGED[:2] + [
+        "steps; MMSA divides by its arrays' padded length (SIMS: audio 400, vision 55), which",
+        "model.audio_average_steps / vision_average_steps reproduce. MMSA runs it on CH-SIMS only:",
+        "four L1 terms on the human and the unimodal labels (labels_T/_A/_V)."]),
 }
 
 
@@ -179,6 +201,8 @@ def main() -> None:
     tables = result_tables((args.official / "results/result-stat.md").read_text())
     for model in args.models:
         for dataset in DATASETS:
+            if dataset not in config[model]["datasetParams"]:
+                continue  # MMSA has no setting (e.g. its multi-task models: CH-SIMS only)
             path = REPO_ROOT / "src/msakit/configs/presets" / model / f"{dataset}.yaml"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(preset_text(model, dataset, config, tables, commit))

@@ -47,6 +47,9 @@ def msakit_batches(fixture: dict) -> list[dict]:
             "labels": b["labels"]["M"], "host_lengths": {"audio": b["lengths"],
                                                          "vision": b["lengths"]},
         })
+        for task in "TAV":  # unimodal labels (MMSA's multi-task models)
+            if task in b["labels"]:
+                batches[-1][f"labels_{task}"] = b["labels"][task]
     return batches
 
 
@@ -153,10 +156,12 @@ def replay_training(config, model, fixture, tmp_path, monkeypatch, features: boo
 
 
 def assert_training_matches(fixture, record, summary, to_msakit: Mapping,
-                            features: dict[str, str] | None = None) -> None:
+                            features: dict[str, str] | None = None,
+                            terms: tuple[str, ...] = ("task",)) -> None:
     """Predictions, losses (and the official ``Feature_*`` -> msakit feature names in
     ``features``) of every forward pass; every gradient and state after every step; the epochs
-    early stopping ran."""
+    early stopping ran. A multi-task fixture records every criterion call of a forward pass:
+    they are msakit's loss ``terms``, in that order."""
     official = fixture["forwards"]
     assert len(record["forwards"]) == len(official) >= 6
     for i, (theirs, ours) in enumerate(zip(official, record["forwards"])):
@@ -166,7 +171,11 @@ def assert_training_matches(fixture, record, summary, to_msakit: Mapping,
         for key, name in (features or {}).items():
             torch.testing.assert_close(ours["features"][name], theirs[key].double(),
                                        atol=TOLERANCE, rtol=0, msg=f"forward {i + 1}: {key}")
-        assert abs(float(output.losses["task"].detach()) - float(theirs["loss"])) < TOLERANCE
+        official_losses = theirs.get("criterion_calls", theirs["loss"].reshape(1))
+        assert len(official_losses) == len(terms) == len(output.losses)
+        for term, value in zip(terms, official_losses):
+            assert abs(float(output.losses[term].detach()) - float(value)) < TOLERANCE, \
+                f"forward {i + 1}: loss {term}"
     steps = fixture["optimizer_steps"]
     assert [s["after_forward"] for s in record["steps"]] == \
         [s["after_forward"] for s in steps] == list(range(1, len(official) + 1))

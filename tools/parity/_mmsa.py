@@ -99,13 +99,16 @@ def lstm_dropouts(model: torch.nn.Module) -> list[tuple[str, float, int]]:
             if isinstance(m, torch.nn.LSTM)]
 
 
-def make_batches(clips: dict, bert, feature_steps, text_steps=None) -> list[dict]:
+def make_batches(clips: dict, bert, feature_steps, text_steps=None,
+                 unimodal_labels: bool = False) -> list[dict]:
     """3 batches of 2: token ids and mask (to the batch's longest transcript), the BERT's token
     states ``text_features``, the word-level audio/vision ``audio_full``/``vision_full`` with
     ``lengths``, and ``official_audio``/``official_vision`` = ``feature_steps(x, mask)``, what
     MMSA's loader gives the model (``text_steps(states, mask)`` for the text features, if
-    given)."""
+    given). ``unimodal_labels``: random SIMS-style ``T``/``A``/``V`` labels (multiples of 0.2 in
+    [-1, 1]) beside the clips' ``M`` labels, for MMSA's multi-task models."""
     batches = []
+    generator = torch.Generator().manual_seed(4)
     steps_mask = torch.arange(clips["audio"].shape[1])[None] < clips["lengths"][:, None]
     for start in range(0, len(ROWS), BATCH):
         rows = slice(start, start + BATCH)
@@ -125,6 +128,10 @@ def make_batches(clips: dict, bert, feature_steps, text_steps=None) -> list[dict
             "lengths": clips["lengths"][rows], "index": torch.arange(start, start + BATCH),
             "labels": {"M": clips["labels"][rows].clone()},
         })
+        if unimodal_labels:
+            for task in "TAV":
+                drawn = torch.randint(-5, 6, (BATCH,), generator=generator).double() / 5
+                batches[-1]["labels"][task] = drawn
     return batches
 
 
@@ -140,7 +147,7 @@ def official_inputs(batch: dict) -> tuple:
 
 def run_official(data: Path, build_model, train_module, trainer_class: str, args: dict,
                  feature_steps, forward_outputs=("M",), rated_args: dict | None = None,
-                 text_steps=None) -> dict:
+                 text_steps=None, unimodal_labels: bool = False) -> dict:
     """Everything a fixture records (module docstring); ``build_model(args)`` builds MMSA's
     model from an :class:`AttributeDict`; ``args`` are the training run's (dropout 0) and
     ``rated_args`` the changes for MMSA's MOSI dropout rates."""
@@ -149,7 +156,7 @@ def run_official(data: Path, build_model, train_module, trainer_class: str, args
     bert = tiny_bert()
     bert_state = {k: v.clone() for k, v in bert.state_dict().items()}
     bert.double().eval()
-    batches = make_batches(clips, bert, feature_steps, text_steps)
+    batches = make_batches(clips, bert, feature_steps, text_steps, unimodal_labels)
 
     base = {"num_classes": 1, "train_mode": "regression", "dataset_name": "mosi",
             "KeyEval": "Loss", "early_stop": EARLY_STOP, "cur_seed": 1,
@@ -195,7 +202,8 @@ def run_official(data: Path, build_model, train_module, trainer_class: str, args
 
     def recording_criterion(prediction, target):
         loss = criterion(prediction, target)
-        forwards[-1]["loss"] = loss.detach().clone()
+        forwards[-1]["loss"] = loss.detach().clone()  # the last call's (single-task: the one)
+        forwards[-1].setdefault("criterion_calls", []).append(loss.detach().clone())
         return loss
 
     trainer.criterion = recording_criterion
@@ -217,8 +225,12 @@ def run_official(data: Path, build_model, train_module, trainer_class: str, args
             "labels"}
 
     def flat(outputs):
-        return compact({k: v.reshape(v.shape[0], -1) if v.dim() else v
-                        for k, v in outputs.items()})
+        calls = outputs.pop("criterion_calls", None)
+        out = compact({k: v.reshape(v.shape[0], -1) if v.dim() else v
+                       for k, v in outputs.items()})
+        if calls is not None and len(calls) > 1:  # multi-task: every term, in MMSA's order
+            out["criterion_calls"] = torch.stack(calls).float()
+        return out
 
     print(f"{len(forwards)} forward passes, {len(optimizer_steps)} optimiser steps, "
           f"{len(epochs_seen)} epochs; dropout map {calls}")

@@ -36,13 +36,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
-from torch import nn
 
 from msakit.config_schema import ModelConfig, TrainConfig
 from msakit.errors import ConfigError
 from msakit.models import register_model
 from msakit.models.base import FeatureDims, ModelOutput, MSAModel
-from msakit.modules.mmsa_subnets import FeatureSubNet, TextLSTMSubNet, time_average
+from msakit.modules.mmsa_subnets import (
+    FeatureSubNet,
+    RegressionHead,
+    TextLSTMSubNet,
+    subnet_decay_groups,
+    time_average,
+)
 from msakit.modules.text import PretrainedTextEncoder
 
 #: loss term -> (head, batch key of its labels)
@@ -98,21 +103,6 @@ class MLFDNNConfig(ModelConfig):
         return value
 
 
-class _Head(nn.Module):
-    """Dropout -> Linear + ReLU -> Linear + ReLU -> Linear. ``(B, D) -> (B,)``."""
-
-    def __init__(self, in_dim: int, hidden: int, dropout: float):
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.layer_1 = nn.Linear(in_dim, hidden)
-        self.layer_2 = nn.Linear(hidden, hidden)
-        self.layer_3 = nn.Linear(hidden, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.layer_2(F.relu(self.layer_1(self.dropout(x)))))
-        return self.layer_3(x).squeeze(-1)
-
-
 @register_model
 class MLFDNN(MSAModel):
     """Multi-task late-fusion DNN (see the module docstring for blocks and sizes)."""
@@ -135,12 +125,13 @@ class MLFDNN(MSAModel):
         self.audio_subnet = FeatureSubNet(dims.audio, config.audio_hidden, config.audio_dropout)
         self.vision_subnet = FeatureSubNet(dims.vision, config.vision_hidden,
                                            config.vision_dropout)
-        self.post_text = _Head(config.text_out, config.post_text_dim, config.post_text_dropout)
-        self.post_audio = _Head(config.audio_hidden, config.post_audio_dim,
+        self.post_text = RegressionHead(config.text_out, config.post_text_dim,
+                                        config.post_text_dropout)
+        self.post_audio = RegressionHead(config.audio_hidden, config.post_audio_dim,
                                 config.post_audio_dropout)
-        self.post_vision = _Head(config.vision_hidden, config.post_vision_dim,
+        self.post_vision = RegressionHead(config.vision_hidden, config.post_vision_dim,
                                  config.post_vision_dropout)
-        self.post_fusion = _Head(config.audio_hidden + config.vision_hidden + config.text_out,
+        self.post_fusion = RegressionHead(config.audio_hidden + config.vision_hidden + config.text_out,
                                  config.post_fusion_dim, config.post_fusion_dropout)
 
     def unimodal_features(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -175,22 +166,9 @@ class MLFDNN(MSAModel):
 
     def parameter_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
         """MMSA's four Adam groups, all at ``train.lr``: the text, audio and vision sub-networks
-        with their own weight decay, the rest with ``train.weight_decay`` (a fine-tuned LM in
-        its own group at ``train.lm_lr``)."""
-        lm_prefixes = self.language_model_prefixes()
-        decay = {"text_subnet.": self.config.text_weight_decay,
-                 "audio_subnet.": self.config.audio_weight_decay,
-                 "vision_subnet.": self.config.vision_weight_decay}
-        groups: dict[str, dict[str, Any]] = {}
-        for name, parameter in self.named_parameters():
-            if not parameter.requires_grad:
-                continue
-            if lm_prefixes and name.startswith(lm_prefixes):
-                key, lr, wd = "language_model", train.lm_lr, train.lm_weight_decay
-            else:
-                key = next((p.rstrip(".") for p in decay if name.startswith(p)), "other")
-                lr, wd = train.lr, decay.get(key + ".", train.weight_decay)
-            group = groups.setdefault(key, {"name": key, "params": [], "lr": lr,
-                                            "weight_decay": wd})
-            group["params"].append(parameter)
-        return list(groups.values())
+        with their own weight decay, the rest with ``train.weight_decay``."""
+        cfg = self.config
+        return subnet_decay_groups(self, train, {
+            "text_subnet.": (train.lr, cfg.text_weight_decay),
+            "audio_subnet.": (train.lr, cfg.audio_weight_decay),
+            "vision_subnet.": (train.lr, cfg.vision_weight_decay)}, train.weight_decay)

@@ -64,6 +64,44 @@ def avg_pool_align(x: torch.Tensor, steps: int) -> torch.Tensor:
     return x.reshape(x.shape[0], steps, pool, x.shape[-1]).mean(dim=2)
 
 
+class RegressionHead(nn.Module):
+    """MMSA's post-fusion / unimodal heads: Dropout -> Linear + ReLU -> Linear + ReLU -> Linear.
+    ``(B, D) -> (B,)``."""
+
+    def __init__(self, in_dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.layer_1 = nn.Linear(in_dim, hidden)
+        self.layer_2 = nn.Linear(hidden, hidden)
+        self.layer_3 = nn.Linear(hidden, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.layer_2(F.relu(self.layer_1(self.dropout(x)))))
+        return self.layer_3(x).squeeze(-1)
+
+
+def subnet_decay_groups(model: nn.Module, train, groups_by_prefix: dict[str, tuple[float, float]],
+                        other_decay: float) -> list[dict]:
+    """MMSA's multi-task optimiser layout: the trainable parameters under each prefix of
+    ``groups_by_prefix`` (e.g. ``"text_subnet."``, or an exact parameter name) in one group with
+    that ``(lr, weight_decay)``, the rest at ``train.lr`` with ``other_decay`` (a fine-tuned LM
+    in its own group at ``train.lm_lr``)."""
+    prefixes = tuple(name + "." for name, module in model.named_modules()
+                     if getattr(module, "is_pretrained_language_model", False))
+    groups: dict[str, dict] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        if prefixes and name.startswith(prefixes):
+            key, (lr, wd) = "language_model", (train.lm_lr, train.lm_weight_decay)
+        else:
+            key = next((p for p in groups_by_prefix if name.startswith(p)), "other")
+            lr, wd = groups_by_prefix.get(key, (train.lr, other_decay))
+        groups.setdefault(key, {"name": key.rstrip("."), "params": [], "lr": lr,
+                                "weight_decay": wd})["params"].append(parameter)
+    return list(groups.values())
+
+
 class FeatureSubNet(nn.Module):
     """MMSA's ``SubNet``: BatchNorm -> Dropout -> 3 x (Linear + ReLU). ``(B, D) -> (B, H)``.
 
@@ -119,5 +157,5 @@ class TextLSTMSubNet(nn.Module):
         return self.linear_1(self.dropout(final[-1]))
 
 
-__all__ = ["FeatureSubNet", "TextLSTMSubNet", "avg_pool_align", "fixed_length",
-           "single_adam_group", "time_average"]
+__all__ = ["FeatureSubNet", "RegressionHead", "TextLSTMSubNet", "avg_pool_align", "fixed_length",
+           "single_adam_group", "subnet_decay_groups", "time_average"]

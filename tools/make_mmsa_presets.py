@@ -139,6 +139,24 @@ def mlf_dnn(p: dict, dataset: str) -> tuple[dict, dict]:
             train_fields(p))
 
 
+def mlmf(p: dict, dataset: str) -> tuple[dict, dict]:
+    th, ah, vh = p["hidden_dims"]
+    ad, vd, td = p["dropouts"]
+    pt, pa, pv, pf = p["post_dropouts"]
+    return ({"freeze_language_model": True, "text_hidden": th, "audio_hidden": ah,
+             "vision_hidden": vh, "rank": p["rank"], "factor_lr": p["factor_lr"],
+             "post_text_dim": p["post_text_dim"], "post_audio_dim": p["post_audio_dim"],
+             "post_vision_dim": p["post_video_dim"], "audio_dropout": ad, "vision_dropout": vd,
+             "text_dropout": td, "post_text_dropout": pt, "post_audio_dropout": pa,
+             "post_vision_dropout": pv, "post_fusion_dropout": pf,
+             "text_weight_decay": float(p["text_weight_decay"]),
+             "audio_weight_decay": float(p["audio_weight_decay"]),
+             "vision_weight_decay": float(p["video_weight_decay"]),
+             "loss_weights": "{" + ", ".join(f"{term}: {fmt(float(p[key]))}" for term, key in (
+                 ("task", "M"), ("text", "T"), ("audio", "A"), ("vision", "V"))) + "}"},
+            train_fields(p))
+
+
 MODELS = {
     "tfn": ("TFN", tfn, AVERAGED),
     "lmf": ("LMF", lmf, AVERAGED),
@@ -159,6 +177,10 @@ MODELS = {
         "padded to",
         "seq_len steps (MOSI/MOSEI aligned_50: 50; SIMS: 39)."]),
     "mlf_dnn": ("MLF-DNN", mlf_dnn, AVERAGED[:2] + [
+        "steps; MMSA divides by its arrays' padded length (SIMS: audio 400, vision 55), which",
+        "model.audio_average_steps / vision_average_steps reproduce. MMSA runs it on CH-SIMS only:",
+        "four L1 terms on the human and the unimodal labels (labels_T/_A/_V)."]),
+    "mlmf": ("MLMF", mlmf, AVERAGED[:2] + [
         "steps; MMSA divides by its arrays' padded length (SIMS: audio 400, vision 55), which",
         "model.audio_average_steps / vision_average_steps reproduce. MMSA runs it on CH-SIMS only:",
         "four L1 terms on the human and the unimodal labels (labels_T/_A/_V)."]),

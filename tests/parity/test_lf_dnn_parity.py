@@ -190,3 +190,8 @@ def test_msakit_default_text_path_differs(fixture, tiny_bert_dir):
     model.config = model.config.model_copy(update={"time_average_steps": 50})
     assert torch.allclose(model._time_average(batch["audio_full"], audio_mask) * 50,
                           mean * batch["lengths"][:, None])
+
+
+def test_fixture_is_from_mmsa_v2_2_1(fixture):
+    assert fixture["official"]["repo"] == "thuiar/MMSA"
+    assert fixture["official"]["commit"] == "a94e65d07fa1ae0d44e552390074b29b0898edfd"

@@ -1,0 +1,224 @@
+"""Graph-MFN: MFN with a Dynamic Fusion Graph (Zadeh et al., ACL 2018), as MMSA ports it
+(``Graph_MFN``).
+
+MFN (see ``mfn.py``) with the delta-memory attention replaced by a Dynamic Fusion Graph (DFG,
+paper section 4.1) over the three modalities. At every step t:
+
+=====================  ==========================================================  ============
+block                  computation                                                 output
+=====================  ==========================================================  ============
+System of LSTMs        h_m[t], c_m[t] = LSTMCell_m(x_m[t], h_m[t-1], c_m[t-1])    ``(B, d_m)``
+singletons             s_m = ReLU(Linear([h_m[t-1]; h_m[t]]))                      ``(B, d_m)``
+efficacies             alpha = Linear(Linear(Linear([s_l; s_a; s_v])))             ``(B, 19)``
+vertices               for each subset v of {l, a, v} with >= 2 members, in        ``(B, inner)``
+                       order: D_v([alpha_i * vertex_i for i in v's proper subsets])
+T (DFG output)         D_T([alpha_i * vertex_i for all 7 vertices])                ``(B, inner)``
+memory                 u^ = tanh(D_u(T)); g1, g2 = sigmoid(D_g([T; u[t-1]]));      ``(B, mem)``
+                       u[t] = g1 (.) u[t-1] + g2 (.) u^
+head                   [h_l; h_a; h_v; u] at T -> Linear + ReLU -> Dropout -> Lin  ``(B,)``
+=====================  ==========================================================  ============
+
+Each vertex network ``D`` is Linear(-> dfg_hidden) -> Linear(-> inner), the efficacy network
+Linear(-> dfg_hidden) -> Linear(-> inner) -> Linear(-> 19), all without non-linearities, as in
+MMSA. Defaults are MMSA's MOSI settings (``config_regression.json``: hidden (256, 32, 256),
+memory 300, inner node 64, NN 32 / 0.0, gamma1 128 / 0.5, gamma2 64 / 0.5, out 256 / 0.0;
+Adam 2e-3, weight decay 0.005 on every parameter; batch 32; L1 loss). MMSA reads word-aligned
+fixed-length sequences (``need_data_aligned``, no time averaging): the text is the (frozen) LM's
+token states and every sequence is zero past its real steps and padded/truncated to ``seq_len``.
+
+MMSA's DFG keeps its vertex networks (the four of >= 2 modalities) in a plain dict, so they are
+not registered: MMSA's optimiser never sees them (nor its ``state_dict``) and they keep their
+random initial weights. ``train_vertex_networks: false`` (the default) reproduces that by
+freezing them (they are saved in msakit's checkpoints); ``true`` trains them, as the paper
+describes the DFG.
+"""
+
+from __future__ import annotations
+
+from itertools import chain, combinations
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from msakit.config_schema import ModelConfig, TrainConfig
+from msakit.models import register_model
+from msakit.models.base import FeatureDims, ModelOutput, MSAModel
+from msakit.modules.mmsa_subnets import fixed_length, single_adam_group
+from msakit.modules.text import PretrainedTextEncoder
+
+
+class GraphMFNConfig(ModelConfig):
+    """Graph-MFN's hyper-parameters; defaults are MMSA's MOSI settings."""
+
+    name: str = "graph_mfn"
+    freeze_language_model: bool = Field(
+        True, description="MMSA's non-BERT models read fixed BERT features: the LM is frozen")
+    seq_len: int = Field(50, ge=1, description="steps T every sequence is padded/truncated to "
+                         "(MMSA: the length of its aligned arrays, 50 for MOSI/MOSEI)")
+    text_hidden: int = Field(256, ge=1)
+    audio_hidden: int = Field(32, ge=1)
+    vision_hidden: int = Field(256, ge=1)
+    mem_dim: int = Field(300, ge=1, description="multi-view gated memory size (memsize)")
+    inner_node_dim: int = Field(64, ge=1, description="size of every DFG vertex and of T")
+    dfg_hidden: int = Field(100, ge=1, description="hidden size inside the DFG's networks "
+                            "(MMSA hard-codes 100)")
+    train_vertex_networks: bool = Field(
+        False, description="False: the DFG's vertex networks keep their initial weights (MMSA "
+        "keeps them in a plain dict its optimiser never sees); True: they train")
+    att2_hidden: int = Field(32, ge=1, description="D_u hidden size (MMSA's NNConfig)")
+    att2_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    gamma1_hidden: int = Field(128, ge=1)
+    gamma1_dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    gamma2_hidden: int = Field(64, ge=1)
+    gamma2_dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    out_hidden: int = Field(256, ge=1)
+    out_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    exempt_biases_from_decay: bool = Field(
+        False, description="False: weight decay on every parameter (MMSA's single Adam group); "
+        "True: biases and norm weights do not decay")
+    loss: Literal["l1", "mse"] = Field("l1", description="task loss (MMSA trains it with L1)")
+    loss_weights: dict[str, float] = Field(default_factory=lambda: {"task": 1.0})
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> GraphMFNConfig:
+        if set(self.loss_weights) != {"task"}:
+            raise ValueError(
+                f"model.loss_weights must give exactly ['task'], got {sorted(self.loss_weights)}")
+        return self
+
+
+def _proper_subsets(key: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Non-empty proper subsets of ``key``, smallest first, in ``combinations`` order."""
+    return list(chain.from_iterable(combinations(key, r) for r in range(1, len(key))))
+
+
+class DynamicFusionGraph(nn.Module):
+    """The DFG over ``len(dims)`` singleton vertices ``(B, d_m)`` -> ``(T (B, inner),
+    efficacies (B, E))``; vertex networks are named by their modalities' indices (``"0_1"``)."""
+
+    def __init__(self, dims: list[int], inner: int, hidden: int):
+        super().__init__()
+        n = len(dims)
+        self.keys = [k for r in range(2, n + 1) for k in combinations(range(n), r)]
+        self.vertex_networks = nn.ModuleDict()
+        efficacies = 0
+        for key in self.keys:
+            subsets = _proper_subsets(key)
+            in_dim = sum(dims[s[0]] if len(s) == 1 else inner for s in subsets)
+            self.vertex_networks["_".join(map(str, key))] = nn.Sequential(
+                nn.Linear(in_dim, hidden), nn.Linear(hidden, inner))
+            efficacies += len(subsets)
+        all_vertices = [(i,) for i in range(n)] + self.keys
+        efficacies += len(all_vertices)
+        t_in = sum(dims) + (len(all_vertices) - n) * inner
+        self.t_network = nn.Sequential(nn.Linear(t_in, hidden), nn.Linear(hidden, inner))
+        self.efficacy_model = nn.Sequential(nn.Linear(sum(dims), hidden),
+                                            nn.Linear(hidden, inner), nn.Linear(inner, efficacies))
+
+    def forward(self, singletons: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        vertices = {(i,): s for i, s in enumerate(singletons)}
+        efficacies = self.efficacy_model(torch.cat(singletons, dim=1))
+        index = 0
+        for key in self.keys:
+            subsets = _proper_subsets(key)
+            weighted = [vertices[s] * efficacies[:, index + j, None] for j, s in enumerate(subsets)]
+            vertices[key] = self.vertex_networks["_".join(map(str, key))](torch.cat(weighted, 1))
+            index += len(subsets)
+        # T reads every vertex: the last key's proper subsets and the last key itself (MMSA)
+        final = _proper_subsets(self.keys[-1]) + [self.keys[-1]]
+        weighted = [vertices[s] * efficacies[:, index + j, None] for j, s in enumerate(final)]
+        return self.t_network(torch.cat(weighted, 1)), efficacies
+
+
+@register_model
+class GraphMFN(MSAModel):
+    """Graph Memory Fusion Network (see the module docstring for blocks and sizes)."""
+
+    name = "graph_mfn"
+    paper = ("Zadeh et al., Multimodal Language Analysis in the Wild: CMU-MOSEI Dataset and "
+             "Interpretable Dynamic Fusion Graph, ACL 2018 (MMSA's port)")
+    config_class = GraphMFNConfig
+
+    def __init__(self, config: GraphMFNConfig, dims: FeatureDims):
+        super().__init__(config, dims)
+        for modality in ("audio", "vision"):
+            if getattr(dims, modality) < 1:
+                raise ValueError(f"graph_mfn fuses text, audio and vision, but the data has no "
+                                 f"{modality} features; use lf_dnn with model.modalities")
+        self.text_encoder = PretrainedTextEncoder(
+            config.language_model, pooling="none", freeze=config.freeze_language_model)
+        hiddens = (config.text_hidden, config.audio_hidden, config.vision_hidden)
+        # MMSA's names (l, a, v), so that its state dicts map by name
+        self.lstm_l = nn.LSTMCell(self.text_encoder.hidden_size, config.text_hidden)
+        self.lstm_a = nn.LSTMCell(dims.audio, config.audio_hidden)
+        self.lstm_v = nn.LSTMCell(dims.vision, config.vision_hidden)
+        self.l_transform = nn.Linear(2 * config.text_hidden, config.text_hidden)
+        self.a_transform = nn.Linear(2 * config.audio_hidden, config.audio_hidden)
+        self.v_transform = nn.Linear(2 * config.vision_hidden, config.vision_hidden)
+        self.graph_mfn = DynamicFusionGraph(list(hiddens), config.inner_node_dim,
+                                            config.dfg_hidden)
+        if not config.train_vertex_networks:
+            self.graph_mfn.vertex_networks.requires_grad_(False)
+        gamma_in = config.inner_node_dim + config.mem_dim
+        self.att2_fc1 = nn.Linear(config.inner_node_dim, config.att2_hidden)
+        self.att2_fc2 = nn.Linear(config.att2_hidden, config.mem_dim)
+        self.att2_dropout = nn.Dropout(config.att2_dropout)
+        self.gamma1_fc1 = nn.Linear(gamma_in, config.gamma1_hidden)
+        self.gamma1_fc2 = nn.Linear(config.gamma1_hidden, config.mem_dim)
+        self.gamma1_dropout = nn.Dropout(config.gamma1_dropout)
+        self.gamma2_fc1 = nn.Linear(gamma_in, config.gamma2_hidden)
+        self.gamma2_fc2 = nn.Linear(config.gamma2_hidden, config.mem_dim)
+        self.gamma2_dropout = nn.Dropout(config.gamma2_dropout)
+        self.out_fc1 = nn.Linear(sum(hiddens) + config.mem_dim, config.out_hidden)
+        self.out_fc2 = nn.Linear(config.out_hidden, 1)
+        self.out_dropout = nn.Dropout(config.out_dropout)
+
+    def input_sequences(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        """Text, audio, vision as ``(T, B, D_m)`` step-major sequences of ``seq_len`` steps."""
+        steps = self.config.seq_len
+        text = fixed_length(self.text_encoder.encode_batch(batch), batch["attention_mask"], steps)
+        others = [fixed_length(batch[m], batch[f"{m}_mask"], steps) for m in ("audio", "vision")]
+        return tuple(s.transpose(0, 1) for s in (text, *others))
+
+    @staticmethod
+    def _mlp(fc1: nn.Linear, dropout: nn.Dropout, fc2: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        return fc2(dropout(F.relu(fc1(x))))
+
+    def forward(self, batch: dict[str, Any]) -> ModelOutput:
+        sequences = self.input_sequences(batch)
+        cells = (self.lstm_l, self.lstm_a, self.lstm_v)
+        transforms = (self.l_transform, self.a_transform, self.v_transform)
+        size = sequences[0].shape[1]
+        states = [(x.new_zeros(size, cell.hidden_size), x.new_zeros(size, cell.hidden_size))
+                  for x, cell in zip(sequences, cells)]
+        memory = sequences[0].new_zeros(size, self.config.mem_dim)
+        for t in range(sequences[0].shape[0]):
+            new_states = [cell(x[t], state) for x, cell, state in zip(sequences, cells, states)]
+            singletons = [F.relu(transform(torch.cat([old[0], new[0]], dim=1)))
+                          for transform, old, new in zip(transforms, states, new_states)]
+            attended, _ = self.graph_mfn(singletons)
+            proposed = torch.tanh(self._mlp(self.att2_fc1, self.att2_dropout, self.att2_fc2,
+                                            attended))
+            both = torch.cat([attended, memory], dim=1)
+            gamma1 = torch.sigmoid(self._mlp(self.gamma1_fc1, self.gamma1_dropout,
+                                             self.gamma1_fc2, both))
+            gamma2 = torch.sigmoid(self._mlp(self.gamma2_fc1, self.gamma2_dropout,
+                                             self.gamma2_fc2, both))
+            memory = gamma1 * memory + gamma2 * proposed
+            states = new_states
+        final = torch.cat([h for h, _ in states] + [memory], dim=1)
+        prediction = self._mlp(self.out_fc1, self.out_dropout, self.out_fc2, final).squeeze(-1)
+        losses = {}
+        if "labels" in batch:
+            labels = batch["labels"].to(prediction.dtype).reshape(-1)
+            loss_fn = F.l1_loss if self.config.loss == "l1" else F.mse_loss
+            losses["task"] = loss_fn(prediction, labels)
+        return ModelOutput(prediction=prediction, losses=losses)
+
+    def parameter_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
+        if self.config.exempt_biases_from_decay:
+            return super().parameter_groups(train)
+        return single_adam_group(self, train)

@@ -1,0 +1,188 @@
+"""MFN: Memory Fusion Network (Zadeh et al., AAAI 2018), as MMSA ports it (``MFN``).
+
+Three LSTM cells (one per modality) step through the word-aligned sequence; at every step a
+Delta-memory Attention Network looks at the cell states of the previous and the current step and
+writes into a Multi-view Gated Memory:
+
+=====================  ==========================================================  ============
+block                  computation (paper section 3)                               output
+=====================  ==========================================================  ============
+System of LSTMs        h_m[t], c_m[t] = LSTMCell_m(x_m[t], h_m[t-1], c_m[t-1])    ``(B, d_m)``
+c* (window 2)          [c[t-1]; c[t]], c = [c_l; c_a; c_v]                         ``(B, 2 d)``
+DMAN                   a = softmax(D_a(c*)); c^ = c* (.) a  (D_a: att1)            ``(B, 2 d)``
+proposed memory        u^ = tanh(D_u(c^))  (att2)                                  ``(B, mem)``
+gates                  g1 = sigmoid(D_g1([c^; u[t-1]])), g2 = same with D_g2       ``(B, mem)``
+memory update          u[t] = g1 (.) u[t-1] + g2 (.) u^                            ``(B, mem)``
+head                   [h_l; h_a; h_v; u] at T -> Linear + ReLU -> Dropout -> Lin  ``(B,)``
+=====================  ==========================================================  ============
+
+each ``D`` is Linear -> ReLU -> Dropout -> Linear. Defaults are MMSA's MOSI settings
+(``config_regression.json``: hidden (text 256, audio 32, video 256), memory 400, window 2,
+att1 32 / 0.2, att2 64 / 0.0, gamma1 256 / 0.7, gamma2 32 / 0.5, out 128 / 0.0; Adam 2e-3 without
+weight decay; batch 128; L1 loss).
+
+The text is the (frozen) LM's token states; every sequence is zero past its real steps and
+padded/truncated to ``seq_len`` = T steps, and the cells run over all T steps, as MMSA runs over
+its fixed-length arrays (so a clip's prediction does not depend on its batch).
+
+MMSA's configuration sets ``need_normalized`` for MFN: its loader averages audio and vision over
+time, and the model-alignment step (``AlignSubNet``, ``avg_pool``) then repeats that average at
+every step. ``audio_vision_input: time_average`` (the default) is that; ``sequence`` feeds the
+word-aligned audio/vision step by step, as the authors' code (pliang279/MFN) does. Only a window
+of 2 steps is implemented, as in MMSA and the authors' code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from msakit.config_schema import ModelConfig, TrainConfig
+from msakit.models import register_model
+from msakit.models.base import FeatureDims, ModelOutput, MSAModel
+from msakit.modules.mmsa_subnets import fixed_length, single_adam_group, time_average
+from msakit.modules.text import PretrainedTextEncoder
+
+
+class MFNConfig(ModelConfig):
+    """MFN's hyper-parameters; defaults are MMSA's MOSI settings (``config_regression.json``)."""
+
+    name: str = "mfn"
+    freeze_language_model: bool = Field(
+        True, description="MMSA's non-BERT models read fixed BERT features: the LM is frozen")
+    seq_len: int = Field(50, ge=1, description="steps T every sequence is padded/truncated to "
+                         "(MMSA: the length of its aligned arrays, 50 for MOSI/MOSEI)")
+    audio_vision_input: Literal["time_average", "sequence"] = Field(
+        "time_average", description="time_average: audio/vision averaged over time and repeated "
+        "at every step (MMSA's need_normalized + avg_pool alignment); sequence: the aligned "
+        "features step by step (the authors' code)")
+    audio_average_steps: int | None = Field(
+        None, ge=1, description="time_average: None = mean over the real steps; N = sum / N, "
+        "MMSA's mean over its N-step zero-padded array")
+    vision_average_steps: int | None = Field(None, ge=1, description="the same for vision")
+    text_hidden: int = Field(256, ge=1)
+    audio_hidden: int = Field(32, ge=1)
+    vision_hidden: int = Field(256, ge=1)
+    mem_dim: int = Field(400, ge=1, description="multi-view gated memory size (memsize)")
+    att1_hidden: int = Field(32, ge=1)
+    att1_dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    att2_hidden: int = Field(64, ge=1)
+    att2_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    gamma1_hidden: int = Field(256, ge=1)
+    gamma1_dropout: float = Field(0.7, ge=0.0, lt=1.0)
+    gamma2_hidden: int = Field(32, ge=1)
+    gamma2_dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    out_hidden: int = Field(128, ge=1)
+    out_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    exempt_biases_from_decay: bool = Field(
+        False, description="False: weight decay on every parameter (MMSA's single Adam group); "
+        "True: biases and norm weights do not decay")
+    loss: Literal["l1", "mse"] = Field("l1", description="task loss (MMSA trains MFN with L1)")
+    loss_weights: dict[str, float] = Field(default_factory=lambda: {"task": 1.0})
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> MFNConfig:
+        if set(self.loss_weights) != {"task"}:
+            raise ValueError(
+                f"model.loss_weights must give exactly ['task'], got {sorted(self.loss_weights)}")
+        return self
+
+
+@register_model
+class MFN(MSAModel):
+    """Memory Fusion Network (see the module docstring for blocks and sizes)."""
+
+    name = "mfn"
+    paper = ("Zadeh et al., Memory Fusion Network for Multi-view Sequential Learning, AAAI 2018 "
+             "(MMSA's port)")
+    config_class = MFNConfig
+
+    def __init__(self, config: MFNConfig, dims: FeatureDims):
+        super().__init__(config, dims)
+        for modality in ("audio", "vision"):
+            if getattr(dims, modality) < 1:
+                raise ValueError(f"mfn fuses text, audio and vision, but the data has no "
+                                 f"{modality} features; use lf_dnn with model.modalities")
+        self.text_encoder = PretrainedTextEncoder(
+            config.language_model, pooling="none", freeze=config.freeze_language_model)
+        hidden = config.text_hidden + config.audio_hidden + config.vision_hidden
+        window = 2 * hidden  # c* = [c[t-1]; c[t]]
+        gamma_in = window + config.mem_dim
+        # MMSA's names (l, a, v), so that its state dicts map by name
+        self.lstm_l = nn.LSTMCell(self.text_encoder.hidden_size, config.text_hidden)
+        self.lstm_a = nn.LSTMCell(dims.audio, config.audio_hidden)
+        self.lstm_v = nn.LSTMCell(dims.vision, config.vision_hidden)
+        self.att1_fc1 = nn.Linear(window, config.att1_hidden)
+        self.att1_fc2 = nn.Linear(config.att1_hidden, window)
+        self.att1_dropout = nn.Dropout(config.att1_dropout)
+        self.att2_fc1 = nn.Linear(window, config.att2_hidden)
+        self.att2_fc2 = nn.Linear(config.att2_hidden, config.mem_dim)
+        self.att2_dropout = nn.Dropout(config.att2_dropout)
+        self.gamma1_fc1 = nn.Linear(gamma_in, config.gamma1_hidden)
+        self.gamma1_fc2 = nn.Linear(config.gamma1_hidden, config.mem_dim)
+        self.gamma1_dropout = nn.Dropout(config.gamma1_dropout)
+        self.gamma2_fc1 = nn.Linear(gamma_in, config.gamma2_hidden)
+        self.gamma2_fc2 = nn.Linear(config.gamma2_hidden, config.mem_dim)
+        self.gamma2_dropout = nn.Dropout(config.gamma2_dropout)
+        self.out_fc1 = nn.Linear(hidden + config.mem_dim, config.out_hidden)
+        self.out_fc2 = nn.Linear(config.out_hidden, 1)
+        self.out_dropout = nn.Dropout(config.out_dropout)
+
+    def input_sequences(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        """Text, audio, vision as ``(T, B, D_m)`` step-major sequences of ``seq_len`` steps."""
+        steps = self.config.seq_len
+        text = fixed_length(self.text_encoder.encode_batch(batch), batch["attention_mask"], steps)
+        others = []
+        for modality in ("audio", "vision"):
+            x, mask = batch[modality], batch[f"{modality}_mask"]
+            if self.config.audio_vision_input == "time_average":
+                average = time_average(x, mask, getattr(self.config, f"{modality}_average_steps"))
+                others.append(average.unsqueeze(1).expand(-1, steps, -1))
+            else:
+                others.append(fixed_length(x, mask, steps))
+        return tuple(s.transpose(0, 1) for s in (text, *others))
+
+    @staticmethod
+    def _mlp(fc1: nn.Linear, dropout: nn.Dropout, fc2: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        return fc2(dropout(F.relu(fc1(x))))
+
+    def forward(self, batch: dict[str, Any]) -> ModelOutput:
+        text, audio, vision = self.input_sequences(batch)
+        size = text.shape[1]
+        states = [(x.new_zeros(size, cell.hidden_size), x.new_zeros(size, cell.hidden_size))
+                  for x, cell in zip((text, audio, vision), (self.lstm_l, self.lstm_a,
+                                                             self.lstm_v))]
+        memory = text.new_zeros(size, self.config.mem_dim)
+        for t in range(text.shape[0]):
+            new_states = [cell(x[t], state) for x, cell, state in zip(
+                (text, audio, vision), (self.lstm_l, self.lstm_a, self.lstm_v), states)]
+            c_star = torch.cat([c for _, c in states] + [c for _, c in new_states], dim=1)
+            attention = F.softmax(self._mlp(self.att1_fc1, self.att1_dropout, self.att1_fc2,
+                                            c_star), dim=1)
+            attended = attention * c_star
+            proposed = torch.tanh(self._mlp(self.att2_fc1, self.att2_dropout, self.att2_fc2,
+                                            attended))
+            both = torch.cat([attended, memory], dim=1)
+            gamma1 = torch.sigmoid(self._mlp(self.gamma1_fc1, self.gamma1_dropout,
+                                             self.gamma1_fc2, both))
+            gamma2 = torch.sigmoid(self._mlp(self.gamma2_fc1, self.gamma2_dropout,
+                                             self.gamma2_fc2, both))
+            memory = gamma1 * memory + gamma2 * proposed
+            states = new_states
+        final = torch.cat([h for h, _ in states] + [memory], dim=1)
+        prediction = self._mlp(self.out_fc1, self.out_dropout, self.out_fc2, final).squeeze(-1)
+        losses = {}
+        if "labels" in batch:
+            labels = batch["labels"].to(prediction.dtype).reshape(-1)
+            loss_fn = F.l1_loss if self.config.loss == "l1" else F.mse_loss
+            losses["task"] = loss_fn(prediction, labels)
+        return ModelOutput(prediction=prediction, losses=losses)
+
+    def parameter_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
+        if self.config.exempt_biases_from_decay:
+            return super().parameter_groups(train)
+        return single_adam_group(self, train)

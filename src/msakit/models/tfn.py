@@ -1,0 +1,163 @@
+"""TFN: Tensor Fusion Network (Zadeh et al., EMNLP 2017), as MMSA ports it (``TFN``).
+
+Each modality is summarised by its own sub-network; the three summaries, each with a 1 appended,
+are fused by their outer product (paper eq. 1), which holds the unimodal, bimodal and trimodal
+interactions, and a small network regresses the flattened tensor:
+
+=================  ================================================================  ============
+block              computation                                                       output
+=================  ================================================================  ============
+text               frozen LM token states -> one-layer LSTM (MMSA's ``TextSubNet``)  ``(B, 32)``
+                   -> final state -> Linear(text_hidden -> text_out)
+audio / vision     time average -> BatchNorm -> Dropout -> 3 x (Linear + ReLU)       ``(B, 32/128)``
+fusion (eq. 1)     z = [1; z_a] (x) [1; z_v] (x) [1; z_t], flattened                 ``(B, 33*129*33)``
+post-fusion        Dropout -> Linear + ReLU -> Linear + ReLU -> Linear               ``(B, 1)``
+output             6 * sigmoid(y) - 3 (the label range, as the authors' code)        ``(B,)``
+=================  ================================================================  ============
+
+Sizes are MMSA's MOSI settings (``config_regression.json``: hidden (text 128, audio 32, video
+128), text_out 32, post-fusion 64, dropouts 0.3 / 0.3 / 0.3 / 0.5). The flattening order is
+MMSA's: audio outermost, then vision, then text (index ``(i_a * (d_v + 1) + i_v) * (d_t + 1) +
+i_t``). MMSA's one-layer ``TextSubNet`` sets its dropout to 0, so ``text_dropout`` applies only
+with ``text_final_dropout`` (the authors' code).
+
+Differences of MMSA's port to the authors' PyTorch code (Justin1904/TensorFusionNetworks, which
+MMSA cites), each an option whose default is MMSA's: ``text_final_dropout`` (the authors drop out
+the final text LSTM state), ``loss_reduction`` (the authors sum the L1 loss over the batch).
+
+Text: MMSA's non-BERT models read fixed BERT token features; msakit computes the token states
+with the (frozen by default) language model and runs the same LSTM over them. By default the LSTM
+reads only the real tokens and audio/vision are true means over their real steps, so a clip's
+prediction does not depend on its batch; ``text_lstm_reads_padding`` and
+``audio_average_steps``/``vision_average_steps`` reproduce MMSA's reading of its zero-padded
+arrays (the parity test sets them).
+
+The loss is L1 (MMSA trains TFN with ``nn.L1Loss``); MMSA's optimiser is Adam without weight
+decay over every parameter.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from msakit.config_schema import ModelConfig
+from msakit.models import register_model
+from msakit.models.base import FeatureDims, ModelOutput, MSAModel
+from msakit.modules.mmsa_subnets import FeatureSubNet, TextLSTMSubNet, time_average
+from msakit.modules.text import PretrainedTextEncoder
+
+
+class TFNConfig(ModelConfig):
+    """TFN's hyper-parameters; defaults are MMSA's MOSI settings (``config_regression.json``)."""
+
+    name: str = "tfn"
+    freeze_language_model: bool = Field(
+        True, description="MMSA's non-BERT models read fixed BERT features: the LM is frozen")
+    text_hidden: int = Field(128, ge=1, description="text LSTM units")
+    audio_hidden: int = Field(32, ge=1)
+    vision_hidden: int = Field(128, ge=1)
+    text_out: int = Field(32, ge=1)
+    post_fusion_dim: int = Field(64, ge=1)
+    audio_dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    vision_dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    text_dropout: float = Field(
+        0.3, ge=0.0, lt=1.0, description="used only with text_final_dropout (MMSA's one-layer "
+        "TextSubNet sets its dropout to 0)")
+    text_final_dropout: bool = Field(
+        False, description="True: text_dropout on the final LSTM state, as the authors' code "
+        "(Justin1904/TensorFusionNetworks); False: MMSA's dropout 0")
+    post_fusion_dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    output_bound: float | None = Field(
+        3.0, gt=0.0, description="prediction = 2b * sigmoid(y) - b (MMSA and the authors: b = 3, "
+        "also on SIMS); null: the linear output y")
+    text_lstm_reads_padding: bool = Field(
+        False, description="True: the LSTM runs over the batch's padded length, as MMSA's "
+        "unpacked LSTM (a prediction then depends on the batch's padding); False: real tokens")
+    audio_average_steps: int | None = Field(
+        None, ge=1, description="audio summary: None = mean over the real steps; N = sum over the "
+        "real steps / N, MMSA's mean over its N-step zero-padded array (MOSI/MOSEI: 50 aligned, "
+        "500 unaligned; SIMS: 400)")
+    vision_average_steps: int | None = Field(
+        None, ge=1, description="the same for vision (MOSI/MOSEI: 50 aligned, 375 unaligned; "
+        "SIMS: 55)")
+    loss: Literal["l1", "mse"] = Field("l1", description="task loss (MMSA trains TFN with L1)")
+    loss_reduction: Literal["mean", "sum"] = Field(
+        "mean", description="mean over the batch (MMSA); sum (the authors' L1Loss(size_average="
+        "False))")
+    loss_weights: dict[str, float] = Field(default_factory=lambda: {"task": 1.0})
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> TFNConfig:
+        if set(self.loss_weights) != {"task"}:
+            raise ValueError(
+                f"model.loss_weights must give exactly ['task'], got {sorted(self.loss_weights)}")
+        return self
+
+
+def tensor_fusion(audio: torch.Tensor, vision: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Paper eq. 1: ``(B, d_a), (B, d_v), (B, d_t) -> (B, (d_a+1)(d_v+1)(d_t+1))``, the flattened
+    outer product of the vectors with a 1 prepended, audio outermost (MMSA's order)."""
+    one = audio.new_ones(audio.shape[0], 1)
+    audio, vision, text = (torch.cat([one, x], dim=1) for x in (audio, vision, text))
+    fused = torch.einsum("ba,bv,bt->bavt", audio, vision, text)
+    return fused.reshape(audio.shape[0], -1)
+
+
+@register_model
+class TFN(MSAModel):
+    """Tensor Fusion Network (see the module docstring for blocks and sizes)."""
+
+    name = "tfn"
+    paper = ("Zadeh et al., Tensor Fusion Network for Multimodal Sentiment Analysis, EMNLP 2017 "
+             "(MMSA's port)")
+    config_class = TFNConfig
+
+    def __init__(self, config: TFNConfig, dims: FeatureDims):
+        super().__init__(config, dims)
+        for modality in ("audio", "vision"):
+            if getattr(dims, modality) < 1:
+                raise ValueError(f"tfn fuses text, audio and vision, but the data has no "
+                                 f"{modality} features; use lf_dnn with model.modalities")
+        self.text_encoder = PretrainedTextEncoder(
+            config.language_model, pooling="none", freeze=config.freeze_language_model)
+        self.text_subnet = TextLSTMSubNet(
+            self.text_encoder.hidden_size, config.text_hidden, config.text_out,
+            config.text_lstm_reads_padding,
+            dropout=config.text_dropout if config.text_final_dropout else 0.0)
+        self.audio_subnet = FeatureSubNet(dims.audio, config.audio_hidden, config.audio_dropout)
+        self.vision_subnet = FeatureSubNet(dims.vision, config.vision_hidden,
+                                           config.vision_dropout)
+        fused = (config.audio_hidden + 1) * (config.vision_hidden + 1) * (config.text_out + 1)
+        self.post_fusion_dropout = nn.Dropout(config.post_fusion_dropout)
+        self.post_fusion_layer_1 = nn.Linear(fused, config.post_fusion_dim)
+        self.post_fusion_layer_2 = nn.Linear(config.post_fusion_dim, config.post_fusion_dim)
+        self.post_fusion_layer_3 = nn.Linear(config.post_fusion_dim, 1)
+
+    def unimodal_features(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``{"audio": (B, audio_hidden), "vision": (B, vision_hidden), "text": (B, text_out)}``,
+        computed in MMSA's order (audio, vision, text: the order of its dropout calls)."""
+        features = {m: getattr(self, f"{m}_subnet")(time_average(
+            batch[m], batch[f"{m}_mask"], getattr(self.config, f"{m}_average_steps")))
+            for m in ("audio", "vision")}
+        states = self.text_encoder.encode_batch(batch)  # (B, L_t, H)
+        features["text"] = self.text_subnet(states, batch["attention_mask"])
+        return features
+
+    def forward(self, batch: dict[str, Any]) -> ModelOutput:
+        features = self.unimodal_features(batch)
+        fused = tensor_fusion(features["audio"], features["vision"], features["text"])
+        hidden = F.relu(self.post_fusion_layer_1(self.post_fusion_dropout(fused)))
+        output = self.post_fusion_layer_3(F.relu(self.post_fusion_layer_2(hidden))).squeeze(-1)
+        bound = self.config.output_bound
+        prediction = output if bound is None else torch.sigmoid(output) * (2 * bound) - bound
+        losses = {}
+        if "labels" in batch:
+            labels = batch["labels"].to(prediction.dtype).reshape(-1)
+            loss_fn = F.l1_loss if self.config.loss == "l1" else F.mse_loss
+            losses["task"] = loss_fn(prediction, labels, reduction=self.config.loss_reduction)
+        return ModelOutput(prediction=prediction, losses=losses)

@@ -1,0 +1,78 @@
+"""Parity fixture for MLMF from MMSA's code (thuiar/MMSA ``mlmf``).
+
+    python tools/parity/mlmf.py --official /path/to/MMSA --out tests/parity/mlmf.pt
+
+MMSA's MLMF (CH-SIMS only) reads fixed text features and time-averaged audio/vision
+(``need_normalized``), fuses them as LMF (its fusion weights at learning rate 0) and trains four
+L1 terms, ``M``/``T``/``A``/``V``, on the human and the
+unimodal labels. The fixture's clips are MOSI's; their ``T``/``A``/``V`` labels are drawn at
+random on SIMS's grid. MMSA's trainer reads the sub-networks through ``model.Model`` (its
+``AMIO`` wrapper): the official model is wrapped the same way. What is recorded, and how, is
+described in ``_mmsa.py`` (MMSA's ``do_train`` at small sizes with dropout 0, the dropout map and
+an eval-mode forward at MMSA's SIMS rates); per forward pass each of the four criterion calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DEFAULT_DATA, official_commit, save_fixture  # noqa: E402
+from _mmsa import load_official, run_official, time_averaged  # noqa: E402
+
+# official order: hidden_dims (text, audio, video); dropouts (audio, video, text);
+# post_dropouts (text, audio, video, fusion)
+SIZES = {"hidden_dims": (8, 4, 6), "rank": 3, "post_text_dim": 3, "post_audio_dim": 4,
+         "post_video_dim": 5}
+SIMS_RATES = {"dropouts": (0.3, 0.3, 0.3), "post_dropouts": (0.4, 0.4, 0.4, 0.4)}
+# MMSA's SIMS values (config_regression.json, mlmf, sims), but factor_lr 3e-3 (1e-3 there) so
+# that the test tells the groups apart
+OPTIMISER = {"learning_rate": 1e-3, "factor_lr": 3e-3, "text_weight_decay": 1e-4,
+             "audio_weight_decay": 0.0, "video_weight_decay": 1e-4, "weight_decay": 0.005}
+TASK_WEIGHTS = {"M": 0.2, "T": 1.0, "A": 0.4, "V": 0.8}
+
+
+class AMIOLike(nn.Module):
+    """What MMSA's trainer expects of the model: the network as ``.Model``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.Model = model
+
+    def forward(self, text, audio, video):
+        return self.Model(text, audio, video)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--official", type=Path, required=True, help="thuiar/MMSA checkout")
+    parser.add_argument("--out", type=Path, default=Path("tests/parity/mlmf.pt"))
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    args = parser.parse_args()
+
+    commit = official_commit(args.official)
+    model_module, train_module = load_official(args.official, "models/multiTask/MLMF.py",
+                                               "trains/multiTask/MLMF.py")
+    recorded = run_official(
+        args.data, lambda a: AMIOLike(model_module.MLMF(a)), train_module, "MLMF",
+        {"model_name": "mlmf", "dataset_name": "sims", **SIZES, "dropouts": (0.0,) * 3,
+         "post_dropouts": (0.0,) * 4, **OPTIMISER, **TASK_WEIGHTS},
+        time_averaged, forward_outputs=("M", "T", "A", "V", "Feature_t", "Feature_a",
+                                        "Feature_v"),
+        rated_args=SIMS_RATES, unimodal_labels=True)
+    fixture = {
+        "official": {"repo": "thuiar/MMSA", "commit": commit,
+                     "files": ["src/MMSA/models/multiTask/MLMF.py",
+                               "src/MMSA/trains/multiTask/MLMF.py"]},
+        "sizes": dict(SIZES), "official_rates": dict(SIMS_RATES), "optimiser": dict(OPTIMISER),
+        "task_weights": dict(TASK_WEIGHTS), **recorded,
+    }
+    save_fixture(fixture, args.out)
+
+
+if __name__ == "__main__":
+    main()

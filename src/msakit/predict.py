@@ -520,13 +520,15 @@ def predict_texts(texts: Sequence[str], run: TrainedRun | str | Path,
 
 def features_only_message(run: TrainedRun) -> str:
     """Why a model that serves precomputed features cannot score a media file."""
-    dims = ", ".join(f"{m} {d}-d" for m, d in run.feature_dims.items() if d)
-    return (f"{run.run_dir}: this model reads {dims} features of "
-            f"{run.data_info.get('dataset', 'custom')!r} data that msakit cannot compute from "
-            "a raw clip (e.g. MMSA's COVAREP/FACET); it scores only precomputed features: "
-            f"give one {FEATURE_FILE_SUFFIX} file per clip with --features (arrays 'audio' "
-            "(L, D_audio), 'vision' (L, D_vision), optional 'text'/'words'), or train on "
-            "`msakit extract` features to score raw clips")
+    dims = ", ".join(f"{d}-d {m}" for m, d in run.feature_dims.items() if d)
+    source = run.data_info.get("source")
+    trained_on = f" (trained on {source})" if source and source != str(run.run_dir) else ""
+    return (f"{run.run_dir}: this model{trained_on} reads {dims} features that msakit cannot "
+            "compute from a raw clip (e.g. MMSA's COVAREP/FACET), so it scores only "
+            f"precomputed features: give one {FEATURE_FILE_SUFFIX} file per clip with "
+            "--features (arrays 'audio' (L, D_audio), 'vision' (L, D_vision), optional "
+            "'text'/'words'). To score raw clips, extract your training clips with `msakit "
+            "extract FOLDER -o train.pkl`, train on that pickle, and predict with the new run")
 
 
 def _as_list(value) -> list:

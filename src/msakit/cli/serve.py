@@ -38,7 +38,12 @@ def serve(model_dir, run_dir, host, port, max_upload_mb, timeout_s, workers):
     except ImportError as err:
         raise click.ClickException(f"msakit serve needs FastAPI and uvicorn: pip install "
                                    f"'msakit[serve]' ({err})") from err
+    from msakit.serve import unservable_reason
+
     model = resolve_model(run_dir, model_dir)
+    reason = unservable_reason(model)
+    if reason:
+        raise click.ClickException(f"not serving {model_dir or run_dir}: {reason}")
     limits = ServeLimits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), timeout_s=timeout_s,
                          workers=workers)
     run_server(model, host, port, limits, model_name=str(model_dir or run_dir or "default"))

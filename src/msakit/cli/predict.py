@@ -34,9 +34,10 @@ def resolve_model(run_dir: str | None, model_dir: str | None, checkpoint: str | 
 @click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False),
               help="A run folder written by `msakit train` (on features from `msakit extract`, "
               "or text only).")
-@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
-              help="A model folder written by `msakit export`. Default (no --run, no --model): "
-              "the pretrained text model shipped with msakit.")
+@click.option("--model", "model_dir", metavar="DIR|HUB_ID",
+              help="A model folder written by `msakit export`, or a Hugging Face Hub id "
+              "(owner/name, extra msakit[hub]). Default (no --run, no --model): the pretrained "
+              "text model shipped with msakit (also `--model default`).")
 @click.option("--text", "texts", multiple=True,
               help="Transcript of a clip; repeat once per clip, in order. Without clips: the "
               "texts to score. Without it: <clip>.txt beside the clip, else speech recognition.")

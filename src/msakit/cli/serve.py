@@ -6,8 +6,9 @@ import click
 
 
 @click.command()
-@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
-              help="A folder written by `msakit export` (default: the shipped text model).")
+@click.option("--model", "model_dir", metavar="DIR|HUB_ID",
+              help="A folder written by `msakit export` or a Hugging Face Hub id (default: the "
+              "shipped text model).")
 @click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False),
               help="A run folder written by `msakit train`.")
 @click.option("--host", default="127.0.0.1", show_default=True)

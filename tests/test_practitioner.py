@@ -43,8 +43,7 @@ def _invoke(args):
 def _train(root: Path, name: str, *overrides: str) -> Path:
     args = ["train", "lf_dnn", "--data", "mosi-demo", "--folds", "2", "--epochs", "1",
             "--seeds", "1", "--output-dir", str(root), "--no-progress",
-            "--set", f"run.name={name}", "--set", "train.num_threads=1",
-            "--set", "model.freeze_language_model=true"]
+            "--set", f"run.name={name}", "--set", "train.num_threads=1"]
     for override in overrides:
         args += ["--set", override]
     result = _invoke(args)
@@ -54,10 +53,12 @@ def _train(root: Path, name: str, *overrides: str) -> Path:
 
 @pytest.fixture(scope="module")
 def demo_runs(tmp_path_factory):
-    """Two real 1-epoch LF-DNN runs on mosi-demo: all three modalities, and text only."""
+    """Two real 1-epoch LF-DNN runs on mosi-demo: all three modalities with the language model
+    fine-tuned, and text only with it frozen."""
     root = tmp_path_factory.mktemp("practitioner")
     return {"full": _train(root, "full"),
-            "text": _train(root, "text", "model.modalities=[text]")}
+            "text": _train(root, "text", "model.modalities=[text]",
+                           "model.freeze_language_model=true")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,6 +231,34 @@ def test_healthz_says_what_the_model_serves():
         app.state.executor.shutdown(wait=False)
     assert answer["status"] == "ok" and answer["serves"] == SERVES_TRANSCRIPTS
     assert answer["modalities"] == ["text"]
+
+
+@pytest.mark.slow
+def test_fine_tuned_language_model_is_stored_as_its_changed_rows(demo_runs):
+    from safetensors import safe_open
+
+    from msakit.lm import pretrained_language_model_state
+
+    fold = demo_runs["full"] / "seed1" / "fold0"
+    with safe_open(str(fold / "best.safetensors"), "pt") as handle:
+        keys = set(handle.keys())
+        rows = handle.get_tensor("text_encoder.model.embeddings.word_embeddings.weight"
+                                 ".changed_rows")
+    assert "text_encoder.model.embeddings.word_embeddings.weight" not in keys
+    vocabulary = pretrained_language_model_state("all-MiniLM-L6-v2")[
+        "embeddings.word_embeddings.weight"].shape[0]
+    assert 0 < rows.numel() < vocabulary // 10  # only the rows of tokens seen in training
+    whole_lm = sum(v.numel() * v.element_size()
+                   for v in pretrained_language_model_state("all-MiniLM-L6-v2").values())
+    assert (fold / "best.safetensors").stat().st_size < 0.6 * whole_lm
+    # reloaded, the weights give the run's own test predictions exactly (msakit evaluate)
+    result = _invoke(["evaluate", str(demo_runs["full"])])
+    assert result.exit_code == 0, result.output
+    trained = json.loads((demo_runs["full"] / "metrics.json").read_text())
+    evaluated = json.loads((demo_runs["full"] / "evaluation.json").read_text())
+    by_run = {(r["seed"], r["partition"]): r["test"] for r in trained["runs"]}
+    for entry in evaluated["runs"]:
+        assert entry["test"] == by_run[(entry["seed"], entry["partition"])]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -105,6 +105,12 @@ def load_language_model(name_or_path: str):
     return copy.deepcopy(_pretrained_language_model(name_or_path))
 
 
+def pretrained_language_model_state(name_or_path: str) -> dict:
+    """The pretrained weights of ``name_or_path`` as read from disk (kept for the process, as
+    :func:`load_language_model` keeps them; do not modify the tensors)."""
+    return _pretrained_language_model(name_or_path).state_dict()
+
+
 def _no_hub_kernels() -> dict:
     """``from_pretrained`` arguments that keep the encoder on PyTorch's own layers.
 

@@ -270,14 +270,15 @@ class MSAModel(nn.Module):
         reference = self.pretrained_language_model_state()
         state = dict(state)
         for key in keys:
+            base = reference.get(key)
+            if base is None:  # not this model's LM: reported below as unexpected keys
+                continue
             rows = state.pop(key + CHANGED_ROWS_SUFFIX)
             values = state.pop(key + CHANGED_VALUES_SUFFIX, None)
             checksum = state.pop(key + BASE_CHECKSUM_SUFFIX, None)
-            base = reference.get(key)
-            if base is None or values is None or checksum is None:
-                raise ValueError(f"checkpoint stores {key!r} as changed rows, but this "
-                                 f"{self.checkpoint_description()} has no pretrained weights "
-                                 "for it (or the checkpoint lacks its rows or checksum)")
+            if values is None or checksum is None:
+                raise ValueError(f"checkpoint stores {key!r} as changed rows without their "
+                                 f"{'values' if values is None else 'pretrained checksum'}")
             if not torch.allclose(checksum.double().cpu(), _checksum(base), rtol=1e-9, atol=0.0):
                 raise ValueError(
                     f"checkpoint was fine-tuned from other language-model weights than this "

@@ -30,6 +30,7 @@ from msakit.predict import (
     RunIncompatibleError,
     load_trained_run,
     predict_features,
+    predict_texts,
 )
 from msakit.pretrained import ExportError, from_pretrained
 
@@ -79,6 +80,7 @@ def test_loaded_model_is_callable_and_takes_one_string():
         assert prediction.text == "worst film ever" and prediction.score == one
     assert [p.score for p in model.predict(["a good film", "a bad film"])] == \
         model(["a good film", "a bad film"])
+    assert [p.score for p in predict_texts("worst film ever", model)] == [one]
 
 
 def test_repr_is_short_and_says_what_the_model_is():

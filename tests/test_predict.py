@@ -114,7 +114,8 @@ def _fake_run(folder, extractor, dims=None):
 def test_run_on_mmsa_features_is_refused(tmp_path, mosi_raw_dir):
     run = _fake_run(tmp_path / "run", extractor=None)
     with pytest.raises(RunIncompatibleError, match="not computed by `msakit extract`"):
-        load_trained_run(run)
+        load_trained_run(run, require_clip_features=True)
+    assert load_trained_run(run).serves == "features"  # precomputed feature files only
     result = CliRunner().invoke(main, ["predict", str(mosi_raw_dir / WAV), "--run", str(run),
                                        "--text", WAV_TEXT])
     assert result.exit_code != 0

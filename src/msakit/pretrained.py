@@ -5,9 +5,11 @@ An exported model is a folder (also a Hugging Face Hub repository layout)::
     model.safetensors   the weights of every member (no pickle anywhere on the load path)
     config.json         the resolved experiment config the model was trained with
     feature_spec.json   what the model reads: modalities, feature dims, word alignment, label
-                        range, and the msakit extractor config (+ normalisation) that makes
-                        its audio/vision features from raw clips (null: text-only, or features
-                        msakit cannot compute)
+                        range, what it can serve (``serves``: transcripts, clips or
+                        precomputed features, see :data:`msakit.predict.SERVES`), and the
+                        msakit extractor config (+ normalisation) that makes its audio/vision
+                        features from raw clips (null: text-only, or features msakit cannot
+                        compute)
     metrics.json        the run's test metrics (mean ± std over members, per member) and where
                         they come from
     README.md           the model card
@@ -16,8 +18,10 @@ A run with several checkpoints (seeds x folds) exports them all as an ensemble: 
 tensors are stored under ``members.<i>.<name>`` and predictions are their mean, exactly as
 ``msakit predict --run`` does. ``--checkpoint seed1/fold0`` exports one.
 
-``from_pretrained()`` with no argument loads the pretrained text model shipped in the package
-(``msakit/weights/default``, made by ``tools/train_pretrained.py``).
+``from_pretrained()`` with no argument (or ``"default"``) loads the pretrained text model shipped
+in the package (``msakit/weights/default``, made by ``tools/train_pretrained.py``); a Hugging Face
+Hub id (``owner/name``) is downloaded with ``huggingface_hub.snapshot_download`` (or read from
+its local cache), failing at once with the reason when no hub is reachable (:mod:`msakit.hub`).
 """
 
 from __future__ import annotations
@@ -30,13 +34,16 @@ from pathlib import Path
 from typing import Any
 
 from msakit import __version__
-from msakit.predict import RunIncompatibleError, TrainedRun
+from msakit.hub import looks_like_repo_id, offline_reason
+from msakit.predict import METRICS_FILE, SERVES, RunIncompatibleError, TrainedRun
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_JSON = "config.json"
 FEATURE_SPEC_FILE = "feature_spec.json"
-METRICS_JSON = "metrics.json"
+METRICS_JSON = METRICS_FILE
 CARD_FILE = "README.md"
+#: every file of an export (what a hub download fetches)
+EXPORT_FILES = (WEIGHTS_FILE, CONFIG_JSON, FEATURE_SPEC_FILE, METRICS_JSON, CARD_FILE)
 FORMAT_VERSION = 1
 #: the shipped pretrained model, addressable by this name
 DEFAULT_MODEL = "default"
@@ -123,12 +130,12 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None 
 def feature_spec(run: TrainedRun) -> dict[str, Any]:
     """What the model reads and how new clips' features must be made."""
     record = run.data_info.get("extractor")
-    modalities = ["text"] if run.text_only else [
-        m for m in run.config.data.modalities if m == "text" or run.feature_dims.get(m)]
     return {
         "format_version": FORMAT_VERSION,
-        "modalities": modalities,
+        "modalities": run.modalities,
         "feature_dims": run.feature_dims,
+        "serves": run.serves,
+        "serves_description": SERVES[run.serves],
         "word_aligned": bool(run.data_info.get("word_aligned", False)),
         "dataset": run.data_info.get("dataset", "custom"),
         "label_range": list(run.label_range),
@@ -136,6 +143,12 @@ def feature_spec(run: TrainedRun) -> dict[str, Any]:
         "language_model": run.config.model.language_model,
         "extractor": None if run.text_only else record,
     }
+
+
+def describe_serving(spec: dict) -> str:
+    """One sentence on what an exported model can score (model card, ``msakit export``)."""
+    serves = spec.get("serves")
+    return f"it serves {SERVES[serves]}" if serves in SERVES else "what it serves is not recorded"
 
 
 def _member_summary(members: list[dict]) -> dict[str, dict[str, float]]:
@@ -183,16 +196,17 @@ def model_card(config, spec: dict, metrics: dict, notes: str | None = None) -> s
         "No test metrics were recorded for this run."
     modalities = spec["modalities"]
     reads = "the transcript only" if modalities == ["text"] else ", ".join(modalities)
-    if spec["extractor"]:
-        features = ("audio/vision features computed from raw clips by `msakit extract` with the "
-                    "extractor config in `feature_spec.json`")
-    elif modalities == ["text"]:
-        features = ("no audio or visual features: give it a transcript (or a clip, whose "
-                    "speech is then transcribed offline by pocketsphinx, with much lower "
-                    "quality)")
-    else:
-        features = (f"pre-computed features ({spec['feature_dims']}) that msakit cannot compute "
-                    "from raw clips; it predicts only on data in the same format")
+    features = {
+        "transcripts": ("no audio or visual features: give it a transcript (or a clip, whose "
+                        "speech is then transcribed offline by pocketsphinx, with much lower "
+                        "quality)"),
+        "clips": ("audio/vision features computed from raw clips by `msakit extract` with the "
+                  "extractor config in `feature_spec.json`"),
+        "features": (f"audio/vision features ({spec['feature_dims']}) that msakit cannot "
+                     "compute from raw clips (e.g. MMSA's COVAREP/FACET): it scores only "
+                     "precomputed features, one `.npz` per clip (`msakit predict --model PATH "
+                     "--features CLIP.npz --text ...`, docs/extract_predict.md)"),
+    }.get(spec.get("serves"), "")
     selected = config.train.selection_metric
     lines = [
         "---",
@@ -206,7 +220,8 @@ def model_card(config, spec: dict, metrics: dict, notes: str | None = None) -> s
         "",
         "## What it reads",
         "",
-        f"Modalities: **{reads}** — {features}. Language model: "
+        f"Modalities: **{reads}** — {features}. Serves: **{spec.get('serves')}**. "
+        "Language model: "
         f"`{spec['language_model']}` (at most {spec['max_text_tokens']} tokens). Output: one "
         f"sentiment intensity on the [{spec['label_range'][0]:g}, {spec['label_range'][1]:g}] "
         "scale (dataset family " + spec["dataset"] + ").",
@@ -253,14 +268,59 @@ def model_card(config, spec: dict, metrics: dict, notes: str | None = None) -> s
 # Load
 # --------------------------------------------------------------------------------------------
 
-def from_pretrained(path: str | Path | None = None) -> TrainedRun:
-    """Load an exported model folder (``None`` or ``"default"``: the shipped model).
-
-    The result predicts with ``.predict(clips=..., texts=...)`` or through
-    :func:`msakit.predict.predict_clips` / :func:`msakit.predict.predict_texts`.
+def resolve_model_folder(path: str | Path | None) -> Path:
+    """The local folder of a model: the shipped one (``None`` / ``"default"``), an existing
+    folder, or a Hugging Face Hub id's snapshot (cached, else downloaded).
 
     Raises:
-        ExportError: not an exported model folder, or files that do not fit together.
+        ExportError: no such folder; a hub id with no hub reachable and no cached copy (at
+            once, naming the reason), huggingface_hub missing, or the hub refusing.
+    """
+    if path is None or (str(path) == DEFAULT_MODEL and not Path(DEFAULT_MODEL).exists()):
+        return default_model_path()
+    folder = Path(path).expanduser()
+    if folder.is_dir() or not looks_like_repo_id(str(path)) or "/" not in str(path):
+        if not folder.is_dir():
+            raise ExportError(f"{folder}: no such model folder (nor a Hugging Face Hub id "
+                              "owner/name)")
+        return folder
+    return _hub_snapshot(str(path))
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as err:
+        raise ExportError(f"{repo_id!r} is not a local folder; loading it from the Hugging Face "
+                          "Hub needs huggingface_hub: pip install 'msakit[hub]'") from err
+    try:  # a copy downloaded before works offline, and costs no network wait
+        return Path(snapshot_download(repo_id, allow_patterns=list(EXPORT_FILES),
+                                      local_files_only=True))
+    except Exception:  # not cached (huggingface_hub raises several types for that)
+        pass
+    reason = offline_reason()
+    if reason is not None:
+        raise ExportError(f"{repo_id!r} is not a local folder nor in the local Hugging Face "
+                          f"cache, and {reason}: download it where a hub is reachable (`hf "
+                          f"download {repo_id} --local-dir DIR`) and load DIR")
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=list(EXPORT_FILES)))
+    except Exception as err:  # network, auth, and hub errors have many types
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ExportError(f"could not download {repo_id!r} from the Hugging Face Hub: "
+                          f"{type(err).__name__}: {first}") from err
+
+
+def from_pretrained(path: str | Path | None = None) -> TrainedRun:
+    """Load an exported model: a folder, a Hugging Face Hub id (``owner/name``, extra
+    ``msakit[hub]``), or ``None`` / ``"default"`` for the model shipped in the package.
+
+    The result is callable: ``model("text")`` gives a score, ``model(["a", "b"])`` a list;
+    ``model.predict(...)`` gives full predictions (:meth:`msakit.predict.TrainedRun.predict`).
+
+    Raises:
+        ExportError: not an exported model folder, files that do not fit together, or a hub id
+            that cannot be fetched (see :func:`resolve_model_folder`).
     """
     import torch
     from safetensors import SafetensorError
@@ -269,10 +329,7 @@ def from_pretrained(path: str | Path | None = None) -> TrainedRun:
     from msakit.config import ConfigError, config_from_tree
     from msakit.predict import check_feature_source
 
-    folder = default_model_path() if path in (None, DEFAULT_MODEL) and not (
-        path and Path(path).exists()) else Path(path)
-    if not folder.is_dir():
-        raise ExportError(f"{folder}: no such model folder")
+    folder = resolve_model_folder(path)
     for file_name in (WEIGHTS_FILE, CONFIG_JSON, FEATURE_SPEC_FILE):
         if not (folder / file_name).is_file():
             hint = " (a run folder? use --run, or `msakit export` it first)" \
@@ -310,17 +367,18 @@ def from_pretrained(path: str | Path | None = None) -> TrainedRun:
         "word_aligned": spec.get("word_aligned", False),
         "feature_dims": spec.get("feature_dims") or {}, "extractor": spec.get("extractor"),
     }
-    try:
-        extractor, normalization, notes = check_feature_source(folder, data_info,
-                                                               require=False)
-    except RunIncompatibleError as err:
-        raise ExportError(str(err)) from err
-    return TrainedRun(
-        run_dir=folder, config=config, data_info=data_info, extractor=extractor,
-        normalization=normalization, checkpoints=[], notes=notes,
+    model = TrainedRun(
+        run_dir=folder, config=config, data_info=data_info, extractor=None,
+        normalization=None, checkpoints=[],
         label_range=tuple(spec.get("label_range") or (-3.0, 3.0)),
         states=[states[i] for i in range(len(states))],
     )
+    try:
+        model.extractor, model.normalization, model.notes = check_feature_source(
+            folder, data_info, reads=model.modalities)
+    except RunIncompatibleError as err:
+        raise ExportError(str(err)) from err
+    return model
 
 
 # --------------------------------------------------------------------------------------------

@@ -164,8 +164,17 @@ def evaluate_robustness(
         "n_units", "n_clips", "n_videos", "method"}``; written as
         ``robustness.json``/``.md``/``.csv`` and ``robustness-<metric>.png`` in ``run_dir``
         when ``write``.
+
+    Raises:
+        MissingExtraError: ``write`` without matplotlib (extra ``msakit[report]``), before any
+            scoring.
     """
     import torch
+
+    from msakit.errors import require_extra
+
+    if write:
+        require_extra("matplotlib", "report", "msakit evaluate --robustness (its plots)")
 
     from msakit.config import load_saved_config
     from msakit.experiments.compare import PairedUnit, paired_units_interval

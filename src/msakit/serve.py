@@ -5,7 +5,10 @@ Endpoints:
 * ``POST /v1/predict`` — multipart form with ``file`` (a media file) and/or ``text`` (its
   transcript, or the text alone). Answers the prediction object ``msakit predict --json``
   prints for one clip (score, polarity, 7-class, contributions, warnings, ``low_quality``).
-* ``GET /healthz`` — ``{"status": "ok", ...}`` with the model's name and modalities.
+* ``GET /healthz`` — ``{"status": "ok", ...}`` with the model's name, modalities and what it
+  serves (``transcripts`` or ``clips``, :data:`msakit.predict.SERVES`). A model that scores only
+  precomputed features (MMSA's COVAREP/FACET) cannot answer uploads: :func:`create_app` and
+  ``msakit serve`` refuse it (:func:`unservable_reason`).
 * ``GET /`` — a page to upload a clip (and an optional transcript) and see the score on the
   [-3, 3] scale with the modality contributions.
 
@@ -34,9 +37,17 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from msakit.extract.media import MEDIA_SUFFIXES
-from msakit.predict import TrainedRun
+from msakit.predict import SERVES, SERVES_FEATURES, TrainedRun, features_only_message
 
 CHUNK = 1 << 20
+
+
+def unservable_reason(model: TrainedRun) -> str | None:
+    """Why ``model`` cannot answer uploads (``None``: it can)."""
+    if model.serves == SERVES_FEATURES:
+        return (features_only_message(model) + "; an upload (clip and/or text) cannot be "
+                "scored, so msakit serve does not start it")
+    return None
 
 
 @dataclass
@@ -63,17 +74,24 @@ def _safe_name(name: str | None) -> str:
 
 
 def create_app(model: TrainedRun, limits: ServeLimits | None = None, model_name: str = ""):
-    """The FastAPI application serving ``model``."""
+    """The FastAPI application serving ``model``.
+
+    Raises:
+        RunIncompatibleError: the model cannot answer uploads (:func:`unservable_reason`).
+    """
     from msakit.extract.media import ExtractionError
     from msakit.predict import RunIncompatibleError, predict_clips, predict_texts
+
+    reason = unservable_reason(model)
+    if reason:
+        raise RunIncompatibleError(reason)
 
     limits = limits or ServeLimits()
     executor = ThreadPoolExecutor(max_workers=limits.workers, thread_name_prefix="msakit-serve")
     in_flight = threading.BoundedSemaphore(limits.max_queue)
     temp_root = Path(tempfile.mkdtemp(prefix="msakit-serve-"))
     page = (resources.files("msakit") / "static" / "index.html").read_text()
-    modalities = ["text"] if model.text_only else [
-        m for m in model.config.data.modalities if m == "text" or model.feature_dims.get(m)]
+    modalities = model.modalities
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -86,7 +104,8 @@ def create_app(model: TrainedRun, limits: ServeLimits | None = None, model_name:
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "model": model_name or model.config.model.name,
-                "modalities": modalities, "members": model.members}
+                "modalities": modalities, "serves": model.serves,
+                "serves_description": SERVES[model.serves], "members": model.members}
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:

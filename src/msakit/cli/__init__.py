@@ -24,11 +24,12 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions that describe a problem with the user's input or environment."""
     from msakit.config import ConfigError
     from msakit.data.dataset import DataError
+    from msakit.errors import MissingExtraError
     from msakit.lm import LanguageModelUnavailable as LanguageModelError
     from msakit.training.runs import CheckpointError, RunError
 
     types: list[type[BaseException]] = [ConfigError, DataError, CheckpointError, RunError,
-                                        LanguageModelError, OSError]
+                                        LanguageModelError, MissingExtraError, OSError]
     try:
         from msakit.extract.media import ExtractionError
         from msakit.predict import RunIncompatibleError

@@ -7,7 +7,6 @@ import json
 import click
 
 from msakit.cli._options import DATA_PATH
-from msakit.data.dataset import DataError
 
 
 @click.group("data")
@@ -28,6 +27,7 @@ def data() -> None:
 def inspect_command(path: str, format_: str, dataset: str, nonfinite: str, as_json: bool) -> None:
     """Splits, counts, feature dims, sequence lengths, label statistics and clips shared
     between splits (leakage) of PATH."""
+    from msakit.data.dataset import DataError  # torch: imported by the command, not --help
     from msakit.data.inspect import render_summary, summarize_dataset
     from msakit.data.readers import load_dataset
 

@@ -34,12 +34,19 @@ def resolve_model(run_dir: str | None, model_dir: str | None, checkpoint: str | 
 @click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False),
               help="A run folder written by `msakit train` (on features from `msakit extract`, "
               "or text only).")
-@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
-              help="A model folder written by `msakit export`. Default (no --run, no --model): "
-              "the pretrained text model shipped with msakit.")
+@click.option("--model", "model_dir", metavar="DIR|HUB_ID",
+              help="A model folder written by `msakit export`, or a Hugging Face Hub id "
+              "(owner/name, extra msakit[hub]). Default (no --run, no --model): the pretrained "
+              "text model shipped with msakit (also `--model default`).")
 @click.option("--text", "texts", multiple=True,
               help="Transcript of a clip; repeat once per clip, in order. Without clips: the "
               "texts to score. Without it: <clip>.txt beside the clip, else speech recognition.")
+@click.option("--features", "feature_files", multiple=True,
+              type=click.Path(exists=True, dir_okay=False),
+              help="A precomputed feature file (.npz with arrays 'audio' (L, D_audio), 'vision' "
+              "(L, D_vision), optional 'text'/'words'), instead of a clip; repeat per clip. The "
+              "way to use a model trained on features msakit cannot compute (MMSA's "
+              "COVAREP/FACET).")
 @click.option("--checkpoint", help="Use one training folder of the run, e.g. seed1/fold0 "
               "(default: the mean over all of them).")
 @click.option("--asr/--no-asr", default=None,
@@ -47,7 +54,7 @@ def resolve_model(run_dir: str | None, model_dir: str | None, checkpoint: str | 
               "training extraction did; on for text-only models). Flagged low quality.")
 @click.option("--strict", is_flag=True, help="Refuse clips with no video track or no face.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one list of objects).")
-def predict(clips, run_dir, model_dir, texts, checkpoint, asr, strict, as_json):
+def predict(clips, run_dir, model_dir, texts, feature_files, checkpoint, asr, strict, as_json):
     """Predict the sentiment of CLIPS (video or audio files), or of --text alone.
 
     \b
@@ -60,18 +67,31 @@ def predict(clips, run_dir, model_dir, texts, checkpoint, asr, strict, as_json):
       msakit predict interview.mp4 --text "i loved every minute of it"
       msakit predict interview.mp4 --run runs/lf_dnn-custom-20261125-101500
       msakit predict interview.mp4 --model exported/lf_dnn
+      msakit predict --model exported/dmd --features clip1.npz --text "what was said"
     """
     from msakit.extract import ExtractionError
-    from msakit.predict import RunIncompatibleError, predict_clips, predict_texts
+    from msakit.predict import (
+        RunIncompatibleError,
+        predict_clips,
+        predict_features,
+        predict_texts,
+    )
 
-    if not clips and not texts:
-        raise click.ClickException("nothing to predict: give media files and/or --text")
-    if clips and texts and len(texts) != len(clips):
+    if not clips and not texts and not feature_files:
+        raise click.ClickException("nothing to predict: give media files, --features and/or "
+                                   "--text")
+    if clips and feature_files:
+        raise click.ClickException("give media files or --features files, not both")
+    inputs, kind = (clips, "clip(s)") if clips else (feature_files, "feature file(s)")
+    if inputs and texts and len(texts) != len(inputs):
         raise click.ClickException(
-            f"{len(texts)} --text for {len(clips)} clip(s): give one per clip, in order, or none")
+            f"{len(texts)} --text for {len(inputs)} {kind}: give one per clip, in order, or "
+            "none")
     model = resolve_model(run_dir, model_dir, checkpoint)
     try:
-        if clips:
+        if feature_files:
+            results = predict_features(feature_files, model, list(texts) if texts else None)
+        elif clips:
             results = predict_clips(clips, model, list(texts) if texts else None, asr=asr,
                                     strict=strict)
         else:
@@ -114,11 +134,18 @@ def export(run_dir, out_dir, checkpoint, repo_id):
     \b
     Load it with `msakit predict --model OUT_DIR` or msakit.from_pretrained("OUT_DIR").
     """
-    from msakit.pretrained import ExportError, export_run, push_to_hub
+    from msakit.pretrained import (
+        FEATURE_SPEC_FILE,
+        ExportError,
+        describe_serving,
+        export_run,
+        push_to_hub,
+    )
 
     try:
         folder = export_run(run_dir, out_dir, checkpoint)
-        click.echo(f"exported {run_dir} -> {folder}")
+        spec = json.loads((folder / FEATURE_SPEC_FILE).read_text())
+        click.echo(f"exported {run_dir} -> {folder}: {describe_serving(spec)}")
         if repo_id:
             click.echo(f"pushed to {push_to_hub(folder, repo_id)}")
     except ExportError as err:

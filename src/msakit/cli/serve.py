@@ -6,8 +6,9 @@ import click
 
 
 @click.command()
-@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
-              help="A folder written by `msakit export` (default: the shipped text model).")
+@click.option("--model", "model_dir", metavar="DIR|HUB_ID",
+              help="A folder written by `msakit export` or a Hugging Face Hub id (default: the "
+              "shipped text model).")
 @click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False),
               help="A run folder written by `msakit train`.")
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -38,7 +39,12 @@ def serve(model_dir, run_dir, host, port, max_upload_mb, timeout_s, workers):
     except ImportError as err:
         raise click.ClickException(f"msakit serve needs FastAPI and uvicorn: pip install "
                                    f"'msakit[serve]' ({err})") from err
+    from msakit.serve import unservable_reason
+
     model = resolve_model(run_dir, model_dir)
+    reason = unservable_reason(model)
+    if reason:
+        raise click.ClickException(f"not serving {model_dir or run_dir}: {reason}")
     limits = ServeLimits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), timeout_s=timeout_s,
                          workers=workers)
     run_server(model, host, port, limits, model_name=str(model_dir or run_dir or "default"))

@@ -476,8 +476,16 @@ def _provenance(run_dir: Path) -> str:
 
 
 def build_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
-    """Write ``report.html`` (default: into ``run_dir``) and return its path."""
+    """Write ``report.html`` (default: into ``run_dir``) and return its path.
+
+    Raises:
+        MissingExtraError: matplotlib is not installed (extra ``msakit[report]``).
+    """
     import yaml
+
+    from msakit.errors import require_extra
+
+    require_extra("matplotlib", "report", "msakit report")
 
     run_dir = Path(run_dir)
     saved = runs.read_json(run_dir / runs.METRICS_FILE) \

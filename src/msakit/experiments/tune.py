@@ -334,6 +334,9 @@ def tune(
     Returns:
         The summary written to ``<study folder>/study.json``.
     """
+    from msakit.errors import require_extra
+
+    require_extra("optuna", "tune", "msakit tune")
     if trials < 1:
         raise ConfigError("--trials must be at least 1")
     if jobs < 1:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msakit.lm import load_language_model
+from msakit.lm import load_language_model, pretrained_language_model_state
 
 #: Cost of one extra language-model call in :func:`length_groups`, in padded tokens: on one CPU
 #: thread a MiniLM forward costs about 13 ms (reading its weights) plus 0.4 ms per token.
@@ -97,6 +97,7 @@ class PretrainedTextEncoder(nn.Module):
     ):
         super().__init__()
         self.model = load_language_model(name_or_path)
+        self.language_model_name = name_or_path
         self.pooling = pooling
         self.group_by_length = group_by_length
         self.reuse_embedding_gradient = reuse_embedding_gradient
@@ -116,6 +117,13 @@ class PretrainedTextEncoder(nn.Module):
             for layer in layers[:freeze_layers]:
                 for parameter in layer.parameters():
                     parameter.requires_grad_(False)
+
+    def pretrained_state(self) -> dict[str, torch.Tensor]:
+        """The pretrained weights this encoder was built from, by this module's state-dict keys
+        (the process-wide copy read from disk; do not modify). Checkpoints store a fine-tuned
+        LM's weights as changes against them (:meth:`MSAModel.checkpoint_state_dict`)."""
+        pretrained = pretrained_language_model_state(self.language_model_name)
+        return {f"model.{key}": value for key, value in pretrained.items()}
 
     def transformer_layers(self) -> nn.ModuleList:
         """The LM's stack of transformer layers (``encoder.layer`` of BERT-like models)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import struct
 
 import numpy as np
@@ -393,3 +394,90 @@ def test_data_record_holds_absolute_path_and_hash(mosi_word_aligned):
     assert record["path"] == str(mosi_word_aligned.resolve())
     assert len(record["sha256"]) == 64
     assert json.dumps(record)
+
+
+# -- run folders read by compare, leaderboard and report (issue 25) ------------------------------
+
+@pytest.fixture(scope="module")
+def real_folds(mosi_word_aligned):
+    from msakit.training.experiment import load_experiment_data
+
+    config = build_config("lf_dnn", [f"data.path={mosi_word_aligned}", "data.folds=5"])
+    dataset, partitions = load_experiment_data(config)
+    return config, dataset, partitions
+
+
+def _finished_run(root, name, real_folds, noise=0.5, seed=0):
+    """A hand-written finished run folder (as test_compare's) that report can also read."""
+    from test_compare import write_run
+
+    run_dir = write_run(root, name, real_folds, noise, seed=seed)
+    runs.write_json(run_dir / runs.METRICS_FILE, {"summary": {}})
+    for sub in run_dir.glob("seed*/*"):
+        (sub / "epochs.csv").write_text("epoch,train_total,valid_task,selected\n"
+                                        "1,1.5,1.4,0\n2,1.2,1.3,1\n")
+    return run_dir
+
+
+def _poison_prediction(run_dir, value):
+    path = sorted(run_dir.glob("seed*/*/predictions.csv"))[0]
+    lines = path.read_text().splitlines()
+    fields = lines[3].split(",")
+    fields[-1] = value
+    lines[3] = ",".join(fields)
+    path.write_text("\n".join(lines) + "\n")
+    return path, fields[0]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_predictions_are_refused_by_compare_leaderboard_and_report(
+        real_folds, tmp_path, value):
+    a = _finished_run(tmp_path, "a", real_folds, seed=1)
+    b = _finished_run(tmp_path, "b", real_folds, seed=2)
+    path, clip = _poison_prediction(b, value)
+    expected = f"{path}: line 4: prediction of clip '{clip}' is "
+    for command in (["compare", str(a), str(b)], ["leaderboard", str(a), str(b)],
+                    ["report", str(b)]):
+        result = CliRunner().invoke(main, [*command, "--output-dir" if command[0] != "report"
+                                           else "-o", str(tmp_path / f"out-{command[0]}")])
+        assert result.exit_code == 1, (command, result.output)
+        assert expected in result.output and "expected a finite number" in result.output
+        assert "bug" not in result.output
+    assert not (tmp_path / "out-report").exists()
+
+
+def test_a_duplicated_prediction_row_is_named_not_called_a_clip_difference(real_folds, tmp_path):
+    a = _finished_run(tmp_path, "a", real_folds, seed=1)
+    b = _finished_run(tmp_path, "b", real_folds, seed=2)
+    path = sorted(b.glob("seed*/*/predictions.csv"))[0]
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines + [lines[2]]) + "\n")
+    result = CliRunner().invoke(main, ["compare", str(a), str(b), "--output-dir",
+                                       str(tmp_path / "out")])
+    assert result.exit_code == 1
+    clip = lines[2].split(",")[0]
+    assert (f"{path}: line {len(lines) + 1}: clip id '{clip}' appears more than once "
+            "(first on line 3)") in result.output
+    assert "test clips differ" not in result.output
+
+
+@pytest.mark.parametrize("garble, message", [
+    ("epochs", r"epochs\.csv: line 3: column 'epoch' is 'two', expected a whole number"),
+    ("epochs_value", r"epochs\.csv: line 2: column 'valid_task' is '1,4x', expected a number"),
+    ("metrics", r"metrics\.json: not valid JSON \(Expecting value: line 2 column 1"),
+])
+def test_report_on_a_garbled_run_file_names_the_file(real_folds, tmp_path, garble, message):
+    run_dir = _finished_run(tmp_path, "run", real_folds)
+    epochs = sorted(run_dir.glob("seed*/*/epochs.csv"))[0]
+    if garble == "epochs":
+        epochs.write_text("epoch,train_total,valid_task,selected\n1,1.5,1.4,0\ntwo,1.2,1.3,1\n")
+    elif garble == "epochs_value":
+        epochs.write_text("epoch,train_total,valid_task,selected\n1,1.5,\"1,4x\",0\n")
+    else:
+        (run_dir / runs.METRICS_FILE).write_text("{\"summary\":\n")
+    result = CliRunner().invoke(main, ["report", str(run_dir)])
+    assert result.exit_code == 1, result.output
+    assert re.search(message, result.output), result.output
+    assert "invalid literal" not in result.output
+    good = _finished_run(tmp_path, "good", real_folds)
+    assert CliRunner().invoke(main, ["report", str(good)]).exit_code == 0

@@ -121,7 +121,12 @@ def write_json(path: Path, payload: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """The JSON document in ``path``; :class:`RunError` naming the file if it is not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RunError(f"{path}: not valid JSON ({err}); expected the file msakit wrote "
+                       "(restore it or rerun)") from None
 
 
 class RunError(ValueError):
@@ -223,8 +228,10 @@ def load_best_metadata(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / BEST_METADATA
     try:
         return read_json(path)
-    except (OSError, json.JSONDecodeError) as err:
+    except OSError as err:
         raise CheckpointError(f"{path}: unreadable: {err}") from err
+    except RunError as err:  # not JSON; the message names the file
+        raise CheckpointError(str(err)) from err
 
 
 def load_state_into(model, state: dict[str, Any], source: Path) -> None:

@@ -481,3 +481,53 @@ def test_report_on_a_garbled_run_file_names_the_file(real_folds, tmp_path, garbl
     assert "invalid literal" not in result.output
     good = _finished_run(tmp_path, "good", real_folds)
     assert CliRunner().invoke(main, ["report", str(good)]).exit_code == 0
+
+
+# -- msakit tune (issue 25) ----------------------------------------------------------------------
+
+def _tune(tmp_path, *args):
+    return CliRunner().invoke(main, ["tune", "lf_dnn", "--data", "mosi-demo", "--folds", "2",
+                                     "--trials", "1", "--epochs", "1",
+                                     "--output-dir", str(tmp_path / "out"), *args])
+
+
+def test_tune_study_name_that_is_a_path_is_refused(tmp_path):
+    before = set(tmp_path.iterdir())
+    result = _tune(tmp_path, "--study", "../../outside_study")
+    assert result.exit_code == 1, result.output
+    assert "--study '../../outside_study' must be one folder name" in result.output
+    assert set(tmp_path.iterdir()) == before and not (tmp_path.parent / "outside_study").exists()
+
+
+def _driver_installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.parametrize("storage, message", [
+    ("not a url", "not a usable SQLAlchemy URL"),
+    ("nosuchdb://u@host/db", "not a usable SQLAlchemy URL"),
+    ("postgresql+nosuchdriver://u:secret@host/db", "not a usable SQLAlchemy URL"),
+    ("postgresql://u:secret@127.0.0.1:1/db", "cannot open the study database: connection"),
+    ("sqlite:///{tmp}/missing/folder/study.db",
+     "cannot open the study database: unable to open database file (folder {tmp}/missing/folder "
+     "does not exist)"),
+])
+def test_tune_storage_that_cannot_be_opened_is_a_user_error(tmp_path, storage, message):
+    if storage.startswith("postgresql://") and not _driver_installed("psycopg"):
+        pytest.skip("psycopg (msakit[postgres]) is not installed")
+    storage, message = (s.replace("{tmp}", str(tmp_path)) for s in (storage, message))
+    result = _tune(tmp_path, "--storage", storage, "--study", "s")
+    assert result.exit_code == 1, result.output
+    assert "--storage " in result.output and message in result.output
+    assert "bug" not in result.output and "secret" not in result.output
+
+
+def test_tune_search_space_error_names_the_config_file(tmp_path):
+    config = tmp_path / "search.yaml"
+    config.write_text("search:\n  train.lr: {type: float, low: 1.0e-3, high: 1.0e-4}\n")
+    result = _tune(tmp_path, "--config", str(config))
+    assert result.exit_code == 1, result.output
+    assert f"{config}: search.train.lr: empty range" in result.output
+    assert "None:" not in result.output

@@ -163,7 +163,7 @@ def tune(model, data_path, folds, trials, storage, study_name, jobs, timeout, co
         summary = run_tune(model, data_path, trials, folds=folds, storage=storage,
                            study_name=study_name, jobs=jobs, timeout=timeout,
                            user_config=user or {}, overrides=extra, output_dir=output_dir,
-                           seed=seed, progress=jobs == 1)
+                           seed=seed, progress=jobs == 1, config_file=config_file)
     except (ConfigError, DataError, KeyError, ValueError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
     study_dir = Path(summary["study_dir"])

@@ -531,3 +531,45 @@ def test_tune_search_space_error_names_the_config_file(tmp_path):
     assert result.exit_code == 1, result.output
     assert f"{config}: search.train.lr: empty range" in result.output
     assert "None:" not in result.output
+
+
+# -- msakit extract (issue 25) -------------------------------------------------------------------
+
+def test_extract_clip_id_that_is_a_path_never_reads_outside_the_clip_folder(mosi_raw_dir,
+                                                                             tmp_path):
+    import shutil
+
+    from msakit.extract import ExtractionError
+    from msakit.extract.pipeline import find_media, read_clip_list
+
+    folder = tmp_path / "clips"
+    shutil.copytree(mosi_raw_dir, folder)
+    (folder / "x").mkdir()  # a video folder: clips/x/../../outside is tmp_path/outside
+    (tmp_path / "outside").mkdir()
+    shutil.copy(folder / "03bSnISJMiM_1.wav", tmp_path / "outside" / "stolen.wav")
+    (folder / "label.csv").write_text("video_id,clip_id,text,label,mode\n"
+                                      "03bSnISJMiM,1,anyhow it was really good,2.4,train\n"
+                                      "x,../../outside/stolen,secret,0.5,test\n"
+                                      "..,outside,secret,0.5,test\n")
+    specs, failures = read_clip_list(folder)
+    assert [s.media for s in specs] == [folder / "03bSnISJMiM_1.wav"]
+    assert [f.clip_id for f in failures] == ["../../outside/stolen", "outside"]
+    assert "clip_id '../../outside/stolen' is not a plain file name" in failures[0].reason
+    assert "video_id '..' is not a plain file name" in failures[1].reason
+    with pytest.raises(ExtractionError, match="ids must be plain file names"):
+        find_media(folder, "x", "../../outside/stolen")
+
+
+def test_a_truncated_extract_cache_entry_is_extracted_again(tmp_path):
+    from msakit.extract.features import ClipFeatures
+    from msakit.extract.pipeline import load_cached, save_cached
+
+    features = ClipFeatures(audio=np.ones((3, 4), np.float32), vision=np.ones((2, 5), np.float32),
+                            text="hi", text_source="given", info={}, warnings=[])
+    path = tmp_path / "clip.npz"
+    save_cached(path, features, "sig")
+    assert np.array_equal(load_cached(path, "sig").audio, features.audio)
+    path.write_bytes(path.read_bytes()[:-40])
+    assert load_cached(path, "sig") is None
+    path.write_bytes(path.read_bytes()[:10])
+    assert load_cached(path, "sig") is None

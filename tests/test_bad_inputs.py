@@ -573,3 +573,26 @@ def test_a_truncated_extract_cache_entry_is_extracted_again(tmp_path):
     assert load_cached(path, "sig") is None
     path.write_bytes(path.read_bytes()[:10])
     assert load_cached(path, "sig") is None
+
+
+# -- MMSA pickle splits under other names (issue 25) ----------------------------------------------
+
+def test_mmsa_dev_split_is_never_dropped(mmsa, tmp_path):
+    import copy
+
+    both = copy.deepcopy(mmsa)
+    both["dev"] = copy.deepcopy(mmsa["valid"])
+    path = _write(tmp_path, both, "both.pkl")
+    with pytest.raises(DataError, match=r"keys 'valid' and 'dev' both name the valid split"):
+        load_dataset(path)
+    result = CliRunner().invoke(main, ["data", "inspect", str(path)])
+    assert result.exit_code == 1 and "both name the valid split" in result.output
+
+    renamed = {("dev" if k == "valid" else k): v for k, v in mmsa.items()}
+    dataset = load_dataset(_write(tmp_path, renamed, "dev.pkl"))
+    assert len(dataset.splits["valid"]) == len(mmsa["valid"]["id"]) > 0
+
+    extra = copy.deepcopy(mmsa)
+    extra["holdout"] = copy.deepcopy(mmsa["test"])
+    with pytest.raises(DataError, match=r"key 'holdout' holds a split"):
+        load_dataset(_write(tmp_path, extra, "extra.pkl"))

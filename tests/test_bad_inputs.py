@@ -197,6 +197,9 @@ def test_unpickler_allocates_no_more_than_the_file_holds():
     ("model.loss_weights.task=-1", "model.loss_weights"), ("run.name=../x", "run.name"),
     ("run.name=a/b", "run.name"), ("train.device=tpu", "train.device"),
     ("train.epochs=0", "train.epochs"), ("data.folds=1", "data.folds"),
+    ("train.epochs=true", "train.epochs: expected int, not a boolean"),
+    ("train.lr=false", "train.lr: expected float, not a boolean"),
+    ("train.patience=true", "train.patience: expected int | None, not a boolean"),
 ])
 def test_invalid_settings_are_refused_in_one_line(override, key):
     with pytest.raises(ConfigError, match=rf"^invalid config for lf_dnn: {key}[^\n]*$"):
@@ -208,6 +211,12 @@ def test_invalid_settings_are_refused_in_one_line(override, key):
     (["--folds", "0"], "data.folds: Input should be greater than or equal to 2"),
     (["--seeds", "-1"], "Invalid value for '--seeds'"),
     (["--folds", "2", "--set", "train.device=cuda:3"], "device 'cuda:3' is not available"),
+    (["--folds", "2", "--epochs", "1", "--set", "train.epochs=0"],
+     "--epochs 1 and --set train.epochs=0 both set train.epochs; give one"),
+    (["--folds", "2", "--set", "data.folds=3"],
+     "--folds 2 and --set data.folds=3 both set data.folds; give one"),
+    (["--folds", "2", "--set", "train.epochs=0"], "train.epochs: Input should be greater than or "
+     "equal to 1"),
 ])
 def test_cli_refuses_zero_epochs_folds_and_bad_seeds(mosi_word_aligned, tmp_path, args, message):
     result = CliRunner().invoke(main, ["train", "lf_dnn", "--data", str(mosi_word_aligned),
@@ -596,3 +605,10 @@ def test_mmsa_dev_split_is_never_dropped(mmsa, tmp_path):
     extra["holdout"] = copy.deepcopy(mmsa["test"])
     with pytest.raises(DataError, match=r"key 'holdout' holds a split"):
         load_dataset(_write(tmp_path, extra, "extra.pkl"))
+
+
+def test_tune_epochs_shortcut_and_set_conflict_is_refused(tmp_path):
+    result = _tune(tmp_path, "--set", "train.epochs=0")
+    assert result.exit_code == 1, result.output
+    assert "--epochs 1 and --set train.epochs=0 both set train.epochs; give one" in result.output
+    assert not (tmp_path / "out").exists()

@@ -612,3 +612,22 @@ def test_tune_epochs_shortcut_and_set_conflict_is_refused(tmp_path):
     assert result.exit_code == 1, result.output
     assert "--epochs 1 and --set train.epochs=0 both set train.epochs; give one" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_truncated_pickle_is_called_truncated_not_crafted(tmp_path):
+    from msakit.data.safe_pickle import safe_load
+
+    content = {"train": {"id": np.array(["a", "b"]), "audio": np.zeros((2, 3, 4), np.float32)}}
+    for protocol in (2, 4):
+        data = pickle.dumps(content, protocol=protocol)
+        for cut in range(1, len(data)):
+            with pytest.raises(DataError) as caught:
+                safe_loads(data[:cut])
+            assert "crafted" not in str(caught.value), (protocol, cut, str(caught.value))
+            assert "truncated" in str(caught.value)
+    path = tmp_path / "cut.pkl"
+    path.write_bytes(pickle.dumps(content, protocol=2)[:36])
+    with pytest.raises(DataError, match=rf"{path}: the pickle ends early \(truncated file\)"):
+        safe_load(path)
+    with pytest.raises(DataError, match=r"refused to unpickle the global os\.system.*crafted"):
+        safe_loads(b"cos\nsystem\n(S'echo'\ntR.")

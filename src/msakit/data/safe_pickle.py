@@ -88,6 +88,7 @@ class RestrictedUnpickler(pickle._Unpickler):
     def __init__(self, file, source: str = "<pickle>", max_allocation: int | None = None):
         super().__init__(file)
         self.source = source
+        self._file = file
         if max_allocation is None:
             position = file.tell()
             max_allocation = file.seek(0, io.SEEK_END) + ALLOCATION_SLACK
@@ -142,11 +143,21 @@ class RestrictedUnpickler(pickle._Unpickler):
         if key in _ALLOWED_PLAIN:
             target_module, attribute = _ALLOWED_PLAIN[key]
             return self._bounded(key, getattr(importlib.import_module(target_module), attribute))
+        if self._at_end():  # a name cut short by the end of the file, not a chosen global
+            raise DataError(f"{self.source}: the pickle ends early (truncated file) inside the "
+                            f"name of a global ({module}.{name}…). Nothing from it was executed.")
         raise DataError(
             f"{self.source}: refused to unpickle the global {module}.{name}: a dataset pickle may "
             "only hold builtin containers and numpy arrays, so this file is either not a dataset "
             "or is crafted to run code. Nothing from it was executed."
         )
+
+    def _at_end(self) -> bool:
+        try:
+            return not self._file.peek(1) if hasattr(self._file, "peek") else (
+                self._file.read(1) == b"")
+        except (OSError, ValueError):
+            return False
 
     def persistent_load(self, pid: Any) -> Any:
         raise DataError(

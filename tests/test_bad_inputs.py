@@ -631,3 +631,74 @@ def test_a_truncated_pickle_is_called_truncated_not_crafted(tmp_path):
         safe_load(path)
     with pytest.raises(DataError, match=r"refused to unpickle the global os\.system.*crafted"):
         safe_loads(b"cos\nsystem\n(S'echo'\ntR.")
+
+
+# -- exported model folders (issue 25) -----------------------------------------------------------
+
+class _RunsCode:
+    """Pickles as a call of ``os.getcwd`` (harmless, but refused by a weights-only load)."""
+
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def _exported_copy(tmp_path, edit_config=None):
+    import shutil
+
+    from msakit.pretrained import default_model_path
+
+    folder = tmp_path / "model"
+    shutil.copytree(default_model_path(), folder)
+    if edit_config is not None:
+        tree = json.loads((folder / "config.json").read_text())
+        edit_config(tree)
+        (folder / "config.json").write_text(json.dumps(tree))
+    return folder
+
+
+def _predict_text(folder):
+    return CliRunner().invoke(main, ["predict", "--model", str(folder), "--text", "it was great"])
+
+
+def test_export_with_nan_weights_names_the_tensor(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = _exported_copy(tmp_path)
+    tensors = load_file(folder / "model.safetensors")
+    name = "members.0.head.proj2.weight"
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    save_file(tensors, folder / "model.safetensors")
+    result = _predict_text(folder)
+    assert result.exit_code == 1, result.output
+    assert (f"{folder / 'model.safetensors'}: tensor '{name}' holds NaN or infinite values"
+            in result.output)
+
+
+def test_export_naming_an_unknown_model_is_a_user_error(tmp_path):
+    import msakit
+    from msakit.pretrained import ExportError
+
+    folder = _exported_copy(tmp_path, lambda tree: tree["model"].update(name="nosuch"))
+    message = f"{folder / 'config.json'}: model.name 'nosuch' is not a model of this msakit"
+    with pytest.raises(ExportError, match=re.escape(message)):
+        msakit.from_pretrained(folder)
+    result = _predict_text(folder)
+    assert result.exit_code == 1 and message in result.output and "bug" not in result.output
+
+
+def test_export_whose_language_model_is_a_code_bearing_pickle_is_refused_as_such(tmp_path):
+    import shutil
+
+    from msakit.lm import resolve_language_model
+
+    lm = tmp_path / "lm"
+    shutil.copytree(resolve_language_model("all-MiniLM-L6-v2"), lm)
+    (lm / "model.safetensors").unlink()
+    torch.save({"weight": _RunsCode()}, lm / "pytorch_model.bin")
+    folder = _exported_copy(tmp_path, lambda tree: tree["model"].update(language_model=str(lm)))
+    result = _predict_text(folder)
+    assert result.exit_code == 1, result.output
+    assert f"language model '{lm}' could not be loaded" in result.output
+    assert "pickle that holds more than tensors; refused, nothing from it was executed" \
+        in result.output
+    assert "bug" not in result.output and "weights_only" not in result.output

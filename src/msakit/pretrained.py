@@ -302,6 +302,9 @@ def from_pretrained(path: str | Path | None = None) -> TrainedRun:
         if prefix != "members" or not index.isdigit() or not name:
             raise ExportError(f"{folder / WEIGHTS_FILE}: tensor {key!r} is not "
                               "'members.<i>.<name>'; not an msakit export")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ExportError(f"{folder / WEIGHTS_FILE}: tensor {key!r} holds NaN or infinite "
+                              "values; expected finite weights (re-export the run)")
         states.setdefault(int(index), {})[name] = value
     if sorted(states) != list(range(len(states))) or not states:
         raise ExportError(f"{folder / WEIGHTS_FILE}: members {sorted(states)}; expected 0..n-1")

@@ -3,6 +3,7 @@ never a traceback or a silent wrong result. No training here (see test_run_safet
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -702,3 +703,76 @@ def test_export_whose_language_model_is_a_code_bearing_pickle_is_refused_as_such
     assert "pickle that holds more than tensors; refused, nothing from it was executed" \
         in result.output
     assert "bug" not in result.output and "weights_only" not in result.output
+
+
+# -- a full disk (issue 25) ----------------------------------------------------------------------
+
+def _full_disk_save_file(tensors, filename, metadata=None):
+    with open(filename, "wb") as handle:  # a partial file, as a real full disk leaves
+        handle.write(b"\0" * 100)
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("lm_cache", ["off", "auto"])
+def test_a_full_disk_during_training_names_the_file_and_keeps_no_partial_file(
+        tmp_path, monkeypatch, lm_cache):
+    import safetensors.torch
+
+    monkeypatch.setattr(safetensors.torch, "save_file", _full_disk_save_file)
+    monkeypatch.setenv("MSAKIT_CACHE", str(tmp_path / "cache"))  # empty: shards are written
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(main, ["train", "lf_dnn", "--data", "mosi-demo", "--folds", "2",
+                                       "--epochs", "1", "--set", "model.modalities=[text]",
+                                       "--set", "model.freeze_language_model=true",
+                                       "--set", f"train.lm_cache={lm_cache}",
+                                       "--set", "run.name=full", "--output-dir", str(out),
+                                       "--no-progress"])
+    assert result.exit_code == 1, result.output
+    written = {"off": r"full/seed\d+/fold0/best", "auto": r"cache/lm/.*/shard-\w+"}[lm_cache]
+    assert re.search(rf"{written}\.safetensors: No space left on device", result.output), \
+        result.output
+    assert "bug" not in result.output
+    assert not list(out.rglob("*.tmp")) and not list(tmp_path.rglob(".*.tmp"))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    result = CliRunner().invoke(main, ["train", "lf_dnn", "--data", "mosi-demo", "--folds", "2",
+                                       "--seeds", "1", "--epochs", "1",
+                                       "--set", "model.modalities=[text]",
+                                       "--set", "model.freeze_language_model=true",
+                                       "--set", "run.name=tiny", "--output-dir", str(out),
+                                       "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return out / "tiny"
+
+
+@pytest.mark.parametrize("failing", ["weights", "metrics"])
+def test_a_full_disk_during_export_names_the_file_and_leaves_no_half_folder(
+        tiny_run, tmp_path, monkeypatch, failing):
+    import pathlib
+
+    import safetensors.torch
+
+    if failing == "weights":
+        monkeypatch.setattr(safetensors.torch, "save_file", _full_disk_save_file)
+        expected = "model.safetensors"
+    else:
+        real_write_text = pathlib.Path.write_text
+
+        def write_text(self, *args, **kwargs):
+            if self.name == "metrics.json":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_write_text(self, *args, **kwargs)
+
+        monkeypatch.setattr(pathlib.Path, "write_text", write_text)
+        expected = "metrics.json"
+    before = sorted(p.relative_to(tiny_run) for p in tiny_run.rglob("*"))
+    out = tmp_path / "exported"
+    result = CliRunner().invoke(main, ["export", str(tiny_run), str(out)])
+    assert result.exit_code == 1, result.output
+    assert f"{out / expected}: No space left on device" in result.output
+    assert "bug" not in result.output
+    assert not out.exists()
+    assert sorted(p.relative_to(tiny_run) for p in tiny_run.rglob("*")) == before

@@ -776,3 +776,16 @@ def test_a_full_disk_during_export_names_the_file_and_leaves_no_half_folder(
     assert "bug" not in result.output
     assert not out.exists()
     assert sorted(p.relative_to(tiny_run) for p in tiny_run.rglob("*")) == before
+
+
+def test_a_feature_whose_square_overflows_float32_is_refused_at_load(mmsa, tmp_path):
+    mmsa["valid"]["audio"] = mmsa["valid"]["audio"].astype(np.float32)
+    mmsa["valid"]["audio"][2, 0, 5] = 3e38
+    clip = mmsa["valid"]["id"][2]
+    path = _write(tmp_path, mmsa)
+    with pytest.raises(DataError, match=re.escape(
+            f"{path} [valid] field 'audio': clip {clip!r} (row 2) has the value 3e+38 at step 0, "
+            "dim 5; expected features below 1.84e+19 in magnitude")):
+        load_dataset(path)
+    mmsa["valid"]["audio"][2, 0, 5] = 1e6  # large but harmless
+    load_dataset(_write(tmp_path, mmsa, "ok.pkl"))

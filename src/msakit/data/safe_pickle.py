@@ -143,7 +143,7 @@ class RestrictedUnpickler(pickle._Unpickler):
         if key in _ALLOWED_PLAIN:
             target_module, attribute = _ALLOWED_PLAIN[key]
             return self._bounded(key, getattr(importlib.import_module(target_module), attribute))
-        if self._at_end():  # a name cut short by the end of the file, not a chosen global
+        if self._truncated():  # a name cut short by the end of the file, not a chosen one
             raise DataError(f"{self.source}: the pickle ends early (truncated file) inside the "
                             f"name of a global ({module}.{name}…). Nothing from it was executed.")
         raise DataError(
@@ -152,12 +152,22 @@ class RestrictedUnpickler(pickle._Unpickler):
             "or is crafted to run code. Nothing from it was executed."
         )
 
-    def _at_end(self) -> bool:
+    def _truncated(self) -> bool:
+        """Whether the file is cut short: its opcodes (parsed, never run, by pickletools) end
+        before a STOP. pickle reads a GLOBAL's name up to the end of a truncated file, so a name
+        cut short would otherwise be refused as a chosen global."""
+        import pickletools
+
         try:
-            return not self._file.peek(1) if hasattr(self._file, "peek") else (
-                self._file.read(1) == b"")
-        except (OSError, ValueError):
+            self._file.seek(0)
+            for _ in pickletools.genops(self._file):
+                pass
+        except ValueError as err:  # "pickle exhausted before seeing STOP", "no newline found"
+            return any(sign in str(err) for sign in ("exhausted", "not enough data",
+                                                     "no newline", "but only"))
+        except Exception:  # noqa: BLE001 - unreadable for another reason: not evidence of a cut
             return False
+        return False
 
     def persistent_load(self, pid: Any) -> Any:
         raise DataError(

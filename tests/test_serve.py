@@ -283,3 +283,29 @@ def test_upload_page_in_headless_chromium(server, mosi_raw_dir, tmp_path):
     assert shot.stat().st_size > 10_000
     if os.environ.get("MSAKIT_UPDATE_SCREENSHOT"):
         shutil.copy(shot, DOCS / "serve_page.png")
+
+
+def test_a_transcript_over_the_limit_is_refused_before_tokenizing(model, monkeypatch):
+    import msakit.predict
+
+    tokenized = []
+    real = msakit.predict.predict_texts
+
+    def counting(texts, *args, **kwargs):
+        tokenized.append(len(texts[0]))
+        return real(texts, *args, **kwargs)
+
+    monkeypatch.setattr(msakit.predict, "predict_texts", counting)
+    app = create_app(model, ServeLimits(max_text_chars=200, workers=1))
+    with RunningServer(app) as server:
+        for text in ("a" * 201, "word " * 2_000_000):  # just over; 10 MB
+            for files in (None, {"unused": ("", b"", "text/plain")}):  # urlencoded, multipart
+                answer = _post(server, files=files, data={"text": text}, timeout=60)
+                assert answer.status_code == 413, answer.text
+                assert answer.json()["detail"] == (
+                    "field 'text' is over the limit of 200 characters "
+                    "(msakit serve --max-text-chars)")
+        assert tokenized == []
+        fine = _post(server, data={"text": "i loved it " * 18}, timeout=60)
+        assert fine.status_code == 200, fine.text
+        assert tokenized == [len("i loved it " * 18) - 1]

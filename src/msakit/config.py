@@ -196,14 +196,21 @@ def load_saved_config(path: Path) -> ExperimentConfig:
 def config_from_tree(tree: dict[str, Any], path: str = "<config>") -> ExperimentConfig:
     """Re-validate a complete config tree (a run's saved config, an exported ``config.json``)
     without applying today's shipped defaults."""
+    if not isinstance(tree, dict) or not isinstance(tree.get("model") or {}, dict):
+        raise ConfigError(f"{path}: expected a mapping with a model section, found "
+                          f"{type(tree).__name__}")
     tree = dict(tree)
     name = (tree.get("model") or {}).get("name")
     if not name:
         raise ConfigError(f"{path}: model.name missing")
     # Saved configs are complete: do not let today's shipped defaults change an old run.
-    from msakit.models import get_model_class
+    from msakit.models import get_model_class, list_models
 
-    model_cls = get_model_class(name)
+    try:
+        model_cls = get_model_class(name)
+    except (KeyError, TypeError):
+        raise ConfigError(f"{path}: model.name {name!r} is not a model of this msakit; "
+                          f"expected one of {', '.join(sorted(list_models()))}") from None
     try:
         return ExperimentConfig(
             model=model_cls.config_class(**tree.pop("model")), **tree

@@ -13,10 +13,19 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from msakit.augment import AugmentConfig
 from msakit.errors import ConfigError
@@ -28,11 +37,32 @@ __all__ = [
 ]
 
 
+def _admits_bool(annotation: Any) -> bool:
+    """Whether a field's type accepts ``True``/``False`` as themselves."""
+    if annotation is bool or annotation is Any:
+        return True
+    if get_origin(annotation) is Literal:
+        return any(isinstance(arg, bool) for arg in get_args(annotation))
+    return any(_admits_bool(arg) for arg in get_args(annotation)
+               if get_origin(annotation) in (Union, UnionType, Annotated))
+
+
 class StrictModel(BaseModel):
-    """Unknown keys are errors; NaN and infinity are refused for every float field."""
+    """Unknown keys are errors; NaN and infinity are refused for every float field, and a boolean
+    for a field that is not one (pydantic would read ``train.epochs=true`` as 1)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(),
                               allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_for_other_types(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None:
+            field = cls.model_fields.get(info.field_name)
+            if field is not None and not _admits_bool(field.annotation):
+                expected = getattr(field.annotation, "__name__", field.annotation)
+                raise ValueError(f"expected {expected}, not a boolean")
+        return value
 
 
 class ModelConfig(StrictModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 from functools import lru_cache
 from pathlib import Path
 
@@ -143,6 +144,10 @@ def _pretrained_language_model(name_or_path: str):
                                          **_no_hub_kernels(), **hub)
     except (OSError, ValueError) as err:
         raise LanguageModelUnavailable(name_or_path, _first_line(err)) from err
+    except pickle.UnpicklingError as err:  # torch.load(weights_only=True) refused the file
+        raise LanguageModelUnavailable(
+            name_or_path, "its pytorch_model.bin is a pickle that holds more than tensors; "
+            "refused, nothing from it was executed: use safetensors weights") from err
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:

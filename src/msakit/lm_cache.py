@@ -151,6 +151,8 @@ class LanguageModelCache:
     def _write_shard(self, keys: list[bytes], hidden: torch.Tensor) -> None:
         from safetensors.torch import save_file
 
+        from msakit.training.runs import writing
+
         self.directory.mkdir(parents=True, exist_ok=True)
         info = self.directory / "info.json"
         if not info.exists():
@@ -161,7 +163,8 @@ class LanguageModelCache:
         key_array = torch.from_numpy(np.frombuffer(b"".join(keys), dtype=np.uint8)
                                      .reshape(len(keys), KEY_BYTES).copy())
         tmp = self.directory / f".{name}.{os.getpid()}.tmp"
-        save_file({"hidden": hidden.contiguous(), "keys": key_array}, str(tmp))
+        with writing(self.directory / name, tmp):  # a full disk names the cache file
+            save_file({"hidden": hidden.contiguous(), "keys": key_array}, str(tmp))
         os.replace(tmp, self.directory / name)
         self._loaded_shards.add(name)
 

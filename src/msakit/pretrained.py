@@ -78,7 +78,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None 
     from safetensors.torch import save_file
 
     from msakit.predict import load_trained_run
-    from msakit.training.runs import read_json
+    from msakit.training.runs import read_json, writing
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -101,14 +101,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None 
             entry["test"] = saved.get("test")
         members.append(entry)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out_dir / WEIGHTS_FILE),
-              metadata={"format": "msakit", "format_version": str(FORMAT_VERSION),
-                        "members": str(len(members))})
-    (out_dir / WEIGHTS_FILE).chmod(0o644)  # safetensors writes 0600; a model is for sharing
-    (out_dir / CONFIG_JSON).write_text(json.dumps(run.config.to_dict(), indent=2))
     spec = feature_spec(run)
-    (out_dir / FEATURE_SPEC_FILE).write_text(json.dumps(spec, indent=2))
     metrics = {
         "summary": _member_summary(members),
         "members": members,
@@ -122,8 +115,27 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None 
             "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
     }
-    (out_dir / METRICS_JSON).write_text(json.dumps(metrics, indent=2))
-    (out_dir / CARD_FILE).write_text(model_card(run.config, spec, metrics, card_notes))
+    texts = {CONFIG_JSON: json.dumps(run.config.to_dict(), indent=2),
+             FEATURE_SPEC_FILE: json.dumps(spec, indent=2),
+             METRICS_JSON: json.dumps(metrics, indent=2),
+             CARD_FILE: model_card(run.config, spec, metrics, card_notes)}
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with writing(out_dir / WEIGHTS_FILE):
+            save_file(tensors, str(out_dir / WEIGHTS_FILE),
+                      metadata={"format": "msakit", "format_version": str(FORMAT_VERSION),
+                                "members": str(len(members))})
+        (out_dir / WEIGHTS_FILE).chmod(0o644)  # safetensors writes 0600; a model is for sharing
+        for name, text in texts.items():
+            with writing(out_dir / name):
+                (out_dir / name).write_text(text)
+    except BaseException:  # a failed export leaves no half model folder behind
+        for name in (WEIGHTS_FILE, *texts):
+            (out_dir / name).unlink(missing_ok=True)
+        if created:
+            out_dir.rmdir()
+        raise
     return out_dir
 
 
@@ -359,6 +371,9 @@ def from_pretrained(path: str | Path | None = None) -> TrainedRun:
         if prefix != "members" or not index.isdigit() or not name:
             raise ExportError(f"{folder / WEIGHTS_FILE}: tensor {key!r} is not "
                               "'members.<i>.<name>'; not an msakit export")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ExportError(f"{folder / WEIGHTS_FILE}: tensor {key!r} holds NaN or infinite "
+                              "values; expected finite weights (re-export the run)")
         states.setdefault(int(index), {})[name] = value
     if sorted(states) != list(range(len(states))) or not states:
         raise ExportError(f"{folder / WEIGHTS_FILE}: members {sorted(states)}; expected 0..n-1")

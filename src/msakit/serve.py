@@ -12,7 +12,8 @@ Endpoints:
 * ``GET /`` — a page to upload a clip (and an optional transcript) and see the score on the
   [-3, 3] scale with the modality contributions.
 
-Errors are JSON ``{"detail": "..."}``: 413 upload over the size limit, 415 unsupported media
+Errors are JSON ``{"detail": "..."}``: 413 upload over the size limit or a transcript over the
+character limit, 415 unsupported media
 type, 422 unreadable media or missing input (naming the problem), 504 over the per-request time
 limit, 503 when the work queue is full. Feature extraction and inference run in a thread pool
 so the event loop keeps answering (``/healthz`` stays fast during long predictions); uploads
@@ -59,9 +60,13 @@ class ServeLimits:
         timeout_s: a prediction taking longer is answered with 504.
         workers: threads doing extraction and inference.
         max_queue: requests waiting or running at once; more get 503.
+        max_text_chars: longer transcripts (field ``text``) are refused with 413 before they
+            are tokenized; the language model reads at most 512 tokens (a few thousand
+            characters), so the default keeps every text a model can use.
     """
 
     max_upload_bytes: int = 50 * 1024 * 1024
+    max_text_chars: int = 10_000
     timeout_s: float = 120.0
     workers: int = 2
     max_queue: int = 16
@@ -131,15 +136,23 @@ def create_app(model: TrainedRun, limits: ServeLimits | None = None, model_name:
         if length and length.isdigit() and int(length) > limits.max_upload_bytes + CHUNK:
             raise HTTPException(413, f"upload of {int(length)} bytes is over the limit of "
                                 f"{limits.max_upload_bytes} bytes")
+        too_long = (f"field 'text' is over the limit of {limits.max_text_chars} characters "
+                    "(msakit serve --max-text-chars)")
         try:
-            form = await request.form(max_part_size=limits.max_upload_bytes + 1)
+            # max_part_size bounds the non-file fields (the transcript), in UTF-8 bytes: parsing
+            # stops there, so an over-long text is never held in memory whole
+            form = await request.form(max_part_size=4 * limits.max_text_chars + 4)
         except Exception as err:  # starlette raises its own MultiPartException types
             message = str(getattr(err, "message", err))
+            if "exceeded maximum size" in message.lower():
+                raise HTTPException(413, too_long) from err
             status = 413 if "exceed" in message.lower() else 422
             raise HTTPException(status, f"unreadable form: {message}") from err
         upload = form.get("file")
         text = form.get("text")
         text = text.strip() if isinstance(text, str) and text.strip() else None
+        if text is not None and len(text) > limits.max_text_chars:
+            raise HTTPException(413, too_long)
         if isinstance(upload, str) or (upload is not None and not upload.filename):
             upload = None
         if upload is None and text is None:

@@ -10,6 +10,7 @@ clear line and exits with status 1; anything else is a bug in msakit and says so
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import pkgutil
@@ -44,6 +45,8 @@ def _one_line(err: BaseException) -> str:
     text = str(err).strip() or type(err).__name__
     if isinstance(err, OSError) and err.filename is not None and err.strerror:
         text = f"{err.filename}: {err.strerror}"
+    elif isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        text = "No space left on device (writing the output folder); free some space and rerun"
     return text
 
 

@@ -14,6 +14,30 @@ def make_console() -> Console:
     return Console(width=None if sys.stdout.isatty() else 200)
 
 
+def shortcut_overrides(overrides: tuple[str, ...] | list[str],
+                       shortcuts: dict[str, tuple[str, object]]) -> list[str]:
+    """``overrides`` followed by the given shortcut options as ``key=value`` overrides.
+
+    Args:
+        overrides: the ``--set SECTION.KEY=VALUE`` strings.
+        shortcuts: ``{config key: (option, value)}``, e.g. ``{"train.epochs": ("--epochs", 5)}``;
+            a value of ``None`` means the option was not given.
+
+    Raises:
+        ConfigError: a key set both by its shortcut and by ``--set`` (neither silently wins).
+    """
+    from msakit.config import ConfigError
+
+    given = {key: (option, value) for key, (option, value) in shortcuts.items()
+             if value is not None}
+    for override in overrides:
+        key = override.split("=", 1)[0].strip()
+        if key in given:
+            option, value = given[key]
+            raise ConfigError(f"{option} {value} and --set {override} both set {key}; give one")
+    return list(overrides) + [f"{key}={value}" for key, (_, value) in given.items()]
+
+
 class MultiValueCommand(click.Command):
     """A command whose named options take one or more values after one flag: ``--seeds 1 2 3``.
 

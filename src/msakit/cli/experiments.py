@@ -7,7 +7,12 @@ from pathlib import Path
 
 import click
 
-from msakit.cli._options import DATA_PATH, MultiValueCommand, make_console
+from msakit.cli._options import (
+    DATA_PATH,
+    MultiValueCommand,
+    make_console,
+    shortcut_overrides,
+)
 
 
 def print_comparison(result: dict, console) -> None:
@@ -157,13 +162,13 @@ def tune(model, data_path, folds, trials, storage, study_name, jobs, timeout, co
     from msakit.experiments.tune import tune as run_tune
 
     console = make_console()
-    extra = list(overrides) + ([f"train.epochs={epochs}"] if epochs else [])
     try:
+        extra = shortcut_overrides(overrides, {"train.epochs": ("--epochs", epochs)})
         user = yaml.safe_load(Path(config_file).read_text()) if config_file else {}
         summary = run_tune(model, data_path, trials, folds=folds, storage=storage,
                            study_name=study_name, jobs=jobs, timeout=timeout,
                            user_config=user or {}, overrides=extra, output_dir=output_dir,
-                           seed=seed, progress=jobs == 1)
+                           seed=seed, progress=jobs == 1, config_file=config_file)
     except (ConfigError, DataError, KeyError, ValueError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
     study_dir = Path(summary["study_dir"])

@@ -19,7 +19,9 @@ import click
               type=click.FloatRange(0.1), help="Seconds per prediction before HTTP 504.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
               help="Threads for feature extraction and inference.")
-def serve(model_dir, run_dir, host, port, max_upload_mb, timeout_s, workers):
+@click.option("--max-text-chars", default=10_000, show_default=True, type=click.IntRange(1),
+              help="Longer transcripts (field text) get HTTP 413 before tokenizing.")
+def serve(model_dir, run_dir, host, port, max_upload_mb, timeout_s, workers, max_text_chars):
     """Serve a model over HTTP: POST /v1/predict (multipart: file and/or text), GET /healthz,
     and GET / (a page to upload a clip and see its score).
 
@@ -46,7 +48,7 @@ def serve(model_dir, run_dir, host, port, max_upload_mb, timeout_s, workers):
     if reason:
         raise click.ClickException(f"not serving {model_dir or run_dir}: {reason}")
     limits = ServeLimits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), timeout_s=timeout_s,
-                         workers=workers)
+                         workers=workers, max_text_chars=max_text_chars)
     run_server(model, host, port, limits, model_name=str(model_dir or run_dir or "default"))
 
 

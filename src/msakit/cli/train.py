@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from msakit.cli._options import DATA_PATH, MultiValueCommand, make_console
+from msakit.cli._options import DATA_PATH, MultiValueCommand, make_console, shortcut_overrides
 
 
 def _fail(message: str) -> None:
@@ -64,15 +64,12 @@ def train(model, data_path, config_file, overrides, preset, folds, seeds, epochs
     console = make_console()
     try:
         base = load_yaml_file(config_file)
-        extra = list(overrides)
+        extra = shortcut_overrides(overrides, {"data.folds": ("--folds", folds),
+                                               "train.epochs": ("--epochs", epochs)})
         if data_path:
             # a packaged name (mosi-demo) is not a path: only real paths are made absolute
             resolved = Path(data_path).resolve() if Path(data_path).exists() else data_path
             extra.append(f"data.path={json.dumps(str(resolved))}")
-        if folds is not None:
-            extra.append(f"data.folds={folds}")
-        if epochs is not None:
-            extra.append(f"train.epochs={epochs}")
         if output_dir:
             extra.append(f"run.output_dir={json.dumps(str(output_dir))}")
         if resume_dir:

@@ -238,6 +238,38 @@ def read_mmsa_pickle(
 VIEW_MIN_FILL = 0.75
 
 
+#: Fields that only a split of an MMSA pickle holds: a top-level key holding them is a split.
+_MMSA_SPLIT_FIELDS = frozenset({"id", "raw_text", "audio", "vision", "regression_labels"})
+
+
+def _canonical_mmsa_splits(data: dict, source: str) -> dict:
+    """``data`` with a split under another name (``dev``, ``val``, ``Valid``: the names label.csv's
+    ``mode`` accepts) under its own name; refuses two keys for one split and any other key that
+    holds a split, instead of dropping its clips."""
+    from msakit.data.csv_table import SPLIT_ALIASES
+
+    renamed: dict[str, str] = {}
+    for key, value in data.items():
+        if key in SPLIT_NAMES or key == "extractor":
+            continue
+        split = SPLIT_ALIASES.get(key.strip().lower()) if isinstance(key, str) else None
+        if split is None:
+            if isinstance(value, dict) and _MMSA_SPLIT_FIELDS & set(value):
+                raise DataError(f"{source}: key {key!r} holds a split, but an MMSA pickle's splits "
+                                "are train, valid (val, dev) and test; rename or remove it")
+            continue
+        if split in data or split in renamed:
+            other = split if split in data else renamed[split]
+            raise DataError(f"{source}: keys {other!r} and {key!r} both name the {split} split; "
+                            "keep one")
+        renamed[split] = key
+    if not renamed:
+        return data
+    out = {k: v for k, v in data.items() if k not in renamed.values()}
+    out.update({split: data[key] for split, key in renamed.items()})
+    return out
+
+
 def _read_mmsa_content(path: Path, dataset: DatasetName, nonfinite: NonfinitePolicy, data: Any,
                        owned: bool) -> MSADataset:
     """``owned``: ``data`` was unpickled for this call alone, so its feature arrays may be used
@@ -249,6 +281,7 @@ def _read_mmsa_content(path: Path, dataset: DatasetName, nonfinite: NonfinitePol
             f"{source}: an MMSA pickle holds a dict with keys train/valid/test, found a "
             f"{type(data).__name__}"
         )
+    data = _canonical_mmsa_splits(data, source)
     missing = [s for s in SPLIT_NAMES if s not in data]
     if missing:
         raise DataError(

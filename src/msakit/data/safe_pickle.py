@@ -88,6 +88,7 @@ class RestrictedUnpickler(pickle._Unpickler):
     def __init__(self, file, source: str = "<pickle>", max_allocation: int | None = None):
         super().__init__(file)
         self.source = source
+        self._file = file
         if max_allocation is None:
             position = file.tell()
             max_allocation = file.seek(0, io.SEEK_END) + ALLOCATION_SLACK
@@ -142,11 +143,31 @@ class RestrictedUnpickler(pickle._Unpickler):
         if key in _ALLOWED_PLAIN:
             target_module, attribute = _ALLOWED_PLAIN[key]
             return self._bounded(key, getattr(importlib.import_module(target_module), attribute))
+        if self._truncated():  # a name cut short by the end of the file, not a chosen one
+            raise DataError(f"{self.source}: the pickle ends early (truncated file) inside the "
+                            f"name of a global ({module}.{name}…). Nothing from it was executed.")
         raise DataError(
             f"{self.source}: refused to unpickle the global {module}.{name}: a dataset pickle may "
             "only hold builtin containers and numpy arrays, so this file is either not a dataset "
             "or is crafted to run code. Nothing from it was executed."
         )
+
+    def _truncated(self) -> bool:
+        """Whether the file is cut short: its opcodes (parsed, never run, by pickletools) end
+        before a STOP. pickle reads a GLOBAL's name up to the end of a truncated file, so a name
+        cut short would otherwise be refused as a chosen global."""
+        import pickletools
+
+        try:
+            self._file.seek(0)
+            for _ in pickletools.genops(self._file):
+                pass
+        except ValueError as err:  # "pickle exhausted before seeing STOP", "no newline found"
+            return any(sign in str(err) for sign in ("exhausted", "not enough data",
+                                                     "no newline", "but only"))
+        except Exception:  # noqa: BLE001 - unreadable for another reason: not evidence of a cut
+            return False
+        return False
 
     def persistent_load(self, pid: Any) -> Any:
         raise DataError(

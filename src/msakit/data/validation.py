@@ -61,6 +61,10 @@ def check_labels(
         )
 
 
+#: The largest feature magnitude whose square is finite in float32 (about 1.8e19).
+LARGEST_FEATURE = float(np.sqrt(np.finfo(np.float32).max))
+
+
 def clean_features(
     clips: list[np.ndarray], where: str, count_key: str, nonfinite: NonfinitePolicy,
     replaced: dict[str, int], ids: list[str], copy: bool = True,
@@ -68,6 +72,7 @@ def clean_features(
     """Per-clip ``(L_i, D)`` contiguous float32 arrays with NaN/±inf handled.
 
     Only the true-length part of each clip is inspected (padding is discarded before this).
+    A finite value above :data:`LARGEST_FEATURE` in magnitude is refused whatever the policy.
     With ``nonfinite="replace"`` the values become 0 and their number is added to
     ``replaced[count_key]``; with ``"error"`` the first one is reported. ``copy=False`` keeps
     clips that are already contiguous float32 (views into a caller-owned array, whose
@@ -92,6 +97,14 @@ def clean_features(
                 )
             array[~finite] = 0.0
             total += count
+        if array.size and float(np.abs(array).max()) > LARGEST_FEATURE:
+            step, dim = (int(v) for v in np.argwhere(np.abs(array) > LARGEST_FEATURE)[0])
+            raise DataError(
+                f"{where}: clip {ids[i]!r} (row {i}) has the value {array[step, dim]:.4g} at "
+                f"step {step}, dim {dim}; expected features below {LARGEST_FEATURE:.3g} in "
+                "magnitude (larger ones overflow float32 when squared, e.g. in normalisation "
+                "and losses): rescale the features"
+            )
         out.append(array)
     if total:
         replaced[count_key] = replaced.get(count_key, 0) + total

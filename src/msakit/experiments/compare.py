@@ -183,6 +183,18 @@ def _read_predictions(path: Path) -> tuple[list[str], list[str], np.ndarray, np.
         predictions = np.array([float(r["prediction"]) for r in rows])
     except ValueError as err:
         raise CompareError(f"{path}: non-numeric label or prediction ({err})") from None
+    for column, values in (("label", labels), ("prediction", predictions)):
+        bad = np.flatnonzero(~np.isfinite(values))
+        if len(bad):
+            row = int(bad[0])
+            raise CompareError(f"{path}: line {row + 2}: {column} of clip {ids[row]!r} is "
+                               f"{values[row]}, expected a finite number ({len(bad)} such row(s))")
+    seen: dict[str, int] = {}
+    for line, clip in enumerate(ids, start=2):
+        if clip in seen:
+            raise CompareError(f"{path}: line {line}: clip id {clip!r} appears more than once "
+                               f"(first on line {seen[clip]}); expected one row per test clip")
+        seen[clip] = line
     return ids, videos, labels, predictions
 
 

@@ -41,6 +41,38 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def _read_epochs(path: Path) -> list[dict[str, str]]:
+    """``epochs.csv``'s rows, refused (naming file, line and column) unless ``epoch`` is a whole
+    number and every other filled cell a number (``nan`` is one: e.g. Corr of constant output)."""
+    rows = _read_csv(path)
+    for line, row in enumerate(rows, start=2):
+        for column, value in row.items():
+            if column is None or value is None:
+                raise ValueError(f"{path}: line {line}: more or fewer fields than the header's "
+                                 "columns; expected one value per column")
+            try:
+                if column == "epoch":
+                    int(value)
+                elif value != "":
+                    float(value)
+            except ValueError:
+                expected = "a whole number" if column == "epoch" else "a number"
+                raise ValueError(f"{path}: line {line}: column {column!r} is {value!r}, expected "
+                                 f"{expected}") from None
+    if rows and "epoch" not in rows[0]:
+        raise ValueError(f"{path}: no 'epoch' column; not an msakit epochs.csv")
+    return rows
+
+
+def _read_predictions(path: Path) -> list[dict[str, str]]:
+    """``predictions.csv``'s rows, after the checks ``msakit compare`` makes (finite labels and
+    predictions, one row per clip)."""
+    from msakit.experiments.compare import _read_predictions as check_predictions
+
+    check_predictions(path)
+    return _read_csv(path)
+
+
 def _float(value: str | None) -> float:
     try:
         return float(value) if value not in (None, "") else np.nan
@@ -57,8 +89,8 @@ def _training_runs(run_dir: Path) -> list[dict[str, Any]]:
             if (folder / runs.METRICS_FILE).exists() else {}
         entry = {"seed": metrics.get("seed", folder.parent.name.removeprefix("seed")),
                  "partition": metrics.get("partition", folder.name), "folder": folder,
-                 "epochs": _read_csv(sub), "metrics": metrics,
-                 "predictions": _read_csv(folder / "predictions.csv")
+                 "epochs": _read_epochs(sub), "metrics": metrics,
+                 "predictions": _read_predictions(folder / "predictions.csv")
                  if (folder / "predictions.csv").exists() else [],
                  "artifacts": runs.read_json(folder / "artifacts.json")
                  if (folder / "artifacts.json").exists() else {}}

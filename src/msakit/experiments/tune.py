@@ -39,6 +39,7 @@ from typing import Any
 import yaml
 
 from msakit.config import ConfigError, ExperimentConfig, build_config, default_config_file
+from msakit.config_schema import _RUN_NAME as _FOLDER_NAME
 from msakit.training import runs
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ def search_space(model: str, user_config: dict[str, Any] | None = None,
     shipped = default_config_file(model).get("search") or {}
     user = dict((user_config or {}).get("search") or {})
     merged = {**shipped, **user}
-    where = user_file if user else f"msakit/configs/{model}.yaml"
+    where = (user_file or "the --config file") if user else f"msakit/configs/{model}.yaml"
     base = {k: v for k, v in (user_config or {}).items() if k != "search"}
     return parse_search_space(model, merged, where, base)
 
@@ -183,6 +184,14 @@ def default_study_name(model: str, data_path: str, folds: int | None) -> str:
     return f"{model}-{Path(data_path).stem}" + (f"-{folds}folds" if folds else "")
 
 
+def check_study_name(name: str) -> None:
+    """Refuse a study name that is not one plain folder name (the study folder is
+    ``<output-dir>/tune-<name>``; a path would put it elsewhere)."""
+    if not _FOLDER_NAME.match(name) or len(name) > 200:
+        raise ConfigError(f"--study {name!r} must be one folder name (letters, digits, "
+                          "_ . + = @ -, not starting with '.' or '-'), not a path")
+
+
 def sqlite_url(path: Path) -> str:
     return f"sqlite:///{Path(path).resolve()}"
 
@@ -190,6 +199,7 @@ def sqlite_url(path: Path) -> str:
 def _storage(url: str):
     import warnings
 
+    import sqlalchemy.exc
     from optuna.exceptions import ExperimentalWarning
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
@@ -205,6 +215,19 @@ def _storage(url: str):
     except ImportError as err:
         raise ConfigError(f"storage {_redact(url)}: its database driver is not installed "
                           "(PostgreSQL: pip install 'msakit[postgres]')") from err
+    except sqlalchemy.exc.ArgumentError as err:  # unparsable URL or unknown dialect/driver
+        raise ConfigError(f"--storage {_redact(url)}: not a usable SQLAlchemy URL "
+                          f"({str(err).splitlines()[0]}); expected e.g. sqlite:///PATH/study.db "
+                          "or postgresql://user:password@host/db") from err
+    except sqlalchemy.exc.DBAPIError as err:  # server unreachable, file cannot be opened/written
+        reason = str(err.orig).strip().splitlines()[0] if err.orig else type(err).__name__
+        where = ""
+        if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+            folder = Path(url.removeprefix("sqlite:///")).parent
+            where = (f" (folder {folder} does not exist)" if not folder.is_dir()
+                     else f" (is folder {folder} writable?)")
+        raise ConfigError(f"--storage {_redact(url)}: cannot open the study database: "
+                          f"{reason}{where}") from err
 
 
 def _direction(config: ExperimentConfig) -> str:
@@ -328,8 +351,11 @@ def tune(
     output_dir: str | Path = "runs",
     seed: int = 0,
     progress: bool = False,
+    config_file: str | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) a study; write the best config, the trials table and importances.
+
+    ``config_file`` is where ``user_config`` came from (named in errors about its search space).
 
     Returns:
         The summary written to ``<study folder>/study.json``.
@@ -346,7 +372,9 @@ def tune(
     if folds:
         fixed.append(f"data.folds={folds}")
     config = build_config(model, fixed, base=user_config)  # validates the fixed settings
-    search_space(model, user_config)                       # and the search space
+    search_space(model, user_config, config_file)          # and the search space
+    if study_name is not None:
+        check_study_name(study_name)
     name = study_name or default_study_name(model, data_path, folds)
     study_dir = Path(output_dir) / f"tune-{name}"
     study_dir.mkdir(parents=True, exist_ok=True)

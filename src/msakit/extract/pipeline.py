@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import zipfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -88,13 +89,21 @@ class ExtractionReport:
 # label.csv and media files
 # --------------------------------------------------------------------------------------------
 
+def is_plain_name(name: str) -> bool:
+    """Whether ``name`` can only name an entry of a folder (never a path out of it)."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
+
+
 def find_media(folder: Path, video_id: str, clip_id: str) -> Path:
     """The media file of a clip: ``<folder>[/Raw]/<video_id>/<clip_id>.<ext>`` (MMSA-FET layout)
     or ``<folder>[/raw]/<video_id>_<clip_id>.<ext>`` (flat layout).
 
     Raises:
-        ExtractionError: no file, or several candidates.
+        ExtractionError: an id that is a path, no file, or several candidates.
     """
+    if not (is_plain_name(video_id) and is_plain_name(clip_id)):
+        raise ExtractionError(f"clip {video_id}/{clip_id}: ids must be plain file names; media "
+                              f"files are looked up inside {folder} only", "label")
     stems = []
     for base in (folder, folder / "Raw", folder / "raw"):
         stems += [base / video_id / clip_id, base / f"{video_id}_{clip_id}"]
@@ -144,6 +153,12 @@ def read_clip_list(folder: Path) -> tuple[list[ClipSpec], list[ClipFailure]]:
                 raise ExtractionError(f"{where}: empty video_id or clip_id", "label")
             if "$_$" in video_id or "$_$" in clip_id:
                 raise ExtractionError(f"{where}: ids may not contain '$_$'", "label")
+            for column, value in (("video_id", video_id), ("clip_id", clip_id)):
+                if not is_plain_name(value):
+                    raise ExtractionError(
+                        f"{where}: {column} {value!r} is not a plain file name (no '/', '\\', "
+                        "'.' or '..'): media files are looked up inside the clip folder only",
+                        "label")
             key = f"{video_id}$_${clip_id}"
             if key in seen:
                 raise ExtractionError(f"{where}: clip {video_id}/{clip_id} already on line "
@@ -212,8 +227,8 @@ def load_cached(path: Path, signature: str) -> ClipFeatures | None:
             return ClipFeatures(audio=stored["audio"], vision=stored["vision"],
                                 text=meta["text"], text_source=meta["text_source"],
                                 info=meta["info"], warnings=meta["warnings"])
-    except (OSError, ValueError, KeyError):
-        return None  # unreadable cache entry: extract again
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None  # unreadable (e.g. truncated) cache entry: extract again
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ Layout::
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import shutil
@@ -112,16 +114,55 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _is_disk_full(err: BaseException, folder: Path) -> bool:
+    """Whether ``err`` (or what it wraps) is a full disk: torch.save and safetensors report the
+    OS error as their own RuntimeError / SafetensorError."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(seen)
+        if "No space left on device" in text or "os error 28" in text:
+            return True
+        if isinstance(seen, RuntimeError) and "file write failed" in text:  # torch.save
+            try:
+                return shutil.disk_usage(folder).free < 64 * 2**20
+            except OSError:
+                return False
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+@contextlib.contextmanager
+def writing(path: str | Path, partial: str | Path | None = None):
+    """Write ``path`` inside the block; a full disk becomes ``OSError(ENOSPC)`` naming it (one
+    clear line in the CLI) and the half-written ``partial`` file (default ``path``) is removed."""
+    path = Path(path)
+    try:
+        yield
+    except Exception as err:
+        if not _is_disk_full(err, path.parent):
+            raise
+        Path(partial or path).unlink(missing_ok=True)
+        raise OSError(errno.ENOSPC, "No space left on device", str(path)) from err
+
+
 def write_json(path: Path, payload: Any) -> None:
     """Write JSON atomically (a crash never leaves half a file)."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_clean(payload), indent=2))
+    with writing(path, tmp):
+        tmp.write_text(json.dumps(_clean(payload), indent=2))
     tmp.replace(path)
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """The JSON document in ``path``; :class:`RunError` naming the file if it is not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RunError(f"{path}: not valid JSON ({err}); expected the file msakit wrote "
+                       "(restore it or rerun)") from None
 
 
 class RunError(ValueError):
@@ -179,7 +220,8 @@ def save_best_state(run_dir: Path, state: dict[str, Any], metadata: dict[str, An
     tensors = {name: value.detach().to("cpu").contiguous().clone()
                for name, value in state.items()}
     tmp = run_dir / (BEST_WEIGHTS + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "msakit-best-weights"})
+    with writing(run_dir / BEST_WEIGHTS, tmp):
+        save_file(tensors, str(tmp), metadata={"format": "msakit-best-weights"})
     tmp.chmod(0o644)  # safetensors writes 0600; the run folder's other files are 0644
     tmp.replace(run_dir / BEST_WEIGHTS)
     write_json(run_dir / BEST_METADATA, {"format": "msakit-best-weights", "version": 1,
@@ -223,8 +265,10 @@ def load_best_metadata(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / BEST_METADATA
     try:
         return read_json(path)
-    except (OSError, json.JSONDecodeError) as err:
+    except OSError as err:
         raise CheckpointError(f"{path}: unreadable: {err}") from err
+    except RunError as err:  # not JSON; the message names the file
+        raise CheckpointError(str(err)) from err
 
 
 def load_state_into(model, state: dict[str, Any], source: Path) -> None:

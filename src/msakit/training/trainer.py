@@ -424,7 +424,8 @@ class Trainer:
             **state,
         }
         tmp = self.run_dir / (runs.LAST_CHECKPOINT + ".tmp")
-        torch.save(payload, tmp)
+        with runs.writing(self.run_dir / runs.LAST_CHECKPOINT, tmp):
+            torch.save(payload, tmp)
         tmp.replace(self.run_dir / runs.LAST_CHECKPOINT)
 
     def _save_best(self, model, epoch: int, value: float) -> None:

@@ -49,7 +49,7 @@ def bert_base_counts() -> None:
 
 
 def one_epoch(data: str, folds: int | None, full: bool, threads: int) -> dict:
-    from msakit.training.experiment import feature_dims, load_experiment_data, loader_for
+    from msakit.training.loading import feature_dims, load_experiment_data, loader_for
     from msakit.training.trainer import make_optimizer, weighted_loss
 
     overrides = [f"data.path={data}", f"model.full_finetune={str(full).lower()}"]

@@ -236,7 +236,7 @@ def test_real_word_aligned_clips_through_the_loader(mosi_word_aligned, tokenizer
 def test_never_at_evaluation(mosi_word_aligned, tokenizer):
     from msakit.config import build_config
     from msakit.data import load_dataset
-    from msakit.training.experiment import loader_for
+    from msakit.training.loading import loader_for
 
     dataset = load_dataset(mosi_word_aligned)
     split = next(iter(dataset.splits.values())).subset(range(16))

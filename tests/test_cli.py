@@ -97,7 +97,7 @@ def test_hostile_checkpoint_is_refused_and_runs_nothing(runner, tmp_path):
     (sub / "config.yaml").write_text("model:\n  name: lf_dnn\n")
     with (sub / "last.pt").open("wb") as handle:
         pickle.dump({"model": Hostile()}, handle)
-    from msakit.training.runs import load_checkpoint
+    from msakit.runfolder import load_checkpoint
 
     with pytest.raises(ValueError, match="refused"):
         load_checkpoint(sub / "last.pt")

@@ -338,7 +338,7 @@ def test_short_real_run_beats_the_training_mean(mosi_word_aligned, tmp_path):
     import numpy as np
 
     from msakit.metrics import compute_metrics
-    from msakit.training.experiment import feature_dims, load_experiment_data, loader_for
+    from msakit.training.loading import feature_dims, load_experiment_data, loader_for
     from msakit.training.trainer import Trainer, evaluate_model
 
     config = build_config("lrcmt", [
@@ -359,7 +359,7 @@ def test_short_real_run_beats_the_training_mean(mosi_word_aligned, tmp_path):
     trainer.load_best(model)
     assert all(torch.equal(v, lm_base_weights(model)[k]) for k, v in base_before.items())
     # best.safetensors holds the adapter, fusion and head only
-    from msakit.training.runs import load_best_state
+    from msakit.runfolder import load_best_state
 
     stored = load_best_state(tmp_path)
     assert (sum(v.numel() for k, v in stored.items() if k != FROZEN_CHECKSUM_KEY)

@@ -148,26 +148,21 @@ def evaluate_robustness(
     """
     import torch
 
-    from msakit.config import load_saved_config
+    from msakit import runfolder
     from msakit.experiments.compare import PairedUnit, paired_units_ci
     from msakit.lm import load_tokenizer
     from msakit.metrics import metric_names
     from msakit.models import create_model
-    from msakit.training import runs
-    from msakit.training.experiment import (
-        check_data_unchanged,
-        feature_dims,
-        load_experiment_data,
-        loader_for,
-    )
+    from msakit.training.experiment import check_data_unchanged
+    from msakit.training.loading import feature_dims, load_experiment_data, loader_for
     from msakit.training.trainer import evaluate_model, resolve_device
 
     run_dir = Path(run_dir)
     conditions = list(conditions or default_conditions())
     if not conditions or conditions[0].family != "clean":
         conditions = [Condition("clean")] + [c for c in conditions if c.family != "clean"]
-    sub_dirs = runs.checkpoint_dirs(run_dir)
-    config = load_saved_config(sub_dirs[0] / runs.CONFIG_FILE)
+    sub_dirs = runfolder.checkpoint_dirs(run_dir)
+    config = runfolder.load_config(sub_dirs[0])
     check_data_unchanged(config, sub_dirs[0])
     dataset, partitions = load_experiment_data(config)
     by_name = {p.name: p for p in partitions}
@@ -179,10 +174,10 @@ def evaluate_robustness(
     scores: dict[str, list[dict[str, float]]] = {c.name: [] for c in conditions}
     units_info = []
     for sub in sub_dirs:
-        sub_config = load_saved_config(sub / runs.CONFIG_FILE)
+        sub_config = runfolder.load_config(sub)
         partition = by_name[sub.name]
         model = create_model(sub_config.model, feature_dims(dataset, sub_config))
-        runs.load_best_into(model, sub, device)
+        runfolder.load_best_into(model, sub, device)
         model.to(device)
         std = feature_std(partition.train)
         for condition in conditions:
@@ -277,7 +272,7 @@ def robustness_markdown(report: dict[str, Any]) -> str:
 
 def write_robustness(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     """``robustness.json``, ``.md``, ``.csv`` and one ``robustness-<metric>.png`` per metric."""
-    from msakit.training.runs import write_json
+    from msakit.runfolder import write_json
 
     out_dir = Path(out_dir)
     written = [out_dir / "robustness.json", out_dir / "robustness.md", out_dir / "robustness.csv"]

@@ -10,6 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from msakit import runfolder
 from msakit.cli._options import DATA_PATH, MultiValueCommand, make_console
 
 
@@ -91,13 +92,12 @@ def train(model, data_path, config_file, overrides, preset, folds, seeds, epochs
         distributed.shutdown()  # under torchrun: leave the process group
     if not is_main:  # process 0 prints the results
         return
-    results = json.loads((run_dir / "metrics.json").read_text())["runs"]
+    results = runfolder.read_metrics(run_dir)["runs"]
     console.print(results_table(f"{model}: test metrics ({run_dir})", results, summary))
     _print_paper_row(console, run_dir, summary)
-    console.print(f"results: {run_dir / 'results.md'}")
-    from msakit.training.runs import folder_size, human_size
-
-    console.print(f"run folder: {run_dir} ({human_size(folder_size(run_dir))})")
+    console.print(f"results: {runfolder.results_markdown_path(run_dir)}")
+    console.print(f"run folder: {run_dir} "
+                  f"({runfolder.human_size(runfolder.folder_size(run_dir))})")
     if baseline_dir:
         from msakit.cli.experiments import print_comparison
         from msakit.experiments.compare import CompareError, compare_runs, write_comparison
@@ -113,11 +113,10 @@ def train(model, data_path, config_file, overrides, preset, folds, seeds, epochs
 
 def _print_paper_row(console: Console, run_dir: Path, summary: dict) -> None:
     """With a preset, the paper's reported row beside this run's mean ± std."""
-    from msakit.config import load_saved_config
     from msakit.presets import load_preset
     from msakit.training.results import paper_table
 
-    config = load_saved_config(run_dir / "config.yaml")
+    config = runfolder.load_config(run_dir)
     if not config.run.preset:
         return
     preset = load_preset(config.model.name, config.run.preset)
@@ -141,7 +140,6 @@ def evaluate(run_dir, data_path, split, robustness, robustness_seed):
     from msakit.config import ConfigError
     from msakit.data import DataError
     from msakit.training import evaluate_run
-    from msakit.training.experiment import evaluation_file_name
     from msakit.training.results import artifacts_table, results_table
 
     console = make_console()
@@ -159,7 +157,7 @@ def evaluate(run_dir, data_path, split, robustness, robustness_seed):
     if report.get("artifacts_summary"):
         console.print(artifacts_table("model artifacts (test split), mean ± std over runs",
                                       report["artifacts_summary"]))
-    console.print(f"written: {Path(run_dir) / evaluation_file_name(data_path, split)}")
+    console.print(f"written: {Path(run_dir) / runfolder.evaluation_file_name(data_path, split)}")
 
 
 def _print_robustness(console: Console, run_dir: str, seed: int) -> None:

@@ -34,7 +34,6 @@ With the 229 MOSI clips (10 videos) these intervals are wide: that is the honest
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,8 +42,9 @@ from typing import Any
 
 import numpy as np
 
+from msakit import runfolder
 from msakit.metrics import metric_direction, metric_names, weighted_metrics
-from msakit.training import runs
+from msakit.summary import format_value, is_percent
 
 #: ``predictions.csv`` columns: ``video_id`` is written by msakit >= this module; older run
 #: folders get it from the clip id (``video$_$clip``).
@@ -165,13 +165,11 @@ class Unit:
 
 
 def _read_predictions(path: Path) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"id", "label", "prediction"} - set(reader.fieldnames or [])
-        if missing:
-            raise CompareError(f"{path}: missing column(s) {sorted(missing)}; expected id, "
-                               "label, prediction[, video_id]")
-        rows = list(reader)
+    columns, rows = runfolder.read_predictions_file(path)
+    missing = {"id", "label", "prediction"} - set(columns)
+    if missing:
+        raise CompareError(f"{path}: missing column(s) {sorted(missing)}; expected id, "
+                           "label, prediction[, video_id]")
     if not rows:
         raise CompareError(f"{path}: no predictions")
     ids = [r["id"] for r in rows]
@@ -187,16 +185,13 @@ def _read_predictions(path: Path) -> tuple[list[str], list[str], np.ndarray, np.
 def load_units(run_dir: str | Path) -> dict[tuple[int, str], Unit]:
     """The test predictions of every training run in ``run_dir``, keyed ``(seed, partition)``."""
     run_dir = Path(run_dir)
-    files = sorted(run_dir.glob("seed*/*/predictions.csv"))
-    if not files and (run_dir / "predictions.csv").exists():
-        files = [run_dir / "predictions.csv"]
+    files = runfolder.predictions_files(run_dir)
     if not files:
         raise CompareError(f"{run_dir}: no predictions.csv (not a finished msakit run folder; "
                            "a tuning trial has no test predictions)")
     units = {}
     for path in files:
-        saved = runs.read_json(path.parent / runs.METRICS_FILE) \
-            if (path.parent / runs.METRICS_FILE).exists() else {}
+        saved = runfolder.read_metrics(path.parent, missing_ok=True)
         seed = saved.get("seed")
         if seed is None:
             seed = int(path.parent.parent.name.removeprefix("seed"))
@@ -209,13 +204,9 @@ def load_units(run_dir: str | Path) -> dict[tuple[int, str], Unit]:
 
 def _run_record(run_dir: Path) -> dict[str, Any]:
     """What must agree between paired runs: data file, dataset family, partitioning."""
-    import yaml
-
-    data = runs.read_json(run_dir / runs.DATA_FILE) if (run_dir / runs.DATA_FILE).exists() else {}
-    config = yaml.safe_load((run_dir / runs.CONFIG_FILE).read_text()) \
-        if (run_dir / runs.CONFIG_FILE).exists() else {}
-    env_path = run_dir / "env.json"
-    env = runs.read_json(env_path) if env_path.exists() else {}
+    data = runfolder.read_data_record(run_dir, missing_ok=True)
+    config = runfolder.read_config_tree(run_dir, missing_ok=True)
+    env = runfolder.read_environment(run_dir) or {}
     data_config = (config or {}).get("data", {}) or {}
     return {
         "model": ((config or {}).get("model") or {}).get("name", "?"),
@@ -470,8 +461,6 @@ def compare_runs(
 # ----------------------------------------------------------------------------------------------
 
 def _cells(metric: str, entry: dict[str, Any]) -> list[str]:
-    from msakit.training.results import format_value
-
     def fmt(value):
         return format_value(metric, value)
 
@@ -495,26 +484,22 @@ def comparison_table(comparison: dict[str, Any]):
     """A rich table of one :func:`compare_pair` result."""
     from rich.table import Table
 
-    from msakit.training.results import _is_percent
-
     table = Table(title=comparison_title(comparison))
     for column in COLUMNS:
         table.add_column(column, justify="left" if column == "metric" else "right")
     for metric, entry in comparison["metrics"].items():
-        table.add_row(metric + (" (%)" if _is_percent(metric) else ""), *_cells(metric, entry))
+        table.add_row(metric + (" (%)" if is_percent(metric) else ""), *_cells(metric, entry))
     return table
 
 
 def comparison_markdown(result: dict[str, Any]) -> str:
     """``compare.md``: one table per comparison, then how the numbers were computed."""
-    from msakit.training.results import _is_percent
-
     lines = []
     for comparison in result["comparisons"]:
         lines += [f"### {comparison_title(comparison)}", "",
                   "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
         for metric, entry in comparison["metrics"].items():
-            name = metric + (" (%)" if _is_percent(metric) else "")
+            name = metric + (" (%)" if is_percent(metric) else "")
             lines.append("| " + " | ".join([name, *_cells(metric, entry)]) + " |")
         lines.append("")
     method = result["comparisons"][0]["method"]
@@ -525,7 +510,7 @@ def comparison_markdown(result: dict[str, Any]) -> str:
 
 def write_comparison(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``compare.json`` and ``compare.md`` into ``out_dir`` (never over existing ones)."""
-    json_path, md_path = runs.unused_paths(out_dir, "compare", (".json", ".md"))
-    runs.write_json(json_path, result)
+    json_path, md_path = runfolder.unused_paths(out_dir, "compare", (".json", ".md"))
+    runfolder.write_json(json_path, result)
     md_path.write_text(comparison_markdown(result))
     return json_path, md_path

@@ -14,7 +14,6 @@ unimodal label drift, any per-epoch model statistics); the run's provenance.
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import json
@@ -25,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from msakit.training import runs
-from msakit.training.results import format_value
+from msakit import runfolder
+from msakit.summary import format_value
 
 EDGE = re.compile(r"^([A-Z])->([A-Z])$")
 MODALITY_ORDER = ("L", "A", "V")
@@ -35,11 +34,6 @@ MODALITY_ORDER = ("L", "A", "V")
 # ----------------------------------------------------------------------------------------------
 # Reading the run folder
 # ----------------------------------------------------------------------------------------------
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
 
 def _float(value: str | None) -> float:
     try:
@@ -51,17 +45,13 @@ def _float(value: str | None) -> float:
 def _training_runs(run_dir: Path) -> list[dict[str, Any]]:
     """Every training run: seed, partition, epochs, predictions, artifacts."""
     found = []
-    for sub in sorted(run_dir.glob("seed*/*/epochs.csv")):
-        folder = sub.parent
-        metrics = runs.read_json(folder / runs.METRICS_FILE) \
-            if (folder / runs.METRICS_FILE).exists() else {}
+    for folder in runfolder.training_dirs(run_dir):
+        metrics = runfolder.read_metrics(folder, missing_ok=True)
         entry = {"seed": metrics.get("seed", folder.parent.name.removeprefix("seed")),
                  "partition": metrics.get("partition", folder.name), "folder": folder,
-                 "epochs": _read_csv(sub), "metrics": metrics,
-                 "predictions": _read_csv(folder / "predictions.csv")
-                 if (folder / "predictions.csv").exists() else [],
-                 "artifacts": runs.read_json(folder / "artifacts.json")
-                 if (folder / "artifacts.json").exists() else {}}
+                 "epochs": runfolder.read_epochs(folder), "metrics": metrics,
+                 "predictions": runfolder.read_predictions(folder),
+                 "artifacts": runfolder.read_artifacts(folder)}
         found.append(entry)
     if not found:
         raise FileNotFoundError(f"{run_dir}: no training run (seed*/<partition>/epochs.csv) "
@@ -175,11 +165,11 @@ def prediction_figures(train_runs: list[dict], label_range: tuple[float, float])
         pred_classes = np.round(np.clip(pred, -3, 3)).astype(int)
         title = "7-class confusion (Acc-7 classes: clip to [-3, 3], round)"
     else:  # SIMS: the five classes of Mult_acc_5
-        from msakit.metrics import _sims_bins
+        from msakit.metrics import sims_bins
 
         classes = np.arange(5)
-        truth_classes = _sims_bins(np.clip(truth, -1, 1), 5)
-        pred_classes = _sims_bins(np.clip(pred, -1, 1), 5)
+        truth_classes = sims_bins(np.clip(truth, -1, 1), 5)
+        pred_classes = sims_bins(np.clip(pred, -1, 1), 5)
         title = "5-class confusion (SIMS Mult_acc_5 classes)"
     matrix = confusion_matrix(truth_classes, pred_classes, labels=classes)
     image = matrix_ax.imshow(matrix, cmap="Blues")
@@ -337,9 +327,8 @@ def _results_table(train_runs: list[dict], summary: dict) -> str:
 
 def _provenance(run_dir: Path) -> str:
     parts = []
-    env_path = run_dir / "env.json"
-    if env_path.exists():
-        env = runs.read_json(env_path)
+    env = runfolder.read_environment(run_dir)
+    if env is not None:
         data = env.get("data") or {}
         git = (env.get("msakit") or {}).get("git") or {}
         facts = [
@@ -360,32 +349,28 @@ def _provenance(run_dir: Path) -> str:
     else:
         parts.append("<p class='note'>No env.json (a run made before msakit recorded "
                      "provenance).</p>")
-    config_path = run_dir / runs.CONFIG_FILE
-    if config_path.exists():
+    config_text = runfolder.read_config_text(run_dir)
+    if config_text is not None:
         parts.append("<details><summary>Resolved config</summary><pre>"
-                     + html.escape(config_path.read_text()) + "</pre></details>")
+                     + html.escape(config_text) + "</pre></details>")
     return "".join(parts)
 
 
 def build_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
     """Write ``report.html`` (default: into ``run_dir``) and return its path."""
-    import yaml
-
     run_dir = Path(run_dir)
-    saved = runs.read_json(run_dir / runs.METRICS_FILE) \
-        if (run_dir / runs.METRICS_FILE).exists() else None
-    if saved is None or "summary" not in saved:
+    saved = runfolder.read_metrics(run_dir, missing_ok=True)
+    if "summary" not in saved:
         raise FileNotFoundError(f"{run_dir}: no metrics.json with a summary (not a finished "
                                 "msakit run folder)")
     train_runs = _training_runs(run_dir)
-    config = yaml.safe_load((run_dir / runs.CONFIG_FILE).read_text())
-    data = runs.read_json(run_dir / runs.DATA_FILE) if (run_dir / runs.DATA_FILE).exists() else {}
+    config = runfolder.read_config_tree(run_dir)
+    data = runfolder.read_data_record(run_dir, missing_ok=True)
     from msakit.data.dataset import LABEL_RANGES
 
     label_range = LABEL_RANGES.get(data.get("dataset", "mosi"), (-3.0, 3.0))
     selection = config["train"]["selection_metric"]
-    run_artifacts = runs.read_json(run_dir / "artifacts.json") \
-        if (run_dir / "artifacts.json").exists() else {}
+    run_artifacts = runfolder.read_artifacts(run_dir)
     sections = [
         ("Results on the test parts", _results_table(train_runs, saved["summary"])),
     ]

@@ -72,6 +72,21 @@ class LengthGroupedLMConfig(ModelConfig):
     )
 
 
+class ModalityOptimiserConfig(ModelConfig):
+    """Self-MM's optimiser groups: the official code gives the audio and the vision
+    sub-networks their own learning rate and weight decay (five Adam groups: LM with and without
+    decay, audio, vision, the rest). ``None`` = the rest's ``train.lr`` / ``train.weight_decay``.
+    """
+
+    audio_lr: float | None = Field(None, gt=0, description="lr of the audio sub-network")
+    audio_weight_decay: float | None = Field(None, ge=0)
+    vision_lr: float | None = Field(None, gt=0, description="lr of the vision sub-network")
+    vision_weight_decay: float | None = Field(None, ge=0)
+    exempt_biases_from_decay: bool = Field(
+        False, description="False (official): only the LM's biases and LayerNorm weights skip "
+        "weight decay; True: every bias and norm weight does (msakit's rule for other models)")
+
+
 class DataConfig(StrictModel):
     path: str | None = Field(None, description="MMSA pickle, CMU-SDK pickle, or label.csv folder")
     format: Literal["auto", "mmsa", "cmu_sdk", "label_csv"] = "auto"

@@ -43,7 +43,7 @@ from torch.nn import functional as F
 
 from msakit.config_schema import ModelConfig
 from msakit.models import register_model
-from msakit.models.base import FeatureDims, ModelOutput, MSAModel
+from msakit.models.base import FeatureDims, ModelOutput, MSAModel, require_modalities
 from msakit.modules.text import PretrainedTextEncoder
 
 
@@ -234,11 +234,7 @@ class ALMT(MSAModel):
 
     def __init__(self, config: ALMTConfig, dims: FeatureDims):
         super().__init__(config, dims)
-        if dims.audio <= 0 or dims.vision <= 0:
-            raise ValueError(
-                f"ALMT needs audio and vision features (got dims audio={dims.audio}, "
-                f"vision={dims.vision})"
-            )
+        require_modalities(dims, "ALMT")
         d, tokens = config.hidden_size, config.token_length
         self.text_encoder = PretrainedTextEncoder(
             config.language_model, pooling="none", freeze=config.freeze_language_model

@@ -89,27 +89,28 @@ from torch import nn
 
 from msakit.config_schema import ModelConfig
 from msakit.models import register_model
-from msakit.models.base import FeatureDims, ModelOutput, MSAModel
-from msakit.models.mult import (
-    PaddingOption,
-    ReadoutOption,
-    attention_dropout_by_source,
+from msakit.models.base import (
+    FeatureDims,
+    ModelOutput,
+    MSAModel,
     check_loss_weights,
-    cross_modal_fusion,
-    modality_lengths,
-    require_all_modalities,
-    text_states,
+    require_modalities,
 )
 from msakit.modules.crossmodal import (
     CrossModalTransformerEncoder,
+    PaddingOption,
+    ReadoutOption,
     TemporalConvProjection,
+    attention_dropout_by_source,
+    cross_modal_fusion,
     fit_length,
     last_valid_step,
+    modality_lengths,
     padding_mask_from_lengths,
 )
 from msakit.modules.graph_distillation import GraphDistillationUnit, prior_from_scores
 from msakit.modules.losses import reconstruction_loss
-from msakit.modules.text import PretrainedTextEncoder
+from msakit.modules.text import PretrainedTextEncoder, text_states
 
 MODALITIES = ("text", "audio", "vision")
 #: Order of the modalities in the GD units and the fusion (official: l, v, a).
@@ -306,7 +307,7 @@ class DMD(MSAModel):
 
     def __init__(self, config: DMDConfig, dims: FeatureDims):
         super().__init__(config, dims)
-        require_all_modalities(dims, "DMD")
+        require_modalities(dims, "DMD")
         d = config.embed_dim
         self.text_encoder = PretrainedTextEncoder(
             config.language_model, pooling="none", freeze=config.freeze_language_model

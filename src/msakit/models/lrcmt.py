@@ -64,6 +64,7 @@ from msakit.config_schema import LengthGroupedLMConfig
 from msakit.models import register_model
 from msakit.models.base import FeatureDims, ModelOutput, MSAModel
 from msakit.modules.crossmodal import CrossModalTransformerEncoder
+from msakit.modules.encoders import masked_time_mean
 from msakit.modules.lora import LoRATextEncoder, count_parameters
 from msakit.modules.text import PretrainedTextEncoder
 
@@ -117,12 +118,6 @@ class LRCMTConfig(LengthGroupedLMConfig):
         if self.full_finetune and self.frozen_without_lora:
             raise ValueError("full_finetune and frozen_without_lora exclude each other")
         return self
-
-
-def _masked_mean(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """``x (B, L, d)``, ``keep (B, L)`` bool (True = real step) -> ``(B, d)``."""
-    weights = keep.unsqueeze(-1).to(x.dtype)
-    return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
 def _pack(x: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,7 +238,7 @@ class LRCMT(MSAModel):
         nonverbal = {m: self._nonverbal(batch, m) for m in self.modalities[1:]}
 
         if not nonverbal:
-            pooled = [_masked_mean(cm["text_self"](text, None, ~text_mask), text_mask)]
+            pooled = [masked_time_mean(cm["text_self"](text, None, ~text_mask), text_mask)]
         elif self.av_first:
             (audio, audio_mask), (vision, vision_mask) = nonverbal["audio"], nonverbal["vision"]
             audio_v = cm["audio_from_vision"](audio, vision, ~vision_mask)  # (B, L_a, d)
@@ -255,13 +250,13 @@ class LRCMT(MSAModel):
             )  # (B, L_a + L_v, d): real audio steps, real vision steps, then padding
             text_av = cm["text_from_av"](text, av, ~av_mask)  # (B, L_t, d)
             av_text = cm["av_from_text"](av, text, ~text_mask)  # (B, L_a + L_v, d)
-            pooled = [_masked_mean(text_av, text_mask), _masked_mean(av_text, av_mask)]
+            pooled = [masked_time_mean(text_av, text_mask), masked_time_mean(av_text, av_mask)]
         else:
             pooled = []
             for m, (features, mask) in nonverbal.items():
-                pooled.append(_masked_mean(cm[f"text_from_{m}"](text, features, ~mask),
+                pooled.append(masked_time_mean(cm[f"text_from_{m}"](text, features, ~mask),
                                            text_mask))
-                pooled.append(_masked_mean(cm[f"{m}_from_text"](features, text, ~text_mask),
+                pooled.append(masked_time_mean(cm[f"{m}_from_text"](features, text, ~text_mask),
                                            mask))
         fused = torch.cat(pooled, dim=-1)  # (B, streams * d)
         prediction = self.head(fused)  # (B,)

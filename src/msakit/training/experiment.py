@@ -150,9 +150,8 @@ def train_one(config: ExperimentConfig, dataset: MSADataset, partition: Fold, se
                           dataset.name, trainer.device, keep_extras=True,
                           precision=config.train.precision)
     artifacts = model.run_artifacts()
-    evaluation_artifacts = getattr(model, "evaluation_artifacts", None)
-    if evaluation_artifacts is not None:
-        artifacts = {**artifacts, "test": evaluation_artifacts(test.extras)}
+    if test_artifacts := model.evaluation_artifacts(test.extras):
+        artifacts = {**artifacts, "test": test_artifacts}
     if is_main:
         video_of = dict(zip(partition.test.ids, partition.test.video_ids))
         runfolder.write_predictions(run_dir, test.ids, [video_of[i] for i in test.ids],
@@ -482,9 +481,8 @@ def evaluate_run(
         entry = {"run": str(sub.relative_to(run_dir)) if sub != run_dir else ".",
                  "seed": sub_config.train.seed, "partition": sub.name,
                  "test": evaluation.metrics, "test_losses": evaluation.losses}
-        evaluation_artifacts = getattr(model, "evaluation_artifacts", None)
-        if evaluation_artifacts is not None:
-            entry["artifacts"] = evaluation_artifacts(evaluation.extras)
+        if unit_artifacts := model.evaluation_artifacts(evaluation.extras):
+            entry["artifacts"] = unit_artifacts
         results.append(entry)
     summary = summarise(results)
     report = {"data": str(data_path or config.data.path), "split": split, "runs": results,

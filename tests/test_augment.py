@@ -9,13 +9,15 @@ import torch
 from msakit import augment
 from msakit.augment import (
     AugmentationError,
+    build_transform,
+    build_waveform_transform,
+    stop_words,
+)
+from msakit.config_schema import (
     AugmentConfig,
     FeatureAugmentConfig,
     TextAugmentConfig,
     WordOpConfig,
-    build_transform,
-    build_waveform_transform,
-    stop_words,
 )
 from msakit.lm import load_tokenizer
 

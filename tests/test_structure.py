@@ -151,3 +151,15 @@ def test_inference_modules_load_without_training(module):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True, env={"PYTHONPATH": str(SRC), "PATH": ""})
     assert result.stdout.strip() == "[]"
+
+
+def test_pyproject_lists_each_dependency_once():
+    import re
+
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in Python >= 3.11")
+    project = tomllib.loads((SRC.parent / "pyproject.toml").read_text())["project"]
+    groups = {"dependencies": project["dependencies"], **project["optional-dependencies"]}
+    for group, requirements in groups.items():
+        names = [re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower() for r in requirements]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        assert not twice, f"pyproject.toml [{group}] lists {twice} more than once"

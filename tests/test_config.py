@@ -52,7 +52,7 @@ def test_unknown_or_invalid_keys_are_errors(override, fragment):
 
 
 def test_unknown_model_lists_the_available_ones():
-    with pytest.raises(KeyError, match="misa"):
+    with pytest.raises(ConfigError, match="unknown model 'no_such_model'; available: .*misa"):
         build_config("no_such_model")
 
 

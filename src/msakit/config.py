@@ -142,7 +142,10 @@ def build_config(
     """
     from msakit.models import get_model_class  # late import: models import this module
 
-    model_cls = get_model_class(model_name)
+    try:
+        model_cls = get_model_class(model_name)
+    except KeyError as err:  # a name the user gave
+        raise ConfigError(err.args[0]) from None
     tree = default_config_file(model_name)
     if preset is not None:
         from msakit.presets import PresetError, load_preset
@@ -203,7 +206,10 @@ def config_from_tree(tree: dict[str, Any], path: str = "<config>") -> Experiment
     # Saved configs are complete: do not let today's shipped defaults change an old run.
     from msakit.models import get_model_class
 
-    model_cls = get_model_class(name)
+    try:
+        model_cls = get_model_class(name)
+    except KeyError as err:
+        raise ConfigError(f"{path}: {err.args[0]}") from None
     try:
         return ExperimentConfig(
             model=model_cls.config_class(**tree.pop("model")), **tree

@@ -56,8 +56,7 @@ def train(model, data_path, config_file, overrides, preset, folds, seeds, epochs
       msakit train misa --resume runs/misa-mosi-20261125-101500
       msakit train sagenet --data ../shared/data/mosi/word_aligned_valid.pkl --folds 5 --jobs 2
     """
-    from msakit.config import ConfigError, build_config, load_yaml_file
-    from msakit.data import DataError
+    from msakit.config import build_config, load_yaml_file
     from msakit.training import distributed, run_experiment
     from msakit.training.experiment import JobsFailed, check_resume_request
     from msakit.training.results import results_table
@@ -85,7 +84,7 @@ def train(model, data_path, config_file, overrides, preset, folds, seeds, epochs
             config, seeds=list(seeds) if seeds else None, resume_dir=resume_dir,
             progress=not no_progress, console=console, jobs=jobs,
         )
-    except (ConfigError, DataError, KeyError, ValueError, FileNotFoundError, JobsFailed) as err:
+    except JobsFailed as err:  # user errors (msakit.errors and the like) are the CLI group's
         _fail(str(err))
     finally:
         is_main = distributed.current().is_main
@@ -137,8 +136,6 @@ def _print_paper_row(console: Console, run_dir: Path, summary: dict) -> None:
 def evaluate(run_dir, data_path, split, robustness, robustness_seed):
     """Re-evaluate the trained checkpoints of RUN_DIR; writes RUN_DIR/evaluation.json (or,
     with --data, evaluation-<file>-<split>.json)."""
-    from msakit.config import ConfigError
-    from msakit.data import DataError
     from msakit.training import evaluate_run
     from msakit.training.results import artifacts_table, results_table
 
@@ -148,10 +145,7 @@ def evaluate(run_dir, data_path, split, robustness, robustness_seed):
             _fail("--robustness scores each checkpoint's own test part; it takes no --data")
         _print_robustness(console, run_dir, robustness_seed)
         return
-    try:
-        report = evaluate_run(run_dir, data_path=data_path, split=split)
-    except (ConfigError, DataError, KeyError, ValueError, FileNotFoundError) as err:
-        _fail(str(err))
+    report = evaluate_run(run_dir, data_path=data_path, split=split)
     console.print(results_table(f"evaluation of {run_dir} on {report['data']} ({split})",
                                 report["runs"], report["summary"]))
     if report.get("artifacts_summary"):

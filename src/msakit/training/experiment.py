@@ -331,10 +331,10 @@ def restored_torch_threads() -> Iterator[None]:
 
 def _run_experiment(config, seeds, resume_dir, progress, console, transform_factory, jobs):
     if jobs < 1:
-        raise ValueError(f"jobs must be at least 1, got {jobs}")
+        raise ConfigError(f"jobs must be at least 1, got {jobs}")
     process = distributed.setup(config.train.device if config is not None else "auto")
     if jobs > 1 and process.world_size > 1:
-        raise ValueError("--jobs runs independent runs in parallel processes; under torchrun "
+        raise ConfigError("--jobs runs independent runs in parallel processes; under torchrun "
                          "every process already trains the same run: use one or the other")
     console = console or Console()
     if not process.is_main:

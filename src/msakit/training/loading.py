@@ -36,7 +36,7 @@ def feature_dims(dataset: MSADataset, config: ExperimentConfig) -> FeatureDims:
 def load_experiment_data(config: ExperimentConfig) -> tuple[MSADataset, list[Fold]]:
     data = config.data
     if not data.path:
-        raise ValueError("no data file given: pass --data PATH (or set data.path)")
+        raise ConfigError("no data file given: pass --data PATH (or set data.path)")
     dataset = load_dataset(data.path, format=data.format, dataset=data.dataset,
                            nonfinite=data.nonfinite, allow_overlap=data.allow_overlap)
     parts = dataset_splits(dataset, folds=data.folds, valid_fraction=data.valid_fraction,

@@ -35,6 +35,7 @@ from rich.progress import (
 
 from msakit import runfolder
 from msakit.config import ConfigError, ExperimentConfig
+from msakit.data.dataset import DataError
 from msakit.metrics import compute_metrics, metric_direction
 from msakit.models.base import ModelOutput, MSAModel
 from msakit.training import distributed
@@ -340,7 +341,7 @@ def evaluate_model(
                 if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == size:
                     extras.setdefault(name, []).append(value)
     if count == 0:
-        raise ValueError("evaluation split is empty")
+        raise DataError("evaluation split is empty: it holds no clip to score")
     pred = torch.cat(predictions).cpu().numpy()
     truth = torch.cat(labels).cpu().numpy()
     loss_values = torch.stack(list(loss_sums.values())).tolist() if loss_sums else []

@@ -151,10 +151,11 @@ class ModalityOptimiserConfig(ModelConfig):
     decay, audio, vision, the rest). ``None`` = the rest's ``train.lr`` / ``train.weight_decay``.
     """
 
-    audio_lr: float | None = Field(None, gt=0, description="lr of the audio sub-network")
-    audio_weight_decay: float | None = Field(None, ge=0)
-    vision_lr: float | None = Field(None, gt=0, description="lr of the vision sub-network")
-    vision_weight_decay: float | None = Field(None, ge=0)
+    audio_lr: float | None = Field(1e-3, gt=0, description="lr of the audio sub-network "
+                                   "(official MOSI value, thuiar/Self-MM@1786283)")
+    audio_weight_decay: float | None = Field(0.01, ge=0)
+    vision_lr: float | None = Field(1e-4, gt=0, description="lr of the vision sub-network")
+    vision_weight_decay: float | None = Field(1e-3, ge=0)
     exempt_biases_from_decay: bool = Field(
         False, description="False (official): only the LM's biases and LayerNorm weights skip "
         "weight decay; True: every bias and norm weight does (msakit's rule for other models)")

@@ -23,7 +23,7 @@ Blocks (shapes batch-first; ``d`` = ``embed_dim``, ``T'_m`` = fixed length minus
 - HomoGD on ``(ŷ^homo, r^homo)`` and HeteroGD on ``(ŷ^hetero, r^hetero)``
   (:class:`~msakit.modules.graph_distillation.GraphDistillationUnit`) -> edges ``(B, 6)``.
 
-Loss terms (each weighted by ``loss_weights``; official values in ``configs/dmd.yaml``):
+Loss terms (each weighted by ``loss_weights``; official values are :class:`DMDConfig`'s defaults):
 
 - ``task``: L1 on ŷ; ``task_common``: L1 on ŷ_c; ``task_homo`` / ``task_hetero``: the sum over the
   three modalities of the L1 of their homogeneous / heterogeneous heads;
@@ -170,8 +170,8 @@ class DMDConfig(ModelConfig):
     )
     feature_decoupling: bool = Field(True, description="ablation 'w/o FD' when false")
     cross_modal_attention: bool = Field(True, description="ablation 'w/o CA' when false")
-    homo_gd_hidden: int = Field(64, ge=1)
-    hetero_gd_hidden: int = Field(32, ge=1)
+    homo_gd_hidden: int = Field(64, ge=1, description="gd_size_low")
+    hetero_gd_hidden: int = Field(32, ge=1, description="gd_size_high")
     gd_temperature: float = Field(8.0, gt=0, description="edge softmax temperature (1/alpha)")
     homo_prior_scores: list[float] = Field(
         [0, 0, 1, 0, 1, 0], description="prior = softmax(scores / prior_temperature), pairs "
@@ -184,8 +184,12 @@ class DMDConfig(ModelConfig):
     detach_edge_inputs: bool = Field(
         False, description="edges from detached predictions/representations (official: not)"
     )
-    ortho_reduction: Literal["batch", "feature"] = "batch"
-    margin_triplets: Literal["official", "paper"] = "official"
+    ortho_reduction: Literal["batch", "feature"] = Field(
+        "batch", description="batch (official): cosine over the batch axis; feature: the "
+        "paper's per-sample cosine")
+    margin_triplets: Literal["official", "paper"] = Field(
+        "official", description="official triplets, or paper: positives from other "
+        "modalities, negatives from the anchor's modality")
     margin_scale: float = Field(0.15, ge=0)
     margin_base: float = Field(0.0, ge=0)
     freeze_language_model: bool = Field(False, description="official: BERT fine-tuned")

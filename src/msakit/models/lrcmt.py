@@ -72,9 +72,11 @@ from msakit.modules.text import PretrainedTextEncoder
 
 
 class LRCMTConfig(LengthGroupedLMConfig):
-    """LRCMT hyper-parameters (see ``msakit/configs/lrcmt.yaml`` for the shipped defaults)."""
+    """LRCMT hyper-parameters (ours where the abstract gives none; ``msakit/configs/lrcmt.yaml``
+    holds the training settings)."""
 
     name: str = "lrcmt"
+    loss_weights: dict[str, float] = Field(default_factory=lambda: {"task": 1.0})
     lm_mode: Literal["lora", "full_finetune", "frozen"] = Field(
         "lora", description="How the language model trains. lora (the paper): frozen LM with "
         "LoRA adapters, which train at train.lr; full_finetune (the paper's comparison): the "

@@ -65,6 +65,11 @@ class MMILNConfig(ModalityOptimiserConfig):
     """MMILN hyper-parameters. Those outside the fusion layers are Self-MM's (paper, 4.2)."""
 
     name: str = "mmiln"
+    loss_weights: dict[str, float] = Field(
+        default_factory=lambda: {"task": 1.0, "task_a": 1.0, "task_v": 1.0, "sim": 1.0,
+                                 "diff": 0.3},
+        description="alpha (sim) 1.0 and beta (diff) 0.3 are MISA's official weights for the "
+        "same two losses (the paper gives none)")
     freeze_language_model: bool = False
     audio_lstm_hidden: int = Field(32, ge=1)
     vision_lstm_hidden: int = Field(64, ge=1)

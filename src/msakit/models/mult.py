@@ -68,7 +68,7 @@ class MulTConfig(ModelConfig):
     attn_dropout_vision: float = Field(0.0, ge=0, lt=1)
     relu_dropout: float = Field(0.1, ge=0, lt=1)
     res_dropout: float = Field(0.1, ge=0, lt=1)
-    embed_dropout: float = Field(0.25, ge=0, lt=1)
+    embed_dropout: float = Field(0.25, ge=0, lt=1, description="official --embed_dropout")
     out_dropout: float = Field(0.0, ge=0, lt=1)
     attn_mask: bool = Field(True, description="official future mask in every transformer")
     readout: ReadoutOption = "last_valid"

@@ -46,6 +46,7 @@ from msakit.modules.text import PretrainedTextEncoder
 
 class SAGENetConfig(ModelConfig):
     name: str = "sagenet"
+    loss_weights: dict[str, float] = Field(default_factory=lambda: {"task": 1.0})
     modalities: list[Literal["text", "audio", "vision"]] = Field(
         default_factory=lambda: ["text", "audio", "vision"],
         description="Must include text and audio (the poster's gated pair); vision is optional.",

@@ -33,6 +33,9 @@ class SelfMMConfig(ModalityOptimiserConfig, LengthGroupedLMConfig):
     """Self-MM hyper-parameters (official MOSI values)."""
 
     name: str = "self_mm"
+    loss_weights: dict[str, float] = Field(
+        default_factory=lambda: {"task": 1.0, "task_t": 1.0, "task_a": 1.0, "task_v": 1.0},
+        description="the fused and the three unimodal tasks, equally weighted (official)")
     freeze_language_model: bool = False
     audio_lstm_hidden: int = Field(32, ge=1)
     vision_lstm_hidden: int = Field(64, ge=1)

@@ -38,6 +38,9 @@ from msakit.training.trainer import Trainer, evaluate_model, resolve_device
 
 log = logging.getLogger(__name__)
 
+__all__ = ["JobsFailed", "check_data_unchanged", "check_resume_request", "evaluate_run",
+           "restored_torch_threads", "run_experiment", "train_one"]
+
 
 def check_data_unchanged(config: ExperimentConfig, run_dir: Path) -> None:
     """Refuse to resume or re-evaluate ``run_dir`` on data other than it was trained on.

@@ -230,7 +230,8 @@ def trial_config(settings: TuneSettings, params: dict[str, Any]) -> ExperimentCo
 def _objective(settings: TuneSettings, dimensions: list[Dimension]):
     import optuna
 
-    from msakit.training.experiment import load_experiment_data, train_one
+    from msakit.training.experiment import train_one
+    from msakit.training.loading import load_experiment_data
 
     cache: dict[str, Any] = {}
 

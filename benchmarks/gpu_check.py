@@ -34,7 +34,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 def run(name: str, precision: str, data: Path, batch_size: int, epochs: int) -> dict:
     from msakit.config import build_config
     from msakit.models import create_model
-    from msakit.training.experiment import (
+    from msakit.training.loading import (
         EpochLoader,
         feature_dims,
         load_experiment_data,

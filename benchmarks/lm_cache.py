@@ -36,7 +36,7 @@ import torch
 from msakit.config import build_config
 from msakit.lm_cache import SplitTextStates
 from msakit.models import create_model
-from msakit.training.experiment import feature_dims, load_experiment_data, loader_for
+from msakit.training.loading import feature_dims, load_experiment_data, loader_for
 from msakit.training.trainer import Trainer
 
 

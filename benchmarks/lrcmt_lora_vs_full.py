@@ -36,7 +36,7 @@ def bert_base_counts() -> None:
     from transformers import BertConfig, BertModel
 
     for full in (False, True):
-        config = build_config("lrcmt", [f"model.full_finetune={str(full).lower()}",
+        config = build_config("lrcmt", [f"model.lm_mode={'full_finetune' if full else 'lora'}",
                                         "model.language_model=bert-base-uncased"]).model
         torch.manual_seed(0)
         with mock.patch("msakit.modules.text.load_language_model",
@@ -49,10 +49,10 @@ def bert_base_counts() -> None:
 
 
 def one_epoch(data: str, folds: int | None, full: bool, threads: int) -> dict:
-    from msakit.training.experiment import feature_dims, load_experiment_data, loader_for
+    from msakit.training.loading import feature_dims, load_experiment_data, loader_for
     from msakit.training.trainer import make_optimizer, weighted_loss
 
-    overrides = [f"data.path={data}", f"model.full_finetune={str(full).lower()}"]
+    overrides = [f"data.path={data}", f"model.lm_mode={'full_finetune' if full else 'lora'}"]
     if folds:
         overrides.append(f"data.folds={folds}")
     config = build_config("lrcmt", overrides)

@@ -25,7 +25,7 @@ from msakit.config import build_config
 from msakit.data import load_dataset
 from msakit.lm_cache import SplitTextStates
 from msakit.models import create_model
-from msakit.training.experiment import EpochLoader, feature_dims
+from msakit.training.loading import EpochLoader, feature_dims
 from msakit.training.trainer import make_optimizer, move_batch, weighted_loss
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mosi" / "word_aligned_valid.pkl"

@@ -221,7 +221,7 @@ def run_msakit(model_name: str, seed: int, pickle_path: Path, epochs: int, repea
 
     from msakit.config import build_config
     from msakit.models import create_model
-    from msakit.training.experiment import (
+    from msakit.training.loading import (
         EpochLoader,
         feature_dims,
         load_experiment_data,

@@ -9,13 +9,15 @@ import torch
 from msakit import augment
 from msakit.augment import (
     AugmentationError,
+    build_transform,
+    build_waveform_transform,
+    stop_words,
+)
+from msakit.config_schema import (
     AugmentConfig,
     FeatureAugmentConfig,
     TextAugmentConfig,
     WordOpConfig,
-    build_transform,
-    build_waveform_transform,
-    stop_words,
 )
 from msakit.lm import load_tokenizer
 
@@ -236,7 +238,7 @@ def test_real_word_aligned_clips_through_the_loader(mosi_word_aligned, tokenizer
 def test_never_at_evaluation(mosi_word_aligned, tokenizer):
     from msakit.config import build_config
     from msakit.data import load_dataset
-    from msakit.training.experiment import loader_for
+    from msakit.training.loading import loader_for
 
     dataset = load_dataset(mosi_word_aligned)
     split = next(iter(dataset.splits.values())).subset(range(16))

@@ -16,12 +16,12 @@ import torch
 from click.testing import CliRunner
 from test_data_readers import build_mmsa
 
+from msakit import runfolder as runs
 from msakit.cli import main
 from msakit.config import ConfigError, build_config
 from msakit.data import DataError, load_dataset
 from msakit.data.readers import find_overlaps
 from msakit.data.safe_pickle import safe_loads
-from msakit.training import runs
 
 
 @pytest.fixture(scope="module")

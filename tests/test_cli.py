@@ -97,7 +97,7 @@ def test_hostile_checkpoint_is_refused_and_runs_nothing(runner, tmp_path):
     (sub / "config.yaml").write_text("model:\n  name: lf_dnn\n")
     with (sub / "last.pt").open("wb") as handle:
         pickle.dump({"model": Hostile()}, handle)
-    from msakit.training.runs import load_checkpoint
+    from msakit.runfolder import load_checkpoint
 
     with pytest.raises(ValueError, match="refused"):
         load_checkpoint(sub / "last.pt")
@@ -120,3 +120,28 @@ def test_invalid_seeds_are_clear_errors(runner, seeds, message):
     result = runner.invoke(main, ["train", "lf_dnn", "--data", ".", "--seeds", *seeds])
     assert result.exit_code == 2 and message in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("error", [KeyError("the_key"), ValueError("an internal value")])
+def test_train_and_evaluate_report_a_plain_exception_as_a_bug(runner, monkeypatch, tmp_path,
+                                                               error):
+    """Only user errors (msakit's error classes) exit 1; a KeyError or ValueError from inside
+    msakit is a bug: exit 2, and the message says so."""
+    import msakit.training
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(msakit.training, "run_experiment", broken)
+    monkeypatch.setattr(msakit.training, "evaluate_run", broken)
+    for args in (["train", "lf_dnn", "--data", str(tmp_path)], ["evaluate", str(tmp_path)]):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 2, result.output
+        assert "internal error, a bug in msakit" in result.output
+
+
+def test_unknown_model_is_a_user_error(runner):
+    result = runner.invoke(main, ["train", "no_such_model", "--data", "."])
+    assert result.exit_code == 1, result.output
+    assert "unknown model 'no_such_model'; available:" in result.output
+    assert "bug" not in result.output

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from msakit import runfolder as runs
 from msakit.cli import main
 from msakit.config import build_config
 from msakit.experiments.compare import (
@@ -30,8 +31,7 @@ from msakit.experiments.compare import (
 )
 from msakit.metrics import compute_metrics, weighted_metrics
 from msakit.provenance import environment_record
-from msakit.training import runs
-from msakit.training.experiment import data_record, load_experiment_data
+from msakit.training.loading import data_record, load_experiment_data
 
 SEEDS = (1, 2)
 

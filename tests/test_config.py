@@ -52,7 +52,7 @@ def test_unknown_or_invalid_keys_are_errors(override, fragment):
 
 
 def test_unknown_model_lists_the_available_ones():
-    with pytest.raises(KeyError, match="misa"):
+    with pytest.raises(ConfigError, match="unknown model 'no_such_model'; available: .*misa"):
         build_config("no_such_model")
 
 
@@ -63,3 +63,19 @@ def test_saved_config_round_trips(tmp_path):
     assert isinstance(loaded, ExperimentConfig)
     assert loaded.to_dict() == config.to_dict()
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["model"]["name"] == "misa"
+
+
+def test_shipped_model_yaml_holds_only_what_differs_from_the_class_defaults():
+    """One source of truth: a model's config class holds its defaults (the official values);
+    ``configs/<model>.yaml`` may only change one, never restate it."""
+    from msakit.config import default_config_file
+    from msakit.models import get_model_class, list_models
+
+    checked = 0
+    for name in list_models():
+        defaults = get_model_class(name).config_class().model_dump()
+        model_section = default_config_file(name).get("model") or {}
+        restated = sorted(k for k, v in model_section.items() if defaults.get(k, object()) == v)
+        assert not restated, f"configs/{name}.yaml restates the class defaults of {restated}"
+        checked += 1
+    assert checked >= 9

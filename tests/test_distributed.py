@@ -14,7 +14,7 @@ import pytest
 
 from msakit.config import build_config
 from msakit.training import run_experiment
-from msakit.training.experiment import EpochLoader
+from msakit.training.loading import EpochLoader
 
 SETTINGS = [
     # Self-MM: its ULGM label bank is updated from every training batch (a model hook)

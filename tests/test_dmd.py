@@ -310,7 +310,8 @@ def test_short_real_data_run_learns_and_beats_the_training_mean(mosi_word_aligne
     import numpy as np
 
     from msakit.metrics import compute_metrics
-    from msakit.training.experiment import _train_one, load_experiment_data
+    from msakit.training.experiment import train_one
+    from msakit.training.loading import load_experiment_data
 
     config = build_config("dmd", [
         f"data.path={mosi_word_aligned}", "data.folds=5", f"run.output_dir={tmp_path}",
@@ -320,7 +321,7 @@ def test_short_real_data_run_learns_and_beats_the_training_mean(mosi_word_aligne
     ])
     dataset, partitions = load_experiment_data(config)
     fold = partitions[0]
-    result = _train_one(config, dataset, fold, seed=1, run_dir=tmp_path, resume=False,
+    result = train_one(config, dataset, fold, seed=1, run_dir=tmp_path, resume=False,
                         progress=False)
     with (tmp_path / "epochs.csv").open() as handle:
         rows = list(csv.DictReader(handle))

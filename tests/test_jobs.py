@@ -9,7 +9,8 @@ import pytest
 
 from msakit.config import build_config
 from msakit.training import run_experiment
-from msakit.training.experiment import JobsFailed, load_experiment_data
+from msakit.training.experiment import JobsFailed
+from msakit.training.loading import load_experiment_data
 
 #: the transcript the failing transform refuses (set by the test, read in the worker processes)
 FAILING_TEXT_FILE = "failing_text.txt"

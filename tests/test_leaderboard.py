@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from msakit import runfolder as runs
 from msakit.cli import main
 from msakit.data import load_dataset
 from msakit.experiments.compare import CompareError, compare_runs
 from msakit.experiments.leaderboard import DEFAULT_METRICS, build_leaderboard
-from msakit.training import runs
 
 pytestmark = pytest.mark.slow
 

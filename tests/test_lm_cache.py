@@ -148,7 +148,7 @@ def test_changed_text_budget_or_weights_are_recomputed(mosi, clips, tmp_path):
 
 @pytest.mark.parametrize("name, overrides", [
     ("lrcmt", []),                                  # LoRA adapters train inside the LM
-    ("lrcmt", ["model.full_finetune=true"]),
+    ("lrcmt", ["model.lm_mode=full_finetune"]),
     ("sagenet", ["model.freeze_language_model=false"]),
     ("sagenet", ["train.lm_cache=off"]),
 ])

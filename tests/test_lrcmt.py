@@ -80,9 +80,9 @@ def test_registered_and_shipped_defaults_resolve():
     config = build_config("lrcmt")
     assert isinstance(config.model, LRCMTConfig)
     assert config.model.lora_target_modules == ["query", "value"]
-    assert config.model.fusion == "av_first" and not config.model.full_finetune
+    assert config.model.fusion == "av_first" and config.model.lm_mode == "lora"
     assert config.model.loss_weights == {"task": 1.0}
-    assert build_config("lrcmt", ["model.full_finetune=true"]).model.full_finetune
+    assert build_config("lrcmt", ["model.lm_mode=full_finetune"]).model.lm_mode == "full_finetune"
 
 
 @pytest.mark.parametrize("override, needle", [
@@ -197,7 +197,7 @@ def test_lora_starts_at_the_pretrained_model():
 
 
 def test_full_finetune_unfreezes_the_lm_and_drops_lora():
-    model = build(full_finetune=True)
+    model = build(lm_mode="full_finetune")
     names = [n for n, _ in model.named_parameters()]
     assert not any("lora_" in n for n in names)
     assert all(p.requires_grad for p in model.parameters())
@@ -275,7 +275,7 @@ def test_adapter_only_checkpoint_round_trip_reproduces_predictions():
 
 def test_checkpoint_mismatch_is_refused():
     lora_state = build().checkpoint_state_dict()
-    full = build(full_finetune=True)
+    full = build(lm_mode="full_finetune")
     full_state = full.checkpoint_state_dict()
     # the fine-tuned LM is stored (whole, or as the rows that differ from the pretrained LM)
     stored = {k.removesuffix(CHANGED_ROWS_SUFFIX) for k in full_state
@@ -303,9 +303,9 @@ def test_lora_checkpoint_refuses_another_frozen_language_model():
 
 def test_full_finetune_checkpoint_round_trip():
     batch = make_batch()
-    trained = build(seed=0, full_finetune=True)
+    trained = build(seed=0, lm_mode="full_finetune")
     train_steps(trained, batch, steps=1, lr=1e-3)
-    fresh = build(seed=5, full_finetune=True)
+    fresh = build(seed=5, lm_mode="full_finetune")
     fresh.load_checkpoint_state_dict(_roundtrip(trained.checkpoint_state_dict()))
     trained.eval(), fresh.eval()
     with torch.no_grad():
@@ -332,7 +332,7 @@ def test_optimiser_groups_adapters_with_the_main_learning_rate():
     assert lora and all(id(p) in grouped for p in lora)
     assert len(grouped) == sum(1 for p in model.parameters() if p.requires_grad)
 
-    full = build_config("lrcmt", ["model.full_finetune=true"])
+    full = build_config("lrcmt", ["model.lm_mode=full_finetune"])
     model = create_model(full.model, FeatureDims(AUDIO_DIM, VISION_DIM))
     groups = {g["name"]: g for g in build_parameter_groups(model, full)}
     lm_params = {id(p) for p in model.text_encoder.parameters()}
@@ -347,7 +347,7 @@ def test_short_real_run_beats_the_training_mean(mosi_word_aligned, tmp_path):
     import numpy as np
 
     from msakit.metrics import compute_metrics
-    from msakit.training.experiment import feature_dims, load_experiment_data, loader_for
+    from msakit.training.loading import feature_dims, load_experiment_data, loader_for
     from msakit.training.trainer import Trainer, evaluate_model
 
     config = build_config("lrcmt", [
@@ -368,7 +368,7 @@ def test_short_real_run_beats_the_training_mean(mosi_word_aligned, tmp_path):
     trainer.load_best(model)
     assert all(torch.equal(v, lm_base_weights(model)[k]) for k, v in base_before.items())
     # best.safetensors holds the adapter, fusion and head only
-    from msakit.training.runs import load_best_state
+    from msakit.runfolder import load_best_state
 
     stored = load_best_state(tmp_path)
     assert (sum(v.numel() for k, v in stored.items() if k != FROZEN_CHECKSUM_KEY)
@@ -442,7 +442,7 @@ def test_audio_and_vision_interact_before_the_text():
 
 
 def test_frozen_lm_without_lora_ablation():
-    model = build(frozen_without_lora=True)
+    model = build(lm_mode="frozen")
     assert not any("lora_" in n for n, _ in model.named_parameters())
     assert not any(p.requires_grad for p in model.text_encoder.parameters())
     assert model.language_model_prefixes() == ()
@@ -453,10 +453,12 @@ def test_frozen_lm_without_lora_ablation():
     before = {n: p.detach().clone() for n, p in model.text_encoder.named_parameters()}
     train_steps(model, batch, steps=1)
     assert all(torch.equal(p, before[n]) for n, p in model.text_encoder.named_parameters())
-    fresh = build(seed=5, frozen_without_lora=True)
+    fresh = build(seed=5, lm_mode="frozen")
     fresh.load_checkpoint_state_dict(_roundtrip(model.checkpoint_state_dict()))
     model.eval(), fresh.eval()
     with torch.no_grad():
         assert torch.equal(fresh(batch).prediction, model(batch).prediction)
-    with pytest.raises(ConfigError, match="exclude each other"):
-        build_config("lrcmt", ["model.full_finetune=true", "model.frozen_without_lora=true"])
+    # the two switches this mode replaced are refused with the field that replaces them
+    for old in ("full_finetune", "frozen_without_lora"):
+        with pytest.raises(ConfigError, match=rf"{old} is replaced by model\.lm_mode"):
+            build_config("lrcmt", [f"model.{old}=true"])

@@ -10,7 +10,8 @@ from test_self_mm import DIMS, make_batch
 
 from msakit.config import ConfigError, build_config
 from msakit.models import create_model, list_models
-from msakit.modules.gated_attention import GateTransformer, SAGTransformer, masked_mean
+from msakit.modules.encoders import masked_time_mean
+from msakit.modules.gated_attention import GateTransformer, SAGTransformer
 
 D, HEADS, FF = 16, 4, 32
 
@@ -73,7 +74,7 @@ def test_sag_transformer_follows_eqs_15_23():
         gated_source = torch.sigmoid(layer.source_gate(source)) * source
         r, _ = layer.cross_attention(queries, gated_source, gated_source,
                                      key_padding_mask=~source_mask)
-        summary = masked_mean(layer.gates.summary.gru(fused)[0], fused_mask)
+        summary = masked_time_mean(layer.gates.summary.gru(fused)[0], fused_mask)
         g_r = torch.sigmoid(layer.gates.retain(summary))[:, None]
         g_c = torch.sigmoid(layer.gates.compound(summary))[:, None]
         mixed = layer.norm_attention(g_c * r + g_r * fused)
@@ -235,7 +236,7 @@ def test_pooled_bigru_eq_7_equals_the_packed_run_without_host_lengths():
     x[~mask] = 9.0
     packed = pack_padded_sequence(x, mask.sum(1), batch_first=True, enforce_sorted=False)
     out, _ = pad_packed_sequence(pooled.gru(packed)[0], batch_first=True, total_length=6)
-    reference = masked_mean(out, mask)
+    reference = masked_time_mean(out, mask)
     assert torch.allclose(pooled(x, mask), reference, atol=1e-6)
     # each clip alone gives the same summary
     alone = torch.cat([pooled(x[i:i + 1, :int(mask[i].sum())], mask[i:i + 1, :int(mask[i].sum())])

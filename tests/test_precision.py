@@ -13,7 +13,7 @@ import torch
 from msakit.config import ConfigError, build_config
 from msakit.data import load_dataset
 from msakit.models import create_model, list_models
-from msakit.training.experiment import EpochLoader, feature_dims, loader_for
+from msakit.training.loading import EpochLoader, feature_dims, loader_for
 from msakit.training.trainer import Trainer, evaluate_model
 
 

@@ -200,7 +200,7 @@ def test_contributions_come_from_model_extras(extracted, tmp_path, monkeypatch, 
     from msakit.models import FeatureDims
 
     model = GateProbe(GateProbeConfig(), FeatureDims(**dataset.feature_dims))
-    from msakit.training.runs import save_best_state
+    from msakit.runfolder import save_best_state
 
     save_best_state(run, model.checkpoint_state_dict(), {"epoch": 1})
 

@@ -168,7 +168,7 @@ def test_loss_accumulator_reads_means_and_names_the_first_non_finite_step():
 
 def test_training_stops_with_non_finite_loss_error(mosi_word_aligned, tmp_path, monkeypatch):
     from msakit.models.lf_dnn import LFDNN
-    from msakit.training.runs import RunError
+    from msakit.runfolder import RunError
     from msakit.training.trainer import NonFiniteLossError
 
     original = LFDNN.forward

@@ -14,7 +14,7 @@ from msakit.config import ConfigError, build_config
 from msakit.experiments import tune as tune_module
 from msakit.experiments.tune import search_space, tune
 from msakit.models import list_models
-from msakit.training import experiment
+from msakit.training import loading
 
 #: A tiny budget: LF-DNN on a frozen LM, 2 folds, 1 epoch per trial, a 2-parameter search.
 FIXED = ["model.freeze_language_model=true", "train.epochs=1",
@@ -62,13 +62,13 @@ def test_a_user_search_section_replaces_and_adds_entries():
 def test_tiny_search_never_touches_the_test_split_and_continues_when_rerun(
         mosi_word_aligned, tmp_path, monkeypatch, caplog):
     loaded_ids = []
-    real_loader_for = experiment.loader_for
+    real_loader_for = loading.loader_for
 
     def recording_loader_for(split, *args, **kwargs):
         loaded_ids.append(set(split.ids))
         return real_loader_for(split, *args, **kwargs)
 
-    monkeypatch.setattr(experiment, "loader_for", recording_loader_for)
+    monkeypatch.setattr(loading, "loader_for", recording_loader_for)
     import logging
 
     import optuna
@@ -93,7 +93,7 @@ def test_tiny_search_never_touches_the_test_split_and_continues_when_rerun(
     # every loader was built over a fold's training or validation part, none over a test
     # part, and nothing test-side was written
     config = build_config("lf_dnn", [f"data.path={mosi_word_aligned}", "data.folds=2"])
-    _, partitions = experiment.load_experiment_data(config)
+    _, partitions = loading.load_experiment_data(config)
     allowed = [set(p.train.ids) for p in partitions] + [set(p.valid.ids) for p in partitions]
     tests = [set(p.test.ids) for p in partitions]
     assert loaded_ids and all(ids in allowed for ids in loaded_ids)

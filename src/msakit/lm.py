@@ -152,7 +152,3 @@ def _pretrained_language_model(name_or_path: str):
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
-
-
-def is_local_path(name_or_path: str) -> bool:
-    return Path(resolve_language_model(name_or_path)).exists()

@@ -151,7 +151,7 @@ class LanguageModelCache:
     def _write_shard(self, keys: list[bytes], hidden: torch.Tensor) -> None:
         from safetensors.torch import save_file
 
-        from msakit.training.runs import writing
+        from msakit.runfolder import writing
 
         self.directory.mkdir(parents=True, exist_ok=True)
         info = self.directory / "info.json"

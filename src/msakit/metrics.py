@@ -101,7 +101,7 @@ def _weighted_f1(truth_classes: np.ndarray, pred_classes: np.ndarray) -> float:
     return float(f1_score(truth_classes, pred_classes, average="weighted", zero_division=0))
 
 
-def _sims_bins(values: np.ndarray, n_classes: int) -> np.ndarray:
+def sims_bins(values: np.ndarray, n_classes: int) -> np.ndarray:
     """Class index of each (already clipped) value; classes are right-closed intervals."""
     edges = np.asarray(SIMS_BIN_EDGES[n_classes], dtype=values.dtype)
     # side="left": a value equal to an edge lands in the class *below* it, i.e. (a, b].
@@ -140,7 +140,7 @@ def _mosi_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 def _sims_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     pred = np.clip(pred, -1.0, 1.0)
     truth = np.clip(truth, -1.0, 1.0)
-    bins = {k: (_sims_bins(pred, k), _sims_bins(truth, k)) for k in SIMS_BIN_EDGES}
+    bins = {k: (sims_bins(pred, k), sims_bins(truth, k)) for k in SIMS_BIN_EDGES}
     return {
         "Mult_acc_2": float(np.mean(bins[2][0] == bins[2][1])),
         "Mult_acc_3": float(np.mean(bins[3][0] == bins[3][1])),
@@ -237,7 +237,7 @@ def weighted_metrics(
         }
     else:
         pred, truth = np.clip(pred, -1.0, 1.0), np.clip(truth, -1.0, 1.0)
-        bins = {k: (_sims_bins(pred, k), _sims_bins(truth, k)) for k in SIMS_BIN_EDGES}
+        bins = {k: (sims_bins(pred, k), sims_bins(truth, k)) for k in SIMS_BIN_EDGES}
         formulas = {
             "Mult_acc_2": lambda: _weighted_mean(bins[2][0] == bins[2][1], weights),
             "Mult_acc_3": lambda: _weighted_mean(bins[3][0] == bins[3][1], weights),
@@ -311,5 +311,5 @@ def metric_direction(name: str) -> str:
 
 __all__ = [
     "MOSI_METRICS", "SIMS_METRICS", "SIMS_BIN_EDGES", "compute_metrics", "metric_direction",
-    "metric_names", "multiclass_accuracy", "pearson_r", "weighted_metrics",
+    "metric_names", "multiclass_accuracy", "pearson_r", "sims_bins", "weighted_metrics",
 ]

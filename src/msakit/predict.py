@@ -11,9 +11,9 @@ A run trained on features msakit cannot compute (MMSA's COVAREP/Facet/OpenFace p
 CMU-SDK pickles: ``extractor`` is null) is refused: its model expects inputs that new clips
 cannot be given.
 
-Run folder (written by :mod:`msakit.training`): ``config.yaml`` and ``data.json`` at the top,
-selected weights ``seed<S>/<partition>/best.safetensors`` (read with
-:func:`msakit.training.runs.load_best_state`), or a single training folder holding them
+Run folder (layout and reading: :mod:`msakit.runfolder`): ``config.yaml`` and ``data.json`` at
+the top, selected weights ``seed<S>/<partition>/best.safetensors`` (read with
+:func:`msakit.runfolder.load_best_state`), or a single training folder holding them
 itself. With several checkpoints (seeds x folds), the prediction is their mean and the spread is reported.
 
 What a model can serve (:attr:`TrainedRun.serves`, written to an export's ``feature_spec.json``
@@ -37,16 +37,11 @@ from typing import Any
 
 import numpy as np
 
+from msakit import runfolder
 from msakit.extract.config import TOOL_NAME, ExtractorConfig
-
-CONFIG_FILE = "config.yaml"
-DATA_FILE = "data.json"
-BEST_CHECKPOINT = "best.safetensors"
-METRICS_FILE = "metrics.json"  # a run's and an export's test metrics (``summary``)
 
 #: Test metrics a model's repr shows.
 REPR_METRICS = ("Non0_acc_2", "Non0_F1_score", "Mult_acc_2", "MAE", "Corr")
-
 #: 7-class labels of the rounded score on MOSI/MOSEI's [-3, 3] scale.
 SEVEN_CLASSES = {
     -3: "strongly negative", -2: "negative", -1: "weakly negative", 0: "neutral",
@@ -143,10 +138,8 @@ class TrainedRun:
     def summary_metrics(self) -> dict[str, dict]:
         """The test metrics (``{name: {"mean", "std", "n"}}``) recorded beside the model
         (``metrics.json`` of the run or export), or ``{}``."""
-        import json
-
         try:
-            summary = json.loads((self.run_dir / METRICS_FILE).read_text()).get("summary")
+            summary = runfolder.read_metrics(self.run_dir, missing_ok=True).get("summary")
         except (OSError, ValueError, AttributeError):
             return {}
         return summary if isinstance(summary, dict) else {}
@@ -167,27 +160,24 @@ class TrainedRun:
 
     def member_states(self, device: str = "cpu"):
         """Yield each member's model state dict (read lazily from ``best.safetensors`` for a
-        run, with :func:`msakit.training.runs.load_best_state`)."""
-        from msakit.training.runs import load_best_state
-
+        run, with :func:`msakit.runfolder.load_best_state`)."""
         if self.states is not None:
             yield from self.states
             return
         for folder in self.checkpoints:
-            yield load_best_state(folder, device)
+            yield runfolder.load_best_state(folder, device)
 
     def models(self, device: str = "cpu") -> list:
         """The members as evaluation-mode models on ``device``, built once and kept (building
         one loads the language model: seconds; a server predicts many times)."""
         from msakit.models import FeatureDims, create_model
-        from msakit.training.runs import load_state_into
 
         with self._lock:
             if device not in self._built:
                 built = []
                 for state in self.member_states(device):
                     model = create_model(self.config.model, FeatureDims(**self.feature_dims))
-                    load_state_into(model, state, self.run_dir)
+                    runfolder.load_state_into(model, state, self.run_dir)
                     built.append(model.to(device).eval())
                 self._built[device] = built
             return self._built[device]
@@ -266,11 +256,10 @@ class ClipPrediction:
         return dict(self.__dict__)
 
 
-def _read_json(path: Path) -> dict:
-    import json
-
+def _read_data_record(folder: Path) -> dict:
+    path = runfolder.data_record_path(folder)
     try:
-        return json.loads(path.read_text())
+        return runfolder.read_data_record(folder)
     except FileNotFoundError:
         raise RunIncompatibleError(f"{path}: missing; is {path.parent} a run folder written by "
                                    "`msakit train`?") from None
@@ -288,16 +277,17 @@ def find_checkpoints(run_dir: Path, checkpoint: str | None = None) -> list[Path]
             raise RunIncompatibleError(
                 f"--checkpoint {checkpoint!r} is outside the run folder {run_dir}: name a "
                 "training folder of the run, e.g. seed1/fold0")
-        if not (chosen / BEST_CHECKPOINT).is_file():
-            raise RunIncompatibleError(f"{chosen}: no {BEST_CHECKPOINT} there")
+        if not runfolder.has_best_weights(chosen):
+            raise RunIncompatibleError(f"{chosen}: no {runfolder.BEST_WEIGHTS} there")
         return [chosen]
-    if (run_dir / BEST_CHECKPOINT).is_file():
+    if runfolder.has_best_weights(run_dir):
         return [run_dir]
-    found = sorted(p.parent for p in run_dir.glob(f"seed*/*/{BEST_CHECKPOINT}"))
+    found = [d for d in runfolder.training_dirs(run_dir, holding=runfolder.BEST_WEIGHTS)
+             if runfolder.has_best_weights(d)]
     if not found:
         raise RunIncompatibleError(
-            f"{run_dir}: no trained checkpoint ({BEST_CHECKPOINT} here or in seed*/<partition>/)"
-        )
+            f"{run_dir}: no trained checkpoint ({runfolder.BEST_WEIGHTS} here or in "
+            "seed*/<partition>/)")
     return found
 
 
@@ -312,24 +302,21 @@ def load_trained_run(run_dir: str | Path, checkpoint: str | None = None,
     Raises:
         RunIncompatibleError: not a run folder, or trained on features msakit cannot compute.
     """
-    from msakit.config import ConfigError, load_saved_config
+    from msakit.config import ConfigError
     from msakit.data.dataset import LABEL_RANGES
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunIncompatibleError(f"{run_dir}: no such run folder")
     checkpoints = find_checkpoints(run_dir, checkpoint)
-    config_path = run_dir / CONFIG_FILE
-    if not config_path.is_file():
-        config_path = checkpoints[0] / CONFIG_FILE
-    data_path = run_dir / DATA_FILE
-    if not data_path.is_file():
-        data_path = checkpoints[0] / DATA_FILE
+    config_folder = run_dir if runfolder.has_config(run_dir) else checkpoints[0]
+    data_folder = run_dir if runfolder.data_record_path(run_dir).is_file() else checkpoints[0]
     try:
-        config = load_saved_config(config_path)
+        config = runfolder.load_config(config_folder)
     except (ConfigError, FileNotFoundError, KeyError) as err:
-        raise RunIncompatibleError(f"{config_path}: cannot load the run's config: {err}") from err
-    data_info = dims_the_model_reads(config, _read_json(data_path))
+        raise RunIncompatibleError(f"{runfolder.config_path(config_folder)}: cannot load the "
+                                   f"run's config: {err}") from err
+    data_info = dims_the_model_reads(config, _read_data_record(data_folder))
     label_range = LABEL_RANGES.get(data_info.get("dataset", "custom"), LABEL_RANGES["custom"])
     run = TrainedRun(run_dir=run_dir, config=config, data_info=data_info, extractor=None,
                      normalization=None, checkpoints=checkpoints, label_range=tuple(label_range))

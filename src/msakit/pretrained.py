@@ -22,6 +22,9 @@ tensors are stored under ``members.<i>.<name>`` and predictions are their mean, 
 in the package (``msakit/weights/default``, made by ``tools/train_pretrained.py``); a Hugging Face
 Hub id (``owner/name``) is downloaded with ``huggingface_hub.snapshot_download`` (or read from
 its local cache), failing at once with the reason when no hub is reachable (:mod:`msakit.hub`).
+
+This module owns the export folder format: its file names and all writing and reading of it.
+The run folder it exports from is read through :mod:`msakit.runfolder`.
 """
 
 from __future__ import annotations
@@ -33,14 +36,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from msakit import __version__
+from msakit import __version__, runfolder
 from msakit.hub import looks_like_repo_id, offline_reason
-from msakit.predict import METRICS_FILE, SERVES, RunIncompatibleError, TrainedRun
+from msakit.predict import SERVES, RunIncompatibleError, TrainedRun
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_JSON = "config.json"
 FEATURE_SPEC_FILE = "feature_spec.json"
-METRICS_JSON = METRICS_FILE
+METRICS_JSON = "metrics.json"  # the run's test metrics (its metrics.json summary)
 CARD_FILE = "README.md"
 #: every file of an export (what a hub download fetches)
 EXPORT_FILES = (WEIGHTS_FILE, CONFIG_JSON, FEATURE_SPEC_FILE, METRICS_JSON, CARD_FILE)
@@ -78,7 +81,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None 
     from safetensors.torch import save_file
 
     from msakit.predict import load_trained_run
-    from msakit.training.runs import read_json, writing
+    from msakit.runfolder import writing
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -94,8 +97,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None 
             tensors[f"members.{index}.{name}"] = value.detach().cpu().contiguous().clone()
         entry = {"member": index, "trained_in": str(folder.relative_to(run_dir))
                  if folder != run_dir else "."}
-        if (folder / "metrics.json").is_file():
-            saved = read_json(folder / "metrics.json")
+        if runfolder.has_metrics(folder):
+            saved = runfolder.read_metrics(folder)
             entry.update({k: saved.get(k) for k in ("seed", "partition", "best_epoch")
                           if k in saved})
             entry["test"] = saved.get("test")
@@ -164,7 +167,7 @@ def describe_serving(spec: dict) -> str:
 
 
 def _member_summary(members: list[dict]) -> dict[str, dict[str, float]]:
-    from msakit.training.results import summarise
+    from msakit.summary import summarise
 
     scored = [m for m in members if isinstance(m.get("test"), dict)]
     return summarise(scored) if scored else {}
@@ -345,7 +348,7 @@ def from_pretrained(path: str | Path | None = None) -> TrainedRun:
     for file_name in (WEIGHTS_FILE, CONFIG_JSON, FEATURE_SPEC_FILE):
         if not (folder / file_name).is_file():
             hint = " (a run folder? use --run, or `msakit export` it first)" \
-                if (folder / "config.yaml").is_file() else ""
+                if runfolder.has_config(folder) else ""
             raise ExportError(f"{folder}: missing {file_name}; not an exported msakit "
                               f"model{hint}")
     try:

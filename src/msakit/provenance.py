@@ -2,7 +2,7 @@
 
 :func:`file_sha256` is the one data-file hash of the package (run records, resume checks,
 ``msakit compare``'s same-data check all use it). :func:`environment_record` is what a run folder's
-``env.json`` holds.
+``env.json`` holds (written by :mod:`msakit.runfolder`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-
-ENV_FILE = "env.json"
 
 
 def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:

@@ -176,26 +176,21 @@ def evaluate_robustness(
     if write:
         require_extra("matplotlib", "report", "msakit evaluate --robustness (its plots)")
 
-    from msakit.config import load_saved_config
+    from msakit import runfolder
     from msakit.experiments.compare import PairedUnit, paired_units_interval
     from msakit.lm import load_tokenizer
     from msakit.metrics import metric_names
     from msakit.models import create_model
-    from msakit.training import runs
-    from msakit.training.experiment import (
-        check_data_unchanged,
-        feature_dims,
-        load_experiment_data,
-        loader_for,
-    )
+    from msakit.training.experiment import check_data_unchanged
+    from msakit.training.loading import feature_dims, load_experiment_data, loader_for
     from msakit.training.trainer import evaluate_model, resolve_device
 
     run_dir = Path(run_dir)
     conditions = list(conditions or default_conditions())
     if not conditions or conditions[0].family != "clean":
         conditions = [Condition("clean")] + [c for c in conditions if c.family != "clean"]
-    sub_dirs = runs.checkpoint_dirs(run_dir)
-    config = load_saved_config(sub_dirs[0] / runs.CONFIG_FILE)
+    sub_dirs = runfolder.checkpoint_dirs(run_dir)
+    config = runfolder.load_config(sub_dirs[0])
     check_data_unchanged(config, sub_dirs[0])
     dataset, partitions = load_experiment_data(config)
     by_name = {p.name: p for p in partitions}
@@ -208,10 +203,10 @@ def evaluate_robustness(
     units_info = []
     total, done = len(sub_dirs) * len(conditions), 0
     for sub in sub_dirs:
-        sub_config = load_saved_config(sub / runs.CONFIG_FILE)
+        sub_config = runfolder.load_config(sub)
         partition = by_name[sub.name]
         model = create_model(sub_config.model, feature_dims(dataset, sub_config))
-        runs.load_best_into(model, sub, device)
+        runfolder.load_best_into(model, sub, device)
         model.to(device)
         std = feature_std(partition.train)
         for condition in conditions:
@@ -283,9 +278,9 @@ def format_cell(value: dict[str, float], family: str, delta: str = " (Δ {})",
                 metric: str = "MAE") -> str:
     """``mean ± std``; for a perturbed condition also ``delta`` filled with
     ``difference [ci_low, ci_high]``; accuracies and F1 of ``metric`` in percent."""
-    from msakit.training.results import _is_percent
+    from msakit.summary import is_percent
 
-    scale, digits = (100.0, 1) if _is_percent(metric) else (1.0, 3)
+    scale, digits = (100.0, 1) if is_percent(metric) else (1.0, 3)
 
     def fmt(x, sign=""):
         return f"{scale * x:{sign}.{digits}f}"
@@ -299,9 +294,9 @@ def format_cell(value: dict[str, float], family: str, delta: str = " (Δ {})",
 
 def metric_header(metric: str) -> str:
     """The column name of ``metric``: accuracies and F1 with ``(%)``."""
-    from msakit.training.results import _is_percent
+    from msakit.summary import is_percent
 
-    return metric + (" (%)" if _is_percent(metric) else "")
+    return metric + (" (%)" if is_percent(metric) else "")
 
 
 def condition_label(row: dict[str, Any]) -> str:
@@ -326,7 +321,7 @@ def robustness_markdown(report: dict[str, Any]) -> str:
 
 def write_robustness(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     """``robustness.json``, ``.md``, ``.csv`` and one ``robustness-<metric>.png`` per metric."""
-    from msakit.training.runs import write_json
+    from msakit.runfolder import write_json
 
     out_dir = Path(out_dir)
     written = [out_dir / "robustness.json", out_dir / "robustness.md", out_dir / "robustness.csv"]
@@ -356,9 +351,9 @@ MIN_Y_SPAN = {"percent": 10.0, "MAE": 0.2, "Corr": 0.2}
 
 
 def _y_limits(values: np.ndarray, metric: str) -> tuple[float, float]:
-    from msakit.training.results import _is_percent
+    from msakit.summary import is_percent
 
-    span = MIN_Y_SPAN["percent"] if _is_percent(metric) else MIN_Y_SPAN.get(metric, 0.2)
+    span = MIN_Y_SPAN["percent"] if is_percent(metric) else MIN_Y_SPAN.get(metric, 0.2)
     finite = values[np.isfinite(values)]
     low, high = float(finite.min()), float(finite.max())
     margin = max(span - (high - low), 0.0) / 2 + 0.05 * (high - low)
@@ -373,9 +368,9 @@ def plot_metric(report: dict[str, Any], metric: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from msakit.training.results import _is_percent
+    from msakit.summary import is_percent
 
-    scale = 100.0 if _is_percent(metric) else 1.0
+    scale = 100.0 if is_percent(metric) else 1.0
     rows = report["conditions"]
     clean = scale * rows[0]["metrics"][metric]["mean"]
 

@@ -27,7 +27,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from msakit.data.dataset import DataError
     from msakit.errors import MissingExtraError
     from msakit.lm import LanguageModelUnavailable as LanguageModelError
-    from msakit.training.runs import CheckpointError, RunError
+    from msakit.runfolder import CheckpointError, RunError
 
     types: list[type[BaseException]] = [ConfigError, DataError, CheckpointError, RunError,
                                         LanguageModelError, MissingExtraError, OSError]

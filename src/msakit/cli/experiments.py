@@ -56,8 +56,8 @@ def compare(run_dirs, metrics, output_dir):
     Example:
       msakit compare runs/lf_dnn-mosi-20261130-010000 runs/misa-mosi-20261130-020000
     """
+    from msakit import runfolder
     from msakit.experiments.compare import CompareError, compare_runs, write_comparison
-    from msakit.training import runs
 
     console = make_console()
     try:
@@ -65,7 +65,7 @@ def compare(run_dirs, metrics, output_dir):
     except CompareError as err:
         raise click.ClickException(str(err)) from None
     print_comparison(result, console)
-    out_dir = runs.new_run_dir(output_dir, "compare", Path(run_dirs[0]).name)
+    out_dir = runfolder.new_run_dir(output_dir, "compare", Path(run_dirs[0]).name)
     written = write_comparison(result, out_dir)
     console.print("written: " + ", ".join(str(p) for p in written))
 

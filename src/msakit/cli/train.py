@@ -10,6 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from msakit import runfolder
 from msakit.cli._options import DATA_PATH, MultiValueCommand, make_console, shortcut_overrides
 
 
@@ -55,8 +56,7 @@ def train(model, data_path, config_file, overrides, preset, folds, seeds, epochs
       msakit train misa --resume runs/misa-mosi-20261125-101500
       msakit train sagenet --data ../shared/data/mosi/word_aligned_valid.pkl --folds 5 --jobs 2
     """
-    from msakit.config import ConfigError, build_config, load_yaml_file
-    from msakit.data import DataError
+    from msakit.config import build_config, load_yaml_file
     from msakit.training import distributed, run_experiment
     from msakit.training.experiment import JobsFailed, check_resume_request
     from msakit.training.results import results_table
@@ -81,20 +81,19 @@ def train(model, data_path, config_file, overrides, preset, folds, seeds, epochs
             config, seeds=list(seeds) if seeds else None, resume_dir=resume_dir,
             progress=not no_progress, console=console, jobs=jobs,
         )
-    except (ConfigError, DataError, KeyError, ValueError, FileNotFoundError, JobsFailed) as err:
+    except JobsFailed as err:  # user errors (msakit.errors and the like) are the CLI group's
         _fail(str(err))
     finally:
         is_main = distributed.current().is_main
         distributed.shutdown()  # under torchrun: leave the process group
     if not is_main:  # process 0 prints the results
         return
-    results = json.loads((run_dir / "metrics.json").read_text())["runs"]
+    results = runfolder.read_metrics(run_dir)["runs"]
     console.print(results_table(f"{model}: test metrics ({run_dir})", results, summary))
     _print_paper_row(console, run_dir, summary)
-    console.print(f"results: {run_dir / 'results.md'}")
-    from msakit.training.runs import folder_size, human_size
-
-    console.print(f"run folder: {run_dir} ({human_size(folder_size(run_dir))})")
+    console.print(f"results: {runfolder.results_markdown_path(run_dir)}")
+    console.print(f"run folder: {run_dir} "
+                  f"({runfolder.human_size(runfolder.folder_size(run_dir))})")
     if baseline_dir:
         from msakit.cli.experiments import print_comparison
         from msakit.experiments.compare import CompareError, compare_runs, write_comparison
@@ -110,11 +109,10 @@ def train(model, data_path, config_file, overrides, preset, folds, seeds, epochs
 
 def _print_paper_row(console: Console, run_dir: Path, summary: dict) -> None:
     """With a preset, the paper's reported row beside this run's mean ± std."""
-    from msakit.config import load_saved_config
     from msakit.presets import load_preset
     from msakit.training.results import paper_table
 
-    config = load_saved_config(run_dir / "config.yaml")
+    config = runfolder.load_config(run_dir)
     if not config.run.preset:
         return
     preset = load_preset(config.model.name, config.run.preset)
@@ -135,10 +133,7 @@ def _print_paper_row(console: Console, run_dir: Path, summary: dict) -> None:
 def evaluate(run_dir, data_path, split, robustness, robustness_seed):
     """Re-evaluate the trained checkpoints of RUN_DIR; writes RUN_DIR/evaluation.json (or,
     with --data, evaluation-<file>-<split>.json)."""
-    from msakit.config import ConfigError
-    from msakit.data import DataError
     from msakit.training import evaluate_run
-    from msakit.training.experiment import evaluation_file_name
     from msakit.training.results import artifacts_table, results_table
 
     console = make_console()
@@ -147,16 +142,13 @@ def evaluate(run_dir, data_path, split, robustness, robustness_seed):
             _fail("--robustness scores each checkpoint's own test part; it takes no --data")
         _print_robustness(console, run_dir, robustness_seed)
         return
-    try:
-        report = evaluate_run(run_dir, data_path=data_path, split=split)
-    except (ConfigError, DataError, KeyError, ValueError, FileNotFoundError) as err:
-        _fail(str(err))
+    report = evaluate_run(run_dir, data_path=data_path, split=split)
     console.print(results_table(f"evaluation of {run_dir} on {report['data']} ({split})",
                                 report["runs"], report["summary"]))
     if report.get("artifacts_summary"):
         console.print(artifacts_table("model artifacts (test split), mean ± std over runs",
                                       report["artifacts_summary"]))
-    console.print(f"written: {Path(run_dir) / evaluation_file_name(data_path, split)}")
+    console.print(f"written: {Path(run_dir) / runfolder.evaluation_file_name(data_path, split)}")
 
 
 def _print_robustness(console: Console, run_dir: str, seed: int) -> None:

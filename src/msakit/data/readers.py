@@ -220,20 +220,6 @@ def check_splits(dataset: MSADataset, allow_overlap: bool = False) -> None:
 # MMSA pickle
 # --------------------------------------------------------------------------------------------
 
-def read_mmsa_pickle(
-    path: str | Path,
-    dataset: DatasetName = "auto",
-    nonfinite: NonfinitePolicy = "replace",
-    content: Any = None,
-) -> MSADataset:
-    """Read an MMSA-style pickle (see the module docstring). ``text``/``text_bert`` features are
-    not used as inputs (transcripts are re-tokenised for the chosen language model); the
-    ``text_bert`` attention mask only gives true lengths of aligned audio/vision."""
-    if content is None:
-        return _read_mmsa_content(Path(path), dataset, nonfinite, safe_load(path), owned=True)
-    return _read_mmsa_content(Path(path), dataset, nonfinite, content, owned=False)
-
-
 #: an owned MMSA feature array is used in place when its clips' true lengths fill this share
 VIEW_MIN_FILL = 0.75
 
@@ -606,7 +592,6 @@ def read_cmu_sdk_pickle(
 # label.csv folder (text only)
 # --------------------------------------------------------------------------------------------
 
-LABEL_CSV_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
 #: ``mode`` may be left out: every row then goes to train (use --folds to cross-validate)
 LABEL_CSV_REQUIRED = ("video_id", "clip_id", "text", "label")
 

@@ -57,11 +57,6 @@ def _numpy_core_module(submodule: str):
     raise ImportError(f"numpy has no core module {submodule!r}")  # pragma: no cover
 
 
-def allowed_globals() -> list[str]:
-    """The ``module.name`` globals a dataset pickle may reference."""
-    return sorted(f"{m}.{n}" for m, n in (*_ALLOWED_NUMPY, *_ALLOWED_PLAIN))
-
-
 #: Extra bytes a size argument may ask for beyond the file's length (small legit headers).
 ALLOCATION_SLACK = 1 << 20
 
@@ -211,7 +206,8 @@ def safe_load(path: str | Path) -> Any:
 
     Raises:
         DataError: the file is missing, truncated or corrupt, or references a global outside
-            the allow-list (:func:`allowed_globals`); in the last case nothing was executed.
+            the allow-list (``_ALLOWED_NUMPY``, ``_ALLOWED_PLAIN``); in the last case nothing
+            was executed.
     """
     path = Path(path)
     if path.exists() and not path.is_dir() and not path.is_file():

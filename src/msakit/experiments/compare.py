@@ -34,7 +34,6 @@ false "outside the noise" and at or above 95 % coverage with 5, 10 and 20 videos
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,8 +42,9 @@ from typing import IO, Any
 
 import numpy as np
 
+from msakit import runfolder
 from msakit.metrics import metric_direction, metric_names, weighted_metrics
-from msakit.training import runs
+from msakit.summary import format_value, is_percent
 
 #: ``predictions.csv`` columns: ``video_id`` is written by msakit >= this module; older run
 #: folders get it from the clip id (``video$_$clip``).
@@ -166,14 +166,12 @@ class Unit:
     predictions: np.ndarray
 
 
-def _read_predictions(path: Path) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"id", "label", "prediction"} - set(reader.fieldnames or [])
-        if missing:
-            raise CompareError(f"{path}: missing column(s) {sorted(missing)}; expected id, "
-                               "label, prediction[, video_id]")
-        rows = list(reader)
+def read_checked_predictions(path: Path) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    columns, rows = runfolder.read_predictions_file(path)
+    missing = {"id", "label", "prediction"} - set(columns)
+    if missing:
+        raise CompareError(f"{path}: missing column(s) {sorted(missing)}; expected id, "
+                           "label, prediction[, video_id]")
     if not rows:
         raise CompareError(f"{path}: no predictions")
     ids = [r["id"] for r in rows]
@@ -201,21 +199,18 @@ def _read_predictions(path: Path) -> tuple[list[str], list[str], np.ndarray, np.
 def load_units(run_dir: str | Path) -> dict[tuple[int, str], Unit]:
     """The test predictions of every training run in ``run_dir``, keyed ``(seed, partition)``."""
     run_dir = Path(run_dir)
-    files = sorted(run_dir.glob("seed*/*/predictions.csv"))
-    if not files and (run_dir / "predictions.csv").exists():
-        files = [run_dir / "predictions.csv"]
+    files = runfolder.predictions_files(run_dir)
     if not files:
         raise CompareError(f"{run_dir}: no predictions.csv (not a finished msakit run folder; "
                            "a tuning trial has no test predictions)")
     units = {}
     for path in files:
-        saved = runs.read_json(path.parent / runs.METRICS_FILE) \
-            if (path.parent / runs.METRICS_FILE).exists() else {}
+        saved = runfolder.read_metrics(path.parent, missing_ok=True)
         seed = saved.get("seed")
         if seed is None:
             seed = int(path.parent.parent.name.removeprefix("seed"))
         partition = saved.get("partition", path.parent.name)
-        ids, videos, labels, predictions = _read_predictions(path)
+        ids, videos, labels, predictions = read_checked_predictions(path)
         units[(int(seed), partition)] = Unit(int(seed), partition, ids, videos, labels,
                                              predictions)
     return units
@@ -223,13 +218,9 @@ def load_units(run_dir: str | Path) -> dict[tuple[int, str], Unit]:
 
 def _run_record(run_dir: Path) -> dict[str, Any]:
     """What must agree between paired runs: data file, dataset family, partitioning."""
-    import yaml
-
-    data = runs.read_json(run_dir / runs.DATA_FILE) if (run_dir / runs.DATA_FILE).exists() else {}
-    config = yaml.safe_load((run_dir / runs.CONFIG_FILE).read_text()) \
-        if (run_dir / runs.CONFIG_FILE).exists() else {}
-    env_path = run_dir / "env.json"
-    env = runs.read_json(env_path) if env_path.exists() else {}
+    data = runfolder.read_data_record(run_dir, missing_ok=True)
+    config = runfolder.read_config_tree(run_dir, missing_ok=True)
+    env = runfolder.read_environment(run_dir) or {}
     data_config = (config or {}).get("data", {}) or {}
     return {
         "model": ((config or {}).get("model") or {}).get("name", "?"),
@@ -614,9 +605,7 @@ def compare_runs(
 # Output
 # ----------------------------------------------------------------------------------------------
 
-def _cells(metric: str, entry: dict[str, Any]) -> list[str]:
-    from msakit.training.results import format_value
-
+def comparison_cells(metric: str, entry: dict[str, Any]) -> list[str]:
     def fmt(value):
         return format_value(metric, value)
 
@@ -649,13 +638,11 @@ def comparison_table(comparison: dict[str, Any]):
     from rich.markup import escape
     from rich.table import Table
 
-    from msakit.training.results import _is_percent
-
     table = Table(title=escape(comparison_title(comparison)))
     for column in COLUMNS:
         table.add_column(column, justify="left" if column == "metric" else "right")
     for metric, entry in comparison["metrics"].items():
-        table.add_row(metric + (" (%)" if _is_percent(metric) else ""), *_cells(metric, entry))
+        table.add_row(metric + (" (%)" if is_percent(metric) else ""), *comparison_cells(metric, entry))
     return table
 
 
@@ -671,15 +658,13 @@ def method_notes(comparison: dict[str, Any]) -> list[str]:
 
 def comparison_markdown(result: dict[str, Any]) -> str:
     """``compare.md``: one table per comparison, then how the numbers were computed."""
-    from msakit.training.results import _is_percent
-
     lines = []
     for comparison in result["comparisons"]:
         lines += [f"### {comparison_title(comparison)}", "",
                   "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
         for metric, entry in comparison["metrics"].items():
-            name = metric + (" (%)" if _is_percent(metric) else "")
-            lines.append("| " + " | ".join([name, *_cells(metric, entry)]) + " |")
+            name = metric + (" (%)" if is_percent(metric) else "")
+            lines.append("| " + " | ".join([name, *comparison_cells(metric, entry)]) + " |")
         lines.append("")
     lines += [note + "\n" for note in method_notes(result["comparisons"][0])]
     return "\n".join(lines)
@@ -703,7 +688,7 @@ def forest_plot(rows: Sequence[tuple[str, dict[str, dict[str, Any]]]], metrics: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from msakit.training.results import _is_percent
+    from msakit.summary import is_percent
 
     columns = min(FOREST_COLUMNS, len(metrics))
     grid_rows = math.ceil(len(metrics) / columns)
@@ -716,7 +701,7 @@ def forest_plot(rows: Sequence[tuple[str, dict[str, dict[str, Any]]]], metrics: 
             ax.set_visible(False)
             continue
         metric = metrics[index]
-        scale = 100.0 if _is_percent(metric) else 1.0
+        scale = 100.0 if is_percent(metric) else 1.0
         for y, (_, entries) in zip(positions, rows):
             entry = entries[metric]
             colour = "tab:blue" if entry["outside_noise"] else "tab:gray"
@@ -726,7 +711,7 @@ def forest_plot(rows: Sequence[tuple[str, dict[str, dict[str, Any]]]], metrics: 
                     color=colour, markerfacecolor=colour if entry["outside_noise"] else "white")
         ax.axvline(0.0, color="black", linestyle="--", linewidth=1)
         better = "higher" if metric_direction(metric) == "max" else "lower"
-        ax.set_xlabel(f"Δ {metric}" + (" (points)" if _is_percent(metric) else "")
+        ax.set_xlabel(f"Δ {metric}" + (" (points)" if is_percent(metric) else "")
                       + f"\n{better} is better", fontsize=9)
         ax.grid(axis="x", alpha=0.3)
         ax.set_ylim(-0.7, len(rows) - 0.3)
@@ -763,9 +748,9 @@ CI_LEGEND = ("95 % CI over {n} videos (jackknife t); filled = outside the noise 
 def write_comparison(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path, Path]:
     """Write ``compare.json``, ``compare.md`` and the forest plot ``compare.png`` into
     ``out_dir`` (never over existing ones)."""
-    json_path, md_path, png_path = runs.unused_paths(out_dir, COMPARISON_STEM,
+    json_path, md_path, png_path = runfolder.unused_paths(out_dir, COMPARISON_STEM,
                                                      (".json", ".md", ".png"))
-    runs.write_json(json_path, result)
+    runfolder.write_json(json_path, result)
     md_path.write_text(comparison_markdown(result))
     comparison_forest_plot(result, png_path)
     return json_path, md_path, png_path

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from msakit import runfolder
 from msakit.experiments.compare import (
     CI_LEGEND,
     CompareError,
@@ -32,7 +32,7 @@ from msakit.experiments.compare import (
     format_p,
     load_units,
 )
-from msakit.training import runs
+from msakit.summary import is_percent
 
 DEFAULT_METRICS = ("Non0_acc_2", "Non0_F1_score", "MAE", "Corr")
 ACCURACY_METRIC = "Non0_acc_2"
@@ -40,10 +40,10 @@ ACCURACY_METRIC = "Non0_acc_2"
 
 def run_label(run_dir: Path) -> str:
     """``model`` or ``model [text]`` when the run used only some modalities."""
-    config_path = run_dir / runs.CONFIG_FILE
-    if not config_path.exists():
-        raise CompareError(f"{run_dir}: no {runs.CONFIG_FILE} (not a finished msakit run folder)")
-    model = (yaml.safe_load(config_path.read_text()) or {}).get("model") or {}
+    if not runfolder.has_config(run_dir):
+        raise CompareError(f"{run_dir}: no {runfolder.CONFIG_FILE} (not a finished msakit run "
+                           "folder)")
+    model = runfolder.read_config_tree(run_dir).get("model") or {}
     label = model.get("name", run_dir.name)
     modalities = model.get("modalities")
     if modalities and len(modalities) < 3:
@@ -52,10 +52,10 @@ def run_label(run_dir: Path) -> str:
 
 
 def _run_summary(run_dir: Path, metrics: Sequence[str]) -> dict[str, Any]:
-    path = run_dir / runs.METRICS_FILE
-    if not path.exists():
+    path = runfolder.metrics_path(run_dir)
+    if not runfolder.has_metrics(run_dir):
         raise CompareError(f"{path}: missing (not a finished msakit run folder)")
-    saved = runs.read_json(path)
+    saved = runfolder.read_metrics(run_dir)
     summary = saved.get("summary") or {}
     missing = [m for m in metrics if m not in summary]
     if missing:
@@ -127,9 +127,7 @@ def build_leaderboard(
 # ----------------------------------------------------------------------------------------------
 
 def _fmt(metric: str, value: float) -> str:
-    from msakit.training.results import _is_percent
-
-    return f"{100 * value:.1f}" if _is_percent(metric) else f"{value:.3f}"
+    return f"{100 * value:.1f}" if is_percent(metric) else f"{value:.3f}"
 
 
 def _epochs_cell(row: dict[str, Any]) -> str:
@@ -143,11 +141,9 @@ def _epochs_cell(row: dict[str, Any]) -> str:
 
 def leaderboard_rows(board: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Column names and cells, shared by the console table and the markdown."""
-    from msakit.training.results import _is_percent
-
     columns = ["model"]
     for m in board["metrics"]:
-        name = m + (" (%)" if _is_percent(m) else "")
+        name = m + (" (%)" if is_percent(m) else "")
         columns += [name, f"Δ {name} [95 % CI] p (Holm)"]
     columns.append("selected epoch / run")
     cells = []
@@ -239,9 +235,9 @@ def leaderboard_markdown(board: dict[str, Any]) -> str:
 def write_leaderboard(board: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path, Path]:
     """Write ``leaderboard.json``, ``leaderboard.md`` and the forest plot ``leaderboard.png``
     into ``out_dir`` (never over existing ones: ``leaderboard-2.json`` ... then)."""
-    json_path, md_path, png_path = runs.unused_paths(out_dir, "leaderboard",
+    json_path, md_path, png_path = runfolder.unused_paths(out_dir, "leaderboard",
                                                      (".json", ".md", ".png"))
-    runs.write_json(json_path, board)
+    runfolder.write_json(json_path, board)
     md_path.write_text(leaderboard_markdown(board)
                        + f"\n![forest plot of the differences]({png_path.name})\n")
     leaderboard_forest_plot(board, png_path)

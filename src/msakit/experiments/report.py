@@ -14,7 +14,6 @@ unimodal label drift, any per-epoch model statistics); the run's provenance.
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import json
@@ -25,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from msakit.training import runs
-from msakit.training.results import format_value
+from msakit import runfolder
+from msakit.summary import format_value
 
 EDGE = re.compile(r"^([A-Z])->([A-Z])$")
 MODALITY_ORDER = ("L", "A", "V")
@@ -36,15 +35,11 @@ MODALITY_ORDER = ("L", "A", "V")
 # Reading the run folder
 # ----------------------------------------------------------------------------------------------
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def _read_epochs(path: Path) -> list[dict[str, str]]:
+def _read_epochs(folder: Path) -> list[dict[str, str]]:
     """``epochs.csv``'s rows, refused (naming file, line and column) unless ``epoch`` is a whole
     number and every other filled cell a number (``nan`` is one: e.g. Corr of constant output)."""
-    rows = _read_csv(path)
+    path = folder / runfolder.EPOCHS_FILE
+    rows = runfolder.read_epochs(folder)
     for line, row in enumerate(rows, start=2):
         for column, value in row.items():
             if column is None or value is None:
@@ -64,15 +59,15 @@ def _read_epochs(path: Path) -> list[dict[str, str]]:
     return rows
 
 
-def _read_predictions(path: Path) -> list[dict[str, str]]:
-    """``predictions.csv``'s rows, after the checks ``msakit compare`` makes (finite labels and
-    predictions, one row per clip)."""
-    from msakit.experiments.compare import _read_predictions as check_predictions
+def _read_predictions(folder: Path) -> list[dict[str, str]]:
+    """``predictions.csv``'s rows (``[]`` when there is none), after the checks ``msakit
+    compare`` makes (finite labels and predictions, one row per clip)."""
+    from msakit.experiments.compare import read_checked_predictions
 
-    check_predictions(path)
-    return _read_csv(path)
-
-
+    rows = runfolder.read_predictions(folder)
+    if rows:
+        read_checked_predictions(folder / runfolder.PREDICTIONS_FILE)
+    return rows
 def _float(value: str | None) -> float:
     try:
         return float(value) if value not in (None, "") else np.nan
@@ -83,17 +78,13 @@ def _float(value: str | None) -> float:
 def _training_runs(run_dir: Path) -> list[dict[str, Any]]:
     """Every training run: seed, partition, epochs, predictions, artifacts."""
     found = []
-    for sub in sorted(run_dir.glob("seed*/*/epochs.csv")):
-        folder = sub.parent
-        metrics = runs.read_json(folder / runs.METRICS_FILE) \
-            if (folder / runs.METRICS_FILE).exists() else {}
+    for folder in runfolder.training_dirs(run_dir):
+        metrics = runfolder.read_metrics(folder, missing_ok=True)
         entry = {"seed": metrics.get("seed", folder.parent.name.removeprefix("seed")),
                  "partition": metrics.get("partition", folder.name), "folder": folder,
-                 "epochs": _read_epochs(sub), "metrics": metrics,
-                 "predictions": _read_predictions(folder / "predictions.csv")
-                 if (folder / "predictions.csv").exists() else [],
-                 "artifacts": runs.read_json(folder / "artifacts.json")
-                 if (folder / "artifacts.json").exists() else {}}
+                 "epochs": _read_epochs(folder), "metrics": metrics,
+                 "predictions": _read_predictions(folder),
+                 "artifacts": runfolder.read_artifacts(folder)}
         found.append(entry)
     if not found:
         raise FileNotFoundError(f"{run_dir}: no training run (seed*/<partition>/epochs.csv) "
@@ -225,11 +216,11 @@ def prediction_figures(train_runs: list[dict], label_range: tuple[float, float])
         pred_classes = np.round(np.clip(pred, -3, 3)).astype(int)
         title = "7-class confusion (Acc-7 classes: clip to [-3, 3], round)"
     else:  # SIMS: the five classes of Mult_acc_5
-        from msakit.metrics import _sims_bins
+        from msakit.metrics import sims_bins
 
         classes = np.arange(5)
-        truth_classes = _sims_bins(np.clip(truth, -1, 1), 5)
-        pred_classes = _sims_bins(np.clip(pred, -1, 1), 5)
+        truth_classes = sims_bins(np.clip(truth, -1, 1), 5)
+        pred_classes = sims_bins(np.clip(pred, -1, 1), 5)
         title = "5-class confusion (SIMS Mult_acc_5 classes)"
     matrix = confusion_matrix(truth_classes, pred_classes, labels=classes)
     image = matrix_ax.imshow(matrix, cmap="Blues")
@@ -438,12 +429,12 @@ def _comparison_sections(run_dir: Path) -> list[tuple[str, str]]:
     from msakit.experiments.compare import (
         COLUMNS,
         COMPARISON_STEM,
-        _cells,
+        comparison_cells,
         comparison_forest_plot,
         comparison_title,
         method_notes,
     )
-    from msakit.training.results import _is_percent
+    from msakit.summary import is_percent
 
     sections = []
     for path in sorted(run_dir.glob(f"{COMPARISON_STEM}*.json")):
@@ -458,8 +449,8 @@ def _comparison_sections(run_dir: Path) -> list[tuple[str, str]]:
         parts = []
         for comparison in comparisons:
             rows = "".join(
-                "<tr><td>" + html.escape(metric + (" (%)" if _is_percent(metric) else ""))
-                + "</td>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(metric, e))
+                "<tr><td>" + html.escape(metric + (" (%)" if is_percent(metric) else ""))
+                + "</td>" + "".join(f"<td>{html.escape(c)}</td>" for c in comparison_cells(metric, e))
                 + "</tr>" for metric, e in comparison["metrics"].items())
             parts.append(f"<p>{html.escape(comparison_title(comparison))}</p><table><tr>"
                          + "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
@@ -477,9 +468,8 @@ def _comparison_sections(run_dir: Path) -> list[tuple[str, str]]:
 
 def _provenance(run_dir: Path) -> str:
     parts = []
-    env_path = run_dir / "env.json"
-    if env_path.exists():
-        env = runs.read_json(env_path)
+    env = runfolder.read_environment(run_dir)
+    if env is not None:
         data = env.get("data") or {}
         git = (env.get("msakit") or {}).get("git") or {}
         facts = [
@@ -500,10 +490,10 @@ def _provenance(run_dir: Path) -> str:
     else:
         parts.append("<p class='note'>No env.json (a run made before msakit recorded "
                      "provenance).</p>")
-    config_path = run_dir / runs.CONFIG_FILE
-    if config_path.exists():
+    config_text = runfolder.read_config_text(run_dir)
+    if config_text is not None:
         parts.append("<details><summary>Resolved config</summary><pre>"
-                     + html.escape(config_path.read_text()) + "</pre></details>")
+                     + html.escape(config_text) + "</pre></details>")
     return "".join(parts)
 
 
@@ -513,27 +503,22 @@ def build_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
     Raises:
         MissingExtraError: matplotlib is not installed (extra ``msakit[report]``).
     """
-    import yaml
-
     from msakit.errors import require_extra
 
     require_extra("matplotlib", "report", "msakit report")
-
     run_dir = Path(run_dir)
-    saved = runs.read_json(run_dir / runs.METRICS_FILE) \
-        if (run_dir / runs.METRICS_FILE).exists() else None
-    if saved is None or "summary" not in saved:
+    saved = runfolder.read_metrics(run_dir, missing_ok=True)
+    if "summary" not in saved:
         raise FileNotFoundError(f"{run_dir}: no metrics.json with a summary (not a finished "
                                 "msakit run folder)")
     train_runs = _training_runs(run_dir)
-    config = yaml.safe_load((run_dir / runs.CONFIG_FILE).read_text())
-    data = runs.read_json(run_dir / runs.DATA_FILE) if (run_dir / runs.DATA_FILE).exists() else {}
+    config = runfolder.read_config_tree(run_dir)
+    data = runfolder.read_data_record(run_dir, missing_ok=True)
     from msakit.data.dataset import LABEL_RANGES
 
     label_range = LABEL_RANGES.get(data.get("dataset", "mosi"), (-3.0, 3.0))
     selection = config["train"]["selection_metric"]
-    run_artifacts = runs.read_json(run_dir / "artifacts.json") \
-        if (run_dir / "artifacts.json").exists() else {}
+    run_artifacts = runfolder.read_artifacts(run_dir)
     sections = [
         ("Results on the test parts", _results_table(train_runs, saved["summary"])),
     ]

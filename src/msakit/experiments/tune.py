@@ -4,7 +4,7 @@ A trial samples values from the model's search space, trains every partition (th
 split, or each grouped fold with ``data.folds``) with one seed, and scores the validation
 selection metric of each partition's selected epoch; the objective is their mean. The test part
 of a partition is never loaded: trial folders hold configs and per-epoch logs, no test metrics
-or predictions (``msakit.training.experiment._train_one(evaluate_test=False)``).
+or predictions (``msakit.training.experiment.train_one(evaluate_test=False)``).
 
 Sampler: TPE. Pruner: median, fed after every epoch with that epoch's validation selection
 value at step ``fold_index * epochs + epoch`` (folds are the same for every trial, so steps are
@@ -38,9 +38,9 @@ from typing import Any
 
 import yaml
 
+from msakit import runfolder
 from msakit.config import ConfigError, ExperimentConfig, build_config, default_config_file
-from msakit.config_schema import _RUN_NAME as _FOLDER_NAME
-from msakit.training import runs
+from msakit.config_schema import RUN_NAME_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,6 @@ DISTRIBUTION_TYPES = ("float", "int", "categorical")
 ALLOWED_FIELDS = {"float": {"type", "low", "high", "log", "step"},
                   "int": {"type", "low", "high", "log", "step"},
                   "categorical": {"type", "choices"}}
-#: Checkpoints of a trial's runs are removed once its validation values are recorded (a study
-#: of 20 trials x 5 folds would otherwise keep hundreds of model copies nobody evaluates).
-CHECKPOINTS = (runs.BEST_WEIGHTS, runs.BEST_METADATA, runs.LAST_CHECKPOINT)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,7 +184,7 @@ def default_study_name(model: str, data_path: str, folds: int | None) -> str:
 def check_study_name(name: str) -> None:
     """Refuse a study name that is not one plain folder name (the study folder is
     ``<output-dir>/tune-<name>``; a path would put it elsewhere)."""
-    if not _FOLDER_NAME.match(name) or len(name) > 200:
+    if not RUN_NAME_PATTERN.match(name) or len(name) > 200:
         raise ConfigError(f"--study {name!r} must be one folder name (letters, digits, "
                           "_ . + = @ -, not starting with '.' or '-'), not a path")
 
@@ -262,7 +259,8 @@ def trial_config(settings: TuneSettings, params: dict[str, Any]) -> ExperimentCo
 def _objective(settings: TuneSettings, dimensions: list[Dimension]):
     import optuna
 
-    from msakit.training.experiment import _train_one, load_experiment_data
+    from msakit.training.experiment import train_one
+    from msakit.training.loading import load_experiment_data
 
     cache: dict[str, Any] = {}
 
@@ -278,16 +276,16 @@ def _objective(settings: TuneSettings, dimensions: list[Dimension]):
             torch.set_num_threads(config.train.num_threads)
         trial_dir = Path(settings.study_dir) / "trials" / f"trial{trial.number:04d}"
         if trial_dir.exists():  # a retried trial gets a fresh number; never reuse a folder
-            trial_dir = runs.new_run_dir(trial_dir.parent, f"trial{trial.number:04d}", "retry")
+            trial_dir = runfolder.new_run_dir(trial_dir.parent, f"trial{trial.number:04d}", "retry")
         trial_dir.mkdir(parents=True, exist_ok=True)
-        config.save(trial_dir / runs.CONFIG_FILE)
+        runfolder.save_config(trial_dir, config)
         trial.set_user_attr("run_dir", str(trial_dir))
         trial.set_user_attr("worker_pid", os.getpid())
         seed = config.train.seed
         epochs = config.train.epochs
         values = []
         for index, partition in enumerate(partitions):
-            sub = runs.sub_run_dir(trial_dir, seed, partition.name)
+            sub = runfolder.sub_run_dir(trial_dir, seed, partition.name)
             sub.mkdir(parents=True, exist_ok=True)
 
             def report(epoch: int, value: float, row: dict, index=index,
@@ -297,12 +295,12 @@ def _objective(settings: TuneSettings, dimensions: list[Dimension]):
                     raise optuna.TrialPruned(f"pruned at {partition.name} epoch {epoch}")
 
             try:
-                result = _train_one(config, dataset, partition, seed, sub, resume=False,
+                result = train_one(config, dataset, partition, seed, sub, resume=False,
                                     progress=settings.progress, evaluate_test=False,
                                     epoch_callback=report)
-            finally:
-                for name in CHECKPOINTS:
-                    (sub / name).unlink(missing_ok=True)
+            finally:  # once its validation values are recorded, a trial keeps no weights (a
+                # study of 20 trials x 5 folds would keep hundreds of model copies)
+                runfolder.drop_weights(sub)
             values.append(float(result["best_valid"]))
             trial.set_user_attr(f"valid_{partition.name}", values[-1])
         return sum(values) / len(values)
@@ -406,14 +404,14 @@ def _check_same_study(study_dir: Path, settings: TuneSettings) -> None:
     record = {"model": settings.model, "base": settings.base, "overrides": settings.overrides}
     path = study_dir / "tune.json"
     if path.exists():
-        saved = runs.read_json(path)
-        if {k: saved.get(k) for k in record} != runs._clean(record):
+        saved = runfolder.read_json(path)
+        if {k: saved.get(k) for k in record} != runfolder.json_ready(record):
             raise ConfigError(
                 f"{study_dir}: holds study {settings.study_name!r} run with other settings "
                 f"({path}); rerun with the same model, data, --folds, --config and --set to "
                 "continue it, or pass --study NEW_NAME")
     else:
-        runs.write_json(path, {**record, "study": settings.study_name,
+        runfolder.write_json(path, {**record, "study": settings.study_name,
                                "storage": _redact(settings.storage)})
 
 
@@ -464,7 +462,7 @@ def write_study_results(settings: TuneSettings, seconds: float) -> dict[str, Any
                            "per_partition": {k: v for k, v in best.user_attrs.items()
                                              if k.startswith("valid_")},
                            "config": str(study_dir / "best_config.yaml")}
-        from msakit.training.results import format_metric
+        from msakit.summary import format_metric
 
         metric = config.train.selection_metric
         lines += ["", f"Best: trial {best.number}, validation {metric} "
@@ -487,7 +485,7 @@ def write_study_results(settings: TuneSettings, seconds: float) -> dict[str, Any
         lines += ["", f"Caveat: {summary['caveat']}."]
     summary["figures"] = study_figures(study, study_dir)
     (study_dir / "trials.md").write_text("\n".join(lines) + "\n")
-    runs.write_json(study_dir / "study.json", summary)
+    runfolder.write_json(study_dir / "study.json", summary)
     return {**summary, "study_dir": str(study_dir)}
 
 

@@ -33,7 +33,6 @@ from msakit.extract.config import ExtractorConfig
 from msakit.extract.features import ClipFeatureExtractor, ClipFeatures
 from msakit.extract.media import MEDIA_SUFFIXES, ExtractionError
 
-SPLITS = ("train", "valid", "test")
 REQUIRED_COLUMNS = ("video_id", "clip_id")
 
 

@@ -43,24 +43,31 @@ from torch.nn import functional as F
 
 from msakit.config_schema import ModelConfig
 from msakit.models import register_model
-from msakit.models.base import FeatureDims, ModelOutput, MSAModel
+from msakit.models.base import FeatureDims, ModelOutput, MSAModel, require_modalities
 from msakit.modules.text import PretrainedTextEncoder
 
 
 class ALMTConfig(ModelConfig):
+    """ALMT hyper-parameters; defaults are the official MOSI ones (Haoyu-ha/ALMT,
+    ``configs/mosi.yaml``; the official name of each field is in its description)."""
+
     name: str = "almt"
-    hidden_size: int = Field(128, ge=1, description="token_dim: width of every token")
-    token_length: int = Field(8, ge=1, description="learned tokens per modality")
-    projection_depth: int = Field(1, ge=1)
-    projection_heads: int = Field(8, ge=1)
-    projection_mlp_size: int = Field(128, ge=1)
-    attention_head_size: int = Field(64, ge=1, description="head width outside AHL")
-    text_encoder_heads: int = Field(8, ge=1)
+    loss_weights: dict[str, float] = Field(default_factory=lambda: {"task": 1.0})
+    hidden_size: int = Field(128, ge=1, description="token_dim (= proj_input_dim = "
+                             "*_proj_dst_dim): width of every token")
+    token_length: int = Field(8, ge=1, description="token_len: learned tokens per modality")
+    projection_depth: int = Field(1, ge=1, description="proj_depth")
+    projection_heads: int = Field(8, ge=1, description="proj_heads")
+    projection_mlp_size: int = Field(128, ge=1, description="proj_mlp_dim")
+    attention_head_size: int = Field(64, ge=1, description="dim_head: head width outside AHL "
+                                     "(projection, text encoder, fusion)")
+    text_encoder_heads: int = Field(8, ge=1, description="l_enc_heads")
     text_encoder_mlp_size: int = Field(128, ge=1)
-    hyper_layers: int = Field(3, ge=1, description="AHL depth; the language encoder has one less")
-    hyper_heads: int = Field(8, ge=1)
-    hyper_head_size: int = Field(16, ge=1)
-    fusion_layers: int = Field(2, ge=1)
+    hyper_layers: int = Field(3, ge=1, description="AHL_depth; the language encoder has one "
+                              "less")
+    hyper_heads: int = Field(8, ge=1, description="ahl_heads")
+    hyper_head_size: int = Field(16, ge=1, description="ahl_dim_head")
+    fusion_layers: int = Field(2, ge=1, description="fusion_layer_depth")
     fusion_heads: int = Field(8, ge=1)
     fusion_mlp_size: int = Field(128, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -234,11 +241,7 @@ class ALMT(MSAModel):
 
     def __init__(self, config: ALMTConfig, dims: FeatureDims):
         super().__init__(config, dims)
-        if dims.audio <= 0 or dims.vision <= 0:
-            raise ValueError(
-                f"ALMT needs audio and vision features (got dims audio={dims.audio}, "
-                f"vision={dims.vision})"
-            )
+        require_modalities(dims, "ALMT")
         d, tokens = config.hidden_size, config.token_length
         self.text_encoder = PretrainedTextEncoder(
             config.language_model, pooling="none", freeze=config.freeze_language_model

@@ -29,14 +29,15 @@ word's row, and special tokens get zero rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from msakit.config_schema import ModelConfig, TrainConfig
+from msakit.config_schema import ModalityOptimiserConfig, ModelConfig, TrainConfig
+from msakit.errors import ConfigError
 
 #: Checkpoint key of the checksum of the frozen weights a checkpoint leaves out.
 FROZEN_CHECKSUM_KEY = "frozen_language_model_checksum"
@@ -69,6 +70,36 @@ class FeatureDims:
 
     audio: int
     vision: int
+
+
+def require_modalities(dims: FeatureDims, model: str,
+                       modalities: tuple[str, ...] = ("audio", "vision"), hint: str = "") -> None:
+    """Refuse data without the ``audio``/``vision`` features ``model`` reads (dim 0).
+
+    Raises:
+        ConfigError: naming the model, the missing modalities and the data's dims; ``hint``
+            (e.g. which model or ``model.modalities`` reads less) is appended.
+    """
+    missing = [m for m in modalities if getattr(dims, m) <= 0]
+    if missing:
+        raise ConfigError(
+            f"{model} needs {' and '.join(modalities)} features; the data has no "
+            f"{' or '.join(missing)} features (feature dims: audio={dims.audio}, "
+            f"vision={dims.vision})"
+            + (f". {hint}" if hint else "")
+        )
+
+
+def check_loss_weights(weights: dict[str, float], terms: tuple[str, ...], model: str) -> None:
+    """Every loss term the model returns needs a weight, and no weight may name another term
+    (for a config validator: raises ``ValueError``, which pydantic reports under the key)."""
+    missing = sorted(set(terms) - set(weights))
+    unknown = sorted(set(weights) - set(terms))
+    if missing or unknown:
+        raise ValueError(
+            f"{model} model.loss_weights: missing {missing}, unknown {unknown}; the terms are "
+            f"{list(terms)}"
+        )
 
 
 @dataclass
@@ -154,6 +185,12 @@ class MSAModel(nn.Module):
 
     def run_artifacts(self) -> dict[str, Any]:
         """JSON-serialisable things to save in the run directory after training (e.g. labels)."""
+        return {}
+
+    def evaluation_artifacts(self, extras: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """A JSON-serialisable summary of an evaluation from its concatenated per-clip
+        ``extras`` (``{name: (N, ...)}``), e.g. mean gate values; saved under ``test`` in the
+        training run's ``artifacts.json``. ``{}`` (the default): nothing to summarise."""
         return {}
 
     # -- optimisation ------------------------------------------------------------------------
@@ -361,3 +398,52 @@ class MSAModel(nn.Module):
         total = sum(p.numel() for p in self.parameters())
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return {"total": total, "trainable": trainable}
+
+
+def check_batch_sequence(batch: dict[str, Any], key: str, feature_dim: int) -> torch.Tensor:
+    x = batch.get(key)
+    if x is None:
+        raise KeyError(f"batch has no {key!r}; the model needs it")
+    if x.dim() != 3 or x.shape[-1] != feature_dim:
+        raise ValueError(f"batch[{key!r}] must be (B, L, {feature_dim}), got {tuple(x.shape)}")
+    return x
+
+
+def modality_parameter_groups(
+    model: MSAModel, train: TrainConfig, audio_modules: Sequence[str],
+    vision_modules: Sequence[str],
+) -> list[dict[str, Any]]:
+    """Self-MM's five Adam groups (``trains/multiTask/SELF_MM.py`` of thuiar/Self-MM):
+    ``language_model`` and ``language_model/no_decay`` (``lm_lr``; ``lm_weight_decay`` / 0),
+    ``audio`` (``audio_lr``, ``audio_weight_decay``), ``vision`` (the same for vision), ``other``
+    (``lr``, ``weight_decay``). ``audio_modules``/``vision_modules`` are attribute names of the
+    sub-networks. With ``exempt_biases_from_decay`` the last three split into ``.../no_decay``
+    groups too.
+    """
+    config: ModalityOptimiserConfig = model.config  # type: ignore[assignment]
+    settings = {
+        "language_model": (train.lm_lr, train.lm_weight_decay),
+        "audio": (config.audio_lr or train.lr, train.weight_decay
+                  if config.audio_weight_decay is None else config.audio_weight_decay),
+        "vision": (config.vision_lr or train.lr, train.weight_decay
+                   if config.vision_weight_decay is None else config.vision_weight_decay),
+        "other": (train.lr, train.weight_decay),
+    }
+    prefixes = {
+        "language_model": model.language_model_prefixes(),
+        "audio": tuple(f"{m}." for m in audio_modules),
+        "vision": tuple(f"{m}." for m in vision_modules),
+    }
+    groups: dict[str, dict[str, Any]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        owner = next((key for key, p in prefixes.items() if p and name.startswith(p)), "other")
+        lr, decay = settings[owner]
+        exempt = takes_no_decay(name) and (owner == "language_model"
+                                           or config.exempt_biases_from_decay)
+        group_name = owner + ("/no_decay" if exempt else "")
+        group = groups.setdefault(group_name, {"name": group_name, "params": [], "lr": lr,
+                                               "weight_decay": 0.0 if exempt else decay})
+        group["params"].append(parameter)
+    return list(groups.values())

@@ -23,7 +23,7 @@ Blocks (shapes batch-first; ``d`` = ``embed_dim``, ``T'_m`` = fixed length minus
 - HomoGD on ``(ŷ^homo, r^homo)`` and HeteroGD on ``(ŷ^hetero, r^hetero)``
   (:class:`~msakit.modules.graph_distillation.GraphDistillationUnit`) -> edges ``(B, 6)``.
 
-Loss terms (each weighted by ``loss_weights``; official values in ``configs/dmd.yaml``):
+Loss terms (each weighted by ``loss_weights``; official values are :class:`DMDConfig`'s defaults):
 
 - ``task``: L1 on ŷ; ``task_common``: L1 on ŷ_c; ``task_homo`` / ``task_hetero``: the sum over the
   three modalities of the L1 of their homogeneous / heterogeneous heads;
@@ -89,27 +89,28 @@ from torch import nn
 
 from msakit.config_schema import ModelConfig
 from msakit.models import register_model
-from msakit.models.base import FeatureDims, ModelOutput, MSAModel
-from msakit.models.mult import (
-    PaddingOption,
-    ReadoutOption,
-    attention_dropout_by_source,
+from msakit.models.base import (
+    FeatureDims,
+    ModelOutput,
+    MSAModel,
     check_loss_weights,
-    cross_modal_fusion,
-    modality_lengths,
-    require_all_modalities,
-    text_states,
+    require_modalities,
 )
 from msakit.modules.crossmodal import (
     CrossModalTransformerEncoder,
+    PaddingOption,
+    ReadoutOption,
     TemporalConvProjection,
+    attention_dropout_by_source,
+    cross_modal_fusion,
     fit_length,
     last_valid_step,
+    modality_lengths,
     padding_mask_from_lengths,
 )
 from msakit.modules.graph_distillation import GraphDistillationUnit, prior_from_scores
 from msakit.modules.losses import reconstruction_loss
-from msakit.modules.text import PretrainedTextEncoder
+from msakit.modules.text import PretrainedTextEncoder, text_states
 
 MODALITIES = ("text", "audio", "vision")
 #: Order of the modalities in the GD units and the fusion (official: l, v, a).
@@ -169,8 +170,8 @@ class DMDConfig(ModelConfig):
     )
     feature_decoupling: bool = Field(True, description="ablation 'w/o FD' when false")
     cross_modal_attention: bool = Field(True, description="ablation 'w/o CA' when false")
-    homo_gd_hidden: int = Field(64, ge=1)
-    hetero_gd_hidden: int = Field(32, ge=1)
+    homo_gd_hidden: int = Field(64, ge=1, description="gd_size_low")
+    hetero_gd_hidden: int = Field(32, ge=1, description="gd_size_high")
     gd_temperature: float = Field(8.0, gt=0, description="edge softmax temperature (1/alpha)")
     homo_prior_scores: list[float] = Field(
         [0, 0, 1, 0, 1, 0], description="prior = softmax(scores / prior_temperature), pairs "
@@ -183,8 +184,12 @@ class DMDConfig(ModelConfig):
     detach_edge_inputs: bool = Field(
         False, description="edges from detached predictions/representations (official: not)"
     )
-    ortho_reduction: Literal["batch", "feature"] = "batch"
-    margin_triplets: Literal["official", "paper"] = "official"
+    ortho_reduction: Literal["batch", "feature"] = Field(
+        "batch", description="batch (official): cosine over the batch axis; feature: the "
+        "paper's per-sample cosine")
+    margin_triplets: Literal["official", "paper"] = Field(
+        "official", description="official triplets, or paper: positives from other "
+        "modalities, negatives from the anchor's modality")
     margin_scale: float = Field(0.15, ge=0)
     margin_base: float = Field(0.0, ge=0)
     freeze_language_model: bool = Field(False, description="official: BERT fine-tuned")
@@ -306,7 +311,7 @@ class DMD(MSAModel):
 
     def __init__(self, config: DMDConfig, dims: FeatureDims):
         super().__init__(config, dims)
-        require_all_modalities(dims, "DMD")
+        require_modalities(dims, "DMD")
         d = config.embed_dim
         self.text_encoder = PretrainedTextEncoder(
             config.language_model, pooling="none", freeze=config.freeze_language_model

@@ -39,7 +39,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from msakit.config_schema import ModelConfig, TrainConfig
 from msakit.models import register_model
-from msakit.models.base import FeatureDims, ModelOutput, MSAModel
+from msakit.models.base import FeatureDims, ModelOutput, MSAModel, check_loss_weights
 from msakit.modules.encoders import masked_time_mean
 from msakit.modules.text import PretrainedTextEncoder
 
@@ -96,10 +96,7 @@ class LFDNNConfig(ModelConfig):
 
     @model_validator(mode="after")
     def _check_weights(self) -> LFDNNConfig:
-        if set(self.loss_weights) != {"task"}:
-            raise ValueError(
-                f"model.loss_weights must give exactly ['task'], got {sorted(self.loss_weights)}"
-            )
+        check_loss_weights(self.loss_weights, ("task",), "lf_dnn")
         return self
 
 

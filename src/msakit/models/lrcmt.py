@@ -64,6 +64,7 @@ from msakit.config_schema import LengthGroupedLMConfig
 from msakit.models import register_model
 from msakit.models.base import FeatureDims, ModelOutput, MSAModel
 from msakit.modules.crossmodal import CrossModalTransformerEncoder
+from msakit.modules.encoders import masked_time_mean
 from msakit.modules.lora import LoRATextEncoder, count_parameters
 from msakit.modules.text import PretrainedTextEncoder
 
@@ -71,16 +72,16 @@ from msakit.modules.text import PretrainedTextEncoder
 
 
 class LRCMTConfig(LengthGroupedLMConfig):
-    """LRCMT hyper-parameters (see ``msakit/configs/lrcmt.yaml`` for the shipped defaults)."""
+    """LRCMT hyper-parameters (ours where the abstract gives none; ``msakit/configs/lrcmt.yaml``
+    holds the training settings)."""
 
     name: str = "lrcmt"
-    full_finetune: bool = Field(
-        False, description="Unfreeze the whole language model and use no LoRA (the paper's "
-        "comparison); the LM then gets train.lm_lr, everything else train.lr."
-    )
-    frozen_without_lora: bool = Field(
-        False, description="Ablation: keep the LM frozen and inject no LoRA (only the fusion "
-        "module and head train)"
+    loss_weights: dict[str, float] = Field(default_factory=lambda: {"task": 1.0})
+    lm_mode: Literal["lora", "full_finetune", "frozen"] = Field(
+        "lora", description="How the language model trains. lora (the paper): frozen LM with "
+        "LoRA adapters, which train at train.lr; full_finetune (the paper's comparison): the "
+        "whole LM trains at train.lm_lr, no LoRA; frozen (ablation): frozen LM, no LoRA, only "
+        "the fusion module and head train"
     )
     lora_rank: int = Field(8, ge=1, description="LoRA rank r")
     lora_alpha: float = Field(8.0, gt=0, description="LoRA scaling numerator (update alpha/r BAx)")
@@ -106,6 +107,18 @@ class LRCMTConfig(LengthGroupedLMConfig):
     output_dropout: float = Field(0.1, ge=0, lt=1, description="dropout inside the head")
     task_loss: Literal["l1", "mse"] = Field("l1", description="supervised loss on the prediction")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_replaced_switches(cls, values: Any) -> Any:
+        replaced = {"full_finetune": "full_finetune", "frozen_without_lora": "frozen"}
+        given = [key for key in replaced if isinstance(values, dict) and key in values]
+        if given:
+            raise ValueError(
+                f"{' and '.join(given)} is replaced by model.lm_mode (lora | full_finetune | "
+                f"frozen): use model.lm_mode={replaced[given[0]]} for "
+                f"{given[0]}=true, lora for false")
+        return values
+
     @model_validator(mode="after")
     def _check(self) -> LRCMTConfig:
         if self.embed_dim % self.num_heads:
@@ -114,15 +127,7 @@ class LRCMTConfig(LengthGroupedLMConfig):
             )
         if not self.lora_target_modules:
             raise ValueError("lora_target_modules is empty; name at least one linear layer")
-        if self.full_finetune and self.frozen_without_lora:
-            raise ValueError("full_finetune and frozen_without_lora exclude each other")
         return self
-
-
-def _masked_mean(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """``x (B, L, d)``, ``keep (B, L)`` bool (True = real step) -> ``(B, d)``."""
-    weights = keep.unsqueeze(-1).to(x.dtype)
-    return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
 def _pack(x: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,9 +173,9 @@ class LRCMT(MSAModel):
     def __init__(self, config: LRCMTConfig, dims: FeatureDims):
         super().__init__(config, dims)
         self.config: LRCMTConfig = config
-        if config.full_finetune or config.frozen_without_lora:
+        if config.lm_mode != "lora":
             self.text_encoder: nn.Module = PretrainedTextEncoder(
-                config.language_model, pooling="none", freeze=config.frozen_without_lora,
+                config.language_model, pooling="none", freeze=config.lm_mode == "frozen",
                 group_by_length=config.lm_group_by_length,
             )
         else:
@@ -243,7 +248,7 @@ class LRCMT(MSAModel):
         nonverbal = {m: self._nonverbal(batch, m) for m in self.modalities[1:]}
 
         if not nonverbal:
-            pooled = [_masked_mean(cm["text_self"](text, None, ~text_mask), text_mask)]
+            pooled = [masked_time_mean(cm["text_self"](text, None, ~text_mask), text_mask)]
         elif self.av_first:
             (audio, audio_mask), (vision, vision_mask) = nonverbal["audio"], nonverbal["vision"]
             audio_v = cm["audio_from_vision"](audio, vision, ~vision_mask)  # (B, L_a, d)
@@ -255,13 +260,13 @@ class LRCMT(MSAModel):
             )  # (B, L_a + L_v, d): real audio steps, real vision steps, then padding
             text_av = cm["text_from_av"](text, av, ~av_mask)  # (B, L_t, d)
             av_text = cm["av_from_text"](av, text, ~text_mask)  # (B, L_a + L_v, d)
-            pooled = [_masked_mean(text_av, text_mask), _masked_mean(av_text, av_mask)]
+            pooled = [masked_time_mean(text_av, text_mask), masked_time_mean(av_text, av_mask)]
         else:
             pooled = []
             for m, (features, mask) in nonverbal.items():
-                pooled.append(_masked_mean(cm[f"text_from_{m}"](text, features, ~mask),
+                pooled.append(masked_time_mean(cm[f"text_from_{m}"](text, features, ~mask),
                                            text_mask))
-                pooled.append(_masked_mean(cm[f"{m}_from_text"](features, text, ~text_mask),
+                pooled.append(masked_time_mean(cm[f"{m}_from_text"](features, text, ~text_mask),
                                            mask))
         fused = torch.cat(pooled, dim=-1)  # (B, streams * d)
         prediction = self.head(fused)  # (B,)
@@ -281,19 +286,19 @@ class LRCMT(MSAModel):
         With LoRA the LM's only trainable weights are the adapters, which are new weights and
         get ``train.lr`` with the fusion module and head (see :mod:`msakit.modules.lora`).
         """
-        return ("text_encoder.",) if self.config.full_finetune else ()
+        return ("text_encoder.",) if self.config.lm_mode == "full_finetune" else ()
 
     def frozen_state_keys(self) -> set[str]:
         """State-dict keys of the frozen pretrained LM (parameters and buffers), LoRA excluded."""
-        if self.config.full_finetune:
+        if self.config.lm_mode == "full_finetune":
             return set()
         trainable = {name for name, p in self.text_encoder.named_parameters() if p.requires_grad}
         return {f"text_encoder.{key}" for key in self.text_encoder.state_dict()
                 if key not in trainable}
 
     def checkpoint_description(self) -> str:
-        mode = ("full fine-tune" if self.config.full_finetune else "frozen LM, no LoRA"
-                if self.config.frozen_without_lora else "LoRA (adapter-only)")
+        mode = {"full_finetune": "full fine-tune", "frozen": "frozen LM, no LoRA",
+                "lora": "LoRA (adapter-only)"}[self.config.lm_mode]
         return f"{mode} lrcmt model"
 
     # -- reporting --------------------------------------------------------------------------
@@ -301,7 +306,7 @@ class LRCMT(MSAModel):
         """Total/trainable plus the split: language model, LoRA adapters, fusion + head."""
         counts = count_parameters(self)
         lm = count_parameters(self.text_encoder)
-        adapter = 0 if self.config.full_finetune else lm["trainable"]
+        adapter = lm["trainable"] if self.config.lm_mode == "lora" else 0
         return {
             "total": counts["total"],
             "trainable": counts["trainable"],
@@ -321,8 +326,8 @@ class LRCMT(MSAModel):
             "parameters": self.parameter_counts(),
             "trainable_fraction": self.trainable_fraction,
             "modalities": list(self.modalities),
-            "language_model_tuning": "full" if self.config.full_finetune else (
-                "frozen" if self.config.frozen_without_lora else "lora"),
+            "language_model_tuning": {"full_finetune": "full", "frozen": "frozen",
+                                      "lora": "lora"}[self.config.lm_mode],
             "fusion": "av_first" if self.av_first else (
                 "text_only" if len(self.modalities) == 1 else "separate"),
         }

@@ -55,7 +55,13 @@ from torch import nn
 
 from msakit.config_schema import LengthGroupedLMConfig
 from msakit.models import register_model
-from msakit.models.base import FeatureDims, ModelOutput, MSAModel
+from msakit.models.base import (
+    FeatureDims,
+    ModelOutput,
+    MSAModel,
+    check_loss_weights,
+    require_modalities,
+)
 from msakit.modules.encoders import StackedBiLSTMEncoder, recurrent_input
 from msakit.modules.losses import cmd_loss, reconstruction_loss, soft_orthogonality_loss
 from msakit.modules.text import PretrainedTextEncoder
@@ -88,13 +94,7 @@ class MISAConfig(LengthGroupedLMConfig):
 
     @model_validator(mode="after")
     def _check(self) -> MISAConfig:
-        missing = set(MISA_LOSS_TERMS) - set(self.loss_weights)
-        unknown = set(self.loss_weights) - set(MISA_LOSS_TERMS)
-        if missing or unknown:
-            raise ValueError(
-                f"model.loss_weights must give exactly {list(MISA_LOSS_TERMS)}; "
-                f"missing {sorted(missing)}, unknown {sorted(unknown)}"
-            )
+        check_loss_weights(self.loss_weights, MISA_LOSS_TERMS, "misa")
         if self.hidden_size % self.transformer_heads:
             raise ValueError(
                 f"model.hidden_size ({self.hidden_size}) must be divisible by "
@@ -117,13 +117,8 @@ class MISA(MSAModel):
 
     def __init__(self, config: MISAConfig, dims: FeatureDims):
         super().__init__(config, dims)
-        for modality in ("audio", "vision"):
-            if getattr(dims, modality) < 1:
-                raise ValueError(
-                    f"MISA needs text, audio and vision; the data has no {modality} features "
-                    f"({modality} dim {getattr(dims, modality)}). For text-only or two-modality "
-                    "data use lf_dnn with model.modalities."
-                )
+        require_modalities(dims, "MISA", hint="For text-only or two-modality data use lf_dnn "
+                           "with model.modalities.")
         hidden = config.hidden_size
         self.text_encoder = PretrainedTextEncoder(
             config.language_model, pooling="mean", freeze=config.freeze_language_model,

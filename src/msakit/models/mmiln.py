@@ -38,18 +38,18 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from msakit.config_schema import TrainConfig
+from msakit.config_schema import ModalityOptimiserConfig, TrainConfig
 from msakit.models import register_model
-from msakit.models.base import FeatureDims, ModelOutput, MSAModel
-from msakit.models.self_mm import (
-    ModalityOptimiserConfig,
-    SequenceLSTM,
+from msakit.models.base import (
+    FeatureDims,
+    ModelOutput,
+    MSAModel,
     check_batch_sequence,
     modality_parameter_groups,
-    require_audio_and_vision,
+    require_modalities,
 )
-from msakit.modules.encoders import recurrent_input
-from msakit.modules.gated_attention import GateTransformer, SAGTransformer, masked_mean
+from msakit.modules.encoders import SequenceLSTM, masked_time_mean, recurrent_input
+from msakit.modules.gated_attention import GateTransformer, SAGTransformer
 from msakit.modules.losses import (
     cmd_loss,
     frobenius_orthogonality_loss,
@@ -65,6 +65,11 @@ class MMILNConfig(ModalityOptimiserConfig):
     """MMILN hyper-parameters. Those outside the fusion layers are Self-MM's (paper, 4.2)."""
 
     name: str = "mmiln"
+    loss_weights: dict[str, float] = Field(
+        default_factory=lambda: {"task": 1.0, "task_a": 1.0, "task_v": 1.0, "sim": 1.0,
+                                 "diff": 0.3},
+        description="alpha (sim) 1.0 and beta (diff) 0.3 are MISA's official weights for the "
+        "same two losses (the paper gives none)")
     freeze_language_model: bool = False
     audio_lstm_hidden: int = Field(32, ge=1)
     vision_lstm_hidden: int = Field(64, ge=1)
@@ -143,7 +148,7 @@ class MMILN(ULGMHooks, MSAModel):
 
     def __init__(self, config: MMILNConfig, dims: FeatureDims):
         super().__init__(config, dims)
-        require_audio_and_vision(self.name, dims)
+        require_modalities(dims, self.name)
         self.text_encoder = PretrainedTextEncoder(
             config.language_model, pooling="none", freeze=config.freeze_language_model
         )
@@ -214,14 +219,14 @@ class MMILN(ULGMHooks, MSAModel):
                 x_ta, x_tv = out_ta.hidden, out_tv.hidden
             x_a, x_v = out_a.hidden, out_v.hidden
 
-        pooled_a, pooled_v = masked_mean(x_a, audio_mask), masked_mean(x_v, vision_mask)
+        pooled_a, pooled_v = masked_time_mean(x_a, audio_mask), masked_time_mean(x_v, vision_mask)
         if not config.bimodal_fusion:
-            fusion_input = torch.cat([masked_mean(x_t, text_mask), pooled_a, pooled_v], dim=-1)
+            fusion_input = torch.cat([masked_time_mean(x_t, text_mask), pooled_a, pooled_v], dim=-1)
         elif config.refusion:
-            fusion_input = torch.cat([masked_mean(x_ta, text_mask),
-                                      masked_mean(x_tv, text_mask)], dim=-1)  # (27)
+            fusion_input = torch.cat([masked_time_mean(x_ta, text_mask),
+                                      masked_time_mean(x_tv, text_mask)], dim=-1)  # (27)
         else:
-            fusion_input = 0.5 * (masked_mean(x_ta, text_mask) + masked_mean(x_tv, text_mask))
+            fusion_input = 0.5 * (masked_time_mean(x_ta, text_mask) + masked_time_mean(x_tv, text_mask))
 
         inputs = {"m": fusion_input, "a": pooled_a, "v": pooled_v}
         predictions, extras = {}, {}

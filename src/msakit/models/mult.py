@@ -22,7 +22,7 @@ position). See ``docs/faithfulness.md``.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,25 +31,23 @@ from torch import nn
 
 from msakit.config_schema import ModelConfig
 from msakit.models import register_model
-from msakit.models.base import FeatureDims, ModelOutput, MSAModel
-from msakit.modules.crossmodal import CrossModalFusion, TemporalConvProjection
-from msakit.modules.text import PretrainedTextEncoder
+from msakit.models.base import (
+    FeatureDims,
+    ModelOutput,
+    MSAModel,
+    check_loss_weights,
+    require_modalities,
+)
+from msakit.modules.crossmodal import (
+    PaddingOption,
+    ReadoutOption,
+    TemporalConvProjection,
+    cross_modal_fusion,
+    modality_lengths,
+)
+from msakit.modules.text import PretrainedTextEncoder, text_states
 
 MODALITIES = ("text", "audio", "vision")
-
-#: ``readout`` of MulT and DMD (passed on to :class:`CrossModalFusion`).
-ReadoutOption = Annotated[Literal["last_valid", "last_position"], Field(
-    description="step read out of each sequence encoder: each sample's last real step, or the "
-    "last (possibly padded) position as the official code"
-)]
-#: ``padding`` of MulT and DMD (passed on to :class:`CrossModalFusion`).
-PaddingOption = Annotated[Literal["masked", "official"], Field(
-    description="'masked': padded steps are masked out of every attention and the future "
-    "mask's offset uses each clip's real lengths (a clip's result does not depend on its batch); "
-    "'official': as the official code, padded steps are attended to, the offset comes from the "
-    "padded lengths, and steps whose first feature is 0 get no positional embedding"
-)]
-
 
 class MulTConfig(ModelConfig):
     name: str = "mult"
@@ -70,7 +68,7 @@ class MulTConfig(ModelConfig):
     attn_dropout_vision: float = Field(0.0, ge=0, lt=1)
     relu_dropout: float = Field(0.1, ge=0, lt=1)
     res_dropout: float = Field(0.1, ge=0, lt=1)
-    embed_dropout: float = Field(0.25, ge=0, lt=1)
+    embed_dropout: float = Field(0.25, ge=0, lt=1, description="official --embed_dropout")
     out_dropout: float = Field(0.0, ge=0, lt=1)
     attn_mask: bool = Field(True, description="official future mask in every transformer")
     readout: ReadoutOption = "last_valid"
@@ -91,63 +89,6 @@ class MulTConfig(ModelConfig):
         return self
 
 
-def attention_dropout_by_source(config: ModelConfig) -> dict[str, float]:
-    """``{modality: attention dropout when it is the source}`` of a config with MulT's fields
-    (:class:`MulTConfig`, DMD's): ``attn_dropout`` is the text's."""
-    return {"text": config.attn_dropout, "audio": config.attn_dropout_audio,
-            "vision": config.attn_dropout_vision}
-
-
-def cross_modal_fusion(config: ModelConfig) -> CrossModalFusion:
-    """MulT's fusion over text, audio and vision (each ``(B, L_m, embed_dim)``) from a config
-    with MulT's fields (:class:`MulTConfig`, DMD's); the memories use the text's attention
-    dropout, as the official code."""
-    return CrossModalFusion(
-        MODALITIES, config.embed_dim, config.num_heads, config.num_layers, config.memory_layers,
-        attn_dropout=attention_dropout_by_source(config), memory_attn_dropout=config.attn_dropout,
-        relu_dropout=config.relu_dropout, res_dropout=config.res_dropout,
-        embed_dropout=config.embed_dropout, attn_mask=config.attn_mask,
-        readout=config.readout, padding=config.padding,
-    )
-
-
-def text_states(encoder: PretrainedTextEncoder, batch: dict[str, Any]
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """LM hidden states with padded tokens zeroed, and token lengths: ``(B, L, H)``, ``(B,)``."""
-    attention_mask = batch["attention_mask"]
-    hidden = encoder.encode_batch(batch)
-    return hidden * attention_mask.unsqueeze(-1).to(hidden.dtype), attention_mask.sum(1).long()
-
-
-def modality_lengths(batch: dict[str, Any], modality: str) -> torch.Tensor:
-    """True lengths of ``audio``/``vision`` from the batch (``*_lengths``, else ``*_mask``)."""
-    if f"{modality}_lengths" in batch:
-        return batch[f"{modality}_lengths"].long()
-    if f"{modality}_mask" in batch:
-        return batch[f"{modality}_mask"].sum(1).long()
-    raise KeyError(f"batch has neither '{modality}_lengths' nor '{modality}_mask'")
-
-
-def check_loss_weights(weights: dict[str, float], terms: tuple[str, ...], model: str) -> None:
-    """Every loss term the model returns needs a weight, and no weight may name another term."""
-    missing = sorted(set(terms) - set(weights))
-    unknown = sorted(set(weights) - set(terms))
-    if missing or unknown:
-        raise ValueError(
-            f"{model} loss_weights: missing {missing}, unknown {unknown}; the terms are "
-            f"{list(terms)}"
-        )
-
-
-def require_all_modalities(dims: FeatureDims, model: str) -> None:
-    missing = [m for m in ("audio", "vision") if getattr(dims, m) <= 0]
-    if missing:
-        raise ValueError(
-            f"{model} needs text, audio and vision; the data has no {' or '.join(missing)} "
-            f"(feature dims: audio={dims.audio}, vision={dims.vision})"
-        )
-
-
 @register_model
 class MulT(MSAModel):
     """Multimodal Transformer; see the module docstring. ``forward(batch) -> ModelOutput``.
@@ -162,7 +103,7 @@ class MulT(MSAModel):
 
     def __init__(self, config: MulTConfig, dims: FeatureDims):
         super().__init__(config, dims)
-        require_all_modalities(dims, "MulT")
+        require_modalities(dims, "MulT")
         d = config.embed_dim
         self.text_encoder = PretrainedTextEncoder(
             config.language_model, pooling="none", freeze=config.freeze_language_model

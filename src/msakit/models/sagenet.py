@@ -38,13 +38,15 @@ from torch.nn import functional as F
 
 from msakit.config_schema import ModelConfig
 from msakit.models import register_model
-from msakit.models.base import FeatureDims, ModelOutput, MSAModel
+from msakit.models.base import FeatureDims, ModelOutput, MSAModel, require_modalities
+from msakit.modules.encoders import masked_time_mean
 from msakit.modules.gates import CrossGatedSum, gate_values
 from msakit.modules.text import PretrainedTextEncoder
 
 
 class SAGENetConfig(ModelConfig):
     name: str = "sagenet"
+    loss_weights: dict[str, float] = Field(default_factory=lambda: {"task": 1.0})
     modalities: list[Literal["text", "audio", "vision"]] = Field(
         default_factory=lambda: ["text", "audio", "vision"],
         description="Must include text and audio (the poster's gated pair); vision is optional.",
@@ -92,12 +94,6 @@ def sinusoidal_positions(length: int, dim: int, device=None, dtype=None) -> torc
     return table.to(dtype or torch.float32)
 
 
-def masked_mean(sequence: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``(B, L, D)``, ``(B, L)`` bool (True = real) -> ``(B, D)`` mean over real steps."""
-    weights = mask.unsqueeze(-1).to(sequence.dtype)
-    return (sequence * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-
-
 class SequenceEncoder(nn.Module):
     """Linear(D_in -> d) -> [+ positions] -> ``layers`` Transformer layers -> masked mean.
 
@@ -126,7 +122,7 @@ class SequenceEncoder(nn.Module):
                 hidden.shape[1], hidden.shape[2], hidden.device, hidden.dtype
             )
         hidden = self.layers(hidden, src_key_padding_mask=~mask)
-        return masked_mean(hidden, mask)
+        return masked_time_mean(hidden, mask)
 
 
 @register_model
@@ -140,13 +136,8 @@ class SAGENet(MSAModel):
     def __init__(self, config: SAGENetConfig, dims: FeatureDims):
         super().__init__(config, dims)
         self.use_vision = "vision" in config.modalities
-        if dims.audio <= 0:
-            raise ValueError("SAGE-Net needs audio features (dims.audio is 0)")
-        if self.use_vision and dims.vision <= 0:
-            raise ValueError(
-                "SAGE-Net with vision needs vision features (dims.vision is 0); use "
-                "--set model.modalities=[text,audio] for text and audio only"
-            )
+        require_modalities(dims, "SAGE-Net", ("audio", "vision") if self.use_vision else ("audio",),
+                           hint="For text and audio only: --set model.modalities=[text,audio]")
         self.text_encoder = PretrainedTextEncoder(
             config.language_model, pooling="none", freeze=config.freeze_language_model
         )

@@ -8,119 +8,34 @@ unimodal labels (:mod:`msakit.modules.ulgm`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from pydantic import Field
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from msakit.config_schema import LengthGroupedLMConfig, ModelConfig, TrainConfig
+from msakit.config_schema import LengthGroupedLMConfig, ModalityOptimiserConfig, TrainConfig
 from msakit.models import register_model
-from msakit.models.base import FeatureDims, ModelOutput, MSAModel, takes_no_decay
-from msakit.modules.encoders import recurrent_input
+from msakit.models.base import (
+    FeatureDims,
+    ModelOutput,
+    MSAModel,
+    check_batch_sequence,
+    modality_parameter_groups,
+    require_modalities,
+)
+from msakit.modules.encoders import SequenceLSTM, recurrent_input
 from msakit.modules.text import PretrainedTextEncoder
 from msakit.modules.ulgm import SentimentHead, ULGMHooks, UnimodalLabelGenerator
-
-
-class SequenceLSTM(nn.Module):
-    """One-layer unidirectional LSTM over packed sequences (Self-MM's ``AuViSubNet`` core).
-
-    Shapes:
-        ``x (B, L, D_in)``, ``lengths (B,)`` -> ``(outputs (B, L, H), final (B, H))``; outputs are
-        zero beyond each sequence's length.
-    """
-
-    def __init__(self, in_dim: int, hidden_dim: int):
-        super().__init__()
-        self.rnn = nn.LSTM(in_dim, hidden_dim, batch_first=True)
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # lengths on the CPU (the batch's host_lengths) avoid a device-to-host copy here
-        packed = pack_padded_sequence(x, lengths.to("cpu", torch.int64), batch_first=True,
-                                      enforce_sorted=False)
-        packed_out, (final, _) = self.rnn(packed)
-        outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=x.shape[1])
-        return outputs, final[-1]
-
-
-def require_audio_and_vision(model_name: str, dims: FeatureDims) -> None:
-    if dims.audio <= 0 or dims.vision <= 0:
-        raise ValueError(
-            f"{model_name} needs audio and vision features (data.modalities must include audio and "
-            f"vision); got feature dims audio={dims.audio}, vision={dims.vision}"
-        )
-
-
-def check_batch_sequence(batch: dict[str, Any], key: str, feature_dim: int) -> torch.Tensor:
-    x = batch.get(key)
-    if x is None:
-        raise KeyError(f"batch has no {key!r}; the model needs it")
-    if x.dim() != 3 or x.shape[-1] != feature_dim:
-        raise ValueError(f"batch[{key!r}] must be (B, L, {feature_dim}), got {tuple(x.shape)}")
-    return x
-
-
-class ModalityOptimiserConfig(ModelConfig):
-    """Self-MM's optimiser groups: the official code gives the audio and the vision
-    sub-networks their own learning rate and weight decay (five Adam groups: LM with and without
-    decay, audio, vision, the rest). ``None`` = the rest's ``train.lr`` / ``train.weight_decay``.
-    """
-
-    audio_lr: float | None = Field(None, gt=0, description="lr of the audio sub-network")
-    audio_weight_decay: float | None = Field(None, ge=0)
-    vision_lr: float | None = Field(None, gt=0, description="lr of the vision sub-network")
-    vision_weight_decay: float | None = Field(None, ge=0)
-    exempt_biases_from_decay: bool = Field(
-        False, description="False (official): only the LM's biases and LayerNorm weights skip "
-        "weight decay; True: every bias and norm weight does (msakit's rule for other models)")
-
-
-def modality_parameter_groups(
-    model: MSAModel, train: TrainConfig, audio_modules: Sequence[str],
-    vision_modules: Sequence[str],
-) -> list[dict[str, Any]]:
-    """Self-MM's five Adam groups (``trains/multiTask/SELF_MM.py`` of thuiar/Self-MM):
-    ``language_model`` and ``language_model/no_decay`` (``lm_lr``; ``lm_weight_decay`` / 0),
-    ``audio`` (``audio_lr``, ``audio_weight_decay``), ``vision`` (the same for vision), ``other``
-    (``lr``, ``weight_decay``). ``audio_modules``/``vision_modules`` are attribute names of the
-    sub-networks. With ``exempt_biases_from_decay`` the last three split into ``.../no_decay``
-    groups too.
-    """
-    config: ModalityOptimiserConfig = model.config  # type: ignore[assignment]
-    settings = {
-        "language_model": (train.lm_lr, train.lm_weight_decay),
-        "audio": (config.audio_lr or train.lr, train.weight_decay
-                  if config.audio_weight_decay is None else config.audio_weight_decay),
-        "vision": (config.vision_lr or train.lr, train.weight_decay
-                   if config.vision_weight_decay is None else config.vision_weight_decay),
-        "other": (train.lr, train.weight_decay),
-    }
-    prefixes = {
-        "language_model": model.language_model_prefixes(),
-        "audio": tuple(f"{m}." for m in audio_modules),
-        "vision": tuple(f"{m}." for m in vision_modules),
-    }
-    groups: dict[str, dict[str, Any]] = {}
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        owner = next((key for key, p in prefixes.items() if p and name.startswith(p)), "other")
-        lr, decay = settings[owner]
-        exempt = takes_no_decay(name) and (owner == "language_model"
-                                           or config.exempt_biases_from_decay)
-        group_name = owner + ("/no_decay" if exempt else "")
-        group = groups.setdefault(group_name, {"name": group_name, "params": [], "lr": lr,
-                                               "weight_decay": 0.0 if exempt else decay})
-        group["params"].append(parameter)
-    return list(groups.values())
 
 
 class SelfMMConfig(ModalityOptimiserConfig, LengthGroupedLMConfig):
     """Self-MM hyper-parameters (official MOSI values)."""
 
     name: str = "self_mm"
+    loss_weights: dict[str, float] = Field(
+        default_factory=lambda: {"task": 1.0, "task_t": 1.0, "task_a": 1.0, "task_v": 1.0},
+        description="the fused and the three unimodal tasks, equally weighted (official)")
     freeze_language_model: bool = False
     audio_lstm_hidden: int = Field(32, ge=1)
     vision_lstm_hidden: int = Field(64, ge=1)
@@ -151,7 +66,7 @@ class SelfMM(ULGMHooks, MSAModel):
 
     def __init__(self, config: SelfMMConfig, dims: FeatureDims):
         super().__init__(config, dims)
-        require_audio_and_vision(self.name, dims)
+        require_modalities(dims, self.name)
         self.text_encoder = PretrainedTextEncoder(
             config.language_model, pooling="cls", freeze=config.freeze_language_model,
             group_by_length=config.lm_group_by_length,

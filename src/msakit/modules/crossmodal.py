@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 
@@ -402,3 +404,54 @@ class CrossModalFusion(nn.Module):
                 else last_valid_step(memory, lengths[target])
             )
         return (pooled, full) if return_sequences else pooled
+
+
+# ----------------------------------------------------------------------------------------------
+# MulT-style fusion from a config (MulT, DMD)
+# ----------------------------------------------------------------------------------------------
+
+#: The modalities of a MulT-style fusion, in the order of its read-outs.
+FUSION_MODALITIES = ("text", "audio", "vision")
+
+#: ``readout`` of a MulT-style fusion (MulT, DMD), passed on to :class:`CrossModalFusion`.
+ReadoutOption = Annotated[Literal["last_valid", "last_position"], Field(
+    description="step read out of each sequence encoder: each sample's last real step, or the "
+    "last (possibly padded) position as the official code"
+)]
+#: ``padding`` of a MulT-style fusion (MulT, DMD), passed on to :class:`CrossModalFusion`.
+PaddingOption = Annotated[Literal["masked", "official"], Field(
+    description="'masked': padded steps are masked out of every attention and the future "
+    "mask's offset uses each clip's real lengths (a clip's result does not depend on its batch); "
+    "'official': as the official code, padded steps are attended to, the offset comes from the "
+    "padded lengths, and steps whose first feature is 0 get no positional embedding"
+)]
+
+
+def attention_dropout_by_source(config: Any) -> dict[str, float]:
+    """``{modality: attention dropout when it is the source}`` of a config with MulT's fields
+    (MulT's config, DMD's): ``attn_dropout`` is the text's."""
+    return {"text": config.attn_dropout, "audio": config.attn_dropout_audio,
+            "vision": config.attn_dropout_vision}
+
+
+def cross_modal_fusion(config: Any) -> CrossModalFusion:
+    """MulT's fusion over text, audio and vision (each ``(B, L_m, embed_dim)``) from a config
+    with MulT's fields (MulT's config, DMD's); the memories use the text's attention
+    dropout, as the official code."""
+    return CrossModalFusion(
+        FUSION_MODALITIES, config.embed_dim, config.num_heads, config.num_layers,
+        config.memory_layers,
+        attn_dropout=attention_dropout_by_source(config), memory_attn_dropout=config.attn_dropout,
+        relu_dropout=config.relu_dropout, res_dropout=config.res_dropout,
+        embed_dropout=config.embed_dropout, attn_mask=config.attn_mask,
+        readout=config.readout, padding=config.padding,
+    )
+
+
+def modality_lengths(batch: dict[str, Any], modality: str) -> torch.Tensor:
+    """True lengths of ``audio``/``vision`` from the batch (``*_lengths``, else ``*_mask``)."""
+    if f"{modality}_lengths" in batch:
+        return batch[f"{modality}_lengths"].long()
+    if f"{modality}_mask" in batch:
+        return batch[f"{modality}_mask"].sum(1).long()
+    raise KeyError(f"batch has neither '{modality}_lengths' nor '{modality}_mask'")

@@ -168,6 +168,27 @@ class LSTMEncoder(nn.Module):
         return self.linear(self.dropout(last))
 
 
+class SequenceLSTM(nn.Module):
+    """One-layer unidirectional LSTM over packed sequences (Self-MM's ``AuViSubNet`` core).
+
+    Shapes:
+        ``x (B, L, D_in)``, ``lengths (B,)`` -> ``(outputs (B, L, H), final (B, H))``; outputs are
+        zero beyond each sequence's length.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int):
+        super().__init__()
+        self.rnn = nn.LSTM(in_dim, hidden_dim, batch_first=True)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # lengths on the CPU (the batch's host_lengths) avoid a device-to-host copy here
+        packed = pack_padded_sequence(x, lengths.to("cpu", torch.int64), batch_first=True,
+                                      enforce_sorted=False)
+        packed_out, (final, _) = self.rnn(packed)
+        outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=x.shape[1])
+        return outputs, final[-1]
+
+
 def masked_time_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Average over the real time steps.
 
@@ -187,5 +208,5 @@ def masked_time_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
-__all__ = ["StackedBiLSTMEncoder", "LSTMEncoder", "masked_time_mean", "recurrent_input",
-           "RecurrentInput"]
+__all__ = ["StackedBiLSTMEncoder", "LSTMEncoder", "SequenceLSTM", "masked_time_mean",
+           "recurrent_input", "RecurrentInput"]

@@ -23,11 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Average over the real steps. Shapes: ``x (B, L, D)``, ``mask (B, L)`` bool -> ``(B, D)``."""
-    weights = mask.unsqueeze(-1).to(x.dtype)
-    return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+from msakit.modules.encoders import masked_time_mean
 
 
 class PooledBiGRU(nn.Module):
@@ -56,8 +52,8 @@ class PooledBiGRU(nn.Module):
         source = (positions - shift) % steps  # left-padded copy: step j holds x[j - shift]
         left_padded = x.gather(1, source.unsqueeze(-1).expand(-1, -1, width))
         out, _ = self.gru(torch.cat([x, left_padded], dim=0))  # (2B, L, d)
-        forward = masked_mean(out[:batch, :, :half], mask)
-        backward = masked_mean(out[batch:, :, half:], positions >= shift)
+        forward = masked_time_mean(out[:batch, :, :half], mask)
+        backward = masked_time_mean(out[batch:, :, half:], positions >= shift)
         return torch.cat([forward, backward], dim=-1)
 
 

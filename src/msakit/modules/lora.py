@@ -143,10 +143,6 @@ class LoRATextEncoder(nn.Module):
     ) -> torch.Tensor:
         return self.encoder(input_ids, attention_mask, token_type_ids)
 
-    def adapter_parameter_names(self) -> list[str]:
-        """Names (relative to this module) of the trainable LoRA parameters."""
-        return [name for name, p in self.named_parameters() if p.requires_grad]
-
     def parameter_counts(self) -> dict[str, int]:
         """``{"base", "adapter"}``: frozen pretrained weights and trainable LoRA weights."""
         counts = count_parameters(self)

@@ -264,3 +264,11 @@ class PretrainedTextEncoder(nn.Module):
 
 def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def text_states(encoder: PretrainedTextEncoder, batch: dict[str, Any]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """LM hidden states with padded tokens zeroed, and token lengths: ``(B, L, H)``, ``(B,)``."""
+    attention_mask = batch["attention_mask"]
+    hidden = encoder.encode_batch(batch)
+    return hidden * attention_mask.unsqueeze(-1).to(hidden.dtype), attention_mask.sum(1).long()

@@ -7,34 +7,26 @@ with the checkpoint selected on its validation part.
 
 from __future__ import annotations
 
-import csv
 import logging
-import re
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
 
-from msakit.config import (
-    ConfigError,
-    ExperimentConfig,
-    build_config,
-    deep_update,
-    load_saved_config,
-)
-from msakit.data import Fold, dataset_splits, load_dataset, make_loader
-from msakit.data.dataset import DataError, MSADataset, Split
+from msakit import runfolder
+from msakit.config import ConfigError, ExperimentConfig, build_config, deep_update
+from msakit.data import Fold, load_dataset
+from msakit.data.dataset import MSADataset
 from msakit.data.readers import data_fingerprint
 from msakit.lm import load_tokenizer
 from msakit.lm_cache import SplitTextStates
-from msakit.models import FeatureDims, create_model
-from msakit.provenance import ENV_FILE, environment_record
-from msakit.training import distributed, runs
+from msakit.models import create_model
+from msakit.provenance import environment_record
+from msakit.runfolder import RunError
+from msakit.training import distributed, loading
 from msakit.training.loggers import open_loggers
 from msakit.training.results import (
     artifacts_table,
@@ -42,37 +34,12 @@ from msakit.training.results import (
     summarise_artifacts,
     write_results,
 )
-from msakit.training.runs import RunError
 from msakit.training.trainer import Trainer, evaluate_model, resolve_device
 
 log = logging.getLogger(__name__)
 
-
-def feature_dims(dataset: MSADataset, config: ExperimentConfig) -> FeatureDims:
-    """Input sizes the model is built for; modalities left out by ``data.modalities`` are 0."""
-    keep = set(config.data.modalities)
-    return FeatureDims(
-        audio=dataset.feature_dims.get("audio", 0) if "audio" in keep else 0,
-        vision=dataset.feature_dims.get("vision", 0) if "vision" in keep else 0,
-    )
-
-
-def load_experiment_data(config: ExperimentConfig) -> tuple[MSADataset, list[Fold]]:
-    data = config.data
-    if not data.path:
-        raise ValueError("no data file given: pass --data PATH (or set data.path)")
-    dataset = load_dataset(data.path, format=data.format, dataset=data.dataset,
-                           nonfinite=data.nonfinite, allow_overlap=data.allow_overlap)
-    parts = dataset_splits(dataset, folds=data.folds, valid_fraction=data.valid_fraction,
-                           seed=data.fold_seed)
-    for part in parts:
-        for role in ("train", "valid", "test"):
-            if len(getattr(part, role)) == 0:
-                raise DataError(
-                    f"{dataset.source}: the {role} part of partition {part.name!r} is empty; "
-                    "training needs clips in train, valid and test (use --folds K to "
-                    "cross-validate a file whose own splits are empty)")
-    return dataset, parts
+__all__ = ["JobsFailed", "check_data_unchanged", "check_resume_request", "evaluate_run",
+           "restored_torch_threads", "run_experiment", "train_one"]
 
 
 def check_data_unchanged(config: ExperimentConfig, run_dir: Path) -> None:
@@ -81,8 +48,7 @@ def check_data_unchanged(config: ExperimentConfig, run_dir: Path) -> None:
     The run records the data's absolute path and SHA-256 (``data.json``); a file at that path
     with another hash is refused, naming both.
     """
-    record_path = Path(run_dir) / runs.DATA_FILE
-    recorded = runs.read_json(record_path).get("sha256") if record_path.exists() else None
+    recorded = runfolder.read_data_record(run_dir, missing_ok=True).get("sha256")
     if recorded is None:  # a run from before data hashes were recorded
         return
     current = data_fingerprint(config.data.path)["sha256"]
@@ -100,7 +66,7 @@ def check_resume_request(run_dir: str | Path, model_name: str, overrides: list[s
     A resumed run continues exactly what was started; anything else is a new run.
     """
     run_dir = Path(run_dir)
-    saved = load_saved_config(run_dir / runs.CONFIG_FILE)
+    saved = runfolder.load_config(run_dir)
     if model_name != saved.model.name:
         raise RunError(f"{run_dir} is a {saved.model.name} run; --resume cannot continue it as "
                        f"{model_name}")
@@ -116,7 +82,7 @@ def check_resume_request(run_dir: str | Path, model_name: str, overrides: list[s
                 f"--resume continues {run_dir} exactly as it was started, but these settings "
                 f"differ: {'; '.join(differences[:6])}. Start a new run for other settings.")
     if seeds is not None:
-        saved_seeds = runs.read_json(run_dir / "experiment.json")["seeds"]
+        saved_seeds = runfolder.read_experiment_record(run_dir)["seeds"]
         if list(seeds) != list(saved_seeds):
             raise RunError(f"--resume {run_dir}: the run has seeds {saved_seeds}, not {seeds}")
 
@@ -131,94 +97,7 @@ def _differences(saved: Any, requested: Any, prefix: str = "") -> list[str]:
     return [] if saved == requested else [f"{prefix} {saved!r} -> {requested!r}"]
 
 
-def loader_options(config: ExperimentConfig) -> dict[str, Any]:
-    """``num_workers``, ``pin_memory``, ``persistent_workers`` from ``train.*`` (None = the
-    device's default: workers and pinned memory on CUDA only)."""
-    train = config.train
-    on_cuda = resolve_device(train.device).type == "cuda"
-    return {
-        "num_workers": train.num_workers if train.num_workers is not None else (2 if on_cuda else 0),
-        "pin_memory": train.pin_memory if train.pin_memory is not None else on_cuda,
-        "persistent_workers": train.persistent_workers,
-    }
-
-
-def loader_for(split: Split, dataset: MSADataset, config: ExperimentConfig, *, train: bool,
-               seed: int = 0, transform=None, sampler=None,
-               text_states: SplitTextStates | None = None):
-    """Batches of ``split``: shuffled by ``seed`` (or ordered by ``sampler``) when ``train``.
-    With ``text_states`` they carry the frozen LM's cached states (for training only while text
-    augmentation is off: augmented text has no cached states)."""
-    tokenizer = load_tokenizer(config.model.language_model)
-    if train and config.augment.text.enabled:
-        text_states = None
-    return make_loader(
-        split,
-        tokenizer,
-        batch_size=config.train.batch_size if train else config.train.eval_batch_size,
-        shuffle=train,
-        seed=seed,
-        max_text_tokens=config.data.max_text_tokens,
-        word_aligned=dataset.word_aligned,
-        modalities=config.data.modalities,
-        transform=transform if train else None,
-        sampler=sampler,
-        **loader_options(config),
-        text_states=text_states(split) if text_states is not None else None,
-    )
-
-
-class EpochLoader:
-    """The training loader, built once; ``epoch -> batches`` whose order depends only on the
-    seed and the epoch (so a resumed run sees the batches it would have seen), and whose
-    DataLoader workers can persist across epochs.
-
-    Under torchrun each process gets every N-th clip of the epoch's order and
-    ``train.batch_size / N`` clips per step (see :mod:`msakit.training.distributed`).
-    """
-
-    def __init__(self, split: Split, dataset: MSADataset, config: ExperimentConfig, seed: int,
-                 transform=None, text_states: SplitTextStates | None = None):
-        from torch.utils.data import DistributedSampler
-
-        process = distributed.current()
-        if config.train.batch_size % process.world_size:
-            raise ConfigError(
-                f"train.batch_size={config.train.batch_size} (the global batch) must be a "
-                f"multiple of the {process.world_size} processes"
-            )
-        self.seed = seed
-        self.transform = transform
-        self.sampler = DistributedSampler(range(len(split)), num_replicas=process.world_size,
-                                          rank=process.rank, shuffle=True, seed=seed * 100_003)
-        local = config.model_copy(deep=True)
-        local.train.batch_size = config.train.batch_size // process.world_size
-        self.loader = loader_for(split, dataset, local, train=True, seed=seed,
-                                 transform=transform, sampler=self.sampler,
-                                 text_states=text_states)
-
-    def __call__(self, epoch: int):
-        self.sampler.set_epoch(epoch)
-        if self.transform is not None:  # the augmentation's draws depend on (seed, epoch) too
-            self.loader.dataset.rng = np.random.default_rng([self.seed, epoch])
-        return self.loader
-
-
-def data_record(dataset: MSADataset, partitions: list[Fold], config: ExperimentConfig) -> dict:
-    return {
-        **data_fingerprint(config.data.path),
-        "source": str(dataset.source),
-        "dataset": dataset.name,
-        "word_aligned": dataset.word_aligned,
-        "feature_dims": dict(feature_dims(dataset, config).__dict__),
-        "extractor": dataset.extractor,
-        "replaced_nonfinite": dataset.replaced_nonfinite,
-        "partitions": {p.name: {"train": len(p.train), "valid": len(p.valid),
-                                "test": len(p.test)} for p in partitions},
-    }
-
-
-def _train_one(config: ExperimentConfig, dataset: MSADataset, partition: Fold, seed: int,
+def train_one(config: ExperimentConfig, dataset: MSADataset, partition: Fold, seed: int,
                run_dir: Path, resume: bool, progress: bool, transform=None,
                evaluate_test: bool = True, epoch_callback=None) -> dict[str, Any]:
     """Train, select on valid, test once; write everything into ``run_dir``.
@@ -228,19 +107,16 @@ def _train_one(config: ExperimentConfig, dataset: MSADataset, partition: Fold, s
     ``epoch_callback`` goes to :class:`Trainer`. Under torchrun, process 0 alone writes.
     """
     is_main = distributed.current().is_main
-    metrics_path = run_dir / runs.METRICS_FILE
-    if resume and metrics_path.exists():
-        return runs.read_json(metrics_path)
-    if is_main and not (run_dir / runs.LAST_CHECKPOINT).exists():
-        # nothing resumable: whatever an interrupted first epoch left is started over
-        for stale in ("epochs.csv", runs.BEST_WEIGHTS, runs.BEST_METADATA):
-            (run_dir / stale).unlink(missing_ok=True)
+    if resume and runfolder.has_metrics(run_dir):
+        return runfolder.read_metrics(run_dir)
+    if is_main:  # nothing resumable: whatever an interrupted first epoch left is started over
+        runfolder.discard_unfinished_training(run_dir)
     config = config.model_copy(deep=True)
     config.train.seed = seed
     if is_main:
-        config.save(run_dir / runs.CONFIG_FILE)  # the sub-run's own seed, so it stands alone
+        runfolder.save_config(run_dir, config)  # the sub-run's own seed, so it stands alone
     torch.manual_seed(seed)  # model initialisation depends on the seed alone
-    model = create_model(config.model, feature_dims(dataset, config))
+    model = create_model(config.model, loading.feature_dims(dataset, config))
     loggers = open_loggers(config, run_dir, seed, partition.name) if is_main else []
 
     def on_epoch(epoch: int, value: float, row: dict[str, Any]) -> None:
@@ -254,8 +130,8 @@ def _train_one(config: ExperimentConfig, dataset: MSADataset, partition: Fold, s
     model.to(trainer.device)  # the LM cache computes missing states on the training device
     text_states = SplitTextStates.for_model(model, config, dataset.word_aligned)
 
-    train_loader = EpochLoader(partition.train, dataset, config, seed, transform, text_states)
-    valid_loader = loader_for(partition.valid, dataset, config, train=False,
+    train_loader = loading.EpochLoader(partition.train, dataset, config, seed, transform, text_states)
+    valid_loader = loading.loader_for(partition.valid, dataset, config, train=False,
                               text_states=text_states)
     try:
         summary = trainer.fit(model, train_loader, valid_loader,
@@ -268,27 +144,23 @@ def _train_one(config: ExperimentConfig, dataset: MSADataset, partition: Fold, s
         result = {"seed": seed, "partition": partition.name, **summary,
                   "parameters": model.parameter_counts()}
         if is_main:
-            runs.write_json(metrics_path, result)
+            runfolder.write_metrics(run_dir, result)
             _drop_resume_state(run_dir, config)
         return result
     trainer.load_best(model)
-    test = evaluate_model(model, loader_for(partition.test, dataset, config, train=False,
+    test = evaluate_model(model, loading.loader_for(partition.test, dataset, config, train=False,
                                             text_states=text_states),
                           dataset.name, trainer.device, keep_extras=True,
                           precision=config.train.precision)
     artifacts = model.run_artifacts()
-    evaluation_artifacts = getattr(model, "evaluation_artifacts", None)
-    if evaluation_artifacts is not None:
-        artifacts = {**artifacts, "test": evaluation_artifacts(test.extras)}
+    if test_artifacts := model.evaluation_artifacts(test.extras):
+        artifacts = {**artifacts, "test": test_artifacts}
     if is_main:
         video_of = dict(zip(partition.test.ids, partition.test.video_ids))
-        with (run_dir / "predictions.csv").open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["id", "video_id", "label", "prediction"])
-            writer.writerows(zip(test.ids, [video_of[i] for i in test.ids],
-                                 test.labels.tolist(), test.predictions.tolist()))
+        runfolder.write_predictions(run_dir, test.ids, [video_of[i] for i in test.ids],
+                                    test.labels.tolist(), test.predictions.tolist())
         if artifacts:
-            runs.write_json(run_dir / "artifacts.json", artifacts)
+            runfolder.write_artifacts(run_dir, artifacts)
     result = {
         "seed": seed,
         "partition": partition.name,
@@ -302,7 +174,7 @@ def _train_one(config: ExperimentConfig, dataset: MSADataset, partition: Fold, s
                               "hits": text_states.statistics.hits,
                               "computed": text_states.statistics.computed}
     if is_main:
-        runs.write_json(metrics_path, result)
+        runfolder.write_metrics(run_dir, result)
         _drop_resume_state(run_dir, config)
     return result
 
@@ -311,11 +183,11 @@ def _drop_resume_state(run_dir: Path, config: ExperimentConfig) -> None:
     """A finished training run needs no ``last.pt`` (weights + optimiser state) unless
     ``train.keep_last``; ``best.safetensors`` stays."""
     if not config.train.keep_last:
-        (run_dir / runs.LAST_CHECKPOINT).unlink(missing_ok=True)
+        runfolder.drop_last_checkpoint(run_dir)
 
 
 def _result_line(result: dict[str, Any]) -> str:
-    from msakit.training.results import format_metric
+    from msakit.summary import format_metric
 
     return (f"  seed {result['seed']} {result['partition']}: best epoch {result['best_epoch']}, "
             "test " + ", ".join(f"{k} {format_metric(k, v)}" for k, v in result["test"].items()
@@ -339,7 +211,7 @@ def _init_worker(config: ExperimentConfig, device_queue, threads: int | None,
         config.train.device = device
     if threads:
         torch.set_num_threads(threads)
-    dataset, partitions = load_experiment_data(config)
+    dataset, partitions = loading.load_experiment_data(config)
     if transform_factory is None:
         from msakit.augment import transform_from_config as transform_factory
     _worker.update(config=config, dataset=dataset, partitions=partitions,
@@ -350,11 +222,11 @@ def _worker_job(seed: int, index: int, sub: str, resume: bool) -> dict[str, Any]
     import traceback
 
     try:
-        return _train_one(_worker["config"], _worker["dataset"], _worker["partitions"][index],
+        return train_one(_worker["config"], _worker["dataset"], _worker["partitions"][index],
                           seed, Path(sub), resume=resume, progress=False,
                           transform=_worker["transform"])
     except BaseException as err:  # noqa: BLE001 - reported by the parent with the log's path
-        Path(sub, "error.txt").write_text(traceback.format_exc())
+        runfolder.write_error_log(Path(sub), traceback.format_exc())
         raise JobsFailed(f"{type(err).__name__}: {err}") from None
 
 
@@ -363,7 +235,7 @@ def _prefill_lm_cache(config: ExperimentConfig, dataset: MSADataset,
     """Compute a frozen LM's missing states once, before parallel jobs would each do it."""
     if config.train.lm_cache == "off":
         return
-    model = create_model(config.model, feature_dims(dataset, config))
+    model = create_model(config.model, loading.feature_dims(dataset, config))
     text_states = SplitTextStates.for_model(model, config, dataset.word_aligned)
     if text_states is not None:
         for partition in partitions:
@@ -410,7 +282,7 @@ def _run_parallel(config: ExperimentConfig, dataset: MSADataset, partitions: lis
             try:
                 results[position] = future.result()
             except Exception as err:  # noqa: BLE001 - every failure is collected and reported
-                log_file = sub / "error.txt"
+                log_file = runfolder.error_log_path(sub)
                 failures.append(f"seed {seed} {sub.name}: {err}"
                                 + (f" (traceback: {log_file})" if log_file.exists() else ""))
                 console.print(f"  [red]failed[/] [{done}/{len(jobs_list)}] {failures[-1]}")
@@ -464,19 +336,18 @@ def restored_torch_threads() -> Iterator[None]:
 
 def _run_experiment(config, seeds, resume_dir, progress, console, transform_factory, jobs):
     if jobs < 1:
-        raise ValueError(f"jobs must be at least 1, got {jobs}")
+        raise ConfigError(f"jobs must be at least 1, got {jobs}")
     process = distributed.setup(config.train.device if config is not None else "auto")
     if jobs > 1 and process.world_size > 1:
-        raise ValueError("--jobs runs independent runs in parallel processes; under torchrun "
+        raise ConfigError("--jobs runs independent runs in parallel processes; under torchrun "
                          "every process already trains the same run: use one or the other")
     console = console or Console()
     if not process.is_main:
         console = Console(quiet=True)  # process 0 reports
     if resume_dir is not None:
         run_dir = Path(resume_dir)
-        config = load_saved_config(run_dir / runs.CONFIG_FILE)
-        saved = runs.read_json(run_dir / "experiment.json")
-        seeds = saved["seeds"]
+        config = runfolder.load_config(run_dir)
+        seeds = runfolder.read_experiment_record(run_dir)["seeds"]
         check_data_unchanged(config, run_dir)
     else:
         seeds = list(seeds or [config.train.seed])
@@ -490,34 +361,34 @@ def _run_experiment(config, seeds, resume_dir, progress, console, transform_fact
             config.data.path = str(Path(config.data.path).resolve())
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
-    dataset, partitions = load_experiment_data(config)
+    dataset, partitions = loading.load_experiment_data(config)
     # an unavailable LM or device fails before any run folder is made
     load_tokenizer(config.model.language_model)
     resolve_device(config.train.device)
     if resume_dir is None:
         run_dir = None
         if process.is_main:
-            run_dir = runs.new_run_dir(config.run.output_dir, config.model.name, dataset.name,
-                                       config.run.name)
-            config.save(run_dir / runs.CONFIG_FILE)
-            runs.write_json(run_dir / runs.DATA_FILE, data_record(dataset, partitions, config))
-            runs.write_json(run_dir / ENV_FILE, environment_record(config.data.path))
+            run_dir = runfolder.new_run_dir(config.run.output_dir, config.model.name,
+                                            dataset.name, config.run.name)
+            runfolder.save_config(run_dir, config)
+            runfolder.write_data_record(run_dir, loading.data_record(dataset, partitions, config))
+            runfolder.write_environment(run_dir, environment_record(config.data.path))
         run_dir = Path(process.broadcast_object(str(run_dir) if run_dir else None))
     if process.is_main:
-        runs.update_experiment_record(run_dir, seeds=seeds, status="running", error=None)
+        runfolder.update_experiment_record(run_dir, seeds=seeds, status="running", error=None)
     try:
         summary = _run_all(config, dataset, partitions, seeds, run_dir, resume_dir, progress,
                            console, transform_factory, process, jobs)
     except BaseException as err:
         if process.is_main:
-            runs.update_experiment_record(run_dir, status="failed",
-                                          error=f"{type(err).__name__}: {err}")
+            runfolder.update_experiment_record(run_dir, status="failed",
+                                               error=f"{type(err).__name__}: {err}")
         if isinstance(err, FloatingPointError):
             raise RunError(f"training diverged: {err}. The run folder {run_dir} is kept and "
                            "marked failed") from err
         raise
     if process.is_main:
-        runs.update_experiment_record(run_dir, status="finished")
+        runfolder.update_experiment_record(run_dir, status="finished")
     return run_dir, summary
 
 
@@ -534,10 +405,10 @@ def _run_all(config, dataset, partitions, seeds, run_dir, resume_dir, progress, 
     jobs_list = []
     for seed in seeds:
         for index, partition in enumerate(partitions):
-            sub = runs.sub_run_dir(run_dir, seed, partition.name)
+            sub = runfolder.sub_run_dir(run_dir, seed, partition.name)
             if process.is_main:
                 sub.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(run_dir / runs.DATA_FILE, sub / runs.DATA_FILE)
+                runfolder.copy_data_record(run_dir, sub)
             jobs_list.append((seed, index, sub))
     process.barrier()
     if jobs > 1 and len(jobs_list) > 1:
@@ -547,7 +418,7 @@ def _run_all(config, dataset, partitions, seeds, run_dir, resume_dir, progress, 
     else:
         results = []
         for seed, index, sub in jobs_list:
-            result = _train_one(config, dataset, partitions[index], seed, sub,
+            result = train_one(config, dataset, partitions[index], seed, sub,
                                 resume=resume_dir is not None, progress=progress,
                                 transform=transform)
             console.print(_result_line(result))
@@ -559,11 +430,11 @@ def _run_all(config, dataset, partitions, seeds, run_dir, resume_dir, progress, 
     write_results(run_dir, config.model.name, results, summary)
     test_artifacts = []
     for result in results:
-        path = runs.sub_run_dir(run_dir, result["seed"], result["partition"]) / "artifacts.json"
-        if path.exists() and "test" in (saved := runs.read_json(path)):
+        sub = runfolder.sub_run_dir(run_dir, result["seed"], result["partition"])
+        if "test" in (saved := runfolder.read_artifacts(sub)):
             test_artifacts.append(saved["test"])
     if artifacts := summarise_artifacts(test_artifacts):
-        runs.write_json(run_dir / "artifacts.json", {"test_summary": artifacts})
+        runfolder.write_artifacts(run_dir, {"test_summary": artifacts})
         console.print(artifacts_table(f"{config.model.name}: test-split artifacts, mean ± std "
                                       "over runs", artifacts))
     process.barrier()
@@ -585,39 +456,38 @@ def evaluate_run(
     from msakit.data.readers import check_feature_dims
 
     run_dir = Path(run_dir)
-    sub_dirs = runs.checkpoint_dirs(run_dir)
-    config = load_saved_config(sub_dirs[0] / runs.CONFIG_FILE)
+    sub_dirs = runfolder.checkpoint_dirs(run_dir)
+    config = runfolder.load_config(sub_dirs[0])
     if data_path is None:
         check_data_unchanged(config, sub_dirs[0])
     if data_path is not None:
         config.data.path = str(data_path)
         dataset = load_dataset(data_path, format="auto", dataset=config.data.dataset,
                                nonfinite=config.data.nonfinite, allow_overlap=True)
-        trained = runs.read_json(sub_dirs[0] / runs.DATA_FILE)["feature_dims"]
+        trained = runfolder.read_data_record(sub_dirs[0])["feature_dims"]
         check_feature_dims(dataset, trained, config.data.modalities)
         splits = {d: dataset.split(split) for d in sub_dirs}
     else:
-        dataset, partitions = load_experiment_data(config)
+        dataset, partitions = loading.load_experiment_data(config)
         by_name = {p.name: p for p in partitions}
         splits = {d: by_name[d.name].test for d in sub_dirs}
     device = resolve_device(config.train.device)
     results = []
     for sub in sub_dirs:
-        sub_config = load_saved_config(sub / runs.CONFIG_FILE)
-        model = create_model(sub_config.model, feature_dims(dataset, sub_config))
-        runs.load_best_into(model, sub, device)
+        sub_config = runfolder.load_config(sub)
+        model = create_model(sub_config.model, loading.feature_dims(dataset, sub_config))
+        runfolder.load_best_into(model, sub, device)
         model.to(device)
         text_states = SplitTextStates.for_model(model, sub_config, dataset.word_aligned)
-        loader = loader_for(splits[sub], dataset, sub_config, train=False,
+        loader = loading.loader_for(splits[sub], dataset, sub_config, train=False,
                             text_states=text_states)
         evaluation = evaluate_model(model, loader, dataset.name, device, keep_extras=True,
                                     precision=sub_config.train.precision)
         entry = {"run": str(sub.relative_to(run_dir)) if sub != run_dir else ".",
                  "seed": sub_config.train.seed, "partition": sub.name,
                  "test": evaluation.metrics, "test_losses": evaluation.losses}
-        evaluation_artifacts = getattr(model, "evaluation_artifacts", None)
-        if evaluation_artifacts is not None:
-            entry["artifacts"] = evaluation_artifacts(evaluation.extras)
+        if unit_artifacts := model.evaluation_artifacts(evaluation.extras):
+            entry["artifacts"] = unit_artifacts
         results.append(entry)
     summary = summarise(results)
     report = {"data": str(data_path or config.data.path), "split": split, "runs": results,
@@ -625,14 +495,6 @@ def evaluate_run(
     artifacts = summarise_artifacts([r["artifacts"] for r in results if "artifacts" in r])
     if artifacts:
         report["artifacts_summary"] = artifacts
-    runs.write_json(run_dir / evaluation_file_name(data_path, split), report)
+    runfolder.write_evaluation(run_dir, data_path, split, report)
     return report
 
-
-def evaluation_file_name(data_path: str | Path | None, split: str) -> str:
-    """``evaluation.json`` for the run's own test parts; one file per other data and split, so
-    scoring other data never overwrites an earlier evaluation."""
-    if data_path is None:
-        return "evaluation.json"
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(data_path).name)
-    return f"evaluation-{stem}-{split}.json"

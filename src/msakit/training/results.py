@@ -1,78 +1,22 @@
-"""Results tables: one row per training run, per-partition means, and mean ± sample std."""
+"""Results tables of an experiment: one row per training run, per-partition means, and mean ±
+sample std (computed by :mod:`msakit.summary`), on the console and in the run folder."""
 
 from __future__ import annotations
 
-import csv
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.table import Table
 
-from msakit.training import runs
-
-#: Metrics shown as percentages in tables (accuracies and F1 scores).
-PERCENT_MARKERS = ("acc", "F1")
-
-
-def _is_percent(metric: str) -> bool:
-    return any(marker in metric for marker in PERCENT_MARKERS)
-
-
-def format_metric(metric: str, value: float) -> str:
-    """One value for a log line: accuracies and F1 in percent with the unit (``69.90 %``),
-    others with four decimals."""
-    return f"{format_value(metric, value)} %" if _is_percent(metric) else format_value(metric, value)
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and *sample* standard deviation (ddof=1; 0.0 for a single value)."""
-    array = np.asarray(values, dtype=float)
-    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
-
-
-def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """``{metric: {"mean", "std", "n"}}`` over all (seed, partition) runs."""
-    by_metric: dict[str, list[float]] = defaultdict(list)
-    for result in results:
-        for metric, value in result["test"].items():
-            by_metric[metric].append(value)
-    out = {}
-    for metric, values in by_metric.items():
-        mean, std = mean_std(values)
-        out[metric] = {"mean": mean, "std": std, "n": len(values)}
-    return out
-
-
-def summarise_artifacts(artifacts: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-    """Mean ± sample std over runs of every ``{name: number}`` group in the runs' artifacts.
-
-    A model's evaluation artifacts (e.g. DMD's ``{"homo_gd": {"V->L": 0.2, ...}, ...}``) are
-    averaged group by group; a group is kept only when every run has it with the same names and
-    numeric values, anything else (lists, strings, counts of other shapes) is left out.
-
-    Returns:
-        ``{group: {name: {"mean", "std", "n"}}}``; empty when nothing is averageable.
-    """
-    if not artifacts:
-        return {}
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for group, first in artifacts[0].items():
-        if not isinstance(first, dict) or not first:
-            continue
-        names = list(first)
-        values = [a.get(group) for a in artifacts]
-        if not all(isinstance(v, dict) and list(v) == names for v in values):
-            continue
-        if not all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                   for v in values for x in v.values()):
-            continue
-        out[group] = {}
-        for name in names:
-            mean, std = mean_std([v[name] for v in values])
-            out[group][name] = {"mean": mean, "std": std, "n": len(values)}
-    return out
+from msakit import runfolder
+from msakit.summary import (
+    format_value,
+    is_percent,
+    mean_std,
+    summarise,
+    summarise_artifacts,
+)
 
 
 def artifacts_table(title: str, summary: dict[str, dict[str, dict[str, float]]]) -> Table:
@@ -92,22 +36,13 @@ def artifacts_table(title: str, summary: dict[str, dict[str, dict[str, float]]])
     return table
 
 
-def format_value(metric: str, value: float, std: float | None = None) -> str:
-    scale = 100.0 if _is_percent(metric) else 1.0
-    digits = 2 if _is_percent(metric) else 4
-    text = f"{value * scale:.{digits}f}"
-    if std is not None:
-        text += f" ± {std * scale:.{digits}f}"
-    return text
-
-
 def results_table(title: str, results: list[dict[str, Any]], summary: dict) -> Table:
     """A rich table: per-partition means over seeds, then the overall mean ± std."""
     metrics = list(summary)
     table = Table(title=title)
     table.add_column("runs")
     for metric in metrics:
-        table.add_column(metric + (" (%)" if _is_percent(metric) else ""), justify="right")
+        table.add_column(metric + (" (%)" if is_percent(metric) else ""), justify="right")
     by_partition: dict[str, list[dict]] = defaultdict(list)
     for result in results:
         by_partition[result["partition"]].append(result)
@@ -152,18 +87,18 @@ def paper_table(preset, summary: dict, language_model: str | None = None) -> Tab
 def write_results(run_dir: Path, model: str, results: list[dict[str, Any]], summary: dict) -> None:
     """``results.csv`` (one row per run, then mean and std), ``results.md``, ``metrics.json``."""
     metrics = list(summary)
-    with (run_dir / "results.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["seed", "partition", "best_epoch", *metrics])
-        for r in results:
-            writer.writerow([r["seed"], r["partition"], r.get("best_epoch", ""),
-                             *[r["test"][m] for m in metrics]])
-        writer.writerow(["mean", "", "", *[summary[m]["mean"] for m in metrics]])
-        writer.writerow(["std", "", "", *[summary[m]["std"] for m in metrics]])
+    rows = [[r["seed"], r["partition"], r.get("best_epoch", ""), *[r["test"][m] for m in metrics]]
+            for r in results]
+    rows.append(["mean", "", "", *[summary[m]["mean"] for m in metrics]])
+    rows.append(["std", "", "", *[summary[m]["std"] for m in metrics]])
     header = "| model | runs | " + " | ".join(
-        m + (" (%)" if _is_percent(m) else "") for m in metrics) + " |"
+        m + (" (%)" if is_percent(m) else "") for m in metrics) + " |"
     lines = [header, "|" + "---|" * (len(metrics) + 2),
              f"| {model} | {len(results)} | " + " | ".join(
                  format_value(m, summary[m]["mean"], summary[m]["std"]) for m in metrics) + " |"]
-    (run_dir / "results.md").write_text("\n".join(lines) + "\n")
-    runs.write_json(run_dir / runs.METRICS_FILE, {"summary": summary, "runs": results})
+    runfolder.write_results_tables(run_dir, ["seed", "partition", "best_epoch", *metrics], rows,
+                                   "\n".join(lines) + "\n", summary, results)
+
+
+__all__ = ["artifacts_table", "format_value", "mean_std", "paper_table", "results_table",
+           "summarise", "summarise_artifacts", "write_results"]

@@ -15,7 +15,6 @@ term, epoch and step). ``train.precision`` runs forward passes under ``torch.aut
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 import math
 import time
@@ -35,11 +34,13 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from msakit import runfolder
 from msakit.config import ConfigError, ExperimentConfig
+from msakit.data.dataset import DataError
 from msakit.metrics import compute_metrics, metric_direction
 from msakit.models.base import ModelOutput, MSAModel
-from msakit.training import distributed, runs
-from msakit.training.results import format_metric
+from msakit.summary import format_metric
+from msakit.training import distributed
 from msakit.training.seeding import restore_rng_state, rng_state, seed_everything
 
 log = logging.getLogger(__name__)
@@ -342,7 +343,7 @@ def evaluate_model(
                 if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == size:
                     extras.setdefault(name, []).append(value)
     if count == 0:
-        raise ValueError("evaluation split is empty")
+        raise DataError("evaluation split is empty: it holds no clip to score")
     pred = torch.cat(predictions).cpu().numpy()
     truth = torch.cat(labels).cpu().numpy()
     loss_values = torch.stack(list(loss_sums.values())).tolist() if loss_sums else []
@@ -423,56 +424,24 @@ class Trainer:
             "rng": rng_state(),
             **state,
         }
-        tmp = self.run_dir / (runs.LAST_CHECKPOINT + ".tmp")
-        with runs.writing(self.run_dir / runs.LAST_CHECKPOINT, tmp):
-            torch.save(payload, tmp)
-        tmp.replace(self.run_dir / runs.LAST_CHECKPOINT)
+        runfolder.save_last_checkpoint(self.run_dir, payload)
 
     def _save_best(self, model, epoch: int, value: float) -> None:
         if not self.process.is_main:
             return
-        runs.save_best_state(self.run_dir, model.checkpoint_state_dict(), {
+        runfolder.save_best_state(self.run_dir, model.checkpoint_state_dict(), {
             "model": self.config.model.name, "epoch": epoch,
             "selection_metric": self.config.train.selection_metric, "selection_value": value})
 
     def _keep_epoch_rows_up_to(self, epoch: int) -> None:
         """Drop ``epochs.csv`` rows after the checkpointed epoch: a crash between writing an
         epoch's row and its ``last.pt`` must not leave that epoch twice after resuming."""
-        path = self.run_dir / "epochs.csv"
-        if not self.process.is_main or not path.exists():
-            return
-        with path.open(newline="") as handle:
-            reader = csv.DictReader(handle)
-            fieldnames = reader.fieldnames or []
-            rows = [r for r in reader if int(r["epoch"]) <= epoch]
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fieldnames)
-            writer.writeheader()
-            writer.writerows(rows)
-        tmp.replace(path)
+        if self.process.is_main:
+            runfolder.keep_epoch_rows_up_to(self.run_dir, epoch)
 
     def _append_epoch_row(self, row: dict[str, Any]) -> None:
-        if not self.process.is_main:
-            return
-        path = self.run_dir / "epochs.csv"
-        if path.exists():
-            with path.open() as handle:
-                fieldnames = next(csv.reader(handle))
-            missing = [k for k in row if k not in fieldnames]
-            if missing:  # a model may report a new term later (e.g. from epoch 2)
-                rows = list(csv.DictReader(path.open()))
-                fieldnames += missing
-                with path.open("w", newline="") as handle:
-                    writer = csv.DictWriter(handle, fieldnames=fieldnames)
-                    writer.writeheader()
-                    writer.writerows(rows)
-        else:
-            fieldnames = list(row)
-            with path.open("w", newline="") as handle:
-                csv.DictWriter(handle, fieldnames=fieldnames).writeheader()
-        with path.open("a", newline="") as handle:
-            csv.DictWriter(handle, fieldnames=fieldnames).writerow(row)
+        if self.process.is_main:
+            runfolder.append_epoch_row(self.run_dir, row)
 
     # ------------------------------------------------------------------------------------------
     def fit(
@@ -517,9 +486,9 @@ class Trainer:
             cfg.scheduler == "warmup_cosine" and cfg.scheduler_interval == "step") else None
         state = {"epoch": 0, "best_value": None, "best_epoch": 0, "bad_epochs": 0,
                  "epoch_seconds": []}
-        last_path = self.run_dir / runs.LAST_CHECKPOINT
-        if resume and last_path.exists():
-            saved = runs.load_checkpoint(last_path, self.device)
+        if resume and runfolder.has_last_checkpoint(self.run_dir):
+            saved = runfolder.load_checkpoint(runfolder.last_checkpoint_path(self.run_dir),
+                                              self.device)
             model.load_checkpoint_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             if scheduler is not None and saved.get("scheduler"):
@@ -577,7 +546,7 @@ class Trainer:
                     f"{format_metric(cfg.selection_metric, state['best_value'])}"
                     f"@{state['best_epoch']}"))
         self.process.barrier()  # process 0 has written its checkpoints
-        if not (self.run_dir / runs.BEST_WEIGHTS).exists():
+        if not runfolder.has_best_weights(self.run_dir):
             raise RuntimeError(f"{self.run_dir}: no epoch produced a valid selection value")
         return {
             "best_epoch": state["best_epoch"],
@@ -687,5 +656,5 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def load_best(self, model: MSAModel) -> MSAModel:
-        runs.load_best_into(model, self.run_dir, self.device)
+        runfolder.load_best_into(model, self.run_dir, self.device)
         return model.to(self.device)

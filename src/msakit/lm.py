@@ -86,6 +86,25 @@ def _hub_arguments(name_or_path: str) -> dict:
     raise LanguageModelUnavailable(name_or_path, f"not in the local Hugging Face cache, and {reason}")
 
 
+def unavailable_reason(name_or_path: str) -> str | None:
+    """Why ``name_or_path`` cannot be loaded here, found without waiting on the network (the
+    checks of :mod:`msakit.hub`), or ``None`` when it can (packaged, a local folder, in the
+    Hugging Face cache, or a hub answers). A reachable hub that lacks the model is not caught:
+    loading it then fails, naming it."""
+    from msakit.hub import looks_like_repo_id
+
+    resolved = resolve_language_model(name_or_path)
+    if Path(resolved).expanduser().exists():
+        return None
+    if not looks_like_repo_id(resolved):
+        return f"{name_or_path!r} is neither a local folder nor a model hub id"
+    try:
+        _hub_arguments(name_or_path)
+    except LanguageModelUnavailable as err:
+        return str(err)
+    return None
+
+
 @lru_cache(maxsize=8)
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -301,40 +300,13 @@ def choose_dataset(suite: Suite, family: str, requested: str | None = None) -> s
 # The language model: presets name hub models; offline, the packaged MiniLM stands in
 # ----------------------------------------------------------------------------------------------
 
-def language_model_reachable(name: str, timeout: float = 3.0) -> tuple[bool, str]:
+def language_model_reachable(name: str) -> tuple[bool, str]:
     """Whether language model ``name`` can be loaded here, and why not, without waiting on the
-    network: a packaged name or local folder, a copy in the Hugging Face cache, or else a model
-    hub that accepts a connection within ``timeout`` seconds (``HF_HUB_OFFLINE=1``: no hub).
+    network (:func:`msakit.lm.unavailable_reason`)."""
+    from msakit.lm import unavailable_reason
 
-    A reachable hub that lacks the model is not caught here: loading it then fails, naming it.
-    (``transformers`` itself retries an unreachable hub for about a minute.)
-    """
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants, try_to_load_from_cache
-    from huggingface_hub.errors import HFValidationError
-
-    from msakit.lm import is_local_path
-
-    if is_local_path(name):
-        return True, ""
-    try:
-        if isinstance(try_to_load_from_cache(name, "config.json"), str):
-            return True, ""
-    except HFValidationError:  # not a hub id, and not a local folder either
-        return False, f"{name!r} is neither a local folder nor a model hub id"
-    offline_env = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
-    if constants.HF_HUB_OFFLINE or offline_env:  # the constant is read when the hub is imported
-        return False, "HF_HUB_OFFLINE is set and there is no local copy"
-    endpoint = urlparse(constants.ENDPOINT)
-    host = endpoint.hostname or "huggingface.co"
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as err:
-        return False, f"no model hub reachable ({host}: {err.strerror or err})"
-    return True, ""
+    reason = unavailable_reason(name)
+    return reason is None, reason or ""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -410,7 +410,7 @@ def test_data_record_holds_absolute_path_and_hash(mosi_word_aligned):
 
 @pytest.fixture(scope="module")
 def real_folds(mosi_word_aligned):
-    from msakit.training.experiment import load_experiment_data
+    from msakit.training.loading import load_experiment_data
 
     config = build_config("lf_dnn", [f"data.path={mosi_word_aligned}", "data.folds=5"])
     dataset, partitions = load_experiment_data(config)

@@ -22,8 +22,8 @@ from msakit.config import ConfigError, build_config
 from msakit.models import create_model
 from msakit.models.probe import masked_time_mean_std, ridge_path
 from msakit.predict import load_trained_run, predict_texts
-from msakit.training import experiment
-from msakit.training.experiment import feature_dims, load_experiment_data, loader_for
+from msakit.training import experiment, loading
+from msakit.training.loading import feature_dims, load_experiment_data, loader_for
 
 AUDIO_VISION = ["data.path=mosi-demo", "data.folds=3", "model.modalities=[audio,vision]",
                 "train.num_threads=1"]
@@ -107,7 +107,7 @@ def test_text_block_shares_one_scale():
 
 def test_test_labels_never_reach_the_fit(tmp_path, monkeypatch):
     """The same experiment with the test labels permuted: the same weights and predictions."""
-    load = experiment.load_experiment_data
+    load = loading.load_experiment_data
 
     def permuted_test_labels(config):
         dataset, partitions = load(config)
@@ -119,7 +119,7 @@ def test_test_labels_never_reach_the_fit(tmp_path, monkeypatch):
     config = build_config("probe", AUDIO_VISION)
     runs = {}
     for name, loader in (("plain", load), ("permuted", permuted_test_labels)):
-        monkeypatch.setattr(experiment, "load_experiment_data", loader)
+        monkeypatch.setattr(loading, "load_experiment_data", loader)
         config.run.name = name
         config.run.output_dir = str(tmp_path)
         runs[name], _ = experiment.run_experiment(config, progress=False)

@@ -48,9 +48,9 @@ from typing import Any
 
 import yaml
 
+from msakit import runfolder
 from msakit.errors import ConfigError
 from msakit.presets import PAPER_METRICS, paper_metric_scale
-from msakit.training import runs
 
 SUITE_JSON = "suite.json"
 SUITE_MD = "suite.md"
@@ -330,7 +330,7 @@ def check_suite_resume(suite_dir: str | Path, requested: dict[str, Any]) -> dict
     path = suite_dir / SUITE_JSON
     if not path.is_file():
         raise SuiteError(f"{suite_dir}: no {SUITE_JSON} (not a suite folder)")
-    record = runs.read_json(path)
+    record = runfolder.read_json(path)
     saved = record["request"]
     differences = [f"{key}: {saved.get(key)!r} then, {value!r} now"
                    for key, value in requested.items()
@@ -344,13 +344,13 @@ def check_suite_resume(suite_dir: str | Path, requested: dict[str, Any]) -> dict
 
 def _row_state(run_dir: Path) -> str:
     """``finished``, ``resumable`` (a run folder to continue) or ``new``."""
-    record = run_dir / runs.EXPERIMENT_FILE
-    if not record.is_file() or not (run_dir / runs.CONFIG_FILE).is_file():
+    record = run_dir / runfolder.EXPERIMENT_FILE
+    if not record.is_file() or not (run_dir / runfolder.CONFIG_FILE).is_file():
         return "new"
-    status = runs.read_json(record).get("status")
-    if status == "finished" and (run_dir / runs.METRICS_FILE).is_file():
+    status = runfolder.read_json(record).get("status")
+    if status == "finished" and (run_dir / runfolder.METRICS_FILE).is_file():
         return "finished"
-    return "resumable" if runs.read_json(record).get("seeds") else "new"
+    return "resumable" if runfolder.read_json(record).get("seeds") else "new"
 
 
 def _is_user_error(err: BaseException) -> bool:
@@ -358,8 +358,8 @@ def _is_user_error(err: BaseException) -> bool:
     from msakit.training.experiment import JobsFailed
 
     # as msakit train: config, data, run and LM errors (ConfigError is a ValueError), OS errors
-    return isinstance(err, (ValueError, KeyError, OSError, DataError, runs.RunError,
-                            runs.CheckpointError, JobsFailed))
+    return isinstance(err, (ValueError, KeyError, OSError, DataError, runfolder.RunError,
+                            runfolder.CheckpointError, JobsFailed))
 
 
 def _train_row(row: SuiteRow, dataset: str, suite_dir: Path, data: str, folds: int | None,
@@ -414,15 +414,15 @@ def _train_row(row: SuiteRow, dataset: str, suite_dir: Path, data: str, folds: i
         console.print(f"[bold]{row.label}[/]: msakit train {row.model}"
                       + (f" --preset {preset}" if preset else " (no preset for this dataset: "
                          "the model's shipped defaults)"))
-        if run_dir.is_dir() and not runs.is_failed_run(run_dir):
+        if run_dir.is_dir() and not runfolder.is_failed_run(run_dir):
             raise SuiteError(f"{run_dir} exists and is not a run this suite can continue; move "
                              "it away to rerun the row")
         run_experiment(config, seeds=seeds, **run_kwargs)
         entry.update(state="finished", preset=preset)
-    saved = load_saved_config(run_dir / runs.CONFIG_FILE)
+    saved = load_saved_config(run_dir / runfolder.CONFIG_FILE)
     entry["language_model"] = saved.model.language_model
     entry["preset"] = saved.run.preset
-    metrics = runs.read_json(run_dir / runs.METRICS_FILE)
+    metrics = runfolder.read_json(run_dir / runfolder.METRICS_FILE)
     entry["summary"] = metrics.get("summary") or {}
     return entry
 
@@ -472,7 +472,7 @@ def run_suite(suite: Suite, data: str | None = None, *, dataset: str | None = No
         dataset = choose_dataset(suite, family, dataset)
         request = _request_record(suite, data, dataset, folds, epochs, seeds, overrides)
         previous = {}
-        suite_dir = runs.new_run_dir(output_dir, f"suite-{suite.name}", dataset)
+        suite_dir = runfolder.new_run_dir(output_dir, f"suite-{suite.name}", dataset)
     names = (registered or list_models)()
     record: dict[str, Any] = {
         "suite": suite.name, "title": suite.title, "source": suite.source, "note": suite.note,
@@ -533,7 +533,7 @@ def _write_record(suite_dir: Path, record: dict[str, Any], suite: Suite,
                           if e.get("language_model_substituted")})
     record = {**record, "status": status, "rows": rows,
               "language_model_substituted": substituted}
-    runs.write_json(suite_dir / SUITE_JSON, record)
+    runfolder.write_json(suite_dir / SUITE_JSON, record)
     return record
 
 
@@ -664,7 +664,7 @@ def leaderboard_runs(suite_dir: str | Path, baseline: str | None = None) -> tupl
     path = suite_dir / SUITE_JSON
     if not path.is_file():
         raise SuiteError(f"{suite_dir}: no {SUITE_JSON} (not a suite folder)")
-    record = runs.read_json(path)
+    record = runfolder.read_json(path)
     finished = [e for e in record["rows"] if e.get("state") == "finished"
                 and e.get("run_dir") and e.get("measured_in") is None]
     by_id = {e["id"]: e for e in finished}

@@ -236,7 +236,8 @@ class LRCMT(MSAModel):
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         text_mask = batch["attention_mask"].bool()
         hidden = self.text_encoder(
-            batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
+            batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+            lm_attention_mask=batch.get("lm_attention_mask"),
         )
         text = self.text_proj(hidden)  # (B, L_t, d)
         cm = self.crossmodal

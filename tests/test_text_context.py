@@ -5,7 +5,6 @@ Real MOSI transcripts (label.csv, the packaged 229-clip set) and the packaged Mi
 from __future__ import annotations
 
 import csv
-import json
 
 import numpy as np
 import pytest

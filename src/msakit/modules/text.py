@@ -227,9 +227,10 @@ class PretrainedTextEncoder(nn.Module):
         """:meth:`forward` on a collated batch: its ``input_ids`` / ``attention_mask`` ``(B, L)``,
         ``token_type_ids`` if any, the cached states ``text_hidden`` ``(B, L, H)`` if any, and
         ``lm_attention_mask`` if the batch has text context."""
+        context = ({} if batch.get("lm_attention_mask") is None
+                   else {"lm_attention_mask": batch["lm_attention_mask"]})
         return self(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-                    hidden_states=batch.get("text_hidden"),
-                    lm_attention_mask=batch.get("lm_attention_mask"))
+                    hidden_states=batch.get("text_hidden"), **context)
 
     def forward(
         self,

@@ -194,9 +194,3 @@ def context_texts(split: Split, context: TextContext) -> list[tuple[list[str], l
     return [([split.texts[r] for r in before], [split.texts[r] for r in after])
             for before, after in zip(found.previous, found.next)]
 
-
-def context_words(split: Split, context: TextContext) -> list[tuple[list[str], list[str]]]:
-    """Like :func:`context_texts` with each neighbour's transcript as its words (word-aligned
-    data: the context is read as words too)."""
-    return [(" ".join(before).split(), " ".join(after).split())
-            for before, after in context_texts(split, context)]

@@ -309,3 +309,36 @@ def test_a_transcript_over_the_limit_is_refused_before_tokenizing(model, monkeyp
         fine = _post(server, data={"text": "i loved it " * 18}, timeout=60)
         assert fine.status_code == 200, fine.text
         assert tokenized == [len("i loved it " * 18) - 1]
+def test_utterance_list_of_one_video(model):
+    """``{"utterances": [...]}``: one video's transcripts in order, each read with its
+    neighbours by a model that reads text context; one utterance alone says it had none."""
+    from msakit.config_schema import TextContextConfig
+    from msakit.pretrained import from_pretrained
+
+    reads_context = from_pretrained()
+    reads_context.config.model.text_context = TextContextConfig(mode="both", k=1)
+    reads_context.config.data.max_text_tokens = 128
+    utterances = ["i went to see it last night", "and honestly it was wonderful", "go see it"]
+    with RunningServer(create_app(reads_context)) as server:
+        answer = requests.post(f"{server.url}/v1/predict", json={"utterances": utterances},
+                               timeout=300)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert [r["text"] for r in body] == utterances
+        assert [(r["info"]["context"]["previous"], r["info"]["context"]["next"])
+                for r in body] == [(0, 1), (1, 1), (1, 0)]
+        one = requests.post(f"{server.url}/v1/predict", json={"utterances": utterances[1:2]},
+                            timeout=300).json()
+        assert one[0]["info"]["context"] == {"mode": "both:1", "previous": 0, "next": 0}
+        assert any("without context" in w for w in one[0]["warnings"])
+        assert abs(one[0]["score"] - body[1]["score"]) > 1e-3  # the neighbours count
+        for bad in ({"utterances": []}, {"utterances": ["fine", " "]}, {"texts": ["a"]}, [1]):
+            refused = requests.post(f"{server.url}/v1/predict", json=bad, timeout=60)
+            assert refused.status_code == 422 and "utterances" in refused.json()["detail"]
+        too_long = requests.post(f"{server.url}/v1/predict", timeout=60,
+                                 json={"utterances": ["fine", "a" * 10_001]})
+        assert too_long.status_code == 413 and "utterance 2" in too_long.json()["detail"]
+    with RunningServer(create_app(model)) as server:  # the shipped model: each clip alone
+        body = requests.post(f"{server.url}/v1/predict", json={"utterances": utterances},
+                             timeout=300).json()
+        assert [r["info"]["context"]["mode"] for r in body] == ["none"] * 3

@@ -32,7 +32,7 @@ from msakit.lm import DEFAULT_LANGUAGE_MODEL
 
 __all__ = [
     "ConfigError", "DEFAULT_LANGUAGE_MODEL", "StrictModel", "ModelConfig", "DataConfig",
-    "TrainConfig", "RunConfig", "ExperimentConfig", "LengthGroupedLMConfig",
+    "TrainConfig", "RunConfig", "ExperimentConfig", "LengthGroupedLMConfig", "TextContextConfig",
     "ModalityOptimiserConfig", "AugmentConfig", "TextAugmentConfig", "WordOpConfig",
     "FeatureAugmentConfig", "GaussianNoiseConfig", "RandomVolumeConfig", "MaskConfig",
     "FrequencyMaskConfig",
@@ -138,6 +138,35 @@ class AugmentConfig(StrictModel):
         return self.text.enabled or self.audio.enabled or self.vision.enabled
 
 
+class TextContextConfig(StrictModel):
+    """Neighbouring utterances of the same video read with each clip (:mod:`msakit.data.context`).
+
+    ``--set model.text_context=both:1`` (shorthand ``none``, ``previous:K``, ``next:K``,
+    ``both:K``) or ``--set model.text_context.mode=previous --set model.text_context.k=2``.
+    """
+
+    mode: Literal["none", "previous", "next", "both"] = Field(
+        "none", description="none: the clip alone; previous / next / both: its video's previous "
+        "and/or next k utterances as a second segment (their text only, never their labels)")
+    k: int = Field(1, ge=1, le=16, description="Utterances on each side that mode names")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            from msakit.data.context import TextContext
+
+            try:
+                parsed = TextContext.parse(value)
+            except ValueError as err:
+                raise ValueError(str(err)) from None
+            return {"mode": parsed.mode, "k": parsed.k}
+        return value
+
+    def __str__(self) -> str:
+        return "none" if self.mode == "none" else f"{self.mode}:{self.k}"
+
+
 class ModelConfig(StrictModel):
     """Fields every model has. Each model subclasses this with its own hyper-parameters."""
 
@@ -150,6 +179,11 @@ class ModelConfig(StrictModel):
     loss_weights: dict[str, float] = Field(
         default_factory=dict,
         description="Weight of each named loss term the model returns; the trainer sums w * term.",
+    )
+    text_context: TextContextConfig = Field(
+        default_factory=TextContextConfig,
+        description="The clip's text alone (none) or with its video's neighbouring utterances "
+        "(previous:K, next:K, both:K); see msakit.data.context",
     )
 
     @field_validator("loss_weights")

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from msakit.data.collate import SplitDataset, TextStates
+from msakit.data.context import TextContext
 from msakit.data.dataset import Split
 from msakit.modules.text import PretrainedTextEncoder
 
@@ -231,10 +232,12 @@ class SplitTextStates:
     split assemble them once per process.
     """
 
-    def __init__(self, cache: LanguageModelCache, modalities, word_aligned: bool):
+    def __init__(self, cache: LanguageModelCache, modalities, word_aligned: bool,
+                 text_context=None):
         self.cache = cache
         self.modalities = tuple(modalities)
         self.word_aligned = word_aligned
+        self.text_context = TextContext.parse(text_context)
         self.statistics = CacheStatistics()
 
     @classmethod
@@ -252,15 +255,17 @@ class SplitTextStates:
             encoder, load_tokenizer(config.model.language_model), config.data.max_text_tokens,
             root=config.train.lm_cache_dir, batch_size=config.train.eval_batch_size,
         )
-        return cls(cache, config.data.modalities, word_aligned)
+        return cls(cache, config.data.modalities, word_aligned, config.model.text_context)
 
     def __call__(self, split: Split) -> TextStates:
-        memo_key = ("lm_states", str(self.cache.directory), self.modalities, self.word_aligned)
+        memo_key = ("lm_states", str(self.cache.directory), self.modalities, self.word_aligned,
+                    self.text_context.key())
         if memo_key in split.token_cache:
             self.statistics.hits += len(split)
             return split.token_cache[memo_key]
         dataset = SplitDataset(split, self.cache.tokenizer, self.cache.max_text_tokens,
-                               self.modalities, self.word_aligned)
+                               self.modalities, self.word_aligned,
+                               text_context=self.text_context)
         items: list[dict[str, Any]] = [dataset[i] for i in range(len(dataset))]
         tokens = [(item["input_ids"], item["token_type_ids"]) for item in items]
         hidden, statistics = self.cache.states(tokens)

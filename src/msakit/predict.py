@@ -515,8 +515,12 @@ def predict_texts(texts: Sequence[str], run: TrainedRun | str | Path,
             "the transcripts")
     scores, spread, contributions = _score(run, texts, None, None,
                                            [f"text{i}" for i in range(len(texts))], device)
+    context = getattr(run.config.model, "text_context", None)
+    alone = ([f"scored without context: the model reads {context} neighbouring utterances; "
+              "give a video's utterances together (predict_utterances, --texts FILE.csv)"]
+             if context is not None and context.mode != "none" else [])
     return [_prediction(run, None, text.strip(), "given", scores[i], spread[i],
-                        contributions[i], {}, [])
+                        contributions[i], {}, list(alone))
             for i, text in enumerate(texts)]
 
 
@@ -657,6 +661,109 @@ def predict_features(files: Sequence[str | Path], run: TrainedRun | str | Path,
     return [_prediction(run, str(path), transcripts[i], "given", scores[i], spread[i],
                         contributions[i], {"features": path.name}, [])
             for i, path in enumerate(files)]
+@dataclass(frozen=True)
+class Utterance:
+    """One row of a transcript table (``msakit predict --texts FILE.csv``): a clip of a video.
+
+    The order of a video's utterances in the table is their order in the video."""
+
+    video_id: str
+    clip_id: str
+    text: str
+
+
+def read_utterances(path: str | Path) -> list[Utterance]:
+    """A CSV with columns ``video_id, clip_id, text`` (more columns are ignored, labels never
+    read), one row per clip, each video's clips in order.
+
+    Raises:
+        ValueError: unreadable file, missing column, empty cell, or a clip id twice in a video;
+            the message names the file and line.
+    """
+    from msakit.data.csv_table import read_table
+
+    path = Path(path)
+    try:
+        _, rows = read_table(path, ("video_id", "clip_id", "text"))
+    except OSError as err:
+        raise ValueError(f"{path}: unreadable ({err})") from None
+    utterances, seen = [], set()
+    for line, row in rows:
+        for column in ("video_id", "clip_id", "text"):
+            if not row[column].strip():
+                raise ValueError(f"{path}: line {line}: empty {column}")
+        key = (row["video_id"].strip(), row["clip_id"].strip())
+        if key in seen:
+            raise ValueError(f"{path}: line {line}: clip {key[1]!r} of video {key[0]!r} "
+                             "appears twice")
+        seen.add(key)
+        utterances.append(Utterance(key[0], key[1], row["text"].strip()))
+    if not utterances:
+        raise ValueError(f"{path}: no rows")
+    return utterances
+
+
+def predict_utterances(utterances: Sequence[Utterance | str], run: TrainedRun | str | Path,
+                       device: str = "cpu") -> list[ClipPrediction]:
+    """Score transcripts that belong to videos, each with its video's neighbouring utterances
+    when the model reads text context (``model.text_context``; see :mod:`msakit.data.context`).
+
+    ``utterances``: :class:`Utterance` rows (each video's clips in order; videos may be
+    interleaved), or plain strings: the utterances of one video, in order. Each result's
+    ``info`` has ``video_id``, ``clip_id`` and ``context`` (the mode and how many previous /
+    next utterances were read); a clip read without any neighbour says so in ``warnings``.
+    Results come in the input order.
+
+    Raises:
+        RunIncompatibleError: the model also reads audio or vision.
+        ValueError: no utterance, or an empty one.
+    """
+    from msakit.data.context import TextContext, find_neighbours
+
+    if not isinstance(run, TrainedRun):
+        run = load_trained_run(run)
+    rows = [u if isinstance(u, Utterance) else Utterance("video", str(i + 1), str(u))
+            for i, u in enumerate(utterances)]
+    if not rows:
+        raise ValueError("no utterance given")
+    for i, row in enumerate(rows, 1):
+        if not row.text.strip():
+            raise ValueError(f"utterance {i} ({row.video_id}/{row.clip_id}) is empty")
+    if not run.text_only:
+        raise RunIncompatibleError(
+            f"{run.run_dir}: this model also reads audio or vision features; predict clips "
+            "(media files) instead")
+    context = TextContext.parse(getattr(run.config.model, "text_context", None))
+    texts = [row.text.strip() for row in rows]
+    video_ids = [row.video_id for row in rows]
+    counts: dict[str, int] = {}
+    positions = []  # the table's order within each video
+    for video in video_ids:
+        counts[video] = counts.get(video, 0) + 1
+        positions.append(counts[video])
+    scores, spread, contributions = _score(
+        run, texts, None, None, [f"{i}" for i in range(len(rows))], device,
+        video_ids=video_ids, positions=positions)
+    from msakit.data import Split
+
+    split = Split(ids=[str(i) for i in range(len(rows))], video_ids=video_ids, texts=texts,
+                  labels=np.zeros(len(rows), dtype=np.float32), positions=positions)
+    neighbours = find_neighbours(split, context) if context.enabled else None
+    results = []
+    for i, row in enumerate(rows):
+        used = {"previous": 0, "next": 0} if neighbours is None else {
+            "previous": len(neighbours.previous[i]), "next": len(neighbours.next[i])}
+        warnings = []
+        if not context.enabled:
+            warnings.append("this model reads each utterance alone (model.text_context none)")
+        elif not used["previous"] and not used["next"]:
+            warnings.append(f"no neighbouring utterance of video {row.video_id!r}: scored "
+                            f"without context (the model reads {context})")
+        info = {"video_id": row.video_id, "clip_id": row.clip_id,
+                "context": {"mode": str(context), **used}}
+        results.append(_prediction(run, None, texts[i], "given", scores[i], spread[i],
+                                   contributions[i], info, warnings))
+    return results
 
 
 def _predict_text_only_clips(clips: list[Path], run: TrainedRun, texts: list[str | None],
@@ -696,11 +803,14 @@ def _predict_text_only_clips(clips: list[Path], run: TrainedRun, texts: list[str
 
 def _score(run: TrainedRun, texts: list[str], audio: list[np.ndarray] | None,
            vision: list[np.ndarray] | None, names: list[str], device: str,
-           words: list[list[str]] | None = None):
+           words: list[list[str]] | None = None, video_ids: list[str] | None = None,
+           positions: list[int] | None = None):
     """Every member's prediction on one batch; returns per-sample mean, spread over members
     and contributions (the models' per-sample extras averaged over members).
 
-    ``words``: one word per audio/vision row of each clip, for a word-aligned model."""
+    ``words``: one word per audio/vision row of each clip, for a word-aligned model.
+    ``video_ids`` / ``positions``: the clips' videos and places in them, for a model that reads
+    text context; without them every clip is its own video (no neighbours)."""
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -711,12 +821,15 @@ def _score(run: TrainedRun, texts: list[str], audio: list[np.ndarray] | None,
     config = run.config
     n = len(texts)
     split = Split(
-        ids=[f"predict$_${name}" for name in names], video_ids=["predict"] * n, texts=texts,
+        ids=[f"predict$_${name}" for name in names],
+        video_ids=video_ids or [f"predict{i}" for i in range(n)], texts=texts,
         labels=np.zeros(n, dtype=np.float32), audio=audio, vision=vision, words=words,
+        positions=positions or [1] * n,
     )
     loader = make_loader(split, load_tokenizer(config.model.language_model), batch_size=n,
                          shuffle=False, max_text_tokens=config.data.max_text_tokens,
-                         modalities=run.modalities, word_aligned=words is not None)
+                         modalities=run.modalities, word_aligned=words is not None,
+                         text_context=getattr(config.model, "text_context", None))
     batch = next(iter(loader))
     for key in [k for k in batch if k == "labels" or k.startswith("labels_")]:
         del batch[key]  # no labels: models skip their losses

@@ -239,7 +239,7 @@ def model_card(config, spec: dict, metrics: dict, notes: str | None = None) -> s
         "Language model: "
         f"`{spec['language_model']}` (at most {spec['max_text_tokens']} tokens). Output: one "
         f"sentiment intensity on the [{spec['label_range'][0]:g}, {spec['label_range'][1]:g}] "
-        "scale (dataset family " + spec["dataset"] + ").",
+        "scale (dataset family " + spec["dataset"] + ")." + _context_sentence(config),
         "",
         "## Data and protocol",
         "",
@@ -277,6 +277,17 @@ def model_card(config, spec: dict, metrics: dict, notes: str | None = None) -> s
     if notes:
         lines += ["", "## Notes", "", notes.strip()]
     return "\n".join(lines) + "\n"
+
+
+def _context_sentence(config) -> str:
+    """The model card's line on text context (empty when the model reads each clip alone)."""
+    context = getattr(config.model, "text_context", None)
+    if context is None or context.mode == "none":
+        return ""
+    return (f" It reads each transcript with its video's neighbouring utterances "
+            f"(`text_context` {context}: their text only, never their labels); give a video's "
+            "transcripts together (`msakit predict --texts FILE.csv`, or `{\"utterances\": "
+            "[...]}` to `msakit serve`); a transcript alone is scored without context.")
 
 
 # --------------------------------------------------------------------------------------------

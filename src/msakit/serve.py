@@ -5,6 +5,10 @@ Endpoints:
 * ``POST /v1/predict`` — multipart form with ``file`` (a media file) and/or ``text`` (its
   transcript, or the text alone). Answers the prediction object ``msakit predict --json``
   prints for one clip (score, polarity, 7-class, contributions, warnings, ``low_quality``).
+  Or a JSON body ``{"utterances": ["...", "..."]}``: the transcripts of one video, in order;
+  answers a list of prediction objects in the same order, each utterance read with its
+  neighbours when the model reads text context (``info.context`` says how many; one
+  utterance alone is scored without context, and its ``warnings`` say so).
 * ``GET /healthz`` — ``{"status": "ok", ...}`` with the model's name, modalities and what it
   serves (``transcripts`` or ``clips``, :data:`msakit.predict.SERVES`). A model that scores only
   precomputed features (MMSA's COVAREP/FACET) cannot answer uploads: :func:`create_app` and
@@ -41,6 +45,8 @@ from msakit.extract.media import MEDIA_SUFFIXES
 from msakit.predict import SERVES, SERVES_FEATURES, TrainedRun, features_only_message
 
 CHUNK = 1 << 20
+#: utterances of one video per JSON request
+MAX_UTTERANCES = 512
 
 
 def unservable_reason(model: TrainedRun) -> str | None:
@@ -85,7 +91,12 @@ def create_app(model: TrainedRun, limits: ServeLimits | None = None, model_name:
         RunIncompatibleError: the model cannot answer uploads (:func:`unservable_reason`).
     """
     from msakit.extract.media import ExtractionError
-    from msakit.predict import RunIncompatibleError, predict_clips, predict_texts
+    from msakit.predict import (
+        RunIncompatibleError,
+        predict_clips,
+        predict_texts,
+        predict_utterances,
+    )
 
     reason = unservable_reason(model)
     if reason:
@@ -116,6 +127,46 @@ def create_app(model: TrainedRun, limits: ServeLimits | None = None, model_name:
     def index() -> str:
         return page
 
+    def work_utterances(utterances: list[str]) -> list[dict[str, Any]]:
+        try:
+            return [r.to_dict() for r in predict_utterances(utterances, model)]
+        finally:
+            in_flight.release()
+
+    async def predict_json(request: Request):
+        """``{"utterances": [...]}``: one video's transcripts, in order."""
+        try:
+            body = await request.json()
+        except ValueError as err:
+            raise HTTPException(422, f"the JSON body is not valid JSON ({err})") from None
+        utterances = body.get("utterances") if isinstance(body, dict) else None
+        if (not isinstance(utterances, list) or not utterances
+                or not all(isinstance(u, str) and u.strip() for u in utterances)):
+            raise HTTPException(422, "a JSON body must be {\"utterances\": [...]}: a non-empty "
+                                "list of non-empty transcripts of one video, in order")
+        if len(utterances) > MAX_UTTERANCES:
+            raise HTTPException(413, f"{len(utterances)} utterances; at most {MAX_UTTERANCES} "
+                                "per request")
+        longest = max(range(len(utterances)), key=lambda i: len(utterances[i]))
+        if len(utterances[longest]) > limits.max_text_chars:
+            raise HTTPException(413, f"utterance {longest + 1} is over the limit of "
+                                f"{limits.max_text_chars} characters (msakit serve "
+                                "--max-text-chars)")
+        if not model.text_only:
+            raise HTTPException(422, "this model also reads audio/vision: upload the clip "
+                                "(field 'file') as well")
+        if not in_flight.acquire(blocking=False):
+            raise HTTPException(503, "busy: too many predictions in progress; retry later")
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(executor, work_utterances, utterances)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), limits.timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPException(504, f"the prediction took longer than {limits.timeout_s:g} s "
+                                "and was abandoned") from None
+        except (RunIncompatibleError, ValueError) as err:
+            return JSONResponse({"detail": str(err)}, status_code=422)
+
     def work(folder: Path | None, clip: Path | None, text: str | None,
              original: str) -> dict[str, Any]:
         try:
@@ -136,6 +187,8 @@ def create_app(model: TrainedRun, limits: ServeLimits | None = None, model_name:
         if length and length.isdigit() and int(length) > limits.max_upload_bytes + CHUNK:
             raise HTTPException(413, f"upload of {int(length)} bytes is over the limit of "
                                 f"{limits.max_upload_bytes} bytes")
+        if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
+            return await predict_json(request)
         too_long = (f"field 'text' is over the limit of {limits.max_text_chars} characters "
                     "(msakit serve --max-text-chars)")
         try:

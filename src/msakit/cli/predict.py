@@ -47,6 +47,12 @@ def resolve_model(run_dir: str | None, model_dir: str | None, checkpoint: str | 
               "(L, D_vision), optional 'text'/'words'), instead of a clip; repeat per clip. The "
               "way to use a model trained on features msakit cannot compute (MMSA's "
               "COVAREP/FACET).")
+@click.option("--texts", "texts_file", type=click.Path(exists=True, dir_okay=False),
+              help="A CSV of transcripts (video_id, clip_id, text; each video's clips in "
+              "order): every clip is scored, with its video's neighbouring utterances when the "
+              "model reads text context (model.text_context).")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False),
+              help="With --texts: also write the predictions to this new .csv or .json file.")
 @click.option("--checkpoint", help="Use one training folder of the run, e.g. seed1/fold0 "
               "(default: the mean over all of them).")
 @click.option("--asr/--no-asr", default=None,
@@ -54,7 +60,8 @@ def resolve_model(run_dir: str | None, model_dir: str | None, checkpoint: str | 
               "training extraction did; on for text-only models). Flagged low quality.")
 @click.option("--strict", is_flag=True, help="Refuse clips with no video track or no face.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one list of objects).")
-def predict(clips, run_dir, model_dir, texts, feature_files, checkpoint, asr, strict, as_json):
+def predict(clips, run_dir, model_dir, texts, feature_files, texts_file, out_file, checkpoint,
+            asr, strict, as_json):
     """Predict the sentiment of CLIPS (video or audio files), or of --text alone.
 
     \b
@@ -68,6 +75,7 @@ def predict(clips, run_dir, model_dir, texts, feature_files, checkpoint, asr, st
       msakit predict interview.mp4 --run runs/lf_dnn-custom-20261125-101500
       msakit predict interview.mp4 --model exported/lf_dnn
       msakit predict --model exported/dmd --features clip1.npz --text "what was said"
+      msakit predict --texts transcripts.csv --out scores.csv     # clips with their context
     """
     from msakit.extract import ExtractionError
     from msakit.predict import (
@@ -77,6 +85,15 @@ def predict(clips, run_dir, model_dir, texts, feature_files, checkpoint, asr, st
         predict_texts,
     )
 
+    if texts_file is not None:
+        if clips or texts or feature_files:
+            raise click.ClickException("--texts FILE.csv is scored on its own: give no clips, "
+                                       "no --features and no --text with it")
+        _predict_table(texts_file, out_file, resolve_model(run_dir, model_dir, checkpoint),
+                       as_json)
+        return
+    if out_file is not None:
+        raise click.ClickException("--out goes with --texts FILE.csv")
     if not clips and not texts and not feature_files:
         raise click.ClickException("nothing to predict: give media files, --features and/or "
                                    "--text")
@@ -118,6 +135,56 @@ def predict(clips, run_dir, model_dir, texts, feature_files, checkpoint, asr, st
             console.print(f"  {name}: {_short(value)}", markup=False, highlight=False)
         for warning in r.warnings:
             console.print(f"  [yellow]note:[/] {warning}", highlight=False)
+
+
+def _predict_table(texts_file: str, out_file: str | None, model, as_json: bool) -> None:
+    """``--texts FILE.csv``: score every row, print a table (or JSON), optionally write it."""
+    import csv
+    from pathlib import Path
+
+    from msakit.predict import RunIncompatibleError, predict_utterances, read_utterances
+
+    out = Path(out_file) if out_file else None
+    if out is not None:
+        if out.suffix.lower() not in (".csv", ".json"):
+            raise click.ClickException(f"--out {out}: use a .csv or .json file name")
+        if out.exists():
+            raise click.ClickException(f"--out {out}: already exists; it is never overwritten")
+        if not out.parent.is_dir():
+            raise click.ClickException(f"--out {out}: no folder {out.parent}")
+    try:
+        results = predict_utterances(read_utterances(texts_file), model)
+    except (RunIncompatibleError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    rows = [{"video_id": r.info["video_id"], "clip_id": r.info["clip_id"], "score": r.score,
+             "score_std": r.score_std, "polarity": r.polarity, "class7": r.class7,
+             "context": r.info["context"]["mode"],
+             "context_previous": r.info["context"]["previous"],
+             "context_next": r.info["context"]["next"], "text": r.text} for r in results]
+    if out is not None:
+        try:
+            with out.open("x", newline="", encoding="utf-8") as handle:
+                if out.suffix.lower() == ".json":
+                    json.dump([r.to_dict() for r in results], handle, indent=2)
+                else:
+                    writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                    writer.writeheader()
+                    writer.writerows(rows)
+        except OSError as err:
+            raise click.ClickException(f"--out {out}: cannot write ({err})") from err
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in results], indent=2))
+        return
+    console = Console(soft_wrap=True)
+    for row, r in zip(rows, results):
+        console.print(f"{row['video_id']}/{row['clip_id']}  score {r.score:+.3f}  "
+                      f"{r.polarity}  context {row['context']} "
+                      f"({row['context_previous']} previous, {row['context_next']} next)",
+                      highlight=False, markup=False)
+    for note in sorted({w for r in results for w in r.warnings}):
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    if out is not None:
+        console.print(f"written: {out}", highlight=False, markup=False)
 
 
 @click.command("export")

@@ -8,7 +8,10 @@ key                    shape / type       meaning
 =====================  =================  ==================================================
 ``index``              ``(B,)`` long      row of the clip in its split
 ``input_ids``          ``(B, L_t)`` long  token ids, padded with the tokenizer's pad id
-``attention_mask``     ``(B, L_t)`` long  1 for real tokens
+``attention_mask``     ``(B, L_t)`` long  1 for real tokens (with text context: the clip's
+                                          own tokens only, what models pool and attend over)
+``lm_attention_mask``  ``(B, L_t)`` long  text context only: 1 for every real token, the
+                                          neighbours' too (what the language model attends to)
 ``token_type_ids``     ``(B, L_t)`` long  segment ids (zeros)
 ``audio``              ``(B, L_a, D_a)``  float32, zero-padded after each clip's true length
 ``audio_lengths``      ``(B,)`` long      true lengths, at least 1 (see below)
@@ -65,8 +68,16 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
+from msakit.data.context import TextContext, context_texts
 from msakit.data.dataset import DataError, Split
-from msakit.data.text import TokenizedText, expand_to_tokens, tokenize_text, tokenize_words
+from msakit.data.text import (
+    PairTemplate,
+    TokenizedText,
+    add_context,
+    expand_to_tokens,
+    tokenize_text,
+    tokenize_words,
+)
 
 #: ``transform(item, rng) -> item`` with item keys ``text`` (str), ``audio``/``vision``
 #: (``(L, D)`` float32 arrays or None) and ``words`` (list of str or None; for word-aligned data
@@ -91,6 +102,9 @@ class SplitDataset(Dataset):
         word_aligned: expand audio/vision to sub-word tokens (needs ``split.words``).
         transform: optional augmentation, see :data:`Transform`.
         seed: seeds the ``numpy.random.Generator`` handed to ``transform``.
+        text_context: read each clip with its video's neighbouring utterances
+            (:mod:`msakit.data.context`; ``none``, ``previous:K``, ``next:K``, ``both:K``); items
+            then carry ``text_own_length``. The neighbours are never transformed.
     """
 
     def __init__(
@@ -102,6 +116,7 @@ class SplitDataset(Dataset):
         word_aligned: bool = False,
         transform: Transform | None = None,
         seed: int = 0,
+        text_context: TextContext | str | None = None,
     ):
         unknown = set(modalities) - set(ALL_MODALITIES)
         if unknown:
@@ -120,10 +135,17 @@ class SplitDataset(Dataset):
         self.transform = transform
         self.rng = np.random.default_rng(seed)
         self.pad_token_id = int(tokenizer.pad_token_id or 0)
+        self.text_context = TextContext.parse(text_context)
+        self._context: list[tuple[list[str], list[str]]] | None = None
+        self._template: PairTemplate | None = None
+        if self.text_context.enabled and "text" in self.modalities:
+            self._template = PairTemplate.of(tokenizer)
+            self._context = context_texts(split, self.text_context)
         # shared by every SplitDataset over this split with the same settings
         self.cache_key = (type(tokenizer).__name__,
                           getattr(tokenizer, "name_or_path", id(tokenizer)),
-                          self.max_text_tokens, self.modalities, word_aligned)
+                          self.max_text_tokens, self.modalities, word_aligned,
+                          *(("context", *self.text_context.key()) if self._context is not None else ()))
         self._cache: dict[int, dict[str, Any]] = split.token_cache.setdefault(self.cache_key, {})
 
     def __len__(self) -> int:
@@ -162,6 +184,10 @@ class SplitDataset(Dataset):
         else:
             tokens = tokenize_text(self.tokenizer, raw["text"] if use_text else "",
                                    self.max_text_tokens)
+        if self._context is not None:
+            previous, following = self._context[index]
+            tokens = add_context(tokens, self.tokenizer, self._template, previous, following,
+                                 self.max_text_tokens)
         item: dict[str, Any] = {
             "index": index,
             "id": split.ids[index],
@@ -170,6 +196,8 @@ class SplitDataset(Dataset):
             "label": float(split.labels[index]),
             "extra_labels": {k: float(v[index]) for k, v in split.extra_labels.items()},
         }
+        if tokens.own_length is not None:
+            item["text_own_length"] = tokens.own_length
         for modality in ("audio", "vision"):
             features = raw[modality]
             if features is not None and self.word_aligned:
@@ -223,6 +251,14 @@ def _put_sequences(batch: dict[str, Any], host_lengths: dict[str, torch.Tensor],
     host_lengths[name] = lengths.clone()
 
 
+def _put_own_mask(batch: dict[str, Any], own_lengths: torch.Tensor) -> None:
+    """Text context: the LM reads every token (``lm_attention_mask``), models the clip's own
+    tokens, a prefix of ``own_lengths[i]`` tokens (``attention_mask``)."""
+    batch["lm_attention_mask"] = batch["attention_mask"]
+    positions = torch.arange(batch["input_ids"].shape[1])
+    batch["attention_mask"] = (positions[None, :] < own_lengths[:, None]).long()
+
+
 def collate(items: list[dict[str, Any]], pad_token_id: int = 0) -> dict[str, Any]:
     """Stack :class:`SplitDataset` items into the batch dict of the module docstring."""
     if not items:
@@ -243,6 +279,12 @@ def collate(items: list[dict[str, Any]], pad_token_id: int = 0) -> dict[str, Any
         "attention_mask": attention_mask,
         "token_type_ids": token_type_ids,
     }
+    with_context = ["text_own_length" in item for item in items]
+    if any(with_context):
+        if not all(with_context):
+            raise DataError("batch mixes clips with and without text context")
+        own = torch.tensor([item["text_own_length"] for item in items], dtype=torch.long)
+        _put_own_mask(batch, own)
     host_lengths: dict[str, torch.Tensor] = {}
     for modality in ("audio", "vision"):
         _put_sequences(batch, host_lengths, modality,
@@ -311,6 +353,7 @@ class PackedSplit:
     labels: torch.Tensor
     extra_labels: dict[str, torch.Tensor]
     pad_token_id: int
+    own_lengths: torch.Tensor | None = None  # text context: (N,) the clips' own token counts
 
     @classmethod
     def from_dataset(cls, dataset: SplitDataset) -> PackedSplit:
@@ -346,6 +389,9 @@ class PackedSplit:
             extra_labels={k: torch.as_tensor(np.asarray(v), dtype=torch.float32)
                           for k, v in split.extra_labels.items()},
             pad_token_id=dataset.pad_token_id,
+            own_lengths=torch.tensor([item["text_own_length"] for item in items],
+                                     dtype=torch.long)
+            if "text_own_length" in items[0] else None,
         )
 
     def __len__(self) -> int:
@@ -366,6 +412,8 @@ class PackedSplit:
             "attention_mask": text_mask.long(),
             "token_type_ids": token_type_ids,
         }
+        if self.own_lengths is not None:
+            _put_own_mask(batch, self.own_lengths[index])
         size = index.shape[0]
         host_lengths: dict[str, torch.Tensor] = {}
         for modality in ("audio", "vision"):
@@ -468,6 +516,7 @@ def make_loader(
     pin_memory: bool = False,
     persistent_workers: bool = False,
     text_states: TextStates | None = None,
+    text_context: TextContext | str | None = None,
 ) -> DataLoader:
     """A ``DataLoader`` of batches (see :func:`collate`), deterministic for a given ``seed``.
 
@@ -487,6 +536,7 @@ def make_loader(
         pin_memory, persistent_workers, num_workers: passed to ``DataLoader``.
         text_states: a frozen LM's cached states for the split's clips; each batch then
             carries ``text_hidden`` and models skip the LM.
+        text_context: neighbouring utterances read with each clip (see :class:`SplitDataset`).
         Other args: see :class:`SplitDataset`.
     """
     if isinstance(data, SplitDataset):
@@ -498,7 +548,7 @@ def make_loader(
         if tokenizer is None:
             raise DataError("make_loader needs a tokenizer to tokenise a Split")
         dataset = SplitDataset(data, tokenizer, max_text_tokens, modalities, word_aligned,
-                               transform, seed)
+                               transform, seed, text_context)
     generator = torch.Generator()
     generator.manual_seed(int(seed))
     if sampler is None:

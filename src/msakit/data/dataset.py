@@ -46,6 +46,8 @@ class Split:
             (one acoustic/visual step per word); ``None`` otherwise.
         extra_labels: further per-clip labels, e.g. SIMS' unimodal ``"T"``, ``"A"``, ``"V"``
             ``(N,)`` arrays.
+        positions: ``N`` positions of the clips in their videos (MOSI's clip numbers), for
+            text context (:mod:`msakit.data.context`); ``None``: derived from the clip ids.
     """
 
     ids: list[str]
@@ -56,6 +58,7 @@ class Split:
     vision: list[np.ndarray] | None = None
     words: list[list[str]] | None = None
     extra_labels: dict[str, np.ndarray] = field(default_factory=dict)
+    positions: list[int] | None = None
     #: tokenised items per tokenisation setting, filled by msakit.data.collate.SplitDataset so
     #: that a loader rebuilt every epoch does not tokenise again
     token_cache: dict = field(default_factory=dict, repr=False, compare=False)
@@ -79,6 +82,7 @@ class Split:
             vision=pick(self.vision),
             words=pick(self.words),
             extra_labels={k: v[idx].copy() for k, v in self.extra_labels.items()},
+            positions=pick(self.positions),
         )
 
     @classmethod
@@ -91,6 +95,7 @@ class Split:
             if ((other.audio is None) != (first.audio is None)
                     or (other.vision is None) != (first.vision is None)
                     or (other.words is None) != (first.words is None)
+                    or (other.positions is None) != (first.positions is None)
                     or set(other.extra_labels) != set(first.extra_labels)):
                 raise DataError("cannot concatenate splits with different fields")
 
@@ -107,6 +112,7 @@ class Split:
             audio=join("audio"),
             vision=join("vision"),
             words=join("words"),
+            positions=join("positions"),
             extra_labels={k: np.concatenate([s.extra_labels[k] for s in splits])
                           for k in first.extra_labels},
         )

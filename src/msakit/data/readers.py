@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from msakit.data.context import clip_positions
 from msakit.data.dataset import LABEL_RANGES, SPLIT_NAMES, DataError, MSADataset, Split
 from msakit.data.safe_pickle import safe_load
 from msakit.data.validation import (  # noqa: F401  (check_feature_dims re-exported)
@@ -424,6 +425,7 @@ def _read_mmsa_split(
     split = Split(
         ids=ids_list, video_ids=video_ids, texts=texts, labels=labels,
         audio=per_modality["audio"], vision=per_modality["vision"], extra_labels=extra,
+        positions=clip_positions(video_ids, [i.rpartition("$_$")[2] for i in ids_list]),
     )
     return split, dims
 
@@ -514,6 +516,7 @@ def read_cmu_sdk_pickle(
         raise DataError(f"{source}: the pickle holds no clips")
     where = f"{source} [all]"
     ids, video_ids, words_list, labels, audio, vision = [], [], [], [], [], []
+    positions: list[int] = []
     dims: dict[str, int] | None = None
     for row, entry in enumerate(data):
         shape_hint = ("((word_ids (L,), facet (L, D_v), covarep (L, D_a), words [L]), "
@@ -559,6 +562,7 @@ def read_cmu_sdk_pickle(
                 "expected one value ([[label]])"
             )
         ids.append(clip_id)
+        positions.append(int(match["index"]) + 1)
         video_ids.append(match["video"])
         words_list.append(words)
         labels.append(float(label_array[0]))
@@ -577,6 +581,7 @@ def read_cmu_sdk_pickle(
         vision=clean_features(vision, f"{where} facet (vision)", "all/vision", nonfinite,
                               replaced, ids),
         words=words_list,
+        positions=positions,
     )
     assert dims is not None
     name = dataset if dataset != "auto" else CMU_SDK_VISION_DIMS.get(dims["vision"], "custom")
@@ -653,6 +658,7 @@ def read_label_csv(path: str | Path, dataset: DatasetName = "auto") -> MSADatase
             extra_labels={k: np.array([number(line, row, col) for line, row in members],
                                       dtype=np.float32)
                           for k, col in unimodal_columns.items()},
+            positions=clip_positions(video_ids, [row["clip_id"] for _, row in members]),
         )
     if not splits:
         raise DataError(f"{source}: holds no rows")

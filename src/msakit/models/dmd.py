@@ -429,7 +429,9 @@ class DMD(MSAModel):
         ids, mask = F.pad(batch["input_ids"], (0, extra)), F.pad(batch["attention_mask"], (0, extra))
         types = batch.get("token_type_ids")
         types = None if types is None else F.pad(types, (0, extra))
-        text = self.text_encoder(ids, mask, types)
+        lm_mask = batch.get("lm_attention_mask")  # text context: the LM reads the neighbours too
+        text = (self.text_encoder(ids, mask, types) if lm_mask is None else
+                self.text_encoder(ids, mask, types, lm_attention_mask=F.pad(lm_mask, (0, extra))))
         return text, torch.full_like(mask[:, 0], text.shape[1]).long(), mask.sum(1).long()
 
     def _mask(self, lengths: torch.Tensor, steps: int) -> torch.Tensor | None:

@@ -240,8 +240,10 @@ class LRCMT(MSAModel):
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         text_mask = batch["attention_mask"].bool()
+        context = ({} if batch.get("lm_attention_mask") is None
+                   else {"lm_attention_mask": batch["lm_attention_mask"]})  # text context
         hidden = self.text_encoder(
-            batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
+            batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), **context
         )
         text = self.text_proj(hidden)  # (B, L_t, d)
         cm = self.crossmodal

@@ -140,8 +140,10 @@ class LoRATextEncoder(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
+        lm_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.encoder(input_ids, attention_mask, token_type_ids)
+        return self.encoder(input_ids, attention_mask, token_type_ids,
+                            lm_attention_mask=lm_attention_mask)
 
     def parameter_counts(self) -> dict[str, int]:
         """``{"base", "adapter"}``: frozen pretrained weights and trainable LoRA weights."""

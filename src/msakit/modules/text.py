@@ -81,7 +81,9 @@ class PretrainedTextEncoder(nn.Module):
 
     Shapes:
         ``input_ids``, ``attention_mask``: ``(B, L)`` -> ``(B, H)`` pooled, or ``(B, L, H)``
-        hidden states with ``pooling="none"``.
+        hidden states with ``pooling="none"``. With text context (:mod:`msakit.data.context`)
+        ``lm_attention_mask`` ``(B, L)`` marks every token the LM reads (the neighbours' too)
+        and ``attention_mask`` the clip's own tokens, which pooling reads.
     """
 
     is_pretrained_language_model = True
@@ -231,9 +233,12 @@ class PretrainedTextEncoder(nn.Module):
 
     def encode_batch(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """:meth:`forward` on a collated batch: its ``input_ids`` / ``attention_mask`` ``(B, L)``,
-        ``token_type_ids`` if any, and the cached states ``text_hidden`` ``(B, L, H)`` if any."""
+        ``token_type_ids`` if any, the cached states ``text_hidden`` ``(B, L, H)`` if any, and
+        ``lm_attention_mask`` if the batch has text context."""
+        context = ({} if batch.get("lm_attention_mask") is None
+                   else {"lm_attention_mask": batch["lm_attention_mask"]})
         return self(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-                    hidden_states=batch.get("text_hidden"))
+                    hidden_states=batch.get("text_hidden"), **context)
 
     def forward(
         self,
@@ -241,11 +246,16 @@ class PretrainedTextEncoder(nn.Module):
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
         hidden_states: torch.Tensor | None = None,
+        lm_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Pooled (or full) LM states; ``hidden_states`` ``(B, L, H)`` are cached states of a
-        frozen LM for these tokens (the batch's ``text_hidden``), used instead of running it."""
+        frozen LM for these tokens (the batch's ``text_hidden``), used instead of running it.
+        ``lm_attention_mask`` (text context): the tokens the LM attends to, when they are more
+        than ``attention_mask``'s, the tokens pooled."""
         if hidden_states is None:
-            hidden = self.language_model_states(input_ids, attention_mask, token_type_ids)
+            hidden = self.language_model_states(
+                input_ids, attention_mask if lm_attention_mask is None else lm_attention_mask,
+                token_type_ids)
         else:
             if not self.is_frozen:
                 raise RuntimeError("cached language-model states were given to a language model "

@@ -12,6 +12,7 @@ import numpy as np
 
 from msakit.config import ConfigError, ExperimentConfig
 from msakit.data import Fold, dataset_splits, load_dataset, make_loader
+from msakit.data.context import TextContext, context_report
 from msakit.data.dataset import DataError, MSADataset, Split
 from msakit.data.readers import data_fingerprint
 from msakit.lm import load_tokenizer
@@ -85,6 +86,7 @@ def loader_for(split: Split, dataset: MSADataset, config: ExperimentConfig, *, t
         sampler=sampler,
         **loader_options(config),
         text_states=text_states(split) if text_states is not None else None,
+        text_context=config.model.text_context,
     )
 
 
@@ -135,4 +137,16 @@ def data_record(dataset: MSADataset, partitions: list[Fold], config: ExperimentC
         "replaced_nonfinite": dataset.replaced_nonfinite,
         "partitions": {p.name: {"train": len(p.train), "valid": len(p.valid),
                                 "test": len(p.test)} for p in partitions},
+        **text_context_record(partitions, config),
     }
+
+
+def text_context_record(partitions: list[Fold], config: ExperimentConfig) -> dict:
+    """``{"text_context": {partition: {split: report}}}`` (:func:`context_report`: how many
+    clips had all their neighbours, which fell back for missing ones); ``{}`` without context."""
+    context = TextContext.parse(config.model.text_context)
+    if not context.enabled or "text" not in config.data.modalities:
+        return {}
+    return {"text_context": {p.name: {name: context_report(getattr(p, name), context)
+                                      for name in ("train", "valid", "test")}
+                             for p in partitions}}

@@ -212,10 +212,7 @@ class LFDNN(MSAModel):
 
     def _time_average(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``(B, L, D)`` -> ``(B, D)``: the mean over real steps, or their sum / N."""
-        steps = self.config.time_average_steps
-        if steps is None:
-            return masked_time_mean(x, mask)
-        return (x * mask.to(x.dtype).unsqueeze(-1)).sum(1) / steps
+        return masked_time_mean(x, mask, self.config.time_average_steps)
 
     def parameter_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
         if self.config.exempt_biases_from_decay:

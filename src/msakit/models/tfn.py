@@ -47,9 +47,8 @@ from torch import nn
 
 from msakit.config_schema import ModelConfig
 from msakit.models import register_model
-from msakit.models.base import FeatureDims, ModelOutput, MSAModel
-from msakit.modules.mmsa_subnets import FeatureSubNet, TextLSTMSubNet, time_average
-from msakit.modules.text import PretrainedTextEncoder
+from msakit.models.base import FeatureDims, ModelOutput, MSAModel, require_modalities
+from msakit.modules.mmsa_subnets import UnimodalFeaturesMixin, task_losses, unimodal_subnets
 
 
 class TFNConfig(ModelConfig):
@@ -109,7 +108,7 @@ def tensor_fusion(audio: torch.Tensor, vision: torch.Tensor, text: torch.Tensor)
 
 
 @register_model
-class TFN(MSAModel):
+class TFN(UnimodalFeaturesMixin, MSAModel):
     """Tensor Fusion Network (see the module docstring for blocks and sizes)."""
 
     name = "tfn"
@@ -119,34 +118,16 @@ class TFN(MSAModel):
 
     def __init__(self, config: TFNConfig, dims: FeatureDims):
         super().__init__(config, dims)
-        for modality in ("audio", "vision"):
-            if getattr(dims, modality) < 1:
-                raise ValueError(f"tfn fuses text, audio and vision, but the data has no "
-                                 f"{modality} features; use lf_dnn with model.modalities")
-        self.text_encoder = PretrainedTextEncoder(
-            config.language_model, pooling="none", freeze=config.freeze_language_model)
-        self.text_subnet = TextLSTMSubNet(
-            self.text_encoder.hidden_size, config.text_hidden, config.text_out,
-            config.text_lstm_reads_padding,
-            dropout=config.text_dropout if config.text_final_dropout else 0.0)
-        self.audio_subnet = FeatureSubNet(dims.audio, config.audio_hidden, config.audio_dropout)
-        self.vision_subnet = FeatureSubNet(dims.vision, config.vision_hidden,
-                                           config.vision_dropout)
+        require_modalities(dims, "tfn", hint="For text-only or two-modality data use lf_dnn "
+                           "with model.modalities")
+        self.text_encoder, self.text_subnet, self.audio_subnet, self.vision_subnet = (
+            unimodal_subnets(config, dims, config.text_out,
+                             config.text_dropout if config.text_final_dropout else 0.0))
         fused = (config.audio_hidden + 1) * (config.vision_hidden + 1) * (config.text_out + 1)
         self.post_fusion_dropout = nn.Dropout(config.post_fusion_dropout)
         self.post_fusion_layer_1 = nn.Linear(fused, config.post_fusion_dim)
         self.post_fusion_layer_2 = nn.Linear(config.post_fusion_dim, config.post_fusion_dim)
         self.post_fusion_layer_3 = nn.Linear(config.post_fusion_dim, 1)
-
-    def unimodal_features(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """``{"audio": (B, audio_hidden), "vision": (B, vision_hidden), "text": (B, text_out)}``,
-        computed in MMSA's order (audio, vision, text: the order of its dropout calls)."""
-        features = {m: getattr(self, f"{m}_subnet")(time_average(
-            batch[m], batch[f"{m}_mask"], getattr(self.config, f"{m}_average_steps")))
-            for m in ("audio", "vision")}
-        states = self.text_encoder.encode_batch(batch)  # (B, L_t, H)
-        features["text"] = self.text_subnet(states, batch["attention_mask"])
-        return features
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         features = self.unimodal_features(batch)
@@ -155,9 +136,5 @@ class TFN(MSAModel):
         output = self.post_fusion_layer_3(F.relu(self.post_fusion_layer_2(hidden))).squeeze(-1)
         bound = self.config.output_bound
         prediction = output if bound is None else torch.sigmoid(output) * (2 * bound) - bound
-        losses = {}
-        if "labels" in batch:
-            labels = batch["labels"].to(prediction.dtype).reshape(-1)
-            loss_fn = F.l1_loss if self.config.loss == "l1" else F.mse_loss
-            losses["task"] = loss_fn(prediction, labels, reduction=self.config.loss_reduction)
+        losses = task_losses(prediction, batch, self.config.loss, self.config.loss_reduction)
         return ModelOutput(prediction=prediction, losses=losses)

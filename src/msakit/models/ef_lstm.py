@@ -41,11 +41,18 @@ from torch import nn
 
 from msakit.config_schema import ModelConfig
 from msakit.models import register_model
-from msakit.models.base import FeatureDims, ModelOutput, MSAModel, require_modalities
+from msakit.models.base import (
+    FeatureDims,
+    ModelOutput,
+    MSAModel,
+    check_loss_weights,
+    require_modalities,
+)
 from msakit.modules.mmsa_subnets import (
     SingleAdamGroupMixin,
     avg_pool_align,
     fixed_length,
+    frozen_language_model_field,
     task_losses,
 )
 from msakit.modules.text import PretrainedTextEncoder
@@ -55,8 +62,7 @@ class EFLSTMConfig(ModelConfig):
     """EF-LSTM's hyper-parameters; defaults are MMSA's MOSI settings."""
 
     name: str = "ef_lstm"
-    freeze_language_model: bool = Field(
-        True, description="MMSA's non-BERT models read fixed BERT features: the LM is frozen")
+    freeze_language_model: bool = frozen_language_model_field()
     seq_len: int = Field(50, ge=1, description="steps T every sequence is padded/truncated to "
                          "(MMSA: the length of its aligned arrays, 50 for MOSI/MOSEI)")
     audio_steps: int | None = Field(
@@ -76,9 +82,7 @@ class EFLSTMConfig(ModelConfig):
 
     @model_validator(mode="after")
     def _check_weights(self) -> EFLSTMConfig:
-        if set(self.loss_weights) != {"task"}:
-            raise ValueError(
-                f"model.loss_weights must give exactly ['task'], got {sorted(self.loss_weights)}")
+        check_loss_weights(self.loss_weights, ("task",), "ef_lstm")
         return self
 
 

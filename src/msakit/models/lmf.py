@@ -43,13 +43,22 @@ from torch import nn
 
 from msakit.config_schema import ModelConfig, TrainConfig
 from msakit.models import register_model
-from msakit.models.base import FeatureDims, ModelOutput, MSAModel, require_modalities
+from msakit.models.base import (
+    FeatureDims,
+    ModelOutput,
+    MSAModel,
+    check_loss_weights,
+    require_modalities,
+)
 from msakit.modules.mmsa_subnets import (
     LOW_RANK_FACTORS,
     UnimodalFeaturesMixin,
+    average_steps_field,
+    frozen_language_model_field,
     low_rank_fusion,
     low_rank_parameters,
     task_losses,
+    text_lstm_reads_padding_field,
     unimodal_subnets,
 )
 
@@ -58,8 +67,7 @@ class LMFConfig(ModelConfig):
     """LMF's hyper-parameters; defaults are MMSA's MOSI settings (``config_regression.json``)."""
 
     name: str = "lmf"
-    freeze_language_model: bool = Field(
-        True, description="MMSA's non-BERT models read fixed BERT features: the LM is frozen")
+    freeze_language_model: bool = frozen_language_model_field()
     text_hidden: int = Field(128, ge=1, description="text LSTM units")
     audio_hidden: int = Field(16, ge=1)
     vision_hidden: int = Field(128, ge=1)
@@ -84,16 +92,9 @@ class LMFConfig(ModelConfig):
     exempt_biases_from_decay: bool = Field(
         False, description="False: weight decay on every trained parameter (MMSA and the "
         "authors); True: biases and norm weights do not decay")
-    text_lstm_reads_padding: bool = Field(
-        False, description="True: the LSTM runs over the batch's padded length, as MMSA's "
-        "unpacked LSTM (a prediction then depends on the batch's padding); False: real tokens")
-    audio_average_steps: int | None = Field(
-        None, ge=1, description="audio summary: None = mean over the real steps; N = sum over the "
-        "real steps / N, MMSA's mean over its N-step zero-padded array (MOSI/MOSEI: 50 aligned, "
-        "500 unaligned; SIMS: 400)")
-    vision_average_steps: int | None = Field(
-        None, ge=1, description="the same for vision (MOSI/MOSEI: 50 aligned, 375 unaligned; "
-        "SIMS: 55)")
+    text_lstm_reads_padding: bool = text_lstm_reads_padding_field()
+    audio_average_steps: int | None = average_steps_field("audio")
+    vision_average_steps: int | None = average_steps_field("vision")
     loss: Literal["l1", "mse"] = Field("l1", description="task loss (MMSA trains LMF with L1)")
     loss_reduction: Literal["mean", "sum"] = Field(
         "mean", description="mean over the batch (MMSA); sum (the authors' L1Loss(size_average="
@@ -102,9 +103,7 @@ class LMFConfig(ModelConfig):
 
     @model_validator(mode="after")
     def _check_weights(self) -> LMFConfig:
-        if set(self.loss_weights) != {"task"}:
-            raise ValueError(
-                f"model.loss_weights must give exactly ['task'], got {sorted(self.loss_weights)}")
+        check_loss_weights(self.loss_weights, ("task",), "lmf")
         return self
 
 

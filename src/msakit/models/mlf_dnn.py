@@ -42,9 +42,12 @@ from msakit.models.base import FeatureDims, ModelOutput, MSAModel, require_modal
 from msakit.modules.mmsa_subnets import (
     RegressionHead,
     UnimodalFeaturesMixin,
+    average_steps_field,
     check_multitask_loss_weights,
+    frozen_language_model_field,
     multitask_losses,
     subnet_decay_groups,
+    text_lstm_reads_padding_field,
     unimodal_subnets,
 )
 
@@ -53,8 +56,7 @@ class MLFDNNConfig(ModelConfig):
     """MLF-DNN's hyper-parameters; defaults are MMSA's CH-SIMS settings."""
 
     name: str = "mlf_dnn"
-    freeze_language_model: bool = Field(
-        True, description="MMSA's non-BERT models read fixed BERT features: the LM is frozen")
+    freeze_language_model: bool = frozen_language_model_field()
     text_hidden: int = Field(64, ge=1, description="text LSTM units")
     audio_hidden: int = Field(32, ge=1)
     vision_hidden: int = Field(64, ge=1)
@@ -76,13 +78,9 @@ class MLFDNNConfig(ModelConfig):
                                      "sub-network (train.weight_decay: the heads)")
     audio_weight_decay: float = Field(1e-3, ge=0.0)
     vision_weight_decay: float = Field(1e-4, ge=0.0)
-    text_lstm_reads_padding: bool = Field(
-        False, description="True: the LSTM runs over the batch's padded length, as MMSA's "
-        "unpacked LSTM (a prediction then depends on the batch's padding); False: real tokens")
-    audio_average_steps: int | None = Field(
-        None, ge=1, description="audio summary: None = mean over the real steps; N = sum / N, "
-        "MMSA's mean over its N-step zero-padded array (SIMS: 400)")
-    vision_average_steps: int | None = Field(None, ge=1, description="the same (SIMS: 55)")
+    text_lstm_reads_padding: bool = text_lstm_reads_padding_field()
+    audio_average_steps: int | None = average_steps_field("audio")
+    vision_average_steps: int | None = average_steps_field("vision")
     loss_weights: dict[str, float] = Field(
         default_factory=lambda: {"task": 1.0},
         description="task (fusion head) and optionally text/audio/vision (unimodal heads on "

@@ -38,11 +38,14 @@ from msakit.modules.mmsa_subnets import (
     LOW_RANK_FACTORS,
     RegressionHead,
     UnimodalFeaturesMixin,
+    average_steps_field,
     check_multitask_loss_weights,
+    frozen_language_model_field,
     low_rank_fusion,
     low_rank_parameters,
     multitask_losses,
     subnet_decay_groups,
+    text_lstm_reads_padding_field,
     unimodal_subnets,
 )
 
@@ -51,8 +54,7 @@ class MLMFConfig(ModelConfig):
     """MLMF's hyper-parameters; defaults are MMSA's CH-SIMS settings."""
 
     name: str = "mlmf"
-    freeze_language_model: bool = Field(
-        True, description="MMSA's non-BERT models read fixed BERT features: the LM is frozen")
+    freeze_language_model: bool = frozen_language_model_field()
     text_hidden: int = Field(256, ge=1, description="text LSTM units (text_out = half)")
     audio_hidden: int = Field(32, ge=1)
     vision_hidden: int = Field(256, ge=1)
@@ -78,13 +80,9 @@ class MLMFConfig(ModelConfig):
     train_fusion_weights: bool = Field(
         False, description="False: fusion_weights and fusion_bias keep their initial values "
         "(MMSA's optimiser gives them lr 0); True: they train at train.lr")
-    text_lstm_reads_padding: bool = Field(
-        False, description="True: the LSTM runs over the batch's padded length, as MMSA's "
-        "unpacked LSTM (a prediction then depends on the batch's padding); False: real tokens")
-    audio_average_steps: int | None = Field(
-        None, ge=1, description="audio summary: None = mean over the real steps; N = sum / N, "
-        "MMSA's mean over its N-step zero-padded array (SIMS: 400)")
-    vision_average_steps: int | None = Field(None, ge=1, description="the same (SIMS: 55)")
+    text_lstm_reads_padding: bool = text_lstm_reads_padding_field()
+    audio_average_steps: int | None = average_steps_field("audio")
+    vision_average_steps: int | None = average_steps_field("vision")
     loss_weights: dict[str, float] = Field(
         default_factory=lambda: {"task": 1.0},
         description="task (fusion) and optionally text/audio/vision (unimodal heads on "

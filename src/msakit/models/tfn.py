@@ -47,16 +47,28 @@ from torch import nn
 
 from msakit.config_schema import ModelConfig
 from msakit.models import register_model
-from msakit.models.base import FeatureDims, ModelOutput, MSAModel, require_modalities
-from msakit.modules.mmsa_subnets import UnimodalFeaturesMixin, task_losses, unimodal_subnets
+from msakit.models.base import (
+    FeatureDims,
+    ModelOutput,
+    MSAModel,
+    check_loss_weights,
+    require_modalities,
+)
+from msakit.modules.mmsa_subnets import (
+    UnimodalFeaturesMixin,
+    average_steps_field,
+    frozen_language_model_field,
+    task_losses,
+    text_lstm_reads_padding_field,
+    unimodal_subnets,
+)
 
 
 class TFNConfig(ModelConfig):
     """TFN's hyper-parameters; defaults are MMSA's MOSI settings (``config_regression.json``)."""
 
     name: str = "tfn"
-    freeze_language_model: bool = Field(
-        True, description="MMSA's non-BERT models read fixed BERT features: the LM is frozen")
+    freeze_language_model: bool = frozen_language_model_field()
     text_hidden: int = Field(128, ge=1, description="text LSTM units")
     audio_hidden: int = Field(32, ge=1)
     vision_hidden: int = Field(128, ge=1)
@@ -74,16 +86,9 @@ class TFNConfig(ModelConfig):
     output_bound: float | None = Field(
         3.0, gt=0.0, description="prediction = 2b * sigmoid(y) - b (MMSA and the authors: b = 3, "
         "also on SIMS); null: the linear output y")
-    text_lstm_reads_padding: bool = Field(
-        False, description="True: the LSTM runs over the batch's padded length, as MMSA's "
-        "unpacked LSTM (a prediction then depends on the batch's padding); False: real tokens")
-    audio_average_steps: int | None = Field(
-        None, ge=1, description="audio summary: None = mean over the real steps; N = sum over the "
-        "real steps / N, MMSA's mean over its N-step zero-padded array (MOSI/MOSEI: 50 aligned, "
-        "500 unaligned; SIMS: 400)")
-    vision_average_steps: int | None = Field(
-        None, ge=1, description="the same for vision (MOSI/MOSEI: 50 aligned, 375 unaligned; "
-        "SIMS: 55)")
+    text_lstm_reads_padding: bool = text_lstm_reads_padding_field()
+    audio_average_steps: int | None = average_steps_field("audio")
+    vision_average_steps: int | None = average_steps_field("vision")
     loss: Literal["l1", "mse"] = Field("l1", description="task loss (MMSA trains TFN with L1)")
     loss_reduction: Literal["mean", "sum"] = Field(
         "mean", description="mean over the batch (MMSA); sum (the authors' L1Loss(size_average="
@@ -92,9 +97,7 @@ class TFNConfig(ModelConfig):
 
     @model_validator(mode="after")
     def _check_weights(self) -> TFNConfig:
-        if set(self.loss_weights) != {"task"}:
-            raise ValueError(
-                f"model.loss_weights must give exactly ['task'], got {sorted(self.loss_weights)}")
+        check_loss_weights(self.loss_weights, ("task",), "tfn")
         return self
 
 

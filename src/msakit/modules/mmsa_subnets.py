@@ -11,12 +11,36 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from msakit.errors import ConfigError
 from msakit.modules.encoders import masked_time_mean
 from msakit.modules.text import PretrainedTextEncoder
+
+
+def frozen_language_model_field():
+    """``freeze_language_model`` of MMSA's non-BERT models (a pydantic field, default True)."""
+    return Field(True, description="MMSA's non-BERT models read fixed BERT features: the LM is "
+                 "frozen")
+
+
+def text_lstm_reads_padding_field():
+    """``text_lstm_reads_padding`` of the models with :class:`TextLSTMSubNet` (default False)."""
+    return Field(False, description="True: the LSTM runs over the batch's padded length, as "
+                 "MMSA's unpacked LSTM (a prediction then depends on the batch's padding); "
+                 "False: real tokens")
+
+
+def average_steps_field(modality: str):
+    """``{audio,vision}_average_steps``: the ``steps`` of :func:`masked_time_mean` (default
+    None), with MMSA's array lengths in the description."""
+    lengths = {"audio": "MOSI/MOSEI: 50 aligned, 500 unaligned; SIMS: 400",
+               "vision": "MOSI/MOSEI: 50 aligned, 375 unaligned; SIMS: 55"}[modality]
+    return Field(None, ge=1, description=f"{modality} summary: None = mean over the real steps; "
+                 f"N = sum over the real steps / N, MMSA's mean over its N-step zero-padded "
+                 f"array ({lengths})")
 
 
 def fixed_length(x: torch.Tensor, mask: torch.Tensor, steps: int) -> torch.Tensor:
@@ -320,6 +344,8 @@ class SingleAdamGroupMixin:
 
 __all__ = ["LOW_RANK_FACTORS", "MULTITASK_TERMS", "FeatureSubNet", "GatedMemoryMixin",
            "RegressionHead", "SingleAdamGroupMixin", "TextLSTMSubNet", "UnimodalFeaturesMixin",
-           "avg_pool_align", "check_multitask_loss_weights", "fixed_length", "low_rank_fusion",
+           "average_steps_field", "avg_pool_align", "check_multitask_loss_weights", "fixed_length",
+           "frozen_language_model_field", "low_rank_fusion",
            "low_rank_parameters", "mlp", "multitask_losses", "single_adam_group",
-           "subnet_decay_groups", "task_losses", "unimodal_subnets"]
+           "subnet_decay_groups", "task_losses", "text_lstm_reads_padding_field",
+           "unimodal_subnets"]

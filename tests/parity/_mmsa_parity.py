@@ -3,7 +3,8 @@ EF-LSTM, ...) in msakit and compares everything they recorded.
 
 A test module gives: the fixture, the msakit model name and config overrides, and
 ``to_msakit(official_name, tensor) -> (msakit_name, tensor) | None`` (``None``: an official
-tensor msakit does not have, e.g. TFN's constant ``output_range``).
+tensor msakit does not have, e.g. TFN's constant ``output_range``). The checks every module runs
+are the ``check_*`` functions here; the overrides every module shares are the ``*_overrides``.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
+import pytest
 import torch
 import torch.nn.functional as F
-from _parity import fit_with_scripted_validation
+from _parity import fit_with_scripted_validation, load_fixture
 
 from msakit.config import build_config
 from msakit.models import FeatureDims, create_model
@@ -21,6 +23,90 @@ from msakit.models import FeatureDims, create_model
 MMSA_COMMIT = "a94e65d07fa1ae0d44e552390074b29b0898edfd"
 TOLERANCE = 1e-5
 Mapping = Callable[[str, torch.Tensor], "tuple[str, torch.Tensor] | None"]
+#: MMSA's recorded unimodal features -> the keys of msakit's ``unimodal_features``
+UNIMODAL_FEATURES = {"Feature_t": "text", "Feature_a": "audio", "Feature_v": "vision"}
+#: the multi-task models' loss terms, in the order of MMSA's criterion calls (tasks "MTAV")
+MULTITASK_TERMS = ("task", "text", "audio", "vision")
+
+
+def module_fixtures(name: str, prepare: Callable[[dict], dict] | None = None):
+    """A test module's ``(fixture, bert_dir)`` pytest fixtures (module scope): the fixture of
+    ``tools/parity/<name>.py`` (passed through ``prepare``) and its tiny BERT saved to a folder.
+    Bind them to those names: ``fixture, bert_dir = module_fixtures("tfn")``."""
+
+    @pytest.fixture(scope="module")
+    def fixture():
+        loaded = load_fixture(name)
+        return prepare(loaded) if prepare else loaded
+
+    @pytest.fixture(scope="module")
+    def bert_dir(fixture, tmp_path_factory):
+        return small_bert_dir(fixture, tmp_path_factory.mktemp(f"tiny_bert_{name}"))
+
+    return fixture, bert_dir
+
+
+def training_overrides(fixture: dict, bert_dir: str) -> list[str]:
+    """The fixture's frozen tiny BERT and MMSA's training loop: Adam at the fixture's learning
+    rate and weight decay (none recorded: MMSA's Adam without weight decay), a step per batch,
+    its early stopping."""
+    optimiser, stopping = fixture["optimiser"], fixture["early_stopping"]
+    return [
+        f"model.language_model={bert_dir}", "model.freeze_language_model=true",
+        f"train.lr={optimiser['learning_rate']}",
+        f"train.weight_decay={optimiser.get('weight_decay', 0)}",
+        "train.optimizer=adam", "train.grad_accumulation=1",
+        f"train.patience={stopping['early_stop']}",
+        f"train.min_improvement={stopping['min_improvement']}",
+        "train.epochs=10", "train.device=cpu",
+    ]
+
+
+def hidden_overrides(fixture: dict) -> list[str]:
+    """The text/audio/vision hidden sizes of the fixture's ``sizes["hidden_dims"]``."""
+    text_hidden, audio_hidden, video_hidden = fixture["sizes"]["hidden_dims"]
+    return [f"model.text_hidden={text_hidden}", f"model.audio_hidden={audio_hidden}",
+            f"model.vision_hidden={video_hidden}"]
+
+
+def mmsa_reading_overrides(fixture: dict, text_reads_padding: bool = True) -> list[str]:
+    """MMSA's reading of its zero-padded arrays: audio/vision summed over the real steps / the
+    array length, and (``text_reads_padding``) the text LSTM over the padded length."""
+    steps = fixture["average_steps"]
+    return (["model.text_lstm_reads_padding=true"] if text_reads_padding else []) + [
+        f"model.audio_average_steps={steps}", f"model.vision_average_steps={steps}"]
+
+
+def multitask_overrides(fixture: dict, rates: dict) -> list[str]:
+    """MLF-DNN/MLMF's unimodal heads, dropouts (``rates``: ``dropouts`` (audio, video, text),
+    ``post_dropouts`` (text, audio, video, fusion)), sub-network weight decays and task weights."""
+    sizes, optimiser, weights = fixture["sizes"], fixture["optimiser"], fixture["task_weights"]
+    audio_p, video_p, text_p = rates["dropouts"]
+    post_text, post_audio, post_video, post_fusion = rates["post_dropouts"]
+    return [
+        f"model.post_text_dim={sizes['post_text_dim']}",
+        f"model.post_audio_dim={sizes['post_audio_dim']}",
+        f"model.post_vision_dim={sizes['post_video_dim']}",
+        f"model.audio_dropout={audio_p}", f"model.vision_dropout={video_p}",
+        f"model.text_dropout={text_p}", f"model.post_text_dropout={post_text}",
+        f"model.post_audio_dropout={post_audio}", f"model.post_vision_dropout={post_video}",
+        f"model.post_fusion_dropout={post_fusion}",
+        f"model.text_weight_decay={optimiser['text_weight_decay']}",
+        f"model.audio_weight_decay={optimiser['audio_weight_decay']}",
+        f"model.vision_weight_decay={optimiser['video_weight_decay']}",
+        f"model.loss_weights={{task: {weights['M']}, text: {weights['T']}, "
+        f"audio: {weights['A']}, vision: {weights['V']}}}",
+    ]
+
+
+def block_overrides(fixture: dict, blocks: dict[str, str], rates: dict) -> list[str]:
+    """MFN-style blocks: for each official config key in ``blocks`` (-> msakit's block name),
+    the hidden size of ``fixture["shapes"]`` and the dropout of ``rates``."""
+    out = []
+    for key, block in blocks.items():
+        out += [f"model.{block}_hidden={fixture['shapes'][key]}",
+                f"model.{block}_dropout={rates[key]}"]
+    return out
 
 
 def small_bert_dir(fixture: dict, folder) -> str:
@@ -225,3 +311,58 @@ def assert_eval_forward_matches(fixture, model) -> None:
                                                 fixture["eval_forwards"])):
             torch.testing.assert_close(model(batch).prediction, theirs["M"].double().reshape(-1),
                                        atol=TOLERANCE, rtol=0, msg=f"eval batch {i}")
+
+
+def check_fixture_origin(fixture: dict) -> None:
+    """The fixture was recorded from MMSA v2.2.1."""
+    assert fixture["official"]["repo"] == "thuiar/MMSA"
+    assert fixture["official"]["commit"] == MMSA_COMMIT
+
+
+def check_training(name: str, overrides: list[str], fixture: dict, to_msakit: Mapping,
+                   tmp_path, monkeypatch, features: dict[str, str] | None = None,
+                   terms: tuple[str, ...] = ("task",)) -> dict:
+    """Builds ``name`` at ``overrides`` from the fixture's weights, replays the training
+    (recording the unimodal features when ``features`` names them) and asserts
+    :func:`assert_training_matches`; returns the record."""
+    config, model = build_model(name, overrides, fixture, to_msakit)
+    record, summary = replay_training(config, model, fixture, tmp_path, monkeypatch,
+                                      features=features is not None)
+    assert_training_matches(fixture, record, summary, to_msakit, features, terms)
+    return record
+
+
+def check_dropout_map_and_eval_forward(name: str, overrides: list[str], fixture: dict,
+                                       to_msakit: Mapping) -> None:
+    """At the official dropout rates (in ``overrides``): the dropout map and the eval-mode
+    predictions."""
+    _, model = build_model(name, overrides, fixture, to_msakit)
+    assert_dropout_map_matches(fixture, model)
+    assert_eval_forward_matches(fixture, model)
+
+
+def check_frozen(record: dict, fixture: dict, names: dict[str, str]) -> None:
+    """Each msakit parameter of ``names`` (-> its official name) ends the training with its
+    initial official value."""
+    last = record["steps"][-1]["state"]
+    for ours, theirs in names.items():
+        assert torch.equal(last[ours], fixture["initial_state"][theirs].double()), ours
+
+
+def check_unimodal_heads(record: dict, fixture: dict) -> None:
+    """The multi-task models' unimodal head outputs (``extras``) of every forward pass."""
+    for ours, theirs in zip(record["forwards"], fixture["forwards"]):
+        for head, key in (("text", "T"), ("audio", "A"), ("vision", "V")):
+            torch.testing.assert_close(ours["output"].extras[head],
+                                       theirs[key].double().reshape(-1), atol=TOLERANCE, rtol=0)
+
+
+def check_missing_unimodal_labels_error(name: str, overrides: list[str], fixture: dict,
+                                        to_msakit: Mapping) -> None:
+    """A unimodal loss term without its labels is a ``ConfigError`` naming them and the fix."""
+    from msakit.errors import ConfigError
+
+    _, model = build_model(name, overrides, fixture, to_msakit)
+    batch = {k: v for k, v in msakit_batches(fixture)[0].items() if k != "labels_T"}
+    with pytest.raises(ConfigError, match="labels_T.*model.loss_weights"):
+        model.eval()(batch)

@@ -17,28 +17,16 @@ Names: msakit keeps MMSA's (``norm``, ``lstm``, ``linear``, ``out``).
 
 from __future__ import annotations
 
-import pytest
 import torch
 from _mmsa_parity import (
-    MMSA_COMMIT,
-    assert_dropout_map_matches,
-    assert_eval_forward_matches,
-    assert_training_matches,
-    build_model,
-    replay_training,
-    small_bert_dir,
+    check_dropout_map_and_eval_forward,
+    check_fixture_origin,
+    check_training,
+    module_fixtures,
+    training_overrides,
 )
-from _parity import load_fixture
 
-
-@pytest.fixture(scope="module")
-def fixture():
-    return load_fixture("ef_lstm")
-
-
-@pytest.fixture(scope="module")
-def bert_dir(fixture, tmp_path_factory):
-    return small_bert_dir(fixture, tmp_path_factory.mktemp("tiny_bert_ef_lstm"))
+fixture, bert_dir = module_fixtures("ef_lstm")
 
 
 def to_msakit(name: str, value: torch.Tensor):
@@ -46,38 +34,27 @@ def to_msakit(name: str, value: torch.Tensor):
 
 
 def overrides(fixture, bert_dir, dropout) -> list[str]:
-    sizes, optimiser = fixture["sizes"], fixture["optimiser"]
-    return [
-        f"model.language_model={bert_dir}", "model.freeze_language_model=true",
+    sizes = fixture["sizes"]
+    return training_overrides(fixture, bert_dir) + [
         f"model.seq_len={fixture['seq_len']}", f"model.hidden_dim={sizes['hidden_dims']}",
         f"model.num_layers={sizes['num_layers']}", f"model.dropout={dropout}",
-        f"train.lr={optimiser['learning_rate']}",
-        f"train.weight_decay={optimiser['weight_decay']}",
-        "train.optimizer=adam", "train.grad_accumulation=1",
-        f"train.patience={fixture['early_stopping']['early_stop']}",
-        f"train.min_improvement={fixture['early_stopping']['min_improvement']}",
-        "train.epochs=10", "train.device=cpu",
     ]
 
 
 def test_fixture_is_from_mmsa_v2_2_1(fixture):
-    assert fixture["official"]["repo"] == "thuiar/MMSA"
-    assert fixture["official"]["commit"] == MMSA_COMMIT
+    check_fixture_origin(fixture)
     lengths = torch.cat([b["lengths"] for b in fixture["batches"]])
     assert lengths.max() > fixture["seq_len"] > lengths.min()  # truncation and padding
 
 
 def test_ef_lstm_training_matches_mmsa(fixture, bert_dir, tmp_path, monkeypatch):
-    config, model = build_model("ef_lstm", overrides(fixture, bert_dir, 0), fixture, to_msakit)
-    record, summary = replay_training(config, model, fixture, tmp_path, monkeypatch)
-    assert_training_matches(fixture, record, summary, to_msakit)
+    check_training("ef_lstm", overrides(fixture, bert_dir, 0), fixture, to_msakit, tmp_path,
+                   monkeypatch)
 
 
 def test_ef_lstm_dropout_map_and_eval_forward_match_mmsa(fixture, bert_dir):
-    _, model = build_model("ef_lstm", overrides(fixture, bert_dir, fixture["official_dropout"]),
-                           fixture, to_msakit)
-    assert_dropout_map_matches(fixture, model)
-    assert_eval_forward_matches(fixture, model)
+    check_dropout_map_and_eval_forward(
+        "ef_lstm", overrides(fixture, bert_dir, fixture["official_dropout"]), fixture, to_msakit)
 
 
 def test_avg_pool_align_matches_mmsa_align_subnet(fixture):

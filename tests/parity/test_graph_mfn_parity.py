@@ -19,36 +19,31 @@ from __future__ import annotations
 
 import re
 
-import pytest
 import torch
 from _mmsa_parity import (
-    MMSA_COMMIT,
-    assert_dropout_map_matches,
-    assert_eval_forward_matches,
-    assert_training_matches,
-    build_model,
-    replay_training,
-    small_bert_dir,
+    block_overrides,
+    check_dropout_map_and_eval_forward,
+    check_fixture_origin,
+    check_frozen,
+    check_training,
+    hidden_overrides,
+    module_fixtures,
+    training_overrides,
 )
-from _parity import load_fixture
 
 BLOCKS = {"NNConfig": "att2", "gamma1Config": "gamma1", "gamma2Config": "gamma2",
           "outConfig": "out"}
 
 
-@pytest.fixture(scope="module")
-def fixture():
-    loaded = load_fixture("graph_mfn")
-    # the vertex networks live outside MMSA's state dict: merged in under their msakit prefix
+def with_vertex_networks(loaded: dict) -> dict:
+    """The vertex networks live outside MMSA's state dict: merged in under their msakit prefix."""
     loaded["initial_state"] = {**loaded["initial_state"], **{
         f"graph_mfn.vertex_networks.{key}.{name}": value
         for key, state in loaded["vertex_networks"].items() for name, value in state.items()}}
     return loaded
 
 
-@pytest.fixture(scope="module")
-def bert_dir(fixture, tmp_path_factory):
-    return small_bert_dir(fixture, tmp_path_factory.mktemp("tiny_bert_graph_mfn"))
+fixture, bert_dir = module_fixtures("graph_mfn", with_vertex_networks)
 
 
 def to_msakit(name: str, value: torch.Tensor):
@@ -58,47 +53,25 @@ def to_msakit(name: str, value: torch.Tensor):
 
 
 def overrides(fixture, bert_dir, rates) -> list[str]:
-    sizes, optimiser = fixture["sizes"], fixture["optimiser"]
-    text_hidden, audio_hidden, video_hidden = sizes["hidden_dims"]
-    out = [
-        f"model.language_model={bert_dir}", "model.freeze_language_model=true",
-        f"model.seq_len={fixture['seq_len']}",
-        f"model.text_hidden={text_hidden}", f"model.audio_hidden={audio_hidden}",
-        f"model.vision_hidden={video_hidden}", f"model.mem_dim={sizes['memsize']}",
+    sizes = fixture["sizes"]
+    return training_overrides(fixture, bert_dir) + [
+        f"model.seq_len={fixture['seq_len']}", f"model.mem_dim={sizes['memsize']}",
         f"model.inner_node_dim={sizes['inner_node_dim']}",
-        f"train.lr={optimiser['learning_rate']}",
-        f"train.weight_decay={optimiser['weight_decay']}",
-        "train.optimizer=adam", "train.grad_accumulation=1",
-        f"train.patience={fixture['early_stopping']['early_stop']}",
-        f"train.min_improvement={fixture['early_stopping']['min_improvement']}",
-        "train.epochs=10", "train.device=cpu",
-    ]
-    for key, block in BLOCKS.items():
-        out += [f"model.{block}_hidden={fixture['shapes'][key]}",
-                f"model.{block}_dropout={rates[key]}"]
-    return out
+    ] + hidden_overrides(fixture) + block_overrides(fixture, BLOCKS, rates)
 
 
 def test_fixture_is_from_mmsa_v2_2_1(fixture):
-    assert fixture["official"]["repo"] == "thuiar/MMSA"
-    assert fixture["official"]["commit"] == MMSA_COMMIT
+    check_fixture_origin(fixture)
     assert sorted(fixture["vertex_networks"]) == ["0_1", "0_1_2", "0_2", "1_2"]
 
 
 def test_graph_mfn_training_matches_mmsa(fixture, bert_dir, tmp_path, monkeypatch):
-    config, model = build_model("graph_mfn", overrides(fixture, bert_dir,
-                                                       dict.fromkeys(BLOCKS, 0)),
-                                fixture, to_msakit)
-    record, summary = replay_training(config, model, fixture, tmp_path, monkeypatch)
-    assert_training_matches(fixture, record, summary, to_msakit)
-    last = record["steps"][-1]["state"]
-    for name, value in fixture["initial_state"].items():
-        if name.startswith("graph_mfn.vertex_networks."):
-            assert torch.equal(last[to_msakit(name, value)[0]], value.double()), name
-
+    record = check_training("graph_mfn", overrides(fixture, bert_dir, dict.fromkeys(BLOCKS, 0)),
+                            fixture, to_msakit, tmp_path, monkeypatch)
+    check_frozen(record, fixture, {to_msakit(name, value)[0]: name
+                                   for name, value in fixture["initial_state"].items()
+                                   if name.startswith("graph_mfn.vertex_networks.")})
 
 def test_graph_mfn_dropout_map_and_eval_forward_match_mmsa(fixture, bert_dir):
-    _, model = build_model("graph_mfn", overrides(fixture, bert_dir, fixture["official_rates"]),
-                           fixture, to_msakit)
-    assert_dropout_map_matches(fixture, model)
-    assert_eval_forward_matches(fixture, model)
+    check_dropout_map_and_eval_forward(
+        "graph_mfn", overrides(fixture, bert_dir, fixture["official_rates"]), fixture, to_msakit)

@@ -18,6 +18,7 @@ generator).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.util
 import sys
@@ -28,13 +29,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from _common import (
+    DEFAULT_DATA,
     TINY_BERT,
     compact,
+    official_commit,
     real_clips,
     recording_adam,
+    save_fixture,
     scripted_validation,
     tiny_bert,
 )
+from torch import nn
 
 ROWS = [0, 5, 7, 1, 12, 9]
 BATCH = 2
@@ -48,6 +53,69 @@ class AttributeDict(dict):
 
     __getattr__ = dict.__getitem__
     __setattr__ = dict.__setitem__
+
+
+class AMIOLike(nn.Module):
+    """What MMSA's multi-task trainers expect of the model: the network as ``.Model``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.Model = model
+
+    def forward(self, text, audio, video):
+        return self.Model(text, audio, video)
+
+
+def fixed_length(x: torch.Tensor, mask: torch.Tensor, steps: int) -> torch.Tensor:
+    """Zero past the real steps, then padded or truncated to ``steps`` steps (MMSA's fixed-length
+    arrays); ``functools.partial(fixed_length, steps=...)`` is a ``feature_steps``."""
+    x = (x * mask.unsqueeze(-1).to(x.dtype))[:, :steps]
+    return F.pad(x, (0, 0, 0, steps - x.shape[1]))
+
+
+def block_configs(shapes: dict, rates: dict) -> dict:
+    """MFN-style block configs: ``{key: {"shapes": shapes[key], "drop": rates[key]}}``."""
+    return {k: {"shapes": shapes[k], "drop": rates[k]} for k in shapes}
+
+
+def run_forward_in_float64(model_class: type) -> None:
+    """Patches ``model_class.forward`` to run with float64 as the default dtype: MMSA's MFNs
+    create their initial states with ``torch.zeros`` (the default dtype), and the fixtures run
+    in float64."""
+    forward = model_class.forward
+
+    def float64_forward(self, *inputs):
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            return forward(self, *inputs)
+        finally:
+            torch.set_default_dtype(previous)
+
+    model_class.forward = float64_forward
+
+
+def generate(description: str, name: str, files: list[str], record) -> None:
+    """A generator's command line: ``--official`` (an MMSA checkout), ``--out`` (default
+    ``tests/parity/<name>.pt``), ``--data``. Loads MMSA's model and trainer modules (the
+    ``models/`` and ``trains/`` entries of ``files``, paths under ``src/MMSA``), calls
+    ``record(model_module, train_module, data) -> dict`` and saves that with the official
+    repository, commit and ``files``."""
+    parser = argparse.ArgumentParser(description=description.split("\n")[0])
+    parser.add_argument("--official", type=Path, required=True, help="thuiar/MMSA checkout")
+    parser.add_argument("--out", type=Path, default=Path(f"tests/parity/{name}.pt"))
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    args = parser.parse_args()
+
+    commit = official_commit(args.official)
+    model_file = next(f for f in files if f.startswith("models/"))
+    trainer_file = next(f for f in files if f.startswith("trains/"))
+    model_module, train_module = load_official(args.official, model_file, trainer_file)
+    recorded = record(model_module, train_module, args.data)
+    fixture = {"official": {"repo": "thuiar/MMSA", "commit": commit,
+                            "files": [f"src/MMSA/{f}" for f in files]},
+               **recorded}
+    save_fixture(fixture, args.out)
 
 
 def load_official(root: Path, model_file: str, trainer_file: str):

@@ -13,27 +13,19 @@ and an eval-mode forward at MMSA's MOSI rate 0.5.
 
 from __future__ import annotations
 
-import argparse
+import functools
 import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_DATA, official_commit, save_fixture  # noqa: E402
-from _mmsa import load_official, run_official  # noqa: E402
+from _mmsa import fixed_length, generate, run_official  # noqa: E402
 
 SEQ_LEN = 10
 SIZES = {"hidden_dims": 8, "num_layers": 2, "seq_lens": SEQ_LEN}
 MOSI_DROPOUT = 0.5  # config_regression.json, ef_lstm, mosi
 OPTIMISER = {"learning_rate": 1e-3, "weight_decay": 0.005}  # MMSA's MOSI values
-
-
-def fixed_length(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Zero past the real steps, then padded or truncated to ``SEQ_LEN`` steps."""
-    x = (x * mask.unsqueeze(-1).to(x.dtype))[:, :SEQ_LEN]
-    return F.pad(x, (0, 0, 0, SEQ_LEN - x.shape[1]))
 
 
 def official_avg_pool() -> list[dict]:
@@ -54,34 +46,20 @@ def official_avg_pool() -> list[dict]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--official", type=Path, required=True, help="thuiar/MMSA checkout")
-    parser.add_argument("--out", type=Path, default=Path("tests/parity/ef_lstm.pt"))
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    args = parser.parse_args()
-
-    commit = official_commit(args.official)
-    model_module, train_module = load_official(args.official, "models/singleTask/EF_LSTM.py",
-                                               "trains/singleTask/EF_LSTM.py")
+def record(model_module, train_module, data: Path) -> dict:
+    to_seq_len = functools.partial(fixed_length, steps=SEQ_LEN)
     recorded = run_official(
-        args.data, model_module.EF_LSTM, train_module, "EF_LSTM",
+        data, model_module.EF_LSTM, train_module, "EF_LSTM",
         {"model_name": "ef_lstm", **SIZES, "dropout": 0.0, **OPTIMISER},
-        fixed_length, forward_outputs=("M",), rated_args={"dropout": MOSI_DROPOUT},
-        text_steps=fixed_length)
+        to_seq_len, forward_outputs=("M",), rated_args={"dropout": MOSI_DROPOUT},
+        text_steps=to_seq_len)
     recorded["avg_pool_align"] = official_avg_pool()
     lengths = [int(n) for b in recorded["batches"] for n in b["lengths"]]
     assert max(lengths) > SEQ_LEN > min(lengths), lengths  # both truncation and padding
-    fixture = {
-        "official": {"repo": "thuiar/MMSA", "commit": commit,
-                     "files": ["src/MMSA/models/singleTask/EF_LSTM.py",
-                               "src/MMSA/trains/singleTask/EF_LSTM.py",
-                               "src/MMSA/models/subNets/AlignNets.py"]},
-        "sizes": dict(SIZES), "official_dropout": MOSI_DROPOUT, "optimiser": dict(OPTIMISER),
-        "seq_len": SEQ_LEN, **recorded,
-    }
-    save_fixture(fixture, args.out)
+    return {"sizes": dict(SIZES), "official_dropout": MOSI_DROPOUT,
+            "optimiser": dict(OPTIMISER), "seq_len": SEQ_LEN, **recorded}
 
 
 if __name__ == "__main__":
-    main()
+    generate(__doc__, "ef_lstm", ["models/singleTask/EF_LSTM.py", "trains/singleTask/EF_LSTM.py",
+                                  "models/subNets/AlignNets.py"], record)

@@ -14,16 +14,21 @@ their weights as ``vertex_networks``.
 
 from __future__ import annotations
 
-import argparse
+import functools
 import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_DATA, compact, official_commit, save_fixture  # noqa: E402
-from _mmsa import load_official, run_official  # noqa: E402
+from _common import compact  # noqa: E402
+from _mmsa import (  # noqa: E402
+    block_configs,
+    fixed_length,
+    generate,
+    run_forward_in_float64,
+    run_official,
+)
 
 SEQ_LEN = 8
 SIZES = {"hidden_dims": (8, 4, 6), "memsize": 7, "inner_node_dim": 5}
@@ -33,37 +38,8 @@ MOSI_RATES = {"NNConfig": 0.0, "gamma1Config": 0.5, "gamma2Config": 0.5,
 OPTIMISER = {"learning_rate": 2e-3, "weight_decay": 0.005}  # MMSA's MOSI values
 
 
-def fixed_length(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    x = (x * mask.unsqueeze(-1).to(x.dtype))[:, :SEQ_LEN]
-    return F.pad(x, (0, 0, 0, SEQ_LEN - x.shape[1]))
-
-
-def configs(rates: dict) -> dict:
-    return {k: {"shapes": SHAPES[k], "drop": rates[k]} for k in SHAPES}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--official", type=Path, required=True, help="thuiar/MMSA checkout")
-    parser.add_argument("--out", type=Path, default=Path("tests/parity/graph_mfn.pt"))
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    args = parser.parse_args()
-
-    commit = official_commit(args.official)
-    model_module, train_module = load_official(args.official, "models/singleTask/Graph_MFN.py",
-                                               "trains/singleTask/Graph_MFN.py")
-    # its forward creates initial states with torch.zeros (the default dtype): float64 here
-    forward = model_module.Graph_MFN.forward
-
-    def float64_forward(self, *inputs):
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64)
-        try:
-            return forward(self, *inputs)
-        finally:
-            torch.set_default_dtype(previous)
-
-    model_module.Graph_MFN.forward = float64_forward
+def record(model_module, train_module, data: Path) -> dict:
+    run_forward_in_float64(model_module.Graph_MFN)
     vertex_networks: dict = {}
 
     def build(official_args):
@@ -78,11 +54,13 @@ def main() -> None:
                                     for k, net in networks.items()})
         return model
 
+    to_seq_len = functools.partial(fixed_length, steps=SEQ_LEN)
     recorded = run_official(
-        args.data, build, train_module, "Graph_MFN",
-        {"model_name": "graph_mfn", **SIZES, **configs(dict.fromkeys(SHAPES, 0.0)), **OPTIMISER},
-        fixed_length, forward_outputs=("M",), rated_args=configs(MOSI_RATES),
-        text_steps=fixed_length)
+        data, build, train_module, "Graph_MFN",
+        {"model_name": "graph_mfn", **SIZES, **block_configs(SHAPES, dict.fromkeys(SHAPES, 0.0)),
+         **OPTIMISER},
+        to_seq_len, forward_outputs=("M",), rated_args=block_configs(SHAPES, MOSI_RATES),
+        text_steps=to_seq_len)
     # MMSA hard-codes the DFG's hidden size (100): to keep the fixture under 1 MB, the state after
     # a step is kept for the last step of the first and of the last epoch (every gradient is kept)
     steps = recorded["optimizer_steps"]
@@ -94,17 +72,13 @@ def main() -> None:
         for key in ("audio_full", "vision_full"):
             assert torch.equal(batch[key].float().double(), batch[key])
             batch[key] = batch[key].float()
-    fixture = {
-        "official": {"repo": "thuiar/MMSA", "commit": commit,
-                     "files": ["src/MMSA/models/singleTask/Graph_MFN.py",
-                               "src/MMSA/trains/singleTask/Graph_MFN.py"]},
-        "sizes": dict(SIZES), "shapes": dict(SHAPES), "official_rates": dict(MOSI_RATES),
-        "optimiser": dict(OPTIMISER), "seq_len": SEQ_LEN,
-        "vertex_networks": {"_".join(map(str, k)): compact(v) for k, v in vertex_networks.items()},
-        **recorded,
-    }
-    save_fixture(fixture, args.out)
+    return {"sizes": dict(SIZES), "shapes": dict(SHAPES), "official_rates": dict(MOSI_RATES),
+            "optimiser": dict(OPTIMISER), "seq_len": SEQ_LEN,
+            "vertex_networks": {"_".join(map(str, k)): compact(v)
+                                for k, v in vertex_networks.items()},
+            **recorded}
 
 
 if __name__ == "__main__":
-    main()
+    generate(__doc__, "graph_mfn", ["models/singleTask/Graph_MFN.py",
+                                    "trains/singleTask/Graph_MFN.py"], record)

@@ -20,10 +20,8 @@ state (parameters and BatchNorm buffers) after it, and where early stopping ende
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import tempfile
-import types
 from pathlib import Path
 
 import torch
@@ -40,45 +38,13 @@ from _common import (  # noqa: E402
     scripted_validation,
     tiny_bert,
 )
+from _mmsa import AVERAGE_STEPS, BATCH, ROWS, AttributeDict, load_official  # noqa: E402
 
-ROWS = [0, 5, 7, 1, 12, 9]
-BATCH = 2
-AVERAGE_STEPS = 50  # MMSA's MOSI arrays are padded to 50 steps
 SIZES = {"hidden_dims": (8, 6, 10), "text_out": 7, "post_fusion_dim": 12,
          "dropouts": (0.0, 0.0, 0.0, 0.0)}  # official order: text/audio/video; a, v, t, post
 OPTIMISER = {"learning_rate": 1e-3, "weight_decay": 0.01}  # MMSA's MOSI values
 VALID_LOSSES = [1.0, 0.9, 0.9 - 5e-7, 0.95]
 EARLY_STOP = 2
-
-
-class AttributeDict(dict):
-    """The attribute access MMSA's code expects of its config (``args.learning_rate``)."""
-
-    __getattr__ = dict.__getitem__
-    __setattr__ = dict.__setitem__
-
-
-def load_official(root: Path):
-    """MMSA's LF-DNN model and trainer modules, skipping the package ``__init__`` files."""
-    package = root / "src" / "MMSA"
-    for name, folder in [("MMSA", package), ("MMSA.models", package / "models"),
-                         ("MMSA.models.singleTask", package / "models" / "singleTask"),
-                         ("MMSA.trains", package / "trains"),
-                         ("MMSA.trains.singleTask", package / "trains" / "singleTask")]:
-        stub = types.ModuleType(name)
-        stub.__path__ = [str(folder)]
-        sys.modules[name] = stub
-
-    def load(name: str, path: Path):
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        return module
-
-    model = load("MMSA.models.singleTask.LF_DNN", package / "models/singleTask/LF_DNN.py")
-    trainer = load("MMSA.trains.singleTask.LF_DNN", package / "trains/singleTask/LF_DNN.py")
-    return model, trainer
 
 
 def main() -> None:
@@ -90,7 +56,8 @@ def main() -> None:
 
     commit = official_commit(args.official)
     clips = real_clips(args.data, ROWS)
-    model_module, train_module = load_official(args.official)
+    model_module, train_module = load_official(args.official, "models/singleTask/LF_DNN.py",
+                                               "trains/singleTask/LF_DNN.py")
 
     n = len(ROWS)
     torch.manual_seed(0)

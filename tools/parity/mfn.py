@@ -14,17 +14,23 @@ map and an eval-mode forward at MMSA's MOSI rates).
 
 from __future__ import annotations
 
-import argparse
+import functools
 import importlib
 import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_DATA, official_commit, save_fixture  # noqa: E402
-from _mmsa import AttributeDict, load_official, run_official, time_averaged  # noqa: E402
+from _mmsa import (  # noqa: E402
+    AttributeDict,
+    block_configs,
+    fixed_length,
+    generate,
+    run_forward_in_float64,
+    run_official,
+    time_averaged,
+)
 
 SEQ_LEN = 10
 SIZES = {"hidden_dims": (8, 4, 6), "memsize": 7, "windowsize": 2}
@@ -32,11 +38,6 @@ SHAPES = {"NN1Config": 5, "NN2Config": 6, "gamma1Config": 5, "gamma2Config": 4, 
 MOSI_RATES = {"NN1Config": 0.2, "NN2Config": 0.0, "gamma1Config": 0.7, "gamma2Config": 0.5,
               "outConfig": 0.0}  # config_regression.json, mfn, mosi
 OPTIMISER = {"learning_rate": 2e-3, "weight_decay": 0.0}  # MMSA's MOSI values
-
-
-def fixed_length(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    x = (x * mask.unsqueeze(-1).to(x.dtype))[:, :SEQ_LEN]
-    return F.pad(x, (0, 0, 0, SEQ_LEN - x.shape[1]))
 
 
 def averaged_then_aligned(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -49,48 +50,19 @@ def averaged_then_aligned(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return aligned
 
 
-def configs(rates: dict) -> dict:
-    return {k: {"shapes": SHAPES[k], "drop": rates[k]} for k in SHAPES}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--official", type=Path, required=True, help="thuiar/MMSA checkout")
-    parser.add_argument("--out", type=Path, default=Path("tests/parity/mfn.pt"))
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    args = parser.parse_args()
-
-    commit = official_commit(args.official)
-    model_module, train_module = load_official(args.official, "models/singleTask/MFN.py",
-                                               "trains/singleTask/MFN.py")
-    # MMSA's MFN creates its initial states with torch.zeros (the default dtype): run its forward
-    # with float64 as the default, as the rest of the fixture runs in float64
-    forward = model_module.MFN.forward
-
-    def float64_forward(self, *inputs):
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64)
-        try:
-            return forward(self, *inputs)
-        finally:
-            torch.set_default_dtype(previous)
-
-    model_module.MFN.forward = float64_forward
+def record(model_module, train_module, data: Path) -> dict:
+    run_forward_in_float64(model_module.MFN)
     recorded = run_official(
-        args.data, model_module.MFN, train_module, "MFN",
-        {"model_name": "mfn", **SIZES, **configs(dict.fromkeys(SHAPES, 0.0)), **OPTIMISER},
-        averaged_then_aligned, forward_outputs=("M", "L"), rated_args=configs(MOSI_RATES),
-        text_steps=fixed_length)
-    fixture = {
-        "official": {"repo": "thuiar/MMSA", "commit": commit,
-                     "files": ["src/MMSA/models/singleTask/MFN.py",
-                               "src/MMSA/trains/singleTask/MFN.py",
-                               "src/MMSA/models/subNets/AlignNets.py"]},
-        "sizes": dict(SIZES), "shapes": dict(SHAPES), "official_rates": dict(MOSI_RATES),
-        "optimiser": dict(OPTIMISER), "seq_len": SEQ_LEN, **recorded,
-    }
-    save_fixture(fixture, args.out)
+        data, model_module.MFN, train_module, "MFN",
+        {"model_name": "mfn", **SIZES, **block_configs(SHAPES, dict.fromkeys(SHAPES, 0.0)),
+         **OPTIMISER},
+        averaged_then_aligned, forward_outputs=("M", "L"),
+        rated_args=block_configs(SHAPES, MOSI_RATES),
+        text_steps=functools.partial(fixed_length, steps=SEQ_LEN))
+    return {"sizes": dict(SIZES), "shapes": dict(SHAPES), "official_rates": dict(MOSI_RATES),
+            "optimiser": dict(OPTIMISER), "seq_len": SEQ_LEN, **recorded}
 
 
 if __name__ == "__main__":
-    main()
+    generate(__doc__, "mfn", ["models/singleTask/MFN.py", "trains/singleTask/MFN.py",
+                              "models/subNets/AlignNets.py"], record)

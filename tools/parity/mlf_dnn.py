@@ -13,15 +13,11 @@ an eval-mode forward at MMSA's SIMS rates); per forward pass each of the four cr
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from torch import nn
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_DATA, official_commit, save_fixture  # noqa: E402
-from _mmsa import load_official, run_official, time_averaged  # noqa: E402
+from _mmsa import AMIOLike, generate, run_official, time_averaged  # noqa: E402
 
 # official order: hidden_dims (text, audio, video); dropouts (audio, video, text);
 # post_dropouts (text, audio, video, fusion)
@@ -35,43 +31,18 @@ OPTIMISER = {"learning_rate": 2e-3, "text_weight_decay": 1e-4, "audio_weight_dec
 TASK_WEIGHTS = {"M": 0.6, "T": 0.2, "A": 0.8, "V": 0.8}
 
 
-class AMIOLike(nn.Module):
-    """What MMSA's trainer expects of the model: the network as ``.Model``."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.Model = model
-
-    def forward(self, text, audio, video):
-        return self.Model(text, audio, video)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--official", type=Path, required=True, help="thuiar/MMSA checkout")
-    parser.add_argument("--out", type=Path, default=Path("tests/parity/mlf_dnn.pt"))
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    args = parser.parse_args()
-
-    commit = official_commit(args.official)
-    model_module, train_module = load_official(args.official, "models/multiTask/MLF_DNN.py",
-                                               "trains/multiTask/MLF_DNN.py")
+def record(model_module, train_module, data: Path) -> dict:
     recorded = run_official(
-        args.data, lambda a: AMIOLike(model_module.MLF_DNN(a)), train_module, "MLF_DNN",
+        data, lambda a: AMIOLike(model_module.MLF_DNN(a)), train_module, "MLF_DNN",
         {"model_name": "mlf_dnn", "dataset_name": "sims", **SIZES, "dropouts": (0.0,) * 3,
          "post_dropouts": (0.0,) * 4, **OPTIMISER, **TASK_WEIGHTS},
         time_averaged, forward_outputs=("M", "T", "A", "V", "Feature_t", "Feature_a",
                                         "Feature_v"),
         rated_args=SIMS_RATES, unimodal_labels=True)
-    fixture = {
-        "official": {"repo": "thuiar/MMSA", "commit": commit,
-                     "files": ["src/MMSA/models/multiTask/MLF_DNN.py",
-                               "src/MMSA/trains/multiTask/MLF_DNN.py"]},
-        "sizes": dict(SIZES), "official_rates": dict(SIMS_RATES), "optimiser": dict(OPTIMISER),
-        "task_weights": dict(TASK_WEIGHTS), **recorded,
-    }
-    save_fixture(fixture, args.out)
+    return {"sizes": dict(SIZES), "official_rates": dict(SIMS_RATES),
+            "optimiser": dict(OPTIMISER), "task_weights": dict(TASK_WEIGHTS), **recorded}
 
 
 if __name__ == "__main__":
-    main()
+    generate(__doc__, "mlf_dnn", ["models/multiTask/MLF_DNN.py", "trains/multiTask/MLF_DNN.py"],
+             record)

@@ -10,13 +10,11 @@ recorded, and how, is described in ``_mmsa.py``: MMSA's ``do_train`` at small si
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_DATA, official_commit, save_fixture  # noqa: E402
-from _mmsa import load_official, run_official, time_averaged  # noqa: E402
+from _mmsa import generate, run_official, time_averaged  # noqa: E402
 
 # official order: hidden_dims (text, audio, video); dropouts (audio, video, text, post-fusion)
 SIZES = {"hidden_dims": (8, 4, 6), "text_out": 5, "post_fusion_dim": 12}
@@ -24,31 +22,16 @@ MOSI_DROPOUTS = (0.3, 0.3, 0.3, 0.5)  # config_regression.json, tfn, mosi
 OPTIMISER = {"learning_rate": 1e-3}  # MMSA's MOSI value; its TFN optimiser has no weight decay
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--official", type=Path, required=True, help="thuiar/MMSA checkout")
-    parser.add_argument("--out", type=Path, default=Path("tests/parity/tfn.pt"))
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    args = parser.parse_args()
-
-    commit = official_commit(args.official)
-    model_module, train_module = load_official(args.official, "models/singleTask/TFN.py",
-                                               "trains/singleTask/TFN.py")
+def record(model_module, train_module, data: Path) -> dict:
     recorded = run_official(
-        args.data, model_module.TFN, train_module, "TFN",
+        data, model_module.TFN, train_module, "TFN",
         {"model_name": "tfn", **SIZES, "dropouts": (0.0, 0.0, 0.0, 0.0), **OPTIMISER},
         time_averaged, forward_outputs=("M", "Feature_t", "Feature_a", "Feature_v"),
         rated_args={"dropouts": MOSI_DROPOUTS})
-    fixture = {
-        "official": {"repo": "thuiar/MMSA", "commit": commit,
-                     "files": ["src/MMSA/models/singleTask/TFN.py",
-                               "src/MMSA/models/subNets/FeatureNets.py",
-                               "src/MMSA/trains/singleTask/TFN.py"]},
-        "sizes": dict(SIZES), "official_dropouts": MOSI_DROPOUTS, "optimiser": dict(OPTIMISER),
-        **recorded,
-    }
-    save_fixture(fixture, args.out)
+    return {"sizes": dict(SIZES), "official_dropouts": MOSI_DROPOUTS,
+            "optimiser": dict(OPTIMISER), **recorded}
 
 
 if __name__ == "__main__":
-    main()
+    generate(__doc__, "tfn", ["models/singleTask/TFN.py", "models/subNets/FeatureNets.py",
+                              "trains/singleTask/TFN.py"], record)

@@ -90,6 +90,16 @@ def require_modalities(dims: FeatureDims, model: str,
         )
 
 
+def ordered_modalities(value: list[str]) -> list[str]:
+    """For a ``model.modalities`` validator: at least one, no duplicates; returned in the order
+    text, audio, vision (raises ``ValueError``, which pydantic reports under the key)."""
+    if not value:
+        raise ValueError("model.modalities must name at least one of text, audio, vision")
+    if len(set(value)) != len(value):
+        raise ValueError(f"model.modalities has duplicates: {value}")
+    return [m for m in ("text", "audio", "vision") if m in value]
+
+
 def check_loss_weights(weights: dict[str, float], terms: tuple[str, ...], model: str) -> None:
     """Every loss term the model returns needs a weight, and no weight may name another term
     (for a config validator: raises ``ValueError``, which pydantic reports under the key)."""

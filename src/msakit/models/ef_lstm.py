@@ -39,10 +39,22 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from msakit.config_schema import ModelConfig, TrainConfig
+from msakit.config_schema import ModelConfig
 from msakit.models import register_model
-from msakit.models.base import FeatureDims, ModelOutput, MSAModel
-from msakit.modules.mmsa_subnets import avg_pool_align, fixed_length, single_adam_group
+from msakit.models.base import (
+    FeatureDims,
+    ModelOutput,
+    MSAModel,
+    check_loss_weights,
+    require_modalities,
+)
+from msakit.modules.mmsa_subnets import (
+    SingleAdamGroupMixin,
+    avg_pool_align,
+    fixed_length,
+    frozen_language_model_field,
+    task_losses,
+)
 from msakit.modules.text import PretrainedTextEncoder
 
 
@@ -50,8 +62,7 @@ class EFLSTMConfig(ModelConfig):
     """EF-LSTM's hyper-parameters; defaults are MMSA's MOSI settings."""
 
     name: str = "ef_lstm"
-    freeze_language_model: bool = Field(
-        True, description="MMSA's non-BERT models read fixed BERT features: the LM is frozen")
+    freeze_language_model: bool = frozen_language_model_field()
     seq_len: int = Field(50, ge=1, description="steps T every sequence is padded/truncated to "
                          "(MMSA: the length of its aligned arrays, 50 for MOSI/MOSEI)")
     audio_steps: int | None = Field(
@@ -71,14 +82,12 @@ class EFLSTMConfig(ModelConfig):
 
     @model_validator(mode="after")
     def _check_weights(self) -> EFLSTMConfig:
-        if set(self.loss_weights) != {"task"}:
-            raise ValueError(
-                f"model.loss_weights must give exactly ['task'], got {sorted(self.loss_weights)}")
+        check_loss_weights(self.loss_weights, ("task",), "ef_lstm")
         return self
 
 
 @register_model
-class EFLSTM(MSAModel):
+class EFLSTM(SingleAdamGroupMixin, MSAModel):
     """Early-fusion LSTM (see the module docstring for blocks and sizes)."""
 
     name = "ef_lstm"
@@ -88,10 +97,8 @@ class EFLSTM(MSAModel):
 
     def __init__(self, config: EFLSTMConfig, dims: FeatureDims):
         super().__init__(config, dims)
-        for modality in ("audio", "vision"):
-            if getattr(dims, modality) < 1:
-                raise ValueError(f"ef_lstm fuses text, audio and vision, but the data has no "
-                                 f"{modality} features; use lf_dnn with model.modalities")
+        require_modalities(dims, "ef_lstm", hint="For text-only or two-modality data use lf_dnn "
+                           "with model.modalities")
         self.text_encoder = PretrainedTextEncoder(
             config.language_model, pooling="none", freeze=config.freeze_language_model)
         in_dim = self.text_encoder.hidden_size + dims.audio + dims.vision
@@ -114,22 +121,13 @@ class EFLSTM(MSAModel):
             parts.append(avg_pool_align(x, steps))
         return torch.cat(parts, dim=-1)
 
-    def parameter_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
-        if self.config.exempt_biases_from_decay:
-            return super().parameter_groups(train)
-        return single_adam_group(self, train)
-
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         x = self.norm(self.fused_sequence(batch))
         _, (final, _) = self.lstm(x)  # final: (num_layers, B, hidden)
         hidden = F.relu(self.linear(self.dropout(final[-1])))
         prediction = self.out(self.dropout(hidden)).squeeze(-1)  # (B,)
-        losses = {}
-        if "labels" in batch:
-            labels = batch["labels"].to(prediction.dtype).reshape(-1)
-            loss_fn = F.l1_loss if self.config.loss == "l1" else F.mse_loss
-            losses["task"] = loss_fn(prediction, labels)
-        return ModelOutput(prediction=prediction, losses=losses)
+        return ModelOutput(prediction=prediction,
+                           losses=task_losses(prediction, batch, self.config.loss))
 
 
 __all__ = ["EFLSTM", "EFLSTMConfig"]

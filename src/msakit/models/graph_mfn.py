@@ -43,10 +43,22 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from msakit.config_schema import ModelConfig, TrainConfig
+from msakit.config_schema import ModelConfig
 from msakit.models import register_model
-from msakit.models.base import FeatureDims, ModelOutput, MSAModel
-from msakit.modules.mmsa_subnets import fixed_length, single_adam_group
+from msakit.models.base import (
+    FeatureDims,
+    ModelOutput,
+    MSAModel,
+    check_loss_weights,
+    require_modalities,
+)
+from msakit.modules.mmsa_subnets import (
+    GatedMemoryMixin,
+    SingleAdamGroupMixin,
+    fixed_length,
+    frozen_language_model_field,
+    task_losses,
+)
 from msakit.modules.text import PretrainedTextEncoder
 
 
@@ -54,8 +66,7 @@ class GraphMFNConfig(ModelConfig):
     """Graph-MFN's hyper-parameters; defaults are MMSA's MOSI settings."""
 
     name: str = "graph_mfn"
-    freeze_language_model: bool = Field(
-        True, description="MMSA's non-BERT models read fixed BERT features: the LM is frozen")
+    freeze_language_model: bool = frozen_language_model_field()
     seq_len: int = Field(50, ge=1, description="steps T every sequence is padded/truncated to "
                          "(MMSA: the length of its aligned arrays, 50 for MOSI/MOSEI)")
     text_hidden: int = Field(256, ge=1)
@@ -84,9 +95,7 @@ class GraphMFNConfig(ModelConfig):
 
     @model_validator(mode="after")
     def _check_weights(self) -> GraphMFNConfig:
-        if set(self.loss_weights) != {"task"}:
-            raise ValueError(
-                f"model.loss_weights must give exactly ['task'], got {sorted(self.loss_weights)}")
+        check_loss_weights(self.loss_weights, ("task",), "graph_mfn")
         return self
 
 
@@ -134,7 +143,7 @@ class DynamicFusionGraph(nn.Module):
 
 
 @register_model
-class GraphMFN(MSAModel):
+class GraphMFN(GatedMemoryMixin, SingleAdamGroupMixin, MSAModel):
     """Graph Memory Fusion Network (see the module docstring for blocks and sizes)."""
 
     name = "graph_mfn"
@@ -144,10 +153,8 @@ class GraphMFN(MSAModel):
 
     def __init__(self, config: GraphMFNConfig, dims: FeatureDims):
         super().__init__(config, dims)
-        for modality in ("audio", "vision"):
-            if getattr(dims, modality) < 1:
-                raise ValueError(f"graph_mfn fuses text, audio and vision, but the data has no "
-                                 f"{modality} features; use lf_dnn with model.modalities")
+        require_modalities(dims, "graph_mfn", hint="For text-only or two-modality data use lf_dnn "
+                           "with model.modalities")
         self.text_encoder = PretrainedTextEncoder(
             config.language_model, pooling="none", freeze=config.freeze_language_model)
         hiddens = (config.text_hidden, config.audio_hidden, config.vision_hidden)
@@ -162,19 +169,7 @@ class GraphMFN(MSAModel):
                                             config.dfg_hidden)
         if not config.train_vertex_networks:
             self.graph_mfn.vertex_networks.requires_grad_(False)
-        gamma_in = config.inner_node_dim + config.mem_dim
-        self.att2_fc1 = nn.Linear(config.inner_node_dim, config.att2_hidden)
-        self.att2_fc2 = nn.Linear(config.att2_hidden, config.mem_dim)
-        self.att2_dropout = nn.Dropout(config.att2_dropout)
-        self.gamma1_fc1 = nn.Linear(gamma_in, config.gamma1_hidden)
-        self.gamma1_fc2 = nn.Linear(config.gamma1_hidden, config.mem_dim)
-        self.gamma1_dropout = nn.Dropout(config.gamma1_dropout)
-        self.gamma2_fc1 = nn.Linear(gamma_in, config.gamma2_hidden)
-        self.gamma2_fc2 = nn.Linear(config.gamma2_hidden, config.mem_dim)
-        self.gamma2_dropout = nn.Dropout(config.gamma2_dropout)
-        self.out_fc1 = nn.Linear(sum(hiddens) + config.mem_dim, config.out_hidden)
-        self.out_fc2 = nn.Linear(config.out_hidden, 1)
-        self.out_dropout = nn.Dropout(config.out_dropout)
+        self.add_gated_memory(config, config.inner_node_dim, sum(hiddens))
 
     def input_sequences(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
         """Text, audio, vision as ``(T, B, D_m)`` step-major sequences of ``seq_len`` steps."""
@@ -182,10 +177,6 @@ class GraphMFN(MSAModel):
         text = fixed_length(self.text_encoder.encode_batch(batch), batch["attention_mask"], steps)
         others = [fixed_length(batch[m], batch[f"{m}_mask"], steps) for m in ("audio", "vision")]
         return tuple(s.transpose(0, 1) for s in (text, *others))
-
-    @staticmethod
-    def _mlp(fc1: nn.Linear, dropout: nn.Dropout, fc2: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-        return fc2(dropout(F.relu(fc1(x))))
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         sequences = self.input_sequences(batch)
@@ -200,25 +191,8 @@ class GraphMFN(MSAModel):
             singletons = [F.relu(transform(torch.cat([old[0], new[0]], dim=1)))
                           for transform, old, new in zip(transforms, states, new_states)]
             attended, _ = self.graph_mfn(singletons)
-            proposed = torch.tanh(self._mlp(self.att2_fc1, self.att2_dropout, self.att2_fc2,
-                                            attended))
-            both = torch.cat([attended, memory], dim=1)
-            gamma1 = torch.sigmoid(self._mlp(self.gamma1_fc1, self.gamma1_dropout,
-                                             self.gamma1_fc2, both))
-            gamma2 = torch.sigmoid(self._mlp(self.gamma2_fc1, self.gamma2_dropout,
-                                             self.gamma2_fc2, both))
-            memory = gamma1 * memory + gamma2 * proposed
+            memory = self.update_memory(attended, memory)
             states = new_states
-        final = torch.cat([h for h, _ in states] + [memory], dim=1)
-        prediction = self._mlp(self.out_fc1, self.out_dropout, self.out_fc2, final).squeeze(-1)
-        losses = {}
-        if "labels" in batch:
-            labels = batch["labels"].to(prediction.dtype).reshape(-1)
-            loss_fn = F.l1_loss if self.config.loss == "l1" else F.mse_loss
-            losses["task"] = loss_fn(prediction, labels)
-        return ModelOutput(prediction=prediction, losses=losses)
-
-    def parameter_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
-        if self.config.exempt_biases_from_decay:
-            return super().parameter_groups(train)
-        return single_adam_group(self, train)
+        prediction = self.memory_head(states, memory)
+        return ModelOutput(prediction=prediction,
+                           losses=task_losses(prediction, batch, self.config.loss))

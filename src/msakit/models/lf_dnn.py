@@ -39,12 +39,17 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from msakit.config_schema import ModelConfig, TrainConfig
 from msakit.models import register_model
-from msakit.models.base import FeatureDims, ModelOutput, MSAModel, check_loss_weights
+from msakit.models.base import (
+    FeatureDims,
+    ModelOutput,
+    MSAModel,
+    check_loss_weights,
+    ordered_modalities,
+)
 from msakit.modules.encoders import masked_time_mean
 from msakit.modules.text import PretrainedTextEncoder
 
 Modality = Literal["text", "audio", "vision"]
-MODALITY_ORDER = ("text", "audio", "vision")
 
 
 class LFDNNConfig(ModelConfig):
@@ -88,11 +93,7 @@ class LFDNNConfig(ModelConfig):
     @field_validator("modalities")
     @classmethod
     def _unique_nonempty(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("model.modalities must name at least one of text, audio, vision")
-        if len(set(value)) != len(value):
-            raise ValueError(f"model.modalities has duplicates: {value}")
-        return [m for m in MODALITY_ORDER if m in value]
+        return ordered_modalities(value)
 
     @model_validator(mode="after")
     def _check_weights(self) -> LFDNNConfig:
@@ -212,10 +213,7 @@ class LFDNN(MSAModel):
 
     def _time_average(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``(B, L, D)`` -> ``(B, D)``: the mean over real steps, or their sum / N."""
-        steps = self.config.time_average_steps
-        if steps is None:
-            return masked_time_mean(x, mask)
-        return (x * mask.to(x.dtype).unsqueeze(-1)).sum(1) / steps
+        return masked_time_mean(x, mask, self.config.time_average_steps)
 
     def parameter_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
         if self.config.exempt_biases_from_decay:

@@ -38,23 +38,36 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
 from msakit.config_schema import ModelConfig, TrainConfig
 from msakit.models import register_model
-from msakit.models.base import FeatureDims, ModelOutput, MSAModel
-from msakit.modules.mmsa_subnets import FeatureSubNet, TextLSTMSubNet, time_average
-from msakit.modules.text import PretrainedTextEncoder
+from msakit.models.base import (
+    FeatureDims,
+    ModelOutput,
+    MSAModel,
+    check_loss_weights,
+    require_modalities,
+)
+from msakit.modules.mmsa_subnets import (
+    LOW_RANK_FACTORS,
+    UnimodalFeaturesMixin,
+    average_steps_field,
+    frozen_language_model_field,
+    low_rank_fusion,
+    low_rank_parameters,
+    task_losses,
+    text_lstm_reads_padding_field,
+    unimodal_subnets,
+)
 
 
 class LMFConfig(ModelConfig):
     """LMF's hyper-parameters; defaults are MMSA's MOSI settings (``config_regression.json``)."""
 
     name: str = "lmf"
-    freeze_language_model: bool = Field(
-        True, description="MMSA's non-BERT models read fixed BERT features: the LM is frozen")
+    freeze_language_model: bool = frozen_language_model_field()
     text_hidden: int = Field(128, ge=1, description="text LSTM units")
     audio_hidden: int = Field(16, ge=1)
     vision_hidden: int = Field(128, ge=1)
@@ -79,16 +92,9 @@ class LMFConfig(ModelConfig):
     exempt_biases_from_decay: bool = Field(
         False, description="False: weight decay on every trained parameter (MMSA and the "
         "authors); True: biases and norm weights do not decay")
-    text_lstm_reads_padding: bool = Field(
-        False, description="True: the LSTM runs over the batch's padded length, as MMSA's "
-        "unpacked LSTM (a prediction then depends on the batch's padding); False: real tokens")
-    audio_average_steps: int | None = Field(
-        None, ge=1, description="audio summary: None = mean over the real steps; N = sum over the "
-        "real steps / N, MMSA's mean over its N-step zero-padded array (MOSI/MOSEI: 50 aligned, "
-        "500 unaligned; SIMS: 400)")
-    vision_average_steps: int | None = Field(
-        None, ge=1, description="the same for vision (MOSI/MOSEI: 50 aligned, 375 unaligned; "
-        "SIMS: 55)")
+    text_lstm_reads_padding: bool = text_lstm_reads_padding_field()
+    audio_average_steps: int | None = average_steps_field("audio")
+    vision_average_steps: int | None = average_steps_field("vision")
     loss: Literal["l1", "mse"] = Field("l1", description="task loss (MMSA trains LMF with L1)")
     loss_reduction: Literal["mean", "sum"] = Field(
         "mean", description="mean over the batch (MMSA); sum (the authors' L1Loss(size_average="
@@ -97,17 +103,13 @@ class LMFConfig(ModelConfig):
 
     @model_validator(mode="after")
     def _check_weights(self) -> LMFConfig:
-        if set(self.loss_weights) != {"task"}:
-            raise ValueError(
-                f"model.loss_weights must give exactly ['task'], got {sorted(self.loss_weights)}")
+        check_loss_weights(self.loss_weights, ("task",), "lmf")
         return self
 
 
-FACTORS = ("audio_factor", "video_factor", "text_factor")
-
 
 @register_model
-class LMF(MSAModel):
+class LMF(UnimodalFeaturesMixin, MSAModel):
     """Low-rank Multimodal Fusion (see the module docstring for blocks and sizes)."""
 
     name = "lmf"
@@ -117,55 +119,22 @@ class LMF(MSAModel):
 
     def __init__(self, config: LMFConfig, dims: FeatureDims):
         super().__init__(config, dims)
-        for modality in ("audio", "vision"):
-            if getattr(dims, modality) < 1:
-                raise ValueError(f"lmf fuses text, audio and vision, but the data has no "
-                                 f"{modality} features; use lf_dnn with model.modalities")
+        require_modalities(dims, "lmf", hint="For text-only or two-modality data use lf_dnn "
+                           "with model.modalities")
         text_out = config.text_out or config.text_hidden // 2
-        self.text_encoder = PretrainedTextEncoder(
-            config.language_model, pooling="none", freeze=config.freeze_language_model)
-        self.text_subnet = TextLSTMSubNet(
-            self.text_encoder.hidden_size, config.text_hidden, text_out,
-            config.text_lstm_reads_padding,
-            dropout=config.text_dropout if config.text_final_dropout else 0.0)
-        self.audio_subnet = FeatureSubNet(dims.audio, config.audio_hidden, config.audio_dropout)
-        self.vision_subnet = FeatureSubNet(dims.vision, config.vision_hidden,
-                                           config.vision_dropout)
-        rank = config.rank
+        self.text_encoder, self.text_subnet, self.audio_subnet, self.vision_subnet = (
+            unimodal_subnets(config, dims, text_out,
+                             config.text_dropout if config.text_final_dropout else 0.0))
         # MMSA's names (video_factor), so that its state dicts map by name
-        self.audio_factor = nn.Parameter(torch.empty(rank, config.audio_hidden + 1, 1))
-        self.video_factor = nn.Parameter(torch.empty(rank, config.vision_hidden + 1, 1))
-        self.text_factor = nn.Parameter(torch.empty(rank, text_out + 1, 1))
-        self.fusion_weights = nn.Parameter(torch.empty(1, rank))
-        self.fusion_bias = nn.Parameter(torch.zeros(1, 1))
-        for parameter in (self.audio_factor, self.video_factor, self.text_factor,
-                          self.fusion_weights):
-            nn.init.xavier_normal_(parameter)
-        if not config.train_fusion_weights:
-            self.fusion_weights.requires_grad_(False)
-            self.fusion_bias.requires_grad_(False)
-
-    def unimodal_features(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """``{"audio": (B, audio_hidden), "vision": (B, vision_hidden), "text": (B, text_out)}``,
-        computed in MMSA's order (audio, vision, text)."""
-        features = {m: getattr(self, f"{m}_subnet")(time_average(
-            batch[m], batch[f"{m}_mask"], getattr(self.config, f"{m}_average_steps")))
-            for m in ("audio", "vision")}
-        states = self.text_encoder.encode_batch(batch)  # (B, L_t, H)
-        features["text"] = self.text_subnet(states, batch["attention_mask"])
-        return features
+        (self.audio_factor, self.video_factor, self.text_factor, self.fusion_weights,
+         self.fusion_bias) = low_rank_parameters(
+            config.rank, (config.audio_hidden, config.vision_hidden, text_out),
+            config.train_fusion_weights)
 
     def low_rank_fusion(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """Eq. 6: ``(B,)`` = fusion_weights @ prod_m([1; z_m] @ W_m) + fusion_bias."""
-        product = None
-        for modality, factor in zip(("audio", "vision", "text"),
-                                    (self.audio_factor, self.video_factor, self.text_factor)):
-            z = features[modality]
-            z = torch.cat([z.new_ones(z.shape[0], 1), z], dim=1)  # (B, d_m + 1)
-            term = torch.matmul(z, factor)  # (r, B, 1)
-            product = term if product is None else product * term
-        fused = torch.matmul(self.fusion_weights, product.permute(1, 0, 2))  # (B, 1, 1)
-        return fused.reshape(-1) + self.fusion_bias.reshape(())
+        return low_rank_fusion(features, (self.audio_factor, self.video_factor, self.text_factor),
+                               self.fusion_weights, self.fusion_bias)
 
     def parameter_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
         """The factors at ``model.factor_lr``, the rest at ``train.lr`` (the LM at
@@ -176,7 +145,7 @@ class LMF(MSAModel):
         for name, parameter in self.named_parameters():
             if not parameter.requires_grad:
                 continue
-            kind = ("factors" if name in FACTORS else
+            kind = ("factors" if name in LOW_RANK_FACTORS else
                     "language_model" if lm_prefixes and name.startswith(lm_prefixes) else "other")
             decays = not (exempt and (name.endswith("bias") or ".norm." in name))
             groups.setdefault((kind, decays), []).append(parameter)
@@ -190,9 +159,5 @@ class LMF(MSAModel):
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         prediction = self.low_rank_fusion(self.unimodal_features(batch))
-        losses = {}
-        if "labels" in batch:
-            labels = batch["labels"].to(prediction.dtype).reshape(-1)
-            loss_fn = F.l1_loss if self.config.loss == "l1" else F.mse_loss
-            losses["task"] = loss_fn(prediction, labels, reduction=self.config.loss_reduction)
+        losses = task_losses(prediction, batch, self.config.loss, self.config.loss_reduction)
         return ModelOutput(prediction=prediction, losses=losses)

@@ -41,10 +41,24 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from msakit.config_schema import ModelConfig, TrainConfig
+from msakit.config_schema import ModelConfig
 from msakit.models import register_model
-from msakit.models.base import FeatureDims, ModelOutput, MSAModel
-from msakit.modules.mmsa_subnets import fixed_length, single_adam_group, time_average
+from msakit.models.base import (
+    FeatureDims,
+    ModelOutput,
+    MSAModel,
+    check_loss_weights,
+    require_modalities,
+)
+from msakit.modules.encoders import masked_time_mean
+from msakit.modules.mmsa_subnets import (
+    GatedMemoryMixin,
+    SingleAdamGroupMixin,
+    fixed_length,
+    frozen_language_model_field,
+    mlp,
+    task_losses,
+)
 from msakit.modules.text import PretrainedTextEncoder
 
 
@@ -52,8 +66,7 @@ class MFNConfig(ModelConfig):
     """MFN's hyper-parameters; defaults are MMSA's MOSI settings (``config_regression.json``)."""
 
     name: str = "mfn"
-    freeze_language_model: bool = Field(
-        True, description="MMSA's non-BERT models read fixed BERT features: the LM is frozen")
+    freeze_language_model: bool = frozen_language_model_field()
     seq_len: int = Field(50, ge=1, description="steps T every sequence is padded/truncated to "
                          "(MMSA: the length of its aligned arrays, 50 for MOSI/MOSEI)")
     audio_vision_input: Literal["time_average", "sequence"] = Field(
@@ -86,14 +99,12 @@ class MFNConfig(ModelConfig):
 
     @model_validator(mode="after")
     def _check_weights(self) -> MFNConfig:
-        if set(self.loss_weights) != {"task"}:
-            raise ValueError(
-                f"model.loss_weights must give exactly ['task'], got {sorted(self.loss_weights)}")
+        check_loss_weights(self.loss_weights, ("task",), "mfn")
         return self
 
 
 @register_model
-class MFN(MSAModel):
+class MFN(GatedMemoryMixin, SingleAdamGroupMixin, MSAModel):
     """Memory Fusion Network (see the module docstring for blocks and sizes)."""
 
     name = "mfn"
@@ -103,15 +114,12 @@ class MFN(MSAModel):
 
     def __init__(self, config: MFNConfig, dims: FeatureDims):
         super().__init__(config, dims)
-        for modality in ("audio", "vision"):
-            if getattr(dims, modality) < 1:
-                raise ValueError(f"mfn fuses text, audio and vision, but the data has no "
-                                 f"{modality} features; use lf_dnn with model.modalities")
+        require_modalities(dims, "mfn", hint="For text-only or two-modality data use lf_dnn "
+                           "with model.modalities")
         self.text_encoder = PretrainedTextEncoder(
             config.language_model, pooling="none", freeze=config.freeze_language_model)
         hidden = config.text_hidden + config.audio_hidden + config.vision_hidden
         window = 2 * hidden  # c* = [c[t-1]; c[t]]
-        gamma_in = window + config.mem_dim
         # MMSA's names (l, a, v), so that its state dicts map by name
         self.lstm_l = nn.LSTMCell(self.text_encoder.hidden_size, config.text_hidden)
         self.lstm_a = nn.LSTMCell(dims.audio, config.audio_hidden)
@@ -119,18 +127,7 @@ class MFN(MSAModel):
         self.att1_fc1 = nn.Linear(window, config.att1_hidden)
         self.att1_fc2 = nn.Linear(config.att1_hidden, window)
         self.att1_dropout = nn.Dropout(config.att1_dropout)
-        self.att2_fc1 = nn.Linear(window, config.att2_hidden)
-        self.att2_fc2 = nn.Linear(config.att2_hidden, config.mem_dim)
-        self.att2_dropout = nn.Dropout(config.att2_dropout)
-        self.gamma1_fc1 = nn.Linear(gamma_in, config.gamma1_hidden)
-        self.gamma1_fc2 = nn.Linear(config.gamma1_hidden, config.mem_dim)
-        self.gamma1_dropout = nn.Dropout(config.gamma1_dropout)
-        self.gamma2_fc1 = nn.Linear(gamma_in, config.gamma2_hidden)
-        self.gamma2_fc2 = nn.Linear(config.gamma2_hidden, config.mem_dim)
-        self.gamma2_dropout = nn.Dropout(config.gamma2_dropout)
-        self.out_fc1 = nn.Linear(hidden + config.mem_dim, config.out_hidden)
-        self.out_fc2 = nn.Linear(config.out_hidden, 1)
-        self.out_dropout = nn.Dropout(config.out_dropout)
+        self.add_gated_memory(config, window, hidden)
 
     def input_sequences(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
         """Text, audio, vision as ``(T, B, D_m)`` step-major sequences of ``seq_len`` steps."""
@@ -140,15 +137,12 @@ class MFN(MSAModel):
         for modality in ("audio", "vision"):
             x, mask = batch[modality], batch[f"{modality}_mask"]
             if self.config.audio_vision_input == "time_average":
-                average = time_average(x, mask, getattr(self.config, f"{modality}_average_steps"))
+                average = masked_time_mean(x, mask, getattr(self.config,
+                                                             f"{modality}_average_steps"))
                 others.append(average.unsqueeze(1).expand(-1, steps, -1))
             else:
                 others.append(fixed_length(x, mask, steps))
         return tuple(s.transpose(0, 1) for s in (text, *others))
-
-    @staticmethod
-    def _mlp(fc1: nn.Linear, dropout: nn.Dropout, fc2: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-        return fc2(dropout(F.relu(fc1(x))))
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         text, audio, vision = self.input_sequences(batch)
@@ -161,28 +155,10 @@ class MFN(MSAModel):
             new_states = [cell(x[t], state) for x, cell, state in zip(
                 (text, audio, vision), (self.lstm_l, self.lstm_a, self.lstm_v), states)]
             c_star = torch.cat([c for _, c in states] + [c for _, c in new_states], dim=1)
-            attention = F.softmax(self._mlp(self.att1_fc1, self.att1_dropout, self.att1_fc2,
-                                            c_star), dim=1)
-            attended = attention * c_star
-            proposed = torch.tanh(self._mlp(self.att2_fc1, self.att2_dropout, self.att2_fc2,
-                                            attended))
-            both = torch.cat([attended, memory], dim=1)
-            gamma1 = torch.sigmoid(self._mlp(self.gamma1_fc1, self.gamma1_dropout,
-                                             self.gamma1_fc2, both))
-            gamma2 = torch.sigmoid(self._mlp(self.gamma2_fc1, self.gamma2_dropout,
-                                             self.gamma2_fc2, both))
-            memory = gamma1 * memory + gamma2 * proposed
+            attention = F.softmax(mlp(self.att1_fc1, self.att1_dropout, self.att1_fc2, c_star),
+                                  dim=1)
+            memory = self.update_memory(attention * c_star, memory)
             states = new_states
-        final = torch.cat([h for h, _ in states] + [memory], dim=1)
-        prediction = self._mlp(self.out_fc1, self.out_dropout, self.out_fc2, final).squeeze(-1)
-        losses = {}
-        if "labels" in batch:
-            labels = batch["labels"].to(prediction.dtype).reshape(-1)
-            loss_fn = F.l1_loss if self.config.loss == "l1" else F.mse_loss
-            losses["task"] = loss_fn(prediction, labels)
-        return ModelOutput(prediction=prediction, losses=losses)
-
-    def parameter_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
-        if self.config.exempt_biases_from_decay:
-            return super().parameter_groups(train)
-        return single_adam_group(self, train)
+        prediction = self.memory_head(states, memory)
+        return ModelOutput(prediction=prediction,
+                           losses=task_losses(prediction, batch, self.config.loss))

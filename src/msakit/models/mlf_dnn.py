@@ -34,33 +34,29 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from msakit.config_schema import ModelConfig, TrainConfig
-from msakit.errors import ConfigError
 from msakit.models import register_model
-from msakit.models.base import FeatureDims, ModelOutput, MSAModel
+from msakit.models.base import FeatureDims, ModelOutput, MSAModel, require_modalities
 from msakit.modules.mmsa_subnets import (
-    FeatureSubNet,
     RegressionHead,
-    TextLSTMSubNet,
+    UnimodalFeaturesMixin,
+    average_steps_field,
+    check_multitask_loss_weights,
+    frozen_language_model_field,
+    multitask_losses,
     subnet_decay_groups,
-    time_average,
+    text_lstm_reads_padding_field,
+    unimodal_subnets,
 )
-from msakit.modules.text import PretrainedTextEncoder
-
-#: loss term -> (head, batch key of its labels)
-TERMS = {"task": ("fusion", "labels"), "text": ("text", "labels_T"),
-         "audio": ("audio", "labels_A"), "vision": ("vision", "labels_V")}
 
 
 class MLFDNNConfig(ModelConfig):
     """MLF-DNN's hyper-parameters; defaults are MMSA's CH-SIMS settings."""
 
     name: str = "mlf_dnn"
-    freeze_language_model: bool = Field(
-        True, description="MMSA's non-BERT models read fixed BERT features: the LM is frozen")
+    freeze_language_model: bool = frozen_language_model_field()
     text_hidden: int = Field(64, ge=1, description="text LSTM units")
     audio_hidden: int = Field(32, ge=1)
     vision_hidden: int = Field(64, ge=1)
@@ -82,13 +78,9 @@ class MLFDNNConfig(ModelConfig):
                                      "sub-network (train.weight_decay: the heads)")
     audio_weight_decay: float = Field(1e-3, ge=0.0)
     vision_weight_decay: float = Field(1e-4, ge=0.0)
-    text_lstm_reads_padding: bool = Field(
-        False, description="True: the LSTM runs over the batch's padded length, as MMSA's "
-        "unpacked LSTM (a prediction then depends on the batch's padding); False: real tokens")
-    audio_average_steps: int | None = Field(
-        None, ge=1, description="audio summary: None = mean over the real steps; N = sum / N, "
-        "MMSA's mean over its N-step zero-padded array (SIMS: 400)")
-    vision_average_steps: int | None = Field(None, ge=1, description="the same (SIMS: 55)")
+    text_lstm_reads_padding: bool = text_lstm_reads_padding_field()
+    audio_average_steps: int | None = average_steps_field("audio")
+    vision_average_steps: int | None = average_steps_field("vision")
     loss_weights: dict[str, float] = Field(
         default_factory=lambda: {"task": 1.0},
         description="task (fusion head) and optionally text/audio/vision (unimodal heads on "
@@ -97,14 +89,11 @@ class MLFDNNConfig(ModelConfig):
     @field_validator("loss_weights")
     @classmethod
     def _known_terms(cls, value: dict[str, float]) -> dict[str, float]:
-        if "task" not in value or not set(value) <= set(TERMS):
-            raise ValueError(f"model.loss_weights must give 'task' and optionally text, audio, "
-                             f"vision; got {sorted(value)}")
-        return value
+        return check_multitask_loss_weights(value)
 
 
 @register_model
-class MLFDNN(MSAModel):
+class MLFDNN(UnimodalFeaturesMixin, MSAModel):
     """Multi-task late-fusion DNN (see the module docstring for blocks and sizes)."""
 
     name = "mlf_dnn"
@@ -114,17 +103,10 @@ class MLFDNN(MSAModel):
 
     def __init__(self, config: MLFDNNConfig, dims: FeatureDims):
         super().__init__(config, dims)
-        for modality in ("audio", "vision"):
-            if getattr(dims, modality) < 1:
-                raise ValueError(f"mlf_dnn fuses text, audio and vision, but the data has no "
-                                 f"{modality} features; use lf_dnn with model.modalities")
-        self.text_encoder = PretrainedTextEncoder(
-            config.language_model, pooling="none", freeze=config.freeze_language_model)
-        self.text_subnet = TextLSTMSubNet(self.text_encoder.hidden_size, config.text_hidden,
-                                          config.text_out, config.text_lstm_reads_padding)
-        self.audio_subnet = FeatureSubNet(dims.audio, config.audio_hidden, config.audio_dropout)
-        self.vision_subnet = FeatureSubNet(dims.vision, config.vision_hidden,
-                                           config.vision_dropout)
+        require_modalities(dims, "mlf_dnn", hint="For text-only or two-modality data use lf_dnn "
+                           "with model.modalities")
+        self.text_encoder, self.text_subnet, self.audio_subnet, self.vision_subnet = (
+            unimodal_subnets(config, dims, config.text_out))
         self.post_text = RegressionHead(config.text_out, config.post_text_dim,
                                         config.post_text_dropout)
         self.post_audio = RegressionHead(config.audio_hidden, config.post_audio_dim,
@@ -134,33 +116,13 @@ class MLFDNN(MSAModel):
         self.post_fusion = RegressionHead(config.audio_hidden + config.vision_hidden + config.text_out,
                                  config.post_fusion_dim, config.post_fusion_dropout)
 
-    def unimodal_features(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """``{"audio": (B, audio_hidden), "vision": (B, vision_hidden), "text": (B, text_out)}``,
-        computed in MMSA's order (audio, vision, text)."""
-        features = {m: getattr(self, f"{m}_subnet")(time_average(
-            batch[m], batch[f"{m}_mask"], getattr(self.config, f"{m}_average_steps")))
-            for m in ("audio", "vision")}
-        states = self.text_encoder.encode_batch(batch)  # (B, L_t, H)
-        features["text"] = self.text_subnet(states, batch["attention_mask"])
-        return features
-
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         features = self.unimodal_features(batch)
         outputs = {m: getattr(self, f"post_{m}")(features[m]) for m in ("text", "audio", "vision")}
         # MMSA's fusion order: audio, video, text
         fused = torch.cat([features["audio"], features["vision"], features["text"]], dim=-1)
         outputs["fusion"] = self.post_fusion(fused)
-        losses = {}
-        if "labels" in batch:
-            for term in self.config.loss_weights:
-                head, key = TERMS[term]
-                if key not in batch:
-                    raise ConfigError(
-                        f"mlf_dnn's loss term {term!r} needs the unimodal labels {key!r} "
-                        "(CH-SIMS), which this data does not have; train the fusion head alone "
-                        "with --set model.loss_weights={task:1.0}")
-                labels = batch[key].to(outputs[head].dtype).reshape(-1)
-                losses[term] = F.l1_loss(outputs[head], labels)
+        losses = multitask_losses(outputs, batch, self.config.loss_weights, "mlf_dnn", fusion="fusion head")
         extras = {m: outputs[m] for m in ("text", "audio", "vision")}
         return ModelOutput(prediction=outputs["fusion"], losses=losses, extras=extras)
 

@@ -29,35 +29,32 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, field_validator
-from torch import nn
 
 from msakit.config_schema import ModelConfig, TrainConfig
-from msakit.errors import ConfigError
 from msakit.models import register_model
-from msakit.models.base import FeatureDims, ModelOutput, MSAModel
+from msakit.models.base import FeatureDims, ModelOutput, MSAModel, require_modalities
 from msakit.modules.mmsa_subnets import (
-    FeatureSubNet,
+    LOW_RANK_FACTORS,
     RegressionHead,
-    TextLSTMSubNet,
+    UnimodalFeaturesMixin,
+    average_steps_field,
+    check_multitask_loss_weights,
+    frozen_language_model_field,
+    low_rank_fusion,
+    low_rank_parameters,
+    multitask_losses,
     subnet_decay_groups,
-    time_average,
+    text_lstm_reads_padding_field,
+    unimodal_subnets,
 )
-from msakit.modules.text import PretrainedTextEncoder
-
-#: loss term -> (output, batch key of its labels)
-TERMS = {"task": ("fusion", "labels"), "text": ("text", "labels_T"),
-         "audio": ("audio", "labels_A"), "vision": ("vision", "labels_V")}
-FACTORS = ("audio_factor", "video_factor", "text_factor")
 
 
 class MLMFConfig(ModelConfig):
     """MLMF's hyper-parameters; defaults are MMSA's CH-SIMS settings."""
 
     name: str = "mlmf"
-    freeze_language_model: bool = Field(
-        True, description="MMSA's non-BERT models read fixed BERT features: the LM is frozen")
+    freeze_language_model: bool = frozen_language_model_field()
     text_hidden: int = Field(256, ge=1, description="text LSTM units (text_out = half)")
     audio_hidden: int = Field(32, ge=1)
     vision_hidden: int = Field(256, ge=1)
@@ -83,13 +80,9 @@ class MLMFConfig(ModelConfig):
     train_fusion_weights: bool = Field(
         False, description="False: fusion_weights and fusion_bias keep their initial values "
         "(MMSA's optimiser gives them lr 0); True: they train at train.lr")
-    text_lstm_reads_padding: bool = Field(
-        False, description="True: the LSTM runs over the batch's padded length, as MMSA's "
-        "unpacked LSTM (a prediction then depends on the batch's padding); False: real tokens")
-    audio_average_steps: int | None = Field(
-        None, ge=1, description="audio summary: None = mean over the real steps; N = sum / N, "
-        "MMSA's mean over its N-step zero-padded array (SIMS: 400)")
-    vision_average_steps: int | None = Field(None, ge=1, description="the same (SIMS: 55)")
+    text_lstm_reads_padding: bool = text_lstm_reads_padding_field()
+    audio_average_steps: int | None = average_steps_field("audio")
+    vision_average_steps: int | None = average_steps_field("vision")
     loss_weights: dict[str, float] = Field(
         default_factory=lambda: {"task": 1.0},
         description="task (fusion) and optionally text/audio/vision (unimodal heads on "
@@ -98,14 +91,11 @@ class MLMFConfig(ModelConfig):
     @field_validator("loss_weights")
     @classmethod
     def _known_terms(cls, value: dict[str, float]) -> dict[str, float]:
-        if "task" not in value or not set(value) <= set(TERMS):
-            raise ValueError(f"model.loss_weights must give 'task' and optionally text, audio, "
-                             f"vision; got {sorted(value)}")
-        return value
+        return check_multitask_loss_weights(value)
 
 
 @register_model
-class MLMF(MSAModel):
+class MLMF(UnimodalFeaturesMixin, MSAModel):
     """Multi-task Low-rank Multimodal Fusion (see the module docstring for blocks and sizes)."""
 
     name = "mlmf"
@@ -115,74 +105,32 @@ class MLMF(MSAModel):
 
     def __init__(self, config: MLMFConfig, dims: FeatureDims):
         super().__init__(config, dims)
-        for modality in ("audio", "vision"):
-            if getattr(dims, modality) < 1:
-                raise ValueError(f"mlmf fuses text, audio and vision, but the data has no "
-                                 f"{modality} features; use lf_dnn with model.modalities")
+        require_modalities(dims, "mlmf", hint="For text-only or two-modality data use lf_dnn "
+                           "with model.modalities")
         text_out = config.text_hidden // 2
-        self.text_encoder = PretrainedTextEncoder(
-            config.language_model, pooling="none", freeze=config.freeze_language_model)
-        self.text_subnet = TextLSTMSubNet(self.text_encoder.hidden_size, config.text_hidden,
-                                          text_out, config.text_lstm_reads_padding)
-        self.audio_subnet = FeatureSubNet(dims.audio, config.audio_hidden, config.audio_dropout)
-        self.vision_subnet = FeatureSubNet(dims.vision, config.vision_hidden,
-                                           config.vision_dropout)
+        self.text_encoder, self.text_subnet, self.audio_subnet, self.vision_subnet = (
+            unimodal_subnets(config, dims, text_out))
         self.post_text = RegressionHead(text_out, config.post_text_dim, config.post_text_dropout)
         self.post_audio = RegressionHead(config.audio_hidden, config.post_audio_dim,
                                          config.post_audio_dropout)
         self.post_vision = RegressionHead(config.vision_hidden, config.post_vision_dim,
                                           config.post_vision_dropout)
-        rank = config.rank
         # MMSA's names (video_factor), so that its state dicts map by name
-        self.audio_factor = nn.Parameter(torch.empty(rank, config.audio_hidden + 1, 1))
-        self.video_factor = nn.Parameter(torch.empty(rank, config.vision_hidden + 1, 1))
-        self.text_factor = nn.Parameter(torch.empty(rank, text_out + 1, 1))
-        self.fusion_weights = nn.Parameter(torch.empty(1, rank))
-        self.fusion_bias = nn.Parameter(torch.zeros(1, 1))
-        for parameter in (self.audio_factor, self.video_factor, self.text_factor,
-                          self.fusion_weights):
-            nn.init.xavier_normal_(parameter)
-        if not config.train_fusion_weights:
-            self.fusion_weights.requires_grad_(False)
-            self.fusion_bias.requires_grad_(False)
-
-    def unimodal_features(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """``{"audio": (B, audio_hidden), "vision": (B, vision_hidden), "text": (B, text_out)}``,
-        computed in MMSA's order (audio, vision, text)."""
-        features = {m: getattr(self, f"{m}_subnet")(time_average(
-            batch[m], batch[f"{m}_mask"], getattr(self.config, f"{m}_average_steps")))
-            for m in ("audio", "vision")}
-        states = self.text_encoder.encode_batch(batch)  # (B, L_t, H)
-        features["text"] = self.text_subnet(states, batch["attention_mask"])
-        return features
+        (self.audio_factor, self.video_factor, self.text_factor, self.fusion_weights,
+         self.fusion_bias) = low_rank_parameters(
+            config.rank, (config.audio_hidden, config.vision_hidden, text_out),
+            config.train_fusion_weights)
 
     def low_rank_fusion(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """LMF's eq. 6: ``(B,)`` = fusion_weights @ prod_m([1; z_m] @ W_m) + fusion_bias."""
-        product = None
-        for modality, factor in zip(("audio", "vision", "text"),
-                                    (self.audio_factor, self.video_factor, self.text_factor)):
-            z = features[modality]
-            z = torch.cat([z.new_ones(z.shape[0], 1), z], dim=1)  # (B, d_m + 1)
-            term = torch.matmul(z, factor)  # (r, B, 1)
-            product = term if product is None else product * term
-        fused = torch.matmul(self.fusion_weights, product.permute(1, 0, 2))  # (B, 1, 1)
-        return fused.reshape(-1) + self.fusion_bias.reshape(())
+        return low_rank_fusion(features, (self.audio_factor, self.video_factor, self.text_factor),
+                               self.fusion_weights, self.fusion_bias)
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         features = self.unimodal_features(batch)
         outputs = {m: getattr(self, f"post_{m}")(features[m]) for m in ("text", "audio", "vision")}
         outputs["fusion"] = self.low_rank_fusion(features)
-        losses = {}
-        if "labels" in batch:
-            for term in self.config.loss_weights:
-                head, key = TERMS[term]
-                if key not in batch:
-                    raise ConfigError(
-                        f"mlmf's loss term {term!r} needs the unimodal labels {key!r} "
-                        "(CH-SIMS), which this data does not have; train the fusion alone "
-                        "with --set model.loss_weights={task:1.0}")
-                labels = batch[key].to(outputs[head].dtype).reshape(-1)
-                losses[term] = F.l1_loss(outputs[head], labels)
+        losses = multitask_losses(outputs, batch, self.config.loss_weights, "mlmf")
         extras = {m: outputs[m] for m in ("text", "audio", "vision")}
         return ModelOutput(prediction=outputs["fusion"], losses=losses, extras=extras)
 
@@ -194,5 +142,5 @@ class MLMF(MSAModel):
         groups = {"text_subnet.": (train.lr, cfg.text_weight_decay),
                   "audio_subnet.": (train.lr, cfg.audio_weight_decay),
                   "vision_subnet.": (train.lr, cfg.vision_weight_decay)}
-        groups.update({name: (cfg.factor_lr, train.weight_decay) for name in FACTORS})
+        groups.update({name: (cfg.factor_lr, train.weight_decay) for name in LOW_RANK_FACTORS})
         return subnet_decay_groups(self, train, groups, train.weight_decay)

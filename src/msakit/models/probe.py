@@ -51,12 +51,11 @@ from pydantic import Field, field_validator, model_validator
 
 from msakit.config_schema import ModelConfig
 from msakit.models import register_model
-from msakit.models.base import FeatureDims, ModelOutput, MSAModel
+from msakit.models.base import FeatureDims, ModelOutput, MSAModel, ordered_modalities
 from msakit.modules.encoders import masked_time_mean
 from msakit.modules.text import PretrainedTextEncoder
 
 Modality = Literal["text", "audio", "vision"]
-MODALITY_ORDER = ("text", "audio", "vision")
 #: ``10^-1 ... 10^5`` in half decades.
 DEFAULT_ALPHAS = tuple(float(10 ** (k / 2)) for k in range(-2, 11))
 
@@ -90,11 +89,7 @@ class ProbeConfig(ModelConfig):
     @field_validator("modalities")
     @classmethod
     def _unique_nonempty(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("model.modalities must name at least one of text, audio, vision")
-        if len(set(value)) != len(value):
-            raise ValueError(f"model.modalities has duplicates: {value}")
-        return [m for m in MODALITY_ORDER if m in value]
+        return ordered_modalities(value)
 
     @field_validator("alphas")
     @classmethod

@@ -47,17 +47,28 @@ from torch import nn
 
 from msakit.config_schema import ModelConfig
 from msakit.models import register_model
-from msakit.models.base import FeatureDims, ModelOutput, MSAModel
-from msakit.modules.mmsa_subnets import FeatureSubNet, TextLSTMSubNet, time_average
-from msakit.modules.text import PretrainedTextEncoder
+from msakit.models.base import (
+    FeatureDims,
+    ModelOutput,
+    MSAModel,
+    check_loss_weights,
+    require_modalities,
+)
+from msakit.modules.mmsa_subnets import (
+    UnimodalFeaturesMixin,
+    average_steps_field,
+    frozen_language_model_field,
+    task_losses,
+    text_lstm_reads_padding_field,
+    unimodal_subnets,
+)
 
 
 class TFNConfig(ModelConfig):
     """TFN's hyper-parameters; defaults are MMSA's MOSI settings (``config_regression.json``)."""
 
     name: str = "tfn"
-    freeze_language_model: bool = Field(
-        True, description="MMSA's non-BERT models read fixed BERT features: the LM is frozen")
+    freeze_language_model: bool = frozen_language_model_field()
     text_hidden: int = Field(128, ge=1, description="text LSTM units")
     audio_hidden: int = Field(32, ge=1)
     vision_hidden: int = Field(128, ge=1)
@@ -75,16 +86,9 @@ class TFNConfig(ModelConfig):
     output_bound: float | None = Field(
         3.0, gt=0.0, description="prediction = 2b * sigmoid(y) - b (MMSA and the authors: b = 3, "
         "also on SIMS); null: the linear output y")
-    text_lstm_reads_padding: bool = Field(
-        False, description="True: the LSTM runs over the batch's padded length, as MMSA's "
-        "unpacked LSTM (a prediction then depends on the batch's padding); False: real tokens")
-    audio_average_steps: int | None = Field(
-        None, ge=1, description="audio summary: None = mean over the real steps; N = sum over the "
-        "real steps / N, MMSA's mean over its N-step zero-padded array (MOSI/MOSEI: 50 aligned, "
-        "500 unaligned; SIMS: 400)")
-    vision_average_steps: int | None = Field(
-        None, ge=1, description="the same for vision (MOSI/MOSEI: 50 aligned, 375 unaligned; "
-        "SIMS: 55)")
+    text_lstm_reads_padding: bool = text_lstm_reads_padding_field()
+    audio_average_steps: int | None = average_steps_field("audio")
+    vision_average_steps: int | None = average_steps_field("vision")
     loss: Literal["l1", "mse"] = Field("l1", description="task loss (MMSA trains TFN with L1)")
     loss_reduction: Literal["mean", "sum"] = Field(
         "mean", description="mean over the batch (MMSA); sum (the authors' L1Loss(size_average="
@@ -93,9 +97,7 @@ class TFNConfig(ModelConfig):
 
     @model_validator(mode="after")
     def _check_weights(self) -> TFNConfig:
-        if set(self.loss_weights) != {"task"}:
-            raise ValueError(
-                f"model.loss_weights must give exactly ['task'], got {sorted(self.loss_weights)}")
+        check_loss_weights(self.loss_weights, ("task",), "tfn")
         return self
 
 
@@ -109,7 +111,7 @@ def tensor_fusion(audio: torch.Tensor, vision: torch.Tensor, text: torch.Tensor)
 
 
 @register_model
-class TFN(MSAModel):
+class TFN(UnimodalFeaturesMixin, MSAModel):
     """Tensor Fusion Network (see the module docstring for blocks and sizes)."""
 
     name = "tfn"
@@ -119,34 +121,16 @@ class TFN(MSAModel):
 
     def __init__(self, config: TFNConfig, dims: FeatureDims):
         super().__init__(config, dims)
-        for modality in ("audio", "vision"):
-            if getattr(dims, modality) < 1:
-                raise ValueError(f"tfn fuses text, audio and vision, but the data has no "
-                                 f"{modality} features; use lf_dnn with model.modalities")
-        self.text_encoder = PretrainedTextEncoder(
-            config.language_model, pooling="none", freeze=config.freeze_language_model)
-        self.text_subnet = TextLSTMSubNet(
-            self.text_encoder.hidden_size, config.text_hidden, config.text_out,
-            config.text_lstm_reads_padding,
-            dropout=config.text_dropout if config.text_final_dropout else 0.0)
-        self.audio_subnet = FeatureSubNet(dims.audio, config.audio_hidden, config.audio_dropout)
-        self.vision_subnet = FeatureSubNet(dims.vision, config.vision_hidden,
-                                           config.vision_dropout)
+        require_modalities(dims, "tfn", hint="For text-only or two-modality data use lf_dnn "
+                           "with model.modalities")
+        self.text_encoder, self.text_subnet, self.audio_subnet, self.vision_subnet = (
+            unimodal_subnets(config, dims, config.text_out,
+                             config.text_dropout if config.text_final_dropout else 0.0))
         fused = (config.audio_hidden + 1) * (config.vision_hidden + 1) * (config.text_out + 1)
         self.post_fusion_dropout = nn.Dropout(config.post_fusion_dropout)
         self.post_fusion_layer_1 = nn.Linear(fused, config.post_fusion_dim)
         self.post_fusion_layer_2 = nn.Linear(config.post_fusion_dim, config.post_fusion_dim)
         self.post_fusion_layer_3 = nn.Linear(config.post_fusion_dim, 1)
-
-    def unimodal_features(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """``{"audio": (B, audio_hidden), "vision": (B, vision_hidden), "text": (B, text_out)}``,
-        computed in MMSA's order (audio, vision, text: the order of its dropout calls)."""
-        features = {m: getattr(self, f"{m}_subnet")(time_average(
-            batch[m], batch[f"{m}_mask"], getattr(self.config, f"{m}_average_steps")))
-            for m in ("audio", "vision")}
-        states = self.text_encoder.encode_batch(batch)  # (B, L_t, H)
-        features["text"] = self.text_subnet(states, batch["attention_mask"])
-        return features
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         features = self.unimodal_features(batch)
@@ -155,9 +139,5 @@ class TFN(MSAModel):
         output = self.post_fusion_layer_3(F.relu(self.post_fusion_layer_2(hidden))).squeeze(-1)
         bound = self.config.output_bound
         prediction = output if bound is None else torch.sigmoid(output) * (2 * bound) - bound
-        losses = {}
-        if "labels" in batch:
-            labels = batch["labels"].to(prediction.dtype).reshape(-1)
-            loss_fn = F.l1_loss if self.config.loss == "l1" else F.mse_loss
-            losses["task"] = loss_fn(prediction, labels, reduction=self.config.loss_reduction)
+        losses = task_losses(prediction, batch, self.config.loss, self.config.loss_reduction)
         return ModelOutput(prediction=prediction, losses=losses)

@@ -189,12 +189,15 @@ class SequenceLSTM(nn.Module):
         return outputs, final[-1]
 
 
-def masked_time_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_time_mean(x: torch.Tensor, mask: torch.Tensor, steps: int | None = None) -> torch.Tensor:
     """Average over the real time steps.
 
     Args:
         x: ``(B, L, D)`` zero-padded sequences.
         mask: ``(B, L)`` bool (or 0/1), True for real steps.
+        steps: ``None``: divide the sum over the real steps by their count; ``N``: by ``N``,
+            which is MMSA's ``need_normalized`` mean over its ``N``-long zero-padded arrays (50
+            for MOSI/MOSEI ``aligned_50``/``unaligned_50``).
 
     Returns:
         ``(B, D)``; a row with no real step averages to zeros.
@@ -205,7 +208,8 @@ def masked_time_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             f"{tuple(mask.shape)}"
         )
     weights = mask.to(x.dtype).unsqueeze(-1)
-    return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+    total = (x * weights).sum(1)
+    return total / (weights.sum(1).clamp_min(1.0) if steps is None else steps)
 
 
 __all__ = ["StackedBiLSTMEncoder", "LSTMEncoder", "SequenceLSTM", "masked_time_mean",

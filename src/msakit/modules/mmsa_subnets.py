@@ -1,5 +1,6 @@
-"""The unimodal sub-networks MMSA's tensor-fusion family shares (TFN, LMF; MMSA's
-``models/subNets/FeatureNets.py``), MMSA's time average of audio/vision and its ``avg_pool``
+"""The pieces MMSA's feature-based models share: the unimodal sub-networks of the tensor-fusion
+family (TFN, LMF, MLF-DNN, MLMF; MMSA's ``models/subNets/FeatureNets.py``), their task losses,
+optimiser layouts and low-rank factors, MFN's multi-view gated memory, and MMSA's ``avg_pool``
 alignment (``models/subNets/AlignNets.py``).
 
 Parameter names follow MMSA's (``norm``, ``drop``, ``linear_1`` ...), so an MMSA state dict maps
@@ -10,19 +11,36 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from msakit.errors import ConfigError
+from msakit.modules.encoders import masked_time_mean
+from msakit.modules.text import PretrainedTextEncoder
 
-def time_average(x: torch.Tensor, mask: torch.Tensor, steps: int | None = None) -> torch.Tensor:
-    """``(B, L, D), (B, L) -> (B, D)``: the mean over the real steps (``steps=None``), or the sum
-    over the real steps divided by ``steps``, which is MMSA's ``need_normalized`` mean over its
-    ``steps``-long zero-padded arrays (50 for MOSI/MOSEI ``aligned_50``/``unaligned_50``)."""
-    weights = mask.to(x.dtype).unsqueeze(-1)
-    total = (x * weights).sum(1)
-    if steps is None:
-        return total / weights.sum(1).clamp_min(1.0)
-    return total / steps
+
+def frozen_language_model_field():
+    """``freeze_language_model`` of MMSA's non-BERT models (a pydantic field, default True)."""
+    return Field(True, description="MMSA's non-BERT models read fixed BERT features: the LM is "
+                 "frozen")
+
+
+def text_lstm_reads_padding_field():
+    """``text_lstm_reads_padding`` of the models with :class:`TextLSTMSubNet` (default False)."""
+    return Field(False, description="True: the LSTM runs over the batch's padded length, as "
+                 "MMSA's unpacked LSTM (a prediction then depends on the batch's padding); "
+                 "False: real tokens")
+
+
+def average_steps_field(modality: str):
+    """``{audio,vision}_average_steps``: the ``steps`` of :func:`masked_time_mean` (default
+    None), with MMSA's array lengths in the description."""
+    lengths = {"audio": "MOSI/MOSEI: 50 aligned, 500 unaligned; SIMS: 400",
+               "vision": "MOSI/MOSEI: 50 aligned, 375 unaligned; SIMS: 55"}[modality]
+    return Field(None, ge=1, description=f"{modality} summary: None = mean over the real steps; "
+                 f"N = sum over the real steps / N, MMSA's mean over its N-step zero-padded "
+                 f"array ({lengths})")
 
 
 def fixed_length(x: torch.Tensor, mask: torch.Tensor, steps: int) -> torch.Tensor:
@@ -157,5 +175,177 @@ class TextLSTMSubNet(nn.Module):
         return self.linear_1(self.dropout(final[-1]))
 
 
-__all__ = ["FeatureSubNet", "RegressionHead", "TextLSTMSubNet", "avg_pool_align", "fixed_length",
-           "single_adam_group", "subnet_decay_groups", "time_average"]
+def task_losses(prediction: torch.Tensor, batch: dict, loss: str = "l1",
+                reduction: str = "mean") -> dict[str, torch.Tensor]:
+    """``{"task": loss}`` of ``prediction (B,)`` against ``batch["labels"]`` (``loss``: ``"l1"``
+    or ``"mse"``), or ``{}`` when the batch has no labels."""
+    if "labels" not in batch:
+        return {}
+    labels = batch["labels"].to(prediction.dtype).reshape(-1)
+    loss_fn = F.l1_loss if loss == "l1" else F.mse_loss
+    return {"task": loss_fn(prediction, labels, reduction=reduction)}
+
+
+#: MMSA's multi-task models (MLF-DNN, MLMF): loss term -> (output, batch key of its labels)
+MULTITASK_TERMS = {"task": ("fusion", "labels"), "text": ("text", "labels_T"),
+                   "audio": ("audio", "labels_A"), "vision": ("vision", "labels_V")}
+
+
+def check_multitask_loss_weights(weights: dict[str, float]) -> dict[str, float]:
+    """For a config validator: ``task`` and optionally ``text``/``audio``/``vision``
+    (raises ``ValueError``, which pydantic reports under the key)."""
+    if "task" not in weights or not set(weights) <= set(MULTITASK_TERMS):
+        raise ValueError(f"model.loss_weights must give 'task' and optionally text, audio, "
+                         f"vision; got {sorted(weights)}")
+    return weights
+
+
+def multitask_losses(outputs: dict[str, torch.Tensor], batch: dict, terms,
+                     model: str, fusion: str = "fusion") -> dict[str, torch.Tensor]:
+    """The L1 loss of each of ``terms`` (keys of :data:`MULTITASK_TERMS`): ``outputs[head] (B,)``
+    against its labels; ``{}`` when the batch has no ``labels``.
+
+    Raises:
+        ConfigError: a unimodal term whose labels (CH-SIMS's ``labels_T/_A/_V``) the batch lacks,
+            naming ``model``, the term and the labels (``fusion`` names what trains alone).
+    """
+    losses = {}
+    if "labels" in batch:
+        for term in terms:
+            head, key = MULTITASK_TERMS[term]
+            if key not in batch:
+                raise ConfigError(
+                    f"{model}'s loss term {term!r} needs the unimodal labels {key!r} "
+                    f"(CH-SIMS), which this data does not have; train the {fusion} alone "
+                    "with --set model.loss_weights={task:1.0}")
+            labels = batch[key].to(outputs[head].dtype).reshape(-1)
+            losses[term] = F.l1_loss(outputs[head], labels)
+    return losses
+
+
+def unimodal_subnets(config, dims, text_out: int, text_dropout: float = 0.0
+                     ) -> tuple[PretrainedTextEncoder, TextLSTMSubNet, FeatureSubNet, FeatureSubNet]:
+    """The tensor-fusion family's ``(text_encoder, text_subnet, audio_subnet, vision_subnet)``:
+    the (frozen) LM, the text LSTM to ``text_out`` and the audio/vision :class:`FeatureSubNet`
+    (``config``: ``language_model``, ``freeze_language_model``, ``text_hidden``,
+    ``text_lstm_reads_padding``, ``{audio,vision}_hidden``/``_dropout``)."""
+    text_encoder = PretrainedTextEncoder(
+        config.language_model, pooling="none", freeze=config.freeze_language_model)
+    text_subnet = TextLSTMSubNet(text_encoder.hidden_size, config.text_hidden, text_out,
+                                 config.text_lstm_reads_padding, dropout=text_dropout)
+    audio_subnet = FeatureSubNet(dims.audio, config.audio_hidden, config.audio_dropout)
+    vision_subnet = FeatureSubNet(dims.vision, config.vision_hidden, config.vision_dropout)
+    return text_encoder, text_subnet, audio_subnet, vision_subnet
+
+
+class UnimodalFeaturesMixin:
+    """``unimodal_features`` for a model with :func:`unimodal_subnets`' modules and
+    ``config.{audio,vision}_average_steps``."""
+
+    def unimodal_features(self, batch: dict) -> dict[str, torch.Tensor]:
+        """``{"audio": (B, audio_hidden), "vision": (B, vision_hidden), "text": (B, text_out)}``,
+        computed in MMSA's order (audio, vision, text: the order of its dropout calls)."""
+        features = {m: getattr(self, f"{m}_subnet")(masked_time_mean(
+            batch[m], batch[f"{m}_mask"], getattr(self.config, f"{m}_average_steps")))
+            for m in ("audio", "vision")}
+        states = self.text_encoder.encode_batch(batch)  # (B, L_t, H)
+        features["text"] = self.text_subnet(states, batch["attention_mask"])
+        return features
+
+
+#: LMF's factor parameters, MMSA's names (``video_factor``), so that its state dicts map by name
+LOW_RANK_FACTORS = ("audio_factor", "video_factor", "text_factor")
+
+
+def low_rank_parameters(rank: int, dims: tuple[int, int, int], train_fusion_weights: bool
+                        ) -> tuple[nn.Parameter, ...]:
+    """LMF's ``(audio_factor, video_factor, text_factor, fusion_weights, fusion_bias)`` for
+    unimodal sizes ``dims = (d_a, d_v, d_t)``: factors ``(r, d_m + 1, 1)`` and weights ``(1, r)``
+    Xavier-normal, bias ``(1, 1)`` zero; the weights and bias frozen unless
+    ``train_fusion_weights`` (MMSA's optimiser never trains them)."""
+    factors = [nn.Parameter(torch.empty(rank, d + 1, 1)) for d in dims]
+    fusion_weights = nn.Parameter(torch.empty(1, rank))
+    fusion_bias = nn.Parameter(torch.zeros(1, 1))
+    for parameter in (*factors, fusion_weights):
+        nn.init.xavier_normal_(parameter)
+    if not train_fusion_weights:
+        fusion_weights.requires_grad_(False)
+        fusion_bias.requires_grad_(False)
+    return (*factors, fusion_weights, fusion_bias)
+
+
+def low_rank_fusion(features: dict[str, torch.Tensor], factors: tuple[torch.Tensor, ...],
+                    fusion_weights: torch.Tensor, fusion_bias: torch.Tensor) -> torch.Tensor:
+    """LMF's eq. 6: ``(B,)`` = fusion_weights @ prod_m([1; z_m] @ W_m) + fusion_bias, ``m`` over
+    audio, vision, text (``factors`` in that order, each ``(r, d_m + 1, 1)``)."""
+    product = None
+    for modality, factor in zip(("audio", "vision", "text"), factors):
+        z = features[modality]
+        z = torch.cat([z.new_ones(z.shape[0], 1), z], dim=1)  # (B, d_m + 1)
+        term = torch.matmul(z, factor)  # (r, B, 1)
+        product = term if product is None else product * term
+    fused = torch.matmul(fusion_weights, product.permute(1, 0, 2))  # (B, 1, 1)
+    return fused.reshape(-1) + fusion_bias.reshape(())
+
+
+def mlp(fc1: nn.Linear, dropout: nn.Dropout, fc2: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """MFN's two-layer networks: ``fc2(dropout(relu(fc1(x))))``."""
+    return fc2(dropout(F.relu(fc1(x))))
+
+
+class GatedMemoryMixin:
+    """MFN's Multi-view Gated Memory and output head (MFN and Graph-MFN), with MMSA's names
+    (``att2_*``, ``gamma1_*``, ``gamma2_*``, ``out_*``) so that its state dicts map by name."""
+
+    def add_gated_memory(self, config, attended_dim: int, hidden_dim: int) -> None:
+        """The proposed-memory network (att2) over the ``attended_dim`` attended cell states, the
+        two gates over ``[attended; memory]`` and the head over ``[h_l; h_a; h_v; memory]``
+        (``hidden_dim`` = the three LSTM sizes summed); sizes from ``config``."""
+        gamma_in = attended_dim + config.mem_dim
+        self.att2_fc1 = nn.Linear(attended_dim, config.att2_hidden)
+        self.att2_fc2 = nn.Linear(config.att2_hidden, config.mem_dim)
+        self.att2_dropout = nn.Dropout(config.att2_dropout)
+        self.gamma1_fc1 = nn.Linear(gamma_in, config.gamma1_hidden)
+        self.gamma1_fc2 = nn.Linear(config.gamma1_hidden, config.mem_dim)
+        self.gamma1_dropout = nn.Dropout(config.gamma1_dropout)
+        self.gamma2_fc1 = nn.Linear(gamma_in, config.gamma2_hidden)
+        self.gamma2_fc2 = nn.Linear(config.gamma2_hidden, config.mem_dim)
+        self.gamma2_dropout = nn.Dropout(config.gamma2_dropout)
+        self.out_fc1 = nn.Linear(hidden_dim + config.mem_dim, config.out_hidden)
+        self.out_fc2 = nn.Linear(config.out_hidden, 1)
+        self.out_dropout = nn.Dropout(config.out_dropout)
+
+    def update_memory(self, attended: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """``u[t] = g1 (.) u[t-1] + g2 (.) tanh(D_u(c^))`` with ``g_i = sigmoid(D_gi([c^;
+        u[t-1]]))``: ``(B, attended_dim), (B, mem) -> (B, mem)``."""
+        proposed = torch.tanh(mlp(self.att2_fc1, self.att2_dropout, self.att2_fc2, attended))
+        both = torch.cat([attended, memory], dim=1)
+        gamma1 = torch.sigmoid(mlp(self.gamma1_fc1, self.gamma1_dropout, self.gamma1_fc2, both))
+        gamma2 = torch.sigmoid(mlp(self.gamma2_fc1, self.gamma2_dropout, self.gamma2_fc2, both))
+        return gamma1 * memory + gamma2 * proposed
+
+    def memory_head(self, states: list[tuple[torch.Tensor, torch.Tensor]],
+                    memory: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` from the cells' final ``(h, c)`` states and the memory."""
+        final = torch.cat([h for h, _ in states] + [memory], dim=1)
+        return mlp(self.out_fc1, self.out_dropout, self.out_fc2, final).squeeze(-1)
+
+
+class SingleAdamGroupMixin:
+    """``parameter_groups``: MMSA's :func:`single_adam_group`, or msakit's default layout (biases
+    and norm weights without decay) with ``config.exempt_biases_from_decay``. List it before
+    ``MSAModel`` among the bases."""
+
+    def parameter_groups(self, train) -> list[dict]:
+        if self.config.exempt_biases_from_decay:
+            return super().parameter_groups(train)
+        return single_adam_group(self, train)
+
+
+__all__ = ["LOW_RANK_FACTORS", "MULTITASK_TERMS", "FeatureSubNet", "GatedMemoryMixin",
+           "RegressionHead", "SingleAdamGroupMixin", "TextLSTMSubNet", "UnimodalFeaturesMixin",
+           "average_steps_field", "avg_pool_align", "check_multitask_loss_weights", "fixed_length",
+           "frozen_language_model_field", "low_rank_fusion",
+           "low_rank_parameters", "mlp", "multitask_losses", "single_adam_group",
+           "subnet_decay_groups", "task_losses", "text_lstm_reads_padding_field",
+           "unimodal_subnets"]

@@ -20,7 +20,7 @@ from msakit.data.dataset import Split
 from msakit.lm import load_tokenizer
 from msakit.lm_cache import LanguageModelCache, token_key
 from msakit.modules.text import PretrainedTextEncoder
-from msakit.training.experiment import text_context_record
+from msakit.training.loading import text_context_record
 
 LM = "all-MiniLM-L6-v2"
 

@@ -22,7 +22,7 @@ from msakit.training import distributed
 from msakit.training.trainer import resolve_device
 
 __all__ = ["EpochLoader", "data_record", "feature_dims", "load_experiment_data", "loader_for",
-           "loader_options"]
+           "loader_options", "text_context_record"]
 
 
 def feature_dims(dataset: MSADataset, config: ExperimentConfig) -> FeatureDims:

@@ -90,7 +90,8 @@ def test_cpu_memory_sees_an_allocation():
     peak, extra, method = queue.get(timeout=120)
     process.join(timeout=30)
     assert method.startswith("cpu-rss")
-    assert 60 <= extra <= 80 and peak >= extra
+    # the 64 MiB block, plus what the allocator and the torch build bring along (seen: 64-80)
+    assert 0.9 * 64 <= extra <= 1.5 * 64 and peak >= extra
 
 
 @pytest.mark.slow

@@ -71,12 +71,16 @@ def main() -> int:
         if run([args.python, "-m", "venv", str(venv)]).returncode:
             return 2
         pip = [str(venv / "bin" / "python"), "-m", "pip"]
+        # torch stays the CPU build: an eager upgrade would otherwise replace it by the newest
+        # release the ranges allow, a several-GB CUDA build
+        keep_torch = venv / "keep-torch.txt"
+        keep_torch.write_text(TORCH + "\n")
         steps = [
             [*pip, "install", "--quiet", "--upgrade", "pip"],
             [*pip, "install", "--quiet", TORCH],
             # --upgrade-strategy eager: the newest release of every dependency the ranges allow
             [*pip, "install", "--quiet", "--upgrade", "--upgrade-strategy", "eager",
-             "-e", f"{ROOT}[{','.join(extras())}]"],
+             "-c", str(keep_torch), "-e", f"{ROOT}[{','.join(extras())}]"],
         ]
         for step in steps:
             if run(step).returncode:

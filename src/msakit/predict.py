@@ -316,26 +316,13 @@ def load_trained_run(run_dir: str | Path, checkpoint: str | None = None,
     except (ConfigError, FileNotFoundError, KeyError) as err:
         raise RunIncompatibleError(f"{runfolder.config_path(config_folder)}: cannot load the "
                                    f"run's config: {err}") from err
-    data_info = dims_the_model_reads(config, _read_data_record(data_folder))
+    data_info = _read_data_record(data_folder)
     label_range = LABEL_RANGES.get(data_info.get("dataset", "custom"), LABEL_RANGES["custom"])
     run = TrainedRun(run_dir=run_dir, config=config, data_info=data_info, extractor=None,
                      normalization=None, checkpoints=checkpoints, label_range=tuple(label_range))
     run.extractor, run.normalization, run.notes = check_feature_source(
         run_dir, data_info, require=require_clip_features, reads=run.modalities)
     return run
-
-
-def dims_the_model_reads(config, data_info: dict) -> dict:
-    """``data_info`` with the feature dims of modalities the model does not read set to 0.
-
-    A model configured to leave a modality out (``model.modalities=[text]`` of LF-DNN or the
-    probe) on data that has it is built without it and needs no features of it to predict.
-    """
-    read = getattr(config.model, "modalities", None)
-    dims = data_info.get("feature_dims") or {}
-    if read is None or not dims:
-        return data_info
-    return {**data_info, "feature_dims": {m: (d if m in read else 0) for m, d in dims.items()}}
 
 
 def check_feature_source(where: Path, data_info: dict, require: bool = False,

@@ -57,6 +57,10 @@ def unservable_reason(model: TrainedRun) -> str | None:
     return None
 
 
+#: The answer when every worker slot is taken (HTTP 503).
+BUSY = "busy: too many predictions in progress; retry later"
+
+
 @dataclass
 class ServeLimits:
     """Per-request limits.
@@ -133,6 +137,16 @@ def create_app(model: TrainedRun, limits: ServeLimits | None = None, model_name:
         finally:
             in_flight.release()
 
+    async def in_worker(function, *args):
+        """``function(*args)`` on the worker threads, abandoned (HTTP 504) after the timeout;
+        the caller holds an ``in_flight`` slot, which ``function`` releases."""
+        future = asyncio.get_running_loop().run_in_executor(executor, function, *args)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), limits.timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPException(504, f"the prediction took longer than {limits.timeout_s:g} s "
+                                "and was abandoned") from None
+
     async def predict_json(request: Request):
         """``{"utterances": [...]}``: one video's transcripts, in order."""
         try:
@@ -156,14 +170,9 @@ def create_app(model: TrainedRun, limits: ServeLimits | None = None, model_name:
             raise HTTPException(422, "this model also reads audio/vision: upload the clip "
                                 "(field 'file') as well")
         if not in_flight.acquire(blocking=False):
-            raise HTTPException(503, "busy: too many predictions in progress; retry later")
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(executor, work_utterances, utterances)
+            raise HTTPException(503, BUSY)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), limits.timeout_s)
-        except asyncio.TimeoutError:
-            raise HTTPException(504, f"the prediction took longer than {limits.timeout_s:g} s "
-                                "and was abandoned") from None
+            return await in_worker(work_utterances, utterances)
         except (RunIncompatibleError, ValueError) as err:
             return JSONResponse({"detail": str(err)}, status_code=422)
 
@@ -245,15 +254,10 @@ def create_app(model: TrainedRun, limits: ServeLimits | None = None, model_name:
         if not in_flight.acquire(blocking=False):
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
-            raise HTTPException(503, "busy: too many predictions in progress; retry later")
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(executor, work, folder, clip, text, original)
+            raise HTTPException(503, BUSY)
         try:
-            result = await asyncio.wait_for(asyncio.shield(future), limits.timeout_s)
-        except asyncio.TimeoutError:
-            # the worker keeps its temp folder until it finishes, then removes it
-            raise HTTPException(504, f"the prediction took longer than {limits.timeout_s:g} s "
-                                "and was abandoned") from None
+            # on a timeout the worker keeps its temp folder until it finishes, then removes it
+            result = await in_worker(work, folder, clip, text, original)
         except (ExtractionError, RunIncompatibleError, ValueError) as err:
             message = str(err)
             if folder is not None:

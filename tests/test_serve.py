@@ -90,7 +90,7 @@ def _wait_clean(server, seconds=30.0):
 def test_health_and_page(server):
     health = requests.get(f"{server.url}/healthz", timeout=30).json()
     assert health["status"] == "ok" and health["modalities"] == ["text"]
-    assert health["serves"] == "transcripts"
+    assert health["serves"] == "transcripts" and health["text_context"] == "none"
     page = requests.get(f"{server.url}/", timeout=30)
     assert page.status_code == 200 and 'type="file"' in page.text and "/v1/predict" in page.text
 
@@ -193,72 +193,123 @@ def _chromium() -> str | None:
     return None
 
 
+class _DevToolsPage:
+    """One Chromium page driven over the DevTools protocol (a websocket)."""
+
+    def __init__(self, ws):
+        self.ws = ws
+        self.counter = 0
+
+    async def call(self, method, **params):
+        self.counter += 1
+        ident = self.counter
+        await self.ws.send(json.dumps({"id": ident, "method": method, "params": params}))
+        while True:
+            message = json.loads(await self.ws.recv())
+            if message.get("id") == ident:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message.get("result", {})
+
+    async def evaluate(self, expression):
+        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True,
+                                 awaitPromise=True)
+        return result["result"].get("value")
+
+    async def wait_for(self, expression, seconds):
+        for _ in range(int(seconds * 10)):
+            if await self.evaluate(expression):
+                return
+            await asyncio.sleep(0.1)
+
+    async def open(self, url):
+        await self.call("Page.enable")
+        await self.call("Emulation.setDeviceMetricsOverride", width=900, height=820,
+                        deviceScaleFactor=1, mobile=False)
+        await self.call("Page.navigate", url=url)
+        await self.wait_for("document.readyState === 'complete' && "
+                            "!!document.getElementById('model').textContent", 20)
+
+    async def screenshot(self, shot: Path):
+        image = await self.call("Page.captureScreenshot", format="png")
+        shot.write_bytes(base64.b64decode(image["data"]))
+
+
 async def _drive_page(ws_url: str, page_url: str, clip: Path, text: str, shot: Path) -> dict:
+    """Upload ``clip`` with ``text`` on the page; the result's score, error and text."""
     import websockets
 
     async with websockets.connect(ws_url, max_size=None) as ws:
-        counter = 0
-
-        async def call(method, **params):
-            nonlocal counter
-            counter += 1
-            ident = counter
-            await ws.send(json.dumps({"id": ident, "method": method, "params": params}))
-            while True:
-                message = json.loads(await ws.recv())
-                if message.get("id") == ident:
-                    if "error" in message:
-                        raise RuntimeError(f"{method}: {message['error']}")
-                    return message.get("result", {})
-
-        async def evaluate(expression):
-            result = await call("Runtime.evaluate", expression=expression, returnByValue=True,
-                                awaitPromise=True)
-            return result["result"].get("value")
-
-        await call("Page.enable")
-        await call("Emulation.setDeviceMetricsOverride", width=900, height=820,
-                   deviceScaleFactor=1, mobile=False)
-        await call("Page.navigate", url=page_url)
-        for _ in range(200):
-            if await evaluate("document.readyState") == "complete" and \
-                    await evaluate("document.getElementById('model').textContent"):
-                break
-            await asyncio.sleep(0.1)
-        document = await call("DOM.getDocument")
-        node = await call("DOM.querySelector", nodeId=document["root"]["nodeId"],
-                          selector="#file")
-        await call("DOM.setFileInputFiles", nodeId=node["nodeId"], files=[str(clip)])
-        await evaluate(f"document.getElementById('text').value = {json.dumps(text)}")
-        await evaluate("document.getElementById('submit').click()")
-        for _ in range(1200):
-            if await evaluate("!!document.getElementById('score') || "
-                              "!!document.querySelector('#result .error')"):
-                break
-            await asyncio.sleep(0.1)
+        page = _DevToolsPage(ws)
+        await page.open(page_url)
+        document = await page.call("DOM.getDocument")
+        node = await page.call("DOM.querySelector", nodeId=document["root"]["nodeId"],
+                               selector="#file")
+        await page.call("DOM.setFileInputFiles", nodeId=node["nodeId"], files=[str(clip)])
+        await page.evaluate(f"document.getElementById('text').value = {json.dumps(text)}")
+        await page.evaluate("document.getElementById('submit').click()")
+        await page.wait_for("!!document.getElementById('score') || "
+                            "!!document.querySelector('#result .error')", 120)
         state = {
-            "score": await evaluate("document.getElementById('score')?.textContent"),
-            "error": await evaluate("document.querySelector('#result .error')?.textContent"),
-            "result": await evaluate("document.getElementById('result').innerText"),
+            "score": await page.evaluate("document.getElementById('score')?.textContent"),
+            "error": await page.evaluate(
+                "document.querySelector('#result .error')?.textContent"),
+            "result": await page.evaluate("document.getElementById('result').innerText"),
         }
-        image = await call("Page.captureScreenshot", format="png")
-        shot.write_bytes(base64.b64decode(image["data"]))
+        await page.screenshot(shot)
         return state
 
 
-@pytest.mark.slow
-def test_upload_page_in_headless_chromium(server, mosi_raw_dir, tmp_path):
-    pytest.importorskip("websockets", reason="the page test drives Chromium with websockets")
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("no chromium on PATH (Debian: apt-get install chromium)")
-    port = _free_port()
-    profile = tmp_path / "profile"
-    process = subprocess.Popen(
-        [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         f"--user-data-dir={profile}", f"--remote-debugging-port={port}", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+async def _drive_utterances(ws_url: str, page_url: str, utterances: list[str],
+                            shot: Path) -> dict:
+    """Score one video's ``utterances`` in the page's utterance mode."""
+    import websockets
+
+    async with websockets.connect(ws_url, max_size=None) as ws:
+        page = _DevToolsPage(ws)
+        await page.open(page_url)
+        await page.wait_for("!document.getElementById('modes').hidden", 20)
+        state = {"modes_shown": await page.evaluate(
+            "!document.getElementById('modes').hidden")}
+        await page.evaluate("document.querySelector('input[value=utterances]').click()")
+        await page.evaluate(
+            f"document.getElementById('utterances').value = {json.dumps(chr(10).join(utterances))}")
+        await page.evaluate("document.getElementById('submit').click()")
+        await page.wait_for("!!document.getElementById('video-score') || "
+                            "!!document.querySelector('#result .error')", 120)
+        state.update({
+            "video_score": await page.evaluate(
+                "document.getElementById('video-score')?.textContent"),
+            "error": await page.evaluate(
+                "document.querySelector('#result .error')?.textContent"),
+            "scores": await page.evaluate(
+                "[...document.querySelectorAll('#utterance-table .uscore')]"
+                ".map(c => c.textContent)"),
+            "rows": await page.evaluate(
+                "[...document.querySelectorAll('#utterance-table tr.utterance')]"
+                ".map(r => r.innerText)"),
+            "context_note": await page.evaluate(
+                "document.getElementById('context-note').textContent"),
+        })
+        await page.screenshot(shot)
+        return state
+
+
+class _Chromium:
+    """A headless Chromium with its DevTools endpoint; the first page's websocket URL."""
+
+    def __init__(self, profile: Path):
+        self.profile = profile
+
+    def __enter__(self):
+        browser = _chromium()
+        if browser is None:
+            pytest.skip("no chromium on PATH (Debian: apt-get install chromium)")
+        port = _free_port()
+        self.process = subprocess.Popen(
+            [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             f"--user-data-dir={self.profile}", f"--remote-debugging-port={port}",
+             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 60
         targets = None
         while time.time() < deadline:
@@ -270,19 +321,60 @@ def test_upload_page_in_headless_chromium(server, mosi_raw_dir, tmp_path):
                 pass
             time.sleep(0.2)
         assert targets, "chromium's DevTools endpoint did not come up"
-        page = next(t for t in targets if t.get("type") == "page")
-        shot = tmp_path / "serve_page.png"
-        state = asyncio.run(_drive_page(page["webSocketDebuggerUrl"], f"{server.url}/",
+        self.ws_url = next(t for t in targets if t.get("type") == "page")["webSocketDebuggerUrl"]
+        return self
+
+    def __exit__(self, *exc):
+        self.process.terminate()
+        self.process.wait(30)
+
+
+@pytest.mark.slow
+def test_upload_page_in_headless_chromium(server, mosi_raw_dir, tmp_path):
+    pytest.importorskip("websockets", reason="the page test drives Chromium with websockets")
+    shot = tmp_path / "serve_page.png"
+    with _Chromium(tmp_path / "profile") as browser:
+        state = asyncio.run(_drive_page(browser.ws_url, f"{server.url}/",
                                         mosi_raw_dir / WAV, WAV_TEXT, shot))
-    finally:
-        process.terminate()
-        process.wait(30)
     assert state["error"] is None, state
     assert float(state["score"]) > 0.5, state
     assert "positive" in state["result"] and WAV_TEXT in state["result"]
     assert shot.stat().st_size > 10_000
     if os.environ.get("MSAKIT_UPDATE_SCREENSHOT"):
         shutil.copy(shot, DOCS / "serve_page.png")
+
+
+@pytest.mark.slow
+def test_utterance_list_on_the_page_in_headless_chromium(tmp_path):
+    """The page's utterance mode posts one video's lines as ``{"utterances": [...]}`` and shows
+    each line's score, in order, read with its neighbours, as the JSON API answers them."""
+    pytest.importorskip("websockets", reason="the page test drives Chromium with websockets")
+    from msakit.config_schema import TextContextConfig
+
+    reads_context = from_pretrained()
+    reads_context.config.model.text_context = TextContextConfig(mode="both", k=1)
+    reads_context.config.data.max_text_tokens = 128
+    utterances = ["i went to see it last night", "and honestly it was wonderful",
+                  "but the ending dragged on forever"]
+    shot = tmp_path / "serve_utterances.png"
+    with RunningServer(create_app(reads_context)) as server, \
+            _Chromium(tmp_path / "profile") as browser:
+        state = asyncio.run(_drive_utterances(browser.ws_url, f"{server.url}/", utterances,
+                                              shot))
+        expected = requests.post(f"{server.url}/v1/predict", json={"utterances": utterances},
+                                 timeout=300).json()
+    assert state["error"] is None and state["modes_shown"], state
+    assert "both:1" in state["context_note"]
+    assert [float(s) for s in state["scores"]] == pytest.approx(
+        [round(r["score"], 2) for r in expected], abs=0.006)
+    assert [row.split("\t")[1] for row in state["rows"]] == utterances
+    assert [row.split("\t")[-1] for row in state["rows"]] == [
+        "0 before, 1 after", "1 before, 1 after", "1 before, 0 after"]
+    mean = sum(r["score"] for r in expected) / len(expected)
+    assert float(state["video_score"]) == pytest.approx(mean, abs=0.006)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("MSAKIT_UPDATE_SCREENSHOT"):
+        shutil.copy(shot, DOCS / "serve_utterances.png")
 
 
 def test_a_transcript_over_the_limit_is_refused_before_tokenizing(model, monkeypatch):

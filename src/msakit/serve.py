@@ -10,11 +10,13 @@ Endpoints:
   neighbours when the model reads text context (``info.context`` says how many; one
   utterance alone is scored without context, and its ``warnings`` say so).
 * ``GET /healthz`` — ``{"status": "ok", ...}`` with the model's name, modalities and what it
-  serves (``transcripts`` or ``clips``, :data:`msakit.predict.SERVES`). A model that scores only
+  serves (``transcripts`` or ``clips``, :data:`msakit.predict.SERVES`) and its
+  ``text_context`` (``none``, or e.g. ``next:1``). A model that scores only
   precomputed features (MMSA's COVAREP/FACET) cannot answer uploads: :func:`create_app` and
   ``msakit serve`` refuse it (:func:`unservable_reason`).
 * ``GET /`` — a page to upload a clip (and an optional transcript) and see the score on the
-  [-3, 3] scale with the modality contributions.
+  [-3, 3] scale with the modality contributions; for a text-only model also a list of one
+  video's utterances (one per line), scored each with its neighbours when the model reads them.
 
 Errors are JSON ``{"detail": "..."}``: 413 upload over the size limit or a transcript over the
 character limit, 415 unsupported media
@@ -125,7 +127,8 @@ def create_app(model: TrainedRun, limits: ServeLimits | None = None, model_name:
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "model": model_name or model.config.model.name,
                 "modalities": modalities, "serves": model.serves,
-                "serves_description": SERVES[model.serves], "members": model.members}
+                "serves_description": SERVES[model.serves], "members": model.members,
+                "text_context": str(model.config.model.text_context)}
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:

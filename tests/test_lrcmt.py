@@ -462,3 +462,27 @@ def test_frozen_lm_without_lora_ablation():
     for old in ("full_finetune", "frozen_without_lora"):
         with pytest.raises(ConfigError, match=rf"{old} is replaced by model\.lm_mode"):
             build_config("lrcmt", [f"model.{old}=true"])
+
+
+@pytest.mark.parametrize("old, mode", [({"full_finetune": False, "frozen_without_lora": False},
+                                        "lora"),
+                                       ({"full_finetune": True}, "full_finetune"),
+                                       ({"frozen_without_lora": True}, "frozen")])
+def test_a_run_saved_before_lm_mode_still_loads(tmp_path, old, mode):
+    """A run folder's config.yaml written before ``model.lm_mode`` (its two booleans) loads
+    with the mode they meant; contradictory booleans are refused naming the file."""
+    import yaml
+
+    from msakit.config import load_saved_config
+
+    tree = build_config("lrcmt", []).to_dict()
+    del tree["model"]["lm_mode"]
+    tree["model"].update(old)
+    saved = tmp_path / "config.yaml"
+    saved.write_text(yaml.safe_dump(tree))
+    assert load_saved_config(saved).model.lm_mode == mode
+    tree["model"].update(full_finetune=True, frozen_without_lora=True)
+    saved.write_text(yaml.safe_dump(tree))
+    with pytest.raises(ConfigError, match=r"config\.yaml: invalid saved config: model: "
+                                          r"full_finetune and frozen_without_lora"):
+        load_saved_config(saved)

@@ -84,3 +84,65 @@ def test_predict_needs_input_and_refuses_bad_text():
     assert nothing.exit_code != 0 and "nothing to predict" in nothing.output
     empty = _invoke(["predict", "--text", "  "])
     assert empty.exit_code != 0 and "empty" in empty.output
+
+
+def _mosi_test_rows(mosi_label_dir):
+    import csv
+
+    with (mosi_label_dir / "label.csv").open(newline="") as handle:
+        return [r for r in csv.DictReader(handle) if r["mode"] == "test"]
+
+
+@pytest.mark.slow
+def test_the_cards_protocol_figures_are_what_predict_gives(mosi_label_dir, tmp_path):
+    """The shipped card's test figures by protocol (n = 685) are reproduced as a user gets
+    them: ``msakit predict --texts`` on a CSV of MOSI's test transcripts (neighbours read when
+    the model reads context) and the Python API on each transcript alone."""
+    import csv
+
+    from msakit.metrics import compute_metrics
+
+    folder = default_model_path()
+    metrics = json.loads((folder / "metrics.json").read_text())
+    card = (folder / "README.md").read_text()
+    evaluations = {e["protocol"]: e for e in metrics["evaluations"]}
+    assert "utterance alone" in evaluations and "human annotators" in evaluations
+    assert "## Test figures by protocol" in card
+    for entry in evaluations.values():
+        assert entry["protocol"] in card and entry["n"] == 685
+    context = json.loads((folder / "config.json").read_text())["model"].get("text_context", "none")
+    mode = context["mode"] if isinstance(context, dict) else str(context)
+
+    rows = _mosi_test_rows(mosi_label_dir)
+    assert len(rows) == 685
+    transcripts = tmp_path / "mosi_test.csv"
+    with transcripts.open("w", newline="") as handle:  # as a user writes it: no labels
+        writer = csv.DictWriter(handle, fieldnames=["video_id", "clip_id", "text"])
+        writer.writeheader()
+        writer.writerows({k: r[k] for k in ("video_id", "clip_id", "text")} for r in rows)
+    labels = {(r["video_id"], r["clip_id"]): float(r["label"]) for r in rows}
+
+    def assert_reproduces(scores: dict, expected: dict):
+        keys = list(labels)
+        got = compute_metrics(np.array([scores[k] for k in keys]),
+                              np.array([labels[k] for k in keys]))
+        for name in ("Non0_acc_2", "Has0_acc_2", "Mult_acc_7"):  # one clip may flip
+            assert abs(got[name] - expected[name]) <= 1.5 / 685, (name, got, expected)
+        for name in ("MAE", "Corr"):
+            assert got[name] == pytest.approx(expected[name], rel=1e-3), (name, got)
+
+    if mode != "none":
+        scores_csv = tmp_path / "scores.csv"
+        result = _invoke(["predict", "--texts", str(transcripts), "--out", str(scores_csv)])
+        assert result.exit_code == 0, result.output
+        with scores_csv.open(newline="") as handle:
+            answered = list(csv.DictReader(handle))
+        assert all(r["context"] != "none" for r in answered)
+        with_context = next(e for name, e in evaluations.items()
+                            if name.startswith("with context"))
+        assert_reproduces({(r["video_id"], r["clip_id"]): float(r["score"])
+                           for r in answered}, with_context["metrics"])
+    model = msakit.from_pretrained("default")
+    alone = model([r["text"] for r in rows])
+    assert_reproduces({(r["video_id"], r["clip_id"]): s for r, s in zip(rows, alone)},
+                      evaluations["utterance alone"]["metrics"])

@@ -222,7 +222,10 @@ def config_from_tree(tree: dict[str, Any], path: str = "<config>") -> Experiment
                           f"expected one of {', '.join(sorted(list_models()))}") from None
     try:
         return ExperimentConfig(
-            model=model_cls.config_class(**tree.pop("model")), **tree
+            model=model_cls.config_class(**model_cls.config_class.upgrade_saved(
+                tree.pop("model"))), **tree
         )
     except ValidationError as err:
         raise ConfigError(f"{path}: invalid saved config: {describe_errors(err)}") from err
+    except ValueError as err:  # upgrade_saved: contradictory keys of an earlier msakit
+        raise ConfigError(f"{path}: invalid saved config: model: {err}") from err

@@ -186,6 +186,14 @@ class ModelConfig(StrictModel):
         "(previous:K, next:K, both:K); see msakit.data.context",
     )
 
+    @classmethod
+    def upgrade_saved(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """The model section of a config saved by an earlier msakit (a run folder's
+        ``config.yaml``, an export's ``config.json``) in today's terms, so old runs still load:
+        a model whose settings were renamed or merged maps the old keys here. User configs and
+        ``--set`` are not upgraded: they get the error naming the new key."""
+        return values
+
     @field_validator("loss_weights")
     @classmethod
     def _finite_non_negative_weights(cls, weights: dict[str, float]) -> dict[str, float]:

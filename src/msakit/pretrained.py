@@ -11,7 +11,8 @@ An exported model is a folder (also a Hugging Face Hub repository layout)::
                         features from raw clips (null: text-only, or features msakit cannot
                         compute)
     metrics.json        the run's test metrics (mean ± std over members, per member) and where
-                        they come from
+                        they come from; optionally ``evaluations``: the exported model's
+                        figures under named protocols (e.g. with and without text context)
     README.md           the model card
 
 A run with several checkpoints (seeds x folds) exports them all as an ensemble: member ``i``'s
@@ -68,12 +69,17 @@ def default_model_path() -> Path:
 # --------------------------------------------------------------------------------------------
 
 def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None = None,
-               card_notes: str | None = None) -> Path:
+               card_notes: str | None = None,
+               evaluations: list[dict[str, Any]] | None = None) -> Path:
     """Write the model of ``run_dir`` to the new folder ``out_dir`` (see the module docstring).
 
     Args:
         checkpoint: one training folder of the run (e.g. ``seed1/fold0``); default all of them.
         card_notes: extra Markdown for the model card (e.g. how the model was selected).
+        evaluations: the model's figures under named protocols, each ``{"protocol": name,
+            "description": how it was measured, "n": clips, "metrics": {name: value},
+            "reference": False}`` (``reference: True`` for figures that are not the model's,
+            e.g. human annotators'); stored in ``metrics.json`` and tabled in the card.
 
     Raises:
         ExportError: ``out_dir`` exists and is not empty, or the run is unreadable.
@@ -108,6 +114,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None 
     metrics = {
         "summary": _member_summary(members),
         "members": members,
+        **({"evaluations": _checked_evaluations(evaluations)} if evaluations else {}),
         "provenance": {
             "run": str(run_dir.resolve()),
             "run_name": run_dir.resolve().name,
@@ -274,9 +281,52 @@ def model_card(config, spec: dict, metrics: dict, notes: str | None = None) -> s
         "- Not for decisions about people (hiring, health, surveillance).",
         "- The training data (CMU-MOSI) has no published licence; see the msakit README.",
     ]
+    if metrics.get("evaluations"):
+        index = lines.index("## Intended use")
+        lines[index:index] = [*_evaluations_section(metrics["evaluations"]), ""]
     if notes:
         lines += ["", "## Notes", "", notes.strip()]
     return "\n".join(lines) + "\n"
+
+
+#: the columns of the card's protocol table
+EVALUATION_METRICS = ("Non0_acc_2", "Non0_F1_score", "Has0_acc_2", "Mult_acc_7", "MAE", "Corr")
+
+
+def _checked_evaluations(evaluations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    checked = []
+    for entry in evaluations:
+        missing = {"protocol", "description", "n", "metrics"} - set(entry)
+        if missing:
+            raise ExportError(f"evaluation {entry.get('protocol')!r} lacks {sorted(missing)}")
+        checked.append({"protocol": str(entry["protocol"]),
+                        "description": str(entry["description"]), "n": int(entry["n"]),
+                        "reference": bool(entry.get("reference", False)),
+                        "metrics": {k: float(v) for k, v in entry["metrics"].items()}})
+    return checked
+
+
+def _evaluations_section(evaluations: list[dict[str, Any]]) -> list[str]:
+    """The card's table of the model's figures by protocol (references in italics)."""
+    def cell(metrics: dict[str, float], name: str) -> str:
+        if name not in metrics:
+            return "—"
+        value = metrics[name]
+        return f"{value:.3f}" if name in ("MAE", "Corr") else f"{100 * value:.2f}"
+
+    header = "| protocol | n | " + " | ".join(
+        m.replace("Mult_acc_7", "Acc-7").replace("_acc_2", " Acc-2").replace(
+            "_F1_score", " F1") for m in EVALUATION_METRICS) + " |"
+    rows = []
+    for entry in evaluations:
+        name = f"*{entry['protocol']}*" if entry["reference"] else f"**{entry['protocol']}**"
+        rows.append(f"| {name} | {entry['n']} | "
+                    + " | ".join(cell(entry["metrics"], m) for m in EVALUATION_METRICS) + " |")
+    notes = [f"- **{e['protocol']}**: {e['description']}" if not e["reference"]
+             else f"- *{e['protocol']}*: {e['description']}" for e in evaluations]
+    return ["## Test figures by protocol", "", header,
+            "|" + " --- |" * (2 + len(EVALUATION_METRICS)), *rows, "",
+            "Accuracies and F1 in %, MAE and Corr as fractions.", "", *notes]
 
 
 def _context_sentence(config) -> str:

@@ -107,6 +107,20 @@ class LRCMTConfig(LengthGroupedLMConfig):
     output_dropout: float = Field(0.1, ge=0, lt=1, description="dropout inside the head")
     task_loss: Literal["l1", "mse"] = Field("l1", description="supervised loss on the prediction")
 
+    @classmethod
+    def upgrade_saved(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """Runs saved before ``lm_mode``: ``full_finetune`` / ``frozen_without_lora`` (booleans,
+        never both true) become the one mode field."""
+        values = dict(values)
+        full = bool(values.pop("full_finetune", False))
+        frozen = bool(values.pop("frozen_without_lora", False))
+        if full and frozen:
+            raise ValueError("full_finetune and frozen_without_lora are both true; expected at "
+                             "most one (model.lm_mode: lora | full_finetune | frozen)")
+        if full or frozen:
+            values.setdefault("lm_mode", "full_finetune" if full else "frozen")
+        return values
+
     @model_validator(mode="before")
     @classmethod
     def _refuse_replaced_switches(cls, values: Any) -> Any:

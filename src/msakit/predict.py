@@ -325,6 +325,71 @@ def load_trained_run(run_dir: str | Path, checkpoint: str | None = None,
     return run
 
 
+#: config keys that may differ between runs merged into one ensemble (besides ``run.*``)
+MERGE_IGNORES = frozenset({
+    "train.seed", "train.device", "train.num_threads", "train.eval_batch_size",
+    "train.keep_last", "train.sync_every_steps", "train.num_workers", "train.pin_memory",
+    "train.persistent_workers", "train.lm_cache", "train.lm_cache_dir"})
+
+
+def merge_runs(runs: Sequence[TrainedRun]) -> TrainedRun:
+    """One ensemble of the members of several runs of the same experiment (e.g. seeds trained
+    in separate runs, on separate machines): their configs must be equal except the ``run``
+    section, the seed and the settings that change where and how fast a run trains, not what
+    it learns (:data:`MERGE_IGNORES`), and their data records must name the same data, split
+    and features.
+
+    Raises:
+        RunIncompatibleError: fewer than one run, an exported model among them, or runs that
+            differ in their config or data (the message names the first difference).
+    """
+    runs = list(runs)
+    if not runs:
+        raise RunIncompatibleError("no run to merge")
+    first = runs[0]
+    if len(runs) == 1:
+        return first
+
+    def comparable(run: TrainedRun) -> dict:
+        tree = run.config.to_dict()
+        tree.pop("run", None)
+        return tree
+
+    def flat(tree: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    data_keys = ("source", "dataset", "partitions", "feature_dims", "extractor")
+    reference = {k: v for k, v in flat(comparable(first)).items() if k not in MERGE_IGNORES}
+    for run in runs[1:]:
+        if run.states is not None or first.states is not None:
+            raise RunIncompatibleError(f"{run.run_dir}: an exported model cannot be merged; "
+                                       "merge the run folders it was exported from")
+        other = {k: v for k, v in flat(comparable(run)).items() if k not in MERGE_IGNORES}
+        differing = sorted(k for k in reference.keys() | other.keys()
+                           if reference.get(k) != other.get(k))
+        if differing:
+            key = differing[0]
+            raise RunIncompatibleError(
+                f"{run.run_dir}: its config differs from {first.run_dir}'s in {key} "
+                f"({other.get(key)!r} vs {reference.get(key)!r}); only runs of the same "
+                "experiment (seeds) make one ensemble")
+        for key in data_keys:
+            if run.data_info.get(key) != first.data_info.get(key):
+                raise RunIncompatibleError(
+                    f"{run.run_dir}: its data record differs from {first.run_dir}'s in {key!r}; "
+                    "only runs on the same data make one ensemble")
+    return TrainedRun(run_dir=first.run_dir, config=first.config, data_info=first.data_info,
+                      extractor=first.extractor, normalization=first.normalization,
+                      checkpoints=[c for run in runs for c in run.checkpoints],
+                      label_range=first.label_range, notes=first.notes)
+
+
 def check_feature_source(where: Path, data_info: dict, require: bool = False,
                          reads: Sequence[str] = ("audio", "vision"),
                          ) -> tuple[ExtractorConfig | None, dict | None, list[str]]:

@@ -70,7 +70,8 @@ def default_model_path() -> Path:
 
 def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None = None,
                card_notes: str | None = None,
-               evaluations: list[dict[str, Any]] | None = None) -> Path:
+               evaluations: list[dict[str, Any]] | None = None,
+               more_runs: list[str | Path] | None = None) -> Path:
     """Write the model of ``run_dir`` to the new folder ``out_dir`` (see the module docstring).
 
     Args:
@@ -80,20 +81,24 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None 
             "description": how it was measured, "n": clips, "metrics": {name: value},
             "reference": False}`` (``reference: True`` for figures that are not the model's,
             e.g. human annotators'); stored in ``metrics.json`` and tabled in the card.
+        more_runs: other runs of the same experiment (seeds trained separately) whose every
+            checkpoint joins the ensemble (:func:`msakit.predict.merge_runs`).
 
     Raises:
         ExportError: ``out_dir`` exists and is not empty, or the run is unreadable.
     """
     from safetensors.torch import save_file
 
-    from msakit.predict import load_trained_run
+    from msakit.predict import load_trained_run, merge_runs
     from msakit.runfolder import writing
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ExportError(f"{out_dir}: exists and is not empty; msakit never overwrites")
+    run_dirs = [run_dir, *(Path(r) for r in more_runs or ())]
     try:
-        run = load_trained_run(run_dir, checkpoint, require_clip_features=False)
+        run = merge_runs([load_trained_run(r, checkpoint if r == run_dir else None,
+                                           require_clip_features=False) for r in run_dirs])
     except RunIncompatibleError as err:
         raise ExportError(str(err)) from err
     tensors: dict[str, Any] = {}
@@ -101,8 +106,10 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None 
     for index, (folder, state) in enumerate(zip(run.checkpoints, run.member_states("cpu"))):
         for name, value in state.items():
             tensors[f"members.{index}.{name}"] = value.detach().cpu().contiguous().clone()
-        entry = {"member": index, "trained_in": str(folder.relative_to(run_dir))
-                 if folder != run_dir else "."}
+        home = next(r for r in run_dirs if folder == r or r in folder.parents)
+        inside = str(folder.relative_to(home)) if folder != home else "."
+        entry = {"member": index,
+                 "trained_in": inside if len(run_dirs) == 1 else f"{home.resolve().name}/{inside}"}
         if runfolder.has_metrics(folder):
             saved = runfolder.read_metrics(folder)
             entry.update({k: saved.get(k) for k in ("seed", "partition", "best_epoch")
@@ -118,6 +125,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None 
         "provenance": {
             "run": str(run_dir.resolve()),
             "run_name": run_dir.resolve().name,
+            **({"more_runs": [str(r.resolve()) for r in run_dirs[1:]]} if more_runs else {}),
             "data_source": run.data_info.get("source"),
             "partitions": run.data_info.get("partitions"),
             "msakit_version": __version__,
@@ -260,7 +268,9 @@ def model_card(config, spec: dict, metrics: dict, notes: str | None = None) -> s
         "",
         table,
         "",
-        f"Provenance: run `{prov.get('run_name')}`, msakit {prov.get('msakit_version')}"
+        f"Provenance: run `{prov.get('run_name')}`"
+        + "".join(f" + `{Path(r).name}`" for r in prov.get("more_runs", []))
+        + f", msakit {prov.get('msakit_version')}"
         + (f" (commit {prov['git_commit'][:12]})" if prov.get("git_commit") else "")
         + f", exported {prov.get('exported')}. Mean ± sample std over the members' test "
         "scores (each member's own test part); per-member numbers in `metrics.json`. "

@@ -192,9 +192,13 @@ def _predict_table(texts_file: str, out_file: str | None, model, as_json: bool) 
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--checkpoint", help="Export one training folder of the run, e.g. seed1/fold0 "
               "(default: all of them, as an ensemble).")
+@click.option("--with-run", "more_runs", multiple=True,
+              type=click.Path(exists=True, file_okay=False),
+              help="Another run of the same experiment (e.g. a seed trained separately) whose "
+              "checkpoints join the ensemble; repeatable. Configs must match except run.*.")
 @click.option("--push-to-hub", "repo_id", metavar="REPO_ID",
               help="Also upload the folder to the Hugging Face Hub (extra msakit[hub]).")
-def export(run_dir, out_dir, checkpoint, repo_id):
+def export(run_dir, out_dir, checkpoint, more_runs, repo_id):
     """Write the model of RUN_DIR to OUT_DIR: model.safetensors, config.json,
     feature_spec.json, metrics.json and a model card (README.md).
 
@@ -210,7 +214,7 @@ def export(run_dir, out_dir, checkpoint, repo_id):
     )
 
     try:
-        folder = export_run(run_dir, out_dir, checkpoint)
+        folder = export_run(run_dir, out_dir, checkpoint, more_runs=list(more_runs))
         spec = json.loads((folder / FEATURE_SPEC_FILE).read_text())
         click.echo(f"exported {run_dir} -> {folder}: {describe_serving(spec)}")
         if repo_id:

@@ -196,7 +196,7 @@ def tensor_fusion(audio: torch.Tensor, vision: torch.Tensor, text: torch.Tensor)
     return fused.reshape(audio.shape[0], -1)
 
 
-#: MMSA's multi-task models (MLF-DNN, MLMF): loss term -> (output, batch key of its labels)
+#: MMSA's multi-task models (MLF-DNN, MTFN, MLMF): loss term -> (output, batch key of its labels)
 MULTITASK_TERMS = {"task": ("fusion", "labels"), "text": ("text", "labels_T"),
                    "audio": ("audio", "labels_A"), "vision": ("vision", "labels_V")}
 

@@ -21,7 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "parity"))
 from _common import REPO_ROOT, official_commit  # noqa: E402
 
 DATASETS = {"mosi": ("CMU-MOSI", "bert-base-uncased"), "mosei": ("CMU-MOSEI", "bert-base-uncased"),
-            "sims": ("CH-SIMS", "bert-base-chinese")}
+            "sims": ("CH-SIMS", "bert-base-chinese"),
+            "simsv2": ("CH-SIMS v2", "bert-base-chinese")}
+#: the datasets of a model's presets where not MOSI, MOSEI and SIMS (MMSA's settings permitting)
+MODEL_DATASETS = {"mtfn": ("sims", "simsv2")}
 NO_CAP = "MMSA's loop has no epoch cap: early stopping ends it; epochs: 1000 only bounds it."
 AVERAGED = [NO_CAP,
             "MMSA reads fixed BERT features: the LM is frozen. Audio/vision are averaged over their real",
@@ -157,6 +160,12 @@ def mlmf(p: dict, dataset: str) -> tuple[dict, dict]:
             train_fields(p))
 
 
+def mtfn(p: dict, dataset: str) -> tuple[dict, dict]:
+    model, train = mlf_dnn(p, dataset)
+    # MMSA's MTFN trainer builds Adam without its weight_decay
+    return ({**model, "output_bound": 3.0}, train_fields(p, weight_decay=False))
+
+
 MODELS = {
     "tfn": ("TFN", tfn, AVERAGED),
     "lmf": ("LMF", lmf, AVERAGED),
@@ -184,6 +193,11 @@ MODELS = {
         "steps; MMSA divides by its arrays' padded length (SIMS: audio 400, vision 55), which",
         "model.audio_average_steps / vision_average_steps reproduce. MMSA runs it on CH-SIMS only:",
         "four L1 terms on the human and the unimodal labels (labels_T/_A/_V)."]),
+    "mtfn": ("MTFN", mtfn, AVERAGED[:2] + [
+        "steps; MMSA divides by its arrays' padded length (SIMS: audio 400, vision 55), which",
+        "model.audio_average_steps / vision_average_steps reproduce. MMSA runs it on CH-SIMS and",
+        "CH-SIMS v2: four L1 terms on the human and the unimodal labels (labels_T/_A/_V). Its",
+        "config's weight_decay is never passed to Adam by its MTFN trainer: 0 here."]),
 }
 
 
@@ -222,7 +236,7 @@ def main() -> None:
     config = json.loads((args.official / "src/MMSA/config/config_regression.json").read_text())
     tables = result_tables((args.official / "results/result-stat.md").read_text())
     for model in args.models:
-        for dataset in DATASETS:
+        for dataset in MODEL_DATASETS.get(model, ("mosi", "mosei", "sims")):
             if dataset not in config[model]["datasetParams"]:
                 continue  # MMSA has no setting (e.g. its multi-task models: CH-SIMS only)
             path = REPO_ROOT / "src/msakit/configs/presets" / model / f"{dataset}.yaml"

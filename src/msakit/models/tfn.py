@@ -59,6 +59,7 @@ from msakit.modules.mmsa_subnets import (
     average_steps_field,
     frozen_language_model_field,
     task_losses,
+    tensor_fusion,
     text_lstm_reads_padding_field,
     unimodal_subnets,
 )
@@ -99,15 +100,6 @@ class TFNConfig(ModelConfig):
     def _check_weights(self) -> TFNConfig:
         check_loss_weights(self.loss_weights, ("task",), "tfn")
         return self
-
-
-def tensor_fusion(audio: torch.Tensor, vision: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """Paper eq. 1: ``(B, d_a), (B, d_v), (B, d_t) -> (B, (d_a+1)(d_v+1)(d_t+1))``, the flattened
-    outer product of the vectors with a 1 prepended, audio outermost (MMSA's order)."""
-    one = audio.new_ones(audio.shape[0], 1)
-    audio, vision, text = (torch.cat([one, x], dim=1) for x in (audio, vision, text))
-    fused = torch.einsum("ba,bv,bt->bavt", audio, vision, text)
-    return fused.reshape(audio.shape[0], -1)
 
 
 @register_model

@@ -1,7 +1,7 @@
 """The pieces MMSA's feature-based models share: the unimodal sub-networks of the tensor-fusion
-family (TFN, LMF, MLF-DNN, MLMF; MMSA's ``models/subNets/FeatureNets.py``), their task losses,
-optimiser layouts and low-rank factors, MFN's multi-view gated memory, and MMSA's ``avg_pool``
-alignment (``models/subNets/AlignNets.py``).
+family (TFN, LMF, MTFN, MLF-DNN, MLMF; MMSA's ``models/subNets/FeatureNets.py``), their task
+losses, optimiser layouts, TFN's tensor fusion and LMF's low-rank factors, MFN's multi-view gated
+memory, and MMSA's ``avg_pool`` alignment (``models/subNets/AlignNets.py``).
 
 Parameter names follow MMSA's (``norm``, ``drop``, ``linear_1`` ...), so an MMSA state dict maps
 onto them by module prefix alone.
@@ -186,7 +186,17 @@ def task_losses(prediction: torch.Tensor, batch: dict, loss: str = "l1",
     return {"task": loss_fn(prediction, labels, reduction=reduction)}
 
 
-#: MMSA's multi-task models (MLF-DNN, MLMF): loss term -> (output, batch key of its labels)
+def tensor_fusion(audio: torch.Tensor, vision: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """TFN's eq. 1 (Zadeh et al., EMNLP 2017; TFN and MTFN): ``(B, d_a), (B, d_v), (B, d_t) ->
+    (B, (d_a+1)(d_v+1)(d_t+1))``, the flattened outer product of the vectors with a 1 prepended,
+    audio outermost (MMSA's order)."""
+    one = audio.new_ones(audio.shape[0], 1)
+    audio, vision, text = (torch.cat([one, x], dim=1) for x in (audio, vision, text))
+    fused = torch.einsum("ba,bv,bt->bavt", audio, vision, text)
+    return fused.reshape(audio.shape[0], -1)
+
+
+#: MMSA's multi-task models (MLF-DNN, MTFN, MLMF): loss term -> (output, batch key of its labels)
 MULTITASK_TERMS = {"task": ("fusion", "labels"), "text": ("text", "labels_T"),
                    "audio": ("audio", "labels_A"), "vision": ("vision", "labels_V")}
 
@@ -347,5 +357,5 @@ __all__ = ["LOW_RANK_FACTORS", "MULTITASK_TERMS", "FeatureSubNet", "GatedMemoryM
            "average_steps_field", "avg_pool_align", "check_multitask_loss_weights", "fixed_length",
            "frozen_language_model_field", "low_rank_fusion",
            "low_rank_parameters", "mlp", "multitask_losses", "single_adam_group",
-           "subnet_decay_groups", "task_losses", "text_lstm_reads_padding_field",
+           "subnet_decay_groups", "task_losses", "tensor_fusion", "text_lstm_reads_padding_field",
            "unimodal_subnets"]

@@ -157,6 +157,14 @@ def mlmf(p: dict, dataset: str) -> tuple[dict, dict]:
             train_fields(p))
 
 
+def cenet(p: dict, dataset: str) -> tuple[dict, dict]:
+    train = train_fields(p)
+    train.update({"lm_lr": p["learning_rate"], "lm_weight_decay": float(p["weight_decay"]),
+                  "grad_clip_norm": float(p["max_grad_norm"])})
+    return ({"injection_layer": 1, "attention_scale": 8.0, "train_embeddings": False,
+             "loss": "l1", "adam_epsilon": p["adam_epsilon"]}, train)
+
+
 MODELS = {
     "tfn": ("TFN", tfn, AVERAGED),
     "lmf": ("LMF", lmf, AVERAGED),
@@ -184,6 +192,14 @@ MODELS = {
         "steps; MMSA divides by its arrays' padded length (SIMS: audio 400, vision 55), which",
         "model.audio_average_steps / vision_average_steps reproduce. MMSA runs it on CH-SIMS only:",
         "four L1 terms on the human and the unimodal labels (labels_T/_A/_V)."]),
+    "cenet": ("CENET", cenet, [
+        NO_CAP,
+        "MMSA fine-tunes BERT (one learning rate and weight decay for BERT, the CE block and the "
+        "head). Its CE",
+        "attends to every step of its zero-padded arrays (unaligned MOSI/MOSEI: audio 500, vision "
+        "375; SIMS:",
+        "400, 55); msakit masks the padding, model.audio_attended_steps / vision_attended_steps "
+        "reproduce MMSA."]),
 }
 
 

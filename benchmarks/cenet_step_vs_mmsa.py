@@ -78,14 +78,15 @@ def timed(step, warmup: int, steps: int) -> list[float]:
 
 def mmsa_step_times(official: Path, bert_config: dict, bert_state: dict, batch: dict,
                     warmup: int, steps: int):
-    from _common import patch_bert_downloads
+    import transformers
     from _mmsa import AttributeDict, load_official
     from cenet import build_official, stub_pytorch_transformers
 
     stub_pytorch_transformers()
     model_module, train_module = load_official(official, "models/singleTask/CENET.py",
                                                "trains/singleTask/CENET.py")
-    patch_bert_downloads()
+    # the trainer loads a tokenizer it never uses (no download); BertModel stays as it is
+    transformers.BertTokenizer.from_pretrained = classmethod(lambda cls, *a, **k: None)
     args = AttributeDict({
         "model_name": "cenet", "dataset_name": "mosi", "train_mode": "regression",
         "pretrained": "bert-base-uncased", "KeyEval": "Loss", "early_stop": 8,

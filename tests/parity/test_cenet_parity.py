@@ -62,7 +62,10 @@ def to_msakit(name: str, value: torch.Tensor):
 
 @pytest.fixture(scope="module")
 def fixture():
-    return load_fixture("cenet")
+    """The fixture, checked to come from MMSA v2.2.1 (so every test asserts the commit)."""
+    loaded = load_fixture("cenet")
+    check_fixture_origin(loaded)
+    return loaded
 
 
 def bert_folder(fixture: dict, key: str, folder) -> str:

@@ -17,7 +17,7 @@ embed a/v            e_m = W_2^m ReLU(W_1^m x_m + b_1^m) + b_2^m, m in {a, v}   
 attend (per m)       A_m = softmax_j(s * (W_q^m h)(W_k^m e_m)^T) (W_v^m e_m), s = 8    ``(B, L_t, H)``
 enhance              h' = h + W_c [A_v; A_a] + b_c                                     ``(B, L_t, H)``
 BERT layers k..      BERT(h') -> last hidden states z                                  ``(B, L_t, H)``
-head                 y = W_o tanh(W_d Dropout(z_0) + b_d) after Dropout, + b_o          ``(B,)``
+head                 y = W_o Dropout(tanh(W_d Dropout(z_0) + b_d)) + b_o              ``(B,)``
 loss                 L1(y, label) (MMSA; the authors: MSE)                             scalar
 ===================  ================================================================  ==============
 

@@ -166,6 +166,14 @@ def mtfn(p: dict, dataset: str) -> tuple[dict, dict]:
     return ({**model, "output_bound": 3.0}, train_fields(p, weight_decay=False))
 
 
+def cenet(p: dict, dataset: str) -> tuple[dict, dict]:
+    train = train_fields(p)
+    train.update({"lm_lr": p["learning_rate"], "lm_weight_decay": float(p["weight_decay"]),
+                  "grad_clip_norm": float(p["max_grad_norm"])})
+    return ({"injection_layer": 1, "attention_scale": 8.0, "train_embeddings": False,
+             "loss": "l1", "adam_epsilon": p["adam_epsilon"]}, train)
+
+
 MODELS = {
     "tfn": ("TFN", tfn, AVERAGED),
     "lmf": ("LMF", lmf, AVERAGED),
@@ -198,6 +206,14 @@ MODELS = {
         "model.audio_average_steps / vision_average_steps reproduce. MMSA runs it on CH-SIMS and",
         "CH-SIMS v2: four L1 terms on the human and the unimodal labels (labels_T/_A/_V). Its",
         "config's weight_decay is never passed to Adam by its MTFN trainer: 0 here."]),
+    "cenet": ("CENET", cenet, [
+        NO_CAP,
+        "MMSA fine-tunes BERT (one learning rate and weight decay for BERT, the CE block and the "
+        "head). Its CE",
+        "attends to every step of its zero-padded arrays (unaligned MOSI/MOSEI: audio 500, vision "
+        "375; SIMS:",
+        "400, 55); msakit masks the padding, model.audio_attended_steps / vision_attended_steps "
+        "reproduce MMSA."]),
 }
 
 

@@ -31,12 +31,13 @@ MULTITASK_TERMS = ("task", "text", "audio", "vision")
 
 def module_fixtures(name: str, prepare: Callable[[dict], dict] | None = None):
     """A test module's ``(fixture, bert_dir)`` pytest fixtures (module scope): the fixture of
-    ``tools/parity/<name>.py`` (passed through ``prepare``) and its tiny BERT saved to a folder.
-    Bind them to those names: ``fixture, bert_dir = module_fixtures("tfn")``."""
+    ``tools/parity/<name>.py`` (its recorded commit asserted; passed through ``prepare``) and its
+    tiny BERT saved to a folder. Bind them to those names: ``fixture, bert_dir = module_fixtures("tfn")``."""
 
     @pytest.fixture(scope="module")
     def fixture():
         loaded = load_fixture(name)
+        check_fixture_origin(loaded)  # every test of the module replays MMSA v2.2.1's records
         return prepare(loaded) if prepare else loaded
 
     @pytest.fixture(scope="module")

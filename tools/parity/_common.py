@@ -148,3 +148,25 @@ def save_fixture(fixture: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(fixture, out)
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")
+
+
+def record_rated(model: torch.nn.Module, inputs: list, run, seed: int = 2) -> tuple[dict, list]:
+    """The dropout map and the eval-mode outputs of ``model`` (built at the official default
+    dropout rates, with the fixture's initial weights): ``run(model, inputs[i]) -> {name:
+    tensor}`` is one forward pass. Returns ``({"calls": [(p, input shape), ...], "lstm": [(name,
+    dropout, num_layers), ...], "batch": 0}, [eval outputs of each input])``: the calls of one
+    train-mode pass over ``inputs[0]`` in call order (``nn.Dropout`` calls ``F.dropout``; an
+    LSTM's inter-layer dropout runs in its kernel, so its rate comes from the module), then the
+    outputs of every input in eval mode."""
+    from _mmsa import lstm_dropouts, recorded_dropout
+
+    calls: list = []
+    model.train()
+    torch.manual_seed(seed)
+    with recorded_dropout(calls):
+        run(model, inputs[0])
+    model.eval()
+    with torch.no_grad():
+        outputs = [compact({k: v.detach() for k, v in run(model, x).items()}) for x in inputs]
+    print(f"dropout map: {calls}")
+    return {"calls": calls, "lstm": lstm_dropouts(model), "batch": 0}, outputs

@@ -154,10 +154,11 @@ def record_rated(model: torch.nn.Module, inputs: list, run, seed: int = 2) -> tu
     """The dropout map and the eval-mode outputs of ``model`` (built at the official default
     dropout rates, with the fixture's initial weights): ``run(model, inputs[i]) -> {name:
     tensor}`` is one forward pass. Returns ``({"calls": [(p, input shape), ...], "lstm": [(name,
-    dropout, num_layers), ...], "batch": 0}, [eval outputs of each input])``: the calls of one
-    train-mode pass over ``inputs[0]`` in call order (``nn.Dropout`` calls ``F.dropout``; an
-    LSTM's inter-layer dropout runs in its kernel, so its rate comes from the module), then the
-    outputs of every input in eval mode."""
+    dropout, num_layers), ...], "attention": [(name, dropout), ...], "batch": 0}, [eval outputs
+    of each input])``: the calls of one train-mode pass over ``inputs[0]`` in call order
+    (``nn.Dropout`` calls ``F.dropout``; an LSTM's inter-layer dropout runs in its kernel and
+    ``nn.MultiheadAttention``'s attention dropout in ``scaled_dot_product_attention``, so their
+    rates come from the modules), then the outputs of every input in eval mode."""
     from _mmsa import lstm_dropouts, recorded_dropout
 
     calls: list = []
@@ -169,4 +170,7 @@ def record_rated(model: torch.nn.Module, inputs: list, run, seed: int = 2) -> tu
     with torch.no_grad():
         outputs = [compact({k: v.detach() for k, v in run(model, x).items()}) for x in inputs]
     print(f"dropout map: {calls}")
-    return {"calls": calls, "lstm": lstm_dropouts(model), "batch": 0}, outputs
+    attention = [(n, float(m.dropout)) for n, m in model.named_modules()
+                 if isinstance(m, torch.nn.MultiheadAttention)]
+    return {"calls": calls, "lstm": lstm_dropouts(model), "attention": attention,
+            "batch": 0}, outputs

@@ -153,7 +153,8 @@ def save_fixture(fixture: dict, out: Path) -> None:
 def record_rated(model: torch.nn.Module, inputs: list, run, seed: int = 2) -> tuple[dict, list]:
     """The dropout map and the eval-mode outputs of ``model`` (built at the official default
     dropout rates, with the fixture's initial weights): ``run(model, inputs[i]) -> {name:
-    tensor}`` is one forward pass. Returns ``({"calls": [(p, input shape), ...], "lstm": [(name,
+    tensor}`` is one forward pass. Returns ``({"calls": [(p, input shape), ...], "modules":
+    [name of the ``nn.Dropout`` of each call, or None for a direct ``F.dropout``], "lstm": [(name,
     dropout, num_layers), ...], "attention": [(name, dropout), ...], "batch": 0}, [eval outputs
     of each input])``: the calls of one train-mode pass over ``inputs[0]`` in call order
     (``nn.Dropout`` calls ``F.dropout``; an LSTM's inter-layer dropout runs in its kernel and
@@ -162,15 +163,26 @@ def record_rated(model: torch.nn.Module, inputs: list, run, seed: int = 2) -> tu
     from _mmsa import lstm_dropouts, recorded_dropout
 
     calls: list = []
+    modules: dict[int, str] = {}  # call index -> the nn.Dropout that made it
+
+    def note(name):
+        return lambda module, args: modules.__setitem__(len(calls), name)
+
+    hooks = [m.register_forward_pre_hook(note(n)) for n, m in model.named_modules()
+             if isinstance(m, torch.nn.Dropout)]
     model.train()
     torch.manual_seed(seed)
-    with recorded_dropout(calls):
-        run(model, inputs[0])
+    try:
+        with recorded_dropout(calls):
+            run(model, inputs[0])
+    finally:
+        for hook in hooks:
+            hook.remove()
     model.eval()
     with torch.no_grad():
         outputs = [compact({k: v.detach() for k, v in run(model, x).items()}) for x in inputs]
     print(f"dropout map: {calls}")
     attention = [(n, float(m.dropout)) for n, m in model.named_modules()
                  if isinstance(m, torch.nn.MultiheadAttention)]
-    return {"calls": calls, "lstm": lstm_dropouts(model), "attention": attention,
-            "batch": 0}, outputs
+    return {"calls": calls, "modules": [modules.get(i) for i in range(len(calls))],
+            "lstm": lstm_dropouts(model), "attention": attention, "batch": 0}, outputs

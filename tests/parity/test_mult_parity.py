@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _mmsa_parity import recorded_dropout
+from _mmsa_parity import batch_first_official_calls, dropout_map_with_attention
 from _parity import (
     assert_close,
     assert_official_gradients,
@@ -188,29 +188,6 @@ def official_rates(fixture) -> list[str]:
             f"model.out_dropout={rates['out_dropout']}"]
 
 
-def msakit_dropout_map(model, batch) -> list[tuple[float, tuple]]:
-    """Every dropout of one train-mode pass in call order; an attention's dropout on its
-    weights (inside ``scaled_dot_product_attention`` in msakit) as ``(p, (B * heads, L_q,
-    L_k))``, where the official attention calls ``F.dropout`` on its weights."""
-    calls: list = []
-
-    def attention_call(module, args, kwargs):
-        query, key = args[0], args[1]
-        calls.append((float(module.dropout),
-                      (query.shape[0] * module.num_heads, query.shape[1], key.shape[1])))
-
-    hooks = [m.register_forward_pre_hook(attention_call, with_kwargs=True)
-             for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention)]
-    model.train()
-    try:
-        with recorded_dropout(calls):
-            model(batch)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return calls
-
-
 def test_defaults_are_the_official_rates(fixture):
     assert build_config("mult", official_rates(fixture)).model == build_config("mult").model
 
@@ -222,22 +199,14 @@ def test_dropout_map_and_eval_forward_equal_the_official(fixture, tmp_path):
     _, model = build(fixture, tmp_path, OFFICIAL_SETTINGS + official_rates(fixture))
     batch = msakit_batch(fixture["batches"][fixture["dropout_map"]["batch"]])
     size, text_length = batch["input_ids"].shape
-    text_width = fixture["bert_config"]["hidden_size"]
     heads = fixture["sizes"]["num_heads"]
-    assert size not in (heads * size, text_length, text_width)
-    expected = []
-    for p, shape in fixture["dropout_map"]["calls"]:
-        shape = tuple(shape)
-        if shape == (size, text_width, text_length):  # the text input, (B, d, L) officially
-            shape = (size, text_length, text_width)
-        elif len(shape) == 3 and shape[1] == size:  # sequence-first (L, B, d)
-            shape = (shape[1], shape[0], shape[2])
-        expected.append((p, shape))
+    expected = batch_first_official_calls(fixture["dropout_map"]["calls"], size, heads,
+                                          (text_length, fixture["bert_config"]["hidden_size"]))
     assert any(p > 0 for p, _ in expected)
     sizes = fixture["sizes"]  # attentions: 6 cross-modal streams, 3 memories
     assert sum(shape[0] == size * heads for _, shape in expected) == \
         6 * sizes["num_layers"] + 3 * sizes["memory_layers"]
-    assert msakit_dropout_map(model, batch) == expected
+    assert dropout_map_with_attention(model, batch) == expected
     model.eval()
     with torch.no_grad():
         for i, (b, theirs) in enumerate(zip(fixture["batches"], fixture["eval_predictions"])):

@@ -115,6 +115,21 @@ def compact(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             for k, v in tensors.items()}
 
 
+def packed(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """:func:`compact`, every tensor a view of one shared float32 storage: ``torch.save`` writes
+    one storage instead of one per tensor (a fixture of hundreds of small tensors is mostly
+    per-storage overhead otherwise). Loaded, each is an ordinary contiguous tensor."""
+    tensors = compact(tensors)
+    if not all(v.dtype == torch.float32 for v in tensors.values()):
+        raise ValueError("packed() stores floating-point tensors only")
+    flat = torch.cat([v.reshape(-1) for v in tensors.values()])
+    out, offset = {}, 0
+    for name, value in tensors.items():
+        out[name] = flat[offset:offset + value.numel()].view(value.shape)
+        offset += value.numel()
+    return out
+
+
 def scripted_validation(losses: list[float], epochs_seen: list[int]):
     """A stand-in for the official trainer's ``do_test``: each call appends its epoch number to
     ``epochs_seen`` and returns the next scripted validation loss as ``{"Loss": value}``."""

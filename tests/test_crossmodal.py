@@ -119,6 +119,26 @@ def test_dropout_only_in_training():
     assert not torch.allclose(encoder(x), encoder(x))
 
 
+def test_keys_and_values_get_independent_embedding_dropout_in_training():
+    """As the official code (``x_k``/``x_v`` embedded and dropped separately): in training the
+    attention's keys and values differ by their dropout masks; in eval mode they are equal."""
+    encoder = _encoder(embed_dropout=0.5, num_layers=1)
+    seen = []
+    hook = encoder.layers[0].register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((args[1], kwargs["value"])), with_kwargs=True)
+    query, key = torch.randn(2, 4, 16), torch.randn(2, 5, 16)
+    encoder(query, key)
+    encoder.train()
+    encoder(query, key)
+    hook.remove()
+    (eval_key, eval_value), (train_key, train_value) = seen
+    torch.testing.assert_close(eval_key, eval_value)
+    assert not torch.allclose(train_key, train_value)
+    # each is its own mask over the same embedded source: where both kept it, they agree
+    both = (train_key != 0) & (train_value != 0)
+    assert both.any() and torch.allclose(train_key[both], train_value[both])
+
+
 @pytest.mark.parametrize(
     "call, message",
     [

@@ -31,12 +31,13 @@ MULTITASK_TERMS = ("task", "text", "audio", "vision")
 
 def module_fixtures(name: str, prepare: Callable[[dict], dict] | None = None):
     """A test module's ``(fixture, bert_dir)`` pytest fixtures (module scope): the fixture of
-    ``tools/parity/<name>.py`` (passed through ``prepare``) and its tiny BERT saved to a folder.
-    Bind them to those names: ``fixture, bert_dir = module_fixtures("tfn")``."""
+    ``tools/parity/<name>.py`` (its recorded commit asserted; passed through ``prepare``) and its
+    tiny BERT saved to a folder. Bind them to those names: ``fixture, bert_dir = module_fixtures("tfn")``."""
 
     @pytest.fixture(scope="module")
     def fixture():
         loaded = load_fixture(name)
+        check_fixture_origin(loaded)  # every test of the module replays MMSA v2.2.1's records
         return prepare(loaded) if prepare else loaded
 
     @pytest.fixture(scope="module")
@@ -188,6 +189,52 @@ def dropout_map(model: torch.nn.Module, batch: dict) -> list[tuple[float, tuple]
     with recorded_dropout(calls):
         model(batch)
     return calls
+
+
+def dropout_map_with_attention(model: torch.nn.Module, batch: dict) -> list[tuple[float, tuple]]:
+    """:func:`dropout_map`, and where an ``nn.MultiheadAttention`` runs, its dropout on the
+    attention weights (inside ``scaled_dot_product_attention``, no ``F.dropout`` call) as ``(p,
+    (B * heads, L_q, L_k))``: the call MulT's official attention makes on its weights."""
+    calls: list = []
+
+    def attention_call(module, args, kwargs):
+        query, key = args[0], args[1]
+        if not module.batch_first:
+            raise ValueError("dropout_map_with_attention reads batch-first attentions only")
+        calls.append((float(module.dropout),
+                      (query.shape[0] * module.num_heads, query.shape[1], key.shape[1])))
+
+    hooks = [m.register_forward_pre_hook(attention_call, with_kwargs=True)
+             for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention)]
+    model.train()
+    try:
+        with recorded_dropout(calls):
+            model(batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return calls
+
+
+def batch_first_official_calls(calls, size: int, heads: int, text_shape: tuple[int, int]
+                               ) -> list[tuple[float, tuple]]:
+    """MulT-style official dropout calls in msakit's batch-first layout: the text input the
+    official code drops as ``(B, d_text, L_t)`` (transposed for its Conv1d) -> ``(B, L_t,
+    d_text)``; its sequence-first transformer calls ``(L, B, d)`` -> ``(B, L, d)``; attention
+    weights ``(B * heads, L_q, L_k)`` and 2-D calls unchanged. ``text_shape`` is ``(L_t,
+    d_text)``; ``size`` must differ from the lengths and widths it could be confused with."""
+    length, width = text_shape
+    if size in (size * heads, length, width):
+        raise ValueError(f"batch size {size} is ambiguous with heads/lengths/widths")
+    out = []
+    for p, shape in calls:
+        shape = tuple(shape)
+        if shape == (size, width, length):
+            shape = (size, length, width)
+        elif len(shape) == 3 and shape[1] == size and shape[0] != size * heads:
+            shape = (shape[1], shape[0], shape[2])
+        out.append((float(p), shape))
+    return out
 
 
 def lstm_dropouts(model: torch.nn.Module) -> list[tuple[float, int]]:

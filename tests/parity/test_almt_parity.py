@@ -5,7 +5,9 @@ small sizes on a small random BERT, in float64, one batch of four clips (real te
 12/9/6/3 of 12 tokens; fixed-length audio and vision as in the official pickles). msakit's ALMT
 gets the official weights through :func:`official_to_msakit` and must give the same prediction,
 MSE loss and every gradient within 1e-5; the trainer with ALMT's schedule must take the official
-loop's steps and learning rates.
+loop's steps and learning rates. At the official dropout rates (all 0, msakit's default too): the
+same dropout calls (rate and input shape, in call order) in train mode, and the same eval-mode
+predictions.
 
 Name mapping (official -> msakit), ``<m>`` in l/a/v -> text/audio/vision:
 ``h_hyper`` -> ``hyper_init``; ``bertmodel.model`` -> ``text_encoder.model``; ``proj_<m>.0`` ->
@@ -29,6 +31,7 @@ import re
 
 import pytest
 import torch
+from _mmsa_parity import dropout_map
 from _parity import assert_official_gradients, load_fixture, rename_by_rules, train_epochs
 
 from msakit.config import build_config
@@ -37,6 +40,7 @@ from msakit.training.trainer import make_scheduler
 
 MODALITY = {"l": "text", "a": "audio", "v": "vision"}
 TOLERANCE = 1e-5
+OFFICIAL_COMMIT = "da9461071f21e75eb8bf2bedff14ac23f5954605"
 
 
 def _layer(rest: str) -> str:
@@ -82,7 +86,11 @@ def official_to_msakit(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def fixture():
-    return load_fixture("almt")
+    loaded = load_fixture("almt")
+    # every test here replays the records of this commit of the authors' code
+    assert loaded["official"] == "Haoyu-ha/ALMT"
+    assert loaded["commit"] == OFFICIAL_COMMIT
+    return loaded
 
 
 def build(fixture, small_bert, mask_padding=False, extra=()):
@@ -129,7 +137,7 @@ def batch_of(fixture, rows=None):
 
 def test_fixture_is_from_the_official_commit(fixture):
     assert fixture["official"] == "Haoyu-ha/ALMT"
-    assert fixture["commit"] == "da9461071f21e75eb8bf2bedff14ac23f5954605"
+    assert fixture["commit"] == OFFICIAL_COMMIT
 
 
 def test_prediction_loss_and_gradients_match_the_official_code(fixture, small_bert):
@@ -189,3 +197,36 @@ def test_official_training_loop_takes_the_same_steps(fixture, small_bert, tmp_pa
         target = official_to_msakit(name)
         torch.testing.assert_close(ours[target].detach() - before[target], change.double(),
                                    rtol=0, atol=1e-6, msg=lambda m, t=target: f"{t}: {m}")
+
+
+#: the official model's blocks in msakit's call order (msakit projects text, audio, vision; the
+#: official code vision, audio, text)
+BLOCK_ORDER = ("bertmodel.", "proj_l.", "proj_a.", "proj_v.", "l_encoder.", "h_hyper_layer.",
+               "fusion_layer.")
+#: the official ``Transformer``/``CrossTransformer`` embedding dropouts (``emb_dropout``): no
+#: configuration sets them (always 0), and msakit has no such layer
+EMBEDDING_DROPOUTS = ("proj_l.1.dropout", "proj_a.1.dropout", "proj_v.1.dropout",
+                      "l_encoder.dropout", "fusion_layer.dropout")
+
+
+def test_dropout_map_and_eval_forward_match_the_official_code(fixture, small_bert):
+    """The official rates are all 0 (``ahl_droup: 0.``; its transformers never set theirs), as
+    msakit's ``dropout`` default: the same calls with the same input shapes in train mode, block
+    by block (without the official always-0 embedding dropouts), and the same eval-mode
+    predictions for the batch and its halves."""
+    assert build_config("almt").model.dropout == fixture["model"]["ahl_droup"] == 0.0
+    _, model = build(fixture, small_bert)
+    official = fixture["dropout_map"]
+    calls = list(zip(official["modules"], [(p, tuple(shape)) for p, shape in official["calls"]]))
+    assert all(p == 0 for _, (p, _) in calls if _ in EMBEDDING_DROPOUTS)
+    assert sum(name in EMBEDDING_DROPOUTS for name, _ in calls) == 6  # fusion: source, target
+    assert all(name.startswith(BLOCK_ORDER) for name, _ in calls)
+    expected = [call for block in BLOCK_ORDER for name, call in calls
+                if name.startswith(block) and name not in EMBEDDING_DROPOUTS]
+    assert len(expected) == len(calls) - 6 > 20
+    assert dropout_map(model, batch_of(fixture)) == expected
+    model.eval()
+    with torch.no_grad():
+        for rows, theirs in zip(fixture["eval"]["rows"], fixture["eval"]["predictions"]):
+            torch.testing.assert_close(model(batch_of(fixture, rows)).prediction, theirs.double(),
+                                       rtol=0, atol=TOLERANCE, msg=lambda m, r=rows: f"{r}: {m}")

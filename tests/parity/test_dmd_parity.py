@@ -3,8 +3,10 @@
 The fixture is written by ``tools/parity/dmd.py`` (see its docstring): the official model at small
 sizes on a small random BERT, in float64, one batch of four clips with real lengths 50/37/23/12.
 Here msakit's DMD gets the official weights through :func:`official_to_msakit` and must give
-the same prediction, every loss term, the combined loss and every gradient within 1e-5; and the
-trainer, set to DMD's official loop, must take the same two optimiser steps.
+the same prediction, every loss term, the combined loss and every gradient within 1e-5; the
+trainer, set to DMD's official loop, must take the same two optimiser steps; and at the official
+MOSI dropout rates (``config/config.json``) the dropout calls of a train-mode pass and the eval-mode
+predictions must be the official ones.
 
 Name mapping (official -> msakit), ``<m>`` in l/a/v -> text/audio/vision:
 ``text_model.model`` -> ``text_encoder.model``; ``proj_<m>`` -> ``projections.<m>.conv``;
@@ -29,6 +31,7 @@ import re
 
 import pytest
 import torch
+from _mmsa_parity import batch_first_official_calls, dropout_map_with_attention
 from _parity import assert_official_gradients, load_fixture, rename_by_rules, train_epochs
 
 from msakit.config import build_config
@@ -37,6 +40,7 @@ from msakit.training.trainer import weighted_loss
 
 MODALITY = {"l": "text", "a": "audio", "v": "vision"}
 TOLERANCE = 1e-5
+OFFICIAL_COMMIT = "516d4e116c22220e08873fa38df828d1a0d6f7e8"
 UNMAPPED = re.compile(r"^dmd\.proj_cosine_[lav]\.")
 
 
@@ -101,7 +105,11 @@ def convert(name: str, value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def fixture():
-    return load_fixture("dmd")
+    loaded = load_fixture("dmd")
+    # every test here replays the records of this commit of the authors' code
+    assert loaded["official"] == "mdswyz/DMD"
+    assert loaded["commit"] == OFFICIAL_COMMIT
+    return loaded
 
 
 OFFICIAL_SETTINGS = ["model.padding=official", "model.readout=last_position",
@@ -153,7 +161,7 @@ def batch_of(fixture, rows=None):
 
 def test_fixture_is_from_the_official_commit(fixture):
     assert fixture["official"] == "mdswyz/DMD"
-    assert fixture["commit"] == "516d4e116c22220e08873fa38df828d1a0d6f7e8"
+    assert fixture["commit"] == OFFICIAL_COMMIT
 
 
 def test_prediction_losses_and_gradients_match_the_official_code(fixture, small_bert):
@@ -230,3 +238,51 @@ def test_official_training_loop_takes_the_same_steps(fixture, small_bert, tmp_pa
                                    msg=lambda m, t=target: f"{t}: {m}")
         worst_default = max(worst_default, (ours_default - expected).abs().max().item())
     assert worst_default > 1e-5
+
+
+def official_rates(fixture) -> list[str]:
+    """The official MOSI dropout rates as msakit overrides."""
+    rates = fixture["official_dropouts"]
+    names = {"text_dropout": "text_dropout", "attn_dropout": "attn_dropout",
+             "attn_dropout_a": "attn_dropout_audio", "attn_dropout_v": "attn_dropout_vision",
+             "relu_dropout": "relu_dropout", "res_dropout": "res_dropout",
+             "embed_dropout": "embed_dropout", "output_dropout": "output_dropout"}
+    assert set(rates) == set(names)
+    return [f"model.{ours}={rates[theirs]}" for theirs, ours in names.items()]
+
+
+def test_defaults_are_the_official_mosi_rates(fixture):
+    assert build_config("dmd", official_rates(fixture)).model == build_config("dmd").model
+
+
+def test_dropout_map_and_eval_forward_match_the_official_code(fixture, small_bert):
+    """Every dropout call of a train-mode pass with its rate and input shape (the official
+    transformers are sequence-first and its text is transposed for the Conv1d: compared in
+    msakit's batch-first layout; the attention-weight dropouts included). One stretch differs in
+    order only: the official code runs the three homogeneous heads and then the three common
+    self-attention encoders (text, vision, audio), msakit each modality's head and encoder in
+    turn (text, audio, vision) -- independent computations, compared as a multiset. Then the
+    eval-mode predictions of the batch and its halves."""
+    _, model = build(fixture, small_bert, extra=official_rates(fixture))
+    official = fixture["dropout_map"]
+    batch = batch_of(fixture)
+    size, text_length = batch["input_ids"].shape
+    sizes = fixture["sizes"]
+    expected = batch_first_official_calls(official["calls"], size, sizes["num_heads"],
+                                          (text_length, fixture["bert_config"]["hidden_size"]))
+    ours = dropout_map_with_attention(model, batch)
+    assert len(ours) == len(expected) > 100
+    # the LM's calls, then the text input's dropout
+    start = sum(str(name).startswith("text_model.") for name in official["modules"]) + 1
+    # 3 heads (one output dropout each) + 3 encoders (embedding dropout + 4 per layer)
+    stretch = slice(start, start + 3 + 3 * (1 + 4 * sizes["num_layers"]))
+    assert any(p > 0 for p, _ in expected[stretch])
+    assert ours[:start] == expected[:start]
+    assert sorted(ours[stretch]) == sorted(expected[stretch])
+    assert ours[stretch.stop:] == expected[stretch.stop:]
+    model.eval()
+    with torch.no_grad():
+        for rows, theirs in zip(fixture["eval"]["rows"], fixture["eval"]["predictions"]):
+            torch.testing.assert_close(model(batch_of(fixture, rows)).prediction,
+                                       theirs.double(), rtol=0, atol=TOLERANCE,
+                                       msg=lambda m, r=rows: f"{r}: {m}")

@@ -9,7 +9,11 @@ losses. msakit runs the same through ``Trainer.fit`` with the official settings
 (``text_subnet: lstm``, ``text_lstm_reads_padding: true``, ``time_average_steps: 50``,
 ``exempt_biases_from_decay: false``, ``min_improvement: 1e-6``, the LM frozen) and must match every
 prediction and representation, every loss, every gradient, every parameter and BatchNorm buffer
-after each step, and the epoch early stopping ends on.
+after each step, and the epoch early stopping ends on. At MMSA's MOSI dropout rates (0.2 each),
+from the same initial weights: the same dropout calls (rate and input shape, in call order) in
+train mode, and the same eval-mode predictions. MMSA's one-layer ``TextSubNet`` sets its dropout to
+0 and still calls it; msakit's ``lstm`` text path has no such call (``text_dropout`` does not apply
+to it): the maps are compared without that one rate-0 call.
 
 Name mapping, official -> msakit (``OFFICIAL_TO_MSAKIT``): ``text_subnet.rnn`` -> ``text_lstm``,
 ``text_subnet.linear_1`` -> ``text_subnet``; ``<audio|video>_subnet.norm`` ->
@@ -22,6 +26,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _mmsa_parity import (
+    assert_eval_forward_matches,
+    build_model,
+    check_fixture_origin,
+    dropout_map,
+    lstm_dropouts,
+    msakit_batches,
+)
 from _parity import fit_with_scripted_validation, load_fixture, rename_by_prefix
 
 from msakit.config import build_config
@@ -40,7 +52,9 @@ OUTPUTS = {"Feature_t": "text", "Feature_a": "audio", "Feature_v": "vision"}
 
 @pytest.fixture(scope="module")
 def fixture():
-    return load_fixture("lf_dnn")
+    loaded = load_fixture("lf_dnn")
+    check_fixture_origin(loaded)  # every test here replays MMSA v2.2.1's records
+    return loaded
 
 
 def msakit_name(official: str) -> str:
@@ -69,24 +83,31 @@ def tiny_bert_dir(fixture, tmp_path_factory):
     return path
 
 
-def replay(fixture, bert_dir, tmp_path, monkeypatch):
+def overrides(fixture, bert_dir, dropouts=(0, 0, 0, 0)) -> list[str]:
+    """The official run's settings; ``dropouts`` in MMSA's order (audio, video, text, post)."""
     sizes, optimiser = fixture["sizes"], fixture["optimiser"]
     text_hidden, audio_hidden, video_hidden = sizes["hidden_dims"]
-    config = build_config("lf_dnn", [
+    audio_p, video_p, text_p, post_p = dropouts
+    return [
         f"model.language_model={bert_dir}", "model.freeze_language_model=true",
         "model.text_subnet=lstm", "model.text_lstm_reads_padding=true",
         f"model.time_average_steps={fixture['average_steps']}",
         "model.exempt_biases_from_decay=false",
         f"model.text_hidden={text_hidden}", f"model.text_out={sizes['text_out']}",
         f"model.audio_hidden={audio_hidden}", f"model.vision_hidden={video_hidden}",
-        f"model.post_fusion_dim={sizes['post_fusion_dim']}", "model.text_dropout=0",
-        "model.audio_dropout=0", "model.vision_dropout=0", "model.post_fusion_dropout=0",
+        f"model.post_fusion_dim={sizes['post_fusion_dim']}", f"model.text_dropout={text_p}",
+        f"model.audio_dropout={audio_p}", f"model.vision_dropout={video_p}",
+        f"model.post_fusion_dropout={post_p}",
         f"train.lr={optimiser['learning_rate']}",
         f"train.weight_decay={optimiser['weight_decay']}", "train.optimizer=adam",
         "train.grad_accumulation=1", f"train.patience={fixture['early_stopping']['early_stop']}",
         f"train.min_improvement={fixture['early_stopping']['min_improvement']}",
         "train.epochs=10", "train.device=cpu",
-    ])
+    ]
+
+
+def replay(fixture, bert_dir, tmp_path, monkeypatch):
+    config = build_config("lf_dnn", overrides(fixture, bert_dir))
     batches = []
     for b in fixture["batches"]:
         mask = torch.arange(b["audio_full"].shape[1])[None] < b["lengths"][:, None]
@@ -192,6 +213,22 @@ def test_msakit_default_text_path_differs(fixture, tiny_bert_dir):
                           mean * batch["lengths"][:, None])
 
 
+def test_lf_dnn_dropout_map_and_eval_forward_match_mmsa(fixture, tiny_bert_dir):
+    check_fixture_origin(fixture)
+    _, model = build_model("lf_dnn", overrides(fixture, tiny_bert_dir,
+                                               fixture["official_dropouts"]),
+                           fixture, lambda n, v: (msakit_name(n), to_msakit(fixture, n, v)))
+    official = fixture["dropout_map"]
+    calls = [(p, tuple(shape)) for p, shape in official["calls"]]
+    # MMSA's one-layer TextSubNet: Dropout(0) on its final state (B, text_hidden)
+    text_hidden = fixture["sizes"]["hidden_dims"][0]
+    assert [c for c in calls if c[0] == 0] == [(0.0, (calls[0][1][0], text_hidden))]
+    expected = [c for c in calls if c[0] > 0]
+    assert len(expected) == 3
+    assert dropout_map(model, msakit_batches(fixture)[official["batch"]]) == expected
+    assert lstm_dropouts(model) == [(p, layers) for _, p, layers in official["lstm"]]
+    assert_eval_forward_matches(fixture, model)
+
+
 def test_fixture_is_from_mmsa_v2_2_1(fixture):
-    assert fixture["official"]["repo"] == "thuiar/MMSA"
-    assert fixture["official"]["commit"] == "a94e65d07fa1ae0d44e552390074b29b0898edfd"
+    check_fixture_origin(fixture)

@@ -25,7 +25,11 @@ CONTINUOUS = {"MAE", "Corr"}
 
 @pytest.fixture(scope="module")
 def fixture():
-    return load_fixture("metrics")
+    loaded = load_fixture("metrics")
+    # every test here replays MMSA v2.2.1's records
+    assert loaded["official"]["repo"] == "thuiar/MMSA"
+    assert loaded["official"]["commit"] == MMSA_COMMIT
+    return loaded
 
 
 def test_fixture_is_from_mmsa_v2_2_1(fixture):

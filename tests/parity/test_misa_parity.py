@@ -1,5 +1,6 @@
 """MISA equals the authors' code (declare-lab/MISA) on real clips: prediction, each loss term,
-every gradient, and three steps of the official training loop.
+every gradient, three steps of the official training loop, and at the official dropout rates
+(0.5; the fusion transformer layer's fixed 0.1) the dropout map and the eval-mode predictions.
 
 The fixture ``misa.pt`` comes from ``tools/parity/misa.py`` (see its docstring: official model at
 small sizes with a small random BERT, real MOSI clips of unequal word counts, float64, dropout 0).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _mmsa_parity import dropout_map, lstm_dropouts
 from _parity import (
     assert_close,
     assert_official_gradients,
@@ -32,6 +34,7 @@ from msakit.models import FeatureDims, create_model
 
 MODALITY = {"t": "text", "v": "vision", "a": "audio"}
 UNUSED_OFFICIAL = ("sp_discriminator.", "tlayer_norm.")
+OFFICIAL_COMMIT = "ec42faddde0d210cf7368aebf2118fe9570e7102"
 
 
 def official_to_msakit(name: str) -> str:
@@ -62,7 +65,11 @@ def official_to_msakit(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def fixture():
-    return load_fixture("misa")
+    loaded = load_fixture("misa")
+    # every test here replays the records of this commit of the authors' code
+    assert loaded["official_repo"] == "declare-lab/MISA"
+    assert loaded["official_commit"] == OFFICIAL_COMMIT
+    return loaded
 
 
 def build(fixture, tmp_path, overrides=()):
@@ -138,3 +145,29 @@ def test_msakit_cmd_differs_only_where_the_official_gradient_is_nan():
     torch.testing.assert_close(ours, plain)
     assert torch.isnan(torch.autograd.grad(plain, x, retain_graph=True)[0]).any()
     assert torch.isfinite(torch.autograd.grad(ours, x)[0]).all()
+
+
+def test_dropout_map_and_eval_forward_equal_the_official(fixture, tmp_path):
+    """msakit's defaults are the official rates: ``dropout`` 0.5 (the fusion head) and
+    ``transformer_dropout`` 0.1 (PyTorch's default, which the official layer keeps)."""
+    defaults = build_config("misa").model
+    official = fixture["dropout_map"]
+    assert defaults.dropout == fixture["official_dropout"]
+    assert [p for _, p in official["attention"]] == [defaults.transformer_dropout]
+    _, model = build(fixture, tmp_path, [f"model.dropout={defaults.dropout}",
+                                         f"model.transformer_dropout={defaults.transformer_dropout}"])
+    expected = [(p, tuple(shape)) for p, shape in official["calls"]]
+    assert any(p > 0 for p, _ in expected)
+    # the official fusion transformer runs sequence-first (6 vectors, B, d), msakit's batch-first
+    assert fixture["batches"][official["batch"]]["labels"].shape[0] != 6
+    expected = [(p, (shape[1], shape[0], *shape[2:])) if shape[0] == 6 else (p, shape)
+                for p, shape in expected]
+    batches = [msakit_batch(b) for b in fixture["batches"]]
+    assert dropout_map(model, batches[official["batch"]]) == expected
+    assert lstm_dropouts(model) == [(p, layers) for _, p, layers in official["lstm"]]
+    assert [float(m.dropout) for m in model.modules()
+            if isinstance(m, torch.nn.MultiheadAttention)] == [p for _, p in official["attention"]]
+    model.eval()
+    with torch.no_grad():
+        for i, (batch, theirs) in enumerate(zip(batches, fixture["eval_predictions"])):
+            assert_close(model(batch).prediction, theirs, f"eval batch {i}")

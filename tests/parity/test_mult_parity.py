@@ -1,6 +1,7 @@
 """MulT equals the authors' code (yaohungt/Multimodal-Transformer) on real clips: prediction,
-L1 loss, every gradient (BERT's included), three steps of the official training loop, and its
-scheduler settings.
+L1 loss, every gradient (BERT's included), three steps of the official training loop, its
+scheduler settings, and at the official default dropout rates (``main.py``) the dropout map and
+the eval-mode predictions.
 
 The fixture ``mult.pt`` comes from ``tools/parity/mult.py``: the official ``MULTModel`` at width 8
 fed the states of the same small random BERT msakit uses (the official model reads precomputed
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _mmsa_parity import batch_first_official_calls, dropout_map_with_attention
 from _parity import (
     assert_close,
     assert_official_gradients,
@@ -39,6 +41,7 @@ MODALITY = {"l": "text", "a": "audio", "v": "vision"}
 ENCODER_PARTS = {"self_attn": "attention", "layer_norms.0": "attention_norm",
                  "layer_norms.1": "ffn_norm"}
 OFFICIAL_SETTINGS = ["model.padding=official", "model.readout=last_position"]
+OFFICIAL_COMMIT = "a670936824ee722c8494fd98d204977a1d663c7a"
 
 
 def official_to_msakit(name: str) -> str:
@@ -66,7 +69,11 @@ def _parameters_and_used_buffers(state: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def fixture():
-    return load_fixture("mult")
+    loaded = load_fixture("mult")
+    # every test here replays the records of this commit of the authors' code
+    assert loaded["official_repo"] == "yaohungt/Multimodal-Transformer"
+    assert loaded["official_commit"] == OFFICIAL_COMMIT
+    return loaded
 
 
 def build(fixture, tmp_path, overrides=()):
@@ -165,3 +172,42 @@ def test_msakit_default_padding_makes_a_clip_independent_of_its_batch(fixture, t
         predictions[name] = (together - single).abs().max().item()
     assert predictions["default"] <= 1e-6
     assert predictions["official"] > 1e-3
+
+
+def official_rates(fixture) -> list[str]:
+    """The official ``main.py`` dropout defaults as msakit overrides (``--embed_dropout`` is
+    also the official dropout on the text input: msakit's ``text_dropout``)."""
+    rates = fixture["official_dropouts"]
+    return [f"model.text_dropout={rates['embed_dropout']}",
+            f"model.embed_dropout={rates['embed_dropout']}",
+            f"model.attn_dropout={rates['attn_dropout']}",
+            f"model.attn_dropout_audio={rates['attn_dropout_a']}",
+            f"model.attn_dropout_vision={rates['attn_dropout_v']}",
+            f"model.relu_dropout={rates['relu_dropout']}",
+            f"model.res_dropout={rates['res_dropout']}",
+            f"model.out_dropout={rates['out_dropout']}"]
+
+
+def test_defaults_are_the_official_rates(fixture):
+    assert build_config("mult", official_rates(fixture)).model == build_config("mult").model
+
+
+def test_dropout_map_and_eval_forward_equal_the_official(fixture, tmp_path):
+    """Every dropout call in official order with its rate and input shape (the official code
+    is sequence-first and transposes the text for its Conv1d: compared in msakit's batch-first
+    layout); the cross-modal keys and values each get their own embedding dropout."""
+    _, model = build(fixture, tmp_path, OFFICIAL_SETTINGS + official_rates(fixture))
+    batch = msakit_batch(fixture["batches"][fixture["dropout_map"]["batch"]])
+    size, text_length = batch["input_ids"].shape
+    heads = fixture["sizes"]["num_heads"]
+    expected = batch_first_official_calls(fixture["dropout_map"]["calls"], size, heads,
+                                          (text_length, fixture["bert_config"]["hidden_size"]))
+    assert any(p > 0 for p, _ in expected)
+    sizes = fixture["sizes"]  # attentions: 6 cross-modal streams, 3 memories
+    assert sum(shape[0] == size * heads for _, shape in expected) == \
+        6 * sizes["num_layers"] + 3 * sizes["memory_layers"]
+    assert dropout_map_with_attention(model, batch) == expected
+    model.eval()
+    with torch.no_grad():
+        for i, (b, theirs) in enumerate(zip(fixture["batches"], fixture["eval_predictions"])):
+            assert_close(model(msakit_batch(b)).prediction, theirs, f"eval batch {i}")

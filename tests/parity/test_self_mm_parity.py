@@ -8,7 +8,9 @@ the validation pass replaced by the same scripted losses) and must match every f
 four predictions and representations), every loss term, ULGM's generated labels and class
 centres after every batch (epoch 2 on: updated labels), the accumulated gradient of every
 parameter at the optimiser steps, every parameter after each step, and the epoch early stopping
-ends on.
+ends on. At the official MOSI dropout rates, from the same initial weights: the same dropout calls
+(rate and input shape, in call order, the tiny BERT's rate-0 ones too) in train mode, and the same
+four eval-mode predictions.
 
 Name mapping, official -> msakit (see ``OFFICIAL_TO_MSAKIT``): ``text_model.model`` ->
 ``text_encoder.model``; ``audio_model.rnn`` / ``.linear_1`` -> ``audio_lstm.rnn`` /
@@ -20,12 +22,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _mmsa_parity import dropout_map, lstm_dropouts
 from _parity import fit_with_scripted_validation, load_fixture, rename_by_prefix
 
 from msakit.config import build_config
 from msakit.models import FeatureDims, create_model
 
 TOLERANCE = 1e-5
+OFFICIAL_COMMIT = "1786283c81eeb507f317fa1c70a3faf77e67cee0"
 HEADS = {"fusion": "m", "text": "t", "audio": "a", "video": "v"}
 LAYERS = {"1": "project", "2": "hidden", "3": "out"}
 OFFICIAL_TO_MSAKIT = [
@@ -47,7 +51,11 @@ def msakit_name(official: str) -> str:
 
 @pytest.fixture(scope="module")
 def fixture():
-    return load_fixture("self_mm")
+    loaded = load_fixture("self_mm")
+    # every test here replays the records of this commit of the authors' code
+    assert loaded["official"]["repo"] == "thuiar/Self-MM"
+    assert loaded["official"]["commit"] == OFFICIAL_COMMIT
+    return loaded
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +67,9 @@ def tiny_bert_dir(fixture, tmp_path_factory):
     return path
 
 
-def experiment_config(fixture, bert_dir, official_loop: bool = True):
+def experiment_config(fixture, bert_dir, official_loop: bool = True,
+                      official_dropouts: bool = False):
+    """The fixture's run (dropout 0), or with ``official_dropouts`` its official MOSI rates."""
     sizes, optimiser = fixture["sizes"], fixture["optimiser"]
     overrides = [
         f"model.language_model={bert_dir}",
@@ -85,6 +95,13 @@ def experiment_config(fixture, bert_dir, official_loop: bool = True):
         f"train.patience={fixture['early_stopping']['early_stop']}",
         "train.epochs=10", "train.device=cpu", "train.optimizer=adam",
     ]
+    if official_dropouts:
+        rates = fixture["official_dropouts"]
+        assert rates["a_lstm_dropout"] == rates["v_lstm_dropout"]  # msakit: one lstm_dropout
+        overrides += [f"model.lstm_dropout={rates['a_lstm_dropout']}"] + [
+            f"model.post_{ours}_dropout={rates[f'post_{theirs}_dropout']}"
+            for theirs, ours in (("fusion", "fusion"), ("text", "text"), ("audio", "audio"),
+                                 ("video", "vision"))]
     if official_loop:  # the shipped self_mm.yaml sets these; spelled out for the test
         overrides += ["train.accumulation=sum", "train.partial_accumulation=drop",
                       f"train.min_improvement={fixture['early_stopping']['min_improvement']}"]
@@ -219,3 +236,26 @@ def test_msakit_generic_loop_differs_as_documented(fixture, tiny_bert_dir, tmp_p
     assert max_difference(official_first["parameters"],
                           record["optimizer_steps"][0]["parameters"]) > 1e-7
     assert summary["best_epoch"] == 3 and summary["epochs_run"] == 5
+
+
+def test_self_mm_dropout_map_and_eval_forward_match_the_official(fixture, tiny_bert_dir):
+    config = experiment_config(fixture, tiny_bert_dir, official_dropouts=True)
+    batches = msakit_batches(fixture)
+    dims = FeatureDims(batches[0]["audio"].shape[-1], batches[0]["vision"].shape[-1])
+    model = create_model(config.model, dims).double()
+    model.load_state_dict({msakit_name(k): v.double()
+                           for k, v in fixture["initial_state"].items()})
+    official = fixture["dropout_map"]
+    expected = [(p, tuple(shape)) for p, shape in official["calls"]]
+    assert any(p > 0 for p, _ in expected)
+    assert dropout_map(model, batches[official["batch"]]) == expected
+    assert lstm_dropouts(model) == [(p, layers) for _, p, layers in official["lstm"]]
+    model.eval()
+    with torch.no_grad():
+        for i, (batch, theirs) in enumerate(zip(batches, fixture["eval_forwards"])):
+            output = model(batch)
+            ours = {"M": output.prediction, **{k.upper(): output.extras[f"pred_{k}"]
+                                                for k in "tav"}}
+            for key, value in theirs.items():
+                torch.testing.assert_close(ours[key], value.double(), atol=TOLERANCE, rtol=0,
+                                           msg=f"eval batch {i}: {key}")

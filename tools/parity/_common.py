@@ -115,6 +115,21 @@ def compact(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             for k, v in tensors.items()}
 
 
+def packed(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """:func:`compact`, every tensor a view of one shared float32 storage: ``torch.save`` writes
+    one storage instead of one per tensor (a fixture of hundreds of small tensors is mostly
+    per-storage overhead otherwise). Loaded, each is an ordinary contiguous tensor."""
+    tensors = compact(tensors)
+    if not all(v.dtype == torch.float32 for v in tensors.values()):
+        raise ValueError("packed() stores floating-point tensors only")
+    flat = torch.cat([v.reshape(-1) for v in tensors.values()])
+    out, offset = {}, 0
+    for name, value in tensors.items():
+        out[name] = flat[offset:offset + value.numel()].view(value.shape)
+        offset += value.numel()
+    return out
+
+
 def scripted_validation(losses: list[float], epochs_seen: list[int]):
     """A stand-in for the official trainer's ``do_test``: each call appends its epoch number to
     ``epochs_seen`` and returns the next scripted validation loss as ``{"Loss": value}``."""
@@ -148,3 +163,41 @@ def save_fixture(fixture: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(fixture, out)
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")
+
+
+def record_rated(model: torch.nn.Module, inputs: list, run, seed: int = 2) -> tuple[dict, list]:
+    """The dropout map and the eval-mode outputs of ``model`` (built at the official default
+    dropout rates, with the fixture's initial weights): ``run(model, inputs[i]) -> {name:
+    tensor}`` is one forward pass. Returns ``({"calls": [(p, input shape), ...], "modules":
+    [name of the ``nn.Dropout`` of each call, or None for a direct ``F.dropout``], "lstm": [(name,
+    dropout, num_layers), ...], "attention": [(name, dropout), ...], "batch": 0}, [eval outputs
+    of each input])``: the calls of one train-mode pass over ``inputs[0]`` in call order
+    (``nn.Dropout`` calls ``F.dropout``; an LSTM's inter-layer dropout runs in its kernel and
+    ``nn.MultiheadAttention``'s attention dropout in ``scaled_dot_product_attention``, so their
+    rates come from the modules), then the outputs of every input in eval mode."""
+    from _mmsa import lstm_dropouts, recorded_dropout
+
+    calls: list = []
+    modules: dict[int, str] = {}  # call index -> the nn.Dropout that made it
+
+    def note(name):
+        return lambda module, args: modules.__setitem__(len(calls), name)
+
+    hooks = [m.register_forward_pre_hook(note(n)) for n, m in model.named_modules()
+             if isinstance(m, torch.nn.Dropout)]
+    model.train()
+    torch.manual_seed(seed)
+    try:
+        with recorded_dropout(calls):
+            run(model, inputs[0])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    model.eval()
+    with torch.no_grad():
+        outputs = [compact({k: v.detach() for k, v in run(model, x).items()}) for x in inputs]
+    print(f"dropout map: {calls}")
+    attention = [(n, float(m.dropout)) for n, m in model.named_modules()
+                 if isinstance(m, torch.nn.MultiheadAttention)]
+    return {"calls": calls, "modules": [modules.get(i) for i in range(len(calls))],
+            "lstm": lstm_dropouts(model), "attention": attention, "batch": 0}, outputs

@@ -3,15 +3,23 @@
     pip install einops   # the official model's one extra dependency (msakit[parity])
     python tools/parity/almt.py --official /path/to/ALMT --out tests/parity/almt.pt
 
-Builds the official model (``models/almt.py``) at small sizes (width 16, 4 tokens, 2 heads, AHL
-depth 3, fusion depth 2, every dropout 0) on a small random BERT, in float64, and records for one
-batch of four clips with unequal real text lengths (fixed-length audio/vision as in the official
-pickles): the initial weights, the inputs, the prediction, the MSE loss of ``train.py`` and the
-gradient of every parameter. Then the official training loop: ``train.py``'s own ``train`` function
-(backward, AdamW step, zero_grad per batch) over 3 epochs of two batches, with the official
-scheduler (``core/scheduler.py``'s ``get_scheduler``, stepped once per epoch) for a 10-epoch
-budget; the learning rate of each epoch and the parameters after the third are recorded. The
-scheduler's learning rates for 200, 30 and 6 epochs are recorded too.
+Builds the official model (``models/almt.py``) at small sizes (width 8, 4 tokens, 2 heads, AHL
+depth 3, fusion depth 2, every dropout 0: the official defaults) on a small random BERT, in
+float64, and records for one batch of four clips with unequal real text lengths (fixed-length
+audio/vision as in the official pickles): the initial weights, the inputs, the prediction, the MSE
+loss of ``train.py`` and the gradient of every parameter. Then the official training loop:
+``train.py``'s own ``train`` function (backward, AdamW step, zero_grad per batch) over 3 epochs of
+two batches, with the official scheduler (``core/scheduler.py``'s ``get_scheduler``, stepped once
+per epoch) for a 10-epoch budget; the learning rate of each epoch and the parameters after the
+third are recorded. The scheduler's learning rates for 200, 30 and 6 epochs are recorded too.
+Last, at the official default dropout rates (all 0: ``ahl_droup: 0.`` in ``configs/mosi.yaml``,
+and the official ``Transformer``/``CrossTransformer`` never pass their ``dropout``/
+``emb_dropout``, default 0), from the same initial weights: the dropout map (rate, input shape
+and module of every dropout call of one train-mode forward pass, in call order) and the
+eval-mode prediction of the batch and of its two halves.
+
+The width is 8 (it was 16 up to this fixture's regeneration with the dropout map): the official
+attention has a fixed ``dim_head`` of 64, and at width 16 the fixture was 1.2 MB.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import record_rated  # noqa: E402
 from _official import (  # noqa: E402
     SMALL_BERT,
     float32,
@@ -42,9 +51,9 @@ LABELS = [1.2, -0.6, 2.4, -1.8]
 N_EPOCHS, LOOP_EPOCHS, LR, WEIGHT_DECAY = 10, 3, 1e-3, 1e-4
 MODEL = dict(
     bert_pretrained="bert-base-uncased", l_input_dim=SMALL_BERT["hidden_size"],
-    a_input_dim=AUDIO_DIM, v_input_dim=VISION_DIM, l_proj_dst_dim=16, a_proj_dst_dim=16,
-    v_proj_dst_dim=16, token_len=4, token_dim=16, l_input_length=TEXT_LENGTH,
-    a_input_length=AUDIO_LENGTH, v_input_length=VISION_LENGTH, proj_input_dim=16, proj_depth=1,
+    a_input_dim=AUDIO_DIM, v_input_dim=VISION_DIM, l_proj_dst_dim=8, a_proj_dst_dim=8,
+    v_proj_dst_dim=8, token_len=4, token_dim=8, l_input_length=TEXT_LENGTH,
+    a_input_length=AUDIO_LENGTH, v_input_length=VISION_LENGTH, proj_input_dim=8, proj_depth=1,
     proj_heads=2, proj_mlp_dim=16, token_length=4, l_enc_heads=2, l_enc_mlp_dim=16, AHL_depth=3,
     ahl_heads=2, ahl_dim_head=8, ahl_droup=0.0, fusion_heads=2, fusion_mlp_dim=16,
     fusion_layer_depth=2,
@@ -124,6 +133,12 @@ def main() -> None:
                              torch.nn.MSELoss(), metrics)
         scheduler.step()
     after = dict(model.named_parameters())
+
+    # at the official rates (MODEL's: all 0), same initial weights
+    rated = build()
+    halves = [batch, *(subset(batch, r) for r in rows)]
+    dropout_map, eval_predictions = record_rated(
+        rated, halves, lambda m, b: {"prediction": m(b["vision"], b["audio"], b["text"]).view(-1)})
     fixture = {
         "official": "Haoyu-ha/ALMT",
         "commit": options.commit or official_commit(options.official),
@@ -144,6 +159,9 @@ def main() -> None:
                  "param_changes": float32({k: after[k].detach() - initial[k]
                                             for k in initial})},
         "scheduler_lrs": {n: official_lrs(get_scheduler, n, 1e-4) for n in (200, 30, 6)},
+        "dropout_map": dropout_map,
+        "eval": {"rows": [list(range(B)), *rows],
+                 "predictions": [p["prediction"] for p in eval_predictions]},
     }
     save_fixture(fixture, options.out)
     print(f"{sum(v.numel() for v in initial.values())} parameters, commit "

@@ -10,7 +10,12 @@ combined loss. The loss terms are recomputed from the official loss modules as t
 (``trains/singleTask/DMD.py``) combines them, and checked against the gradient the official loop
 itself produces (its own ``do_train`` run on that batch, stopped at the optimiser step). Then the
 official loop runs on four batches of two clips (10 -> 2 accumulated batches per step, clip by
-value 0.6, Adam 1e-4) and the parameters after its two optimiser steps are recorded.
+value 0.6, Adam 1e-4) and the parameters after its two optimiser steps are recorded. Last, at the
+official MOSI dropout rates (``config/config.json``, ``OFFICIAL_DROPOUTS``), from the same initial
+weights: the dropout map (rate, input shape and module of every dropout call of one train-mode
+forward pass of the model, ``is_distill=True`` as the loop runs it, in call order) and the
+eval-mode prediction of the batch and of its two halves. Weights, gradients and parameter changes
+are stored packed (one storage each: the fixture stays under 1 MB).
 
 Needs the official checkout's dependencies (torch, transformers, scikit-learn, tqdm).
 """
@@ -26,9 +31,9 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import packed, record_rated  # noqa: E402
 from _official import (  # noqa: E402
     SMALL_BERT,
-    float32,
     official_commit,
     parameters_by_name,
     patch_environment,
@@ -42,13 +47,18 @@ LABELS = [1.2, -0.6, 1.2, -1.8]  # a repeated label gives same-label pairs acros
 AUDIO_DIM, VISION_DIM = 5, 20
 SIZES = dict(dst_feature_dim_nheads=[4, 2], nlevels=2, conv1d_kernel_size_l=5,
              conv1d_kernel_size_a=1, conv1d_kernel_size_v=3)
+#: config/config.json, dmd, mosi
+OFFICIAL_DROPOUTS = dict(attn_dropout=0.3, attn_dropout_a=0.2, attn_dropout_v=0.0,
+                         relu_dropout=0.0, embed_dropout=0.2, res_dropout=0.0,
+                         output_dropout=0.5, text_dropout=0.5)
 
 
 class _Stop(Exception):
     pass
 
 
-def official_args(update_epochs: int, grad_clip: float) -> SimpleNamespace:
+def official_args(update_epochs: int, grad_clip: float, **dropouts) -> SimpleNamespace:
+    """The official settings at small sizes, every dropout 0 unless ``dropouts`` sets it."""
     args = SimpleNamespace(
         use_bert=True, use_finetune=True, transformers="bert", pretrained="bert-base-uncased",
         dataset_name="mosi", need_data_aligned=True, feature_dims=[32, AUDIO_DIM, VISION_DIM],
@@ -58,6 +68,9 @@ def official_args(update_epochs: int, grad_clip: float) -> SimpleNamespace:
         update_epochs=update_epochs, grad_clip=grad_clip, device="cpu", model_name="dmd",
         cur_seed=1, train_mode="regression", **SIZES,
     )
+    for name, value in dropouts.items():
+        assert hasattr(args, name), name
+        setattr(args, name, value)
     return args
 
 
@@ -219,6 +232,14 @@ def main() -> None:
     rows = [[0, 1], [2, 3], [1, 2], [3, 0]]
     trajectory = run_official_loop(OfficialTrainer, args_loop, modules,
                                    [subset(batch, r) for r in rows], steps=2)
+    # at the official rates, same initial weights
+    rated = build(official_args(update_epochs=1, grad_clip=-1.0, **OFFICIAL_DROPOUTS))[0]
+    assert all(torch.equal(p, initial[f"dmd.{k}"]) for k, p in rated.named_parameters())
+    halves = [batch, subset(batch, [0, 1]), subset(batch, [2, 3])]
+    dropout_map, eval_predictions = record_rated(rated, halves, lambda m, b: {
+        "prediction": m(b["text"], b["audio"], b["vision"], is_distill=True)
+        ["output_logit"].view(-1)})
+
     fixture = {
         "official": "mdswyz/DMD",
         "commit": options.commit or official_commit(options.official),
@@ -228,18 +249,21 @@ def main() -> None:
                   "audio_dim": AUDIO_DIM, "vision_dim": VISION_DIM},
         # built in float32 and run in float64: the float32 weights are exact; gradients and
         # the trajectory's parameter changes are stored in float32 (relative error ~6e-8)
-        "initial": float32(initial),
+        "initial": packed(initial),
         "inputs": {"input_ids": batch["text"][:, 0].long(), "attention_mask": batch["text"][:, 1].long(),
                    "token_type_ids": batch["text"][:, 2].long(), "audio": batch["audio"].float(),
                    "vision": batch["vision"].float(), "labels": batch["labels"]["M"],
                    "lengths": torch.tensor(REAL_LENGTHS)},
         "prediction": prediction.detach(),
         "losses": {k: v.detach() for k, v in terms.items()},
-        "grads": float32(grads),
+        "grads": packed(grads),
         "loop": {"batches": rows, "update_epochs": 2, "grad_clip": 0.6, "lr": 1e-4,
                  "steps": 2,
-                 "param_changes": float32({k: p - initial[k]
-                                            for k, p in trajectory["params"].items()})},
+                 "param_changes": packed({k: p - initial[k]
+                                           for k, p in trajectory["params"].items()})},
+        "official_dropouts": dict(OFFICIAL_DROPOUTS), "dropout_map": dropout_map,
+        "eval": {"rows": [list(range(B)), [0, 1], [2, 3]],
+                 "predictions": [p["prediction"] for p in eval_predictions]},
     }
     save_fixture(fixture, options.out)
     print(f"{sum(v.numel() for v in initial.values())} parameters, commit "

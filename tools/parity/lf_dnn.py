@@ -14,7 +14,10 @@ and lets msakit compute them); its audio/vision are the sums over the real steps
 
 Recorded: the BERT's and LF-DNN's initial weights, the batches, per forward pass the prediction,
 the four ``Feature_*`` and the L1 loss, per optimiser step the gradient of every parameter and the
-state (parameters and BatchNorm buffers) after it, and where early stopping ended.
+state (parameters and BatchNorm buffers) after it, and where early stopping ended. Then, at
+MMSA's MOSI dropout rates (0.2 each) from the same initial weights: the dropout map (rate and input
+shape of every dropout call of one train-mode forward pass, in call order) and the eval-mode
+prediction of every batch.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from _common import (  # noqa: E402
     compact,
     official_commit,
     real_clips,
+    record_rated,
     recording_adam,
     save_fixture,
     scripted_validation,
@@ -42,6 +46,7 @@ from _mmsa import AVERAGE_STEPS, BATCH, ROWS, AttributeDict, load_official  # no
 
 SIZES = {"hidden_dims": (8, 6, 10), "text_out": 7, "post_fusion_dim": 12,
          "dropouts": (0.0, 0.0, 0.0, 0.0)}  # official order: text/audio/video; a, v, t, post
+MOSI_DROPOUTS = (0.2, 0.2, 0.2, 0.2)  # config_regression.json, lf_dnn, mosi
 OPTIMISER = {"learning_rate": 1e-3, "weight_decay": 0.01}  # MMSA's MOSI values
 VALID_LOSSES = [1.0, 0.9, 0.9 - 5e-7, 0.95]
 EARLY_STOP = 2
@@ -133,6 +138,13 @@ def main() -> None:
         official_args.model_save_path = str(Path(tmp) / "best.pth")
         trainer.do_train(official, {"train": official_batches, "valid": [None]})
 
+    # at MMSA's rates, from the same initial weights (after the run: its records are unchanged)
+    rated = model_module.LF_DNN(AttributeDict({**official_args, "dropouts": MOSI_DROPOUTS}))
+    rated.load_state_dict(initial_state)
+    dropout_map, eval_forwards = record_rated(
+        rated.double(), official_batches,
+        lambda m, b: {"M": m(b["text"], b["audio"], b["vision"])["M"]})
+
     keep = {"input_ids", "attention_mask", "audio_full", "vision_full", "lengths", "index",
             "labels"}
     fixture = {
@@ -151,6 +163,8 @@ def main() -> None:
                              "state": compact(s["state"])} for s in optimizer_steps],
         "early_stopping": {"valid_losses": VALID_LOSSES, "early_stop": EARLY_STOP,
                            "epochs_run": len(epochs_seen), "min_improvement": 1e-6},
+        "official_dropouts": MOSI_DROPOUTS, "dropout_map": dropout_map,
+        "eval_forwards": eval_forwards,
     }
     save_fixture(fixture, args.out)
     print(f"{len(forwards)} forward passes, {len(optimizer_steps)} optimiser steps, "

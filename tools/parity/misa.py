@@ -20,7 +20,11 @@ official ``Solver.build`` (orthogonal recurrent init, optimiser), and records in
 * for the first batch: the prediction, each loss term as ``Solver.train`` computes it
   (``cls`` MSE, ``diff``, ``cmd``, ``recon``, and the weighted sum), and every parameter's gradient;
 * the training trajectory: ``Solver.train`` for one epoch over the three batches (clip by value
-  1.0 on the trainable parameters, Adam 1e-4), the per-step losses and the weights after it.
+  1.0 on the trainable parameters, Adam 1e-4), the per-step losses and the weights after it;
+* at the official default dropout rates (``--dropout 0.5``; the fusion transformer layer's fixed
+  0.1), from the same initial weights: the dropout map (rate and input shape of every dropout call
+  of one train-mode forward pass over the first batch, in call order, and the attention dropout
+  of the ``nn.MultiheadAttention``) and the eval-mode prediction of every batch.
 """
 
 from __future__ import annotations
@@ -39,16 +43,18 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _word_aligned as _common  # noqa: E402
+from _common import record_rated  # noqa: E402
 
 HIDDEN = 8
 LOSS_WEIGHTS = {"diff_weight": 0.3, "sim_weight": 1.0, "recon_weight": 1.0}
+OFFICIAL_DROPOUT = 0.5  # src/config.py --dropout
 
 
-def official_config(dims: dict[str, int]) -> types.SimpleNamespace:
+def official_config(dims: dict[str, int], dropout: float = 0.0) -> types.SimpleNamespace:
     """The official ``Config`` attributes the model and solver read (official defaults, MOSI)."""
     return types.SimpleNamespace(
         embedding_size=300, visual_size=dims["vision"], acoustic_size=dims["audio"],
-        num_classes=1, dropout=0.0, activation=nn.ReLU, rnncell="lstm", use_bert=True,
+        num_classes=1, dropout=dropout, activation=nn.ReLU, rnncell="lstm", use_bert=True,
         use_cmd_sim=True, hidden_size=HIDDEN, reverse_grad_weight=1.0, data="mosi",
         model="MISA", learning_rate=1e-4, optimizer=torch.optim.Adam, clip=1.0, patience=6,
         n_epoch=1, name="parity", **LOSS_WEIGHTS,
@@ -153,6 +159,14 @@ def main() -> None:
             os.chdir(cwd)
     after = _common.as_float32(model.state_dict())
 
+    # -- at the official rates, same initial weights (after the run: its records unchanged) ---
+    rated = models.MISA(official_config(dims, OFFICIAL_DROPOUT))
+    rated.project_t.project_t = nn.Linear(text_hidden, HIDDEN)
+    rated.load_state_dict({k: v.double() for k, v in initial.items()})
+    dropout_map, eval_predictions = record_rated(
+        rated.double(), batches, lambda m, b: {"prediction": m(*(
+            x for i, x in enumerate(official_inputs(b)) if i != 3)).view(-1)})
+
     fixture = {
         **_common.fixture_header("misa", "declare-lab/MISA", args.official),
         "sizes": {"hidden_size": HIDDEN, **dims},
@@ -167,6 +181,8 @@ def main() -> None:
         "no_gradient": no_gradient,
         "trajectory": {"steps": len(batches), "losses": torch.tensor(step_losses),
                        "after": after},
+        "official_dropout": OFFICIAL_DROPOUT, "dropout_map": dropout_map,
+        "eval_predictions": [p["prediction"] for p in eval_predictions],
     }
     _common.save_fixture(fixture, args.out)
 

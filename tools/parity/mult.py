@@ -21,7 +21,11 @@ Recorded (float64 compute, float32 storage): initial weights, inputs (right-padd
 longest clip, as msakit's collate pads), the prediction, the L1 loss and every gradient on the
 first batch; the official ``train_model`` loop for one epoch over three batches with the text
 features fixed (as GloVe features are; msakit: ``freeze_language_model``): clip_grad_norm_ 0.8,
-Adam 1e-3, per-step losses and the weights after it, and the ReduceLROnPlateau settings.
+Adam 1e-3, per-step losses and the weights after it, and the ReduceLROnPlateau settings. Then,
+at the official default dropout rates (``OFFICIAL_DROPOUTS``, ``main.py``'s defaults), from the
+same initial weights: the dropout map of BERT -> official MulT (rate and input shape of every
+dropout call of one train-mode forward pass over the first batch, in call order) and the
+eval-mode prediction of every batch.
 """
 
 from __future__ import annotations
@@ -38,8 +42,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _word_aligned as _common  # noqa: E402
+from _common import record_rated  # noqa: E402
 
 WIDTH = 8
+#: main.py's defaults (every official dropout)
+OFFICIAL_DROPOUTS = dict(attn_dropout=0.1, attn_dropout_a=0.0, attn_dropout_v=0.0,
+                         relu_dropout=0.1, embed_dropout=0.25, res_dropout=0.1, out_dropout=0.0)
 SETTINGS = dict(num_heads=2, nlevels=1, lr=1e-3, clip=0.8, when=20, num_epochs=1, batch_size=4)
 
 
@@ -162,6 +170,30 @@ def main() -> None:
         builtins.input = original_input
     after = _common.as_float32(model.state_dict())
 
+    # -- at the official rates, same initial weights (after the run: its records unchanged) ---
+    class BertThenMulT(torch.nn.Module):
+        """BERT's masked states -> the official MulT at the official rates."""
+
+        def __init__(self):
+            super().__init__()
+            self.bert = BertModel(_common.small_bert_config())
+            self.mult = small_mult(types.SimpleNamespace(**{**vars(hyp), **OFFICIAL_DROPOUTS}))
+
+        def forward(self, batch):
+            mask = batch["attention_mask"]
+            hidden = self.bert(input_ids=batch["input_ids"], attention_mask=mask,
+                               token_type_ids=batch["token_type_ids"]).last_hidden_state
+            text = hidden * mask.unsqueeze(-1).to(hidden.dtype)
+            return self.mult(text, batch["audio"], batch["vision"])[0].view(-1)
+
+    rated = BertThenMulT().double()
+    rated.bert.load_state_dict({k.removeprefix("bert."): v.double() for k, v in initial.items()
+                                if k.startswith("bert.")})
+    rated.mult.load_state_dict({k: v.double() for k, v in initial.items()
+                                if not k.startswith("bert.")})
+    dropout_map, eval_predictions = record_rated(rated, batches,
+                                                 lambda m, b: {"prediction": m(b)})
+
     fixture = {
         **_common.fixture_header("mult", "yaohungt/Multimodal-Transformer", args.official),
         "sizes": {"embed_dim": WIDTH, "num_heads": hyp.num_heads, "num_layers": hyp.nlevels,
@@ -178,6 +210,8 @@ def main() -> None:
         "gradients": _common.as_float32(gradients),
         "no_gradient": no_gradient,
         "trajectory": {"steps": 3, "losses": torch.tensor(step_losses), "after": after},
+        "official_dropouts": dict(OFFICIAL_DROPOUTS), "dropout_map": dropout_map,
+        "eval_predictions": [p["prediction"] for p in eval_predictions],
     }
     _common.save_fixture(fixture, args.out)
 

@@ -15,7 +15,10 @@ scripted validation loss per epoch instead of ``do_test``. Recorded:
   as the loop adds them, and ULGM's labels and centres after the batch;
 - ``optimizer_steps``: per ``optimizer.step()``: the accumulated gradient of every parameter before
   it and every parameter after it;
-- ``early_stopping``: the scripted validation losses, the epochs the loop ran and its best epoch.
+- ``early_stopping``: the scripted validation losses, the epochs the loop ran and its best epoch;
+- ``dropout_map`` / ``eval_forwards``: at the official MOSI dropout rates (``OFFICIAL_DROPOUTS``),
+  from the same initial weights, the rate and input shape of every dropout call of one train-mode
+  forward pass over the first batch (call order) and the four eval-mode predictions per batch.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from _common import (  # noqa: E402
     official_commit,
     patch_bert_downloads,
     real_clips,
+    record_rated,
     recording_adam,
     save_fixture,
     scripted_validation,
@@ -52,6 +56,10 @@ SIZES = {  # official argument names, small
     "post_fusion_dropout": 0.0, "post_text_dropout": 0.0, "post_audio_dropout": 0.0,
     "post_video_dropout": 0.0,
 }
+#: config/config_regression.py, self_mm, mosi (the LSTM dropouts apply to the final states)
+OFFICIAL_DROPOUTS = {"a_lstm_dropout": 0.0, "v_lstm_dropout": 0.0, "post_fusion_dropout": 0.1,
+                     "post_text_dropout": 0.0, "post_audio_dropout": 0.1,
+                     "post_video_dropout": 0.1}
 OPTIMISER = {  # official MOSI learning rates / decays (config/config_regression.py)
     "learning_rate_bert": 5e-5, "learning_rate_audio": 1e-3, "learning_rate_video": 1e-4,
     "learning_rate_other": 1e-3, "weight_decay_bert": 1e-3, "weight_decay_audio": 0.01,
@@ -167,6 +175,15 @@ def main() -> None:
         official_args.res_save_dir = tmp
         trainer.do_train(wrapped, {"train": batches, "valid": [None]})
 
+    # at the official rates, from the same initial weights (after the run: its records unchanged)
+    rated = OfficialModel(Storage({**official_args, **OFFICIAL_DROPOUTS}))
+    rated.load_state_dict(initial_state)
+    dropout_map, eval_forwards = record_rated(
+        rated.double(), batches,
+        lambda m, b: {k: v.reshape(-1) for k, v in m(
+            b["text"], (b["audio"], b["audio_lengths"]),
+            (b["vision"], b["vision_lengths"])).items() if k in "MTAV"})
+
     fixture = {
         "official": {"repo": "thuiar/Self-MM", "commit": commit,
                      "files": ["models/multiTask/SELF_MM.py", "trains/multiTask/SELF_MM.py"]},
@@ -187,6 +204,8 @@ def main() -> None:
                             for i, s in enumerate(optimizer_steps)],
         "early_stopping": {"valid_losses": VALID_LOSSES, "early_stop": EARLY_STOP,
                            "epochs_run": len(epochs_seen), "min_improvement": 1e-6},
+        "official_dropouts": dict(OFFICIAL_DROPOUTS), "dropout_map": dropout_map,
+        "eval_forwards": eval_forwards,
     }
     save_fixture(fixture, args.out)
     print(f"{len(steps)} forward passes, {len(optimizer_steps)} optimiser steps, "

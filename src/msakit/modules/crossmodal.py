@@ -12,9 +12,11 @@ Faithful to the official implementation (``yaohungt/Multimodal-Transformer``, re
 
 * inputs multiplied by ``sqrt(embed_dim)`` before adding fixed sinusoidal positions (positions
   start at 1; sines in the first half of the channels, cosines in the second half, as in
-  tensor2tensor), then embedding dropout; keys get the same treatment as queries;
-* pre-LN layers: ``x + Dropout_res(MHA(LN(x), LN(k), LN(k)))`` with one LayerNorm shared by query
-  and key, then ``x + Dropout_res(W2 Dropout_relu(ReLU(W1 LN(x))))`` with a ``4 d`` hidden layer;
+  tensor2tensor), then embedding dropout; keys and values get the same treatment as queries, the
+  source scaled and embedded once and then dropped twice, so that keys and values get independent
+  dropout masks in training (the official code embeds ``x_in_k`` and ``x_in_v`` separately);
+* pre-LN layers: ``x + Dropout_res(MHA(LN(x), LN(k), LN(v)))`` with one LayerNorm shared by query,
+  key and value, then ``x + Dropout_res(W2 Dropout_relu(ReLU(W1 LN(x))))`` with a ``4 d`` hidden layer;
 * a final LayerNorm after the last layer;
 * optional "future" mask: query ``i`` sees keys ``j <= i + |L_k - L_q|`` (the official
   ``buffered_future_mask``, which also works when the two lengths differ). The official code
@@ -89,8 +91,9 @@ def _xavier_linear(in_features: int, out_features: int) -> nn.Linear:
 class CrossModalTransformerLayer(nn.Module):
     """One pre-LN layer: (cross-)attention block then a ``d -> 4d -> d`` ReLU feed-forward block.
 
-    Shapes: ``x (B, L_q, d)``, ``key (B, L_k, d)`` or None (self-attention),
-    ``attn_mask (L_q, L_k)`` bool, ``key_padding_mask (B, L_k)`` bool -> ``(B, L_q, d)``.
+    Shapes: ``x (B, L_q, d)``, ``key (B, L_k, d)`` or None (self-attention), ``value (B, L_k,
+    d)`` or None (= ``key``), ``attn_mask (L_q, L_k)`` bool, ``key_padding_mask (B, L_k)`` bool
+    -> ``(B, L_q, d)``.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, attn_dropout: float = 0.0,
@@ -102,7 +105,7 @@ class CrossModalTransformerLayer(nn.Module):
         # PyTorch already gives in_proj Xavier and zero biases; the official code also gives
         # the output projection Xavier weights.
         nn.init.xavier_uniform_(self.attention.out_proj.weight)
-        self.attention_norm = nn.LayerNorm(embed_dim)  # shared by queries and keys (official)
+        self.attention_norm = nn.LayerNorm(embed_dim)  # shared by query, key, value (official)
         self.ffn_norm = nn.LayerNorm(embed_dim)
         self.fc1 = _xavier_linear(embed_dim, 4 * embed_dim)
         self.fc2 = _xavier_linear(4 * embed_dim, embed_dim)
@@ -115,11 +118,17 @@ class CrossModalTransformerLayer(nn.Module):
         key: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
         key_padding_mask: torch.Tensor | None = None,
+        value: torch.Tensor | None = None,
     ) -> torch.Tensor:
         query = self.attention_norm(x)
-        key = query if key is None else self.attention_norm(key)
+        if key is None:
+            key = value = query
+        elif value is None or value is key:
+            key = value = self.attention_norm(key)
+        else:
+            key, value = self.attention_norm(key), self.attention_norm(value)
         attended, _ = self.attention(
-            query, key, key, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
+            query, key, value, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
             need_weights=False,
         )
         x = x + self.res_dropout(attended)
@@ -137,7 +146,8 @@ class CrossModalTransformerEncoder(nn.Module):
         attn_dropout: dropout on the attention weights.
         relu_dropout: dropout after the feed-forward ReLU.
         res_dropout: dropout on each block's output before the residual addition.
-        embed_dropout: dropout on the scaled, position-embedded inputs.
+        embed_dropout: dropout on the scaled, position-embedded inputs (queries; keys and values
+            of a cross-modal encoder each with their own mask, as the official code).
         attn_mask: apply the official future ("causal") mask.
         zero_step_positions: add the positional embedding to every step (default). ``False`` is
             the official heuristic: a step whose first input feature is exactly 0 is taken for
@@ -184,11 +194,12 @@ class CrossModalTransformerEncoder(nn.Module):
         self.final_norm = nn.LayerNorm(embed_dim)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``sqrt(d) x + positions`` ``(B, L, d)``, before the embedding dropout."""
         positions = sinusoidal_positions(x.shape[1], self.embed_dim, device=x.device, dtype=x.dtype)
         positions = positions.unsqueeze(0)  # (1, L, d)
         if not self.zero_step_positions:
             positions = positions * (x[:, :, :1] != 0).to(x.dtype)  # (B, L, d)
-        return self.embed_dropout(self.embed_scale * x + positions)
+        return self.embed_scale * x + positions
 
     def forward(
         self,
@@ -223,10 +234,16 @@ class CrossModalTransformerEncoder(nn.Module):
                 ).repeat_interleave(self.num_heads, dim=0)  # (B * heads, L_q, L_k)
             else:  # self-attention: the offset is 0 whatever the lengths
                 mask = future_mask(x_query.shape[1], key_length, device=x_query.device)
-        x = self._embed(x_query)
-        key = self._embed(x_key) if x_key is not None else None
+        x = self.embed_dropout(self._embed(x_query))
+        key = value = None
+        if x_key is not None:
+            source = self._embed(x_key)
+            key = self.embed_dropout(source)
+            # the official code drops keys and values independently; in eval mode both are
+            # ``source``, so the second call is left out there
+            value = self.embed_dropout(source) if self.training else key
         for layer in self.layers:
-            x = layer(x, key, attn_mask=mask, key_padding_mask=key_padding_mask)
+            x = layer(x, key, attn_mask=mask, key_padding_mask=key_padding_mask, value=value)
         return self.final_norm(x)
 
     def _check(self, tensor: torch.Tensor, name: str) -> None:

@@ -35,10 +35,11 @@ MiniLM (a BertModel with 384-d states): MMSA's ``feature_dims[0]`` of a BERT mod
 and ``text_out: 768`` becomes 384; MISA's hard-coded 768-d text projection is rebuilt for 384
 (``MMSA_MODEL_PATCHES``); the device is the CPU (its ``MMSA_run`` entry point is not used, the data
 loader, model and trainer are built directly). A checkout newer than 2.2.1 imports
-``pytorch_transformers`` (CENET): it is mapped to ``transformers`` if missing. MMSA trains until
-early stopping; to give both toolkits the same budget its training loader stops the run after
-``--epochs`` passes, and the checkpoint it saved as best is then tested. A model that fails on
-either side is reported with its error; the others still run.
+``pytorch_transformers`` (CENET): it is mapped to ``transformers`` if missing; MulT's trainer
+passes ``verbose=`` to ``ReduceLROnPlateau``, which newer torch no longer takes: it is dropped.
+MMSA trains until early stopping; to give both toolkits the same budget its training loader
+stops the run after ``--epochs`` passes, and the checkpoint it saved as best is then tested.
+A model that fails on either side is reported with its error; the others still run.
 """
 
 from __future__ import annotations
@@ -288,10 +289,28 @@ def _map_pytorch_transformers() -> None:
     sys.modules.update({"pytorch_transformers": stub, "pytorch_transformers.modeling_utils": utils})
 
 
+def _drop_removed_scheduler_argument() -> None:
+    """MMSA's MulT trainer passes ``verbose=`` to ``ReduceLROnPlateau``, which torch 2.7 removed;
+    it only switched a print on. Its trainer module imports the class when first imported, so
+    this runs before."""
+    from torch.optim import lr_scheduler
+
+    original = lr_scheduler.ReduceLROnPlateau
+    if "verbose" in original.__init__.__code__.co_varnames:
+        return
+
+    class ReduceLROnPlateau(original):
+        def __init__(self, *args, verbose=None, **kwargs):
+            super().__init__(*args, **kwargs)
+
+    lr_scheduler.ReduceLROnPlateau = ReduceLROnPlateau
+
+
 def run_mmsa(job: dict, pickle_path: Path, epochs: int, repeats: int, workdir: Path) -> dict:
     import torch
 
     _map_pytorch_transformers()
+    _drop_removed_scheduler_argument()
     from MMSA.config import get_config_regression
     from MMSA.data_loader import MMDataLoader
     from MMSA.models import AMIO
@@ -478,6 +497,31 @@ def print_tables(jobs: list[dict], runs: dict, failures: dict, left_out: list[st
                       f"{statistics.mean(b) - statistics.mean(a):+.3f} |")
 
 
+def print_saved_tables(paths: list[Path], accuracy: bool) -> None:
+    """The tables of one or more ``--results`` files."""
+    jobs: dict[str, dict] = {}
+    runs: dict[tuple[str, str], list[dict]] = {}
+    failures: dict[str, str] = {}
+    seeds: set[int] = set()
+    for path in paths:
+        for line in path.read_text().splitlines():
+            entry = json.loads(line)
+            model = entry["job"]["model"]
+            jobs.setdefault(model, entry["job"])
+            seeds.add(entry["seed"])
+            if "failed" in entry:
+                failures[model] = entry["failed"]
+            else:
+                runs.setdefault((model, entry["toolkit"]), []).append(entry["result"])
+    for model in jobs:  # complete runs (e.g. a rerun after a fix) win over a failure
+        complete = all((model, t) in runs for t in ("mmsa", "msakit"))
+        if complete:
+            failures.pop(model, None)
+        elif model not in failures:
+            failures[model] = "incomplete: not every run of it finished"
+    print_tables(list(jobs.values()), runs, failures, [], accuracy, sorted(seeds))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
@@ -489,6 +533,11 @@ def main() -> None:
                         help="also print the test metrics of both, mean ± std over the seeds")
     parser.add_argument("--mmsa-src", type=Path,
                         help="a thuiar/MMSA checkout's src folder (default: the installed MMSA)")
+    parser.add_argument("--results", type=Path,
+                        help="append every run's result to this JSON-lines file as it ends")
+    parser.add_argument("--table-from", type=Path, nargs="+", metavar="RESULTS",
+                        help="run nothing: print the tables of --results files (e.g. of "
+                        "several runs of this script side by side)")
     parser.add_argument("--worker", choices=["mmsa", "msakit"], help=argparse.SUPPRESS)
     parser.add_argument("--job", help=argparse.SUPPRESS)
     parser.add_argument("--pickle", type=Path, help=argparse.SUPPRESS)
@@ -497,6 +546,9 @@ def main() -> None:
         _worker(args)
         return
     seeds = args.seeds or ([1, 2, 3] if args.accuracy else [1])
+    if args.table_from:
+        print_saved_tables(args.table_from, args.accuracy)
+        return
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "TOKENIZERS_PARALLELISM": "false"}
     if args.mmsa_src is not None:
@@ -535,11 +587,21 @@ def main() -> None:
                     if done.returncode or not lines:
                         error = (done.stderr.strip().splitlines() or ["no output"])[-1]
                         failures[job["model"]] = f"{toolkit}: {error[:300]}"
+                        if args.results is not None:
+                            with args.results.open("a") as handle:
+                                handle.write(json.dumps({"job": job, "seed": seed,
+                                                         "toolkit": toolkit,
+                                                         "failed": failures[job["model"]]})
+                                             + "\n")
                         print(f"  {job['model']} {toolkit} seed {seed} FAILED:\n"
                               f"{done.stderr[-3000:]}", flush=True)
                         break
                     result = json.loads(lines[-1][len("RESULT "):])
                     runs.setdefault((job["model"], toolkit), []).append(result)
+                    if args.results is not None:
+                        with args.results.open("a") as handle:
+                            handle.write(json.dumps({"job": job, "seed": seed, "toolkit": toolkit,
+                                                     "result": result}) + "\n")
                     print(f"  {job['model']} {toolkit} seed {seed}: "
                           f"{time.perf_counter() - started:.0f} s, "
                           f"{_step_ms([result]):.1f} ms / step ({result['train_batches']} steps "

@@ -87,13 +87,13 @@ def build_leaderboard(
     baseline: str | Path,
     run_dirs: Sequence[str | Path],
     metrics: Sequence[str] = DEFAULT_METRICS,
-    run_notes: Mapping[Path, str] | None = None,
+    run_notes: Mapping[Path, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
-    """The leaderboard of ``baseline`` and ``run_dirs``; ``run_notes`` (by resolved run folder,
-    e.g. a suite's adaptations) are shown under the table.
+    """The leaderboard of ``baseline`` and ``run_dirs``; ``run_notes`` (sentences by resolved run
+    folder, e.g. what a suite changed in a row) are shown under the table.
 
     Returns:
-        ``{"baseline", "metrics", "majority", "method", "rows": [{"run", "label", "note", "summary":
+        ``{"baseline", "metrics", "majority", "method", "rows": [{"run", "label", "notes", "summary":
         {metric: {mean, std, n}}, "selected_epochs": [...], "difference": {metric: {difference,
         ci_low, ci_high, p_value, p_holm, outside_noise}} (None for the baseline),
         "above_majority"}]}``.
@@ -111,7 +111,7 @@ def build_leaderboard(
     rows = []
     for run_dir, compared in zip([baseline, *others], [None, *comparison["comparisons"]]):
         row = {"run": str(run_dir), "label": run_label(run_dir),
-               "note": (run_notes or {}).get(run_dir.resolve(), ""),
+               "notes": list((run_notes or {}).get(run_dir.resolve(), ())),
                **_run_summary(run_dir, metrics)}
         row["difference"] = None if compared is None else {
             m: {k: e[k] for k in ("difference", "se", "df", "ci_low", "ci_high", "p_value",
@@ -191,7 +191,11 @@ def leaderboard_notes(board: dict[str, Any]) -> list[str]:
         notes.append(f"Δ {m} vs {baseline} inside the noise (marked ~): "
                      f"{', '.join(noise) or 'none'}"
                      + (f"; outside it: {', '.join(clear)}." if clear else "."))
-    notes += [f"{r['label']}: {r['note']}" for r in board["rows"] if r.get("note")]
+    runs_of: dict[str, list[str]] = {}  # each run note once, with the runs it applies to
+    for row in board["rows"]:
+        for note in row.get("notes", ()):
+            runs_of.setdefault(note, []).append(row["label"])
+    notes += [f"{', '.join(labels)}: {note}" for note, labels in runs_of.items()]
     pairing, method = board["pairing"], board["method"]
     notes.append(f"Δ = model − {baseline}, paired over {pairing['n_units']} training runs "
                  f"({pairing['n_clips']} test predictions, {pairing['n_videos']} videos); "

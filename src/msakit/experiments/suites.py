@@ -782,9 +782,9 @@ def leaderboard_runs(suite_dir: str | Path, baseline: str | None = None) -> tupl
     return suite_dir / first["run_dir"], [suite_dir / e["run_dir"] for e in others]
 
 
-def suite_run_notes(suite_dir: str | Path) -> dict[Path, str]:
+def suite_run_notes(suite_dir: str | Path) -> dict[Path, list[str]]:
     """What the suite changed in each finished row's run (the language model that stood in, the
-    adaptations), by run folder: the leaderboard prints them under its table."""
+    adaptations), sentences by run folder: the leaderboard prints them under its table."""
     suite_dir = Path(suite_dir)
     record = runfolder.read_json(suite_dir / SUITE_JSON)
     notes = {}
@@ -798,5 +798,5 @@ def suite_run_notes(suite_dir: str | Path) -> dict[Path, str]:
         if entry.get("adaptations"):
             parts.append(adaptation_note(entry))
         if parts:
-            notes[(suite_dir / entry["run_dir"]).resolve()] = " ".join(parts)
+            notes[(suite_dir / entry["run_dir"]).resolve()] = parts
     return notes

@@ -1,33 +1,51 @@
-"""msakit vs MMSA v2.2.1 on the same MMSA pickle: MISA and Self-MM, same hyper-parameters, seeds.
+"""msakit vs MMSA on the same MMSA pickle: every model both toolkits have, MMSA's hyper-parameters.
 
-    pip install --no-deps MMSA==2.2.1 easydict nvidia-ml-py3   # benchmark-only, never a dependency
-    PYTHONPATH=src python benchmarks/vs_mmsa.py [--seeds 1 2 3] [--epochs 6] [--models misa self_mm]
+    pip install --no-deps --target DIR MMSA==2.2.1 easydict nvidia-ml-py3   # benchmark only
+    PYTHONPATH=src:DIR python benchmarks/vs_mmsa.py [--models tfn misa ...] [--epochs 3]
+        [--mmsa-src thuiar-MMSA-checkout/src] [--accuracy [--seeds 1 2 3]]
 
-Builds an MMSA-layout pickle from the 229 real MOSI clips (``word_aligned_valid.pkl``: COVAREP
-audio and Facet vision, one step per word; split by video into about 145/32/52 clips; ``text_bert``
-token ids from the packaged MiniLM tokenizer, 50 tokens; audio and vision aligned to those
-tokens as in MMSA's ``aligned_50`` files, with their lengths; regression labels), then
-trains each model with each toolkit, one after the other, each run in its own child process (so
-that its peak RSS is its own), with one CPU thread. Each run trains ``--epochs`` epochs with
-MMSA's MOSI hyper-parameters, selects the checkpoint on the validation split by loss, and scores
-the test split with it. Printed side by side, with msakit / MMSA ratios:
+Which models: data-driven. The rows of the ``mmsa`` suite (``msakit suite show mmsa``) whose model
+is registered in this msakit and has a regression config in MMSA (``config_regression.json`` of
+the MMSA that is imported: the pip package, or a checkout's ``src`` with ``--mmsa-src``), so a
+model added to msakit later is benchmarked without editing this file. Each runs on the first of
+its suite presets' datasets (MOSI first) that MMSA has settings for: msakit with that preset (the
+mmsa suite's presets hold MMSA's hyper-parameters, or the authors' where MMSA took them over;
+``MMSA_SETTINGS`` below gives MMSA's own where they differ) and MMSA with its own
+``config_regression.json`` entry; both with MMSA's batch size, so that their steps are the same.
 
-* s per training pass (median over the epochs), s per test pass (median of ``--test-repeats``
-  passes of the selected checkpoint), peak RSS of the process;
-* test metrics (mean ± std over the seeds).
+The data: an MMSA-layout pickle built from the 229 real MOSI clips (``word_aligned_valid.pkl``:
+COVAREP audio and Facet vision, one step per word; split by video into about 145/32/52 clips;
+``text_bert`` token ids from the packaged MiniLM tokenizer, 50 tokens; ``text``: the packaged
+MiniLM's last hidden states of those tokens, what MMSA's non-BERT models read (msakit computes
+the same states with the frozen LM and reads them from its on-disk cache, filled before the timed
+passes); audio and vision aligned to the tokens as in MMSA's ``aligned_50`` files, with their
+lengths; regression labels, and for MMSA's SIMS-only multi-task models (MLF-DNN, MLMF) the
+unimodal labels ``_T/_A/_V`` set to the clip's label, every label divided by 3 to CH-SIMS's
+range [-1, 1]). Seeds the same for both.
+
+Each run is its own child process with one CPU thread, one after the other: ``--epochs`` passes
+over the training split, the checkpoint of the lowest validation loss, then the test split scored
+``--test-repeats`` times with it. Printed side by side, with msakit / MMSA ratios: ms per
+training step (median pass time / batches per pass), s per test pass (median), peak RSS; with
+``--accuracy`` the test metrics, mean ± std over the seeds (default then 1 2 3).
 
 MMSA cannot run on this machine as shipped; these calls are patched at run time, nothing of its
 code is copied: the language model (``bert-base-uncased`` from the hub) becomes the packaged
-MiniLM (a BertModel with 384-d states, so MISA's hard-coded 768-d text projection is rebuilt for
-384 and Self-MM's ``text_out`` is 384); the device is the CPU (no ``torch.cuda.set_device``: its
-``MMSA_run`` entry point is not used, the data loader, model and trainer are built directly).
-MMSA trains until early stopping; to give both toolkits the same budget its training loader stops
-the run after ``--epochs`` passes, and the checkpoint it saved as best is then tested.
+MiniLM (a BertModel with 384-d states): MMSA's ``feature_dims[0]`` of a BERT model is set to 384
+and ``text_out: 768`` becomes 384; MISA's hard-coded 768-d text projection is rebuilt for 384
+(``MMSA_MODEL_PATCHES``); the device is the CPU (its ``MMSA_run`` entry point is not used, the data
+loader, model and trainer are built directly). A checkout newer than 2.2.1 imports
+``pytorch_transformers`` (CENET): it is mapped to ``transformers`` if missing; MulT's trainer
+passes ``verbose=`` to ``ReduceLROnPlateau``, which newer torch no longer takes: it is dropped.
+MMSA trains until early stopping; to give both toolkits the same budget its training loader
+stops the run after ``--epochs`` passes, and the checkpoint it saved as best is then tested.
+A model that fails on either side is reported with its error; the others still run.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import pickle
@@ -37,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -46,36 +65,107 @@ from _timing import TimedPasses
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "mosi" / "word_aligned_valid.pkl"
-METRICS = ("Has0_acc_2", "Non0_acc_2", "Mult_acc_7", "MAE", "Corr")
+METRICS = {"mosi": ("Has0_acc_2", "Non0_acc_2", "Mult_acc_7", "MAE", "Corr"),
+           "sims": ("Mult_acc_2", "Mult_acc_3", "Mult_acc_5", "MAE", "Corr")}
 TEXT_TOKENS = 50
+LANGUAGE_MODEL = "all-MiniLM-L6-v2"
+LM_HIDDEN = 384
 
-#: msakit overrides giving MMSA's MOSI hyper-parameters (config_regression.json of v2.2.1)
-MSAKIT_SETTINGS = {
+#: Models whose suite preset follows the authors' repository rather than MMSA (MISA:
+#: declare-lab/MISA; Self-MM: thuiar/Self-MM): msakit runs its class defaults with these
+#: overrides, MMSA's MOSI values (config_regression.json). The batch size is always MMSA's.
+MMSA_SETTINGS = {
     "misa": ["model.dropout=0.2", "model.loss_weights.diff=0.1", "model.loss_weights.cmd=0.3",
-             "model.loss_weights.recon=1.0", "train.batch_size=16", "train.grad_accumulation=2",
-             "train.lr=1e-4", "train.lm_lr=1e-4", "train.grad_clip_value=0.8",
-             "train.patience=8"],
+             "model.loss_weights.recon=1.0", "train.grad_accumulation=2", "train.lr=1e-4",
+             "train.lm_lr=1e-4", "train.grad_clip_value=0.8", "train.patience=8"],
     "self_mm": ["model.post_fusion_dropout=0.0", "model.post_text_dropout=0.1",
                 "model.post_audio_dropout=0.1", "model.post_vision_dropout=0.0",
                 "model.post_text_dim=32", "model.audio_lstm_hidden=16",
-                "model.vision_lstm_hidden=32", "train.batch_size=16",
-                "train.grad_accumulation=4", "train.lr=1e-3", "train.lm_lr=5e-5",
-                "train.weight_decay=1e-3", "train.lm_weight_decay=1e-3", "train.patience=8"],
+                "model.vision_lstm_hidden=32", "train.grad_accumulation=4", "train.lr=1e-3",
+                "train.lm_lr=5e-5", "train.weight_decay=1e-3", "train.lm_weight_decay=1e-3",
+                "train.patience=8"],
 }
+
+
+# ----------------------------------------------------------------------------------------------
+# Which models: the mmsa suite's rows that both toolkits have
+# ----------------------------------------------------------------------------------------------
+
+def mmsa_configs() -> dict:
+    """MMSA's ``config_regression.json`` (model -> commonParams / datasetParams), read without
+    importing MMSA."""
+    spec = importlib.util.find_spec("MMSA")
+    if spec is None or spec.origin is None:
+        sys.exit("MMSA is not importable: pip install --no-deps --target DIR MMSA==2.2.1 "
+                 "easydict nvidia-ml-py3 and put DIR on PYTHONPATH (benchmark only), or pass "
+                 "--mmsa-src CHECKOUT/src")
+    path = Path(spec.origin).parent / "config" / "config_regression.json"
+    return json.loads(path.read_text())
+
+
+def comparable_models(configs: dict, wanted: list[str] | None = None) -> tuple[list[dict], list[str]]:
+    """``[{model, dataset, preset, batch_size}]`` of the mmsa suite's rows that msakit registers
+    and MMSA configures, and why each other registered row is left out."""
+    from msakit.experiments.suites import load_suite
+    from msakit.models import list_models
+
+    registered = set(list_models())
+    chosen, left_out = [], []
+    for row in load_suite("mmsa").rows:
+        if row.model is None or row.model not in registered:
+            continue
+        if wanted and row.model not in wanted:
+            continue
+        if row.model not in configs:
+            left_out.append(f"{row.model} (not in this MMSA's config_regression.json)")
+            continue
+        params = configs[row.model]["datasetParams"]
+        datasets = sorted(row.presets, key=lambda d: d != "mosi")
+        dataset = next((d for d in datasets if d in params), None)
+        if dataset is None:
+            left_out.append(f"{row.model} (no preset for a dataset MMSA configures it for)")
+            continue
+        merged = {**configs[row.model]["commonParams"], **params[dataset]}
+        chosen.append({"model": row.model, "dataset": dataset,
+                       "preset": None if row.model in MMSA_SETTINGS else row.presets[dataset],
+                       "batch_size": int(merged["batch_size"])})
+    missing = sorted(set(wanted or []) - {c["model"] for c in chosen}
+                     - {m.split(" ")[0] for m in left_out})
+    left_out += [f"{m} (not a registered model of the mmsa suite)" for m in missing]
+    return chosen, left_out
 
 
 # ----------------------------------------------------------------------------------------------
 # The shared MMSA-layout pickle
 # ----------------------------------------------------------------------------------------------
 
-def build_pickle(source: Path, output: Path) -> dict[str, int]:
-    """Write the 229 clips in MMSA's layout, split by video (about 145/32/52 clips)."""
+def _lm_states(input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The packaged MiniLM's last hidden states (N, L, 384) of token ids, padding zeroed."""
+    import torch
+    from transformers import AutoModel
+
+    from msakit.lm import resolve_language_model
+
+    lm = AutoModel.from_pretrained(resolve_language_model(LANGUAGE_MODEL)).eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(input_ids), 64):
+            ids = torch.as_tensor(input_ids[start:start + 64], dtype=torch.long)
+            m = torch.as_tensor(mask[start:start + 64], dtype=torch.long)
+            out.append((lm(input_ids=ids, attention_mask=m).last_hidden_state
+                        * m.unsqueeze(-1)).numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def build_pickle(source: Path, output: Path, label_scale: float = 1.0) -> dict[str, int]:
+    """Write the 229 clips in MMSA's layout, split by video (about 145/32/52 clips), labels
+    times ``label_scale`` (1/3 for SIMS settings: CH-SIMS's labels are in [-1, 1])."""
     from msakit.data import load_dataset
     from msakit.data.text import expand_to_tokens, tokenize_words
     from msakit.lm import load_tokenizer
 
     split = load_dataset(source).split("all")
-    tokenizer = load_tokenizer("all-MiniLM-L6-v2")
+    tokenizer = load_tokenizer(LANGUAGE_MODEL)
     by_video: dict[str, list[int]] = {}
     for row, video in enumerate(split.video_ids):
         by_video.setdefault(video, []).append(row)
@@ -116,17 +206,19 @@ def build_pickle(source: Path, output: Path) -> dict[str, int]:
             audio[k, :length] = expand_to_tokens(split.audio[row], tokens.word_index)
             vision[k, :length] = expand_to_tokens(split.vision[row], tokens.word_index)
             lengths[k] = length
-        labels = np.asarray([split.labels[i] for i in rows], dtype=np.float32)
+        labels = label_scale * np.asarray([split.labels[i] for i in rows], dtype=np.float32)
         payload[name] = {
             "id": np.asarray([split.ids[i] for i in rows]),
             "raw_text": np.asarray([split.texts[i] for i in rows]),
             "text_bert": text_bert,
-            "text": np.zeros((n, TEXT_TOKENS, 1), dtype=np.float32),
+            "text": _lm_states(text_bert[:, 0], text_bert[:, 1]),
             "audio": audio,
             "vision": vision,
             "audio_lengths": lengths,
             "vision_lengths": lengths.copy(),
             "regression_labels": labels,
+            # read only by MMSA's SIMS settings (MLF-DNN, MLMF): the clip's label
+            **{f"regression_labels_{m}": labels.copy() for m in "TAV"},
             "classification_labels": np.sign(labels).astype(np.float32) + 1,
             "annotations": np.asarray(["Neutral"] * n),
         }
@@ -164,9 +256,61 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_mmsa(model_name: str, seed: int, pickle_path: Path, epochs: int, repeats: int,
-             workdir: Path) -> dict:
+def _misa_text_projection(model) -> None:
+    """MMSA's MISA projects BERT's states with a hard-coded Linear(768, hidden)."""
     import torch
+
+    inner = model.Model
+    out_features = inner.project_t.project_t.out_features
+    inner.project_t.project_t = torch.nn.Linear(LM_HIDDEN, out_features)
+
+
+#: model -> a function applied to MMSA's built model where a 768 is hard-coded
+MMSA_MODEL_PATCHES = {"misa": _misa_text_projection}
+#: MMSA trainers that pass over the training loader once before their epochs (label init)
+UNTIMED_PASSES = {"self_mm": 1, "tetfn": 1}
+
+
+def _map_pytorch_transformers() -> None:
+    """A checkout newer than 2.2.1 imports the long-gone ``pytorch_transformers`` (CENET's
+    module, imported by AMIO); map the three names it uses to ``transformers``."""
+    if importlib.util.find_spec("pytorch_transformers") is not None:
+        return
+    import transformers
+    from transformers import pytorch_utils
+
+    stub = types.ModuleType("pytorch_transformers")
+    stub.BertConfig = transformers.BertConfig
+    stub.BERT_PRETRAINED_MODEL_ARCHIVE_MAP = {}
+    utils = types.ModuleType("pytorch_transformers.modeling_utils")
+    utils.PreTrainedModel = transformers.PreTrainedModel
+    utils.prune_linear_layer = pytorch_utils.prune_linear_layer
+    stub.modeling_utils = utils
+    sys.modules.update({"pytorch_transformers": stub, "pytorch_transformers.modeling_utils": utils})
+
+
+def _drop_removed_scheduler_argument() -> None:
+    """MMSA's MulT trainer passes ``verbose=`` to ``ReduceLROnPlateau``, which torch 2.7 removed;
+    it only switched a print on. Its trainer module imports the class when first imported, so
+    this runs before."""
+    from torch.optim import lr_scheduler
+
+    original = lr_scheduler.ReduceLROnPlateau
+    if "verbose" in original.__init__.__code__.co_varnames:
+        return
+
+    class ReduceLROnPlateau(original):
+        def __init__(self, *args, verbose=None, **kwargs):
+            super().__init__(*args, **kwargs)
+
+    lr_scheduler.ReduceLROnPlateau = ReduceLROnPlateau
+
+
+def run_mmsa(job: dict, pickle_path: Path, epochs: int, repeats: int, workdir: Path) -> dict:
+    import torch
+
+    _map_pytorch_transformers()
+    _drop_removed_scheduler_argument()
     from MMSA.config import get_config_regression
     from MMSA.data_loader import MMDataLoader
     from MMSA.models import AMIO
@@ -175,27 +319,27 @@ def run_mmsa(model_name: str, seed: int, pickle_path: Path, epochs: int, repeats
 
     from msakit.lm import resolve_language_model
 
-    args = get_config_regression(model_name, "mosi")
-    minilm = resolve_language_model("all-MiniLM-L6-v2")
+    model_name, seed = job["model"], job["seed"]
+    args = get_config_regression(model_name, job["dataset"])
     args.update({
         "featurePath": str(pickle_path), "custom_feature": None, "feature_T": None,
         "feature_A": None, "feature_V": None, "device": torch.device("cpu"),
-        "train_mode": "regression", "pretrained": minilm, "cur_seed": 1,
-        "model_save_path": str(workdir / f"mmsa-{model_name}-{seed}.pth"),
+        "train_mode": "regression", "pretrained": resolve_language_model(LANGUAGE_MODEL),
+        "cur_seed": 1, "model_save_path": str(workdir / f"mmsa-{model_name}-{seed}.pth"),
     })
-    if model_name == "self_mm":
-        args["text_out"] = 384  # MiniLM's hidden size (a config value in MMSA)
     setup_seed(seed)
     dataloader = MMDataLoader(args, num_workers=0)
+    if args.get("use_bert"):  # the loader sets BERT-base's 768
+        args["feature_dims"][0] = LM_HIDDEN
+        if args.get("text_out") == 768:
+            args["text_out"] = LM_HIDDEN
     args["train_samples"] = len(dataloader["train"].dataset)
     model = AMIO(args)
-    if model_name == "misa":  # MMSA hard-codes BERT-base's 768-d states here
-        inner = model.Model
-        out_features = inner.project_t.project_t.out_features
-        inner.project_t.project_t = torch.nn.Linear(384, out_features)
+    if model_name in MMSA_MODEL_PATCHES:
+        MMSA_MODEL_PATCHES[model_name](model)
     trainer = ATIO().getTrain(args)
     timed = TimedTrainLoader(dataloader["train"], epochs,
-                             untimed_passes=1 if model_name == "self_mm" else 0)
+                             untimed_passes=UNTIMED_PASSES.get(model_name, 0))
     dataloader["train"] = timed
     try:
         trainer.do_train(model, dataloader)
@@ -210,16 +354,27 @@ def run_mmsa(model_name: str, seed: int, pickle_path: Path, epochs: int, repeats
         started = time.perf_counter()
         results = trainer.do_test(model, dataloader["test"], mode="TEST")
         test_seconds.append(time.perf_counter() - started)
-    return {"train_seconds": timed.seconds, "test_seconds": test_seconds,
-            "metrics": {k: float(results[k]) for k in METRICS if k in results},
+    return {"train_seconds": timed.seconds, "train_batches": len(timed),
+            "test_seconds": test_seconds, "test_batches": len(dataloader["test"]),
+            "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "metrics": {k: float(v) for k, v in results.items()
+                        if k in METRICS[job["dataset"]]},
             "peak_rss_mib": peak_rss_mib()}
 
 
-def run_msakit(model_name: str, seed: int, pickle_path: Path, epochs: int, repeats: int,
-               workdir: Path) -> dict:
+def msakit_overrides(job: dict, pickle_path: Path, epochs: int, cache_dir: Path) -> list[str]:
+    return [f"data.path={pickle_path}", f"data.dataset={job['dataset']}",
+            f"data.max_text_tokens={TEXT_TOKENS}", f"model.language_model={LANGUAGE_MODEL}",
+            f"train.epochs={epochs}", "train.device=cpu", "train.num_threads=1",
+            f"train.seed={job['seed']}", f"train.batch_size={job['batch_size']}",
+            f"train.lm_cache_dir={cache_dir}", *MMSA_SETTINGS.get(job["model"], [])]
+
+
+def run_msakit(job: dict, pickle_path: Path, epochs: int, repeats: int, workdir: Path) -> dict:
     import torch
 
     from msakit.config import build_config
+    from msakit.lm_cache import SplitTextStates
     from msakit.models import create_model
     from msakit.training.loading import (
         EpochLoader,
@@ -229,31 +384,41 @@ def run_msakit(model_name: str, seed: int, pickle_path: Path, epochs: int, repea
     )
     from msakit.training.trainer import Trainer, evaluate_model
 
-    config = build_config(model_name, [
-        f"data.path={pickle_path}", "data.dataset=mosi", f"data.max_text_tokens={TEXT_TOKENS}",
-        f"train.epochs={epochs}", "train.device=cpu", "train.num_threads=1",
-        f"train.seed={seed}", *MSAKIT_SETTINGS[model_name],
-    ])
+    config = build_config(job["model"], msakit_overrides(job, pickle_path, epochs,
+                                                         workdir / "lm-cache"),
+                          preset=job["preset"])
     dataset, (partition,) = load_experiment_data(config)
-    torch.manual_seed(seed)
+    torch.manual_seed(job["seed"])
     model = create_model(config.model, feature_dims(dataset, config))
-    run_dir = workdir / f"msakit-{model_name}-{seed}"
+    run_dir = workdir / f"msakit-{job['model']}-{job['seed']}"
     run_dir.mkdir()
     trainer = Trainer(config, run_dir, dataset.name, progress=False)
-    epoch_loader = EpochLoader(partition.train, dataset, config, seed)
+    model.to(trainer.device)
+    # a frozen LM's states, computed before the timed passes (MMSA reads them from the pickle)
+    text_states = SplitTextStates.for_model(model, config, dataset.word_aligned)
+    if text_states is not None:
+        for split in partition:
+            if not isinstance(split, str):
+                text_states(split)
+    epoch_loader = EpochLoader(partition.train, dataset, config, job["seed"],
+                               text_states=text_states)
     seconds: list[float] = []
     trainer.fit(model, lambda epoch: TimedPasses(epoch_loader(epoch), seconds),
-                loader_for(partition.valid, dataset, config, train=False),
+                loader_for(partition.valid, dataset, config, train=False,
+                           text_states=text_states),
                 torch.as_tensor(partition.train.labels, dtype=torch.float32))
     trainer.load_best(model)
-    test_loader = loader_for(partition.test, dataset, config, train=False)
+    test_loader = loader_for(partition.test, dataset, config, train=False,
+                             text_states=text_states)
     test_seconds, result = [], None
     for _ in range(repeats):
         started = time.perf_counter()
         result = evaluate_model(model, test_loader, dataset.name, trainer.device)
         test_seconds.append(time.perf_counter() - started)
-    return {"train_seconds": seconds, "test_seconds": test_seconds,
-            "metrics": {k: float(result.metrics[k]) for k in METRICS},
+    return {"train_seconds": seconds, "train_batches": len(epoch_loader(1)),
+            "test_seconds": test_seconds, "test_batches": len(test_loader),
+            "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "metrics": {k: float(result.metrics[k]) for k in METRICS[job["dataset"]]},
             "peak_rss_mib": peak_rss_mib()}
 
 
@@ -266,9 +431,9 @@ def _worker(args) -> None:
 
     torch.set_num_threads(1)
     runner = run_mmsa if args.worker == "mmsa" else run_msakit
+    job = json.loads(args.job)
     with tempfile.TemporaryDirectory() as workdir:
-        result = runner(args.model, args.seed, args.pickle, args.epochs, args.test_repeats,
-                        Path(workdir))
+        result = runner(job, args.pickle, args.epochs, args.test_repeats, Path(workdir))
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -278,44 +443,141 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def _timing(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
+def _step_ms(runs: list[dict]) -> float:
+    """Median training pass over all epochs of all seeds, per batch, in ms."""
+    return 1000 * statistics.median(s for r in runs for s in r["train_seconds"]) / runs[0][
+        "train_batches"]
+
+
+def _test_s(runs: list[dict]) -> float:
+    return statistics.median(s for r in runs for s in r["test_seconds"])
+
+
+def print_tables(jobs: list[dict], runs: dict, failures: dict, left_out: list[str],
+                 accuracy: bool, seeds: list[int]) -> None:
+    print("\nms / training step: median training pass over the epochs (and seeds) / batches per "
+          "pass; s / test pass: median over the repeats; ratio msakit / MMSA (< 1: msakit "
+          "faster)\n")
+    print("| model (data, preset) | batch | params MMSA / msakit | ms / step MMSA | msakit | "
+          "ratio | s / test pass MMSA | msakit | ratio | peak RSS MiB MMSA / msakit |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for job in jobs:
+        name = (f"{job['model']} ({job['dataset']}, "
+                + (f"preset {job['preset']}" if job["preset"] else "MMSA_SETTINGS") + ")")
+        key = job["model"]
+        if key in failures:
+            print(f"| {name} | {job['batch_size']} | failed: {failures[key]} |")
+            continue
+        mmsa, ours = runs[(key, "mmsa")], runs[(key, "msakit")]
+        a_step, b_step = _step_ms(mmsa), _step_ms(ours)
+        a_test, b_test = _test_s(mmsa), _test_s(ours)
+        print(f"| {name} | {job['batch_size']} | {mmsa[0]['parameters']:,} / "
+              f"{ours[0]['parameters']:,} | {a_step:.1f} | {b_step:.1f} | {b_step / a_step:.2f} "
+              f"| {a_test:.3f} | {b_test:.3f} | {b_test / a_test:.2f} | "
+              f"{max(r['peak_rss_mib'] for r in mmsa):.0f} / "
+              f"{max(r['peak_rss_mib'] for r in ours):.0f} |")
+    if left_out:
+        print("\nLeft out: " + "; ".join(left_out))
+    if not accuracy:
+        return
+    print(f"\ntest metrics, mean ± std over seeds {' '.join(map(str, seeds))} "
+          "(accuracies in %)\n")
+    print("| model | metric | MMSA | msakit | msakit − MMSA |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for job in jobs:
+        if job["model"] in failures:
+            continue
+        mmsa, ours = runs[(job["model"], "mmsa")], runs[(job["model"], "msakit")]
+        for metric in METRICS[job["dataset"]]:
+            scale = 1.0 if metric in ("MAE", "Corr") else 100.0
+            a = [scale * r["metrics"][metric] for r in mmsa if metric in r["metrics"]]
+            b = [scale * r["metrics"][metric] for r in ours]
+            if a and b:
+                print(f"| {job['model']} | {metric} | {_mean_std(a)} | {_mean_std(b)} | "
+                      f"{statistics.mean(b) - statistics.mean(a):+.3f} |")
+
+
+def print_saved_tables(paths: list[Path], accuracy: bool) -> None:
+    """The tables of one or more ``--results`` files."""
+    jobs: dict[str, dict] = {}
+    runs: dict[tuple[str, str], list[dict]] = {}
+    failures: dict[str, str] = {}
+    seeds: set[int] = set()
+    for path in paths:
+        for line in path.read_text().splitlines():
+            entry = json.loads(line)
+            model = entry["job"]["model"]
+            jobs.setdefault(model, entry["job"])
+            seeds.add(entry["seed"])
+            if "failed" in entry:
+                failures[model] = entry["failed"]
+            else:
+                runs.setdefault((model, entry["toolkit"]), []).append(entry["result"])
+    for model in jobs:  # complete runs (e.g. a rerun after a fix) win over a failure
+        complete = all((model, t) in runs for t in ("mmsa", "msakit"))
+        if complete:
+            failures.pop(model, None)
+        elif model not in failures:
+            failures[model] = "incomplete: not every run of it finished"
+    print_tables(list(jobs.values()), runs, failures, [], accuracy, sorted(seeds))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--models", nargs="+", default=["misa", "self_mm"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--test-repeats", type=int, default=5)
+    parser.add_argument("--models", nargs="+", help="default: every model both toolkits have")
+    parser.add_argument("--seeds", nargs="+", type=int, help="default: 1 (1 2 3 with --accuracy)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--test-repeats", type=int, default=3)
+    parser.add_argument("--accuracy", action="store_true",
+                        help="also print the test metrics of both, mean ± std over the seeds")
+    parser.add_argument("--mmsa-src", type=Path,
+                        help="a thuiar/MMSA checkout's src folder (default: the installed MMSA)")
+    parser.add_argument("--results", type=Path,
+                        help="append every run's result to this JSON-lines file as it ends")
+    parser.add_argument("--table-from", type=Path, nargs="+", metavar="RESULTS",
+                        help="run nothing: print the tables of --results files (e.g. of "
+                        "several runs of this script side by side)")
     parser.add_argument("--worker", choices=["mmsa", "msakit"], help=argparse.SUPPRESS)
-    parser.add_argument("--model", help=argparse.SUPPRESS)
-    parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--job", help=argparse.SUPPRESS)
     parser.add_argument("--pickle", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         _worker(args)
         return
-    try:
-        import MMSA  # noqa: F401
-    except ImportError:
-        sys.exit("MMSA is not importable: pip install --no-deps MMSA==2.2.1 easydict "
-                 "nvidia-ml-py3 (benchmark only)")
+    seeds = args.seeds or ([1, 2, 3] if args.accuracy else [1])
+    if args.table_from:
+        print_saved_tables(args.table_from, args.accuracy)
+        return
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "TOKENIZERS_PARALLELISM": "false"}
+    if args.mmsa_src is not None:
+        sys.path.insert(0, str(args.mmsa_src.resolve()))
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(args.mmsa_src.resolve()), *filter(None, [env.get("PYTHONPATH")])])
+    jobs, left_out = comparable_models(mmsa_configs(), args.models)
+    spec = importlib.util.find_spec("MMSA")
+    print(f"MMSA: {Path(spec.origin).parent}; models: {', '.join(j['model'] for j in jobs)}",
+          flush=True)
+    runs: dict[tuple[str, str], list[dict]] = {}
+    failures: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        pickle_path = Path(tmp) / "mosi_229_mmsa.pkl"
-        sizes = build_pickle(args.data, pickle_path)
+        pickles = {}
+        for dataset in sorted({j["dataset"] for j in jobs}):
+            pickles[dataset] = Path(tmp) / f"mosi_229_mmsa_{dataset}.pkl"
+            sizes = build_pickle(args.data, pickles[dataset],
+                                 label_scale=1 / 3 if dataset == "sims" else 1.0)
         print(f"MMSA pickle: {sizes} clips (train/valid/test, split by video), "
-              f"{TEXT_TOKENS} MiniLM tokens; {args.epochs} epochs per run; seeds {args.seeds}",
-              flush=True)
-        runs: dict[tuple[str, str], list[dict]] = {}
-        for seed in args.seeds:
-            for model in args.models:
+              f"{TEXT_TOKENS} MiniLM tokens; {args.epochs} epochs per run; seeds {seeds}"
+              + ("; SIMS settings: labels / 3" if "sims" in pickles else ""), flush=True)
+        for seed in seeds:
+            for job in jobs:
+                if job["model"] in failures:
+                    continue
                 for toolkit in ("mmsa", "msakit"):
-                    command = [sys.executable, __file__, "--worker", toolkit, "--model", model,
-                               "--seed", str(seed), "--pickle", str(pickle_path),
+                    command = [sys.executable, __file__, "--worker", toolkit, "--job",
+                               json.dumps({**job, "seed": seed}),
+                               "--pickle", str(pickles[job["dataset"]]),
                                "--epochs", str(args.epochs),
                                "--test-repeats", str(args.test_repeats)]
                     started = time.perf_counter()
@@ -323,36 +585,29 @@ def main() -> None:
                                           check=False)
                     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
                     if done.returncode or not lines:
-                        sys.exit(f"{toolkit} {model} seed {seed} failed:\n{done.stderr[-4000:]}")
+                        error = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                        failures[job["model"]] = f"{toolkit}: {error[:300]}"
+                        if args.results is not None:
+                            with args.results.open("a") as handle:
+                                handle.write(json.dumps({"job": job, "seed": seed,
+                                                         "toolkit": toolkit,
+                                                         "failed": failures[job["model"]]})
+                                             + "\n")
+                        print(f"  {job['model']} {toolkit} seed {seed} FAILED:\n"
+                              f"{done.stderr[-3000:]}", flush=True)
+                        break
                     result = json.loads(lines[-1][len("RESULT "):])
-                    runs.setdefault((model, toolkit), []).append(result)
-                    print(f"  {model} {toolkit} seed {seed}: {time.perf_counter() - started:.0f} s"
-                          f", train pass {_timing(result['train_seconds'])} s, test pass "
-                          f"{_timing(result['test_seconds'])} s, peak RSS "
-                          f"{result['peak_rss_mib']:.0f} MiB, MAE {result['metrics']['MAE']:.3f}",
-                          flush=True)
-    print("\nmedian [min-max] over epochs (training) / repeats (test) of all seeds; metrics "
-          f"mean ± std over {len(args.seeds)} seeds\n")
-    print("| model | measure | MMSA 2.2.1 | msakit | msakit / MMSA |")
-    print("| --- | --- | ---: | ---: | ---: |")
-    for model in args.models:
-        mmsa, ours = runs[(model, "mmsa")], runs[(model, "msakit")]
-        for label, key in (("s / training pass", "train_seconds"),
-                           ("s / test pass", "test_seconds")):
-            a = [s for r in mmsa for s in r[key]]
-            b = [s for r in ours for s in r[key]]
-            print(f"| {model} | {label} | {_timing(a)} | {_timing(b)} | "
-                  f"{statistics.median(b) / statistics.median(a):.2f} |")
-        a = [r["peak_rss_mib"] for r in mmsa]
-        b = [r["peak_rss_mib"] for r in ours]
-        print(f"| {model} | peak RSS (MiB) | {max(a):.0f} | {max(b):.0f} | "
-              f"{max(b) / max(a):.2f} |")
-        for metric in METRICS:
-            a = [r["metrics"][metric] for r in mmsa if metric in r["metrics"]]
-            b = [r["metrics"][metric] for r in ours]
-            if a:
-                print(f"| {model} | test {metric} | {_mean_std(a)} | {_mean_std(b)} | "
-                      f"{statistics.mean(b) - statistics.mean(a):+.3f} (diff) |")
+                    runs.setdefault((job["model"], toolkit), []).append(result)
+                    if args.results is not None:
+                        with args.results.open("a") as handle:
+                            handle.write(json.dumps({"job": job, "seed": seed, "toolkit": toolkit,
+                                                     "result": result}) + "\n")
+                    print(f"  {job['model']} {toolkit} seed {seed}: "
+                          f"{time.perf_counter() - started:.0f} s, "
+                          f"{_step_ms([result]):.1f} ms / step ({result['train_batches']} steps "
+                          f"/ pass), test pass {_test_s([result]):.3f} s, "
+                          f"MAE {result['metrics'].get('MAE', float('nan')):.3f}", flush=True)
+    print_tables(jobs, runs, failures, left_out, args.accuracy, seeds)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 from rich.console import Console
 
@@ -29,9 +30,10 @@ from msakit.models import list_models
 from msakit.presets import preset_names
 
 PAPERS = Path(__file__).resolve().parents[1].parent / "shared" / "papers"
-#: suite -> the stored paper text its figures were transcribed from
-SUITE_PAPERS = {"sagenet": "000_5f33f519023090a9.txt", "mmiln": "001_e81c66899e293d24.txt",
-                "dmd": "002_b7d478abae9e1bdd.txt"}
+#: suite -> the stored paper texts its figures were transcribed from
+SUITE_PAPERS = {"sagenet": ("000_5f33f519023090a9.txt",), "mmiln": ("001_e81c66899e293d24.txt",),
+                "dmd": ("002_b7d478abae9e1bdd.txt",),
+                "misa": ("001_e81c66899e293d24.txt", "000_5f33f519023090a9.txt")}
 
 
 def test_packaged_suites_parse_and_name_their_models():
@@ -52,11 +54,12 @@ def test_packaged_suites_parse_and_name_their_models():
 
 @pytest.mark.parametrize("name", sorted(SUITE_PAPERS))
 def test_suite_figures_are_printed_in_the_paper(name):
-    path = PAPERS / SUITE_PAPERS[name]
-    if not path.exists():
-        pytest.skip(f"paper text not found at {path}")
-    text = path.read_text(encoding="utf-8")
-    numbers = {float(x) for x in re.findall(r"\d+\.\d+", text)}  # every decimal it prints
+    paths = [PAPERS / paper for paper in SUITE_PAPERS[name]]
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        pytest.skip(f"paper text not found at {missing[0]}")
+    text = "\n".join(p.read_text(encoding="utf-8") for p in paths)
+    numbers = {float(x) for x in re.findall(r"\d+\.\d+", text)}  # every decimal they print
     suite = load_suite(name)
     for row in suite.rows:
         for dataset, figures in row.paper.items():
@@ -269,3 +272,109 @@ def test_cli_resume_of_a_finished_suite_trains_nothing_and_prints_the_table(tiny
     assert "all-MiniLM-L6-v2 stands in" in result.output
     other = CliRunner().invoke(main, ["suite", "run", "mmsa", "--resume", str(suite_dir)])
     assert other.exit_code == 1 and "'tiny' then, 'mmsa' now" in other.output
+
+
+# ----------------------------------------------------------------------------------------------
+# Self-MM's official loop on 3 folds of the packaged clips: adapted, visibly; a failed row is
+# recorded and the others run; --rows trains a subset and adds rows to a suite folder
+# ----------------------------------------------------------------------------------------------
+
+ADAPT = """
+suite:
+  title: adapt
+  source: a test
+  datasets: {mosi: CMU-MOSI}
+rows:
+  - label: SELF_MM
+    model: self_mm
+    code: thuiar/Self-MM
+    presets: {mosi: mosi}
+    paper: {mosi: {Non0_acc_2: 85.46, MAE: 0.708}}
+  - label: Broken row
+    id: lf_dnn-broken
+    model: lf_dnn
+    code: thuiar/MMSA
+    presets: {mosi: no-such-preset}
+    paper: {mosi: {Non0_acc_2: 78.63}}
+  - label: LF-DNN
+    model: lf_dnn
+    code: thuiar/MMSA
+    paper: {mosi: {Non0_acc_2: 78.63, MAE: 0.9548}}
+"""
+#: 3 folds of the 229 clips: a training part of 3 batches of 32 (Self-MM's preset: 4-batch
+#: accumulation, the incomplete group dropped) would never take an optimiser step
+ADAPT_ARGS = ["--data", "mosi-demo", "--folds", "3", "--epochs", "1", "--seeds", "1",
+              "--no-progress", "--set", "model.freeze_language_model=true"]
+
+
+@pytest.fixture(scope="module")
+def adapted_suite(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("adapt")
+    suite_file = tmp / "adapt.yaml"
+    suite_file.write_text(ADAPT)
+    with pytest.MonkeyPatch.context() as patch:
+        _offline_hub(patch, tmp)
+        result = CliRunner().invoke(main, [
+            "suite", "run", str(suite_file), *ADAPT_ARGS, "--rows", "self_mm,lf_dnn-broken",
+            "--output-dir", str(tmp / "runs")], terminal_width=400)
+    (suite_dir,) = (tmp / "runs").iterdir()
+    return suite_file, suite_dir, result
+
+
+def test_a_preset_that_would_never_step_runs_adapted_and_says_so(adapted_suite):
+    _, suite_dir, result = adapted_suite
+    rows = _rows(json.loads((suite_dir / suites.SUITE_JSON).read_text()))
+    self_mm = rows["self_mm"]
+    assert self_mm["state"] == "finished", result.output
+    assert self_mm["summary"]["MAE"]["n"] == 3
+    (adaptation,) = self_mm["adaptations"]
+    assert (adaptation["key"], adaptation["preset"], adaptation["used"]) == (
+        "train.partial_accumulation", "drop", "step")
+    assert re.search(r"fold\d has 3", adaptation["reason"])
+    saved = yaml.safe_load((suite_dir / "self_mm" / "config.yaml").read_text())["train"]
+    assert (saved["partial_accumulation"], saved["grad_accumulation"]) == ("step", 4)
+    # said when it runs, under the table and in suite.md's row
+    assert "runs with train.partial_accumulation=step instead of drop" in result.output
+    markdown = (suite_dir / suites.SUITE_MD).read_text()
+    assert "measured (LM all-MiniLM-L6-v2 for bert-base-uncased; " \
+           "train.partial_accumulation=step)" in markdown
+    assert "Adapted by the suite" in markdown and "fewer training batches of 32" in markdown
+
+
+def test_a_failed_row_is_recorded_and_the_others_run(adapted_suite):
+    _, suite_dir, result = adapted_suite
+    assert result.exit_code == 1, result.output
+    assert "1 row(s) failed (Broken row)" in result.output
+    rows = _rows(json.loads((suite_dir / suites.SUITE_JSON).read_text()))
+    broken = rows["lf_dnn-broken"]
+    assert broken["state"] == "failed" and "no-such-preset" in broken["error"]
+    assert rows["self_mm"]["state"] == "finished"  # ran before it, kept
+    assert rows["lf_dnn"]["state"] == "not run"  # not in --rows
+    assert rows["lf_dnn"]["reason"] == suites.NOT_SELECTED
+
+
+def test_rows_adds_a_row_to_a_suite_folder_and_keeps_the_others(adapted_suite, monkeypatch,
+                                                               tmp_path):
+    suite_file, suite_dir, _ = adapted_suite
+    kept = {p: p.stat().st_mtime_ns for p in (suite_dir / "self_mm").rglob("*") if p.is_file()}
+    _offline_hub(monkeypatch, tmp_path)
+    for wrong, message in (("nope", "has no row(s) nope"),):
+        refused = CliRunner().invoke(main, ["suite", "run", str(suite_file), "--resume",
+                                            str(suite_dir), "--rows", wrong])
+        assert refused.exit_code == 1 and message in refused.output
+    result = CliRunner().invoke(main, ["suite", "run", str(suite_file), "--resume",
+                                       str(suite_dir), "--rows", "lf_dnn", "--no-progress"],
+                                terminal_width=400)
+    assert result.exit_code == 1, result.output  # the broken row is still failed
+    rows = _rows(json.loads((suite_dir / suites.SUITE_JSON).read_text()))
+    assert rows["lf_dnn"]["state"] == "finished" and rows["lf_dnn"]["summary"]["MAE"]["n"] == 3
+    assert rows["self_mm"]["state"] == "finished" and rows["self_mm"]["adaptations"]
+    assert rows["lf_dnn-broken"]["state"] == "failed"
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # self_mm not retrained
+    board = CliRunner().invoke(main, ["leaderboard", str(suite_dir), "--output-dir",
+                                      str(tmp_path)], terminal_width=400)
+    assert board.exit_code == 0, board.output
+    # what the suite changed, under the table (lf_dnn ran its defaults: nothing to say)
+    assert "self_mm: language model all-MiniLM-L6-v2 for bert-base-uncased." in board.output
+    assert "self_mm: train.partial_accumulation=step instead of the preset's drop" in board.output
+    assert "lf_dnn:" not in board.output

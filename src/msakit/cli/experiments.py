@@ -89,9 +89,11 @@ def leaderboard(baseline, run_dirs, metrics, output_dir, floor_row):
       msakit leaderboard runs/text-floor runs/misa runs/sagenet --output-dir runs
       msakit leaderboard runs/suite-mmsa-mosi-20261207-020000 [--floor lf_dnn]
     """
-    from msakit.experiments.suites import SUITE_JSON, leaderboard_runs
+    from msakit.experiments.suites import SUITE_JSON, leaderboard_runs, suite_run_notes
 
+    run_notes = None
     if (Path(baseline) / SUITE_JSON).is_file() and not run_dirs:
+        run_notes = suite_run_notes(baseline)
         baseline, run_dirs = leaderboard_runs(baseline, floor_row)
     elif floor_row:
         raise click.UsageError("--floor names a row of a suite folder; give the suite folder "
@@ -111,7 +113,7 @@ def leaderboard(baseline, run_dirs, metrics, output_dir, floor_row):
     console = make_console()
     try:
         board = build_leaderboard(baseline, list(run_dirs), metrics=list(metrics) or
-                                  DEFAULT_METRICS)
+                                  DEFAULT_METRICS, run_notes=run_notes)
     except CompareError as err:
         raise click.ClickException(str(err)) from None
     console.print(leaderboard_table(board))

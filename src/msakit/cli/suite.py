@@ -18,6 +18,7 @@ def suite():
       msakit suite show dmd
       msakit suite run mmsa --data mosi-demo --folds 3 --epochs 2
       msakit suite run mmsa --resume runs/suite-mmsa-mosi-20261207-020000
+      msakit suite run mmsa --resume runs/suite-mmsa-mosi-20261207-020000 --rows cenet
       msakit leaderboard runs/suite-mmsa-mosi-20261207-020000
     """
 
@@ -87,15 +88,21 @@ def show(name):
               "continue, the rest are trained; options that would change it are refused.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train this many (seed, fold) runs of a row at a time.")
+@click.option("--rows", "row_ids", metavar="ID,ID...",
+              help="Train only these rows (ids, comma-separated; msakit suite show NAME lists "
+              "them). With --resume: add or rerun rows in that suite folder, the others kept.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (e.g. in logs).")
 def run(name, data_path, dataset, folds, seeds, epochs, overrides, output_dir, resume_dir, jobs,
-        no_progress):
+        row_ids, no_progress):
     """Run the models of suite NAME with their presets and print the paper's table beside the
     measured one (mean ± std, n); writes suite.json and suite.md into the suite folder.
 
     Rows whose model is not registered are reported as not run, with the reason. Where a preset
     names a language model that cannot be loaded here (no model hub), the packaged
-    all-MiniLM-L6-v2 stands in, and the output says so.
+    all-MiniLM-L6-v2 stands in, and the output says so. Where a preset's
+    train.partial_accumulation=drop would leave a partition without any optimiser step (fewer
+    training batches than train.grad_accumulation), the row runs with =step, and the output says
+    so. A row that fails is recorded and the others run; the exit status is then 1.
     """
     from msakit.experiments.suites import load_suite, run_suite, suite_notes, suite_table
 
@@ -106,7 +113,8 @@ def run(name, data_path, dataset, folds, seeds, epochs, overrides, output_dir, r
     suite_dir, record = run_suite(
         s, data_path, dataset=dataset, folds=folds, epochs=epochs,
         seeds=list(seeds) if seeds else None, overrides=list(overrides), output_dir=output_dir,
-        resume_dir=resume_dir, progress=not no_progress, jobs=jobs, console=console)
+        resume_dir=resume_dir, progress=not no_progress, jobs=jobs, console=console,
+        rows=[r.strip() for r in row_ids.split(",") if r.strip()] if row_ids else None)
     console.print(suite_table(record))
     for note in suite_notes(record):
         console.print(note, markup=False)

@@ -17,7 +17,7 @@ what a reader needs to judge them on small data:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,11 +87,13 @@ def build_leaderboard(
     baseline: str | Path,
     run_dirs: Sequence[str | Path],
     metrics: Sequence[str] = DEFAULT_METRICS,
+    run_notes: Mapping[Path, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
-    """The leaderboard of ``baseline`` and ``run_dirs``.
+    """The leaderboard of ``baseline`` and ``run_dirs``; ``run_notes`` (sentences by resolved run
+    folder, e.g. what a suite changed in a row) are shown under the table.
 
     Returns:
-        ``{"baseline", "metrics", "majority", "method", "rows": [{"run", "label", "summary":
+        ``{"baseline", "metrics", "majority", "method", "rows": [{"run", "label", "notes", "summary":
         {metric: {mean, std, n}}, "selected_epochs": [...], "difference": {metric: {difference,
         ci_low, ci_high, p_value, p_holm, outside_noise}} (None for the baseline),
         "above_majority"}]}``.
@@ -108,7 +110,9 @@ def build_leaderboard(
     majority = majority_rate(baseline)
     rows = []
     for run_dir, compared in zip([baseline, *others], [None, *comparison["comparisons"]]):
-        row = {"run": str(run_dir), "label": run_label(run_dir), **_run_summary(run_dir, metrics)}
+        row = {"run": str(run_dir), "label": run_label(run_dir),
+               "notes": list((run_notes or {}).get(run_dir.resolve(), ())),
+               **_run_summary(run_dir, metrics)}
         row["difference"] = None if compared is None else {
             m: {k: e[k] for k in ("difference", "se", "df", "ci_low", "ci_high", "p_value",
                                   "p_holm", "outside_noise", "higher_is_better")}
@@ -187,6 +191,11 @@ def leaderboard_notes(board: dict[str, Any]) -> list[str]:
         notes.append(f"Δ {m} vs {baseline} inside the noise (marked ~): "
                      f"{', '.join(noise) or 'none'}"
                      + (f"; outside it: {', '.join(clear)}." if clear else "."))
+    runs_of: dict[str, list[str]] = {}  # each run note once, with the runs it applies to
+    for row in board["rows"]:
+        for note in row.get("notes", ()):
+            runs_of.setdefault(note, []).append(row["label"])
+    notes += [f"{', '.join(labels)}: {note}" for note, labels in runs_of.items()]
     pairing, method = board["pairing"], board["method"]
     notes.append(f"Δ = model − {baseline}, paired over {pairing['n_units']} training runs "
                  f"({pairing['n_clips']} test predictions, {pairing['n_videos']} videos); "

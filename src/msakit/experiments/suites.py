@@ -362,6 +362,41 @@ def _is_user_error(err: BaseException) -> bool:
                             runfolder.CheckpointError, JobsFailed))
 
 
+def _user_sets(overrides: Sequence[str], key: str) -> bool:
+    return any(o.split("=", 1)[0].strip() == key for o in overrides)
+
+
+def accumulation_adaptation(config, overrides: Sequence[str] = ()) -> dict[str, Any] | None:
+    """The suite's one adaptation of a row's preset: ``train.partial_accumulation=step`` where
+    the preset's ``drop`` would leave a partition without any optimiser step, else ``None``.
+
+    Self-MM's and MMILN's official loops (``grad_accumulation: 4``, ``partial_accumulation:
+    drop``) step once per 4 batches and discard an epoch's last, incomplete group; on a
+    partition with fewer training batches than ``grad_accumulation`` (3 batches of 32 on a fold
+    of the 229 packaged clips) they would never step, and the trainer refuses such a run. A
+    suite runs every row under one protocol, so it runs that row with the last group stepped
+    and records why (``suite.json``'s ``adaptations``, a note under the table and in the
+    leaderboard). ``--set train.partial_accumulation=...`` is the user's choice: never adapted.
+    """
+    train = config.train
+    if (train.partial_accumulation != "drop" or train.grad_accumulation == 1
+            or _user_sets(overrides, "train.partial_accumulation")):
+        return None
+    from msakit.training.loading import load_experiment_data
+
+    _, partitions = load_experiment_data(config)
+    short = {p.name: math.ceil(len(p.train) / train.batch_size) for p in partitions}
+    short = {name: n for name, n in short.items() if n < train.grad_accumulation}
+    if not short:
+        return None
+    parts = ", ".join(f"{name} has {n}" for name, n in short.items())
+    return {"key": "train.partial_accumulation", "preset": "drop", "used": "step",
+            "reason": (f"train.grad_accumulation={train.grad_accumulation} with "
+                       f"train.partial_accumulation=drop never takes an optimiser step on a "
+                       f"partition with fewer training batches of {train.batch_size} ({parts}); "
+                       "the last, incomplete group of each epoch is stepped instead")}
+
+
 def _train_row(row: SuiteRow, dataset: str, suite_dir: Path, data: str, folds: int | None,
                epochs: int | None, seeds: list[int] | None, overrides: list[str],
                lm_checks: dict[str, tuple[bool, str]], run_kwargs: dict[str, Any],
@@ -376,8 +411,9 @@ def _train_row(row: SuiteRow, dataset: str, suite_dir: Path, data: str, folds: i
     run_dir = suite_dir / row.id
     state = _row_state(run_dir) if run_dir.is_dir() else "new"
     entry: dict[str, Any] = {"run_dir": row.id}
-    if state != "new" and previous.get("language_model_substituted"):
-        entry["language_model_substituted"] = previous["language_model_substituted"]
+    for carried in ("language_model_substituted", "adaptations"):
+        if state != "new" and previous.get(carried):
+            entry[carried] = previous[carried]
     if state == "finished":
         console.print(f"[bold]{row.label}[/]: finished in {run_dir}, kept")
         entry.update(state="finished", kept=True)
@@ -398,22 +434,31 @@ def _train_row(row: SuiteRow, dataset: str, suite_dir: Path, data: str, folds: i
             extra.append(f"train.epochs={epochs}")
         config = build_config(row.model, [*extra, *overrides], preset=preset)
         requested_lm = config.model.language_model
-        user_lm = any(o.split("=", 1)[0].strip() == "model.language_model" for o in overrides)
+        user_lm = _user_sets(overrides, "model.language_model")
         if not user_lm and requested_lm != DEFAULT_LANGUAGE_MODEL:
             if requested_lm not in lm_checks:
                 lm_checks[requested_lm] = language_model_reachable(requested_lm)
             reachable, reason = lm_checks[requested_lm]
             if not reachable:
-                config = build_config(row.model, [
-                    *extra, *overrides, f"model.language_model={DEFAULT_LANGUAGE_MODEL}"],
-                    preset=preset)
+                extra.append(f"model.language_model={DEFAULT_LANGUAGE_MODEL}")
+                config = build_config(row.model, [*extra, *overrides], preset=preset)
                 entry["language_model_substituted"] = {
                     "requested": requested_lm, "used": DEFAULT_LANGUAGE_MODEL, "reason": reason}
                 console.print(f"[yellow]{row.label}: {requested_lm!r} is not available here "
                               f"({reason}); the packaged {DEFAULT_LANGUAGE_MODEL!r} stands in")
+        adaptation = accumulation_adaptation(config, overrides)
+        if adaptation is not None:
+            config = build_config(row.model, [
+                *extra, *overrides, f"{adaptation['key']}={adaptation['used']}"], preset=preset)
+            entry["adaptations"] = [adaptation]
+            console.print(f"[yellow]{row.label}: runs with {adaptation['key']}="
+                          f"{adaptation['used']} instead of {adaptation['preset']}: "
+                          f"{adaptation['reason']}", highlight=False)
         console.print(f"[bold]{row.label}[/]: msakit train {row.model}"
                       + (f" --preset {preset}" if preset else " (no preset for this dataset: "
-                         "the model's shipped defaults)"))
+                         "the model's shipped defaults)")
+                      + "".join(f" --set {a['key']}={a['used']}"
+                                for a in entry.get("adaptations", [])))
         if run_dir.is_dir() and not runfolder.is_failed_run(run_dir):
             raise SuiteError(f"{run_dir} exists and is not a run this suite can continue; move "
                              "it away to rerun the row")
@@ -427,12 +472,44 @@ def _train_row(row: SuiteRow, dataset: str, suite_dir: Path, data: str, folds: i
     return entry
 
 
+NOT_SELECTED = "not selected (--rows)"
+
+
+def _selected_rows(suite: Suite, rows: Sequence[str] | None,
+                   registered: Sequence[str]) -> set[str] | None:
+    """The row ids ``--rows`` asks for (``None``: every available row), after refusing ids the
+    suite lacks and rows that cannot run."""
+    if not rows:
+        return None
+    ids = [r.id for r in suite.rows]
+    unknown = [r for r in rows if r not in ids]
+    if unknown:
+        raise SuiteError(f"--rows: suite {suite.name!r} has no row(s) {', '.join(unknown)}; its "
+                         f"rows: {', '.join(ids)}")
+    cannot = [f"{r} ({suite.row(r).status(registered)})" for r in rows
+              if suite.row(r).status(registered) != AVAILABLE]
+    if cannot:
+        raise SuiteError(f"--rows: these rows cannot run here: {', '.join(cannot)}")
+    return set(rows)
+
+
+def _unselected_row(row: SuiteRow, suite_dir: Path, previous: dict[str, Any]) -> dict[str, Any]:
+    """A row left out by ``--rows``: what the suite folder has for it (a finished row's
+    figures, a failed row's error), else ``not run``."""
+    finished = (previous.get("state") == "finished" and previous.get("run_dir")
+                and _row_state(suite_dir / previous["run_dir"]) == "finished")
+    if finished or previous.get("state") == "failed":
+        return {k: v for k, v in previous.items() if k not in ("kept", "resumed")}
+    return {"state": "not run", "reason": NOT_SELECTED}
+
+
 def run_suite(suite: Suite, data: str | None = None, *, dataset: str | None = None,
               folds: int | None = None, epochs: int | None = None,
               seeds: list[int] | None = None, overrides: Sequence[str] = (),
               output_dir: str | Path = "runs", resume_dir: str | Path | None = None,
               progress: bool = True, jobs: int = 1, console=None,
-              registered: Callable[[], list[str]] | None = None) -> tuple[Path, dict[str, Any]]:
+              registered: Callable[[], list[str]] | None = None,
+              rows: Sequence[str] | None = None) -> tuple[Path, dict[str, Any]]:
     """Run every available row of ``suite`` on ``data``; return the suite folder and its record.
 
     Args:
@@ -443,6 +520,9 @@ def run_suite(suite: Suite, data: str | None = None, *, dataset: str | None = No
         resume_dir: a suite folder to continue: its finished rows are kept, unfinished or failed
             ones continue in their run folders, the rest are trained. The options must be the
             recorded ones (those not given are taken from the record).
+        rows: train only these rows (ids); the others keep what the suite folder has for them
+            (a finished row its figures) or are reported as not selected. With ``resume_dir``
+            this adds rows, e.g. a model registered since, to a suite folder.
 
     A row that fails is recorded (``state: failed``, the error) and the next row runs; the
     record is written after every row, ``suite.md`` at the end.
@@ -474,6 +554,7 @@ def run_suite(suite: Suite, data: str | None = None, *, dataset: str | None = No
         previous = {}
         suite_dir = runfolder.new_run_dir(output_dir, f"suite-{suite.name}", dataset)
     names = (registered or list_models)()
+    selected = _selected_rows(suite, rows, names)
     record: dict[str, Any] = {
         "suite": suite.name, "title": suite.title, "source": suite.source, "note": suite.note,
         "dataset": dataset, "dataset_description": suite.datasets[dataset], "request": request,
@@ -494,6 +575,8 @@ def run_suite(suite: Suite, data: str | None = None, *, dataset: str | None = No
                                f"{status}: model {row.model!r} is not registered in this msakit")
             if row.measured_in is None:
                 console.print(f"[dim]{row.label}: skipped ({entry['reason']})")
+        elif selected is not None and row.id not in selected:
+            entry.update(_unselected_row(row, suite_dir, previous.get(row.id, {})))
         else:
             try:
                 entry.update(_train_row(row, dataset, suite_dir, data, folds, epochs, seeds,
@@ -561,11 +644,19 @@ def _state_cell(entry: dict[str, Any]) -> str:
     if entry.get("state") == "failed":
         return f"failed: {entry.get('error', '')}"
     if entry.get("state") == "not run":
-        return entry["status"]
-    text = "measured"
+        return NOT_SELECTED if entry.get("reason") == NOT_SELECTED else entry["status"]
+    changes = []
     if entry.get("language_model_substituted"):
-        text += f" (LM {entry['language_model']} for {entry['language_model_substituted']['requested']})"
-    return text
+        changes.append(f"LM {entry['language_model']} for "
+                       f"{entry['language_model_substituted']['requested']}")
+    changes += [f"{a['key']}={a['used']}" for a in entry.get("adaptations", [])]
+    return "measured" + (f" ({'; '.join(changes)})" if changes else "")
+
+
+def adaptation_note(entry: dict[str, Any]) -> str:
+    """One sentence per row the suite adapted (empty when it ran its preset as written)."""
+    return " ".join(f"{a['key']}={a['used']} instead of the preset's {a['preset']}: "
+                    f"{a['reason']}." for a in entry.get("adaptations", []))
 
 
 def suite_rows(record: dict[str, Any], stacked: bool = False) -> tuple[list[str], list[list[str]]]:
@@ -608,8 +699,17 @@ def suite_notes(record: dict[str, Any]) -> list[str]:
             f"No model hub was reachable for {', '.join(record['language_model_substituted'])} "
             "(named by the presets): the packaged all-MiniLM-L6-v2 stands in, so these rows do "
             "not use the paper's language model.")
+    adapted = [e for e in record["rows"] if e.get("adaptations")]
+    if adapted:
+        notes.append("Adapted by the suite (the row's preset as written cannot train on these "
+                      "partitions): " + "; ".join(f"{e['label']}: {adaptation_note(e)}"
+                                                  for e in adapted))
     skipped = [e for e in record["rows"] if e.get("state") == "not run"
                and not e["status"].startswith("measured in")]
+    unselected = [e["label"] for e in skipped if e.get("reason") == NOT_SELECTED]
+    skipped = [e for e in skipped if e.get("reason") != NOT_SELECTED]
+    if unselected:
+        notes.append(f"Not selected by --rows (runnable, not run): {', '.join(unselected)}.")
     if skipped:
         notes.append("Not run: " + "; ".join(
             f"{e['label']} ({e['status']}" + (f", code: {e['code']}" if e.get("code")
@@ -680,3 +780,23 @@ def leaderboard_runs(suite_dir: str | Path, baseline: str | None = None) -> tupl
     first = by_id[wanted] if wanted is not None else finished[0]
     others = [e for e in finished if e is not first]
     return suite_dir / first["run_dir"], [suite_dir / e["run_dir"] for e in others]
+
+
+def suite_run_notes(suite_dir: str | Path) -> dict[Path, list[str]]:
+    """What the suite changed in each finished row's run (the language model that stood in, the
+    adaptations), sentences by run folder: the leaderboard prints them under its table."""
+    suite_dir = Path(suite_dir)
+    record = runfolder.read_json(suite_dir / SUITE_JSON)
+    notes = {}
+    for entry in record["rows"]:
+        if entry.get("state") != "finished" or not entry.get("run_dir"):
+            continue
+        parts = []
+        if entry.get("language_model_substituted"):
+            parts.append(f"language model {entry['language_model']} for "
+                         f"{entry['language_model_substituted']['requested']}.")
+        if entry.get("adaptations"):
+            parts.append(adaptation_note(entry))
+        if parts:
+            notes[(suite_dir / entry["run_dir"]).resolve()] = parts
+    return notes

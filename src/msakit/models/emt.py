@@ -55,9 +55,8 @@ the papers' tables; the official scripts evaluate at the training rate).
 
 Where msakit differs from the official code (each documented in docs/models.md): the
 ``[UNK]`` id is ``unk_token_id`` (100 in BERT's and MiniLM's vocabularies, hard-coded
-officially); a batch of one clip works (the official ``squeeze`` breaks on it); audio/vision
-outputs are padded to the batch's padded length rather than its longest clip (the extra
-positions are masked everywhere, so no value changes).
+officially); a batch of one clip works (the official ``squeeze`` breaks on it; a training batch
+of one is batch-normalised with the running statistics).
 """
 
 from __future__ import annotations
@@ -82,7 +81,7 @@ from msakit.models.base import (
     modality_parameter_groups,
     require_modalities,
 )
-from msakit.modules.encoders import SequenceLSTM, recurrent_input
+from msakit.modules.encoders import RecurrentInput, SequenceLSTM, recurrent_input
 from msakit.modules.text import PretrainedTextEncoder
 from msakit.modules.ulgm import SentimentHead
 
@@ -250,17 +249,21 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         batch, steps, dim = x.shape
+        heads = self.heads
 
-        def split(t: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, h, T, D/h)
-            return t.reshape(batch, t.shape[1], self.heads, -1).transpose(1, 2)
+        def split(t: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B*h, T, D/h), as official
+            return t.reshape(batch, t.shape[1], heads, -1).transpose(1, 2).reshape(
+                batch * heads, t.shape[1], -1)
 
         key, value = self.to_kv(context).chunk(2, dim=-1)
         scores = split(self.to_q(x)) @ split(key).transpose(-1, -2) * self.scale
-        if mask is not None:
-            scores = scores.masked_fill(~mask[:, None, None, :], -torch.finfo(scores.dtype).max)
-        weights = self.dropout(scores.softmax(dim=-1))
-        out = (weights @ split(value)).transpose(1, 2).reshape(batch, steps, dim)
-        return self.to_out(out)
+        if mask is not None:  # (B, T2) -> (B*h, 1, T2)
+            keep = mask[:, None, None, :].expand(batch, heads, 1, mask.shape[1])
+            scores = scores.masked_fill(~keep.reshape(batch * heads, 1, -1),
+                                        -torch.finfo(scores.dtype).max)
+        weights = self.dropout(scores.softmax(dim=-1))  # (B*h, T1, T2)
+        out = (weights @ split(value)).reshape(batch, heads, steps, -1).transpose(1, 2)
+        return self.to_out(out.reshape(batch, steps, dim))
 
 
 class FeedForward(nn.Module):
@@ -465,7 +468,7 @@ class EMT(MSAModel):
         attention = batch["attention_mask"].bool()
         real = {"text": attention}
         for m in ("audio", "vision"):
-            seq = recurrent_input(batch, m)
+            seq = _trimmed(recurrent_input(batch, m))
             real[m] = torch.arange(seq.x.shape[1], device=seq.x.device)[None] < seq.lengths[:, None]
         masks = {}
         for i, m in enumerate(MODALITIES):
@@ -517,13 +520,16 @@ class EMT(MSAModel):
         config: EMTConfig = self.config  # type: ignore[assignment]
         check_batch_sequence(batch, "audio", self.dims.audio)
         check_batch_sequence(batch, "vision", self.dims.vision)
-        audio, vision = recurrent_input(batch, "audio"), recurrent_input(batch, "vision")
+        audio, vision = (_trimmed(recurrent_input(batch, m)) for m in ("audio", "vision"))
         attention_mask = batch["attention_mask"]
         text_lengths = attention_mask.sum(1) - 2  # the tokens between [CLS] and [SEP]
         text_states = self.text_encoder.encode_batch(batch)  # (B, L_t, H)
         complete = self._view(text_states, text_lengths, audio, vision, audio.x, vision.x)
 
         masks = self.missing_masks(batch)
+        if masks is not None:  # audio/vision masks over the trimmed steps
+            masks = {"text": masks["text"], "audio": masks["audio"][:, :audio.x.shape[1]],
+                     "vision": masks["vision"][:, :vision.x.shape[1]]}
         if masks is None:
             incomplete = complete
         else:
@@ -562,6 +568,14 @@ class EMT(MSAModel):
                     config.recon_loss, reconstruction, targets[m], missing)
         return ModelOutput(prediction=incomplete["prediction"], losses=losses,
                            extras={"pred_complete": complete["prediction"].detach()})
+
+
+def _trimmed(seq: RecurrentInput) -> RecurrentInput:
+    """The sequence cut to its batch's longest clip, as the official ``pad_packed_sequence``
+    leaves it (read from the CPU lengths; left whole when only device lengths exist)."""
+    if seq.host_lengths.device.type != "cpu" or seq.x.shape[0] == 0:
+        return seq
+    return seq._replace(x=seq.x[:, :int(seq.host_lengths.max())])
 
 
 def _linear_or_identity(in_dim: int, out_dim: int) -> nn.Module:

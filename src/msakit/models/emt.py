@@ -537,7 +537,8 @@ class EMT(MSAModel):
         else:
             ids = torch.where(masks["text"] | ~attention_mask.bool(), batch["input_ids"],
                               torch.full_like(batch["input_ids"], config.unk_token_id))
-            masked_states = self.text_encoder(ids, attention_mask, batch.get("token_type_ids"))
+            masked_states = self.text_encoder(ids, attention_mask, batch.get("token_type_ids"),
+                                              lm_attention_mask=batch.get("lm_attention_mask"))
             incomplete = self._view(
                 masked_states, text_lengths, audio, vision,
                 audio.x * masks["audio"].unsqueeze(-1).to(audio.x.dtype),

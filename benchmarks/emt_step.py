@@ -4,7 +4,9 @@
     PYTHONPATH=src python benchmarks/emt_step.py --official /tmp/emt-official [--steps 20]
 
 Both sides train on the same ``--steps + 2`` random batches of MOSI's shapes (MMSA's
-``unaligned_50``: 50 text tokens, audio 375 x 5, vision 500 x 20, real lengths drawn per clip),
+``unaligned_50``: 50 text tokens, audio 375 x 5, vision 500 x 20; real lengths drawn per clip
+between 1/8 and 1/2 of those, so that both sides' autograd graphs fit a 6 GB machine: both trim
+to the batch's longest clip),
 batch size 32 (the official MOSI preset), the official MOSI hyper-parameters and dropout rates,
 missing rate 0 (the complete-data setting), ``update_epochs`` 1 (one optimiser step per batch),
 one CPU thread, in one process, official first. The language model is the packaged
@@ -61,7 +63,7 @@ def random_batches(count: int, vocab: int) -> list[dict]:
                  "labels": torch.rand(BATCH, generator=generator) * 6 - 3,
                  "index": torch.arange(i * BATCH, (i + 1) * BATCH)}
         for name, (steps, dim) in (("audio", AUDIO), ("vision", VISION)):
-            lengths = torch.randint(steps // 4, steps + 1, (BATCH,), generator=generator)
+            lengths = torch.randint(steps // 8, steps // 2 + 1, (BATCH,), generator=generator)
             real = torch.arange(steps)[None] < lengths[:, None]
             batch[name] = torch.randn(BATCH, steps, dim, generator=generator) * real[..., None]
             batch[f"{name}_lengths"], batch[f"{name}_mask"] = lengths, real

@@ -157,6 +157,28 @@ def mlmf(p: dict, dataset: str) -> tuple[dict, dict]:
             train_fields(p))
 
 
+def mmim(p: dict, dataset: str) -> tuple[dict, dict]:
+    model = {"freeze_language_model": not p["use_finetune"], "audio_hidden": p["d_ah"],
+             "vision_hidden": p["d_vh"], "audio_out": p["d_aout"], "vision_out": p["d_vout"],
+             "bidirectional": p["bidirectional"], "fusion_hidden": p["d_prjh"],
+             "fusion_dropout": p["dropout_prj"], "cpc_layers": p["cpc_layers"],
+             "cpc_activation": p["cpc_activation"],
+             "mmilb_activation": p["mmilb_mid_activation"], "add_va": p["add_va"],
+             "contrast": p["contrast"], "memory_size": p["mem_size"],
+             "mmilb_lr": p["lr_mmilb"], "mmilb_weight_decay": p["weight_decay_mmilb"]}
+    if dataset == "mosei":  # trains/singleTask/MMIM.py: train_mmilb stops half-way on MOSEI
+        model["mmilb_batch_fraction"] = 0.5
+    model["loss_weights"] = (f"{{task: 1.0, cpc: {fmt(float(p['alpha']))}, mmilb: "
+                             f"{fmt(float(p['beta']))}, entropy: {fmt(float(p['beta']))}}}")
+    train = {"optimizer": p["optim"].lower(), "batch_size": p["batch_size"],
+             "lr": p["lr_main"], "weight_decay": p["weight_decay_main"], "lm_lr": p["lr_bert"],
+             "lm_weight_decay": p["weight_decay_bert"], "grad_clip_norm": p["grad_clip"],
+             "scheduler": "plateau", "plateau_factor": 0.5, "plateau_patience": p["when"],
+             "patience": p["early_stop"], "min_improvement": 1.0e-6,
+             "selection_metric": "loss", "epochs": 1000}
+    return model, train
+
+
 MODELS = {
     "tfn": ("TFN", tfn, AVERAGED),
     "lmf": ("LMF", lmf, AVERAGED),
@@ -184,6 +206,13 @@ MODELS = {
         "steps; MMSA divides by its arrays' padded length (SIMS: audio 400, vision 55), which",
         "model.audio_average_steps / vision_average_steps reproduce. MMSA runs it on CH-SIMS only:",
         "four L1 terms on the human and the unimodal labels (labels_T/_A/_V)."]),
+    "mmim": ("MMIM", mmim, [
+        NO_CAP,
+        "MMSA fine-tunes BERT (use_finetune). Every epoch: the MMILB pass (its own Adam, "
+        "model.mmilb_*),",
+        "then the main pass; the main lr halves after `when` epochs without a lower validation "
+        "loss.",
+        "MMIM is not in MMSA's results/result-stat.md: no reproduced figures to compare with."]),
 }
 
 

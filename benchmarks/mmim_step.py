@@ -12,7 +12,7 @@ padded batch as MMSA). Both with MMSA's MOSI hyper-parameters (config_regression
 all-MiniLM-L6-v2 as the fine-tuned BERT (MMSA's bert-base-uncased needs the hub), one MOSI
 batch of MMSA's preset size 32: 50 text tokens, audio (32, 500, 5), vision (32, 375, 20) with
 random real lengths, random features and labels. Printed: the median of ``--repeats`` timed steps
-after ``--warmup`` untimed ones, both toolkits in one process, back to back.
+after ``--warmup`` untimed ones, both toolkits in one process, their steps taken in turn.
 """
 
 from __future__ import annotations
@@ -57,14 +57,18 @@ def make_batch() -> dict:
             "audio_lengths": audio_lengths, "vision_lengths": vision_lengths, "labels": labels}
 
 
-def time_steps(step, warmup: int, repeats: int) -> list[float]:
+def time_steps(steps: dict, warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds of each step, the steps taken in turn (one of each per round), so that the load
+    of a shared machine weighs on all of them alike."""
     for _ in range(warmup):
-        step()
-    seconds = []
+        for step in steps.values():
+            step()
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
-        started = time.perf_counter()
-        step()
-        seconds.append(time.perf_counter() - started)
+        for name, step in steps.items():
+            started = time.perf_counter()
+            step()
+            seconds[name].append(time.perf_counter() - started)
     return seconds
 
 
@@ -165,8 +169,7 @@ def main() -> None:
     torch.manual_seed(0)
     steps["msakit, one padded LM batch"] = msakit_step(batch, ["model.lm_group_by_length=false"])
     medians = {}
-    for name, step in steps.items():
-        seconds = time_steps(step, args.warmup, args.repeats)
+    for name, seconds in time_steps(steps, args.warmup, args.repeats).items():
         medians[name] = statistics.median(seconds)
         print(f"{name}: median {medians[name] * 1000:.0f} ms per step (MMILB + main) over "
               f"{args.repeats} steps, min {min(seconds) * 1000:.0f}, max "

@@ -131,8 +131,8 @@ def msakit_step(batch: dict, extra: list[str]):
 
     trainer = Trainer(config, Path(tempfile.mkdtemp()), "mosi", progress=False)
     stages = model.training_stages(config.train)
-    optimizer = make_optimizer(model, config, stages)
-    stage_optimizers = make_stage_optimizers(model, config, stages)
+    optimizer = make_optimizer(model, config)
+    stage_optimizers = make_stage_optimizers(model, config)
     trainer._stage_parameters = [p for s in stages for g in s.parameter_groups
                                  for p in g["params"]]
     lengths = {"audio": batch["audio_lengths"], "vision": batch["vision_lengths"]}

@@ -19,7 +19,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,18 +113,18 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
 
 
-def build_parameter_groups(model: MSAModel, config: ExperimentConfig,
-                           stages: Sequence[TrainingStage] = ()) -> list[dict[str, Any]]:
+def build_parameter_groups(model: MSAModel, config: ExperimentConfig) -> list[dict[str, Any]]:
     """The model's optimiser groups (:meth:`MSAModel.parameter_groups`), checked.
 
     Empty groups are dropped; every trainable parameter must be in exactly one group (of these
-    or of the ``stages``' optimisers, :meth:`MSAModel.training_stages`) and no frozen parameter
-    in any.
+    or of the optimisers of the model's :meth:`MSAModel.training_stages`) and no frozen
+    parameter in any.
     """
     groups = [g for g in model.parameter_groups(config.train) if len(g["params"])]
     seen: dict[int, str] = {}
     stage_groups = [{**g, "name": f"{stage.name}:{g.get('name', '')}"}
-                    for stage in stages for g in stage.parameter_groups]
+                    for stage in model.training_stages(config.train)
+                    for g in stage.parameter_groups]
     for group in [*stage_groups, *groups]:
         for parameter in group["params"]:
             if id(parameter) in seen:
@@ -143,24 +143,24 @@ def build_parameter_groups(model: MSAModel, config: ExperimentConfig,
     return groups
 
 
-def make_optimizer(model: MSAModel, config: ExperimentConfig,
-                   stages: Sequence[TrainingStage] = ()) -> torch.optim.Optimizer:
-    """Adam or AdamW over the model's parameter groups (those of the ``stages`` left out).
+def make_optimizer(model: MSAModel, config: ExperimentConfig) -> torch.optim.Optimizer:
+    """Adam or AdamW over the model's parameter groups (the main pass's; its
+    :meth:`MSAModel.training_stages` have their own, :func:`make_stage_optimizers`).
 
     With ``train.fused_optimizer`` (default) the update runs as PyTorch's fused kernel when every
     parameter is a float tensor on the CPU or a CUDA device: the same Adam update, one kernel
     for all parameters instead of a Python loop of small ops per parameter (on CPU the loop was
     about a quarter of a MISA step with a fine-tuned LM, see docs/performance.md).
     """
-    return _adam(build_parameter_groups(model, config, stages), config)
+    return _adam(build_parameter_groups(model, config), config)
 
 
-def make_stage_optimizers(model: MSAModel, config: ExperimentConfig,
-                          stages: Sequence[TrainingStage]) -> dict[str, torch.optim.Optimizer]:
-    """One Adam/AdamW per :class:`TrainingStage` over its parameter groups (empty ones
-    dropped), by stage name."""
+def make_stage_optimizers(model: MSAModel, config: ExperimentConfig
+                          ) -> dict[str, torch.optim.Optimizer]:
+    """One Adam/AdamW per :class:`TrainingStage` of the model over its parameter groups (empty
+    ones dropped), by stage name."""
     optimizers = {}
-    for stage in stages:
+    for stage in model.training_stages(config.train):
         if stage.name == "main" or stage.name in optimizers:
             raise RuntimeError(f"model {config.model.name}: training stage name {stage.name!r} "
                                "is 'main' or used twice")
@@ -507,8 +507,8 @@ class Trainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True)
         stages = model.training_stages(cfg)
-        optimizer = make_optimizer(model, self.config, stages)
-        stage_optimizers = make_stage_optimizers(model, self.config, stages)
+        optimizer = make_optimizer(model, self.config)
+        stage_optimizers = make_stage_optimizers(model, self.config)
         self._stage_parameters = [p for s in stages for g in s.parameter_groups
                                   for p in g["params"]]
         steps_per_epoch = 1

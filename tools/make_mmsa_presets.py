@@ -174,6 +174,28 @@ def cenet(p: dict, dataset: str) -> tuple[dict, dict]:
              "loss": "l1", "adam_epsilon": p["adam_epsilon"]}, train)
 
 
+def mmim(p: dict, dataset: str) -> tuple[dict, dict]:
+    model = {"freeze_language_model": not p["use_finetune"], "audio_hidden": p["d_ah"],
+             "vision_hidden": p["d_vh"], "audio_out": p["d_aout"], "vision_out": p["d_vout"],
+             "bidirectional": p["bidirectional"], "fusion_hidden": p["d_prjh"],
+             "fusion_dropout": p["dropout_prj"], "cpc_layers": p["cpc_layers"],
+             "cpc_activation": p["cpc_activation"],
+             "mmilb_activation": p["mmilb_mid_activation"], "add_va": p["add_va"],
+             "contrast": p["contrast"], "memory_size": p["mem_size"],
+             "mmilb_lr": p["lr_mmilb"], "mmilb_weight_decay": p["weight_decay_mmilb"]}
+    if dataset == "mosei":  # trains/singleTask/MMIM.py: train_mmilb stops half-way on MOSEI
+        model["mmilb_batch_fraction"] = 0.5
+    model["loss_weights"] = (f"{{task: 1.0, cpc: {fmt(float(p['alpha']))}, mmilb: "
+                             f"{fmt(float(p['beta']))}, entropy: {fmt(float(p['beta']))}}}")
+    train = {"optimizer": p["optim"].lower(), "batch_size": p["batch_size"],
+             "lr": p["lr_main"], "weight_decay": p["weight_decay_main"], "lm_lr": p["lr_bert"],
+             "lm_weight_decay": p["weight_decay_bert"], "grad_clip_norm": p["grad_clip"],
+             "scheduler": "plateau", "plateau_factor": 0.5, "plateau_patience": p["when"],
+             "patience": p["early_stop"], "min_improvement": 1.0e-6,
+             "selection_metric": "loss", "epochs": 1000}
+    return model, train
+
+
 MODELS = {
     "tfn": ("TFN", tfn, AVERAGED),
     "lmf": ("LMF", lmf, AVERAGED),
@@ -214,6 +236,13 @@ MODELS = {
         "375; SIMS:",
         "400, 55); msakit masks the padding, model.audio_attended_steps / vision_attended_steps "
         "reproduce MMSA."]),
+    "mmim": ("MMIM", mmim, [
+        NO_CAP,
+        "MMSA fine-tunes BERT (use_finetune). Every epoch: the MMILB pass (its own Adam, "
+        "model.mmilb_*),",
+        "then the main pass; the main lr halves after `when` epochs without a lower validation "
+        "loss.",
+        "MMIM is not in MMSA's results/result-stat.md: no reproduced figures to compare with."]),
 }
 
 

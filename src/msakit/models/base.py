@@ -112,6 +112,29 @@ def check_loss_weights(weights: dict[str, float], terms: tuple[str, ...], model:
         )
 
 
+@dataclass(frozen=True)
+class TrainingStage:
+    """A pass over the training batches that runs before the main pass in every epoch, with an
+    optimiser of its own (:meth:`MSAModel.training_stages`; e.g. MMIM's MMILB stage).
+
+    While it runs the trainer sets ``model.training_stage`` to ``name``; ``forward`` then
+    returns only the loss terms this stage minimises (their unweighted sum), and the trainer
+    writes their epoch means as ``train_<name>_<term>`` columns of ``epochs.csv``. Every batch
+    takes a step (clipped like the main pass's), then all gradients are dropped.
+
+    Attributes:
+        name: the stage's name (not ``"main"``, the main pass's).
+        parameter_groups: optimiser groups (as :meth:`MSAModel.parameter_groups` returns them)
+            of the parameters this stage trains; the main pass's optimiser does not hold them,
+            and their gradients from the main pass are dropped after each main step.
+        batch_fraction: the share of each epoch's batches the stage reads (the first ones).
+    """
+
+    name: str
+    parameter_groups: list[dict[str, Any]]
+    batch_fraction: float = 1.0
+
+
 @dataclass
 class ModelOutput:
     """What ``forward`` returns.
@@ -140,6 +163,9 @@ class MSAModel(nn.Module):
 
     A model with ``fits_in_closed_form = True`` has no gradient training: the trainer calls
     :meth:`fit_closed_form` once instead of the epochs (one row in ``epochs.csv``).
+
+    A model whose official loop has more than one optimiser declares the extra passes in
+    :meth:`training_stages`; ``training_stage`` names the pass that is running.
     """
 
     name: ClassVar[str] = ""
@@ -151,6 +177,8 @@ class MSAModel(nn.Module):
         super().__init__()
         self.config = config
         self.dims = dims
+        #: the training pass running now: ``"main"`` or a :class:`TrainingStage`'s name
+        self.training_stage = "main"
 
     # -- the one required method -------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> ModelOutput:  # pragma: no cover - abstract
@@ -168,6 +196,11 @@ class MSAModel(nn.Module):
 
     def on_epoch_end(self, epoch: int) -> None:
         """Called after each training epoch, before validation."""
+
+    def training_stages(self, train: TrainConfig) -> list[TrainingStage]:
+        """Extra passes over the training batches, each with its own optimiser, run in this
+        order before the main pass in every epoch (default: none)."""
+        return []
 
     def fit_closed_form(self, train_batches: Iterable[dict[str, Any]],
                         valid_batches: Iterable[dict[str, Any]]) -> dict[str, float]:

@@ -15,6 +15,7 @@ term, epoch and step). ``train.precision`` runs forward passes under ``torch.aut
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import time
@@ -38,7 +39,7 @@ from msakit import runfolder
 from msakit.config import ConfigError, ExperimentConfig
 from msakit.data.dataset import DataError
 from msakit.metrics import compute_metrics, metric_direction
-from msakit.models.base import ModelOutput, MSAModel
+from msakit.models.base import ModelOutput, MSAModel, TrainingStage
 from msakit.summary import format_metric
 from msakit.training import distributed
 from msakit.training.seeding import restore_rng_state, rng_state, seed_everything
@@ -115,12 +116,16 @@ def autocast(precision: str, device: torch.device):
 def build_parameter_groups(model: MSAModel, config: ExperimentConfig) -> list[dict[str, Any]]:
     """The model's optimiser groups (:meth:`MSAModel.parameter_groups`), checked.
 
-    Empty groups are dropped; every trainable parameter must be in exactly one group and no
-    frozen parameter in any.
+    Empty groups are dropped; every trainable parameter must be in exactly one group (of these
+    or of the optimisers of the model's :meth:`MSAModel.training_stages`) and no frozen
+    parameter in any.
     """
     groups = [g for g in model.parameter_groups(config.train) if len(g["params"])]
     seen: dict[int, str] = {}
-    for group in groups:
+    stage_groups = [{**g, "name": f"{stage.name}:{g.get('name', '')}"}
+                    for stage in model.training_stages(config.train)
+                    for g in stage.parameter_groups]
+    for group in [*stage_groups, *groups]:
         for parameter in group["params"]:
             if id(parameter) in seen:
                 raise RuntimeError(f"model {config.model.name}: a parameter is in optimiser "
@@ -139,14 +144,35 @@ def build_parameter_groups(model: MSAModel, config: ExperimentConfig) -> list[di
 
 
 def make_optimizer(model: MSAModel, config: ExperimentConfig) -> torch.optim.Optimizer:
-    """Adam or AdamW over the model's parameter groups.
+    """Adam or AdamW over the model's parameter groups (the main pass's; its
+    :meth:`MSAModel.training_stages` have their own, :func:`make_stage_optimizers`).
 
     With ``train.fused_optimizer`` (default) the update runs as PyTorch's fused kernel when every
     parameter is a float tensor on the CPU or a CUDA device: the same Adam update, one kernel
     for all parameters instead of a Python loop of small ops per parameter (on CPU the loop was
     about a quarter of a MISA step with a fine-tuned LM, see docs/performance.md).
     """
-    groups = build_parameter_groups(model, config)
+    return _adam(build_parameter_groups(model, config), config)
+
+
+def make_stage_optimizers(model: MSAModel, config: ExperimentConfig
+                          ) -> dict[str, torch.optim.Optimizer]:
+    """One Adam/AdamW per :class:`TrainingStage` of the model over its parameter groups (empty
+    ones dropped), by stage name."""
+    optimizers = {}
+    for stage in model.training_stages(config.train):
+        if stage.name == "main" or stage.name in optimizers:
+            raise RuntimeError(f"model {config.model.name}: training stage name {stage.name!r} "
+                               "is 'main' or used twice")
+        groups = [g for g in stage.parameter_groups if len(g["params"])]
+        if not groups:
+            raise ConfigError(f"model {config.model.name}: training stage {stage.name!r} has "
+                              "no trainable parameters")
+        optimizers[stage.name] = _adam(groups, config)
+    return optimizers
+
+
+def _adam(groups: list[dict[str, Any]], config: ExperimentConfig) -> torch.optim.Optimizer:
     cls = torch.optim.AdamW if config.train.optimizer == "adamw" else torch.optim.Adam
     parameters = [p for group in groups for p in group["params"]]
     fused = config.train.fused_optimizer and all(
@@ -403,6 +429,7 @@ class Trainer:
         selection = config.train.selection_metric
         self.selection_mode = "min" if selection == "loss" else metric_direction(selection)
         self._step_scheduler = None  # a per-optimiser-step schedule, set up in fit
+        self._stage_parameters: list[torch.nn.Parameter] = []  # held by stage optimisers
         self.train_module: torch.nn.Module | None = None  # the model, DDP-wrapped under torchrun
 
     # ------------------------------------------------------------------------------------------
@@ -413,12 +440,15 @@ class Trainer:
         margin = self.config.train.min_improvement
         return gain >= margin if margin > 0 else gain > 0
 
-    def _save_last(self, model, optimizer, scheduler, state: dict[str, Any]) -> None:
+    def _save_last(self, model, optimizer, scheduler, state: dict[str, Any],
+                   stage_optimizers: dict[str, torch.optim.Optimizer] | None = None) -> None:
         if not self.process.is_main:
             return
         payload = {
             "model": model.checkpoint_state_dict(),
             "optimizer": optimizer.state_dict(),
+            **({"stage_optimizers": {k: o.state_dict() for k, o in stage_optimizers.items()}}
+               if stage_optimizers else {}),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "grad_scaler": self.scaler.state_dict(),
             "rng": rng_state(),
@@ -476,7 +506,11 @@ class Trainer:
             self.train_module = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True)
+        stages = model.training_stages(cfg)
         optimizer = make_optimizer(model, self.config)
+        stage_optimizers = make_stage_optimizers(model, self.config)
+        self._stage_parameters = [p for s in stages for g in s.parameter_groups
+                                  for p in g["params"]]
         steps_per_epoch = 1
         if cfg.scheduler == "warmup_cosine" and cfg.scheduler_interval == "step":
             steps_per_epoch = optimizer_steps_per_epoch(
@@ -491,6 +525,8 @@ class Trainer:
                                               self.device)
             model.load_checkpoint_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
+            for name, stage_optimizer in stage_optimizers.items():
+                stage_optimizer.load_state_dict(saved["stage_optimizers"][name])
             if scheduler is not None and saved.get("scheduler"):
                 scheduler.load_state_dict(saved["scheduler"])
             if saved.get("grad_scaler"):
@@ -508,6 +544,12 @@ class Trainer:
                 if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
                     break
                 started = time.perf_counter()
+                stage_losses = {}
+                for stage in stages:
+                    stage_losses.update({
+                        f"{stage.name}_{k}": v for k, v in self._train_stage(
+                            model, stage, stage_optimizers[stage.name],
+                            train_loader_factory(epoch), epoch, progress).items()})
                 train_losses = self._train_epoch(model, optimizer, train_loader_factory(epoch),
                                                  epoch, weights, progress)
                 model.on_epoch_end(epoch)
@@ -531,13 +573,14 @@ class Trainer:
                 row = {
                     "epoch": epoch, "seconds": round(seconds, 3),
                     **{f"train_{k}": v for k, v in train_losses.items()},
+                    **{f"train_{k}": v for k, v in stage_losses.items()},
                     **{f"train_{k}": v for k, v in train_statistics.items()},
                     **{f"valid_{k}": v for k, v in valid.losses.items()},
                     **{f"valid_{k}": v for k, v in valid.metrics.items()},
                     "selected": int(improved),
                 }
                 self._append_epoch_row(row)
-                self._save_last(model, optimizer, scheduler, state)
+                self._save_last(model, optimizer, scheduler, state, stage_optimizers)
                 if self.epoch_callback is not None:
                     self.epoch_callback(epoch, value, row)
                 progress.update(epoch_task, advance=1, info=(
@@ -651,8 +694,46 @@ class Trainer:
         self.scaler.step(optimizer)
         self.scaler.update()
         optimizer.zero_grad(set_to_none=True)
+        for parameter in self._stage_parameters:  # not this optimiser's: dropped as well
+            parameter.grad = None
         if self._step_scheduler is not None:
             self._step_scheduler.step()
+
+    def _train_stage(self, model: MSAModel, stage: TrainingStage, optimizer, loader, epoch: int,
+                     progress) -> dict[str, float]:
+        """One pass of a :class:`TrainingStage` over the first ``batch_fraction`` of ``loader``:
+        per batch the sum of the loss terms ``forward`` returns in this stage, a backward pass,
+        clipping (over every trainable parameter, as the main pass), a step of the stage's
+        optimiser, and every gradient dropped. Returns the per-sample mean of each term."""
+        cfg = self.config.train
+        model.train()
+        batches = _as_sized(loader)
+        n_steps = math.ceil(len(batches) * stage.batch_fraction)
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        module = self.train_module if self.train_module is not None else model
+        losses = LossAccumulator(epoch, f"{self.config.model.name} ({stage.name} stage)",
+                                 self.process)
+        task = progress.add_task(f"epoch {epoch} {stage.name}", total=n_steps, info="")
+        model.zero_grad(set_to_none=True)
+        model.training_stage = stage.name
+        try:
+            for step, batch in enumerate(itertools.islice(batches, n_steps), start=1):
+                batch = move_batch(batch, self.device)
+                with autocast(cfg.precision, self.device):
+                    output = module(batch)
+                    loss = sum(value.float() for value in output.losses.values())
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(optimizer)
+                clip_gradients(parameters, self.config)
+                self.scaler.step(optimizer)
+                self.scaler.update()
+                model.zero_grad(set_to_none=True)
+                losses.add(step, loss, output.losses, output.prediction.shape[0])
+                progress.update(task, advance=1)
+        finally:
+            model.training_stage = "main"
+        progress.remove_task(task)
+        return {k: v for k, v in losses.read().items() if k != "total"}
 
     # ------------------------------------------------------------------------------------------
     def load_best(self, model: MSAModel) -> MSAModel:

@@ -18,7 +18,10 @@ The gate is put into a ``transformers`` encoder by a forward hook on its embeddi
 encoder layer ``injection_layer - 1``) for the duration of one forward pass; BERT itself is not
 copied. It needs one audio/vision row per LM token: word-aligned data, where msakit's collate
 repeats each word's row for each of its sub-word tokens and gives special tokens zero rows
-(:mod:`msakit.data.text`), as the authors' ``convert_to_features`` does.
+(:mod:`msakit.data.text`), as the authors' ``convert_to_features`` does. With unaligned data
+the steps are paired with the tokens by position (the t-th token with the t-th audio and vision
+step, zero-padded or truncated to the token count), as MMSA pairs its fixed-length arrays; that
+is not an alignment: use word-aligned data.
 
 Shapes: ``input_ids``/``attention_mask`` ``(B, L_t)``, ``audio`` ``(B, L_t, D_a)``, ``vision``
 ``(B, L_t, D_v)`` -> hidden states ``(B, L_t, H)`` -> prediction ``(B,)``.
@@ -42,7 +45,6 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from msakit.config_schema import ModelConfig
-from msakit.data.dataset import DataError
 from msakit.errors import ConfigError
 from msakit.models import register_model
 from msakit.models.base import (
@@ -115,6 +117,14 @@ class MultimodalAdaptationGate(nn.Module):
         return self.dropout(self.layer_norm(alpha.unsqueeze(-1) * shift + text))  # eq. (4)
 
 
+def by_position(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """``(B, L, D)`` zero-padded or truncated to ``(B, steps, D)``: step ``t`` goes with token
+    ``t`` (a no-op on word-aligned batches, where ``L`` is the token count)."""
+    if x.shape[1] >= steps:
+        return x[:, :steps]
+    return F.pad(x, (0, 0, 0, steps - x.shape[1]))
+
+
 @register_model
 class BertMAG(MSAModel):
     """MAG-BERT (see the module docstring). Loss term: ``task`` (L1, or MSE with
@@ -181,12 +191,7 @@ class BertMAG(MSAModel):
         audio = check_batch_sequence(batch, "audio", self.dims.audio)
         vision = check_batch_sequence(batch, "vision", self.dims.vision)
         input_ids = batch["input_ids"]
-        tokens = input_ids.shape[1]
-        if audio.shape[1] != tokens or vision.shape[1] != tokens:
-            raise DataError(
-                f"bert_mag reads one audio/vision row per language-model token: the batch has "
-                f"{tokens} tokens but audio {audio.shape[1]} and vision {vision.shape[1]} steps; "
-                "use word-aligned data (a CMU-SDK word-aligned pickle or mosi-demo)")
+        audio, vision = (by_position(x, input_ids.shape[1]) for x in (audio, vision))
         attention_mask = batch.get("lm_attention_mask", batch["attention_mask"])
         with self._gate_injected(audio.to(self.gate.W_a.weight.dtype),
                                  vision.to(self.gate.W_v.weight.dtype)):

@@ -1,10 +1,11 @@
 """Write the presets of msakit's MMSA ports from MMSA's own files (run by hand, never in CI).
 
-    python tools/make_mmsa_presets.py --official /path/to/MMSA tfn lmf ef_lstm mfn graph_mfn
+    python tools/make_mmsa_presets.py --official /path/to/MMSA tfn lmf ef_lstm mfn graph_mfn bert_mag
 
 For each model and dataset (MOSI, MOSEI, SIMS) it reads MMSA's settings from
 ``src/MMSA/config/config_regression.json`` and MMSA's reproduced test numbers from
-``results/result-stat.md`` (MAE and Corr there are x100: stored as fractions), and writes
+``results/result-stat.md`` (MAE and Corr there are x100: stored as fractions; for a model
+without a row there, the paper's figures of ``PAPER_FIGURES``), and writes
 ``src/msakit/configs/presets/<model>/<dataset>.yaml``. ``--official`` is a checkout (or
 ``git archive``) of thuiar/MMSA with a ``COMMIT`` file or git metadata.
 """
@@ -196,6 +197,27 @@ def mmim(p: dict, dataset: str) -> tuple[dict, dict]:
     return model, train
 
 
+def bert_mag(p: dict, dataset: str) -> tuple[dict, dict]:
+    # one Adam over every parameter, the LM included: lm_lr = lr, no weight decay anywhere
+    train = train_fields(p)
+    train.update(lm_lr=train["lr"], lm_weight_decay=train["weight_decay"])
+    order = ["optimizer", "batch_size", "lr", "lm_lr", "weight_decay", "lm_weight_decay"]
+    return ({"beta_shift": float(p["beta_shift"]), "gate_dropout": p["dropout_prob"],
+             "loss": "l1"}, {k: train[k] for k in order + [k for k in train if k not in order]})
+
+
+#: The papers' figures for models MMSA's results/result-stat.md has no row of:
+#: {model: (citation, note, {dataset: metrics})}
+PAPER_FIGURES = {
+    "bert_mag": (
+        "Rahman et al., ACL 2020, Table 1 (MAG-BERT), as quoted in the SAGE-Net and MMILN\n"
+        "      suites' tables (../shared/papers/000, 001)",
+        "MMSA's results/result-stat.md has no bert_mag row; these are the paper's figures",
+        {"mosi": {"Has0_acc_2": 84.2, "Non0_acc_2": 86.1, "Has0_F1_score": 84.1,
+                  "Non0_F1_score": 86.0, "MAE": 0.712, "Corr": 0.796},
+         "mosei": {"Has0_acc_2": 84.7, "Has0_F1_score": 84.5}}),
+}
+
 MODELS = {
     "tfn": ("TFN", tfn, AVERAGED),
     "lmf": ("LMF", lmf, AVERAGED),
@@ -243,6 +265,10 @@ MODELS = {
         "then the main pass; the main lr halves after `when` epochs without a lower validation "
         "loss.",
         "MMIM is not in MMSA's results/result-stat.md: no reproduced figures to compare with."]),
+    "bert_mag": ("MAG-BERT", bert_mag, [
+        NO_CAP,
+        "MMSA trains MAG-BERT on its aligned features (need_data_aligned): in msakit, word-aligned",
+        "data (audio/vision rows repeated per sub-word token); one Adam over every parameter."]),
 }
 
 
@@ -266,6 +292,12 @@ def preset_text(model: str, dataset: str, config: dict, tables: dict, commit: st
                   "    note: MMSA's own reproduction of the model (not the paper's table), on "
                   "MMSA's feature",
                   "      files; MMSA's runner keeps the checkpoint of the lowest validation loss"]
+    figures = PAPER_FIGURES.get(model)
+    if row is None and figures is not None and dataset in figures[2]:
+        citation, note, by_dataset = figures
+        inner = ", ".join(f"{k}: {fmt(v)}" for k, v in by_dataset[dataset].items())
+        lines += ["  paper:", f"    citation: {citation}", f"    metrics: {{{inner}}}",
+                  f"    note: {note}"]
     lines += ["model:", f"  language_model: {language_model}"]
     lines += [f"  {k}: {fmt(v)}" for k, v in model_fields.items()]
     lines += ["train:"] + [f"  {k}: {fmt(v)}" for k, v in train.items()]

@@ -87,10 +87,11 @@ def _wait_clean(server, seconds=30.0):
     return server.temp_files()
 
 
-def test_health_and_page(server):
+def test_health_and_page(server, model):
     health = requests.get(f"{server.url}/healthz", timeout=30).json()
     assert health["status"] == "ok" and health["modalities"] == ["text"]
-    assert health["serves"] == "transcripts" and health["text_context"] == "none"
+    assert health["serves"] == "transcripts"
+    assert health["text_context"] == str(model.config.model.text_context)
     page = requests.get(f"{server.url}/", timeout=30)
     assert page.status_code == 200 and 'type="file"' in page.text and "/v1/predict" in page.text
 
@@ -430,7 +431,9 @@ def test_utterance_list_of_one_video(model):
         too_long = requests.post(f"{server.url}/v1/predict", timeout=60,
                                  json={"utterances": ["fine", "a" * 10_001]})
         assert too_long.status_code == 413 and "utterance 2" in too_long.json()["detail"]
-    with RunningServer(create_app(model)) as server:  # the shipped model: each clip alone
+    reads_alone = from_pretrained()
+    reads_alone.config.model.text_context = TextContextConfig(mode="none")
+    with RunningServer(create_app(reads_alone)) as server:  # a model that reads clips alone
         body = requests.post(f"{server.url}/v1/predict", json={"utterances": utterances},
                              timeout=300).json()
         assert [r["info"]["context"]["mode"] for r in body] == ["none"] * 3

@@ -264,7 +264,10 @@ def test_predict_texts_keeps_order_and_groups_by_video(context_model, tmp_path):
     with out.open() as handle:
         written = list(csv.DictReader(handle))
     assert [(r["video_id"], r["clip_id"]) for r in written] == [(v, c) for v, c, _, _ in rows]
-    assert {r["context"] for r in written} == {"none"}  # the shipped model reads clips alone
+    from msakit.pretrained import from_pretrained
+
+    shipped = str(from_pretrained().config.model.text_context)  # the shipped model's context
+    assert {r["context"] for r in written} == {shipped}
     again = CliRunner().invoke(main, ["predict", "--texts", str(table), "--out", str(out)])
     assert again.exit_code == 1 and "already exists" in again.output  # never overwritten
 

@@ -275,6 +275,7 @@ def main() -> None:
     with scoped_dropout_calls(rated, transformer_module) as calls:
         rated(*official_inputs(batches[0]))
     dropout_map = {"calls": list(calls), "batch": 0}
+    rated.load_state_dict(initial_state)  # that forward moved the BatchNorm statistics
     rated.eval()
     eval_forwards = []
     for batch in batches:

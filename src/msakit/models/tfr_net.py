@@ -43,9 +43,10 @@ Official settings this port keeps, each a named option whose default is MMSA's:
 * the training loop: ``train.accumulation: running_sum`` with ``grad_accumulation: 4``
   (MMSA's ``update_epochs``), ``grad_clip_value: 0.8`` (``configs/tfr_net.yaml``).
 
-The authors' repository differs only in settings: MOSI learning rates 1e-5 (LM) / 2e-3 (rest)
-(MMSA: 2e-6 / 1e-3), ``missing_seed`` (111, 1111, 11111) (MMSA: 1111 for all three); the
-``mosi-authors`` preset has them.
+The authors' repository (thuiar/TFR-Net@00f06a6) has the same model and loop; it differs only in
+settings: MOSI learning rates 1e-5 (LM) / 2e-3 (rest) (MMSA: 2e-6 / 1e-3), ``missing_seed``
+(111, 1111, 11111) (MMSA: 1111 for all three), ``num_temporal_head`` fixed at 25 (MMSA: a
+setting, 25). See docs/models.md.
 """
 
 from __future__ import annotations

@@ -44,8 +44,8 @@ def main() -> None:
 
     import json
 
-    import transformers
     import tfr_net as generator  # tools/parity/tfr_net.py: MMSA's modules without __init__s
+    import transformers
     from test_tfr_net_parity import to_msakit
 
     from msakit.config import build_config
@@ -132,14 +132,17 @@ def main() -> None:
               (official["vision"], official["vision_m"], official["vision_mask"],
                official["vision_missing_mask"]))
 
+    mmsa = {"model": theirs, "optimizer": their_optimizer, "criterion": trainer.criterion}
+    del theirs, their_optimizer, trainer
+
     def their_step():
-        their_optimizer.zero_grad()
-        prediction, gen_loss = theirs(*inputs)
-        loss = trainer.criterion(prediction, labels.view(-1, 1)) + gen_loss
+        mmsa["optimizer"].zero_grad()
+        prediction, gen_loss = mmsa["model"](*inputs)
+        loss = mmsa["criterion"](prediction, labels.view(-1, 1)) + gen_loss
         loss.backward()
-        torch.nn.utils.clip_grad_value_([p for p in theirs.parameters() if p.requires_grad],
-                                        params["grad_clip"])
-        their_optimizer.step()
+        torch.nn.utils.clip_grad_value_(
+            [p for p in mmsa["model"].parameters() if p.requires_grad], params["grad_clip"])
+        mmsa["optimizer"].step()
 
     def our_step():
         output = ours(batch)
@@ -159,7 +162,7 @@ def main() -> None:
 
     # one after the other, the first model freed before the second runs (peak memory: one)
     times = {"MMSA": timed(their_step)}
-    del theirs, their_optimizer, trainer
+    mmsa.clear()
     gc.collect()
     times["msakit"] = timed(our_step)
     median = {k: statistics.median(v) for k, v in times.items()}

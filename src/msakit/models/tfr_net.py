@@ -294,7 +294,9 @@ class TFRNet(MSAModel):
         text_lengths = text_mask.sum(1)
         real = {"text": steps.view(1, -1) < text_lengths.view(-1, 1)}
         features, lengths = {}, {"text": text_lengths}
-        host_lengths = {"text": text_lengths.cpu()}  # no sync on CPU; one small read on CUDA
+        # CPU lengths for packing: the collated batch has them (no device-to-host copy)
+        host_lengths = {"text": host["text"].clamp(max=length["text"]) if "text" in host
+                        else text_lengths.cpu()}
         for m in ("audio", "vision"):
             features[m], lengths[m] = fit_length(batch[m], batch[f"{m}_lengths"], length[m])
             real[m] = (torch.arange(length[m], device=lengths[m].device).view(1, -1)

@@ -218,6 +218,47 @@ PAPER_FIGURES = {
          "mosei": {"Has0_acc_2": 84.7, "Has0_F1_score": 84.5}}),
 }
 
+#: TFR-Net's temporal transformers have the sequence lengths as embedding sizes, with 25 heads;
+#: MMSA's SIMS lengths (39, 400, 55) are not multiples of 25 (its model cannot be built), so the
+#: SIMS preset pads text to 50 and vision to 75 steps
+TFR_NET_SEQ_LENS = {"sims": [50, 400, 75]}
+
+
+def tfr_net(p: dict, dataset: str) -> tuple[dict, dict]:
+    d, heads = p["dst_feature_dim_nheads"]
+    weights = p["weight_gen_loss"]
+    seq_lens = TFR_NET_SEQ_LENS.get(dataset, p["seq_lens"])
+    return ({"freeze_language_model": not p["use_bert_finetune"],
+             "seq_lens": "[" + ", ".join(str(n) for n in seq_lens) + "]",
+             "embed_dim": d, "num_heads": heads, "nlevels": p["nlevels"],
+             "num_temporal_head": p["num_temporal_head"],
+             "conv_kernel_text": p["conv1d_kernel_size_l"],
+             "conv_kernel_audio": p["conv1d_kernel_size_a"],
+             "conv_kernel_vision": p["conv1d_kernel_size_v"],
+             "text_dropout": p["text_dropout"], "attn_dropout": p["attn_dropout"],
+             "attn_dropout_audio": p["attn_dropout_a"], "attn_dropout_vision": p["attn_dropout_v"],
+             "relu_dropout": p["relu_dropout"], "embed_dropout": p["embed_dropout"],
+             "res_dropout": p["res_dropout"], "attn_mask": p["attn_mask"],
+             "fusion_text_hidden": p["fusion_t_hid"], "fusion_audio_hidden": p["fusion_a_hid"],
+             "fusion_vision_hidden": p["fusion_v_hid"],
+             "fusion_gru_layers": p["fusion_gru_layers"], "fusion_dropout": p["fusion_drop"],
+             "cls_hidden": p["cls_hidden_dim"], "cls_dropout": p["cls_dropout"],
+             "reconstruction_loss": p["recloss_type"],
+             "weight_sim_loss": float(p["weight_sim_loss"]),
+             "missing_rate": "[" + ", ".join(fmt(float(r)) for r in p["missing_rate"]) + "]",
+             "missing_seed": p["missing_seed"][0],
+             "loss_weights": "{task: 1.0, " + ", ".join(
+                 f"reconstruction_{m}: {fmt(float(w))}"
+                 for m, w in zip(("text", "audio", "vision"), weights)) + "}"},
+            {"optimizer": "adam", "batch_size": p["batch_size"], "lr": p["learning_rate_other"],
+             "lm_lr": p["learning_rate_bert"], "weight_decay": p["weight_decay_other"],
+             "lm_weight_decay": p["weight_decay_bert"], "grad_clip_value": p["grad_clip"],
+             "grad_accumulation": p["update_epochs"], "accumulation": "running_sum",
+             "scheduler": "plateau", "plateau_factor": 0.1, "plateau_patience": p["patience"],
+             "patience": p["early_stop"], "min_improvement": 1.0e-6,
+             "selection_metric": "loss", "epochs": 1000})
+
+
 MODELS = {
     "tfn": ("TFN", tfn, AVERAGED),
     "lmf": ("LMF", lmf, AVERAGED),
@@ -269,13 +310,21 @@ MODELS = {
         NO_CAP,
         "MMSA trains MAG-BERT on its aligned features (need_data_aligned): in msakit, word-aligned",
         "data (audio/vision rows repeated per sub-word token); one Adam over every parameter."]),
+    "tfr_net": ("TFR-Net", tfr_net, [
+        NO_CAP,
+        "MMSA fine-tunes BERT and pads every sequence to seq_lens steps (unaligned features; its",
+        "datasetCommonParams); 20 % of the real steps of each modality are dropped in every split",
+        "(missing_rate, model.missing_splits=all). Its loop: gradients summed over update_epochs",
+        "batches with a step after each (train.accumulation=running_sum). SIMS: seq_lens padded",
+        "to [50, 400, 75] (MMSA's [39, 400, 55] are not multiples of its 25 temporal heads)."]),
 }
 
 
 def preset_text(model: str, dataset: str, config: dict, tables: dict, commit: str) -> str:
     title, fields, notes = MODELS[model]
     full, language_model = DATASETS[dataset]
-    params = {**config[model]["commonParams"], **config[model]["datasetParams"][dataset]}
+    shared = config["datasetCommonParams"][dataset].get("unaligned", {})  # seq_lens, missing_*
+    params = {**shared, **config[model]["commonParams"], **config[model]["datasetParams"][dataset]}
     model_fields, train = fields(params, dataset)
     lines = [f"# {line}" for line in notes]
     lines += ["preset:", f"  description: {title} on {full} with MMSA's settings",

@@ -269,9 +269,12 @@ class TrainConfig(StrictModel):
     grad_clip_value: float | None = Field(None, gt=0)
     grad_clip_norm: float | None = Field(None, gt=0)
     grad_accumulation: int = Field(1, ge=1, description="Batches per optimiser step")
-    accumulation: Literal["mean", "sum"] = Field(
+    accumulation: Literal["mean", "sum", "running_sum"] = Field(
         "mean", description="How the losses of the grad_accumulation batches combine: 'mean' "
-        "divides each by grad_accumulation; 'sum' does not (DMD's official loop)"
+        "divides each by grad_accumulation; 'sum' does not (DMD's official loop); "
+        "'running_sum': the gradients are summed over grad_accumulation batches (cleared at "
+        "the first of them), the optimiser steps after every batch on the running sum and once "
+        "more after the last batch of each group (TFR-Net's official loop in MMSA)"
     )
     partial_accumulation: Literal["step", "drop"] = Field(
         "step", description="The last batches of an epoch that do not fill grad_accumulation: "

@@ -24,7 +24,8 @@ key                    shape / type       meaning
 ``word_vision``        ``(B, L_w, D_v)``  same for vision
 ``word_lengths``       ``(B,)`` long      number of words of each clip
 ``word_mask``          ``(B, L_w)`` bool  True for real words
-``host_lengths``       dict of ``(B,)``   ``audio``/``vision`` (and ``word``) lengths as CPU
+``host_lengths``       dict of ``(B,)``   ``text`` (the clip's own tokens, ``attention_mask``),
+                                          ``audio``/``vision`` (and ``word``) lengths as CPU
                                           tensors: a dict, so moving the batch to a device
                                           leaves them on the host for ``pack_padded_sequence``
 ``labels``             ``(B,)`` float32   human sentiment label
@@ -285,7 +286,7 @@ def collate(items: list[dict[str, Any]], pad_token_id: int = 0) -> dict[str, Any
             raise DataError("batch mixes clips with and without text context")
         own = torch.tensor([item["text_own_length"] for item in items], dtype=torch.long)
         _put_own_mask(batch, own)
-    host_lengths: dict[str, torch.Tensor] = {}
+    host_lengths: dict[str, torch.Tensor] = {"text": batch["attention_mask"].sum(1)}
     for modality in ("audio", "vision"):
         _put_sequences(batch, host_lengths, modality,
                        _pad_features([item[modality] for item in items], modality))
@@ -415,7 +416,7 @@ class PackedSplit:
         if self.own_lengths is not None:
             _put_own_mask(batch, self.own_lengths[index])
         size = index.shape[0]
-        host_lengths: dict[str, torch.Tensor] = {}
+        host_lengths: dict[str, torch.Tensor] = {"text": batch["attention_mask"].sum(1)}
         for modality in ("audio", "vision"):
             packed = self.features[modality]
             if packed is None:

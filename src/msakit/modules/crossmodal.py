@@ -152,6 +152,8 @@ class CrossModalTransformerEncoder(nn.Module):
         zero_step_positions: add the positional embedding to every step (default). ``False`` is
             the official heuristic: a step whose first input feature is exactly 0 is taken for
             padding and gets no positional embedding.
+        position_embedding: add the sinusoidal positions at all (official ``False`` for
+            TFR-Net's temporal encoders, whose "sequence" is not time).
 
     Shapes:
         ``x_query (B, L_q, d)``, ``x_key (B, L_k, d)`` or None,
@@ -173,6 +175,7 @@ class CrossModalTransformerEncoder(nn.Module):
         embed_dropout: float = 0.0,
         attn_mask: bool = False,
         zero_step_positions: bool = True,
+        position_embedding: bool = True,
     ):
         super().__init__()
         if embed_dim % num_heads:
@@ -184,6 +187,7 @@ class CrossModalTransformerEncoder(nn.Module):
         self.use_future_mask = attn_mask
         self.num_heads = num_heads
         self.zero_step_positions = zero_step_positions
+        self.position_embedding = position_embedding
         self.embed_dropout = nn.Dropout(embed_dropout)
         self.layers = nn.ModuleList(
             CrossModalTransformerLayer(
@@ -194,7 +198,10 @@ class CrossModalTransformerEncoder(nn.Module):
         self.final_norm = nn.LayerNorm(embed_dim)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        """``sqrt(d) x + positions`` ``(B, L, d)``, before the embedding dropout."""
+        """``sqrt(d) x + positions`` ``(B, L, d)`` (no positions with ``position_embedding``
+        off), before the embedding dropout."""
+        if not self.position_embedding:
+            return self.embed_scale * x
         positions = sinusoidal_positions(x.shape[1], self.embed_dim, device=x.device, dtype=x.dtype)
         positions = positions.unsqueeze(0)  # (1, L, d)
         if not self.zero_step_positions:

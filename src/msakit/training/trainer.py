@@ -420,6 +420,9 @@ class Trainer:
         self.process = distributed.current()
         self.device = resolve_device(config.train.device)
         check_precision(config.train.precision, self.device)
+        if config.train.precision == "fp16" and config.train.accumulation == "running_sum":
+            raise ConfigError("train.accumulation=running_sum steps twice on one loss-scaled "
+                              "fp16 gradient; use train.precision=bf16 or fp32 with it")
         if config.train.precision == "fp16" and config.train.clip_every_backward:
             raise ConfigError("train.clip_every_backward clips loss-scaled fp16 gradients; use "
                               "train.precision=bf16 or fp32 with it")
@@ -653,6 +656,7 @@ class Trainer:
         parameters = [p for p in model.parameters() if p.requires_grad]
         # 'mean': each batch's loss / grad_accumulation; 'sum' (DMD official): unscaled
         scale = 1.0 / cfg.grad_accumulation if cfg.accumulation == "mean" else 1.0
+        running = cfg.accumulation == "running_sum"
         task = progress.add_task(f"epoch {epoch}", total=n_steps, info="")
         losses = LossAccumulator(epoch, self.config.model.name, self.process)
         module = self.train_module if self.train_module is not None else model
@@ -662,7 +666,8 @@ class Trainer:
         for step, batch in enumerate(batches, start=1):
             batch = move_batch(batch, self.device)
             last_partial = step == n_steps and cfg.partial_accumulation == "step"
-            steps_now = step % cfg.grad_accumulation == 0 or last_partial
+            group_ends = step % cfg.grad_accumulation == 0
+            steps_now = group_ends or last_partial or running
             # under DDP, gradients are averaged over processes only on the stepping micro-batch
             no_sync = (module.no_sync() if self.process.enabled and not steps_now
                        else contextlib.nullcontext())
@@ -674,7 +679,11 @@ class Trainer:
             if cfg.clip_every_backward:
                 clip_gradients(parameters, self.config)  # the running sum, as DMD's loop
             if steps_now:
-                self._optimizer_step(parameters, optimizer)
+                self._optimizer_step(parameters, optimizer, zero=not running)
+            if running and group_ends:  # the official loop's second step on the group's sum
+                self._optimizer_step(parameters, optimizer, clip=False)
+            elif running and last_partial:
+                optimizer.zero_grad(set_to_none=True)
             if gather_for_hooks:
                 model.on_train_batch_end(*self.process.gather_for_hooks(batch, output), epoch)
             else:
@@ -687,15 +696,19 @@ class Trainer:
         progress.remove_task(task)
         return losses.read()
 
-    def _optimizer_step(self, parameters: list[torch.nn.Parameter], optimizer) -> None:
-        if not self.config.train.clip_every_backward:
+    def _optimizer_step(self, parameters: list[torch.nn.Parameter], optimizer,
+                        zero: bool = True, clip: bool = True) -> None:
+        """Clip (unless ``clip_every_backward`` did, or ``clip=False``), step, and clear the
+        gradients when ``zero`` (``running_sum`` keeps them until its group ends)."""
+        if clip and not self.config.train.clip_every_backward:
             self.scaler.unscale_(optimizer)  # clip the true gradients (no-op unless fp16)
             clip_gradients(parameters, self.config)
         self.scaler.step(optimizer)
         self.scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        for parameter in self._stage_parameters:  # not this optimiser's: dropped as well
-            parameter.grad = None
+        if zero:
+            optimizer.zero_grad(set_to_none=True)
+            for parameter in self._stage_parameters:  # not this optimiser's: dropped as well
+                parameter.grad = None
         if self._step_scheduler is not None:
             self._step_scheduler.step()
 

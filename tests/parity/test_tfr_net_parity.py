@@ -324,10 +324,10 @@ def seq_first_to_batch_first(shape):
 def test_dropout_map_matches_mmsa(fixture, bert_dir):
     """Every dropout at MMSA's MOSI rates, in call order, with its rate and input shape.
 
-    Inside the transformer encoders two differences are by design: msakit's encoders are
-    batch-first (shapes compared transposed), and one embedding-dropout mask serves keys and
-    values (MMSA draws one for each of the identical key and value inputs); attention-weight
-    dropout runs inside PyTorch's attention kernel, so its rates are compared per layer.
+    Inside the transformer encoders msakit is batch-first (shapes compared transposed) and,
+    like MMSA, draws one embedding-dropout mask each for the query, the keys and the values;
+    attention-weight dropout runs inside PyTorch's attention kernel, so its rates are compared
+    per layer.
     """
     _, model = build(fixture, bert_dir, rated=True)
     batch = msakit_batches(fixture)[fixture["dropout_map"]["batch"]]
@@ -349,10 +349,7 @@ def test_dropout_map_matches_mmsa(fixture, bert_dir):
         their_embed = [(p, seq_first_to_batch_first(s)) for p, s, _, sc in theirs
                        if sc == "embed"]
         our_embed = [(p, s) for p, s, _, sc in ours if sc == "embed"]
-        if len(their_embed) == 3:  # query, key, value: msakit's key mask serves the value
-            assert their_embed[1] == their_embed[2]
-            their_embed = their_embed[:2]
-        assert our_embed == their_embed, f"encoder {k}: embedding dropout"
+        assert our_embed == their_embed, f"encoder {k}: embedding dropout"  # query, key, value
         their_layers = [(p, seq_first_to_batch_first(s)) for p, s, _, sc in theirs
                         if sc == "layer"]
         assert [(p, s) for p, s, _, sc in ours if sc == "layer"] == their_layers, \

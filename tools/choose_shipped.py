@@ -12,7 +12,6 @@ docs' table, after the choice).
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -21,16 +20,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from train_pretrained import split_rows  # noqa: E402  (tools/, beside this script)
+
 from msakit.metrics import compute_metrics  # noqa: E402
-from msakit.predict import Utterance, load_trained_run, predict_utterances  # noqa: E402
-
-
-def split_rows(label_csv: Path, mode: str) -> tuple[list[Utterance], np.ndarray]:
-    with label_csv.open(newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if r["mode"] == mode]
-    rows.sort(key=lambda r: (r["video_id"], int(r["clip_id"])))
-    return ([Utterance(r["video_id"], r["clip_id"], r["text"]) for r in rows],
-            np.array([float(r["label"]) for r in rows]))
+from msakit.predict import load_trained_run, predict_utterances  # noqa: E402
 
 
 def main() -> None:

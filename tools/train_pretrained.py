@@ -43,13 +43,13 @@ from msakit.training import run_experiment  # noqa: E402
 HUMAN = {"Non0_acc_2": 0.857, "MAE": 0.710, "Corr": 0.820}
 
 
-def test_rows(label_csv: Path) -> tuple[list, np.ndarray]:
-    """MOSI's test transcripts (``mode == test``) as :class:`Utterance` rows, in clip order
-    within each video, and their labels."""
+def split_rows(label_csv: Path, mode: str = "test") -> tuple[list, np.ndarray]:
+    """One split of MOSI's ``label.csv`` (``mode`` train / valid / test) as :class:`Utterance`
+    rows, in clip order within each video, and their labels."""
     from msakit.predict import Utterance
 
     with label_csv.open(newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if r["mode"] == "test"]
+        rows = [r for r in csv.DictReader(handle) if r["mode"] == mode]
     rows.sort(key=lambda r: (r["video_id"], int(r["clip_id"])))
     return ([Utterance(r["video_id"], r["clip_id"], r["text"]) for r in rows],
             np.array([float(r["label"]) for r in rows]))
@@ -61,7 +61,7 @@ def evaluate_protocols(run, label_csv: Path) -> list[dict]:
     from msakit.metrics import compute_metrics
     from msakit.predict import predict_texts, predict_utterances
 
-    utterances, labels = test_rows(label_csv)
+    utterances, labels = split_rows(label_csv)
     context = str(run.config.model.text_context)
     alone = [p.score for p in predict_texts([u.text for u in utterances], run)]
     evaluations = []

@@ -197,6 +197,18 @@ def describe_errors(err: ValidationError, prefix: str = "") -> str:
     return "; ".join(parts)
 
 
+def config_differences(first: Any, second: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """The dotted keys whose values differ between two config trees (``to_dict()``), sorted,
+    each with its value in ``first`` and in ``second`` (``None`` where a tree lacks it)."""
+    if isinstance(first, dict) and isinstance(second, dict):
+        out = []
+        for key in sorted(set(first) | set(second)):
+            out += config_differences(first.get(key), second.get(key),
+                                      f"{prefix}.{key}" if prefix else key)
+        return out
+    return [] if first == second else [(prefix, first, second)]
+
+
 def load_saved_config(path: Path) -> ExperimentConfig:
     """Re-validate a run's saved ``config.yaml``."""
     return config_from_tree(yaml.safe_load(Path(path).read_text()) or {}, str(path))

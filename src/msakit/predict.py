@@ -343,41 +343,33 @@ def merge_runs(runs: Sequence[TrainedRun]) -> TrainedRun:
         RunIncompatibleError: fewer than one run, an exported model among them, or runs that
             differ in their config or data (the message names the first difference).
     """
+    from msakit.config import config_differences
+
     runs = list(runs)
     if not runs:
         raise RunIncompatibleError("no run to merge")
     first = runs[0]
     if len(runs) == 1:
         return first
+    for run in runs:
+        if run.states is not None:
+            raise RunIncompatibleError(f"{run.run_dir}: an exported model cannot be merged; "
+                                       "merge the run folders it was exported from")
 
     def comparable(run: TrainedRun) -> dict:
         tree = run.config.to_dict()
         tree.pop("run", None)
         return tree
 
-    def flat(tree: dict, prefix: str = "") -> dict:
-        out = {}
-        for key, value in tree.items():
-            if isinstance(value, dict):
-                out.update(flat(value, f"{prefix}{key}."))
-            else:
-                out[f"{prefix}{key}"] = value
-        return out
-
     data_keys = ("source", "dataset", "partitions", "feature_dims", "extractor")
-    reference = {k: v for k, v in flat(comparable(first)).items() if k not in MERGE_IGNORES}
     for run in runs[1:]:
-        if run.states is not None or first.states is not None:
-            raise RunIncompatibleError(f"{run.run_dir}: an exported model cannot be merged; "
-                                       "merge the run folders it was exported from")
-        other = {k: v for k, v in flat(comparable(run)).items() if k not in MERGE_IGNORES}
-        differing = sorted(k for k in reference.keys() | other.keys()
-                           if reference.get(k) != other.get(k))
+        differing = [d for d in config_differences(comparable(first), comparable(run))
+                     if d[0] not in MERGE_IGNORES]
         if differing:
-            key = differing[0]
+            key, theirs, ours = differing[0]
             raise RunIncompatibleError(
                 f"{run.run_dir}: its config differs from {first.run_dir}'s in {key} "
-                f"({other.get(key)!r} vs {reference.get(key)!r}); only runs of the same "
+                f"({ours!r} vs {theirs!r}); only runs of the same "
                 "experiment (seeds) make one ensemble")
         for key in data_keys:
             if run.data_info.get(key) != first.data_info.get(key):

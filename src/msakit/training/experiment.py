@@ -17,7 +17,13 @@ import torch
 from rich.console import Console
 
 from msakit import runfolder
-from msakit.config import ConfigError, ExperimentConfig, build_config, deep_update
+from msakit.config import (
+    ConfigError,
+    ExperimentConfig,
+    build_config,
+    config_differences,
+    deep_update,
+)
 from msakit.data import Fold, load_dataset
 from msakit.data.dataset import MSADataset
 from msakit.data.readers import data_fingerprint
@@ -76,7 +82,8 @@ def check_resume_request(run_dir: str | Path, model_name: str, overrides: list[s
                                                                              base or {}))
         except ConfigError as err:
             raise RunError(f"--resume {run_dir}: {err}") from err
-        differences = _differences(saved.to_dict(), requested.to_dict())
+        differences = [f"{key} {old!r} -> {new!r}" for key, old, new
+                       in config_differences(saved.to_dict(), requested.to_dict())]
         if differences:
             raise RunError(
                 f"--resume continues {run_dir} exactly as it was started, but these settings "
@@ -85,16 +92,6 @@ def check_resume_request(run_dir: str | Path, model_name: str, overrides: list[s
         saved_seeds = runfolder.read_experiment_record(run_dir)["seeds"]
         if list(seeds) != list(saved_seeds):
             raise RunError(f"--resume {run_dir}: the run has seeds {saved_seeds}, not {seeds}")
-
-
-def _differences(saved: Any, requested: Any, prefix: str = "") -> list[str]:
-    if isinstance(saved, dict) and isinstance(requested, dict):
-        out = []
-        for key in sorted(set(saved) | set(requested)):
-            out += _differences(saved.get(key), requested.get(key),
-                                f"{prefix}.{key}" if prefix else key)
-        return out
-    return [] if saved == requested else [f"{prefix} {saved!r} -> {requested!r}"]
 
 
 def train_one(config: ExperimentConfig, dataset: MSADataset, partition: Fold, seed: int,

@@ -79,21 +79,12 @@ def fixture():
     return data
 
 
-@pytest.fixture(scope="module")
-def bert_dir(fixture, tmp_path_factory):
-    from transformers import BertConfig, BertModel
-
-    path = tmp_path_factory.mktemp("tiny_bert")
-    BertModel(BertConfig(**fixture["tiny_bert"])).save_pretrained(path)
-    return path
-
-
-def overrides(fixture, bert_dir, rates: dict | None = None, shared: dict | None = None):
+def overrides(fixture, small_bert, rates: dict | None = None, shared: dict | None = None):
     sizes, optimiser = fixture["sizes"], fixture["optimiser"]
     rates = rates or {k: 0.0 for k in fixture["rates"]}
     shared = shared or fixture["shared"]
     return [
-        f"model.language_model={bert_dir}", "model.lm_group_by_length=false",
+        f"model.language_model={small_bert}", "model.lm_group_by_length=false",
         f"model.audio_lstm_hidden={sizes['a_lstm_hidden_size']}",
         f"model.vision_lstm_hidden={sizes['v_lstm_hidden_size']}",
         f"model.audio_out={sizes['audio_out']}", f"model.vision_out={sizes['video_out']}",
@@ -143,8 +134,8 @@ def msakit_batch(batch: dict) -> dict:
     return out
 
 
-def build(fixture, bert_dir, state: dict, **kwargs):
-    config = build_config("emt", overrides(fixture, bert_dir, **kwargs))
+def build(fixture, small_bert, state: dict, **kwargs):
+    config = build_config("emt", overrides(fixture, small_bert, **kwargs))
     batches = [msakit_batch(b) for b in fixture["batches"]]
     dims = FeatureDims(batches[0]["audio"].shape[-1], batches[0]["vision"].shape[-1])
     model = create_model(config.model, dims).double()
@@ -165,8 +156,8 @@ def test_fixture_masks_follow_the_official_rule(fixture):
         assert (ids[real & ~kept] == fixture["unk_id"]).all()
 
 
-def test_emt_matches_the_official_training_run(fixture, bert_dir, tmp_path, monkeypatch):
-    config, model, batches = build(fixture, bert_dir, fixture["initial_state"])
+def test_emt_matches_the_official_training_run(fixture, small_bert, tmp_path, monkeypatch):
+    config, model, batches = build(fixture, small_bert, fixture["initial_state"])
     record = {"forwards": [], "views": [], "optimizer_steps": []}
     view = model._view
 
@@ -232,8 +223,8 @@ def test_emt_matches_the_official_training_run(fixture, bert_dir, tmp_path, monk
     assert summary["best_epoch"] == 2  # epoch 3's gain of 5e-7 is below the official 1e-6
 
 
-def test_emt_dropout_map_and_eval_forward_at_the_official_rates(fixture, bert_dir):
-    _, model, batches = build(fixture, bert_dir, fixture["initial_state"], rates=fixture["rates"])
+def test_emt_dropout_map_and_eval_forward_at_the_official_rates(fixture, small_bert):
+    _, model, batches = build(fixture, small_bert, fixture["initial_state"], rates=fixture["rates"])
     batch = batches[fixture["dropout_map"]["batch"]]
     expected = [(p, tuple(shape)) for p, shape in fixture["dropout_map"]["calls"]]
     assert any(p > 0 for p, _ in expected)
@@ -246,11 +237,11 @@ def test_emt_dropout_map_and_eval_forward_at_the_official_rates(fixture, bert_di
     relative_close(output.extras["pred_complete"], fixture["eval_forward"]["pred"], "eval pred")
 
 
-def test_emt_without_sharing_matches_the_official_model(fixture, bert_dir):
+def test_emt_without_sharing_matches_the_official_model(fixture, small_bert):
     unshared = fixture["unshared"]
     state = {**{k: v for k, v in fixture["initial_state"].items()
                 if k.startswith("text_model.")}, **unshared["initial_state"]}
-    _, model, batches = build(fixture, bert_dir, state,
+    _, model, batches = build(fixture, small_bert, state,
                               shared={k: False for k in fixture["shared"]})
     # 2 layers x 3 modalities x 2 directions of their own
     blocks = {id(block) for layer in model.fusion.layers for mpu in layer for block in mpu}
@@ -262,10 +253,10 @@ def test_emt_without_sharing_matches_the_official_model(fixture, bert_dir):
     relative_close(output.extras["pred_complete"], unshared["pred"], "unshared pred")
 
 
-def test_emt_eval_without_missing_is_one_view(fixture, bert_dir):
+def test_emt_eval_without_missing_is_one_view(fixture, small_bert):
     """At eval_missing_rate 0 (the default) the incomplete view is the complete one: equal
     predictions, zero reconstruction losses."""
-    config, model, batches = build(fixture, bert_dir, fixture["initial_state"])
+    config, model, batches = build(fixture, small_bert, fixture["initial_state"])
     del model.missing_masks
     model.config = config.model.model_copy(update={"eval_missing_rate": 0.0})
     model.eval()

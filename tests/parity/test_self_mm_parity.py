@@ -58,15 +58,6 @@ def fixture():
     return loaded
 
 
-@pytest.fixture(scope="module")
-def tiny_bert_dir(fixture, tmp_path_factory):
-    from transformers import BertConfig, BertModel
-
-    path = tmp_path_factory.mktemp("tiny_bert")
-    BertModel(BertConfig(**fixture["tiny_bert"])).save_pretrained(path)
-    return path
-
-
 def experiment_config(fixture, bert_dir, official_loop: bool = True,
                       official_dropouts: bool = False):
     """The fixture's run (dropout 0), or with ``official_dropouts`` its official MOSI rates."""
@@ -177,8 +168,8 @@ def max_difference(official: dict, ours: dict) -> float:
     return max(float((official[k].double() - ours[msakit_name(k)]).abs().max()) for k in official)
 
 
-def test_self_mm_matches_the_official_run(fixture, tiny_bert_dir, tmp_path, monkeypatch):
-    record, summary = replay(fixture, tiny_bert_dir, tmp_path, monkeypatch)
+def test_self_mm_matches_the_official_run(fixture, small_bert, tmp_path, monkeypatch):
+    record, summary = replay(fixture, small_bert, tmp_path, monkeypatch)
     steps = fixture["steps"]
     assert len(record["forwards"]) == len(steps) == 12  # 4 epochs x 3 batches
     for i, (official, ours) in enumerate(zip(steps, record["forwards"])):
@@ -220,12 +211,12 @@ def test_self_mm_matches_the_official_run(fixture, tiny_bert_dir, tmp_path, monk
     assert summary["best_epoch"] == 2  # epoch 3's gain of 5e-7 is below the official 1e-6
 
 
-def test_msakit_generic_loop_differs_as_documented(fixture, tiny_bert_dir, tmp_path,
+def test_msakit_generic_loop_differs_as_documented(fixture, small_bert, tmp_path,
                                                    monkeypatch):
     """What the generic defaults (accumulation 'mean', 'step' on the partial window, any strict
     improvement counts) change against the official loop: same forward passes, but a step also
     after each epoch's third batch, other parameters, and a later stop."""
-    record, summary = replay(fixture, tiny_bert_dir, tmp_path, monkeypatch, official_loop=False,
+    record, summary = replay(fixture, small_bert, tmp_path, monkeypatch, official_loop=False,
                              extra_valid_losses=(0.96,))
     first = record["forwards"][0]
     assert torch.allclose(first.prediction, fixture["steps"][0]["outputs"]["M"].double(),
@@ -238,8 +229,8 @@ def test_msakit_generic_loop_differs_as_documented(fixture, tiny_bert_dir, tmp_p
     assert summary["best_epoch"] == 3 and summary["epochs_run"] == 5
 
 
-def test_self_mm_dropout_map_and_eval_forward_match_the_official(fixture, tiny_bert_dir):
-    config = experiment_config(fixture, tiny_bert_dir, official_dropouts=True)
+def test_self_mm_dropout_map_and_eval_forward_match_the_official(fixture, small_bert):
+    config = experiment_config(fixture, small_bert, official_dropouts=True)
     batches = msakit_batches(fixture)
     dims = FeatureDims(batches[0]["audio"].shape[-1], batches[0]["vision"].shape[-1])
     model = create_model(config.model, dims).double()

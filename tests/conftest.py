@@ -66,3 +66,10 @@ def _private_msakit_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MSAKIT_CACHE", str(tmp_path_factory.mktemp("msakit-cache")))
         yield
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--parity-report", metavar="FILE", default=None,
+        help="record every comparison the parity tests (tests/parity) make, with its max abs "
+             "difference, scale and tolerance, to FILE (JSON; read by tools/parity_report.py)")

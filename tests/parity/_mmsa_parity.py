@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _parity import fit_with_scripted_validation, load_fixture
+from _recording import record_close
 
 from msakit.config import build_config
 from msakit.models import FeatureDims, create_model
@@ -307,6 +308,7 @@ def assert_training_matches(fixture, record, summary, to_msakit: Mapping,
         official_losses = theirs.get("criterion_calls", theirs["loss"].reshape(1))
         assert len(official_losses) == len(terms) == len(output.losses)
         for term, value in zip(terms, official_losses):
+            record_close(output.losses[term], value, f"forward {i + 1}: loss {term}", TOLERANCE)
             assert abs(float(output.losses[term].detach()) - float(value)) < TOLERANCE, \
                 f"forward {i + 1}: loss {term}"
     steps = fixture["optimizer_steps"]

@@ -1,8 +1,40 @@
-"""Shared by the parity tests: the small random BERT their fixtures were generated with."""
+"""Shared by the parity tests: the small random BERT their fixtures were generated with, and
+the ``--parity-report FILE`` recording of their comparisons (``_recording.py``)."""
 
 from __future__ import annotations
 
+import os
+import sys
+
+import _recording
 import pytest
+
+
+def pytest_configure(config):
+    # before the test modules import ``_parity.assert_close`` (this conftest loads first)
+    if config.getoption("parity_report", None):
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            raise pytest.UsageError("--parity-report records in one process: add -p no:xdist")
+        _recording.start()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    _recording.set_current_test(item.nodeid)
+    try:
+        return (yield)
+    finally:
+        _recording.set_current_test(None)
+
+
+def pytest_runtest_logreport(report):
+    _recording.set_outcome(report.nodeid, report.when, report.outcome)
+
+
+def pytest_sessionfinish(session):
+    path = session.config.getoption("parity_report", None)
+    if path and _recording.recording():
+        _recording.stop(path, {"command": " ".join(["pytest", *sys.argv[1:]])})
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import pytest
 import torch
 from _mmsa_parity import dropout_map
 from _parity import fit_with_scripted_validation, load_fixture, load_mapped, rename_by_rules
+from _recording import record_close
 
 from msakit.config import build_config
 from msakit.models import FeatureDims, create_model
@@ -68,6 +69,7 @@ def relative_close(ours: torch.Tensor, theirs: torch.Tensor, what: str, rtol: fl
     theirs = theirs.double()
     scale = max(float(theirs.abs().max()), 1e-2)
     difference = float((ours.detach().double() - theirs).abs().max())
+    record_close(ours, theirs, what, rtol * scale, f"rtol {rtol:g} x max(scale, 1e-2)")
     assert difference <= rtol * scale, f"{what}: max difference {difference:.2e} (scale {scale:.2e})"
 
 

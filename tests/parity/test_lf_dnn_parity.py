@@ -35,6 +35,7 @@ from _mmsa_parity import (
     msakit_batches,
 )
 from _parity import fit_with_scripted_validation, load_fixture, rename_by_prefix
+from _recording import record_close
 
 from msakit.config import build_config
 from msakit.models import FeatureDims, create_model
@@ -168,6 +169,7 @@ def test_lf_dnn_matches_mmsa(fixture, tiny_bert_dir, tmp_path, monkeypatch):
         for name, modality in OUTPUTS.items():
             assert torch.allclose(ours["features"][modality], theirs[name].double(),
                                   atol=TOLERANCE, rtol=0), f"forward {i + 1}: {name}"
+        record_close(output.losses["task"], theirs["loss"], f"forward {i + 1}: loss", TOLERANCE)
         assert abs(float(output.losses["task"].detach()) - float(theirs["loss"])) < TOLERANCE
 
     steps = fixture["optimizer_steps"]

@@ -33,6 +33,7 @@ from _parity import (
     small_bert_dir,
     train_steps,
 )
+from _recording import record_close
 
 from msakit.config import build_config
 from msakit.models import FeatureDims, create_model
@@ -120,6 +121,7 @@ def test_three_training_steps_follow_the_official_loop(fixture, tmp_path):
     totals = train_steps(model, config, batches, tmp_path)
     trajectory = fixture["trajectory"]
     for step, (ours, theirs) in enumerate(zip(totals, trajectory["losses"].tolist()), start=1):
+        record_close(ours, theirs, f"step {step} total loss", 1e-5)
         assert abs(ours - theirs) <= 1e-5, f"step {step} loss {ours} vs official {theirs}"
     state = model.state_dict()
     for name, value in _parameters_and_used_buffers(trajectory["after"]).items():

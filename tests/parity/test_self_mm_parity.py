@@ -24,6 +24,7 @@ import pytest
 import torch
 from _mmsa_parity import dropout_map, lstm_dropouts
 from _parity import fit_with_scripted_validation, load_fixture, rename_by_prefix
+from _recording import record_close
 
 from msakit.config import build_config
 from msakit.models import FeatureDims, create_model
@@ -180,6 +181,8 @@ def test_self_mm_matches_the_official_run(fixture, small_bert, tmp_path, monkeyp
             assert torch.allclose(ours.extras[extra], official["outputs"][name].double(),
                                   atol=TOLERANCE, rtol=0), f"{where}: {name}"
         for mode, term in LOSS_TERMS.items():
+            record_close(ours.losses[term], official["losses"][mode], f"{where}: loss {term}",
+                         TOLERANCE)
             assert abs(float(ours.losses[term].detach()) - float(official["losses"][mode])) < TOLERANCE, \
                 f"{where}: loss {term}"
         labels, centres = record["labels"][i]
@@ -199,6 +202,10 @@ def test_self_mm_matches_the_official_run(fixture, small_bert, tmp_path, monkeyp
     assert [s["after_forward"] for s in record["optimizer_steps"]] == \
         [s["after_forward"] for s in official_steps] == [2, 5, 8, 11]  # 3rd batch dropped
     for official, ours in zip(official_steps, record["optimizer_steps"]):
+        for kind in ("gradients", "parameters"):
+            for name, value in official.get(kind, {}).items():
+                record_close(ours[kind][msakit_name(name)], value,
+                             f"step {ours['after_forward']}: {kind} of {name}", TOLERANCE)
         if "gradients" in official:
             assert max_difference(official["gradients"], ours["gradients"]) < TOLERANCE
         if "parameters" in official:

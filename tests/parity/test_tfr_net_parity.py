@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _parity import fit_with_scripted_validation, load_fixture
+from _recording import record_close
 
 from msakit.config import build_config
 from msakit.models import FeatureDims, create_model
@@ -236,6 +237,7 @@ def test_training_matches_mmsa(fixture, bert_dir, tmp_path, monkeypatch):
     for i, (theirs, ours) in enumerate(zip(official, forwards)):
         torch.testing.assert_close(ours.prediction.detach(), theirs["M"].double(), atol=ATOL,
                                    rtol=0, msg=f"forward {i + 1}: prediction")
+        record_close(ours.losses["task"], theirs["loss"], f"forward {i + 1}: loss task", ATOL)
         assert abs(float(ours.losses["task"]) - float(theirs["loss"])) < ATOL
         terms = torch.stack([ours.losses[f"reconstruction_{m}"].detach()
                              for m in ("text", "audio", "vision")])

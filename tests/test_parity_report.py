@@ -44,7 +44,10 @@ def test_quantity_rules():
     assert quantity("forward 1: loss task") == "loss terms"
     assert quantity("eval batch 0") == "eval-mode forward"
     assert quantity("forward 1: Feature_t") == "other"
-    assert quantity("", TOY + "test_metrics_match_metrics_top[x]") == "metrics"
+    assert quantity("", TOY + "test_metrics_match_metrics_top[pred]") == "metrics"
+    assert quantity("", TOY + "test_dropout_map_and_eval_forward") == "eval-mode forward"
+    assert quantity("", TOY + "test_eval_forward", use_test_name=False) == "other"
+    assert quantity("x.py:3: assert lrs == pytest.approx(lr)", TOY + "test_steps") == "other"
 
 
 def test_recording_hooks_record_the_parity_comparisons_only_while_on(recorder, tmp_path):
@@ -128,7 +131,7 @@ def test_report_is_built_from_the_records(tmp_path):
     predictions = toy.quantities["predictions"]
     assert (predictions.count, predictions.max_difference) == (2, 2e-8)
     assert predictions.max_relative == pytest.approx(3e-7)  # 3e-9 / 0.01 beats 2e-8 / 0.5
-    assert toy.quantities["gradients"].max_relative is None  # scale 0: no relative difference
+    assert toy.quantities["gradients"].max_relative == pytest.approx(1e-10)  # scale floor 1e-2
     assert toy.quantities["loss terms"].failed == 1
     assert toy.dropout_map == "exact"
 
@@ -142,7 +145,8 @@ def test_report_is_built_from_the_records(tmp_path):
         f"[someone/toy@abababa](https://github.com/someone/toy/tree/{'ab' * 20})"
     assert cell["tests passed"] == "2/3 (1 failed)"
     assert cell["predictions"] == "2.0e-08 / 3.0e-07<br>atol 1e-05 · n=2"
-    assert cell["eval-mode forward"] == "4.0e-09 / 2.0e-09<br>rtol 1e-05 x max(scale, 1e-2) · n=1"
+    assert cell["eval-mode forward"] == \
+        "4.0e-09 / 2.0e-09<br>rtol 1e-05 x max(scale, 1e-2) · n=1"
     assert cell["dropout map"] == "exact"
     assert "FAILED (1)" in cell["loss terms"] and cell["metrics"] == ""
     assert "CPU path (`torch.backends.cpu.get_cpu_capability()`): AVX2" in page
@@ -150,6 +154,12 @@ def test_report_is_built_from_the_records(tmp_path):
     data["records"][0]["difference"] = 7e-7  # the page follows the records
     page = parity_report.render(parity_report.summarise(data, tmp_path), data["meta"], "x")
     assert "7.0e-07 / 1.4e-06<br>atol 1e-05 · n=2" in page
+
+
+def test_tolerances_scaled_per_value_show_as_a_range():
+    labels = {"atol 1e-05", "atol 1.2e-05", "atol 1.00087e-05"}
+    assert parity_report._tolerances(labels) == "atol 1e-05 to 1.2e-05 (by scale)"
+    assert parity_report._tolerances({"exact", "atol 1e-05"}) == "atol 1e-05; exact"
 
 
 @pytest.mark.parametrize("layout", [

@@ -33,6 +33,9 @@ DEFAULT_OUTPUT = ROOT / "docs" / "parity.md"
 QUANTITIES = ("predictions", "loss terms", "gradients", "parameters after steps",
               "eval-mode forward", "dropout map", "metrics", "other")
 MODULE = re.compile(r"(?:^|/)test_(?P<model>\w+?)_parity\.py::(?P<test>.*)$")
+#: the relative difference divides by max(scale, SCALE_FLOOR): a value near 0 (a gradient of
+#: 1e-9) carries the float32 rounding of the larger numbers it came from, not its own
+SCALE_FLOOR = 1e-2
 
 
 @dataclass
@@ -41,7 +44,7 @@ class Quantity:
 
     count: int = 0
     max_difference: float = 0.0
-    max_relative: float | None = None  # over the comparisons whose expected value is not all 0
+    max_relative: float = 0.0  # difference / max(scale, SCALE_FLOOR)
     tolerances: set[str] = field(default_factory=set)
     failed: int = 0  # comparisons outside their tolerance, in tests that failed
 
@@ -49,12 +52,7 @@ class Quantity:
         difference, scale = record["difference"], record["scale"]
         self.count += 1
         self.max_difference = max(self.max_difference, difference)
-        if scale:
-            relative = difference / scale
-            self.max_relative = relative if self.max_relative is None else \
-                max(self.max_relative, relative)
-        elif difference == 0 and self.max_relative is None:
-            self.max_relative = 0.0
+        self.max_relative = max(self.max_relative, difference / max(scale or 0.0, SCALE_FLOOR))
         self.tolerances.add(record["tolerance"])
         self.failed += bool(failed_test and not record["held"])
 
@@ -137,10 +135,20 @@ def _cell(row: ModelRow, quantity: str) -> str:
     text = f"{_number(found.max_difference)} / {_number(found.max_relative)}"
     if found.failed:
         text = f"**{text} FAILED ({found.failed})**"
-    tolerances = sorted(found.tolerances)
-    shown = "; ".join(tolerances[:2]) + (f"; +{len(tolerances) - 2} more"
-                                         if len(tolerances) > 2 else "")
-    return f"{text}<br>{shown} · n={found.count}"
+    return f"{text}<br>{_tolerances(found.tolerances)} · n={found.count}"
+
+
+def _tolerances(labels: set[str]) -> str:
+    """The tolerances a quantity's comparisons used; absolute ones scaled per value (``atol
+    1e-05 * max(1, scale)``) as their range."""
+    if len(labels) <= 2:
+        return "; ".join(sorted(labels))
+    absolute = [re.fullmatch(r"atol (\S+)", label) for label in labels]
+    if all(absolute):
+        values = sorted(float(m[1]) for m in absolute)
+        return f"atol {values[0]:.2g} to {values[-1]:.2g} (by scale)"
+    shown = sorted(labels)
+    return "; ".join(shown[:2]) + f"; +{len(shown) - 2} more"
 
 
 def _origin(origin: tuple[str, str] | None) -> str:
@@ -173,8 +181,10 @@ def render(rows: list[ModelRow], meta: dict, command: str) -> str:
         f"(`torch.backends.cpu.get_cpu_capability()`): {meta.get('cpu_capability', '?')}",
         f"- Tests: {sum(o == 'passed' for o in tests)} of {len(tests)} passed",
         "",
-        "Each cell: **max abs difference / max difference relative to the scale** (the max abs "
-        "of the official value compared), over all the comparisons of that kind; below, the "
+        "Each cell: **max abs difference / max relative difference** (the difference divided by "
+        f"the scale, the max abs of the official value compared, or by {SCALE_FLOOR:g} where the "
+        "scale is smaller: near-zero values carry the rounding of the larger numbers they come "
+        "from), over all the comparisons of that kind; below, the "
         "tolerance(s) the tests used and n, the number of comparisons (a comparison is one "
         "tensor or number: e.g. one parameter's gradient at one step).",
         "",
@@ -205,8 +215,6 @@ def render(rows: list[ModelRow], meta: dict, command: str) -> str:
         "- a comparison outside its tolerance in a test that passed asserted a difference "
         "(`assert not torch.allclose(...)`) and is left out; one in a failed test is shown "
         "in **bold** with FAILED;",
-        "- relative difference: the comparisons whose official value is all 0 are left out of "
-        "it (– when every one is).",
         "",
         "Regenerate with `python tools/parity_report.py` (a few minutes; single process).",
         "",

@@ -22,7 +22,9 @@ torch.allclose(...)``); the report leaves those out. Dropout maps are compared w
 ``(rate, shape)`` lists: the report reads them from the test names (see ``tools/parity_report.py``).
 
 Quantity of a record (:func:`quantity_of`): the first of :data:`QUANTITY_RULES` whose pattern
-finds the message (or call-site source), lower-cased; else the test name's; else "other".
+finds the message (or call-site source), lower-cased; else the test function's name (not for
+``torch.equal``: its exact checks are set-up checks unless their source says otherwise); else
+"other".
 """
 
 from __future__ import annotations
@@ -45,20 +47,26 @@ QUANTITIES = ("predictions", "loss terms", "gradients", "parameters after steps"
               "eval-mode forward", "dropout map", "metrics", "other")
 #: (quantity, regular expression): the first that finds the message decides
 QUANTITY_RULES = (
-    ("eval-mode forward", r"\beval"),
+    ("other", r"\blrs?\b|learning rate|schedul"),  # learning-rate schedules
+    ("eval-mode forward", r"(?<![a-z])eval"),
     ("gradients", r"grad"),
-    ("parameters after steps", r"\bstate\b|\bparameters?\b|after \d+ steps|\bstep \d+: "),
-    ("loss terms", r"loss|criterion|\btotal\b|reconstruction|attraction"),
-    ("predictions", r"predict|\bpred_?|\bprediction"),
+    ("parameters after steps",
+     r"\bstate\b|\bparameters?\b|after \d+ steps|\bstep \d+: |_steps(_|$)"),
+    ("loss terms", r"loss|criterion|\btotal\b|reconstruction|attraction|\btask"),
+    ("predictions", r"pred"),
     ("metrics", r"metric"),
 )
 
 _session: dict | None = None  # None: recording is off
 
 
-def quantity_of(what: str, test: str = "") -> str:
-    """The quantity a comparison belongs to, from its message (else the test's name)."""
-    for text in (what.lower(), test.rpartition("::")[2].lower()):
+def quantity_of(what: str, test: str = "", use_test_name: bool = True) -> str:
+    """The quantity a comparison belongs to, from its message or call-site source (its
+    ``file.py:line:`` prefix aside), else (``use_test_name``) from the test function's name."""
+    texts = [re.sub(r"^[\w.]+\.py:\d+: ", "", what)]
+    if use_test_name:
+        texts.append(test.rpartition("::")[2].partition("[")[0])
+    for text in (t.lower() for t in texts):
         for quantity, pattern in QUANTITY_RULES:
             if re.search(pattern, text):
                 return quantity
@@ -173,7 +181,10 @@ def _add(frame, what, difference, scale, tolerance, bound, held, via) -> None:
     test = session["current"]
     what = what or _call_site(frame)
     session["records"].append({
-        "test": test, "what": what, "quantity": quantity_of(what, test),
+        "test": test, "what": what,
+        # exact checks without a message (weights loaded, frozen weights unchanged) belong to
+        # no quantity of the test's name
+        "quantity": quantity_of(what, test, use_test_name=via != "torch.equal"),
         "difference": _clean(difference), "scale": _clean(scale), "tolerance": tolerance,
         "bound": _clean(bound), "held": held, "via": via})
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -113,7 +113,8 @@ def test_report_is_built_from_the_records(tmp_path):
     data = {
         "meta": {"command": "pytest", "cpu_capability": "AVX2", "torch": "2", "finished": "now"},
         "tests": {TOY + "test_training": "passed", TOY + "test_dropout_map_and_eval": "passed",
-                  TOY + "test_other": "failed"},
+                  TOY + "test_other": "failed",
+                  "tests/parity/test_broken_parity.py": "failed"},  # did not import
         "records": [
             _record("test_training", "forward 1: prediction", 2e-8, 0.5),
             _record("test_training", "forward 2: prediction", 3e-9, 0.01),
@@ -125,8 +126,9 @@ def test_report_is_built_from_the_records(tmp_path):
             _record("test_other", "forward 1: loss task", 3e-4, 1.0, held=False),
         ]}
     rows = parity_report.summarise(data, tmp_path)
-    assert [r.model for r in rows] == ["toy"]
-    toy = rows[0]
+    assert [r.model for r in rows] == ["broken", "toy"]
+    broken, toy = rows
+    assert broken.origin is None and broken.tests == {"(collecting the module)": "failed"}
     assert toy.origin == ("someone/toy", "ab" * 20)
     predictions = toy.quantities["predictions"]
     assert (predictions.count, predictions.max_difference) == (2, 2e-8)
@@ -166,6 +168,7 @@ def test_tolerances_scaled_per_value_show_as_a_range():
     {"official": {"repo": "a/b", "commit": "c" * 40, "files": []}},
     {"official": "a/b", "commit": "c" * 40},
     {"official_repo": "a/b", "official_commit": "c" * 40},
+    {"official": {"repository": "a/b", "commit": "c" * 40}},
 ])
 def test_fixture_origin_reads_every_layout(tmp_path, layout):
     torch.save(layout, tmp_path / "m.pt")
@@ -180,21 +183,25 @@ def test_every_parity_fixture_records_its_origin():
 
 
 def test_a_parity_test_run_with_the_option_gives_its_row(tmp_path):
-    """End to end: one small parity test, recorded, then its report (a subprocess, as the
-    tool runs it)."""
+    """End to end: one small parity test (MMSA's metrics on real labels: ``pytest.approx`` and
+    exact comparisons) run with ``--parity-report`` in a pytest process, as the tool runs it,
+    then its report."""
     records = tmp_path / "records.json"
-    test = "tests/parity/test_tfn_parity.py::test_tfn_dropout_map_and_eval_forward_match_mmsa"
+    test = "tests/parity/test_metrics_parity.py::test_metrics_match_metrics_top[mosi_real_labels]"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
     done = subprocess.run(
         [sys.executable, "-m", "pytest", test, "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
-         "--parity-report", str(records)], cwd=ROOT, capture_output=True, text=True)
+         "--parity-report", str(records)], cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     data = json.loads(records.read_text())
     assert data["tests"] == {test: "passed"}
-    evals = [r for r in data["records"] if r["quantity"] == "eval-mode forward"]
-    assert len(evals) == 3 and all(r["held"] and r["difference"] < 1e-5 for r in evals)
+    found = data["records"]
+    assert {r["via"] for r in found} == {"pytest.approx", "record_close"}
+    assert all(r["quantity"] == "metrics" and r["held"] and r["test"] == test for r in found)
+    assert {r["what"] for r in found} >= {"metric Has0_acc_2", "metric Non0_F1_score"}
+    approx = [r for r in found if r["via"] == "pytest.approx"]
+    assert approx and all(r["tolerance"] == "rel 1e-12, abs 1e-15" for r in approx)
     (row,) = parity_report.summarise(data)
-    assert row.model == "tfn" and row.origin[0] == "thuiar/MMSA"
-    assert row.quantities["eval-mode forward"].max_difference == max(
-        r["difference"] for r in evals)
-    assert row.dropout_map == "exact"
-    assert np.isfinite(row.quantities["eval-mode forward"].max_relative)
+    assert row.model == "metrics" and row.origin[0] == "thuiar/MMSA"
+    assert row.quantities["metrics"].count == len(found)
+    assert row.quantities["metrics"].max_difference == max(r["difference"] for r in found)

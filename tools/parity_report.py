@@ -32,7 +32,7 @@ DEFAULT_OUTPUT = ROOT / "docs" / "parity.md"
 #: the quantities of ``tests/parity/_recording.py``, in the table's order
 QUANTITIES = ("predictions", "loss terms", "gradients", "parameters after steps",
               "eval-mode forward", "dropout map", "metrics", "other")
-MODULE = re.compile(r"(?:^|/)test_(?P<model>\w+?)_parity\.py::(?P<test>.*)$")
+MODULE = re.compile(r"(?:^|/)test_(?P<model>\w+?)_parity\.py(?:::(?P<test>.*))?$")
 #: the relative difference divides by max(scale, SCALE_FLOOR): a value near 0 (a gradient of
 #: 1e-9) carries the float32 rounding of the larger numbers it came from, not its own
 SCALE_FLOOR = 1e-2
@@ -76,8 +76,10 @@ def fixture_origin(path: Path) -> tuple[str, str] | None:
         return None
     fixture = torch.load(path, weights_only=True, map_location="cpu")
     official = fixture.get("official")
-    if isinstance(official, dict) and "repo" in official and "commit" in official:
-        return official["repo"], official["commit"]
+    if isinstance(official, dict) and "commit" in official:
+        repo = official.get("repo", official.get("repository"))
+        if repo:
+            return repo, official["commit"]
     if isinstance(official, str) and "commit" in fixture:
         return official, fixture["commit"]
     if "official_repo" in fixture and "official_commit" in fixture:
@@ -106,7 +108,7 @@ def summarise(data: dict, fixtures: Path = PARITY_TESTS) -> list[ModelRow]:
 
     for nodeid, outcome in data["tests"].items():
         if (target := row(nodeid)) is not None:
-            target.tests[MODULE.search(nodeid)["test"]] = outcome
+            target.tests[MODULE.search(nodeid)["test"] or "(collecting the module)"] = outcome
     for record in data["records"]:
         target = row(record["test"])
         if target is None or record["difference"] is None or record["held"] is None:

@@ -134,7 +134,12 @@ def record_close(actual, expected, what: str, tolerance: float, description: str
 # ---------------------------------------------------------------------------------------------
 
 def _from_here(frame) -> bool:
-    return frame is not None and Path(frame.f_code.co_filename).parent == HERE
+    return frame is not None and _in_this_folder(frame.f_code.co_filename)
+
+
+@functools.cache
+def _in_this_folder(filename: str) -> bool:
+    return Path(filename).resolve().parent == HERE
 
 
 def _call_site(frame) -> str:

@@ -3,7 +3,6 @@ the ``--parity-report FILE`` recording of their comparisons (``_recording.py``).
 
 from __future__ import annotations
 
-import os
 import sys
 
 import _recording
@@ -13,7 +12,7 @@ import pytest
 def pytest_configure(config):
     # before the test modules import ``_parity.assert_close`` (this conftest loads first)
     if config.getoption("parity_report", None):
-        if os.environ.get("PYTEST_XDIST_WORKER"):
+        if hasattr(config, "workerinput"):  # a pytest-xdist worker
             raise pytest.UsageError("--parity-report records in one process: add -p no:xdist")
         _recording.start()
 
@@ -29,6 +28,11 @@ def pytest_runtest_protocol(item, nextitem):
 
 def pytest_runtest_logreport(report):
     _recording.set_outcome(report.nodeid, report.when, report.outcome)
+
+
+def pytest_collectreport(report):
+    if report.failed:  # a test module that does not import: its model's row says so
+        _recording.set_outcome(report.nodeid, "collect", "failed")
 
 
 def pytest_sessionfinish(session):

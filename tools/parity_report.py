@@ -29,9 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PARITY_TESTS = ROOT / "tests" / "parity"
 DEFAULT_OUTPUT = ROOT / "docs" / "parity.md"
-#: the quantities of ``tests/parity/_recording.py``, in the table's order
-QUANTITIES = ("predictions", "loss terms", "gradients", "parameters after steps",
-              "eval-mode forward", "dropout map", "metrics", "other")
+sys.path.insert(0, str(PARITY_TESTS))
+
+from _recording import QUANTITIES  # noqa: E402  (the recorder owns the quantities: the columns)
+
 MODULE = re.compile(r"(?:^|/)test_(?P<model>\w+?)_parity\.py(?:::(?P<test>.*))?$")
 #: the relative difference divides by max(scale, SCALE_FLOOR): a value near 0 (a gradient of
 #: 1e-9) carries the float32 rounding of the larger numbers it came from, not its own

@@ -234,7 +234,8 @@ def run_parity_tests(records: Path, pytest_args: list[str]) -> tuple[list[str], 
                "--parity-report", str(records), *pytest_args]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    return command, subprocess.run(command, cwd=ROOT, env=env).returncode
+    # pytest's output on stderr: stdout is the page's with --markdown
+    return command, subprocess.run(command, cwd=ROOT, env=env, stdout=sys.stderr).returncode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("pytest_args", nargs="*", help="after --: extra pytest arguments")
     args = parser.parse_args(argv)
 
-    this = "python tools/parity_report.py" + "".join(
-        f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    this = shlex.join(["python", "tools/parity_report.py",
+                       *(argv if argv is not None else sys.argv[1:])])
     status = 0
     if args.records is not None:
         if not args.records.is_file():

@@ -84,11 +84,11 @@ def run_forward_in_float64(model_class: type) -> None:
     in float64."""
     forward = model_class.forward
 
-    def float64_forward(self, *inputs):
+    def float64_forward(self, *inputs, **kwargs):
         previous = torch.get_default_dtype()
         torch.set_default_dtype(torch.float64)
         try:
-            return forward(self, *inputs)
+            return forward(self, *inputs, **kwargs)
         finally:
             torch.set_default_dtype(previous)
 

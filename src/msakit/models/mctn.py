@@ -41,6 +41,7 @@ losses as zeros). The text is the (frozen) LM's token states, as for MMSA's othe
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -120,22 +121,45 @@ class Encoder(nn.Module):
 
 
 class Attention(nn.Module):
-    """Additive attention over the encoder states: ``s (N, h), H (S, N, h) -> (N, S)``."""
+    """Additive attention ``softmax_j(v' tanh(W_a [s; H_j]))``: ``s (N, h), keys (N, S, h) ->
+    (N, S)``, where ``keys`` = :meth:`keys` of the encoder states (``W_a``'s state half, applied
+    once per translation instead of at every step)."""
 
     def __init__(self, hidden: int):
         super().__init__()
+        self.hidden = hidden
         self.attn = nn.Linear(2 * hidden, hidden, bias=False)
         self.v = nn.Linear(hidden, 1, bias=False)
 
-    def forward(self, query: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-        states = states.transpose(0, 1)  # (N, S, h)
-        query = query.unsqueeze(1).expand(-1, states.shape[1], -1)
-        energy = torch.tanh(self.attn(torch.cat([query, states], dim=2)))
-        return F.softmax(self.v(energy).squeeze(2), dim=1)
+    def keys(self, states: torch.Tensor) -> torch.Tensor:
+        """``H (S, N, h) -> W_a^H H (N, S, h)``."""
+        return F.linear(states, self.attn.weight[:, self.hidden:]).transpose(0, 1)
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        query = F.linear(query, self.attn.weight[:, :self.hidden]).unsqueeze(1)
+        return F.softmax(self.v(torch.tanh(query + keys)).squeeze(2), dim=1)
+
+
+@dataclass
+class DecoderMemory:
+    """What every step of one translation reuses (:meth:`Decoder.prepare`)."""
+
+    states: torch.Tensor  #: encoder states ``(N, S, h)``
+    keys: torch.Tensor  #: attention keys ``(N, S, h)``
+    weight: torch.Tensor  #: the step LSTM's input weights, both directions ``(8h, D + h)``
+    bias: torch.Tensor  #: its biases ``b_ih + b_hh``, both directions ``(8h,)``
 
 
 class Decoder(nn.Module):
-    """One output step: ``y_prev (N, D), s (N, h), H (S, N, h) -> y (N, D), s (N, h)``."""
+    """One output step: ``y_prev (N, D), s (N, h), memory -> y (N, D), s (N, h)``.
+
+    MMSA runs a BiLSTM over the one-step sequence ``[y_prev; c]`` from a zero state (``rnn``,
+    MMSA's names). From a zero state each direction is ``h = sigmoid(o) tanh(sigmoid(i)
+    tanh(g))`` of its gates ``W_ih x + b_ih + b_hh`` (the forget gate and ``W_hh`` multiply the
+    zero state), computed so here: the same values as the LSTM call, without its per-call cost
+    at every step. ``weight_hh`` stays a parameter so that MMSA's state dicts map; it never
+    receives a gradient (MMSA's is zero).
+    """
 
     def __init__(self, out_dim: int, hidden: int):
         super().__init__()
@@ -144,13 +168,24 @@ class Decoder(nn.Module):
         self.rnn = nn.LSTM(out_dim + hidden, hidden, bidirectional=True)
         self.fc_out = nn.Linear(2 * hidden, out_dim)
 
-    def forward(self, previous: torch.Tensor, query: torch.Tensor, states: torch.Tensor
+    def prepare(self, states: torch.Tensor) -> DecoderMemory:
+        """The per-translation part of every step, from the encoder states ``(S, N, h)``."""
+        rnn = self.rnn
+        return DecoderMemory(
+            states=states.transpose(0, 1), keys=self.attention.keys(states),
+            weight=torch.cat([rnn.weight_ih_l0, rnn.weight_ih_l0_reverse]),
+            bias=torch.cat([rnn.bias_ih_l0 + rnn.bias_hh_l0,
+                            rnn.bias_ih_l0_reverse + rnn.bias_hh_l0_reverse]))
+
+    def forward(self, previous: torch.Tensor, query: torch.Tensor, memory: DecoderMemory
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        weights = self.attention(query, states).unsqueeze(1)  # (N, 1, S)
-        context = torch.bmm(weights, states.transpose(0, 1)).squeeze(1)  # (N, h)
-        output, (final, _) = self.rnn(torch.cat([previous, context], dim=1).unsqueeze(0))
-        output = output[0, :, :self.hidden] + output[0, :, self.hidden:]
-        return self.fc_out(torch.cat([output, context], dim=1)), final[-1] + final[-2]
+        weights = self.attention(query, memory.keys).unsqueeze(1)  # (N, 1, S)
+        context = torch.bmm(weights, memory.states).squeeze(1)  # (N, h)
+        gates = F.linear(torch.cat([previous, context], dim=1), memory.weight, memory.bias)
+        i, _, g, o = gates.view(-1, 2, 4, self.hidden).unbind(2)  # PyTorch's order i, f, g, o
+        output = (torch.sigmoid(o) * torch.tanh(torch.sigmoid(i) * torch.tanh(g))).sum(1)
+        # MMSA: the directions' outputs summed, and their final states summed: the same here
+        return self.fc_out(torch.cat([output, context], dim=1)), output
 
 
 class RegressionHead(nn.Module):
@@ -204,12 +239,13 @@ class MCTN(SingleAdamGroupMixin, MSAModel):
         """``source (S, N, D_in), target (S', N, D)`` -> encoder states ``(S, N, h)`` and the
         translation ``(S', N, D)``, decoded step by step (module docstring)."""
         states, query = encoder(source)
+        memory = decoder.prepare(states)
         mmsa = self.config.recurrence == "mmsa_batch_axis"
         ratio = self.config.teacher_forcing_ratio
         previous = target[0] if mmsa else torch.zeros_like(target[0])
         outputs = [torch.zeros_like(target[0])] if mmsa else []  # MMSA never writes step 0
         for i in range(len(outputs), target.shape[0]):
-            output, query = decoder(previous, query, states)
+            output, query = decoder(previous, query, memory)
             outputs.append(output)
             if ratio == 1.0:
                 previous = target[i]

@@ -4,23 +4,24 @@ A joint representation is learned by translating the source modality (text) into
 modality (vision) with an attention seq2seq model, translating the result back (the cycle), and
 translating the joint representation into the third modality (audio) with a second seq2seq
 model; a recurrent head with attention regresses the sentiment from that second encoding. At test
-time only the text is needed for the prediction (paper section 3).
+time only the text is needed for the prediction (the paper's section 3 and the authors'
+hainow/MCTN; the paper's text is not in the project's papers, so no equation numbers are cited).
 
 ========================  =======================================================  ============
-block                     computation (paper section 3; MMSA's names)              output
+block                     computation (MMSA's names)                               output
 ========================  =======================================================  ============
 inputs                    x_t, x_v, x_a fixed to ``seq_len`` = T steps, features  ``(B, T, D)``
                           zero-padded to D = max(d_t, d_a, d_v) (the cycle reuses
                           one encoder for text and translated vision)
 encoder (``encoder1``)    H = fwd + bwd states of a BiLSTM over x;                 ``(B, T, h)``
-                          s0 = tanh(W [h_fwd(T); h_bwd(1)])  (eq. 1-2)             ``(B, h)``
+                          s0 = tanh(W (h_fwd + h_bwd)) of its final states         ``(B, h)``
 attention                 a_j = softmax_j(v' tanh(W_a [s; H_j])), c = sum a_j H_j  ``(B, h)``
 decoder (``decoder1``)    y_i = W_o [BiLSTM_sum([y_{i-1}; c]); c], s = h_fwd + h_bwd  ``(B, D)``
-translation (eq. 3)       x_v^ = Dec(Enc(x_t)); joint representation E = Enc(x_t)  ``(B, T, D)``
-cycle (eq. 4)             x_t^ = Dec(Enc(x_v^)) with the same encoder/decoder      ``(B, T, D)``
-second level (eq. 6)      E2 = Enc2(E), x_a^ = Dec2(E2)                            ``(B, T, h)``
-regression head (eq. 7)   A = LSTM(E2); w = softmax_t(tanh(W A_t)); y = W' sum w A  ``(B,)``
-losses (eq. 8)            L1(y, label) + 0.1 MSE(x_v^, x_v) + 0.1 MSE(x_t^, x_t)
+translation               x_v^ = Dec(Enc(x_t)); joint representation E = Enc(x_t)  ``(B, T, D)``
+cycle                     x_t^ = Dec(Enc(x_v^)) with the same encoder/decoder      ``(B, T, D)``
+second level              E2 = Enc2(E) ``(B, T, h)``, x_a^ = Dec2(E2)              ``(B, T, D)``
+regression head           A = LSTM(E2); w = softmax_t(tanh(W A_t)); y = W' sum w A  ``(B,)``
+losses                    L1(y, label) + 0.1 MSE(x_v^, x_v) + 0.1 MSE(x_t^, x_t)
                           + 0.1 MSE(x_a^, x_a)  (``loss_weights``)
 ========================  =======================================================  ============
 
@@ -66,7 +67,7 @@ from msakit.modules.mmsa_subnets import (
 )
 from msakit.modules.text import PretrainedTextEncoder
 
-#: loss terms: the task and the three translations (eq. 8)
+#: loss terms: the task and the three translations
 MCTN_LOSS_TERMS = ("task", "text_to_vision", "vision_to_text", "joint_to_audio")
 
 
@@ -189,7 +190,7 @@ class Decoder(nn.Module):
 
 
 class RegressionHead(nn.Module):
-    """LSTM + attention over time (eq. 7): ``(S, N, h)`` recurrence layout -> ``(B,)``;
+    """LSTM + attention over time: ``(S, N, h)`` recurrence layout -> ``(B,)``;
     ``batch_first_states(A)`` turns the LSTM states into ``(B, T, h)``."""
 
     def __init__(self, hidden: int):
@@ -269,9 +270,9 @@ class MCTN(SingleAdamGroupMixin, MSAModel):
         if "labels" not in batch:  # prediction only: the decoders feed nothing but the losses
             joint2 = self.encoder2(self.encoder1(text)[0])[0]
             return ModelOutput(prediction=self.regression(joint2, self.recurrence_layout))
-        joint, vision_hat = self.translate(self.encoder1, self.decoder1, text, vision)  # eq. 3
-        _, text_hat = self.translate(self.encoder1, self.decoder1, vision_hat, text)  # eq. 4
-        joint2, audio_hat = self.translate(self.encoder2, self.decoder2, joint, audio)  # eq. 6
+        joint, vision_hat = self.translate(self.encoder1, self.decoder1, text, vision)  # translation
+        _, text_hat = self.translate(self.encoder1, self.decoder1, vision_hat, text)  # cycle
+        joint2, audio_hat = self.translate(self.encoder2, self.decoder2, joint, audio)  # second level
         prediction = self.regression(joint2, self.recurrence_layout)
         losses = task_losses(prediction, batch, self.config.loss)
         losses.update(text_to_vision=F.mse_loss(vision_hat, vision),

@@ -6,7 +6,8 @@ over the clips of the batch, and each translation leaves clip 0 at zero) with
 ``model.teacher_forcing_ratio=1.0`` (its decoders always read the target's previous frame, in
 evaluation too). The official run: the tiny random BERT's token states (80 wide, wider than
 COVAREP, as MMSA needs) zero past each transcript and padded/truncated to ``seq_len`` steps, the
-word-level audio/vision the same way; float64, six real clips in three batches of two. MMSA's
+word-level audio/vision the same way; float64, six real clips in two batches of three (so that
+MMSA's loops over the clips decode two steps after the unwritten first). MMSA's
 ``do_train`` (one Adam group, gradient norm clipped at 1.0, loss computed inside the model) for
 three epochs with scripted validation losses; msakit runs the same through ``Trainer.fit`` and must
 match every prediction and every loss term, MMSA's total loss, every gradient, the parameters after

@@ -16,9 +16,11 @@ dtype (MMSA's ``torch.zeros`` buffers), and ``F.mse_loss``/``F.l1_loss`` are rec
 every loss term, in MMSA's order (vision, text, audio translations, then the task).
 
 Recorded (dropout is hard-coded 0 in MMSA, its only rate): MMSA's ``do_train`` on 6 real clips
-(3 batches of 2) with scripted validation losses until its early stopping ends it (per forward
+(2 batches of 3) with scripted validation losses until its early stopping ends it (per forward
 pass the prediction, total loss and terms; per optimiser step every gradient and the parameters
-after it), the dropout map of one train-mode pass and the eval-mode forward of every batch.
+after it), the dropout map of one train-mode pass and the eval-mode forward of every batch. The
+batches hold 3 clips (not ``_mmsa``'s 2): MMSA's loops run over the clips of a batch, so each
+translation then decodes two steps after the unwritten first, each from the previous clip's target.
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ SEQ_LEN = 6
 BERT = {**TINY_BERT, "hidden_size": 80, "num_hidden_layers": 1, "intermediate_size": 32}
 SIZES = {"hid_dim": 4}
 OPTIMISER = {"init_lr": 1e-4, "grad_clip": 1.0}  # MMSA's MOSI values
-KEEP_STATE = (1, 9)  # steps whose parameters the fixture keeps: the first and the last
+#: clips per batch: MMSA's batch-axis recurrence then decodes 2 steps per translation
+BATCH = 3
+KEEP_STATE = (1, 6)  # steps whose parameters the fixture keeps: the first and the last
 #: MMSA's loss calls in order -> msakit's loss terms
 TERMS = ("text_to_vision", "vision_to_text", "joint_to_audio", "task")
 
@@ -111,7 +115,7 @@ def record(model_module, train_module, data: Path) -> dict:
     bert_state = {k: v.clone() for k, v in bert.state_dict().items()}
     bert.double().eval()
     steps = functools.partial(fixed_length, steps=SEQ_LEN)
-    batches = make_batches(clips, bert, steps, text_steps=steps)
+    batches = make_batches(clips, bert, steps, text_steps=steps, size=BATCH)
     official_batches = [{"text": b["text_features"], "audio": b["official_audio"],
                          "vision": b["official_vision"], "labels": b["labels"]} for b in batches]
 

@@ -259,6 +259,17 @@ def tfr_net(p: dict, dataset: str) -> tuple[dict, dict]:
              "selection_metric": "loss", "epochs": 1000})
 
 
+def mctn(p: dict, dataset: str) -> tuple[dict, dict]:
+    return ({"freeze_language_model": not p["use_bert"], "seq_len": p["max_seq_len"],
+             "hidden": p["hid_dim"], "dropout": 0.0, "recurrence": "time",
+             "teacher_forcing_ratio": 0.5, "loss": "l1",
+             "loss_weights": "{task: 1.0, text_to_vision: 0.1, vision_to_text: 0.1, "
+             "joint_to_audio: 0.1}"},
+            {"optimizer": "adam", "batch_size": p["batch_size"], "lr": p["init_lr"],
+             "weight_decay": 0.0, "grad_clip_norm": p["grad_clip"], "patience": p["early_stop"],
+             "min_improvement": 1.0e-6, "selection_metric": "loss", "epochs": 1000})
+
+
 MODELS = {
     "tfn": ("TFN", tfn, AVERAGED),
     "lmf": ("LMF", lmf, AVERAGED),
@@ -317,6 +328,20 @@ MODELS = {
         "(missing_rate, model.missing_splits=all). Its loop: gradients summed over update_epochs",
         "batches with a step after each (train.accumulation=running_sum). SIMS: seq_lens padded",
         "to [50, 400, 75] (MMSA's [39, 400, 55] are not multiples of its 25 temporal heads)."]),
+    "mctn": ("MCTN", mctn, [
+        NO_CAP + " MMSA configures",
+        "MCTN for CMU-MOSI only, and its results/result-stat.md has no MCTN figures. MMSA reads "
+        "fixed BERT",
+        "features (the LM is frozen) of word-aligned data (need_data_aligned) padded to "
+        "max_seq_len steps.",
+        "This preset runs the corrected model (model.recurrence: time, teacher_forcing_ratio: "
+        "0.5, the ratio",
+        "MMSA passes); MMSA's code itself, the mode that reproduces MMSA's numbers, is",
+        "model.recurrence=mmsa_batch_axis model.teacher_forcing_ratio=1.0 (its LSTMs run over the "
+        "batch axis",
+        "and its decoders always read the target). MMSA selects on the validation total loss "
+        "(translations",
+        "included); msakit on the validation task loss."]),
 }
 
 

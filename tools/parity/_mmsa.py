@@ -84,11 +84,11 @@ def run_forward_in_float64(model_class: type) -> None:
     in float64."""
     forward = model_class.forward
 
-    def float64_forward(self, *inputs):
+    def float64_forward(self, *inputs, **kwargs):
         previous = torch.get_default_dtype()
         torch.set_default_dtype(torch.float64)
         try:
-            return forward(self, *inputs)
+            return forward(self, *inputs, **kwargs)
         finally:
             torch.set_default_dtype(previous)
 
@@ -168,18 +168,19 @@ def lstm_dropouts(model: torch.nn.Module) -> list[tuple[str, float, int]]:
 
 
 def make_batches(clips: dict, bert, feature_steps, text_steps=None,
-                 unimodal_labels: bool = False) -> list[dict]:
-    """3 batches of 2: token ids and mask (to the batch's longest transcript), the BERT's token
-    states ``text_features``, the word-level audio/vision ``audio_full``/``vision_full`` with
-    ``lengths``, and ``official_audio``/``official_vision`` = ``feature_steps(x, mask)``, what
-    MMSA's loader gives the model (``text_steps(states, mask)`` for the text features, if
-    given). ``unimodal_labels``: random SIMS-style ``T``/``A``/``V`` labels (multiples of 0.2 in
-    [-1, 1]) beside the clips' ``M`` labels, for MMSA's multi-task models."""
+                 unimodal_labels: bool = False, size: int = BATCH) -> list[dict]:
+    """Batches of ``size`` clips (3 of 2): token ids and mask (to the batch's longest
+    transcript), the BERT's token states ``text_features``, the word-level audio/vision
+    ``audio_full``/``vision_full`` with ``lengths``, and ``official_audio``/``official_vision`` =
+    ``feature_steps(x, mask)``, what MMSA's loader gives the model (``text_steps(states,
+    mask)`` for the text features, if given). ``unimodal_labels``: random SIMS-style
+    ``T``/``A``/``V`` labels (multiples of 0.2 in [-1, 1]) beside the clips' ``M`` labels, for
+    MMSA's multi-task models."""
     batches = []
     generator = torch.Generator().manual_seed(4)
     steps_mask = torch.arange(clips["audio"].shape[1])[None] < clips["lengths"][:, None]
-    for start in range(0, len(ROWS), BATCH):
-        rows = slice(start, start + BATCH)
+    for start in range(0, len(ROWS), size):
+        rows = slice(start, start + size)
         mask = clips["attention_mask"][rows]
         text_len = int(mask.sum(1).max())
         ids, mask = clips["input_ids"][rows, :text_len], mask[:, :text_len]
@@ -193,12 +194,12 @@ def make_batches(clips: dict, bert, feature_steps, text_steps=None,
             "official_audio": feature_steps(clips["audio"][rows], steps_mask[rows]),
             "official_vision": feature_steps(clips["vision"][rows], steps_mask[rows]),
             "audio_full": clips["audio"][rows], "vision_full": clips["vision"][rows],
-            "lengths": clips["lengths"][rows], "index": torch.arange(start, start + BATCH),
+            "lengths": clips["lengths"][rows], "index": torch.arange(start, start + size),
             "labels": {"M": clips["labels"][rows].clone()},
         })
         if unimodal_labels:
             for task in "TAV":
-                drawn = torch.randint(-5, 6, (BATCH,), generator=generator).double() / 5
+                drawn = torch.randint(-5, 6, (size,), generator=generator).double() / 5
                 batches[-1]["labels"][task] = drawn
     return batches
 

@@ -8,7 +8,8 @@ features ``(B, 50, 768)`` (msakit reads them as cached frozen-LM states, ``text_
 Both models are built at the preset's sizes with the same weights; a step is forward, the task
 L1, the weighted reconstruction and MMD terms, backward and Adam as MMSA's trainer builds it
 (one group, Adam's default lr, the preset's weight decay). Prints the median of ``--steps``
-steps after 3 warm-up steps, both measured in this process back to back (MMSA's first).
+steps of each after 3 warm-up steps, both in this process, one MMSA step then one msakit step in
+turn (so that a shared machine's load drifts over both alike).
 """
 
 from __future__ import annotations
@@ -31,15 +32,19 @@ STEPS, BERT_DIM = 50, 768
 FEATURE_DIMS = {"mosi": (5, 20), "mosei": (74, 35)}  # MMSA's aligned_50 COVAREP / FACET widths
 
 
-def median_step_seconds(step, steps: int) -> float:
+def median_step_seconds(first, second, steps: int) -> tuple[float, float]:
+    """Medians of ``steps`` timed calls of ``first`` and of ``second``, alternating, after 3
+    warm-up calls of each."""
     for _ in range(3):
-        step()
-    times = []
+        first()
+        second()
+    times: tuple[list, list] = ([], [])
     for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for step, out in zip((first, second), times):
+            start = time.perf_counter()
+            step()
+            out.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def main() -> None:
@@ -71,7 +76,8 @@ def main() -> None:
     vision = torch.randn(batch_size, STEPS, vision_dim, generator=generator) * mask[..., None]
     labels = torch.randint(-15, 16, (batch_size,), generator=generator).float() / 5
 
-    theirs, initial = official_step_seconds(args, config, text, audio, vision, labels)
+    official_step, initial = official_step_function(config, text, audio, vision, labels,
+                                                    args.official)
     model = create_model(cfg, FeatureDims(audio_dim, vision_dim)).train()
     missing, _ = model.load_state_dict(initial, strict=False)
     assert all(k.startswith("text_encoder.") for k in missing), missing
@@ -89,18 +95,18 @@ def main() -> None:
         loss.backward()
         optimizer.step()
 
-    ours = median_step_seconds(msakit_step, args.steps)
+    theirs, ours = median_step_seconds(official_step, msakit_step, args.steps)
     print(f"MFM ({args.preset} sizes, batch {batch_size}, 1 thread, median of {args.steps} "
           f"steps): MMSA {theirs * 1e3:.1f} ms, msakit {ours * 1e3:.1f} ms, "
           f"ratio {ours / theirs:.2f}")
 
 
-def official_step_seconds(args, config, text, audio, vision, labels) -> tuple[float, dict]:
-    """MMSA's MFM at ``config``'s sizes and its trainer's step: the median step time and its
-    initial weights under msakit's names."""
+def official_step_function(config, text, audio, vision, labels, official_root: Path):
+    """MMSA's MFM at ``config``'s sizes: ``(step, initial weights under msakit's names)``, the
+    step as MMSA's trainer takes it."""
     from _mmsa import load_official
 
-    model_module, _ = load_official(args.official, "models/singleTask/MFM.py",
+    model_module, _ = load_official(official_root, "models/singleTask/MFM.py",
                                     "trains/singleTask/MFM.py")
     cfg, weights = config.model, config.model.loss_weights
     blocks = {"NN1Config": "att1", "NN2Config": "att2", "gamma1Config": "gamma1",
@@ -134,7 +140,7 @@ def official_step_seconds(args, config, text, audio, vision, labels) -> tuple[fl
         loss.backward()
         optimizer.step()
 
-    return median_step_seconds(official_step, args.steps), initial
+    return official_step, initial
 
 
 if __name__ == "__main__":

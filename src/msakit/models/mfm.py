@@ -4,10 +4,10 @@ Representations, ICLR 2019), as MMSA ports it (``MFM``).
 MFM factorises a clip into a multimodal discriminative factor ``z_y`` (shared by all modalities,
 it predicts the label) and one modality-specific generative factor ``z_m`` per modality; a
 decoder regenerates each modality's sequence from ``[f_y; f_m]``. It is trained with a joint
-generative-discriminative objective in the Wasserstein-autoencoder form of the paper (section
-2.2): the task loss, the reconstruction cost of every modality, and an MMD penalty that pulls
-each factor's batch distribution towards a standard normal prior. (The paper's text is not in
-the project's papers folder; sections, not equation numbers, are cited.)
+generative-discriminative objective in the Wasserstein-autoencoder form the paper derives:
+the task loss, the reconstruction cost of every modality, and an MMD penalty that pulls each
+factor's batch distribution towards a standard normal prior. (The paper's text is not in the
+project's papers folder, so its equation numbers are not cited; the terms below are the code's.)
 
 On ``(T, B, D_m)`` step-major sequences (text: the frozen LM's token states, audio, vision; each
 zero past its real steps and padded/truncated to ``seq_len`` = T):

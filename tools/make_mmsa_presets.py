@@ -1,6 +1,6 @@
 """Write the presets of msakit's MMSA ports from MMSA's own files (run by hand, never in CI).
 
-    python tools/make_mmsa_presets.py --official /path/to/MMSA tfn lmf ef_lstm mfn graph_mfn bert_mag
+    python tools/make_mmsa_presets.py --official /path/to/MMSA tfn lmf ef_lstm mfn graph_mfn mfm bert_mag
 
 For each model and dataset (MOSI, MOSEI, SIMS) it reads MMSA's settings from
 ``src/MMSA/config/config_regression.json`` and MMSA's reproduced test numbers from
@@ -123,6 +123,28 @@ def graph_mfn(p: dict, dataset: str) -> tuple[dict, dict]:
     model.update(_memory_blocks(p, (("NNConfig", "att2"), ("gamma1Config", "gamma1"),
                                     ("gamma2Config", "gamma2"), ("outConfig", "out"))))
     return {**model, "loss": "l1"}, train_fields(p)
+
+
+def mfm(p: dict, dataset: str) -> tuple[dict, dict]:
+    th, ah, vh = p["hidden_dims"]
+    model = {"freeze_language_model": True, "seq_len": TEXT_LEN[dataset], "text_hidden": th,
+             "audio_hidden": ah, "vision_hidden": vh, "mem_dim": p["memsize"]}
+    model.update(_memory_blocks(p, (("NN1Config", "att1"), ("NN2Config", "att2"),
+                                    ("gamma1Config", "gamma1"), ("gamma2Config", "gamma2"),
+                                    ("outConfig", "out"))))
+    model["run_unused_mfn_head"] = True
+    model.update({k: p[k] for k in ("zy_size", "zl_size", "za_size", "zv_size", "fy_size",
+                                    "fl_size", "fa_size", "fv_size")})
+    model.update({k: float(p[k]) for k in ("zy_to_fy_dropout", "zl_to_fl_dropout",
+                                           "za_to_fa_dropout", "zv_to_fv_dropout",
+                                           "fy_to_y_dropout")})
+    model["loss"] = "l1"
+    model["loss_weights"] = (
+        f"{{task: 1.0, text_reconstruction: {fmt(float(p['lda_xl']))}, audio_reconstruction: "
+        f"{fmt(float(p['lda_xa']))}, vision_reconstruction: {fmt(float(p['lda_xv']))}, mmd: "
+        f"{fmt(float(p['lda_mmd']))}}}")
+    # MMSA's MFM trainer builds Adam(parameters, weight_decay=...) without its learning_rate
+    return model, {**train_fields(p), "lr": 1.0e-3}
 
 
 def mlf_dnn(p: dict, dataset: str) -> tuple[dict, dict]:
@@ -289,6 +311,17 @@ MODELS = {
         "MMSA reads fixed BERT features (the LM is frozen) and audio/vision, word-aligned and "
         "padded to",
         "seq_len steps (MOSI/MOSEI aligned_50: 50; SIMS: 39)."]),
+    "mfm": ("MFM", mfm, [
+        NO_CAP,
+        "MMSA reads fixed BERT features (the LM is frozen) and audio/vision, word-aligned and "
+        "padded to",
+        "seq_len steps (MOSI/MOSEI aligned_50: 50; SIMS: 39). lr 1e-3 is what MMSA's runs used: "
+        "its MFM",
+        "trainer builds Adam(model.parameters(), weight_decay=...) without the configured "
+        "learning_rate",
+        "(MOSI 0.002, MOSEI 0.001, SIMS 0.002), so Adam runs at its default 1e-3 "
+        "(src/MMSA/trains/singleTask/MFM.py).",
+        "MFM is not in MMSA's results/result-stat.md: no reproduced figures to compare with."]),
     "mlf_dnn": ("MLF-DNN", mlf_dnn, AVERAGED[:2] + [
         "steps; MMSA divides by its arrays' padded length (SIMS: audio 400, vision 55), which",
         "model.audio_average_steps / vision_average_steps reproduce. MMSA runs it on CH-SIMS only:",

@@ -1,5 +1,6 @@
 """MFN: Memory Fusion Network (Zadeh et al., AAAI 2018), as MMSA ports it (``MFN``).
 
+The recurrent core (LSTMs, DMAN, gated memory) is ``modules/mfn_core.py``'s, shared with MFM.
 Three LSTM cells (one per modality) step through the word-aligned sequence; at every step a
 Delta-memory Attention Network looks at the cell states of the previous and the current step and
 writes into a Multi-view Gated Memory:
@@ -37,9 +38,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
-from torch import nn
 
 from msakit.config_schema import ModelConfig
 from msakit.models import register_model
@@ -51,12 +50,11 @@ from msakit.models.base import (
     require_modalities,
 )
 from msakit.modules.encoders import masked_time_mean
+from msakit.modules.mfn_core import MemoryFusionMixin
 from msakit.modules.mmsa_subnets import (
-    GatedMemoryMixin,
     SingleAdamGroupMixin,
     fixed_length,
     frozen_language_model_field,
-    mlp,
     task_losses,
 )
 from msakit.modules.text import PretrainedTextEncoder
@@ -104,7 +102,7 @@ class MFNConfig(ModelConfig):
 
 
 @register_model
-class MFN(GatedMemoryMixin, SingleAdamGroupMixin, MSAModel):
+class MFN(MemoryFusionMixin, SingleAdamGroupMixin, MSAModel):
     """Memory Fusion Network (see the module docstring for blocks and sizes)."""
 
     name = "mfn"
@@ -118,16 +116,8 @@ class MFN(GatedMemoryMixin, SingleAdamGroupMixin, MSAModel):
                            "with model.modalities")
         self.text_encoder = PretrainedTextEncoder(
             config.language_model, pooling="none", freeze=config.freeze_language_model)
-        hidden = config.text_hidden + config.audio_hidden + config.vision_hidden
-        window = 2 * hidden  # c* = [c[t-1]; c[t]]
-        # MMSA's names (l, a, v), so that its state dicts map by name
-        self.lstm_l = nn.LSTMCell(self.text_encoder.hidden_size, config.text_hidden)
-        self.lstm_a = nn.LSTMCell(dims.audio, config.audio_hidden)
-        self.lstm_v = nn.LSTMCell(dims.vision, config.vision_hidden)
-        self.att1_fc1 = nn.Linear(window, config.att1_hidden)
-        self.att1_fc2 = nn.Linear(config.att1_hidden, window)
-        self.att1_dropout = nn.Dropout(config.att1_dropout)
-        self.add_gated_memory(config, window, hidden)
+        # the core's parameters sit on the model with MMSA's names (lstm_l, att1_fc1, ...)
+        self.add_memory_fusion(config, (self.text_encoder.hidden_size, dims.audio, dims.vision))
 
     def input_sequences(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
         """Text, audio, vision as ``(T, B, D_m)`` step-major sequences of ``seq_len`` steps."""
@@ -145,20 +135,7 @@ class MFN(GatedMemoryMixin, SingleAdamGroupMixin, MSAModel):
         return tuple(s.transpose(0, 1) for s in (text, *others))
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
-        text, audio, vision = self.input_sequences(batch)
-        size = text.shape[1]
-        states = [(x.new_zeros(size, cell.hidden_size), x.new_zeros(size, cell.hidden_size))
-                  for x, cell in zip((text, audio, vision), (self.lstm_l, self.lstm_a,
-                                                             self.lstm_v))]
-        memory = text.new_zeros(size, self.config.mem_dim)
-        for t in range(text.shape[0]):
-            new_states = [cell(x[t], state) for x, cell, state in zip(
-                (text, audio, vision), (self.lstm_l, self.lstm_a, self.lstm_v), states)]
-            c_star = torch.cat([c for _, c in states] + [c for _, c in new_states], dim=1)
-            attention = F.softmax(mlp(self.att1_fc1, self.att1_dropout, self.att1_fc2, c_star),
-                                  dim=1)
-            memory = self.update_memory(attention * c_star, memory)
-            states = new_states
+        states, memory = self.memory_fusion(*self.input_sequences(batch))
         prediction = self.memory_head(states, memory)
         return ModelOutput(prediction=prediction,
                            losses=task_losses(prediction, batch, self.config.loss))

@@ -1,0 +1,90 @@
+"""MFN's recurrent core (Zadeh et al., Memory Fusion Network, AAAI 2018), as MMSA ports it: the
+System of LSTMs, the Delta-memory Attention Network (window 2) and the Multi-view Gated Memory.
+MFN (``models/mfn.py``) is this core and its output head; MFM (``models/mfm.py``) uses the core as
+its multimodal discriminative encoder.
+
+At every step t of ``(T, B, D_m)`` step-major sequences (paper section 3):
+
+=====================  ==========================================================  ============
+block                  computation                                                 output
+=====================  ==========================================================  ============
+System of LSTMs        h_m[t], c_m[t] = LSTMCell_m(x_m[t], h_m[t-1], c_m[t-1])    ``(B, d_m)``
+c* (window 2)          [c[t-1]; c[t]], c = [c_l; c_a; c_v]                         ``(B, 2 d)``
+DMAN                   a = softmax(D_a(c*)); c^ = c* (.) a  (D_a: att1)            ``(B, 2 d)``
+gated memory           u[t] = g1 (.) u[t-1] + g2 (.) tanh(D_u(c^))                 ``(B, mem)``
+=====================  ==========================================================  ============
+
+(``d`` = the three LSTM sizes summed; the gates are :class:`GatedMemoryMixin`'s). The final
+state is ``[h_l; h_a; h_v; u]`` at T, ``(B, d + mem)``; MMSA's output head (Linear + ReLU ->
+Dropout -> Linear) reads it. Parameter names are MMSA's (``lstm_l``, ``att1_fc1`` ...), so that
+its state dicts map by name.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from msakit.modules.mmsa_subnets import GatedMemoryMixin, mlp
+
+
+class MemoryFusionMixin(GatedMemoryMixin):
+    """MFN's core as a mixin of an ``nn.Module`` (its parameters directly on the module, MMSA's
+    names). ``config`` gives ``text_hidden``, ``audio_hidden``, ``vision_hidden``, ``mem_dim``,
+    ``att1_hidden``/``_dropout`` and :meth:`GatedMemoryMixin.add_gated_memory`'s sizes."""
+
+    def add_memory_fusion(self, config, input_dims: tuple[int, int, int]) -> None:
+        """The three LSTM cells over inputs of ``input_dims`` (text, audio, vision), the DMAN's
+        attention network (att1), the gated memory and the output head."""
+        hidden = config.text_hidden + config.audio_hidden + config.vision_hidden
+        window = 2 * hidden  # c* = [c[t-1]; c[t]]
+        text_dim, audio_dim, vision_dim = input_dims
+        self.lstm_l = nn.LSTMCell(text_dim, config.text_hidden)
+        self.lstm_a = nn.LSTMCell(audio_dim, config.audio_hidden)
+        self.lstm_v = nn.LSTMCell(vision_dim, config.vision_hidden)
+        self.att1_fc1 = nn.Linear(window, config.att1_hidden)
+        self.att1_fc2 = nn.Linear(config.att1_hidden, window)
+        self.att1_dropout = nn.Dropout(config.att1_dropout)
+        self.add_gated_memory(config, window, hidden)
+        self.memory_size = config.mem_dim
+
+    def memory_fusion(self, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor
+                      ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """Runs the core over ``(T, B, D_m)`` sequences; returns the cells' final ``(h, c)``
+        states (text, audio, vision) and the final memory ``(B, mem)``."""
+        cells = (self.lstm_l, self.lstm_a, self.lstm_v)
+        sequences = (text, audio, vision)
+        size = text.shape[1]
+        states = [(x.new_zeros(size, cell.hidden_size), x.new_zeros(size, cell.hidden_size))
+                  for x, cell in zip(sequences, cells)]
+        memory = text.new_zeros(size, self.memory_size)
+        for t in range(text.shape[0]):
+            new_states = [cell(x[t], state) for x, cell, state in zip(sequences, cells, states)]
+            c_star = torch.cat([c for _, c in states] + [c for _, c in new_states], dim=1)
+            attention = F.softmax(mlp(self.att1_fc1, self.att1_dropout, self.att1_fc2, c_star),
+                                  dim=1)
+            memory = self.update_memory(attention * c_star, memory)
+            states = new_states
+        return states, memory
+
+
+class MemoryFusionCore(MemoryFusionMixin, nn.Module):
+    """MFN's core and head as a sub-module (MFM's ``mfn_encoder``): ``(T, B, D_m)`` x 3 ->
+    final state ``[h_l; h_a; h_v; u]`` ``(B, d + mem)``; :meth:`head` maps it to ``(B,)``."""
+
+    def __init__(self, config, input_dims: tuple[int, int, int]):
+        super().__init__()
+        self.add_memory_fusion(config, input_dims)
+
+    def forward(self, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor
+                ) -> torch.Tensor:
+        states, memory = self.memory_fusion(text, audio, vision)
+        return torch.cat([h for h, _ in states] + [memory], dim=1)
+
+    def head(self, final: torch.Tensor) -> torch.Tensor:
+        """MFN's output head on the final state: ``(B, d + mem) -> (B,)``."""
+        return mlp(self.out_fc1, self.out_dropout, self.out_fc2, final).squeeze(-1)
+
+
+__all__ = ["MemoryFusionCore", "MemoryFusionMixin"]

@@ -24,8 +24,9 @@ Official code: the authors' thuiar/Cross-Modal-BERT@3e44dce (``model.py`` ``Bert
 ``BertForSequenceClassification``, ``run_classifier.py``; not in MMSA). Its training loop is
 msakit's ``train.optimizer=bert_adam``, ``train.scheduler=warmup_linear`` (per step, 10 %
 warm-up), ``train.grad_clip_norm=1`` with ``train.grad_clip_scope=per_parameter``, the loss
-``0.5 (y^ - y)^2`` averaged over the batch (``loss: half_mse``), the embeddings frozen
-(``freeze_embeddings``) and three parameter groups (:meth:`CMBert.parameter_groups`).
+``0.5 (y^ - y)^2`` averaged over the batch (``loss: half_mse``), the embeddings and the final Linear frozen
+(``freeze_embeddings``, ``freeze_classifier``: the official freezing rule names BERT's layers,
+its pooler and the new layer only) and three parameter groups (:meth:`CMBert.parameter_groups`).
 
 Deviation (a named option): the official code divides the projected text by the square root of
 the 2-norm of the WHOLE BATCH's projected text, padding positions included, computed in NumPy
@@ -80,6 +81,10 @@ class CMBertConfig(ModelConfig):
                               "official code does not")
     freeze_embeddings: bool = Field(True, description="keep BERT's embedding layer fixed (the "
                                     "official run_classifier.py and the paper)")
+    freeze_classifier: bool = Field(True, description="keep the final Linear at its random "
+                                    "initial weights: the official freezing rule trains only "
+                                    "BERT's layers, its pooler and BertFinetun (the masked "
+                                    "multimodal attention), not the classifier")
     loss: Literal["half_mse", "mse", "l1"] = Field(
         "half_mse", description="task loss: half_mse = mean of 0.5 (y^ - y)^2 (official), mse, "
         "or l1")
@@ -156,7 +161,8 @@ class MaskedMultimodalAttention(nn.Module):
 @register_model
 class CMBert(MSAModel):
     """CM-BERT (see the module docstring). Loss term: ``task``. The language model is
-    fine-tuned (its embeddings frozen by default); BERT's pooler is not used (frozen)."""
+    fine-tuned (its embeddings frozen by default); BERT's pooler is not used (frozen); the
+    classifier keeps its initial weights by default (``freeze_classifier``)."""
 
     name = "cm_bert"
     paper = ("Yang, Xu and Gao, CM-BERT: Cross-Modal BERT for Text-Audio Sentiment Analysis, "
@@ -184,6 +190,7 @@ class CMBert(MSAModel):
         self.output_dropout = nn.Dropout(rate)
         self.classifier = nn.Linear(hidden, 1)
         self._init_new_weights(lm.config.initializer_range)
+        self.classifier.requires_grad_(not config.freeze_classifier)
 
     def _init_new_weights(self, std: float) -> None:
         """The official ``init_bert_weights`` of the new Linear layers (normal(0, std), zero

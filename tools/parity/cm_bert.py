@@ -16,7 +16,8 @@ initialised as the official constructor does (``init_bert_weights``; the Conv1d'
 PyTorch's default).
 
 ``run_classifier.py``'s ``main`` cannot run without its data files and bert-base; its training
-steps are replayed here on the official objects: the freezing rule (the embeddings fixed), the
+steps are replayed here on the official objects: the freezing rule (only BERT's layers, its
+pooler and ``BertFinetun`` train: the embeddings and the classifier stay fixed), the
 three parameter groups (``no_decay``/``new_decay`` name rules, the new layer at lr 0.01),
 ``BertAdam(lr, warmup=0.1, t_total=int(N / batch) * epochs)``, and per batch ``loss =
 model(input_ids, audio, segment_ids, input_mask, labels).mean()`` (``n_gpu = 2`` in the script:

@@ -47,6 +47,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from msakit.config_schema import ModelConfig, TrainConfig
+from msakit.errors import ConfigError
 from msakit.models import register_model
 from msakit.models.base import (
     FeatureDims,
@@ -175,9 +176,12 @@ class CMBert(MSAModel):
         self.text_encoder = PretrainedTextEncoder(config.language_model, pooling="none")
         lm = self.text_encoder.model
         if config.freeze_embeddings:
-            lm.get_input_embeddings()  # fails clearly for a model without embeddings
-            for parameter in lm.embeddings.parameters():
-                parameter.requires_grad_(False)
+            embeddings = getattr(lm, "embeddings", None)
+            if embeddings is None:
+                raise ConfigError(f"model.freeze_embeddings: language model "
+                                  f"{config.language_model!r} ({type(lm).__name__}) has no "
+                                  "embeddings module; set model.freeze_embeddings=false")
+            embeddings.requires_grad_(False)
         if getattr(lm, "pooler", None) is not None:
             for parameter in lm.pooler.parameters():  # never used (no gradient officially)
                 parameter.requires_grad_(False)

@@ -24,9 +24,10 @@ Official code: the authors' thuiar/Cross-Modal-BERT@3e44dce (``model.py`` ``Bert
 ``BertForSequenceClassification``, ``run_classifier.py``; not in MMSA). Its training loop is
 msakit's ``train.optimizer=bert_adam``, ``train.scheduler=warmup_linear`` (per step, 10 %
 warm-up), ``train.grad_clip_norm=1`` with ``train.grad_clip_scope=per_parameter``, the loss
-``0.5 (y^ - y)^2`` averaged over the batch (``loss: half_mse``), the embeddings and the final Linear frozen
-(``freeze_embeddings``, ``freeze_classifier``: the official freezing rule names BERT's layers,
-its pooler and the new layer only) and three parameter groups (:meth:`CMBert.parameter_groups`).
+``0.5 (y^ - y)^2`` averaged over the batch (``loss: half_mse``), the embeddings and the final
+Linear frozen (``freeze_embeddings``, ``freeze_classifier``: the official freezing rule names
+BERT's layers, its pooler and the new layer only) and three parameter groups
+(:meth:`CMBert.parameter_groups`). Parity: ``tests/parity/test_cm_bert_parity.py``.
 
 Deviation (a named option): the official code divides the projected text by the square root of
 the 2-norm of the WHOLE BATCH's projected text, padding positions included, computed in NumPy

@@ -90,3 +90,10 @@ def test_the_trainer_builds_bert_adam_and_a_per_step_warmup_linear_schedule():
         factor = warmup_linear_factor(k, 10, 0.1)
         assert step_lrs == pytest.approx([base * factor for base in bases])
     assert lrs[0] == [0.0] * len(bases) and lrs[1] == pytest.approx([0.9 * b for b in bases])
+
+
+def test_per_parameter_clipping_without_a_norm_is_a_config_error():
+    from msakit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="grad_clip_scope=per_parameter.*grad_clip_norm"):
+        build_config("cm_bert", ["train.grad_clip_norm=null"])

@@ -357,6 +357,13 @@ class TrainConfig(StrictModel):
         "~/.cache/msakit/lm (safe to delete)"
     )
 
+    @model_validator(mode="after")
+    def _clip_scope_needs_a_norm(self) -> TrainConfig:
+        if self.grad_clip_scope == "per_parameter" and self.grad_clip_norm is None:
+            raise ValueError("grad_clip_scope=per_parameter clips each gradient to "
+                             "grad_clip_norm, which is not set")
+        return self
+
     @field_validator("lm_cache", mode="before")
     @classmethod
     def _yaml_off(cls, value: Any) -> Any:

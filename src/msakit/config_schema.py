@@ -261,13 +261,21 @@ class TrainConfig(StrictModel):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(64, ge=1)
-    optimizer: Literal["adam", "adamw"] = "adam"
+    optimizer: Literal["adam", "adamw", "bert_adam"] = Field(
+        "adam", description="'adam', 'adamw' (PyTorch's), or 'bert_adam': BERT's Adam without "
+        "bias correction, with decoupled weight decay (pytorch_pretrained_bert's BertAdam; "
+        "msakit.training.bert_adam)"
+    )
     lr: float = Field(1e-3, gt=0)
     lm_lr: float = Field(5e-5, gt=0, description="Learning rate of the pretrained LM's weights")
     weight_decay: float = Field(0.0, ge=0)
     lm_weight_decay: float = Field(0.0, ge=0)
     grad_clip_value: float | None = Field(None, gt=0)
     grad_clip_norm: float | None = Field(None, gt=0)
+    grad_clip_scope: Literal["global", "per_parameter"] = Field(
+        "global", description="grad_clip_norm over all parameters together (global) or each "
+        "parameter's gradient on its own (per_parameter: BertAdam's max_grad_norm)"
+    )
     grad_accumulation: int = Field(1, ge=1, description="Batches per optimiser step")
     accumulation: Literal["mean", "sum", "running_sum"] = Field(
         "mean", description="How the losses of the grad_accumulation batches combine: 'mean' "
@@ -293,20 +301,22 @@ class TrainConfig(StrictModel):
     )
     selection_metric: str = Field("loss", description="'loss' (validation task loss) or a "
                                   "metric name such as MAE, Non0_acc_2, Corr")
-    scheduler: Literal["none", "plateau", "warmup_cosine"] = Field(
+    scheduler: Literal["none", "plateau", "warmup_cosine", "warmup_linear"] = Field(
         "none", description="'plateau': ReduceLROnPlateau on the selection value, per epoch; "
         "'warmup_cosine': linear warm-up then cosine annealing (ALMT's official schedule, see "
-        "msakit.training.trainer.warmup_cosine_factor)"
+        "msakit.training.trainer.warmup_cosine_factor); 'warmup_linear': linear warm-up then "
+        "linear decay to 0 (BERT's, pytorch_pretrained_bert's warmup_linear, see "
+        "msakit.training.trainer.warmup_linear_factor)"
     )
     plateau_factor: float = Field(0.5, gt=0, lt=1)
     plateau_patience: int = Field(5, ge=1)
-    warmup_fraction: float = Field(0.1, gt=0, lt=1, description="warmup_cosine: warm-up length "
-                                   "as a share of all epochs (or steps)")
+    warmup_fraction: float = Field(0.1, gt=0, lt=1, description="warmup_cosine, warmup_linear: "
+                                   "warm-up length as a share of all epochs (or steps)")
     cosine_fraction: float = Field(0.9, gt=0, le=1, description="warmup_cosine: cosine period "
                                    "(CosineAnnealingLR's T_max) as a share of all epochs (or steps)")
     scheduler_interval: Literal["epoch", "step"] = Field(
-        "epoch", description="warmup_cosine: step the schedule once per epoch (ALMT's official "
-        "script) or once per optimiser step"
+        "epoch", description="warmup_cosine, warmup_linear: step the schedule once per epoch "
+        "(ALMT's official script) or once per optimiser step (BERT's)"
     )
     seed: int = Field(1, ge=0, le=2**32 - 1)
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
@@ -346,6 +356,13 @@ class TrainConfig(StrictModel):
         None, description="Folder of the language-model cache; default $MSAKIT_CACHE/lm, else "
         "~/.cache/msakit/lm (safe to delete)"
     )
+
+    @model_validator(mode="after")
+    def _clip_scope_needs_a_norm(self) -> TrainConfig:
+        if self.grad_clip_scope == "per_parameter" and self.grad_clip_norm is None:
+            raise ValueError("grad_clip_scope=per_parameter clips each gradient to "
+                             "grad_clip_norm, which is not set")
+        return self
 
     @field_validator("lm_cache", mode="before")
     @classmethod

@@ -5,6 +5,7 @@ official -> msakit parameter names, gradient comparison, and the trainer's optim
 from __future__ import annotations
 
 import re
+import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -186,14 +187,15 @@ def fit_with_scripted_validation(config, model, batches, labels, valid_losses, r
         optimizer = make_optimizer(m, c)
         step = optimizer.step
 
-        def recording_step(*args, **kwargs):
+        def recording_step(self, *args, **kwargs):
             gradients = {k: p.grad.clone() if p.grad is not None else torch.zeros_like(p)
                          for k, p in m.named_parameters() if p.requires_grad}
             result = step(*args, **kwargs)
             on_step(m, gradients)
             return result
 
-        optimizer.step = recording_step
+        # a bound method: a learning-rate scheduler wraps the optimiser's step (its __func__)
+        optimizer.step = types.MethodType(recording_step, optimizer)
         return optimizer
 
     scripted = iter(valid_losses)

@@ -42,6 +42,7 @@ from msakit.metrics import compute_metrics, metric_direction
 from msakit.models.base import ModelOutput, MSAModel, TrainingStage
 from msakit.summary import format_metric
 from msakit.training import distributed
+from msakit.training.bert_adam import BertAdam
 from msakit.training.seeding import restore_rng_state, rng_state, seed_everything
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,8 @@ def make_stage_optimizers(model: MSAModel, config: ExperimentConfig
 
 
 def _adam(groups: list[dict[str, Any]], config: ExperimentConfig) -> torch.optim.Optimizer:
+    if config.train.optimizer == "bert_adam":
+        return BertAdam(groups)
     cls = torch.optim.AdamW if config.train.optimizer == "adamw" else torch.optim.Adam
     parameters = [p for group in groups for p in group["params"]]
     fused = config.train.fused_optimizer and all(
@@ -199,12 +202,27 @@ def warmup_cosine_factor(k: int, warmup: float, period: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (k - math.floor(warmup) - 1) / period))
 
 
+def warmup_linear_factor(k: int, total: int, warmup: float) -> float:
+    """Learning-rate factor after ``k`` scheduler steps of ``total``: BERT's ``warmup_linear``.
+
+    With ``x = k / total``: ``x / warmup`` while ``x < warmup``, then ``1 - x`` (floored at 0),
+    as ``pytorch_pretrained_bert.optimization.warmup_linear`` (0.6.1) that BertAdam applies at
+    each step (``x`` = the parameter's step count before the update / ``t_total``): the first
+    step runs at lr 0, and the factor falls from about 1 to ``1 - warmup`` when the warm-up ends.
+    """
+    x = k / total
+    if x < warmup:
+        return x / warmup
+    return max(0.0, 1.0 - x)
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, config: ExperimentConfig, mode: str,
                    steps_per_epoch: int):
     """The configured learning-rate scheduler (or None).
 
-    ``plateau`` is stepped with the epoch's selection value; ``warmup_cosine`` once per epoch or
-    per optimiser step (``train.scheduler_interval``) with no argument.
+    ``plateau`` is stepped with the epoch's selection value; ``warmup_cosine`` and
+    ``warmup_linear`` once per epoch or per optimiser step (``train.scheduler_interval``) with no
+    argument.
     """
     train = config.train
     if train.scheduler == "plateau":
@@ -217,6 +235,10 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: ExperimentConfig, m
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda k: warmup_cosine_factor(k, warmup, period)
         )
+    if train.scheduler == "warmup_linear":
+        total = train.epochs * (steps_per_epoch if train.scheduler_interval == "step" else 1)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda k: warmup_linear_factor(k, total, train.warmup_fraction))
     return None
 
 
@@ -230,7 +252,11 @@ def clip_gradients(parameters: list[torch.nn.Parameter], config: ExperimentConfi
     train = config.train
     if train.grad_clip_value is not None:
         torch.nn.utils.clip_grad_value_(parameters, train.grad_clip_value)
-    if train.grad_clip_norm is not None:
+    if train.grad_clip_norm is not None and train.grad_clip_scope == "per_parameter":
+        for parameter in parameters:  # BertAdam's max_grad_norm: each gradient on its own
+            if parameter.grad is not None:
+                torch.nn.utils.clip_grad_norm_(parameter, train.grad_clip_norm)
+    elif train.grad_clip_norm is not None:
         torch.nn.utils.clip_grad_norm_(parameters, train.grad_clip_norm)
 
 
@@ -515,12 +541,13 @@ class Trainer:
         self._stage_parameters = [p for s in stages for g in s.parameter_groups
                                   for p in g["params"]]
         steps_per_epoch = 1
-        if cfg.scheduler == "warmup_cosine" and cfg.scheduler_interval == "step":
+        per_step = (cfg.scheduler in ("warmup_cosine", "warmup_linear")
+                    and cfg.scheduler_interval == "step")
+        if per_step:
             steps_per_epoch = optimizer_steps_per_epoch(
                 len(_as_sized(train_loader_factory(1))), self.config)
         scheduler = make_scheduler(optimizer, self.config, self.selection_mode, steps_per_epoch)
-        self._step_scheduler = scheduler if (
-            cfg.scheduler == "warmup_cosine" and cfg.scheduler_interval == "step") else None
+        self._step_scheduler = scheduler if per_step else None
         state = {"epoch": 0, "best_value": None, "best_epoch": 0, "bad_epochs": 0,
                  "epoch_seconds": []}
         if resume and runfolder.has_last_checkpoint(self.run_dir):

@@ -207,8 +207,9 @@ class TextEnhancedTransformer(nn.Module):
         self.upper = CrossModalTransformerEncoder(embed_dim, num_heads, upper_layers, **shared)
 
     def forward(self, query_m, key_m, text, padding: dict[str, tuple]) -> torch.Tensor:
-        (query_mask, query_lengths), (key_mask, key_lengths), (text_mask, text_lengths) = (
-            padding["query"], padding["key"], padding["text"])
+        query_mask, query_lengths = padding["query"]
+        key_lengths = padding["key"][1]  # the queries of the upper encoder: no mask needed
+        text_mask, text_lengths = padding["text"]
         enhanced = self.lower(query_m, text, key_padding_mask=text_mask,
                               query_lengths=query_lengths, key_lengths=text_lengths)
         return self.upper(key_m, enhanced, key_padding_mask=query_mask,

@@ -20,9 +20,9 @@ update runs too) followed by an optimiser step: MMSA's is the body of its ``do_t
 predictions and labels it keeps, ``update_labels``/``update_features``/``update_centers``)
 plus ``optimizer.step()`` with the optimiser its ``do_train`` builds (captured from it);
 msakit's is its trainer's (forward, weighted loss, backward, the model's
-``on_train_batch_end`` ULGM step, optimiser step). Each side: ``--warmup`` steps, then the median
-of ``--steps`` timed steps; MMSA first, then msakit, one after the other in this process (one
-model in memory at a time). Prints both medians and the ratio msakit / MMSA.
+``on_train_batch_end`` ULGM step, optimiser step). ``--warmup`` untimed steps of each, then
+``--steps`` timed steps of each, alternating MMSA and msakit in this process (so a change in a
+shared machine's load affects both alike). Prints both medians and the ratio msakit / MMSA.
 """
 
 from __future__ import annotations
@@ -66,14 +66,18 @@ def make_batch(seed: int = 0) -> dict:
     return out
 
 
-def timed(step, warmup: int, steps: int) -> list[float]:
+def timed_alternately(first, second, warmup: int, steps: int) -> tuple[list[float], list[float]]:
+    """``warmup`` untimed steps of each, then ``steps`` timed steps of each, alternating (so a
+    change in the machine's load over the run affects both sides alike)."""
     for _ in range(warmup):
-        step()
-    seconds = []
+        first()
+        second()
+    seconds: tuple[list[float], list[float]] = ([], [])
     for _ in range(steps):
-        started = time.perf_counter()
-        step()
-        seconds.append(time.perf_counter() - started)
+        for step, out in ((first, seconds[0]), (second, seconds[1])):
+            started = time.perf_counter()
+            step()
+            out.append(time.perf_counter() - started)
     return seconds
 
 
@@ -95,8 +99,7 @@ def mmsa_args(official: Path, bert: str, hidden_size: int):
     })
 
 
-def mmsa_step_times(official: Path, args, bert_state: dict, batch: dict, warmup: int,
-                    steps: int):
+def mmsa_step(official: Path, args, bert_state: dict, batch: dict):
     import transformers
     from _mmsa import AMIOLike, load_official
 
@@ -155,10 +158,10 @@ def mmsa_step_times(official: Path, args, bert_state: dict, batch: dict, warmup:
         trainer.update_centers()
         optimizer.step()
 
-    return timed(step, warmup, steps)
+    return step
 
 
-def msakit_step_times(bert_dir: str, batch: dict, warmup: int, steps: int):
+def msakit_step(bert_dir: str, batch: dict):
     from msakit.config import build_config
     from msakit.models import FeatureDims, create_model
     from msakit.training.trainer import make_optimizer, weighted_loss
@@ -177,7 +180,7 @@ def msakit_step_times(bert_dir: str, batch: dict, warmup: int, steps: int):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return timed(step, warmup, steps)
+    return step
 
 
 def main() -> None:
@@ -199,11 +202,11 @@ def main() -> None:
         bert.save_pretrained(folder)
         bert_state = bert.state_dict()
         del bert
-        mmsa = mmsa_step_times(args.official, official, bert_state, batch, args.warmup,
-                               args.steps)
-        print(f"MMSA   step: median {statistics.median(mmsa):.3f} s  (all: "
-              f"{', '.join(f'{s:.3f}' for s in mmsa)})", flush=True)
-        ours = msakit_step_times(folder, batch, args.warmup, args.steps)
+        official_step = mmsa_step(args.official, official, bert_state, batch)
+        ours_step = msakit_step(folder, batch)
+        mmsa, ours = timed_alternately(official_step, ours_step, args.warmup, args.steps)
+    print(f"MMSA   step: median {statistics.median(mmsa):.3f} s  (all: "
+          f"{', '.join(f'{s:.3f}' for s in mmsa)})")
     print(f"msakit step: median {statistics.median(ours):.3f} s  (all: "
           f"{', '.join(f'{s:.3f}' for s in ours)})")
     print(f"msakit / MMSA = {statistics.median(ours) / statistics.median(mmsa):.2f} "

@@ -159,6 +159,11 @@ class TETFNConfig(ModalityOptimiserConfig):
             raise ValueError("text_attended_steps, audio_attended_steps and "
                              "vision_attended_steps must all be set (MMSA's reading) or all "
                              f"None (real steps only), got {steps}")
+        if self.reads_padding and self.text_context.mode != "none":
+            raise ValueError(f"text_context={self.text_context} needs the real-steps reading: "
+                             "set text_attended_steps, audio_attended_steps and "
+                             "vision_attended_steps to null (MMSA's fixed-length reading cuts "
+                             "the token sequence, neighbours included)")
         return self
 
     @property
@@ -323,7 +328,8 @@ class TETFN(ULGMHooks, MSAModel):
         audio, audio_lengths = self._sequence(batch, "audio")
         vision, vision_lengths = self._sequence(batch, "vision")
         if self.config.reads_padding:  # MMSA's need_model_aligned: avg_pool to the text length
-            audio, vision = avg_pool_align(audio, text.shape[1]), avg_pool_align(vision, text.shape[1])
+            audio = avg_pool_align(audio, text.shape[1])
+            vision = avg_pool_align(vision, text.shape[1])
         lengths = {"text": text_lengths, "audio": audio_lengths, "vision": vision_lengths}
         raw = {"audio": audio, "vision": vision}
         sequences = {}

@@ -209,6 +209,8 @@ def main() -> None:
           f"{', '.join(f'{s:.3f}' for s in mmsa)})")
     print(f"msakit step: median {statistics.median(ours):.3f} s  (all: "
           f"{', '.join(f'{s:.3f}' for s in ours)})")
+    paired = statistics.median(o / m for o, m in zip(ours, mmsa))
+    print(f"median of the paired ratios (msakit step / the MMSA step before it): {paired:.2f}")
     print(f"msakit / MMSA = {statistics.median(ours) / statistics.median(mmsa):.2f} "
           f"({args.threads} thread(s), {args.bert} BERT, batch {BATCH}, {TOKENS} tokens, "
           f"audio {TOKENS} x {AUDIO_DIM}, vision {TOKENS} x {VISION_DIM})")

@@ -204,3 +204,19 @@ def test_centres_as_masked_means_equal_the_boolean_gather():
     ulgm.step({"m": torch.ones(2, 4), "v": torch.ones(2, 3)}, torch.arange(2), epoch=1)
     assert torch.equal(ulgm.centres["m"]["neg"], torch.full((4,), 7.0))
     assert torch.equal(ulgm.centres["m"]["pos"], torch.ones(4))
+
+
+def test_exclude_zero_leaves_rows_labelled_zero_out_of_the_positive_centre():
+    """MMSA's ``excludeZero`` (TETFN): the positive centre averages rows labelled ``> 0``, so
+    a row labelled exactly 0 is in neither centre; the default (the authors' Self-MM) counts it
+    as positive."""
+    labels = torch.tensor([2.0, 0.0, -1.0])
+    features = {"m": torch.tensor([[4.0], [10.0], [-2.0]]), "a": torch.tensor([[1.0], [7.0], [-1.0]])}
+    expected = {False: {"m": 7.0, "a": 4.0}, True: {"m": 4.0, "a": 1.0}}
+    for exclude_zero, positive in expected.items():
+        ulgm = UnimodalLabelGenerator({"m": 1, "a": 1}, exclude_zero=exclude_zero)
+        ulgm.reset(labels)
+        ulgm.step(features, torch.arange(3), epoch=1)
+        for key, value in positive.items():
+            assert torch.allclose(ulgm.centres[key]["pos"], torch.tensor([value]))
+            assert torch.allclose(ulgm.centres[key]["neg"], features[key][2])

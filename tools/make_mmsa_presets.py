@@ -25,7 +25,7 @@ DATASETS = {"mosi": ("CMU-MOSI", "bert-base-uncased"), "mosei": ("CMU-MOSEI", "b
             "sims": ("CH-SIMS", "bert-base-chinese"),
             "simsv2": ("CH-SIMS v2", "bert-base-chinese")}
 #: the datasets of a model's presets where not MOSI, MOSEI and SIMS (MMSA's settings permitting)
-MODEL_DATASETS = {"mtfn": ("sims", "simsv2")}
+MODEL_DATASETS = {"mtfn": ("sims", "simsv2"), "tetfn": ("mosi", "mosei", "sims", "simsv2")}
 NO_CAP = "MMSA's loop has no epoch cap: early stopping ends it; epochs: 1000 only bounds it."
 AVERAGED = [NO_CAP,
             "MMSA reads fixed BERT features: the LM is frozen. Audio/vision are averaged over their real",
@@ -292,6 +292,42 @@ def mctn(p: dict, dataset: str) -> tuple[dict, dict]:
              "min_improvement": 1.0e-6, "selection_metric": "loss", "epochs": 1000})
 
 
+def tetfn(p: dict, dataset: str) -> tuple[dict, dict]:
+    # need_data_aligned: MOSI/MOSEI's aligned_50 arrays; SIMS has unaligned ones only
+    steps = (50, 50, 50) if dataset in ("mosi", "mosei") else p["seq_lens"]
+    model = {"embed_dim": p["dst_feature_dims"], "num_heads": p["nheads"]}
+    for m, k in (("audio", "a"), ("vision", "v")):
+        model.update({f"{m}_lstm_hidden": p[f"{k}_lstm_hidden_size"],
+                      f"{m}_lstm_layers": p[f"{k}_lstm_layers"],
+                      f"{m}_lstm_dropout": float(p[f"{k}_lstm_dropout"])})
+    model.update({"conv_kernel_text": p["conv1d_kernel_size_l"],
+                  "conv_kernel_audio": p["conv1d_kernel_size_a"],
+                  "attn_dropout": p["attn_dropout"], "attn_dropout_audio": p["attn_dropout_a"],
+                  "attn_dropout_vision": p["attn_dropout_v"], "relu_dropout": p["relu_dropout"],
+                  "embed_dropout": p["embed_dropout"], "res_dropout": p["res_dropout"]})
+    for m, k in (("fusion", "fusion"), ("text", "text"), ("audio", "audio"),
+                 ("vision", "video")):
+        model[f"post_{m}_dim"] = p[f"post_{k}_dim"]
+    for m, k in (("fusion", "fusion"), ("text", "text"), ("audio", "audio"),
+                 ("vision", "video")):
+        model[f"post_{m}_dropout"] = float(p[f"post_{k}_dropout"])
+    model.update({"label_limit": float(p["H"]), "exclude_zero": p["excludeZero"],
+                  "text_attended_steps": steps[0], "audio_attended_steps": steps[1],
+                  "vision_attended_steps": steps[2],
+                  "audio_lr": p["learning_rate_audio"],
+                  "audio_weight_decay": float(p["weight_decay_audio"]),
+                  "vision_lr": p["learning_rate_video"],
+                  "vision_weight_decay": float(p["weight_decay_video"]),
+                  "exempt_biases_from_decay": False})
+    train = {"optimizer": "adam", "batch_size": p["batch_size"],
+             "grad_accumulation": p["update_epochs"], "accumulation": "sum",
+             "partial_accumulation": "drop", "min_improvement": 1.0e-6,
+             "patience": p["early_stop"], "selection_metric": "loss", "epochs": 1000,
+             "lr": p["learning_rate_other"], "weight_decay": float(p["weight_decay_other"]),
+             "lm_lr": p["learning_rate_bert"], "lm_weight_decay": float(p["weight_decay_bert"])}
+    return model, train
+
+
 MODELS = {
     "tfn": ("TFN", tfn, AVERAGED),
     "lmf": ("LMF", lmf, AVERAGED),
@@ -375,6 +411,13 @@ MODELS = {
         "and its decoders always read the target). MMSA selects on the validation total loss "
         "(translations",
         "included); msakit on the validation task loss."]),
+    "tetfn": ("TETFN", tetfn, [
+        NO_CAP,
+        "MMSA fine-tunes BERT and reads its fixed-length arrays padding included",
+        "(model.*_attended_steps: MOSI/MOSEI aligned_50: 50 each; SIMS: text 39, audio 400 and",
+        "vision 55 average-pooled to 39; null reads the real steps only). MMSA builds the vision",
+        "conv with the audio kernel (conv_kernel_vision: null). Its loop, as Self-MM's: the losses",
+        "of update_epochs batches summed per step, an epoch's partial window dropped."]),
 }
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _recording import record_close
 
 FIXTURES = Path(__file__).resolve().parent
 ATOL = 1e-5
@@ -101,6 +102,16 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> flo
     difference = (actual.detach().double() - expected.double()).abs().max().item()
     assert difference <= ATOL, f"{what}: max abs difference {difference:.2e} > {ATOL}"
     return difference
+
+
+def relative_close(ours: torch.Tensor, theirs: torch.Tensor, what: str, rtol: float = 1e-5):
+    """Equal within ``rtol`` of the larger of the official value's scale and 1e-2 (float32
+    storage: near-zero values carry the rounding of the larger numbers they come from)."""
+    theirs = theirs.double()
+    scale = max(float(theirs.abs().max()), 1e-2)
+    difference = float((ours.detach().double().reshape(theirs.shape) - theirs).abs().max())
+    record_close(ours, theirs, what, rtol * scale, f"rtol {rtol:g} x max(scale, 1e-2)")
+    assert difference <= rtol * scale, f"{what}: max difference {difference:.2e} (scale {scale:.2e})"
 
 
 def assert_official_gradients(model: torch.nn.Module, official: dict[str, torch.Tensor],

@@ -19,8 +19,13 @@ from __future__ import annotations
 import pytest
 import torch
 from _mmsa_parity import dropout_map
-from _parity import fit_with_scripted_validation, load_fixture, load_mapped, rename_by_rules
-from _recording import record_close
+from _parity import (
+    fit_with_scripted_validation,
+    load_fixture,
+    load_mapped,
+    relative_close,
+    rename_by_rules,
+)
 
 from msakit.config import build_config
 from msakit.models import FeatureDims, create_model
@@ -62,15 +67,6 @@ TERMS = ("task", "task_complete", "attraction_gmc", "attraction_text", "attracti
 
 def to_msakit(name: str) -> str:
     return rename_by_rules(name, RULES)
-
-
-def relative_close(ours: torch.Tensor, theirs: torch.Tensor, what: str, rtol: float = 1e-5):
-    """Equal within ``rtol`` of the larger of the value's scale and 1e-2 (float32 storage)."""
-    theirs = theirs.double()
-    scale = max(float(theirs.abs().max()), 1e-2)
-    difference = float((ours.detach().double() - theirs).abs().max())
-    record_close(ours, theirs, what, rtol * scale, f"rtol {rtol:g} x max(scale, 1e-2)")
-    assert difference <= rtol * scale, f"{what}: max difference {difference:.2e} (scale {scale:.2e})"
 
 
 @pytest.fixture(scope="module")

@@ -108,17 +108,21 @@ class UnimodalLabelGenerator:
         fusion_key: the key of the multimodal task.
         label_limit: ``H``; generated labels are clipped to ``[-H, H]``.
         eps: the small constant of eqs. 31 and 34.
+        exclude_zero: ``False`` (the authors' Self-MM): the positive centre averages the rows
+            whose current label is ``>= 0``; ``True`` (MMSA's ``excludeZero``, which its TETFN
+            and Self-MM configs set): ``> 0``, so a row labelled exactly 0 is in neither centre.
 
     Per training batch (:meth:`step`): from epoch 2 the batch's labels are updated from its
     detached ``F*`` and the *current* centres; the features are written into the banks; the
     centres are recomputed over the whole bank. The positive centre averages bank rows whose
-    current label is ``>= 0`` and the negative centre rows with label ``< 0`` (the official
-    implementation; 0 counts as positive). A class with no rows keeps its previous centre.
+    current label is ``>= 0`` (``> 0`` with ``exclude_zero``) and the negative centre rows with
+    label ``< 0`` (the official implementation; 0 counts as positive). A class with no rows
+    keeps its previous centre.
     """
 
     def __init__(
         self, feature_dims: Mapping[str, int], fusion_key: str = "m", label_limit: float = 3.0,
-        eps: float = 1e-8,
+        eps: float = 1e-8, exclude_zero: bool = False,
     ):
         if fusion_key not in feature_dims:
             raise ValueError(f"ULGM: feature_dims {dict(feature_dims)} lacks the fusion task "
@@ -130,6 +134,7 @@ class UnimodalLabelGenerator:
         self.unimodal_keys = [k for k in feature_dims if k != fusion_key]
         self.label_limit = float(label_limit)
         self.eps = eps
+        self.exclude_zero = exclude_zero
         self.labels: dict[str, torch.Tensor] = {}
         self.features: dict[str, torch.Tensor] = {}
         self.centres: dict[str, dict[str, torch.Tensor]] = {}
@@ -269,7 +274,8 @@ class UnimodalLabelGenerator:
         no rows keeps its previous centre."""
         for key in self.feature_dims:
             labels, bank = self.labels[key], self.features[key]
-            for name, rows in (("pos", labels >= 0), ("neg", labels < 0)):
+            positive = labels > 0 if self.exclude_zero else labels >= 0
+            for name, rows in (("pos", positive), ("neg", labels < 0)):
                 weights = rows.to(bank.dtype)
                 count = weights.sum()
                 mean = (weights @ bank) / count.clamp_min(1.0)

@@ -260,13 +260,16 @@ class PretrainedTextEncoder(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         hidden_states: torch.Tensor | None = None,
         lm_attention_mask: torch.Tensor | None = None,
+        padded: bool = False,
     ) -> torch.Tensor:
         """Pooled (or full) LM states; ``hidden_states`` ``(B, L, H)`` are cached states of a
         frozen LM for these tokens (the batch's ``text_hidden``), used instead of running it.
         ``lm_attention_mask`` (text context): the tokens the LM attends to, when they are more
-        than ``attention_mask``'s, the tokens pooled."""
+        than ``attention_mask``'s, the tokens pooled. ``padded``: one padded LM batch whatever
+        ``group_by_length`` says, for a caller that reads the states at padding positions."""
         if hidden_states is None:
-            hidden = self.language_model_states(
+            states = self.padded_language_model_states if padded else self.language_model_states
+            hidden = states(
                 input_ids, attention_mask if lm_attention_mask is None else lm_attention_mask,
                 token_type_ids)
         else:

@@ -322,7 +322,8 @@ def _map_pytorch_transformers() -> None:
     and ``from_pretrained(path, config=..., **kwargs)`` builds the model and loads the
     checkpoint's base-model weights (BERT) into ``base_model_prefix``; the new blocks (CENET's CE,
     its unused POS/sentiment/polarity embeddings, the head) keep their initialisation."""
-    if importlib.util.find_spec("pytorch_transformers") is not None:
+    if "pytorch_transformers" in sys.modules or importlib.util.find_spec(
+            "pytorch_transformers") is not None:
         return
     import torch
     import transformers
@@ -430,13 +431,16 @@ def run_mmsa(job: dict, pickle_path: Path, epochs: int, repeats: int, workdir: P
         raise RuntimeError(f"MMSA {model_name} saved no checkpoint in {epochs} epoch(s): its "
                            "validation loss never improved on its initial 1e8 (NaN?)")
     model.load_state_dict(torch.load(args["model_save_path"], map_location="cpu"))
-    test_seconds, results = [], None
+    test_seconds, test_cpu_seconds, results = [], [], None
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         results = trainer.do_test(model, dataloader["test"], mode="TEST")
         test_seconds.append(time.perf_counter() - started)
+        test_cpu_seconds.append(time.process_time() - cpu_started)
     return {"train_seconds": per_epoch(timed.seconds, passes), "train_batches": len(timed),
-            "test_seconds": test_seconds, "test_batches": len(dataloader["test"]),
+            "train_cpu_seconds": per_epoch(timed.cpu_seconds, passes),
+            "test_seconds": test_seconds, "test_cpu_seconds": test_cpu_seconds,
+            "test_batches": len(dataloader["test"]),
             "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "metrics": {k: float(v) for k, v in results.items()
                         if k in METRICS[job["dataset"]]},
@@ -486,22 +490,27 @@ def run_msakit(job: dict, pickle_path: Path, epochs: int, repeats: int, workdir:
     epoch_loader = EpochLoader(partition.train, dataset, config, job["seed"],
                                text_states=text_states)
     seconds: dict[int, list[float]] = {}  # epoch -> its passes (training stages, main pass)
+    cpu_seconds: dict[int, list[float]] = {}
     trainer.fit(model, lambda epoch: TimedPasses(epoch_loader(epoch),
-                                                 seconds.setdefault(epoch, [])),
+                                                 seconds.setdefault(epoch, []),
+                                                 cpu_seconds=cpu_seconds.setdefault(epoch, [])),
                 loader_for(partition.valid, dataset, config, train=False,
                            text_states=text_states),
                 torch.as_tensor(partition.train.labels, dtype=torch.float32))
     trainer.load_best(model)
     test_loader = loader_for(partition.test, dataset, config, train=False,
                              text_states=text_states)
-    test_seconds, result = [], None
+    test_seconds, test_cpu_seconds, result = [], [], None
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         result = evaluate_model(model, test_loader, dataset.name, trainer.device)
         test_seconds.append(time.perf_counter() - started)
+        test_cpu_seconds.append(time.process_time() - cpu_started)
     return {"train_seconds": [sum(s) for s in seconds.values()],
+            "train_cpu_seconds": [sum(s) for s in cpu_seconds.values()],
             "train_batches": len(epoch_loader(1)),
-            "test_seconds": test_seconds, "test_batches": len(test_loader),
+            "test_seconds": test_seconds, "test_cpu_seconds": test_cpu_seconds,
+            "test_batches": len(test_loader),
             "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "metrics": {k: float(result.metrics[k]) for k in METRICS[job["dataset"]]},
             "peak_rss_mib": peak_rss_mib()}
@@ -519,6 +528,7 @@ def _worker(args) -> None:
     job = json.loads(args.job)
     with tempfile.TemporaryDirectory() as workdir:
         result = runner(job, args.pickle, args.epochs, args.test_repeats, Path(workdir))
+    result["load_average"] = os.getloadavg()  # 1, 5, 15 minutes, at the run's end
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -528,14 +538,14 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def _step_ms(runs: list[dict]) -> float:
+def _step_ms(runs: list[dict], key: str = "train_seconds") -> float:
     """Median training pass over all epochs of all seeds, per batch, in ms."""
-    return 1000 * statistics.median(s for r in runs for s in r["train_seconds"]) / runs[0][
+    return 1000 * statistics.median(s for r in runs for s in r[key]) / runs[0][
         "train_batches"]
 
 
-def _test_s(runs: list[dict]) -> float:
-    return statistics.median(s for r in runs for s in r["test_seconds"])
+def _test_s(runs: list[dict], key: str = "test_seconds") -> float:
+    return statistics.median(s for r in runs for s in r[key])
 
 
 def print_tables(jobs: list[dict], runs: dict, failures: dict, left_out: list[str],
@@ -561,6 +571,20 @@ def print_tables(jobs: list[dict], runs: dict, failures: dict, left_out: list[st
               f"| {a_test:.3f} | {b_test:.3f} | {b_test / a_test:.2f} | "
               f"{max(r['peak_rss_mib'] for r in mmsa):.0f} / "
               f"{max(r['peak_rss_mib'] for r in ours):.0f} |")
+    timed = [j for j in jobs if j["model"] not in failures and all(
+        "train_cpu_seconds" in r for t in ("mmsa", "msakit") for r in runs[(j["model"], t)])]
+    if timed:
+        print("\nCPU time of the process (one thread), the same medians: less moved by other "
+              "jobs on the machine than the wall times above\n")
+        print("| model | CPU ms / step MMSA | msakit | ratio | CPU s / test pass MMSA | msakit "
+              "| ratio |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for job in timed:
+            mmsa, ours = runs[(job["model"], "mmsa")], runs[(job["model"], "msakit")]
+            a_step, b_step = (_step_ms(r, "train_cpu_seconds") for r in (mmsa, ours))
+            a_test, b_test = (_test_s(r, "test_cpu_seconds") for r in (mmsa, ours))
+            print(f"| {job['model']} | {a_step:.1f} | {b_step:.1f} | {b_step / a_step:.2f} | "
+                  f"{a_test:.3f} | {b_test:.3f} | {b_test / a_test:.2f} |")
     if left_out:
         print("\nLeft out: " + "; ".join(left_out))
     if not accuracy:
@@ -699,7 +723,10 @@ def main() -> None:
                           f"{time.perf_counter() - started:.0f} s, "
                           f"{_step_ms([result]):.1f} ms / step ({result['train_batches']} steps "
                           f"/ pass), test pass {_test_s([result]):.3f} s, "
-                          f"MAE {result['metrics'].get('MAE', float('nan')):.3f}", flush=True)
+                          f"MAE {result['metrics'].get('MAE', float('nan')):.3f}"
+                          + (f", CPU {_step_ms([result], 'train_cpu_seconds'):.1f} ms / step, "
+                             f"load {result['load_average'][1]:.1f} (5 min)"
+                             if "train_cpu_seconds" in result else ""), flush=True)
     print_tables(jobs, runs, failures, left_out, args.accuracy, seeds)
 
 

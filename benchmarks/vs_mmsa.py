@@ -2,7 +2,8 @@
 
     pip install --no-deps --target DIR MMSA==2.2.1 easydict nvidia-ml-py3   # benchmark only
     PYTHONPATH=src:DIR python benchmarks/vs_mmsa.py [--models tfn misa ...] [--epochs 3]
-        [--mmsa-src thuiar-MMSA-checkout/src] [--accuracy [--seeds 1 2 3]]
+        [--mmsa-src thuiar-MMSA-checkout/src] [--mmsa-transformers TF4_DIR]
+        [--accuracy [--seeds 1 2 3]]
 
 Which models: data-driven. The rows of the ``mmsa`` suite (``msakit suite show mmsa``) whose model
 is registered in this msakit and has a regression config in MMSA (``config_regression.json`` of
@@ -26,8 +27,11 @@ range [-1, 1]). Seeds the same for both.
 Each run is its own child process with one CPU thread, one after the other: ``--epochs`` passes
 over the training split, the checkpoint of the lowest validation loss, then the test split scored
 ``--test-repeats`` times with it. Printed side by side, with msakit / MMSA ratios: ms per
-training step (median pass time / batches per pass), s per test pass (median), peak RSS; with
-``--accuracy`` the test metrics, mean ± std over the seeds (default then 1 2 3).
+training step (median pass time / batches per pass; MMIM: one batch of its MMILB stage and one of
+its main pass), s per test pass (median), peak RSS; the same medians of the process's CPU time
+(on a machine shared with other jobs they move far less with the load than wall times; each
+run's load average is in ``--results``); with ``--accuracy`` the test metrics, mean ± std over
+the seeds (default then 1 2 3).
 
 MMSA cannot run on this machine as shipped; these calls are patched at run time, nothing of its
 code is copied: the language model (``bert-base-uncased`` from the hub) becomes the packaged
@@ -37,6 +41,10 @@ and ``text_out: 768`` becomes 384; MISA's hard-coded 768-d text projection is re
 loader, model and trainer are built directly). A checkout newer than 2.2.1 imports
 ``pytorch_transformers`` (CENET): it is mapped to ``transformers`` if missing; MulT's trainer
 passes ``verbose=`` to ``ReduceLROnPlateau``, which newer torch no longer takes: it is dropped.
+BERT_MAG and TFR_NET load a hard-coded ``bert-base-uncased``: pointed at the MiniLM
+(``MMSA_BUILD_PATCHES``); BERT_MAG's ``MAG_BertModel`` needs transformers 4.x
+(``--mmsa-transformers DIR``, first on the path of that MMSA run only); TFR-Net runs at the
+pickle's lengths on both sides (``SEQUENCE_LENGTH_MODELS``).
 MMSA trains until early stopping; to give both toolkits the same budget its training loader
 stops the run after ``--epochs`` passes, and the checkpoint it saved as best is then tested.
 A model that fails on either side is reported with its error; the others still run.

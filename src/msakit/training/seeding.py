@@ -15,10 +15,6 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     torch.manual_seed(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-        # Deterministic mode also fills every new tensor with NaN (a check for kernels that read
-        # uninitialised memory), a full write of each one that changes no result: 6 % of an
-        # MTFN step (its (64, 2.2 M) dropout mask per batch), 54 k fills per TFR-Net pass.
-        torch.utils.deterministic.fill_uninitialized_memory = False
         if torch.backends.cudnn.is_available():
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True

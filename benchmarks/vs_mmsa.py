@@ -2,7 +2,8 @@
 
     pip install --no-deps --target DIR MMSA==2.2.1 easydict nvidia-ml-py3   # benchmark only
     PYTHONPATH=src:DIR python benchmarks/vs_mmsa.py [--models tfn misa ...] [--epochs 3]
-        [--mmsa-src thuiar-MMSA-checkout/src] [--accuracy [--seeds 1 2 3]]
+        [--mmsa-src thuiar-MMSA-checkout/src] [--mmsa-transformers TF4_DIR]
+        [--accuracy [--seeds 1 2 3]]
 
 Which models: data-driven. The rows of the ``mmsa`` suite (``msakit suite show mmsa``) whose model
 is registered in this msakit and has a regression config in MMSA (``config_regression.json`` of
@@ -26,8 +27,11 @@ range [-1, 1]). Seeds the same for both.
 Each run is its own child process with one CPU thread, one after the other: ``--epochs`` passes
 over the training split, the checkpoint of the lowest validation loss, then the test split scored
 ``--test-repeats`` times with it. Printed side by side, with msakit / MMSA ratios: ms per
-training step (median pass time / batches per pass), s per test pass (median), peak RSS; with
-``--accuracy`` the test metrics, mean ± std over the seeds (default then 1 2 3).
+training step (median pass time / batches per pass; MMIM: one batch of its MMILB stage and one of
+its main pass), s per test pass (median), peak RSS; the same medians of the process's CPU time
+(on a machine shared with other jobs they move far less with the load than wall times; each
+run's load average is in ``--results``); with ``--accuracy`` the test metrics, mean ± std over
+the seeds (default then 1 2 3).
 
 MMSA cannot run on this machine as shipped; these calls are patched at run time, nothing of its
 code is copied: the language model (``bert-base-uncased`` from the hub) becomes the packaged
@@ -37,6 +41,10 @@ and ``text_out: 768`` becomes 384; MISA's hard-coded 768-d text projection is re
 loader, model and trainer are built directly). A checkout newer than 2.2.1 imports
 ``pytorch_transformers`` (CENET): it is mapped to ``transformers`` if missing; MulT's trainer
 passes ``verbose=`` to ``ReduceLROnPlateau``, which newer torch no longer takes: it is dropped.
+BERT_MAG and TFR_NET load a hard-coded ``bert-base-uncased``: pointed at the MiniLM
+(``MMSA_BUILD_PATCHES``); BERT_MAG's ``MAG_BertModel`` needs transformers 4.x
+(``--mmsa-transformers DIR``, first on the path of that MMSA run only); TFR-Net runs at the
+pickle's lengths on both sides (``SEQUENCE_LENGTH_MODELS``).
 MMSA trains until early stopping; to give both toolkits the same budget its training loader
 stops the run after ``--epochs`` passes, and the checkpoint it saved as best is then tested.
 A model that fails on either side is reported with its error; the others still run.
@@ -45,6 +53,8 @@ A model that fails on either side is reported with its error; the others still r
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import importlib.util
 import json
 import os
@@ -267,23 +277,89 @@ def _misa_text_projection(model) -> None:
 
 #: model -> a function applied to MMSA's built model where a 768 is hard-coded
 MMSA_MODEL_PATCHES = {"misa": _misa_text_projection}
+
+
+def _bert_mag_language_model(args) -> None:
+    """MMSA's BERT_MAG loads a hard-coded ``bert-base-uncased`` (``bert-base-chinese``) instead
+    of ``args.pretrained``: its ``from_pretrained`` is pointed at ``args.pretrained``."""
+    module = importlib.import_module("MMSA.models.singleTask.BERT_MAG")  # not the class
+    classifier = module.MAG_BertForSequenceClassification
+    original = classifier.from_pretrained.__func__
+
+    def from_pretrained(cls, name, *rest, **kwargs):
+        return original(cls, args["pretrained"], *rest, **kwargs)
+
+    classifier.from_pretrained = classmethod(from_pretrained)
+
+
+def _tfr_net_language_model(args) -> None:
+    """MMSA's TFR_NET builds ``BertTextEncoder`` with its default ``bert-base-uncased``: the
+    name in its module is given ``pretrained=args.pretrained``."""
+    module = importlib.import_module("MMSA.models.missingTask.TFR_NET.model")
+    module.BertTextEncoder = functools.partial(module.BertTextEncoder,
+                                               pretrained=args["pretrained"])
+
+
+#: model -> a function applied to MMSA's arguments before its model is built
+MMSA_BUILD_PATCHES = {"bert_mag": _bert_mag_language_model, "tfr_net": _tfr_net_language_model}
+#: models whose layers are sized by the sequence lengths (TFR-Net's temporal transformers):
+#: both sides get the pickle's (aligned_50's) lengths, MMSA's aligned setting
+#: (``datasetCommonParams`` ``aligned``: ``seq_lens`` [50, 50, 50]) instead of the unaligned one
+SEQUENCE_LENGTH_MODELS = {"tfr_net"}
+#: MMSA models whose code needs transformers 4.x (BERT_MAG's ``MAG_BertModel`` calls
+#: ``get_head_mask``, which transformers 5 removed): ``--mmsa-transformers`` gives one
+NEEDS_TRANSFORMERS_4 = {"bert_mag"}
 #: MMSA trainers that pass over the training loader once before their epochs (label init)
 UNTIMED_PASSES = {"self_mm": 1, "tetfn": 1}
+#: MMSA trainers that pass over the training loader more than once per epoch (MMIM: the MMILB
+#: stage, then the main pass); a "training step" is then one batch of every pass of an epoch
+PASSES_PER_EPOCH = {"mmim": 2}
+
+
+def per_epoch(seconds: list[float], passes: int) -> list[float]:
+    """The pass times summed per epoch (``passes`` consecutive passes each)."""
+    return [sum(seconds[i:i + passes]) for i in range(0, len(seconds) - passes + 1, passes)]
 
 
 def _map_pytorch_transformers() -> None:
     """A checkout newer than 2.2.1 imports the long-gone ``pytorch_transformers`` (CENET's
-    module, imported by AMIO); map the three names it uses to ``transformers``."""
-    if importlib.util.find_spec("pytorch_transformers") is not None:
+    module, imported by AMIO); a stand-in gives the names it uses: ``BertConfig`` and
+    ``prune_linear_layer`` from ``transformers``, and a ``PreTrainedModel`` as
+    pytorch_transformers 1.x has it (``transformers``' own no longer loads a model built the
+    2019 way): it keeps the config, ``init_weights`` applies the subclass's ``_init_weights``,
+    and ``from_pretrained(path, config=..., **kwargs)`` builds the model and loads the
+    checkpoint's base-model weights (BERT) into ``base_model_prefix``; the new blocks (CENET's CE,
+    its unused POS/sentiment/polarity embeddings, the head) keep their initialisation."""
+    if "pytorch_transformers" in sys.modules or importlib.util.find_spec(
+            "pytorch_transformers") is not None:
         return
+    import torch
     import transformers
     from transformers import pytorch_utils
+
+    class PreTrainedModel(torch.nn.Module):
+        def __init__(self, config, *args, **kwargs):
+            super().__init__()
+            self.config = config
+
+        def init_weights(self):
+            self.apply(self._init_weights)
+
+        @classmethod
+        def from_pretrained(cls, path, *args, config=None, **kwargs):
+            model = cls(config, *args, **kwargs)
+            state = transformers.AutoModel.from_pretrained(path).state_dict()
+            _, unexpected = getattr(model, cls.base_model_prefix).load_state_dict(
+                state, strict=False)
+            if unexpected:
+                raise RuntimeError(f"{cls.__name__}: checkpoint weights {unexpected} unused")
+            return model.eval()
 
     stub = types.ModuleType("pytorch_transformers")
     stub.BertConfig = transformers.BertConfig
     stub.BERT_PRETRAINED_MODEL_ARCHIVE_MAP = {}
     utils = types.ModuleType("pytorch_transformers.modeling_utils")
-    utils.PreTrainedModel = transformers.PreTrainedModel
+    utils.PreTrainedModel = PreTrainedModel
     utils.prune_linear_layer = pytorch_utils.prune_linear_layer
     stub.modeling_utils = utils
     sys.modules.update({"pytorch_transformers": stub, "pytorch_transformers.modeling_utils": utils})
@@ -334,11 +410,25 @@ def run_mmsa(job: dict, pickle_path: Path, epochs: int, repeats: int, workdir: P
         if args.get("text_out") == 768:
             args["text_out"] = LM_HIDDEN
     args["train_samples"] = len(dataloader["train"].dataset)
+    if model_name in NEEDS_TRANSFORMERS_4:
+        import transformers
+
+        if int(transformers.__version__.split(".")[0]) >= 5:
+            raise RuntimeError(
+                f"MMSA's {model_name} needs transformers 4.x (this is {transformers.__version__}):"
+                " pip install --no-deps --target DIR 'transformers==4.46.3' "
+                "'tokenizers>=0.20,<0.21' 'huggingface_hub>=0.23.2,<1.0' and pass "
+                "--mmsa-transformers DIR")
+    if model_name in MMSA_BUILD_PATCHES:
+        MMSA_BUILD_PATCHES[model_name](args)
+    if model_name in SEQUENCE_LENGTH_MODELS:
+        args["seq_lens"] = [TEXT_TOKENS] * 3
     model = AMIO(args)
     if model_name in MMSA_MODEL_PATCHES:
         MMSA_MODEL_PATCHES[model_name](model)
     trainer = ATIO().getTrain(args)
-    timed = TimedTrainLoader(dataloader["train"], epochs,
+    passes = PASSES_PER_EPOCH.get(model_name, 1)
+    timed = TimedTrainLoader(dataloader["train"], epochs * passes,
                              untimed_passes=UNTIMED_PASSES.get(model_name, 0))
     dataloader["train"] = timed
     try:
@@ -349,13 +439,16 @@ def run_mmsa(job: dict, pickle_path: Path, epochs: int, repeats: int, workdir: P
         raise RuntimeError(f"MMSA {model_name} saved no checkpoint in {epochs} epoch(s): its "
                            "validation loss never improved on its initial 1e8 (NaN?)")
     model.load_state_dict(torch.load(args["model_save_path"], map_location="cpu"))
-    test_seconds, results = [], None
+    test_seconds, test_cpu_seconds, results = [], [], None
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         results = trainer.do_test(model, dataloader["test"], mode="TEST")
         test_seconds.append(time.perf_counter() - started)
-    return {"train_seconds": timed.seconds, "train_batches": len(timed),
-            "test_seconds": test_seconds, "test_batches": len(dataloader["test"]),
+        test_cpu_seconds.append(time.process_time() - cpu_started)
+    return {"train_seconds": per_epoch(timed.seconds, passes), "train_batches": len(timed),
+            "train_cpu_seconds": per_epoch(timed.cpu_seconds, passes),
+            "test_seconds": test_seconds, "test_cpu_seconds": test_cpu_seconds,
+            "test_batches": len(dataloader["test"]),
             "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "metrics": {k: float(v) for k, v in results.items()
                         if k in METRICS[job["dataset"]]},
@@ -367,7 +460,9 @@ def msakit_overrides(job: dict, pickle_path: Path, epochs: int, cache_dir: Path)
             f"data.max_text_tokens={TEXT_TOKENS}", f"model.language_model={LANGUAGE_MODEL}",
             f"train.epochs={epochs}", "train.device=cpu", "train.num_threads=1",
             f"train.seed={job['seed']}", f"train.batch_size={job['batch_size']}",
-            f"train.lm_cache_dir={cache_dir}", *MMSA_SETTINGS.get(job["model"], [])]
+            f"train.lm_cache_dir={cache_dir}", *MMSA_SETTINGS.get(job["model"], []),
+            *([f"model.seq_lens=[{TEXT_TOKENS},{TEXT_TOKENS},{TEXT_TOKENS}]"]
+              if job["model"] in SEQUENCE_LENGTH_MODELS else [])]
 
 
 def run_msakit(job: dict, pickle_path: Path, epochs: int, repeats: int, workdir: Path) -> dict:
@@ -402,21 +497,28 @@ def run_msakit(job: dict, pickle_path: Path, epochs: int, repeats: int, workdir:
                 text_states(split)
     epoch_loader = EpochLoader(partition.train, dataset, config, job["seed"],
                                text_states=text_states)
-    seconds: list[float] = []
-    trainer.fit(model, lambda epoch: TimedPasses(epoch_loader(epoch), seconds),
+    seconds: dict[int, list[float]] = {}  # epoch -> its passes (training stages, main pass)
+    cpu_seconds: dict[int, list[float]] = {}
+    trainer.fit(model, lambda epoch: TimedPasses(epoch_loader(epoch),
+                                                 seconds.setdefault(epoch, []),
+                                                 cpu_seconds=cpu_seconds.setdefault(epoch, [])),
                 loader_for(partition.valid, dataset, config, train=False,
                            text_states=text_states),
                 torch.as_tensor(partition.train.labels, dtype=torch.float32))
     trainer.load_best(model)
     test_loader = loader_for(partition.test, dataset, config, train=False,
                              text_states=text_states)
-    test_seconds, result = [], None
+    test_seconds, test_cpu_seconds, result = [], [], None
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         result = evaluate_model(model, test_loader, dataset.name, trainer.device)
         test_seconds.append(time.perf_counter() - started)
-    return {"train_seconds": seconds, "train_batches": len(epoch_loader(1)),
-            "test_seconds": test_seconds, "test_batches": len(test_loader),
+        test_cpu_seconds.append(time.process_time() - cpu_started)
+    return {"train_seconds": [sum(s) for s in seconds.values()],
+            "train_cpu_seconds": [sum(s) for s in cpu_seconds.values()],
+            "train_batches": len(epoch_loader(1)),
+            "test_seconds": test_seconds, "test_cpu_seconds": test_cpu_seconds,
+            "test_batches": len(test_loader),
             "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "metrics": {k: float(result.metrics[k]) for k in METRICS[job["dataset"]]},
             "peak_rss_mib": peak_rss_mib()}
@@ -434,6 +536,7 @@ def _worker(args) -> None:
     job = json.loads(args.job)
     with tempfile.TemporaryDirectory() as workdir:
         result = runner(job, args.pickle, args.epochs, args.test_repeats, Path(workdir))
+    result["load_average"] = os.getloadavg()  # 1, 5, 15 minutes, at the run's end
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -443,14 +546,14 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def _step_ms(runs: list[dict]) -> float:
+def _step_ms(runs: list[dict], key: str = "train_seconds") -> float:
     """Median training pass over all epochs of all seeds, per batch, in ms."""
-    return 1000 * statistics.median(s for r in runs for s in r["train_seconds"]) / runs[0][
+    return 1000 * statistics.median(s for r in runs for s in r[key]) / runs[0][
         "train_batches"]
 
 
-def _test_s(runs: list[dict]) -> float:
-    return statistics.median(s for r in runs for s in r["test_seconds"])
+def _test_s(runs: list[dict], key: str = "test_seconds") -> float:
+    return statistics.median(s for r in runs for s in r[key])
 
 
 def print_tables(jobs: list[dict], runs: dict, failures: dict, left_out: list[str],
@@ -476,6 +579,20 @@ def print_tables(jobs: list[dict], runs: dict, failures: dict, left_out: list[st
               f"| {a_test:.3f} | {b_test:.3f} | {b_test / a_test:.2f} | "
               f"{max(r['peak_rss_mib'] for r in mmsa):.0f} / "
               f"{max(r['peak_rss_mib'] for r in ours):.0f} |")
+    timed = [j for j in jobs if j["model"] not in failures and all(
+        "train_cpu_seconds" in r for t in ("mmsa", "msakit") for r in runs[(j["model"], t)])]
+    if timed:
+        print("\nCPU time of the process (one thread), the same medians: less moved by other "
+              "jobs on the machine than the wall times above\n")
+        print("| model | CPU ms / step MMSA | msakit | ratio | CPU s / test pass MMSA | msakit "
+              "| ratio |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for job in timed:
+            mmsa, ours = runs[(job["model"], "mmsa")], runs[(job["model"], "msakit")]
+            a_step, b_step = (_step_ms(r, "train_cpu_seconds") for r in (mmsa, ours))
+            a_test, b_test = (_test_s(r, "test_cpu_seconds") for r in (mmsa, ours))
+            print(f"| {job['model']} | {a_step:.1f} | {b_step:.1f} | {b_step / a_step:.2f} | "
+                  f"{a_test:.3f} | {b_test:.3f} | {b_test / a_test:.2f} |")
     if left_out:
         print("\nLeft out: " + "; ".join(left_out))
     if not accuracy:
@@ -533,6 +650,9 @@ def main() -> None:
                         help="also print the test metrics of both, mean ± std over the seeds")
     parser.add_argument("--mmsa-src", type=Path,
                         help="a thuiar/MMSA checkout's src folder (default: the installed MMSA)")
+    parser.add_argument("--mmsa-transformers", type=Path, metavar="DIR",
+                        help="a folder holding transformers 4.x, put first on the path of the "
+                        "MMSA runs of the models whose MMSA code needs it (BERT_MAG)")
     parser.add_argument("--results", type=Path,
                         help="append every run's result to this JSON-lines file as it ends")
     parser.add_argument("--table-from", type=Path, nargs="+", metavar="RESULTS",
@@ -580,8 +700,13 @@ def main() -> None:
                                "--pickle", str(pickles[job["dataset"]]),
                                "--epochs", str(args.epochs),
                                "--test-repeats", str(args.test_repeats)]
+                    run_env = env
+                    if (toolkit == "mmsa" and job["model"] in NEEDS_TRANSFORMERS_4
+                            and args.mmsa_transformers is not None):
+                        run_env = {**env, "PYTHONPATH": os.pathsep.join(
+                            [str(args.mmsa_transformers.resolve()), env.get("PYTHONPATH", "")])}
                     started = time.perf_counter()
-                    done = subprocess.run(command, env=env, capture_output=True, text=True,
+                    done = subprocess.run(command, env=run_env, capture_output=True, text=True,
                                           check=False)
                     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
                     if done.returncode or not lines:
@@ -606,7 +731,10 @@ def main() -> None:
                           f"{time.perf_counter() - started:.0f} s, "
                           f"{_step_ms([result]):.1f} ms / step ({result['train_batches']} steps "
                           f"/ pass), test pass {_test_s([result]):.3f} s, "
-                          f"MAE {result['metrics'].get('MAE', float('nan')):.3f}", flush=True)
+                          f"MAE {result['metrics'].get('MAE', float('nan')):.3f}"
+                          + (f", CPU {_step_ms([result], 'train_cpu_seconds'):.1f} ms / step, "
+                             f"load {result['load_average'][1]:.1f} (5 min)"
+                             if "train_cpu_seconds" in result else ""), flush=True)
     print_tables(jobs, runs, failures, left_out, args.accuracy, seeds)
 
 

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from msakit.config_schema import ModelConfig
+from msakit.config_schema import LengthGroupedLMConfig
 from msakit.errors import ConfigError
 from msakit.models import register_model
 from msakit.models.base import (
@@ -59,8 +59,10 @@ from msakit.modules.mmsa_subnets import task_losses
 from msakit.modules.text import PretrainedTextEncoder
 
 
-class BertMAGConfig(ModelConfig):
-    """MAG-BERT hyper-parameters (MMSA's MOSI values, ``config_regression.json`` ``bert_mag``)."""
+class BertMAGConfig(LengthGroupedLMConfig):
+    """MAG-BERT hyper-parameters (MMSA's MOSI values, ``config_regression.json`` ``bert_mag``).
+    ``lm_group_by_length``: the gate acts on each token alone and the pooler reads the first
+    token, so the LM may run on length groups (each call gated with its clips' rows)."""
 
     name: str = "bert_mag"
     beta_shift: float = Field(1.0, gt=0, description="beta of eq. (5): the largest displacement "
@@ -139,7 +141,8 @@ class BertMAG(MSAModel):
     def __init__(self, config: BertMAGConfig, dims: FeatureDims):
         super().__init__(config, dims)
         require_modalities(dims, self.name)
-        self.text_encoder = PretrainedTextEncoder(config.language_model, pooling="none")
+        self.text_encoder = PretrainedTextEncoder(config.language_model, pooling="none",
+                                                  group_by_length=config.lm_group_by_length)
         lm = self.text_encoder.model
         if getattr(lm, "pooler", None) is None:
             raise ConfigError(f"bert_mag predicts from BERT's pooler output; language model "
@@ -193,10 +196,18 @@ class BertMAG(MSAModel):
         input_ids = batch["input_ids"]
         audio, vision = (by_position(x, input_ids.shape[1]) for x in (audio, vision))
         attention_mask = batch.get("lm_attention_mask", batch["attention_mask"])
-        with self._gate_injected(audio.to(self.gate.W_a.weight.dtype),
-                                 vision.to(self.gate.W_v.weight.dtype)):
-            hidden = self.text_encoder.padded_language_model_states(
-                input_ids, attention_mask, batch.get("token_type_ids"))  # (B, L_t, H)
+        audio = audio.to(self.gate.W_a.weight.dtype)
+        vision = vision.to(self.gate.W_v.weight.dtype)
+
+        def gated(rows: torch.Tensor | None, length: int):
+            """Each LM call (the batch, or a length group) gated with its clips' rows."""
+            if rows is None:
+                return self._gate_injected(audio, vision)
+            return self._gate_injected(audio[rows, :length], vision[rows, :length])
+
+        hidden = self.text_encoder.language_model_states(
+            input_ids, attention_mask, batch.get("token_type_ids"),
+            group_inputs=gated)  # (B, L_t, H); zeros past a length group's longest clip
         pooled = self.text_encoder.model.pooler(hidden)  # (B, H)
         prediction = self.classifier(self.output_dropout(pooled)).squeeze(-1)
         losses = task_losses(prediction, batch, self.config.loss)

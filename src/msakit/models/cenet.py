@@ -50,13 +50,15 @@ two-layer transform) and their AdamW with linear warm-up.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from msakit.config_schema import ModelConfig, TrainConfig
+from msakit.config_schema import LengthGroupedLMConfig, TrainConfig
 from msakit.models import register_model
 from msakit.models.base import (
     FeatureDims,
@@ -79,9 +81,11 @@ def _attended_steps_field(modality: str):
                  f"steps and every step attended, padding included ({lengths})")
 
 
-class CENETConfig(ModelConfig):
+class CENETConfig(LengthGroupedLMConfig):
     """CENET's hyper-parameters; defaults are MMSA's MOSI settings (``config_regression.json``,
-    ``cenet``) and code constants."""
+    ``cenet``) and code constants. ``lm_group_by_length``: CE lets each token attend to its own
+    clip's audio/vision and the head reads the first token, so the LM may run on length groups
+    (each call enhanced with its clips' audio/vision)."""
 
     name: str = "cenet"
     injection_layer: int = Field(1, ge=0, description="CE runs before this transformer layer "
@@ -167,7 +171,8 @@ class CENET(MSAModel):
     def __init__(self, config: CENETConfig, dims: FeatureDims):
         super().__init__(config, dims)
         require_modalities(dims, self.name)
-        self.text_encoder = PretrainedTextEncoder(config.language_model, pooling="none")
+        self.text_encoder = PretrainedTextEncoder(config.language_model, pooling="none",
+                                                  group_by_length=config.lm_group_by_length)
         lm = self.text_encoder.model
         layers = self.text_encoder.transformer_layers()
         if config.injection_layer >= len(layers):
@@ -215,15 +220,31 @@ class CENET(MSAModel):
             return fixed_length(x, mask, steps), None
         return x, mask.bool()
 
+    @contextmanager
+    def _modal_inputs_for(self, inputs: tuple) -> Iterator[None]:
+        """Within the block, the LM's CE hook (in this thread) reads ``inputs``."""
+        thread = threading.get_ident()
+        self._modal_inputs[thread] = inputs
+        try:
+            yield
+        finally:
+            del self._modal_inputs[thread]
+
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         audio, audio_mask = self._modality(batch, "audio")
         vision, vision_mask = self._modality(batch, "vision")
-        thread = threading.get_ident()
-        self._modal_inputs[thread] = (audio, audio_mask, vision, vision_mask)
-        try:
-            states = self.text_encoder.encode_batch(batch)  # (B, L_t, H), enhanced
-        finally:
-            del self._modal_inputs[thread]
+        inputs = (audio, audio_mask, vision, vision_mask)
+
+        def enhanced(rows: torch.Tensor | None, length: int):
+            """Each LM call (the batch, or a length group) with its clips' audio/vision."""
+            return self._modal_inputs_for(inputs if rows is None else tuple(
+                None if x is None else x[rows] for x in inputs))
+
+        attention_mask = batch.get("lm_attention_mask")
+        states = self.text_encoder.language_model_states(  # (B, L_t, H), enhanced
+            batch["input_ids"],
+            batch["attention_mask"] if attention_mask is None else attention_mask,
+            batch.get("token_type_ids"), group_inputs=enhanced)
         first = self.head_dropout(states[:, 0])
         hidden = self.head_dropout(torch.tanh(self.head_dense(first)))
         prediction = self.head_out(hidden).squeeze(-1)  # (B,)

@@ -82,6 +82,13 @@ class TFRNetConfig(ModelConfig):
 
     name: str = "tfr_net"
     freeze_language_model: bool = Field(False, description="MMSA fine-tunes BERT")
+    lm_group_by_length: bool = Field(
+        True, description="On the CPU, run the language model's pass over the complete tokens "
+        "(read only at real dropped steps, as the text's reconstruction target) on groups of "
+        "clips of similar length (msakit.modules.text.length_groups): the same loss, fewer "
+        "padded tokens computed; with LM dropout its masks are drawn per group. The pass over "
+        "the masked tokens always runs on the padded batch: the transformers read its padding "
+        "steps. false: both passes padded, as MMSA")
     seq_lens: tuple[int, int, int] = Field(
         (50, 500, 375), description="fixed text/audio/vision lengths every sequence is padded "
         "or truncated to (MMSA's array lengths; unaligned MOSI: 50, 500, 375); the temporal "
@@ -195,7 +202,8 @@ class TFRNet(MSAModel):
         super().__init__(config, dims)
         require_modalities(dims, self.name)
         self.text_encoder = PretrainedTextEncoder(
-            config.language_model, pooling="none", freeze=config.freeze_language_model)
+            config.language_model, pooling="none", freeze=config.freeze_language_model,
+            group_by_length=config.lm_group_by_length)
         self.unk_token_id = (config.unk_token_id if config.unk_token_id is not None
                              else _unknown_token_id(config.language_model))
         d = config.embed_dim
@@ -308,7 +316,9 @@ class TFRNet(MSAModel):
             kept["text"] = keep_text_ends(kept["text"], text_lengths) & real["text"]
         masked_ids = torch.where(real["text"] & ~kept["text"],
                                  torch.full_like(ids, self.unk_token_id), ids)
-        text_missing = self.text_encoder(masked_ids, text_mask, token_types)  # (B, L_t, H)
+        # (B, L_t, H) each; the masked tokens' states at padding feed the transformers (one
+        # padded batch), the complete tokens' are read at real steps only (length groups)
+        text_missing = self.text_encoder(masked_ids, text_mask, token_types, padded=True)
         text_complete = self.text_encoder(ids, text_mask, token_types)
         complete = {"text": text_complete, **features}
         missing = {"text": text_missing,

@@ -190,10 +190,15 @@ def tensor_fusion(audio: torch.Tensor, vision: torch.Tensor, text: torch.Tensor)
     """TFN's eq. 1 (Zadeh et al., EMNLP 2017; TFN and MTFN): ``(B, d_a), (B, d_v), (B, d_t) ->
     (B, (d_a+1)(d_v+1)(d_t+1))``, the flattened outer product of the vectors with a 1 prepended,
     audio outermost (MMSA's order)."""
-    one = audio.new_ones(audio.shape[0], 1)
+    batch = audio.shape[0]
+    one = audio.new_ones(batch, 1)
     audio, vision, text = (torch.cat([one, x], dim=1) for x in (audio, vision, text))
-    fused = torch.einsum("ba,bv,bt->bavt", audio, vision, text)
-    return fused.reshape(audio.shape[0], -1)
+    # two batched outer products, (a (x) v) (x) t, as MMSA computes them: the same values as
+    # einsum("ba,bv,bt->bavt"), but the backward's contractions run as batched matrix products
+    # instead of broadcast multiplies and sums over the (B, d_a d_v d_t) tensor (MTFN at
+    # CH-SIMS sizes, 2.2 M entries per clip: about a third less time per step on the CPU)
+    audio_vision = torch.bmm(audio.unsqueeze(2), vision.unsqueeze(1)).reshape(batch, -1, 1)
+    return torch.bmm(audio_vision, text.unsqueeze(1)).reshape(batch, -1)
 
 
 #: MMSA's multi-task models (MLF-DNN, MTFN, MLMF): loss term -> (output, batch key of its labels)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Literal
 
 import torch
@@ -153,14 +153,26 @@ class PretrainedTextEncoder(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
+        group_inputs: Callable[[torch.Tensor | None, int], AbstractContextManager] | None = None,
     ) -> torch.Tensor:
-        """The LM's last hidden states ``(B, L, H)``, unpooled (see ``group_by_length``)."""
+        """The LM's last hidden states ``(B, L, H)``, unpooled (see ``group_by_length``).
+
+        ``group_inputs(rows, length)``: a context manager entered around each LM call, given
+        the call's rows of the batch (``None``: the whole batch) and its padded length, for
+        models whose hooks inside the LM read per-clip inputs (CENET's audio/vision, MAG-BERT's
+        gate): they hand each call the rows it computes.
+        """
+        call = group_inputs or (lambda rows, length: nullcontext())
         if not self.group_by_length or attention_mask.device.type != "cpu" or len(input_ids) < 2:
-            return self.padded_language_model_states(input_ids, attention_mask, token_type_ids)
+            with call(None, input_ids.shape[1]):
+                return self.padded_language_model_states(input_ids, attention_mask,
+                                                         token_type_ids)
         lengths = attention_mask.sum(1).tolist()
         groups = length_groups(lengths)
         if len(groups) == 1:
-            return self.padded_language_model_states(input_ids, attention_mask, token_type_ids)
+            with call(None, input_ids.shape[1]):
+                return self.padded_language_model_states(input_ids, attention_mask,
+                                                         token_type_ids)
         padded_length = input_ids.shape[1]
         # One word-embedding lookup for the whole batch: one (vocabulary x H) embedding
         # gradient per batch instead of one per group, and no sums of them.
@@ -170,10 +182,11 @@ class PretrainedTextEncoder(nn.Module):
         for group in groups:
             rows = torch.tensor(group)
             length = lengths[group[-1]]  # the group's longest clip
-            states = self._run_language_model(
-                attention_mask[rows, :length],
-                None if token_type_ids is None else token_type_ids[rows, :length],
-                inputs_embeds=word_embeddings[rows, :length])
+            with call(rows, length):
+                states = self._run_language_model(
+                    attention_mask[rows, :length],
+                    None if token_type_ids is None else token_type_ids[rows, :length],
+                    inputs_embeds=word_embeddings[rows, :length])
             parts.append(F.pad(states, (0, 0, 0, padded_length - length)))
         order = torch.tensor([row for group in groups for row in group])
         return torch.cat(parts)[torch.argsort(order)]
@@ -247,13 +260,16 @@ class PretrainedTextEncoder(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         hidden_states: torch.Tensor | None = None,
         lm_attention_mask: torch.Tensor | None = None,
+        padded: bool = False,
     ) -> torch.Tensor:
         """Pooled (or full) LM states; ``hidden_states`` ``(B, L, H)`` are cached states of a
         frozen LM for these tokens (the batch's ``text_hidden``), used instead of running it.
         ``lm_attention_mask`` (text context): the tokens the LM attends to, when they are more
-        than ``attention_mask``'s, the tokens pooled."""
+        than ``attention_mask``'s, the tokens pooled. ``padded``: one padded LM batch whatever
+        ``group_by_length`` says, for a caller that reads the states at padding positions."""
         if hidden_states is None:
-            hidden = self.language_model_states(
+            states = self.padded_language_model_states if padded else self.language_model_states
+            hidden = states(
                 input_ids, attention_mask if lm_attention_mask is None else lm_attention_mask,
                 token_type_ids)
         else:

@@ -12,7 +12,8 @@ model added to msakit later is benchmarked without editing this file. Each runs 
 its suite presets' datasets (MOSI first) that MMSA has settings for: msakit with that preset (the
 mmsa suite's presets hold MMSA's hyper-parameters, or the authors' where MMSA took them over;
 ``MMSA_SETTINGS`` below gives MMSA's own where they differ) and MMSA with its own
-``config_regression.json`` entry; both with MMSA's batch size, so that their steps are the same.
+``config_regression.json`` entry; both with MMSA's batch size (``BATCH_SIZES``'s where MMSA's
+leaves no optimiser step on the 147 clips), so that their steps are the same.
 
 The data: an MMSA-layout pickle built from the 229 real MOSI clips (``word_aligned_valid.pkl``:
 COVAREP audio and Facet vision, one step per word; split by video into about 145/32/52 clips;
@@ -83,7 +84,7 @@ LM_HIDDEN = 384
 
 #: Models whose suite preset follows the authors' repository rather than MMSA (MISA:
 #: declare-lab/MISA; Self-MM: thuiar/Self-MM): msakit runs its class defaults with these
-#: overrides, MMSA's MOSI values (config_regression.json). The batch size is always MMSA's.
+#: overrides, MMSA's MOSI values (config_regression.json). The batch size is MMSA's (or ``BATCH_SIZES``'s).
 MMSA_SETTINGS = {
     "misa": ["model.dropout=0.2", "model.loss_weights.diff=0.1", "model.loss_weights.cmd=0.3",
              "model.loss_weights.recon=1.0", "train.grad_accumulation=2", "train.lr=1e-4",
@@ -138,7 +139,7 @@ def comparable_models(configs: dict, wanted: list[str] | None = None) -> tuple[l
         merged = {**configs[row.model]["commonParams"], **params[dataset]}
         chosen.append({"model": row.model, "dataset": dataset,
                        "preset": None if row.model in MMSA_SETTINGS else row.presets[dataset],
-                       "batch_size": int(merged["batch_size"])})
+                       "batch_size": BATCH_SIZES.get(row.model, int(merged["batch_size"]))})
     missing = sorted(set(wanted or []) - {c["model"] for c in chosen}
                      - {m.split(" ")[0] for m in left_out})
     left_out += [f"{m} (not a registered model of the mmsa suite)" for m in missing]
@@ -275,8 +276,14 @@ def _misa_text_projection(model) -> None:
     inner.project_t.project_t = torch.nn.Linear(LM_HIDDEN, out_features)
 
 
-#: model -> a function applied to MMSA's built model where a 768 is hard-coded
-MMSA_MODEL_PATCHES = {"misa": _misa_text_projection}
+def _mctn_device(model) -> None:
+    """MMSA's MCTN hard-codes ``'cuda'`` as the device of its ``Seq2Seq`` outputs."""
+    inner = model.Model
+    inner.seq2seq1.device = inner.seq2seq2.device = "cpu"
+
+
+#: model -> a function applied to MMSA's built model where a 768 or the device is hard-coded
+MMSA_MODEL_PATCHES = {"misa": _misa_text_projection, "mctn": _mctn_device}
 
 
 def _bert_mag_language_model(args) -> None:
@@ -314,6 +321,10 @@ UNTIMED_PASSES = {"self_mm": 1, "tetfn": 1}
 #: MMSA trainers that pass over the training loader more than once per epoch (MMIM: the MMILB
 #: stage, then the main pass); a "training step" is then one batch of every pass of an epoch
 PASSES_PER_EPOCH = {"mmim": 2}
+#: models whose MMSA batch size leaves the 147 training clips fewer batches than the optimiser
+#: step needs (TETFN: batches of 64, the losses of 4 summed per step, an incomplete group
+#: dropped: 3 batches, no step ever; msakit refuses such a run): both sides get this batch size
+BATCH_SIZES = {"tetfn": 32}
 
 
 def per_epoch(seconds: list[float], passes: int) -> list[float]:
@@ -402,6 +413,7 @@ def run_mmsa(job: dict, pickle_path: Path, epochs: int, repeats: int, workdir: P
         "feature_A": None, "feature_V": None, "device": torch.device("cpu"),
         "train_mode": "regression", "pretrained": resolve_language_model(LANGUAGE_MODEL),
         "cur_seed": 1, "model_save_path": str(workdir / f"mmsa-{model_name}-{seed}.pth"),
+        "batch_size": job["batch_size"],
     })
     setup_seed(seed)
     dataloader = MMDataLoader(args, num_workers=0)

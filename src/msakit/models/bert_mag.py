@@ -55,7 +55,7 @@ from msakit.models.base import (
     check_loss_weights,
     require_modalities,
 )
-from msakit.modules.mmsa_subnets import task_losses
+from msakit.modules.mmsa_subnets import by_position, task_losses
 from msakit.modules.text import PretrainedTextEncoder
 
 
@@ -117,14 +117,6 @@ class MultimodalAdaptationGate(nn.Module):
         shift_norm = torch.where(shift_norm == 0, torch.ones_like(shift_norm), shift_norm)
         alpha = (text_norm / (shift_norm + self.eps) * self.beta_shift).clamp(max=1.0)  # eq. (5)
         return self.dropout(self.layer_norm(alpha.unsqueeze(-1) * shift + text))  # eq. (4)
-
-
-def by_position(x: torch.Tensor, steps: int) -> torch.Tensor:
-    """``(B, L, D)`` zero-padded or truncated to ``(B, steps, D)``: step ``t`` goes with token
-    ``t`` (a no-op on word-aligned batches, where ``L`` is the token count)."""
-    if x.shape[1] >= steps:
-        return x[:, :steps]
-    return F.pad(x, (0, 0, 0, steps - x.shape[1]))
 
 
 @register_model

@@ -58,6 +58,7 @@ from msakit.models.base import (
     check_loss_weights,
     require_modalities,
 )
+from msakit.modules.mmsa_subnets import by_position
 from msakit.modules.text import PretrainedTextEncoder
 
 #: BERT's additive attention mask value (the official code adds it along rows and columns)
@@ -96,14 +97,6 @@ class CMBertConfig(ModelConfig):
     def _check_weights(self) -> CMBertConfig:
         check_loss_weights(self.loss_weights, ("task",), "cm_bert")
         return self
-
-
-def _steps_by_position(x: torch.Tensor, steps: int) -> torch.Tensor:
-    """``(B, L, D)`` zero-padded or truncated to ``(B, steps, D)``: step ``t`` goes with token
-    ``t`` (a no-op on word-aligned batches, where ``L`` is the token count)."""
-    if x.shape[1] >= steps:
-        return x[:, :steps]
-    return F.pad(x, (0, 0, 0, steps - x.shape[1]))
 
 
 class MaskedMultimodalAttention(nn.Module):
@@ -237,7 +230,7 @@ class CMBert(MSAModel):
         mask = batch.get("lm_attention_mask", batch["attention_mask"])
         hidden = self.text_encoder.padded_language_model_states(
             input_ids, mask, batch.get("token_type_ids"))  # (B, L, H)
-        audio = _steps_by_position(audio, input_ids.shape[1]).to(hidden.dtype)
+        audio = by_position(audio, input_ids.shape[1]).to(hidden.dtype)
         pooled = self.attention(hidden, audio, mask)  # (B, H)
         prediction = self.classifier(self.output_dropout(pooled)).squeeze(-1)
         return ModelOutput(prediction=prediction, losses=self._losses(prediction, batch))

@@ -43,11 +43,18 @@ def average_steps_field(modality: str):
                  f"array ({lengths})")
 
 
+def by_position(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """``(B, L, D)`` zero-padded or truncated to ``(B, steps, D)``: step ``t`` goes with token
+    ``t`` (a no-op on word-aligned batches, where ``L`` is the token count)."""
+    if x.shape[1] >= steps:
+        return x[:, :steps]
+    return F.pad(x, (0, 0, 0, steps - x.shape[1]))
+
+
 def fixed_length(x: torch.Tensor, mask: torch.Tensor, steps: int) -> torch.Tensor:
     """``(B, L, D), (B, L) -> (B, steps, D)``: zero past the real steps, then zero-padded or
     truncated to ``steps`` (MMSA's fixed-length arrays)."""
-    x = (x * mask.to(x.dtype).unsqueeze(-1))[:, :steps]
-    return F.pad(x, (0, 0, 0, steps - x.shape[1]))
+    return by_position(x * mask.to(x.dtype).unsqueeze(-1), steps)
 
 
 def single_adam_group(model: nn.Module, train) -> list[dict]:

@@ -307,8 +307,15 @@ def _tfr_net_language_model(args) -> None:
                                                pretrained=args["pretrained"])
 
 
+def _mctn_output_width(args) -> None:
+    """MMSA's MCTN pads every modality to ``output_dim``, 768 in its config (BERT-base's
+    features): the pickle's text states are the packaged MiniLM's 384 wide."""
+    args["output_dim"] = LM_HIDDEN
+
+
 #: model -> a function applied to MMSA's arguments before its model is built
-MMSA_BUILD_PATCHES = {"bert_mag": _bert_mag_language_model, "tfr_net": _tfr_net_language_model}
+MMSA_BUILD_PATCHES = {"bert_mag": _bert_mag_language_model, "tfr_net": _tfr_net_language_model,
+                      "mctn": _mctn_output_width}
 #: models whose layers are sized by the sequence lengths (TFR-Net's temporal transformers):
 #: both sides get the pickle's (aligned_50's) lengths, MMSA's aligned setting
 #: (``datasetCommonParams`` ``aligned``: ``seq_lens`` [50, 50, 50]) instead of the unaligned one

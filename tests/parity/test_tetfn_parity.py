@@ -198,9 +198,10 @@ def test_tetfn_matches_mmsa_training_run(fixture, small_bert, tmp_path, monkeypa
     assert len(record["forwards"]) == len(steps) == 12  # 4 epochs x 3 batches
     for i, (official, ours) in enumerate(zip(steps, record["forwards"])):
         where = f"forward {i + 1}"
-        relative_close(ours.prediction, official["outputs"]["M"], f"{where}: M")
+        relative_close(ours.prediction, official["outputs"]["M"], f"{where}: prediction M")
         for name, extra in OUTPUTS.items():
-            relative_close(ours.extras[extra], official["outputs"][name], f"{where}: {name}")
+            kind = "prediction" if extra.startswith("pred_") else "feature"
+            relative_close(ours.extras[extra], official["outputs"][name], f"{where}: {kind} {name}")
         for mode, term in LOSS_TERMS.items():
             relative_close(ours.losses[term], official["losses"][mode], f"{where}: {term}")
         labels_after, centres = record["ulgm"][i]

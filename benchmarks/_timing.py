@@ -37,3 +37,45 @@ class TimedPasses:
             self.synchronize()
             self.seconds.append(time.perf_counter() - started)
             self.cpu_seconds.append(time.process_time() - cpu_started)
+
+
+def time_steps(sides: dict, warmup: int, steps: int, alternate: bool) -> dict[str, list[float]]:
+    """Seconds of each timed step per side: ``sides`` maps a name to a function that builds
+    that side and returns its step function. ``alternate``: both sides built at once and a step
+    of each in turn (load drift hits both alike); else one side after the other, each freed
+    before the next is built. The first ``warmup`` steps of each side are not kept."""
+    import time
+
+    times: dict[str, list[float]] = {name: [] for name in sides}
+
+    def timed(name, step, i):
+        start = time.perf_counter()
+        step()
+        elapsed = time.perf_counter() - start
+        if i >= warmup:
+            times[name].append(elapsed)
+        print(f"{name} step {i + 1}: {elapsed * 1000:.0f} ms", flush=True)
+
+    if alternate:
+        built = {name: make() for name, make in sides.items()}
+        for i in range(warmup + steps):
+            for name, step in built.items():
+                timed(name, step, i)
+    else:
+        for name, make in sides.items():
+            step = make()
+            for i in range(warmup + steps):
+                timed(name, step, i)
+            del step
+    return times
+
+
+def print_medians(times: dict[str, list[float]], ours: str, theirs: str) -> None:
+    """Each side's median (min, max) step and the ratio ``ours / theirs`` of the medians."""
+    import statistics
+
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    for name, values in times.items():
+        print(f"{name}: median {medians[name] * 1000:.0f} ms over {len(values)} steps "
+              f"(min {min(values) * 1000:.0f}, max {max(values) * 1000:.0f})", flush=True)
+    print(f"{ours} / {theirs}: {medians[ours] / medians[theirs]:.2f}")

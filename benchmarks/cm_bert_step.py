@@ -19,15 +19,15 @@ side; ``--alternate`` runs a step of each in turn (fairer when the machine's loa
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools" / "parity"))
+from _timing import print_medians, time_steps  # noqa: E402
 from cm_bert import import_official, official_groups  # noqa: E402
 
 BATCH, TOKENS, AUDIO = 24, 50, 5
@@ -98,32 +98,7 @@ def main() -> None:
         return step
 
     sides = {"official": official_step_function, "msakit": msakit_step_function}
-    times: dict[str, list[float]] = {name: [] for name in sides}
-
-    def timed(name, step, i):
-        start = time.perf_counter()
-        step()
-        elapsed = time.perf_counter() - start
-        if i >= args.warmup:
-            times[name].append(elapsed)
-        print(f"{name} step {i + 1}: {elapsed * 1000:.0f} ms", flush=True)
-
-    if args.alternate:
-        steps = {name: make() for name, make in sides.items()}
-        for i in range(args.warmup + args.steps):
-            for name, step in steps.items():
-                timed(name, step, i)
-    else:
-        for name, make in sides.items():
-            step = make()
-            for i in range(args.warmup + args.steps):
-                timed(name, step, i)
-            del step
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    for name, values in times.items():
-        print(f"{name}: median {medians[name] * 1000:.0f} ms over {args.steps} steps "
-              f"(min {min(values) * 1000:.0f}, max {max(values) * 1000:.0f})", flush=True)
-    print(f"msakit / official: {medians['msakit'] / medians['official']:.2f}")
+    print_medians(time_steps(sides, args.warmup, args.steps, args.alternate), "msakit", "official")
 
 
 if __name__ == "__main__":

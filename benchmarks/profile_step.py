@@ -19,25 +19,28 @@ import time
 from pathlib import Path
 
 import torch
+import os
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from msakit.config import build_config
 from msakit.data import load_dataset
 from msakit.lm_cache import SplitTextStates
 from msakit.models import create_model
+from msakit.training.seeding import seed_everything
 from msakit.training.loading import EpochLoader, feature_dims
 from msakit.training.trainer import make_optimizer, move_batch, weighted_loss
 
+SHAPES = bool(os.environ.get("PROFILE_SHAPES"))
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mosi" / "word_aligned_valid.pkl"
 
 
 def profile_model(name: str, data: Path, steps: int, batch_size: int,
-                  overrides: list[str], cached: bool = False) -> None:
+                  overrides: list[str], cached: bool = False, preset: str | None = None) -> None:
     dataset = load_dataset(data)
     config = build_config(name, [f"train.batch_size={batch_size}", "train.grad_accumulation=1",
-                                 *overrides])
+                                 *overrides], preset=preset)
     split = dataset.split("all")
-    torch.manual_seed(0)
+    seed_everything(0)  # as the trainer does (deterministic algorithms)
     model = create_model(config.model, feature_dims(dataset, config))
     model.on_fit_start(torch.as_tensor(split.labels, dtype=torch.float32))
     optimizer = make_optimizer(model, config)
@@ -45,7 +48,7 @@ def profile_model(name: str, data: Path, steps: int, batch_size: int,
     if cached and text_states is None:
         raise SystemExit(f"--cached needs a frozen language model ({name}: set "
                          "model.freeze_language_model=true)")
-    loader = EpochLoader(split, dataset, config, seed=1, text_states=text_states)(1)
+    epoch_loader = EpochLoader(split, dataset, config, seed=1, text_states=text_states)
     weights = config.model.loss_weights
     model.train()
 
@@ -63,11 +66,17 @@ def profile_model(name: str, data: Path, steps: int, batch_size: int,
         with record_function("5 hooks"):
             model.on_train_batch_end(batch, output, 1)
 
-    batches = iter(loader)
+    def epochs():  # as many epochs as the warm-up and profiled steps need
+        epoch = 1
+        while True:
+            yield from epoch_loader(epoch)
+            epoch += 1
+
+    batches = epochs()
     for _ in range(2):
         step(next(batches))
     started = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=SHAPES) as prof:
         for _ in range(steps):
             with record_function("0 data loading"):
                 batch = next(batches)
@@ -85,6 +94,8 @@ def profile_model(name: str, data: Path, steps: int, batch_size: int,
               f"{event.cpu_time_total / total:.0%} |")
     print(f"\ntop operators by self CPU time ({name}):\n")
     print(events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=45))
+    if SHAPES:
+        print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=30, max_shapes_column_width=80))
 
 
 def main() -> None:
@@ -92,6 +103,7 @@ def main() -> None:
     parser.add_argument("models", nargs="+")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--preset", help="a preset of every model named (e.g. mosi)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cached", action="store_true",
@@ -101,7 +113,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for name in args.models:
-        profile_model(name, args.data, args.steps, args.batch_size, args.overrides, args.cached)
+        profile_model(name, args.data, args.steps, args.batch_size, args.overrides, args.cached,
+                      args.preset)
 
 
 if __name__ == "__main__":

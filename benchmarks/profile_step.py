@@ -39,7 +39,7 @@ def profile_model(name: str, data: Path, steps: int, batch_size: int,
     dataset = load_dataset(data)
     config = build_config(name, [f"train.batch_size={batch_size}", "train.grad_accumulation=1",
                                  *overrides], preset=preset)
-    split = dataset.split("all")
+    split = dataset.split("all" if "all" in dataset.splits else "train")
     seed_everything(0)  # as the trainer does (deterministic algorithms)
     model = create_model(config.model, feature_dims(dataset, config))
     model.on_fit_start(torch.as_tensor(split.labels, dtype=torch.float32))

@@ -143,16 +143,24 @@ class Attention(nn.Module):
 
 @dataclass
 class DecoderMemory:
-    """What every step of one translation reuses (:meth:`Decoder.prepare`)."""
+    """What every step of one translation reuses (:meth:`Decoder.prepare`). ``W_y``/``W_c``: the
+    step LSTM's input weights (both directions, ``(8h, D + h)``) on the previous frame and on the
+    context; ``b`` = ``b_ih + b_hh``; ``W_o``, ``b_o``: ``fc_out``'s weight and bias."""
 
     states: torch.Tensor  #: encoder states ``(N, S, h)``
     keys: torch.Tensor  #: attention keys ``(N, S, h)``
-    weight: torch.Tensor  #: the step LSTM's input weights, both directions ``(8h, D + h)``
-    bias: torch.Tensor  #: its biases ``b_ih + b_hh``, both directions ``(8h,)``
+    context_weight: torch.Tensor  #: ``W_c`` ``(8h, h)``
+    zero_frame_gates: torch.Tensor  #: the gates' frame part of a zero frame, ``b`` ``(8h,)``
+    frame_weight: torch.Tensor  #: ``W_y W_o`` ``(8h, 2h)``: a frame's gates from ``[o; c]``
+    frame_bias: torch.Tensor  #: ``W_y b_o + b`` ``(8h,)``
+    #: ``W_y y + b`` of the target's frames ``(S' - 1, N, 8h)`` (all but the last), for teacher
+    #: forcing; None when the translation never reads the target
+    target_gates: torch.Tensor | None
 
 
 class Decoder(nn.Module):
-    """One output step: ``y_prev (N, D), s (N, h), memory -> y (N, D), s (N, h)``.
+    """One output step: ``gates of y_prev (N, 8h), s (N, h), memory -> o (N, h), c (N, h)``; the
+    frames ``y = W_o [o; c] + b_o`` (``(S', N, D)``) of all steps at once by :meth:`frames`.
 
     MMSA runs a BiLSTM over the one-step sequence ``[y_prev; c]`` from a zero state (``rnn``,
     MMSA's names). From a zero state each direction is ``h = sigmoid(o) tanh(sigmoid(i)
@@ -160,6 +168,14 @@ class Decoder(nn.Module):
     zero state), computed so here: the same values as the LSTM call, without its per-call cost
     at every step. ``weight_hh`` stays a parameter so that MMSA's state dicts map; it never
     receives a gradient (MMSA's is zero).
+
+    The gates are linear in the frame a step reads: ``W_ih [y; c] + b = (W_y y + b) + W_c c``.
+    The frame part is computed where the frame is known: for the target's frames (teacher
+    forcing) in one matrix product per translation (:meth:`prepare`), for the decoder's own
+    frame ``y = W_o [o; c] + b_o`` as ``(W_y W_o) [o; c] + (W_y b_o + b)``
+    (:meth:`frame_gates`, a ``2h``-wide product instead of the ``D``-wide ``fc_out`` and
+    ``W_y``). Both are exact rewrites (the same values up to float rounding) of MMSA's step,
+    which computes ``fc_out`` and the whole ``W_ih`` product at every step.
     """
 
     def __init__(self, out_dim: int, hidden: int):
@@ -169,24 +185,40 @@ class Decoder(nn.Module):
         self.rnn = nn.LSTM(out_dim + hidden, hidden, bidirectional=True)
         self.fc_out = nn.Linear(2 * hidden, out_dim)
 
-    def prepare(self, states: torch.Tensor) -> DecoderMemory:
-        """The per-translation part of every step, from the encoder states ``(S, N, h)``."""
-        rnn = self.rnn
+    def prepare(self, states: torch.Tensor, target: torch.Tensor | None) -> DecoderMemory:
+        """The per-translation part of every step, from the encoder states ``(S, N, h)`` and
+        the target ``(S', N, D)`` when its frames are read (teacher forcing), else None."""
+        rnn, width = self.rnn, self.fc_out.out_features
+        weight = torch.cat([rnn.weight_ih_l0, rnn.weight_ih_l0_reverse])  # (8h, D + h)
+        bias = torch.cat([rnn.bias_ih_l0 + rnn.bias_hh_l0,
+                          rnn.bias_ih_l0_reverse + rnn.bias_hh_l0_reverse])
+        frame_weight = weight[:, :width]  # W_y (8h, D)
         return DecoderMemory(
             states=states.transpose(0, 1), keys=self.attention.keys(states),
-            weight=torch.cat([rnn.weight_ih_l0, rnn.weight_ih_l0_reverse]),
-            bias=torch.cat([rnn.bias_ih_l0 + rnn.bias_hh_l0,
-                            rnn.bias_ih_l0_reverse + rnn.bias_hh_l0_reverse]))
+            context_weight=weight[:, width:], zero_frame_gates=bias,
+            frame_weight=frame_weight @ self.fc_out.weight,
+            frame_bias=torch.addmv(bias, frame_weight, self.fc_out.bias),
+            target_gates=None if target is None else F.linear(target[:-1], frame_weight, bias))
 
-    def forward(self, previous: torch.Tensor, query: torch.Tensor, memory: DecoderMemory
+    def forward(self, previous_gates: torch.Tensor, query: torch.Tensor, memory: DecoderMemory
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         weights = self.attention(query, memory.keys).unsqueeze(1)  # (N, 1, S)
         context = torch.bmm(weights, memory.states).squeeze(1)  # (N, h)
-        gates = F.linear(torch.cat([previous, context], dim=1), memory.weight, memory.bias)
+        gates = torch.addmm(previous_gates, context, memory.context_weight.t())  # (N, 8h)
         i, _, g, o = gates.view(-1, 2, 4, self.hidden).unbind(2)  # PyTorch's order i, f, g, o
         output = (torch.sigmoid(o) * torch.tanh(torch.sigmoid(i) * torch.tanh(g))).sum(1)
         # MMSA: the directions' outputs summed, and their final states summed: the same here
-        return self.fc_out(torch.cat([output, context], dim=1)), output
+        return output, context
+
+    def frame_gates(self, output: torch.Tensor, context: torch.Tensor, memory: DecoderMemory
+                    ) -> torch.Tensor:
+        """``W_y y + b`` of the frame ``y`` of a step's ``o``, ``c`` ``(N, h)``: ``(N, 8h)``."""
+        return F.linear(torch.cat([output, context], dim=1), memory.frame_weight,
+                        memory.frame_bias)
+
+    def frames(self, outputs: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
+        """The frames ``y = W_o [o; c] + b_o`` of all steps: ``(S', N, h) x 2 -> (S', N, D)``."""
+        return self.fc_out(torch.cat([outputs, contexts], dim=2))
 
 
 class RegressionHead(nn.Module):
@@ -238,24 +270,40 @@ class MCTN(SingleAdamGroupMixin, MSAModel):
     def translate(self, encoder: Encoder, decoder: Decoder, source: torch.Tensor,
                   target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``source (S, N, D_in), target (S', N, D)`` -> encoder states ``(S, N, h)`` and the
-        translation ``(S', N, D)``, decoded step by step (module docstring)."""
+        translation ``(S', N, D)``, decoded step by step (module docstring).
+
+        A step reads the previous frame through its gates' frame part only (:class:`Decoder`):
+        the target's, computed for all steps up front, or the decoder's own."""
         states, query = encoder(source)
-        memory = decoder.prepare(states)
         mmsa = self.config.recurrence == "mmsa_batch_axis"
+        if mmsa and target.shape[0] == 1:  # MMSA's loop over a one-clip batch writes nothing
+            return states, torch.zeros_like(target)
         ratio = self.config.teacher_forcing_ratio
-        previous = target[0] if mmsa else torch.zeros_like(target[0])
-        outputs = [torch.zeros_like(target[0])] if mmsa else []  # MMSA never writes step 0
-        for i in range(len(outputs), target.shape[0]):
-            output, query = decoder(previous, query, memory)
+        forcing = ratio == 1.0 or (self.training and ratio > 0.0)
+        memory = decoder.prepare(states, target if forcing or mmsa else None)
+        first = 1 if mmsa else 0  # MMSA never writes step 0 and starts from the target's frame 0
+        previous = (memory.target_gates[0] if mmsa
+                    else memory.zero_frame_gates.expand(target.shape[1], -1))
+        outputs, contexts = [], []
+        for i in range(first, target.shape[0]):
+            output, context = decoder(previous, query, memory)
             outputs.append(output)
+            contexts.append(context)
+            query = output
+            if i + 1 == target.shape[0]:
+                break
             if ratio == 1.0:
-                previous = target[i]
-            elif self.training and ratio > 0.0:  # a draw per clip, no host sync
+                previous = memory.target_gates[i]
+            elif forcing:  # a draw per clip, no host sync
                 draw = torch.rand(target.shape[1], 1, device=target.device) < ratio
-                previous = torch.where(draw, target[i], output)
+                previous = torch.where(draw, memory.target_gates[i],
+                                       decoder.frame_gates(output, context, memory))
             else:
-                previous = output
-        return states, torch.stack(outputs)
+                previous = decoder.frame_gates(output, context, memory)
+        frames = decoder.frames(torch.stack(outputs), torch.stack(contexts))
+        if mmsa:
+            frames = torch.cat([torch.zeros_like(target[:1]), frames])
+        return states, frames
 
     def inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
         """Text, audio, vision ``(B, T, D)``: ``seq_len`` steps, zero-padded to ``feature_dim``."""

@@ -74,7 +74,8 @@ def check_translation(model, data: dict, reads, seed: int = 0) -> torch.Tensor:
     text, _, vision = (model.recurrence_layout(x) for x in model.inputs(data))
     with torch.no_grad():
         torch.manual_seed(seed)
-        _, translated = model.translate(model.encoder1, model.decoder1, text, vision)
+        _, translated = model.translate(model.encoder1, model.decoder1, text, vision,
+                                        model.dims.vision)
         torch.manual_seed(seed)
         expected = reference_translation(model, text, vision, lambda i, y: reads(i, y, vision))
     assert translated.shape == vision.shape

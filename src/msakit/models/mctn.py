@@ -131,7 +131,7 @@ class Attention(nn.Module):
     the same up to float rounding; PyTorch's CPU ``tanh`` costs about nine times its
     ``sigmoid`` (2.2 vs 0.24 ns per float32 element, torch 2.13, AVX-512), and this ``(N, S, h)``
     activation runs at every decoder step. The factors 2 are folded into the keys and, per
-    translation, into the weights :meth:`step_weights` returns."""
+    translation, into the weights :meth:`step_weights` returns (transposed for ``mm``)."""
 
     def __init__(self, hidden: int):
         super().__init__()
@@ -144,37 +144,39 @@ class Attention(nn.Module):
         return F.linear(states, 2 * self.attn.weight[:, self.hidden:]).transpose(0, 1)
 
     def step_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``2 W_a^s (h, h)`` and ``2 v (1, h)``, the weights of :meth:`forward`."""
-        return 2 * self.attn.weight[:, :self.hidden], 2 * self.v.weight
+        """``(2 W_a^s)' (h, h)`` and ``2 v (h, 1)``, the weights of :meth:`forward`."""
+        return 2 * self.attn.weight[:, :self.hidden].t(), 2 * self.v.weight.t()
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, query_weight: torch.Tensor,
                 score_weight: torch.Tensor) -> torch.Tensor:
-        query = F.linear(query, query_weight).unsqueeze(1)  # (N, 1, h)
-        scores = F.linear(torch.sigmoid(query + keys), score_weight).squeeze(2)
+        query = torch.mm(query, query_weight).unsqueeze(1)  # (N, 1, h)
+        scores = torch.matmul(torch.sigmoid(query + keys), score_weight).squeeze(2)
         return F.softmax(scores, dim=1)
 
 
 @dataclass
 class DecoderMemory:
     """What every step of one translation reuses (:meth:`Decoder.prepare`). ``W_y``/``W_c``: the
-    step LSTM's input weights (both directions, ``(8h, D + h)``) on the previous frame and on the
-    context; ``b`` = ``b_ih + b_hh``; ``W_o``, ``b_o``: ``fc_out``'s weight and bias."""
+    step LSTM's input weights on the previous frame and on the context, the rows of the input,
+    cell and output gates of both directions (``(6h, D + h)``; the forget gate multiplies the
+    zero state); ``b`` = ``b_ih + b_hh`` of those rows; ``W_o``, ``b_o``: ``fc_out``'s weight and
+    bias. Weights are stored transposed, as ``mm`` takes them."""
 
     states: torch.Tensor  #: encoder states ``(N, S, h)``
     keys: torch.Tensor  #: attention keys ``(N, S, h)``
     query_weight: torch.Tensor  #: the attention's query weight ``(h, h)``
-    score_weight: torch.Tensor  #: the attention's score weight ``(1, h)``
-    context_weight: torch.Tensor  #: ``W_c`` ``(8h, h)``
-    zero_frame_gates: torch.Tensor  #: the gates' frame part of a zero frame, ``b`` ``(8h,)``
-    frame_weight: torch.Tensor  #: ``W_y W_o`` ``(8h, 2h)``: a frame's gates from ``[o; c]``
-    frame_bias: torch.Tensor  #: ``W_y b_o + b`` ``(8h,)``
-    #: ``W_y y + b`` of the target's frames (all but the last), ``S' - 1`` of ``(N, 8h)``, for
+    score_weight: torch.Tensor  #: the attention's score weight ``(h, 1)``
+    context_weight: torch.Tensor  #: ``W_c'`` ``(h, 6h)``
+    zero_frame_gates: torch.Tensor  #: the gates' frame part of a zero frame, ``b`` ``(6h,)``
+    frame_weight: torch.Tensor  #: ``(W_y W_o)'`` ``(2h, 6h)``: a frame's gates from ``[o; c]``
+    frame_bias: torch.Tensor  #: ``W_y b_o + b`` ``(6h,)``
+    #: ``W_y y + b`` of the target's frames (all but the last), ``S' - 1`` of ``(N, 6h)``, for
     #: teacher forcing; None when the translation never reads the target
     target_gates: tuple[torch.Tensor, ...] | None
 
 
 class Decoder(nn.Module):
-    """One output step: ``gates of y_prev (N, 8h), s (N, h), memory -> o (N, h), c (N, h)``; the
+    """One output step: ``gates of y_prev (N, 6h), s (N, h), memory -> o (N, h), c (N, h)``; the
     frames ``y = W_o [o; c] + b_o`` (``(S', N, D)``) of all steps at once by :meth:`frames`.
 
     MMSA runs a BiLSTM over the one-step sequence ``[y_prev; c]`` from a zero state (``rnn``,
@@ -206,11 +208,14 @@ class Decoder(nn.Module):
         the target ``(S', N, D)`` when its frames are read (teacher forcing), else None; only
         its first ``target_width`` features are read (the rest is zero padding, which adds
         exact zeros to the gates and to ``W_y``'s gradient)."""
-        rnn, width = self.rnn, self.fc_out.out_features
-        weight = torch.cat([rnn.weight_ih_l0, rnn.weight_ih_l0_reverse])  # (8h, D + h)
-        bias = torch.cat([rnn.bias_ih_l0 + rnn.bias_hh_l0,
-                          rnn.bias_ih_l0_reverse + rnn.bias_hh_l0_reverse])
-        frame_weight = weight[:, :width]  # W_y (8h, D)
+        rnn, width, hidden = self.rnn, self.fc_out.out_features, self.hidden
+        used = [0, 2, 3]  # PyTorch's gate order i, f, g, o: the input, cell and output gates
+        weight = torch.stack([rnn.weight_ih_l0, rnn.weight_ih_l0_reverse]).view(
+            2, 4, hidden, -1)[:, used].reshape(6 * hidden, -1)  # (6h, D + h)
+        bias = torch.stack([rnn.bias_ih_l0 + rnn.bias_hh_l0,
+                            rnn.bias_ih_l0_reverse + rnn.bias_hh_l0_reverse]).view(
+            2, 4, hidden)[:, used].reshape(-1)
+        frame_weight = weight[:, :width]  # W_y (6h, D)
         target_gates = None
         if target is not None:
             read = target_width or width
@@ -219,8 +224,8 @@ class Decoder(nn.Module):
         return DecoderMemory(
             states=states.transpose(0, 1), keys=self.attention.keys(states),
             query_weight=query_weight, score_weight=score_weight,
-            context_weight=weight[:, width:], zero_frame_gates=bias,
-            frame_weight=frame_weight @ self.fc_out.weight,
+            context_weight=weight[:, width:].t(), zero_frame_gates=bias,
+            frame_weight=(frame_weight @ self.fc_out.weight).t(),
             frame_bias=torch.addmv(bias, frame_weight, self.fc_out.bias),
             target_gates=target_gates)
 
@@ -229,17 +234,17 @@ class Decoder(nn.Module):
         weights = self.attention(query, memory.keys, memory.query_weight,
                                  memory.score_weight).unsqueeze(1)  # (N, 1, S)
         context = torch.bmm(weights, memory.states).squeeze(1)  # (N, h)
-        gates = torch.addmm(previous_gates, context, memory.context_weight.t())  # (N, 8h)
-        i, _, g, o = gates.view(-1, 2, 4, self.hidden).unbind(2)  # PyTorch's order i, f, g, o
+        gates = torch.addmm(previous_gates, context, memory.context_weight)  # (N, 6h)
+        i, g, o = gates.view(-1, 2, 3, self.hidden).unbind(2)  # per direction
         output = (torch.sigmoid(o) * torch.tanh(torch.sigmoid(i) * torch.tanh(g))).sum(1)
         # MMSA: the directions' outputs summed, and their final states summed: the same here
         return output, context
 
     def frame_gates(self, output: torch.Tensor, context: torch.Tensor, memory: DecoderMemory
                     ) -> torch.Tensor:
-        """``W_y y + b`` of the frame ``y`` of a step's ``o``, ``c`` ``(N, h)``: ``(N, 8h)``."""
-        return F.linear(torch.cat([output, context], dim=1), memory.frame_weight,
-                        memory.frame_bias)
+        """``W_y y + b`` of the frame ``y`` of a step's ``o``, ``c`` ``(N, h)``: ``(N, 6h)``."""
+        return torch.addmm(memory.frame_bias, torch.cat([output, context], dim=1),
+                           memory.frame_weight)
 
     def frames(self, outputs: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
         """The frames ``y = W_o [o; c] + b_o`` of all steps: ``(S', N, h) x 2 -> (S', N, D)``."""

@@ -12,8 +12,8 @@ hard-coded ``'cuda'`` patched to the CPU); msakit's is ``Trainer``'s (forward, w
 backward, clip, Adam step), in MMSA's mode (``recurrence=mmsa_batch_axis``,
 ``teacher_forcing_ratio=1.0``: the same computation) and in the default ``time`` recurrence
 (ratio 0.5). The three steps take turns (one of each per round, ``--warmup`` rounds first), so
-that a machine's changing load slows them alike; printed: the median of ``--steps`` timed steps
-of each and the ratios.
+that a machine's changing load slows them alike; printed: the median CPU time (one thread: less
+moved by other jobs than wall time) of ``--steps`` timed steps of each and the ratios.
 """
 
 from __future__ import annotations
@@ -113,13 +113,13 @@ def main() -> None:
         times: dict[str, list[float]] = {name: [] for name in steps}
         for i in range(args.warmup + args.steps):  # interleaved: a loaded machine slows all alike
             for name, step in steps.items():
-                started = time.perf_counter()
+                started = time.process_time()
                 step()
                 if i >= args.warmup:
-                    times[name].append(time.perf_counter() - started)
+                    times[name].append(time.process_time() - started)
     median = {k: statistics.median(v) for k, v in times.items()}
     print(f"MCTN training step, batch {BATCH}, {STEPS} steps, text {TEXT}, audio {AUDIO}, "
-          f"vision {VISION}, 1 thread, median of {args.steps}:")
+          f"vision {VISION}, 1 thread, median CPU time of {args.steps}:")
     for name, value in median.items():
         print(f"  {name:24s} {value * 1000:8.1f} ms   ratio to MMSA {value / median['MMSA']:.2f}")
 

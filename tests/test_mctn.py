@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from msakit.config import build_config
 from msakit.models import FeatureDims, create_model
@@ -42,60 +43,86 @@ def batch(size: int = 3, dims: FeatureDims = DIMS) -> dict:
             "vision_mask": mask, "labels": torch.linspace(-2, 2, size)}
 
 
-def decoder_inputs(model, data: dict) -> tuple[list[torch.Tensor], list[torch.Tensor], tuple]:
-    """The ``previous`` frame each step of the first translation (text -> vision) reads, the
-    outputs of its steps, and the vision target in the recurrence layout."""
-    reads, outputs = [], []
+def reference_translation(model, source: torch.Tensor, target: torch.Tensor, reads):
+    """The first translation (text -> vision) as MMSA's code computes each step: additive
+    attention over the encoder states, the decoder's BiLSTM called on ``[y_prev; c]`` from a zero
+    state, ``fc_out`` on ``[o; c]``, the summed final states as the next query. ``reads(i, y)``:
+    the frame step ``i + 1`` reads, given step ``i``'s frame ``y``. MMSA's batch-axis mode starts
+    from the target's frame 0 and leaves step 0 at zero."""
+    decoder, hidden = model.decoder1, model.config.hidden
+    mmsa = model.config.recurrence == "mmsa_batch_axis"
+    states, query = model.encoder1(source)
+    keys = states.transpose(0, 1)  # (N, S, h)
+    previous = target[0] if mmsa else torch.zeros_like(target[0])
+    frames = [torch.zeros_like(target[0])] if mmsa else []
+    for i in range(len(frames), target.shape[0]):
+        expanded = query.unsqueeze(1).expand(-1, keys.shape[1], -1)
+        energy = torch.tanh(decoder.attention.attn(torch.cat([expanded, keys], dim=2)))
+        weights = torch.softmax(decoder.attention.v(energy).squeeze(2), dim=1)
+        context = torch.bmm(weights.unsqueeze(1), keys).squeeze(1)
+        output, (final, _) = decoder.rnn(torch.cat([previous, context], dim=1).unsqueeze(0))
+        output = output[0, :, :hidden] + output[0, :, hidden:]
+        frames.append(decoder.fc_out(torch.cat([output, context], dim=1)))
+        query = final[-1] + final[-2]
+        if i + 1 < target.shape[0]:
+            previous = reads(i, frames[-1])
+    return torch.stack(frames)
 
-    def record(module, args, output):
-        reads.append(args[0])
-        outputs.append(output[0])
 
-    hook = model.decoder1.register_forward_hook(record)
-    try:
-        with torch.no_grad():
-            model(data)
-    finally:
-        hook.remove()
-    vision = model.recurrence_layout(model.inputs(data)[2])
-    steps = vision.shape[0] - (model.config.recurrence == "mmsa_batch_axis")
-    return reads[:steps], outputs[:steps], vision
+def check_translation(model, data: dict, reads, seed: int = 0) -> torch.Tensor:
+    """msakit's first translation equals :func:`reference_translation` (the same draws)."""
+    text, _, vision = (model.recurrence_layout(x) for x in model.inputs(data))
+    with torch.no_grad():
+        torch.manual_seed(seed)
+        _, translated = model.translate(model.encoder1, model.decoder1, text, vision,
+                                        model.dims.vision)
+        torch.manual_seed(seed)
+        expected = reference_translation(model, text, vision, lambda i, y: reads(i, y, vision))
+    assert translated.shape == vision.shape
+    torch.testing.assert_close(translated, expected, rtol=1e-5,
+                               atol=1e-6 * float(expected.abs().max()))
+    return translated
 
 
 def test_time_recurrence_writes_every_step_and_teacher_forces_from_a_zero_frame(tiny_bert_dir):
     model = build(tiny_bert_dir, "model.teacher_forcing_ratio=1.0").eval()
-    data = batch()
-    reads, outputs, vision = decoder_inputs(model, data)
-    assert len(reads) == vision.shape[0] == 6  # one decoder step per time step
-    assert torch.equal(reads[0], torch.zeros_like(vision[0]))
-    for step in range(1, 6):
-        assert torch.equal(reads[step], vision[step - 1])  # the target's previous frame
-    _, translated = model.translate(model.encoder1, model.decoder1,
-                                    *(model.recurrence_layout(x) for x in model.inputs(data)[::2]))
+    translated = check_translation(model, batch(), lambda i, y, target: target[i])
+    assert translated.shape[0] == 6  # one decoder step per time step
     assert translated[0].abs().sum() > 0  # step 0 is written (MMSA's loop leaves it zero)
+    different = check_translation(  # the check can fail: reading the own frames differs
+        build(tiny_bert_dir, "model.teacher_forcing_ratio=0.0").eval(), batch(),
+        lambda i, y, target: y)
+    assert (different - translated).abs().max() > 1e-4
 
 
 def test_free_running_decoder_reads_its_own_outputs(tiny_bert_dir):
     model = build(tiny_bert_dir, "model.teacher_forcing_ratio=0.5").eval()  # eval: free-running
-    reads, outputs, _ = decoder_inputs(model, batch())
-    for step in range(1, 6):
-        assert torch.equal(reads[step], outputs[step - 1])
+    check_translation(model, batch(), lambda i, y, target: y)
+
+
+def test_training_teacher_forcing_draws_per_step_and_clip(tiny_bert_dir):
+    model = build(tiny_bert_dir, "model.teacher_forcing_ratio=0.5").train()
+
+    def reads(i, y, target):  # the draws in msakit's order: one per clip after each step
+        return torch.where(torch.rand(target.shape[1], 1) < 0.5, target[i], y)
+
+    check_translation(model, batch(), reads, seed=5)
 
 
 def test_mmsa_batch_axis_runs_over_the_clips_and_leaves_clip_0_at_zero(tiny_bert_dir):
     model = build(tiny_bert_dir, "model.recurrence=mmsa_batch_axis",
                   "model.teacher_forcing_ratio=1.0").eval()
     data = batch()
-    reads, _, vision = decoder_inputs(model, data)
+    vision = model.recurrence_layout(model.inputs(data)[2])
     assert vision.shape[:2] == (3, 6)  # the batch-first tensor as is: the loop runs over clips
-    assert len(reads) == 2 and torch.equal(reads[0], vision[0])  # starts from clip 0's target
-    source, target = (model.recurrence_layout(x) for x in model.inputs(data)[::2])
-    _, translated = model.translate(model.encoder1, model.decoder1, source, target)
+    translated = check_translation(model, data, lambda i, y, target: target[i])
     assert torch.equal(translated[0], torch.zeros_like(translated[0]))
     with torch.no_grad():  # a clip's prediction depends on the other clips of its batch
         together = model(data).prediction
-        alone = model({k: v[1:2] for k, v in data.items()}).prediction
-    assert (together[1] - alone[0]).abs() > 1e-6
+        alone = model({k: v[1:2] for k, v in data.items()})
+    assert (together[1] - alone.prediction[0]).abs() > 1e-6
+    assert alone.losses["text_to_vision"] == F.mse_loss(  # a one-clip batch: nothing decoded
+        torch.zeros(1, 6, 16), model.inputs({k: v[1:2] for k, v in data.items()})[2])
 
 
 def test_teacher_forcing_changes_losses_not_predictions(tiny_bert_dir):

@@ -31,6 +31,10 @@ not registered: MMSA's optimiser never sees them (nor its ``state_dict``) and th
 random initial weights. ``train_vertex_networks: false`` (the default) reproduces that by
 freezing them (they are saved in msakit's checkpoints); ``true`` trains them, as the paper
 describes the DFG.
+
+The cells are ``nn.LSTMCell`` s (MMSA's names) run as ``modules/mfn_core.py`` runs MFN's: the
+input half of the gates for all steps in one product before the loop (only the rows that are not
+all zero, on the CPU), ``h W_hh^T`` at each step; the same values up to float rounding.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from msakit.models.base import (
     check_loss_weights,
     require_modalities,
 )
+from msakit.modules.mfn_core import lstm_cell_step, lstm_input_gates
 from msakit.modules.mmsa_subnets import (
     GatedMemoryMixin,
     SingleAdamGroupMixin,
@@ -182,12 +187,14 @@ class GraphMFN(GatedMemoryMixin, SingleAdamGroupMixin, MSAModel):
         sequences = self.input_sequences(batch)
         cells = (self.lstm_l, self.lstm_a, self.lstm_v)
         transforms = (self.l_transform, self.a_transform, self.v_transform)
+        input_gates = [lstm_input_gates(cell, x) for x, cell in zip(sequences, cells)]
         size = sequences[0].shape[1]
         states = [(x.new_zeros(size, cell.hidden_size), x.new_zeros(size, cell.hidden_size))
                   for x, cell in zip(sequences, cells)]
         memory = sequences[0].new_zeros(size, self.config.mem_dim)
         for t in range(sequences[0].shape[0]):
-            new_states = [cell(x[t], state) for x, cell, state in zip(sequences, cells, states)]
+            new_states = [lstm_cell_step(cell, gates[t], state)
+                          for cell, gates, state in zip(cells, input_gates, states)]
             singletons = [F.relu(transform(torch.cat([old[0], new[0]], dim=1)))
                           for transform, old, new in zip(transforms, states, new_states)]
             attended, _ = self.graph_mfn(singletons)

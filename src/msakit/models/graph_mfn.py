@@ -117,34 +117,41 @@ class DynamicFusionGraph(nn.Module):
         super().__init__()
         n = len(dims)
         self.keys = [k for r in range(2, n + 1) for k in combinations(range(n), r)]
+        # T reads every vertex: the last key's proper subsets and the last key itself (MMSA)
+        self.inputs = [_proper_subsets(key) for key in self.keys] + [
+            _proper_subsets(self.keys[-1]) + [self.keys[-1]]]
+        # for each network (vertices, then T), the efficacy column of each of its input columns
+        efficacy_columns, first = [], 0
+        for subsets in self.inputs:
+            sizes = [dims[s[0]] if len(s) == 1 else inner for s in subsets]
+            efficacy_columns.append([first + j for j, size in enumerate(sizes)
+                                     for _ in range(size)])
+            first += len(subsets)
         self.vertex_networks = nn.ModuleDict()
-        efficacies = 0
-        for key in self.keys:
-            subsets = _proper_subsets(key)
-            in_dim = sum(dims[s[0]] if len(s) == 1 else inner for s in subsets)
+        for key, columns in zip(self.keys, efficacy_columns):
             self.vertex_networks["_".join(map(str, key))] = nn.Sequential(
-                nn.Linear(in_dim, hidden), nn.Linear(hidden, inner))
-            efficacies += len(subsets)
-        all_vertices = [(i,) for i in range(n)] + self.keys
-        efficacies += len(all_vertices)
-        t_in = sum(dims) + (len(all_vertices) - n) * inner
-        self.t_network = nn.Sequential(nn.Linear(t_in, hidden), nn.Linear(hidden, inner))
+                nn.Linear(len(columns), hidden), nn.Linear(hidden, inner))
+        self.t_network = nn.Sequential(nn.Linear(len(efficacy_columns[-1]), hidden),
+                                       nn.Linear(hidden, inner))
+        efficacies = sum(len(subsets) for subsets in self.inputs)
         self.efficacy_model = nn.Sequential(nn.Linear(sum(dims), hidden),
                                             nn.Linear(hidden, inner), nn.Linear(inner, efficacies))
+        for i, columns in enumerate(efficacy_columns):  # not in the state dict
+            self.register_buffer(f"efficacy_columns_{i}", torch.tensor(columns), persistent=False)
 
     def forward(self, singletons: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         vertices = {(i,): s for i, s in enumerate(singletons)}
         efficacies = self.efficacy_model(torch.cat(singletons, dim=1))
-        index = 0
-        for key in self.keys:
-            subsets = _proper_subsets(key)
-            weighted = [vertices[s] * efficacies[:, index + j, None] for j, s in enumerate(subsets)]
-            vertices[key] = self.vertex_networks["_".join(map(str, key))](torch.cat(weighted, 1))
-            index += len(subsets)
-        # T reads every vertex: the last key's proper subsets and the last key itself (MMSA)
-        final = _proper_subsets(self.keys[-1]) + [self.keys[-1]]
-        weighted = [vertices[s] * efficacies[:, index + j, None] for j, s in enumerate(final)]
-        return self.t_network(torch.cat(weighted, 1)), efficacies
+        networks = [self.vertex_networks["_".join(map(str, key))] for key in self.keys]
+        for i, (subsets, network) in enumerate(zip(self.inputs, [*networks, self.t_network])):
+            # each subset's vertex times its efficacy, [alpha_1 * v_1; alpha_2 * v_2; ...], as
+            # one product with the efficacies repeated over each vertex's columns
+            weighted = torch.cat([vertices[s] for s in subsets], 1) * efficacies.index_select(
+                1, getattr(self, f"efficacy_columns_{i}"))
+            output = network(weighted)
+            if i < len(self.keys):
+                vertices[self.keys[i]] = output
+        return output, efficacies
 
 
 @register_model
@@ -187,7 +194,8 @@ class GraphMFN(GatedMemoryMixin, SingleAdamGroupMixin, MSAModel):
         sequences = self.input_sequences(batch)
         cells = (self.lstm_l, self.lstm_a, self.lstm_v)
         transforms = (self.l_transform, self.a_transform, self.v_transform)
-        input_gates = [lstm_input_gates(cell, x) for x, cell in zip(sequences, cells)]
+        # unbind: one stack in backward (indexing step t would zero-fill (T, B, 4H) per step)
+        input_gates = [lstm_input_gates(cell, x).unbind(0) for x, cell in zip(sequences, cells)]
         size = sequences[0].shape[1]
         states = [(x.new_zeros(size, cell.hidden_size), x.new_zeros(size, cell.hidden_size))
                   for x, cell in zip(sequences, cells)]

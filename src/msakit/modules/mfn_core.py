@@ -90,13 +90,16 @@ class MemoryFusionMixin(GatedMemoryMixin):
         ``(B, D_m)``: the same input at every step); returns the cells' final ``(h, c)`` states
         (text, audio, vision) and the final memory ``(B, mem)``."""
         cells = (self.lstm_l, self.lstm_a, self.lstm_v)
-        input_gates = [lstm_input_gates(cell, x) for x, cell in zip((text, audio, vision), cells)]
-        size = text.shape[1]
+        steps, size = text.shape[:2]
+        # per step: unbind (one stack in backward, where indexing step t would zero-fill the
+        # whole (T, B, 4H) gradient at every step); an input the same at every step: itself
+        input_gates = [gates.unbind(0) if gates.dim() == 3 else (gates,) * steps for gates in (
+            lstm_input_gates(cell, x) for x, cell in zip((text, audio, vision), cells))]
         states = [(text.new_zeros(size, cell.hidden_size), text.new_zeros(size, cell.hidden_size))
                   for cell in cells]
         memory = text.new_zeros(size, self.memory_size)
-        for t in range(text.shape[0]):
-            new_states = [lstm_cell_step(cell, gates[t] if gates.dim() == 3 else gates, state)
+        for t in range(steps):
+            new_states = [lstm_cell_step(cell, gates[t], state)
                           for cell, gates, state in zip(cells, input_gates, states)]
             c_star = torch.cat([c for _, c in states] + [c for _, c in new_states], dim=1)
             attention = F.softmax(mlp(self.att1_fc1, self.att1_dropout, self.att1_fc2, c_star),

@@ -28,7 +28,8 @@ its fixed-length arrays (so a clip's prediction does not depend on its batch).
 
 MMSA's configuration sets ``need_normalized`` for MFN: its loader averages audio and vision over
 time, and the model-alignment step (``AlignSubNet``, ``avg_pool``) then repeats that average at
-every step. ``audio_vision_input: time_average`` (the default) is that; ``sequence`` feeds the
+every step. ``audio_vision_input: time_average`` (the default) is that (the cells' input
+projection of the average is computed once, the same values); ``sequence`` feeds the
 word-aligned audio/vision step by step, as the authors' code (pliang279/MFN) does. Only a window
 of 2 steps is implemented, as in MMSA and the authors' code.
 """

@@ -58,7 +58,12 @@ def lstm_cell_step(cell: nn.LSTMCell, input_gates: torch.Tensor,
     t, ``(B, 4H)``): gates ``i, f, g, o`` in ``nn.LSTMCell``'s order; returns ``(h, c)``, each
     ``(B, H)``."""
     h, c = state
-    gates = torch.addmm(input_gates, h, cell.weight_hh.t())
+    return lstm_gates_step(torch.addmm(input_gates, h, cell.weight_hh.t()), c)
+
+
+def lstm_gates_step(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An LSTM cell's step from its summed gates ``(B, 4H)`` (``i, f, g, o`` in
+    ``nn.LSTMCell``'s order) and the previous cell state ``(B, H)``: returns ``(h, c)``."""
     in_gate, forget_gate, cell_gate, out_gate = gates.chunk(4, 1)
     c = torch.sigmoid(forget_gate) * c + torch.sigmoid(in_gate) * torch.tanh(cell_gate)
     return torch.sigmoid(out_gate) * torch.tanh(c), c
@@ -127,4 +132,5 @@ class MemoryFusionCore(MemoryFusionMixin, nn.Module):
         return mlp(self.out_fc1, self.out_dropout, self.out_fc2, final).squeeze(-1)
 
 
-__all__ = ["MemoryFusionCore", "MemoryFusionMixin", "lstm_cell_step", "lstm_input_gates"]
+__all__ = ["MemoryFusionCore", "MemoryFusionMixin", "lstm_cell_step", "lstm_gates_step",
+           "lstm_input_gates"]

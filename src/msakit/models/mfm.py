@@ -38,7 +38,11 @@ The auxiliary terms are computed when the batch has labels (training and evaluat
 prediction alone skips the decoders.
 
 The MFN core (``modules/mfn_core.py``) is MFN's: the same cells, attention and memory, with MFN's
-own block settings. Defaults are MMSA's MOSI settings (``config_regression.json``, ``mfm``):
+own block settings. Layout (the same values as ``nn.LSTMCell`` step by step, up to float
+rounding): the encoders' and the core's cells take their input products for all steps from one
+product before the loop (``lstm_input_gates``); a decoder's cell, whose input after the first step
+is its own previous ``h``, takes one product ``h (W_ih + W_hh)^T`` instead of two.
+Defaults are MMSA's MOSI settings (``config_regression.json``, ``mfm``):
 LSTM sizes (text 128, audio 32, vision 128), memory 64, att1 32 / 0.7, att2 64 / 0.0, gamma1
 32 / 0.0, gamma2 64 / 0.5, out 128 / 0.2; z_y 80, z_l 64, z_a 80, z_v 80; f_y 64, f_l 32, f_a
 16, f_v 64; factor dropouts y 0.5, l 0.5, a 0.7, v 0.5, prediction 0.0; loss weights

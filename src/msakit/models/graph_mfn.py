@@ -20,7 +20,9 @@ head                   [h_l; h_a; h_v; u] at T -> Linear + ReLU -> Dropout -> Li
 
 Each vertex network ``D`` is Linear(-> dfg_hidden) -> Linear(-> inner), the efficacy network
 Linear(-> dfg_hidden) -> Linear(-> inner) -> Linear(-> 19), all without non-linearities, as in
-MMSA. Defaults are MMSA's MOSI settings (``config_regression.json``: hidden (256, 32, 256),
+MMSA; each is therefore run as the one linear map it is (its weights' product, once per forward
+pass: the same values up to float rounding, fewer products per step).
+Defaults are MMSA's MOSI settings (``config_regression.json``: hidden (256, 32, 256),
 memory 300, inner node 64, NN 32 / 0.0, gamma1 128 / 0.5, gamma2 64 / 0.5, out 256 / 0.0;
 Adam 2e-3, weight decay 0.005 on every parameter; batch 32; L1 loss). MMSA reads word-aligned
 fixed-length sequences (``need_data_aligned``, no time averaging): the text is the (frozen) LM's
@@ -139,16 +141,33 @@ class DynamicFusionGraph(nn.Module):
         for i, columns in enumerate(efficacy_columns):  # not in the state dict
             self.register_buffer(f"efficacy_columns_{i}", torch.tensor(columns), persistent=False)
 
-    def forward(self, singletons: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def linear_maps(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each network (the vertex networks in ``keys`` order, T's, the efficacy model) as the
+        one ``(weight, bias)`` its chain of Linears amounts to (no non-linearity between them):
+        ``W = W_k ... W_1``, ``b = W_k (... b_1) + b_k``."""
+        networks = [*(self.vertex_networks["_".join(map(str, key))] for key in self.keys),
+                    self.t_network, self.efficacy_model]
+        maps = []
+        for network in networks:
+            weight, bias = network[0].weight, network[0].bias
+            for layer in network[1:]:
+                weight, bias = layer.weight @ weight, F.linear(bias, layer.weight, layer.bias)
+            maps.append((weight, bias))
+        return maps
+
+    def forward(self, singletons: list[torch.Tensor],
+                maps: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``maps``: :meth:`linear_maps` (computed once for a whole sequence); None: here."""
+        maps = self.linear_maps() if maps is None else maps
         vertices = {(i,): s for i, s in enumerate(singletons)}
-        efficacies = self.efficacy_model(torch.cat(singletons, dim=1))
-        networks = [self.vertex_networks["_".join(map(str, key))] for key in self.keys]
-        for i, (subsets, network) in enumerate(zip(self.inputs, [*networks, self.t_network])):
+        efficacies = F.linear(torch.cat(singletons, dim=1), *maps[-1])
+        for i, (subsets, (weight, bias)) in enumerate(zip(self.inputs, maps)):
             # each subset's vertex times its efficacy, [alpha_1 * v_1; alpha_2 * v_2; ...], as
             # one product with the efficacies repeated over each vertex's columns
             weighted = torch.cat([vertices[s] for s in subsets], 1) * efficacies.index_select(
                 1, getattr(self, f"efficacy_columns_{i}"))
-            output = network(weighted)
+            output = F.linear(weighted, weight, bias)
             if i < len(self.keys):
                 vertices[self.keys[i]] = output
         return output, efficacies
@@ -200,12 +219,13 @@ class GraphMFN(GatedMemoryMixin, SingleAdamGroupMixin, MSAModel):
         states = [(x.new_zeros(size, cell.hidden_size), x.new_zeros(size, cell.hidden_size))
                   for x, cell in zip(sequences, cells)]
         memory = sequences[0].new_zeros(size, self.config.mem_dim)
+        graph_maps = self.graph_mfn.linear_maps()  # once for all steps
         for t in range(sequences[0].shape[0]):
             new_states = [lstm_cell_step(cell, gates[t], state)
                           for cell, gates, state in zip(cells, input_gates, states)]
             singletons = [F.relu(transform(torch.cat([old[0], new[0]], dim=1)))
                           for transform, old, new in zip(transforms, states, new_states)]
-            attended, _ = self.graph_mfn(singletons)
+            attended, _ = self.graph_mfn(singletons, graph_maps)
             memory = self.update_memory(attended, memory)
             states = new_states
         prediction = self.memory_head(states, memory)

@@ -142,16 +142,19 @@ def compare(name: str, steps: int, pickle_path: Path, workdir: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("models", nargs="*", default=list(BATCH_SIZES), choices=list(BATCH_SIZES))
+    parser.add_argument("models", nargs="*", metavar="MODEL",
+                        help=f"of {', '.join(BATCH_SIZES)} (default: all three)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--data", type=Path, default=vs_mmsa.DATA)
     args = parser.parse_args()
+    if unknown := sorted(set(args.models) - set(BATCH_SIZES)):
+        parser.error(f"unknown model(s) {', '.join(unknown)}: choose from {', '.join(BATCH_SIZES)}")
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as directory:
         workdir = Path(directory)
         pickle_path = workdir / "mosi.pkl"
         vs_mmsa.build_pickle(args.data, pickle_path)
-        for name in args.models:
+        for name in args.models or BATCH_SIZES:
             compare(name, args.steps, pickle_path, workdir)
 
 

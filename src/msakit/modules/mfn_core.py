@@ -40,10 +40,11 @@ from msakit.modules.mmsa_subnets import GatedMemoryMixin, mlp
 def lstm_input_gates(cell: nn.LSTMCell, x: torch.Tensor) -> torch.Tensor:
     """The input half of ``cell``'s gates, ``x W_ih^T + b_ih + b_hh``, for all steps at once:
     ``(T, B, D) -> (T, B, 4H)`` (or ``(B, D) -> (B, 4H)``). On the CPU only the rows that are not
-    all zero are multiplied; an all-zero row's gates are exactly the biases. (On an accelerator
-    every row is: selecting the rows would need a host sync, and the product is cheap there.)"""
+    all zero are multiplied; an all-zero row's gates are exactly the biases. (Every row is on an
+    accelerator, where selecting the rows would need a host sync and the product is cheap, and
+    when ``x`` needs a gradient, which a zero row also receives.)"""
     bias = cell.bias_ih + cell.bias_hh
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or x.requires_grad:
         return F.linear(x, cell.weight_ih, bias)
     rows = x.reshape(-1, x.shape[-1])
     real = rows.ne(0).any(1).nonzero().squeeze(1)

@@ -20,7 +20,9 @@ head                   [h_l; h_a; h_v; u] at T -> Linear + ReLU -> Dropout -> Li
 
 Each vertex network ``D`` is Linear(-> dfg_hidden) -> Linear(-> inner), the efficacy network
 Linear(-> dfg_hidden) -> Linear(-> inner) -> Linear(-> 19), all without non-linearities, as in
-MMSA. Defaults are MMSA's MOSI settings (``config_regression.json``: hidden (256, 32, 256),
+MMSA; each is therefore run as the one linear map it is (its weights' product, once per forward
+pass: the same values up to float rounding, fewer products per step).
+Defaults are MMSA's MOSI settings (``config_regression.json``: hidden (256, 32, 256),
 memory 300, inner node 64, NN 32 / 0.0, gamma1 128 / 0.5, gamma2 64 / 0.5, out 256 / 0.0;
 Adam 2e-3, weight decay 0.005 on every parameter; batch 32; L1 loss). MMSA reads word-aligned
 fixed-length sequences (``need_data_aligned``, no time averaging): the text is the (frozen) LM's
@@ -31,6 +33,10 @@ not registered: MMSA's optimiser never sees them (nor its ``state_dict``) and th
 random initial weights. ``train_vertex_networks: false`` (the default) reproduces that by
 freezing them (they are saved in msakit's checkpoints); ``true`` trains them, as the paper
 describes the DFG.
+
+The cells are ``nn.LSTMCell`` s (MMSA's names) run as ``modules/mfn_core.py`` runs MFN's: the
+input half of the gates for all steps in one product before the loop (only the rows that are not
+all zero, on the CPU), ``h W_hh^T`` at each step; the same values up to float rounding.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from msakit.models.base import (
     check_loss_weights,
     require_modalities,
 )
+from msakit.modules.mfn_core import lstm_cell_step, lstm_input_gates
 from msakit.modules.mmsa_subnets import (
     GatedMemoryMixin,
     SingleAdamGroupMixin,
@@ -112,34 +119,58 @@ class DynamicFusionGraph(nn.Module):
         super().__init__()
         n = len(dims)
         self.keys = [k for r in range(2, n + 1) for k in combinations(range(n), r)]
+        # T reads every vertex: the last key's proper subsets and the last key itself (MMSA)
+        self.inputs = [_proper_subsets(key) for key in self.keys] + [
+            _proper_subsets(self.keys[-1]) + [self.keys[-1]]]
+        # for each network (vertices, then T), the efficacy column of each of its input columns
+        efficacy_columns, first = [], 0
+        for subsets in self.inputs:
+            sizes = [dims[s[0]] if len(s) == 1 else inner for s in subsets]
+            efficacy_columns.append([first + j for j, size in enumerate(sizes)
+                                     for _ in range(size)])
+            first += len(subsets)
         self.vertex_networks = nn.ModuleDict()
-        efficacies = 0
-        for key in self.keys:
-            subsets = _proper_subsets(key)
-            in_dim = sum(dims[s[0]] if len(s) == 1 else inner for s in subsets)
+        for key, columns in zip(self.keys, efficacy_columns):
             self.vertex_networks["_".join(map(str, key))] = nn.Sequential(
-                nn.Linear(in_dim, hidden), nn.Linear(hidden, inner))
-            efficacies += len(subsets)
-        all_vertices = [(i,) for i in range(n)] + self.keys
-        efficacies += len(all_vertices)
-        t_in = sum(dims) + (len(all_vertices) - n) * inner
-        self.t_network = nn.Sequential(nn.Linear(t_in, hidden), nn.Linear(hidden, inner))
+                nn.Linear(len(columns), hidden), nn.Linear(hidden, inner))
+        self.t_network = nn.Sequential(nn.Linear(len(efficacy_columns[-1]), hidden),
+                                       nn.Linear(hidden, inner))
+        efficacies = sum(len(subsets) for subsets in self.inputs)
         self.efficacy_model = nn.Sequential(nn.Linear(sum(dims), hidden),
                                             nn.Linear(hidden, inner), nn.Linear(inner, efficacies))
+        for i, columns in enumerate(efficacy_columns):  # not in the state dict
+            self.register_buffer(f"efficacy_columns_{i}", torch.tensor(columns), persistent=False)
 
-    def forward(self, singletons: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def linear_maps(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each network (the vertex networks in ``keys`` order, T's, the efficacy model) as the
+        one ``(weight, bias)`` its chain of Linears amounts to (no non-linearity between them):
+        ``W = W_k ... W_1``, ``b = W_k (... b_1) + b_k``."""
+        networks = [*(self.vertex_networks["_".join(map(str, key))] for key in self.keys),
+                    self.t_network, self.efficacy_model]
+        maps = []
+        for network in networks:
+            weight, bias = network[0].weight, network[0].bias
+            for layer in network[1:]:
+                weight, bias = layer.weight @ weight, F.linear(bias, layer.weight, layer.bias)
+            maps.append((weight, bias))
+        return maps
+
+    def forward(self, singletons: list[torch.Tensor],
+                maps: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``maps``: :meth:`linear_maps` (computed once for a whole sequence); None: here."""
+        maps = self.linear_maps() if maps is None else maps
         vertices = {(i,): s for i, s in enumerate(singletons)}
-        efficacies = self.efficacy_model(torch.cat(singletons, dim=1))
-        index = 0
-        for key in self.keys:
-            subsets = _proper_subsets(key)
-            weighted = [vertices[s] * efficacies[:, index + j, None] for j, s in enumerate(subsets)]
-            vertices[key] = self.vertex_networks["_".join(map(str, key))](torch.cat(weighted, 1))
-            index += len(subsets)
-        # T reads every vertex: the last key's proper subsets and the last key itself (MMSA)
-        final = _proper_subsets(self.keys[-1]) + [self.keys[-1]]
-        weighted = [vertices[s] * efficacies[:, index + j, None] for j, s in enumerate(final)]
-        return self.t_network(torch.cat(weighted, 1)), efficacies
+        efficacies = F.linear(torch.cat(singletons, dim=1), *maps[-1])
+        for i, (subsets, (weight, bias)) in enumerate(zip(self.inputs, maps)):
+            # each subset's vertex times its efficacy, [alpha_1 * v_1; alpha_2 * v_2; ...], as
+            # one product with the efficacies repeated over each vertex's columns
+            weighted = torch.cat([vertices[s] for s in subsets], 1) * efficacies.index_select(
+                1, getattr(self, f"efficacy_columns_{i}"))
+            output = F.linear(weighted, weight, bias)
+            if i < len(self.keys):
+                vertices[self.keys[i]] = output
+        return output, efficacies
 
 
 @register_model
@@ -182,15 +213,19 @@ class GraphMFN(GatedMemoryMixin, SingleAdamGroupMixin, MSAModel):
         sequences = self.input_sequences(batch)
         cells = (self.lstm_l, self.lstm_a, self.lstm_v)
         transforms = (self.l_transform, self.a_transform, self.v_transform)
+        # unbind: one stack in backward (indexing step t would zero-fill (T, B, 4H) per step)
+        input_gates = [lstm_input_gates(cell, x).unbind(0) for x, cell in zip(sequences, cells)]
         size = sequences[0].shape[1]
         states = [(x.new_zeros(size, cell.hidden_size), x.new_zeros(size, cell.hidden_size))
                   for x, cell in zip(sequences, cells)]
         memory = sequences[0].new_zeros(size, self.config.mem_dim)
+        graph_maps = self.graph_mfn.linear_maps()  # once for all steps
         for t in range(sequences[0].shape[0]):
-            new_states = [cell(x[t], state) for x, cell, state in zip(sequences, cells, states)]
+            new_states = [lstm_cell_step(cell, gates[t], state)
+                          for cell, gates, state in zip(cells, input_gates, states)]
             singletons = [F.relu(transform(torch.cat([old[0], new[0]], dim=1)))
                           for transform, old, new in zip(transforms, states, new_states)]
-            attended, _ = self.graph_mfn(singletons)
+            attended, _ = self.graph_mfn(singletons, graph_maps)
             memory = self.update_memory(attended, memory)
             states = new_states
         prediction = self.memory_head(states, memory)

@@ -38,7 +38,11 @@ The auxiliary terms are computed when the batch has labels (training and evaluat
 prediction alone skips the decoders.
 
 The MFN core (``modules/mfn_core.py``) is MFN's: the same cells, attention and memory, with MFN's
-own block settings. Defaults are MMSA's MOSI settings (``config_regression.json``, ``mfm``):
+own block settings. Layout (the same values as ``nn.LSTMCell`` step by step, up to float
+rounding): the encoders' and the core's cells take their input products for all steps from one
+product before the loop (``lstm_input_gates``); a decoder's cell, whose input after the first step
+is its own previous ``h``, takes one product ``h (W_ih + W_hh)^T`` instead of two.
+Defaults are MMSA's MOSI settings (``config_regression.json``, ``mfm``):
 LSTM sizes (text 128, audio 32, vision 128), memory 64, att1 32 / 0.7, att2 64 / 0.0, gamma1
 32 / 0.0, gamma2 64 / 0.5, out 128 / 0.2; z_y 80, z_l 64, z_a 80, z_v 80; f_y 64, f_l 32, f_a
 16, f_v 64; factor dropouts y 0.5, l 0.5, a 0.7, v 0.5, prediction 0.0; loss weights
@@ -79,7 +83,12 @@ from msakit.models.base import (
     check_loss_weights,
     require_modalities,
 )
-from msakit.modules.mfn_core import MemoryFusionCore
+from msakit.modules.mfn_core import (
+    MemoryFusionCore,
+    lstm_cell_step,
+    lstm_gates_step,
+    lstm_input_gates,
+)
 from msakit.modules.mmsa_subnets import (
     SingleAdamGroupMixin,
     fixed_length,
@@ -168,7 +177,8 @@ def mmd_to_standard_normal(z: torch.Tensor) -> torch.Tensor:
 
 class SequenceEncoder(nn.Module):
     """MMSA's ``encoderLSTM``: an LSTM cell over ``(T, B, D)``, its last hidden state through a
-    Linear. ``-> (B, H)``."""
+    Linear. ``-> (B, H)``. The cell's input products for all steps come first, in one product
+    (:func:`lstm_input_gates`), the same values as ``nn.LSTMCell`` step by step."""
 
     def __init__(self, in_dim: int, hidden: int):
         super().__init__()
@@ -177,15 +187,17 @@ class SequenceEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         state = (x.new_zeros(x.shape[1], self.lstm.hidden_size),) * 2
-        for t in range(x.shape[0]):
-            state = self.lstm(x[t], state)
+        for input_gates in lstm_input_gates(self.lstm, x).unbind(0):
+            state = lstm_cell_step(self.lstm, input_gates, state)
         return self.fc1(state[0])
 
 
 class SequenceDecoder(nn.Module):
     """MMSA's ``decoderLSTM``: an LSTM cell run ``steps`` times, fed the code ``(B, H)`` at the
     first step and its own previous hidden state after; every hidden state through a Linear.
-    ``-> (steps, B, D)``."""
+    ``-> (steps, B, D)``. After the first step input and state are the same ``h``, so the cell's
+    two products are one: gates ``= h (W_ih + W_hh)^T + b_ih + b_hh`` (the same values as
+    ``nn.LSTMCell``, half its products)."""
 
     def __init__(self, hidden: int, out_dim: int):
         super().__init__()
@@ -193,12 +205,14 @@ class SequenceDecoder(nn.Module):
         self.fc1 = nn.Linear(hidden, out_dim)
 
     def forward(self, code: torch.Tensor, steps: int) -> torch.Tensor:
-        state = (code.new_zeros(code.shape[0], self.lstm.hidden_size),) * 2
-        hidden_states, step_input = [], code
-        for _ in range(steps):
-            state = self.lstm(step_input, state)
-            step_input = state[0]
-            hidden_states.append(state[0])
+        cell = self.lstm
+        state = cell(code, (code.new_zeros(code.shape[0], cell.hidden_size),) * 2)
+        hidden_states = [state[0]]
+        if steps > 1:
+            weight, bias = cell.weight_ih + cell.weight_hh, cell.bias_ih + cell.bias_hh
+            for _ in range(steps - 1):
+                state = lstm_gates_step(torch.addmm(bias, state[0], weight.t()), state[1])
+                hidden_states.append(state[0])
         return self.fc1(torch.stack(hidden_states))
 
 

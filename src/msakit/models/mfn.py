@@ -28,7 +28,8 @@ its fixed-length arrays (so a clip's prediction does not depend on its batch).
 
 MMSA's configuration sets ``need_normalized`` for MFN: its loader averages audio and vision over
 time, and the model-alignment step (``AlignSubNet``, ``avg_pool``) then repeats that average at
-every step. ``audio_vision_input: time_average`` (the default) is that; ``sequence`` feeds the
+every step. ``audio_vision_input: time_average`` (the default) is that (the cells' input
+projection of the average is computed once, the same values); ``sequence`` feeds the
 word-aligned audio/vision step by step, as the authors' code (pliang279/MFN) does. Only a window
 of 2 steps is implemented, as in MMSA and the authors' code.
 """
@@ -120,19 +121,20 @@ class MFN(MemoryFusionMixin, SingleAdamGroupMixin, MSAModel):
         self.add_memory_fusion(config, (self.text_encoder.hidden_size, dims.audio, dims.vision))
 
     def input_sequences(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-        """Text, audio, vision as ``(T, B, D_m)`` step-major sequences of ``seq_len`` steps."""
+        """Text, audio, vision as ``(T, B, D_m)`` step-major sequences of ``seq_len`` steps;
+        with ``time_average``, audio and vision are their averages ``(B, D_m)``, the input at
+        every step (the core projects them once)."""
         steps = self.config.seq_len
         text = fixed_length(self.text_encoder.encode_batch(batch), batch["attention_mask"], steps)
         others = []
         for modality in ("audio", "vision"):
             x, mask = batch[modality], batch[f"{modality}_mask"]
             if self.config.audio_vision_input == "time_average":
-                average = masked_time_mean(x, mask, getattr(self.config,
-                                                             f"{modality}_average_steps"))
-                others.append(average.unsqueeze(1).expand(-1, steps, -1))
+                others.append(masked_time_mean(x, mask, getattr(self.config,
+                                                                f"{modality}_average_steps")))
             else:
-                others.append(fixed_length(x, mask, steps))
-        return tuple(s.transpose(0, 1) for s in (text, *others))
+                others.append(fixed_length(x, mask, steps).transpose(0, 1))
+        return (text.transpose(0, 1), *others)
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         states, memory = self.memory_fusion(*self.input_sequences(batch))

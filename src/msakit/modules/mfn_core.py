@@ -18,6 +18,14 @@ gated memory           u[t] = g1 (.) u[t-1] + g2 (.) tanh(D_u(c^))              
 state is ``[h_l; h_a; h_v; u]`` at T, ``(B, d + mem)``; MMSA's output head (Linear + ReLU ->
 Dropout -> Linear) reads it. Parameter names are MMSA's (``lstm_l``, ``att1_fc1`` ...), so that
 its state dicts map by name.
+
+Layout (the same values as ``nn.LSTMCell`` at every step, up to float rounding): a cell's gates
+are ``x[t] W_ih^T + b_ih + h[t-1] W_hh^T + b_hh``; the input half does not depend on the
+recurrence, so :func:`lstm_input_gates` computes it for all T steps in one matrix product before
+the loop (on the CPU only for the rows that are not all zero: the sequences are zero past each
+clip's real steps, and an all-zero row's input half is exactly ``b_ih + b_hh``; an input that is
+the same at every step, MFN's ``time_average`` audio/vision, is projected once), and
+:func:`lstm_cell_step` adds ``h[t-1] W_hh^T`` at each step.
 """
 
 from __future__ import annotations
@@ -27,6 +35,39 @@ import torch.nn.functional as F
 from torch import nn
 
 from msakit.modules.mmsa_subnets import GatedMemoryMixin, mlp
+
+
+def lstm_input_gates(cell: nn.LSTMCell, x: torch.Tensor) -> torch.Tensor:
+    """The input half of ``cell``'s gates, ``x W_ih^T + b_ih + b_hh``, for all steps at once:
+    ``(T, B, D) -> (T, B, 4H)`` (or ``(B, D) -> (B, 4H)``). On the CPU only the rows that are not
+    all zero are multiplied; an all-zero row's gates are exactly the biases. (Every row is on an
+    accelerator, where selecting the rows would need a host sync and the product is cheap, and
+    when ``x`` needs a gradient, which a zero row also receives.)"""
+    bias = cell.bias_ih + cell.bias_hh
+    if x.device.type != "cpu" or x.requires_grad:
+        return F.linear(x, cell.weight_ih, bias)
+    rows = x.reshape(-1, x.shape[-1])
+    real = rows.ne(0).any(1).nonzero().squeeze(1)
+    gates = bias.expand(rows.shape[0], -1).index_copy(
+        0, real, F.linear(rows.index_select(0, real), cell.weight_ih, bias))
+    return gates.view(*x.shape[:-1], -1)
+
+
+def lstm_cell_step(cell: nn.LSTMCell, input_gates: torch.Tensor,
+                   state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cell(x[t], (h, c))`` from the input half of its gates (:func:`lstm_input_gates` at step
+    t, ``(B, 4H)``): gates ``i, f, g, o`` in ``nn.LSTMCell``'s order; returns ``(h, c)``, each
+    ``(B, H)``."""
+    h, c = state
+    return lstm_gates_step(torch.addmm(input_gates, h, cell.weight_hh.t()), c)
+
+
+def lstm_gates_step(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An LSTM cell's step from its summed gates ``(B, 4H)`` (``i, f, g, o`` in
+    ``nn.LSTMCell``'s order) and the previous cell state ``(B, H)``: returns ``(h, c)``."""
+    in_gate, forget_gate, cell_gate, out_gate = gates.chunk(4, 1)
+    c = torch.sigmoid(forget_gate) * c + torch.sigmoid(in_gate) * torch.tanh(cell_gate)
+    return torch.sigmoid(out_gate) * torch.tanh(c), c
 
 
 class MemoryFusionMixin(GatedMemoryMixin):
@@ -51,16 +92,21 @@ class MemoryFusionMixin(GatedMemoryMixin):
 
     def memory_fusion(self, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor
                       ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
-        """Runs the core over ``(T, B, D_m)`` sequences; returns the cells' final ``(h, c)``
-        states (text, audio, vision) and the final memory ``(B, mem)``."""
+        """Runs the core over ``(T, B, D_m)`` step-major sequences (audio or vision may be
+        ``(B, D_m)``: the same input at every step); returns the cells' final ``(h, c)`` states
+        (text, audio, vision) and the final memory ``(B, mem)``."""
         cells = (self.lstm_l, self.lstm_a, self.lstm_v)
-        sequences = (text, audio, vision)
-        size = text.shape[1]
-        states = [(x.new_zeros(size, cell.hidden_size), x.new_zeros(size, cell.hidden_size))
-                  for x, cell in zip(sequences, cells)]
+        steps, size = text.shape[:2]
+        # per step: unbind (one stack in backward, where indexing step t would zero-fill the
+        # whole (T, B, 4H) gradient at every step); an input the same at every step: itself
+        input_gates = [gates.unbind(0) if gates.dim() == 3 else (gates,) * steps for gates in (
+            lstm_input_gates(cell, x) for x, cell in zip((text, audio, vision), cells))]
+        states = [(text.new_zeros(size, cell.hidden_size), text.new_zeros(size, cell.hidden_size))
+                  for cell in cells]
         memory = text.new_zeros(size, self.memory_size)
-        for t in range(text.shape[0]):
-            new_states = [cell(x[t], state) for x, cell, state in zip(sequences, cells, states)]
+        for t in range(steps):
+            new_states = [lstm_cell_step(cell, gates[t], state)
+                          for cell, gates, state in zip(cells, input_gates, states)]
             c_star = torch.cat([c for _, c in states] + [c for _, c in new_states], dim=1)
             attention = F.softmax(mlp(self.att1_fc1, self.att1_dropout, self.att1_fc2, c_star),
                                   dim=1)
@@ -87,4 +133,5 @@ class MemoryFusionCore(MemoryFusionMixin, nn.Module):
         return mlp(self.out_fc1, self.out_dropout, self.out_fc2, final).squeeze(-1)
 
 
-__all__ = ["MemoryFusionCore", "MemoryFusionMixin"]
+__all__ = ["MemoryFusionCore", "MemoryFusionMixin", "lstm_cell_step", "lstm_gates_step",
+           "lstm_input_gates"]

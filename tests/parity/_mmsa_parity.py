@@ -10,6 +10,7 @@ are the ``check_*`` functions here; the overrides every module shares are the ``
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -20,6 +21,7 @@ from _recording import record_close
 
 from msakit.config import build_config
 from msakit.models import FeatureDims, create_model
+from msakit.modules import dropout as fast_dropout
 
 MMSA_COMMIT = "a94e65d07fa1ae0d44e552390074b29b0898edfd"
 TOLERANCE = 1e-5
@@ -168,19 +170,28 @@ def build_model(name: str, overrides: list[str], fixture: dict, to_msakit: Mappi
 
 @contextlib.contextmanager
 def recorded_dropout(calls: list):
-    """Within the block, every ``F.dropout`` call in train mode appends ``(p, shape)``."""
-    original = F.dropout
+    """Within the block, every dropout call in train mode appends ``(p, shape)``: PyTorch's
+    ``F.dropout`` and msakit's :func:`msakit.modules.dropout.dropout` (in that module, so its
+    ``Dropout`` modules, and under every name another msakit module imported it as)."""
+    def recorder(original):
+        def recording(input, p=0.5, training=True, inplace=False):
+            if training:
+                calls.append((float(p), tuple(input.shape)))
+            return original(input, p, training, inplace)
+        return recording
 
-    def recording(input, p=0.5, training=True, inplace=False):
-        if training:
-            calls.append((float(p), tuple(input.shape)))
-        return original(input, p, training, inplace)
-
-    F.dropout = recording
+    fast = fast_dropout.dropout
+    bindings = [(F, "dropout", F.dropout)] + [
+        (module, name, fast) for module in list(sys.modules.values())
+        if getattr(module, "__name__", "").startswith("msakit.")
+        for name, value in list(vars(module).items()) if value is fast]
+    for owner, name, original in bindings:
+        setattr(owner, name, recorder(original))
     try:
         yield calls
     finally:
-        F.dropout = original
+        for owner, name, original in bindings:
+            setattr(owner, name, original)
 
 
 def dropout_map(model: torch.nn.Module, batch: dict) -> list[tuple[float, tuple]]:

@@ -169,14 +169,15 @@ def build_model(name: str, overrides: list[str], fixture: dict, to_msakit: Mappi
 
 
 @contextlib.contextmanager
-def recorded_dropout(calls: list):
-    """Within the block, every dropout call in train mode appends ``(p, shape)``: PyTorch's
-    ``F.dropout`` and msakit's :func:`msakit.modules.dropout.dropout` (in that module, so its
-    ``Dropout`` modules, and under every name another msakit module imported it as)."""
+def on_every_dropout(record: Callable[[float, torch.Tensor], None]):
+    """Within the block, every dropout call in train mode first calls ``record(p, input)``:
+    PyTorch's ``F.dropout`` and msakit's :func:`msakit.modules.dropout.dropout` (patched in its
+    module, which its ``Dropout`` modules call, and under every name another msakit module
+    imported it as). msakit's never calls ``F.dropout``, so no call is seen twice."""
     def recorder(original):
         def recording(input, p=0.5, training=True, inplace=False):
             if training:
-                calls.append((float(p), tuple(input.shape)))
+                record(float(p), input)
             return original(input, p, training, inplace)
         return recording
 
@@ -188,10 +189,18 @@ def recorded_dropout(calls: list):
     for owner, name, original in bindings:
         setattr(owner, name, recorder(original))
     try:
-        yield calls
+        yield
     finally:
         for owner, name, original in bindings:
             setattr(owner, name, original)
+
+
+@contextlib.contextmanager
+def recorded_dropout(calls: list):
+    """Within the block, every dropout call in train mode (:func:`on_every_dropout`) appends
+    ``(p, shape)``."""
+    with on_every_dropout(lambda p, input: calls.append((p, tuple(input.shape)))):
+        yield calls
 
 
 def dropout_map(model: torch.nn.Module, batch: dict) -> list[tuple[float, tuple]]:

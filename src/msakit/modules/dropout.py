@@ -6,10 +6,10 @@ inputs: the input itself; ``p = 1``: the input times 0), with the mask drawn ano
 CPU. PyTorch's CPU dropout draws its mask with ``bernoulli_``, about 10 ns per element on one
 thread; ``torch.rand_like`` draws a uniform in about 2 ns. Here the mask is ``rand_like(x) < 1 - p``
 (scaled in place by ``1 / (1 - p)``, then ``x * mask``, the backward ``grad * mask``, as PyTorch's):
-on 631k floats one thread takes ~8 ms for ``F.dropout`` and ~2-3 ms for :func:`dropout`
-(``benchmarks/dropout_speed.py``). On profiles of msakit's training steps ``bernoulli_`` was 32% of
-TFN's step (its dropout over the ``(B, 19737)`` fusion tensor), ~22% of MTFN's and 10% of
-EF-LSTM's.
+a forward on TFN's 631k-float fusion tensor takes one thread ~9 ms with ``F.dropout`` and ~4 ms
+with :func:`dropout` (``benchmarks/dropout_speed.py``, docs/performance.md). On profiles of
+msakit's training steps ``bernoulli_`` was 27-32% of TFN's step (its dropout over the
+``(B, 19737)`` fusion tensor), ~22% of MTFN's, 10% of EF-LSTM's and 9% of DMD's.
 
 The mask's distribution: each element independently kept with probability ``1 - p``, up to the
 uniform's resolution. A float32 uniform has 24 random bits (values ``k / 2**24``), so
@@ -21,8 +21,10 @@ The random stream differs from ``bernoulli_``'s: a seed gives other masks than `
 kernel is already fast and is used (``torch.dropout``, its masks).
 
 Not replaced (they stay PyTorch's): the attention-weight dropout inside
-``scaled_dot_product_attention`` / ``nn.MultiheadAttention`` and ``nn.LSTM``'s inter-layer
-dropout.
+``scaled_dot_product_attention`` / ``nn.MultiheadAttention`` (and the ``F.dropout`` on the
+attention weights of a Hugging Face model switched to eager attention) and ``nn.LSTM``'s
+inter-layer dropout. :func:`use_fast_dropout` swaps the ``nn.Dropout`` modules of modules msakit
+does not write (the language model, ``nn.TransformerEncoderLayer``, LoRA adapters).
 """
 
 from __future__ import annotations

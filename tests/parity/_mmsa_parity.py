@@ -10,6 +10,7 @@ are the ``check_*`` functions here; the overrides every module shares are the ``
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -20,6 +21,7 @@ from _recording import record_close
 
 from msakit.config import build_config
 from msakit.models import FeatureDims, create_model
+from msakit.modules import dropout as fast_dropout
 
 MMSA_COMMIT = "a94e65d07fa1ae0d44e552390074b29b0898edfd"
 TOLERANCE = 1e-5
@@ -167,20 +169,38 @@ def build_model(name: str, overrides: list[str], fixture: dict, to_msakit: Mappi
 
 
 @contextlib.contextmanager
-def recorded_dropout(calls: list):
-    """Within the block, every ``F.dropout`` call in train mode appends ``(p, shape)``."""
-    original = F.dropout
+def on_every_dropout(record: Callable[[float, torch.Tensor], None]):
+    """Within the block, every dropout call in train mode first calls ``record(p, input)``:
+    PyTorch's ``F.dropout`` and msakit's :func:`msakit.modules.dropout.dropout` (patched in its
+    module, which its ``Dropout`` modules call, and under every name another msakit module
+    imported it as). msakit's never calls ``F.dropout``, so no call is seen twice."""
+    def recorder(original):
+        def recording(input, p=0.5, training=True, inplace=False):
+            if training:
+                record(float(p), input)
+            return original(input, p, training, inplace)
+        return recording
 
-    def recording(input, p=0.5, training=True, inplace=False):
-        if training:
-            calls.append((float(p), tuple(input.shape)))
-        return original(input, p, training, inplace)
-
-    F.dropout = recording
+    fast = fast_dropout.dropout
+    bindings = [(F, "dropout", F.dropout)] + [
+        (module, name, fast) for module in list(sys.modules.values())
+        if getattr(module, "__name__", "").startswith("msakit.")
+        for name, value in list(vars(module).items()) if value is fast]
+    for owner, name, original in bindings:
+        setattr(owner, name, recorder(original))
     try:
-        yield calls
+        yield
     finally:
-        F.dropout = original
+        for owner, name, original in bindings:
+            setattr(owner, name, original)
+
+
+@contextlib.contextmanager
+def recorded_dropout(calls: list):
+    """Within the block, every dropout call in train mode (:func:`on_every_dropout`) appends
+    ``(p, shape)``."""
+    with on_every_dropout(lambda p, input: calls.append((p, tuple(input.shape)))):
+        yield calls
 
 
 def dropout_map(model: torch.nn.Module, batch: dict) -> list[tuple[float, tuple]]:

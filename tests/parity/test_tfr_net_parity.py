@@ -16,7 +16,7 @@ import re
 
 import pytest
 import torch
-import torch.nn.functional as F
+from _mmsa_parity import on_every_dropout
 from _parity import fit_with_scripted_validation, load_fixture
 from _recording import record_close
 
@@ -303,18 +303,14 @@ def scoped_dropout_calls(model):
                             if isinstance(m, CrossModalTransformerLayer)]]:
         handles += [module.register_forward_pre_hook(enter(scope)),
                     module.register_forward_hook(leave(scope))]
-    original = F.dropout
 
-    def recording(input, p=0.5, training=True, inplace=False):
-        if training:
-            calls.append((float(p), tuple(input.shape), state["encoder"], state["scope"]))
-        return original(input, p, training, inplace)
+    def record(p, input):
+        calls.append((p, tuple(input.shape), state["encoder"], state["scope"]))
 
-    F.dropout = recording
     try:
-        yield calls, encoders
+        with on_every_dropout(record):
+            yield calls, encoders
     finally:
-        F.dropout = original
         for handle in handles:
             handle.remove()
 

@@ -44,6 +44,7 @@ from torch.nn import functional as F
 from msakit.config_schema import ModelConfig
 from msakit.models import register_model
 from msakit.models.base import FeatureDims, ModelOutput, MSAModel, require_modalities
+from msakit.modules.dropout import Dropout
 from msakit.modules.text import PretrainedTextEncoder
 
 
@@ -99,7 +100,7 @@ class MultiHeadAttention(nn.Module):
         if heads == 1 and head_size == dim:
             self.to_out: nn.Module = nn.Identity()
         else:
-            self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(dropout))
+            self.to_out = nn.Sequential(nn.Linear(inner, dim), Dropout(dropout))
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
@@ -127,8 +128,8 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int, dropout: float):
         super().__init__()
         self.net = nn.Sequential(
-            nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
-            nn.Linear(hidden, dim), nn.Dropout(dropout),
+            nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), Dropout(dropout),
+            nn.Linear(hidden, dim), Dropout(dropout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -210,7 +211,7 @@ class HyperModalityLayer(nn.Module):
         if heads == 1 and head_size == d:
             self.to_out: nn.Module = nn.Identity()
         else:
-            self.to_out = nn.Sequential(nn.Linear(inner, d), nn.Dropout(config.dropout))
+            self.to_out = nn.Sequential(nn.Linear(inner, d), Dropout(config.dropout))
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape

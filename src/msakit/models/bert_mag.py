@@ -55,6 +55,7 @@ from msakit.models.base import (
     check_loss_weights,
     require_modalities,
 )
+from msakit.modules.dropout import Dropout
 from msakit.modules.mmsa_subnets import by_position, task_losses
 from msakit.modules.text import PretrainedTextEncoder
 
@@ -105,7 +106,7 @@ class MultimodalAdaptationGate(nn.Module):
         self.W_a = nn.Linear(audio_dim, hidden)
         self.beta_shift = beta_shift
         self.layer_norm = nn.LayerNorm(hidden)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor
                 ) -> torch.Tensor:
@@ -148,7 +149,7 @@ class BertMAG(MSAModel):
                                              config.gate_dropout)
         rate = lm.config.hidden_dropout_prob if config.output_dropout is None \
             else config.output_dropout
-        self.output_dropout = nn.Dropout(rate)
+        self.output_dropout = Dropout(rate)
         self.classifier = nn.Linear(hidden, 1)
         self._init_new_weights(lm.config.initializer_range)
 

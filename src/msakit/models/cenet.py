@@ -69,6 +69,7 @@ from msakit.models.base import (
     require_modalities,
     takes_no_decay,
 )
+from msakit.modules.dropout import Dropout
 from msakit.modules.mmsa_subnets import fixed_length, task_losses
 from msakit.modules.text import PretrainedTextEncoder
 
@@ -188,7 +189,7 @@ class CENET(MSAModel):
                                                  config.attention_scale)
         dropout = (lm.config.hidden_dropout_prob if config.head_dropout is None
                    else config.head_dropout)
-        self.head_dropout = nn.Dropout(dropout)
+        self.head_dropout = Dropout(dropout)
         self.head_dense = nn.Linear(hidden, hidden)
         self.head_out = nn.Linear(hidden, 1)
         # MMSA builds CE and the head inside BERT's PreTrainedModel: BERT's initialisation

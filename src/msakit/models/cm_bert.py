@@ -58,6 +58,7 @@ from msakit.models.base import (
     check_loss_weights,
     require_modalities,
 )
+from msakit.modules.dropout import Dropout
 from msakit.modules.mmsa_subnets import by_position
 from msakit.modules.text import PretrainedTextEncoder
 
@@ -116,9 +117,9 @@ class MaskedMultimodalAttention(nn.Module):
         self.text_weight = nn.Parameter(torch.ones(1))
         self.audio_weight = nn.Parameter(torch.ones(1))
         self.bias = nn.Parameter(torch.zeros(1))
-        self.attention_dropout = nn.Dropout(attention_dropout)
+        self.attention_dropout = Dropout(attention_dropout)
         self.dense = nn.Linear(hidden, hidden)
-        self.dropout = nn.Dropout(hidden_dropout)
+        self.dropout = Dropout(hidden_dropout)
         self.layer_norm = nn.LayerNorm(hidden, eps=1e-12)  # BertLayerNorm's epsilon
         self.feature_scale = feature_scale
         self.scale_audio = scale_audio
@@ -185,7 +186,7 @@ class CMBert(MSAModel):
         self.attention = MaskedMultimodalAttention(
             hidden, dims.audio, config.projection_dim, config.attention_dropout, rate,
             config.feature_scale, config.scale_audio)
-        self.output_dropout = nn.Dropout(rate)
+        self.output_dropout = Dropout(rate)
         self.classifier = nn.Linear(hidden, 1)
         self._init_new_weights(lm.config.initializer_range)
         self.classifier.requires_grad_(not config.freeze_classifier)

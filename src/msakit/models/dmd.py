@@ -108,6 +108,7 @@ from msakit.modules.crossmodal import (
     modality_lengths,
     padding_mask_from_lengths,
 )
+from msakit.modules.dropout import dropout
 from msakit.modules.graph_distillation import GraphDistillationUnit, prior_from_scores
 from msakit.modules.losses import reconstruction_loss
 from msakit.modules.text import PretrainedTextEncoder, text_states
@@ -223,7 +224,7 @@ class _ResidualHead(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = x + self.proj2(F.dropout(F.relu(self.proj1(x)), self.dropout, self.training))
+        hidden = x + self.proj2(dropout(F.relu(self.proj1(x)), self.dropout, self.training))
         return hidden, self.out(hidden).squeeze(-1)
 
 
@@ -242,7 +243,7 @@ class _HomogeneousHead(nn.Module):
 
     def forward(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         representation = F.relu(self.proj1(flat))
-        hidden = flat + self.proj2(F.dropout(representation, self.dropout, self.training))
+        hidden = flat + self.proj2(dropout(representation, self.dropout, self.training))
         return representation, self.out(hidden).squeeze(-1)
 
 
@@ -442,7 +443,7 @@ class DMD(MSAModel):
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         cfg = self.config
         text, text_fit_lengths, text_lengths = self._text(batch)
-        text = F.dropout(text, p=cfg.text_dropout, training=self.training)
+        text = dropout(text, p=cfg.text_dropout, training=self.training)
         raw = {
             "text": (text, text_fit_lengths),
             "audio": (batch["audio"], modality_lengths(batch, "audio")),

@@ -48,6 +48,7 @@ from msakit.models.base import (
     check_loss_weights,
     require_modalities,
 )
+from msakit.modules.dropout import Dropout
 from msakit.modules.mmsa_subnets import (
     SingleAdamGroupMixin,
     avg_pool_align,
@@ -106,7 +107,7 @@ class EFLSTM(SingleAdamGroupMixin, MSAModel):
         self.lstm = nn.LSTM(in_dim, config.hidden_dim, num_layers=config.num_layers,
                             dropout=config.dropout if config.num_layers > 1 else 0.0,
                             batch_first=True)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.linear = nn.Linear(config.hidden_dim, config.hidden_dim)
         self.out = nn.Linear(config.hidden_dim, 1)
 

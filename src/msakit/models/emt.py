@@ -81,6 +81,7 @@ from msakit.models.base import (
     modality_parameter_groups,
     require_modalities,
 )
+from msakit.modules.dropout import Dropout
 from msakit.modules.encoders import RecurrentInput, SequenceLSTM, recurrent_input
 from msakit.modules.text import PretrainedTextEncoder
 from msakit.modules.ulgm import SentimentHead
@@ -214,7 +215,7 @@ class SinusoidalPositions(nn.Module):
 
     def __init__(self, dim: int, max_len: int, dropout: float, learnable: bool):
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         if learnable:
             self.table = nn.Parameter(torch.randn(1, max_len, dim))
         else:
@@ -245,7 +246,7 @@ class Attention(nn.Module):
         self.scale = (dim // heads) ** -0.5
         self.to_q = nn.Linear(dim, dim, bias=False)
         self.to_kv = nn.Linear(dim, 2 * dim, bias=False)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.to_out = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor,
@@ -275,7 +276,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.expand = nn.Linear(dim, dim * expansion * 2)
         self.project = nn.Linear(dim * expansion, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         value, gate = self.expand(x).chunk(2, dim=-1)
@@ -430,8 +431,8 @@ class EMT(MSAModel):
         out_dims = {"text": text_dim, "audio": config.audio_out, "vision": config.vision_out}
         self.audio_lstm = SequenceLSTM(dims.audio, config.audio_lstm_hidden)
         self.vision_lstm = SequenceLSTM(dims.vision, config.vision_lstm_hidden)
-        self.audio_dropout = nn.Dropout(config.audio_lstm_dropout)
-        self.vision_dropout = nn.Dropout(config.vision_lstm_dropout)
+        self.audio_dropout = Dropout(config.audio_lstm_dropout)
+        self.vision_dropout = Dropout(config.vision_lstm_dropout)
         self.audio_out = _linear_or_identity(config.audio_lstm_hidden, config.audio_out)
         self.vision_out = _linear_or_identity(config.vision_lstm_hidden, config.vision_out)
         d = config.d_model

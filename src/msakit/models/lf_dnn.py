@@ -46,6 +46,7 @@ from msakit.models.base import (
     check_loss_weights,
     ordered_modalities,
 )
+from msakit.modules.dropout import Dropout
 from msakit.modules.encoders import masked_time_mean
 from msakit.modules.text import PretrainedTextEncoder
 
@@ -108,7 +109,7 @@ class _FeatureSubNet(nn.Module):
         super().__init__()
         self.norm = nn.BatchNorm1d(in_dim)
         self.layers = nn.Sequential(
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Linear(in_dim, hidden), nn.ReLU(),
             nn.Linear(hidden, hidden), nn.ReLU(),
             nn.Linear(hidden, hidden), nn.ReLU(),
@@ -157,7 +158,7 @@ class LFDNN(MSAModel):
                 self.text_subnet = nn.Linear(config.text_hidden, config.text_out)
             else:
                 self.text_subnet = nn.Sequential(
-                    nn.Dropout(config.text_dropout),
+                    Dropout(config.text_dropout),
                     nn.Linear(self.text_encoder.hidden_size, config.text_hidden), nn.ReLU(),
                     nn.Linear(config.text_hidden, config.text_out),
                 )
@@ -172,7 +173,7 @@ class LFDNN(MSAModel):
             fused += config.vision_hidden
         self.fused_dim = fused
         self.post_fusion = nn.Sequential(
-            nn.Dropout(config.post_fusion_dropout),
+            Dropout(config.post_fusion_dropout),
             nn.Linear(fused, config.post_fusion_dim), nn.ReLU(),
             nn.Linear(config.post_fusion_dim, config.post_fusion_dim), nn.ReLU(),
             nn.Linear(config.post_fusion_dim, 1),

@@ -64,6 +64,7 @@ from msakit.config_schema import LengthGroupedLMConfig
 from msakit.models import register_model
 from msakit.models.base import FeatureDims, ModelOutput, MSAModel
 from msakit.modules.crossmodal import CrossModalTransformerEncoder
+from msakit.modules.dropout import dropout
 from msakit.modules.encoders import masked_time_mean
 from msakit.modules.lora import LoRATextEncoder, count_parameters
 from msakit.modules.text import PretrainedTextEncoder
@@ -167,8 +168,8 @@ class ResidualHead(nn.Module):
         self.dropout = dropout
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        hidden = self.proj2(F.dropout(F.relu(self.proj1(h)), p=self.dropout,
-                                      training=self.training))
+        hidden = self.proj2(dropout(F.relu(self.proj1(h)), p=self.dropout,
+                                    training=self.training))
         return self.out(hidden + h).squeeze(-1)
 
 

@@ -59,6 +59,7 @@ from msakit.models.base import (
     check_loss_weights,
     require_modalities,
 )
+from msakit.modules.dropout import Dropout
 from msakit.modules.mmsa_subnets import (
     SingleAdamGroupMixin,
     fixed_length,
@@ -112,7 +113,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.hidden = hidden
         self.rnn = nn.LSTM(in_dim, hidden, bidirectional=True)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.fc = nn.Linear(hidden, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -83,6 +83,7 @@ from msakit.models.base import (
     check_loss_weights,
     require_modalities,
 )
+from msakit.modules.dropout import Dropout
 from msakit.modules.mfn_core import (
     MemoryFusionCore,
     lstm_cell_step,
@@ -224,7 +225,7 @@ class FactorNetwork(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(z_size, f_size)
         self.fc2 = nn.Linear(f_size, f_size)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return F.relu(mlp(self.fc1, self.dropout, self.fc2, z))
@@ -263,7 +264,7 @@ class MFM(SingleAdamGroupMixin, MSAModel):
         self.zv_to_fv = FactorNetwork(config.zv_size, config.fv_size, config.zv_to_fv_dropout)
         self.fy_to_y_fc1 = nn.Linear(config.fy_size, config.fy_size)
         self.fy_to_y_fc2 = nn.Linear(config.fy_size, 1)
-        self.fy_to_y_dropout = nn.Dropout(config.fy_to_y_dropout)
+        self.fy_to_y_dropout = Dropout(config.fy_to_y_dropout)
 
     def input_sequences(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
         """Text, audio, vision as ``(T, B, D_m)`` step-major sequences of ``seq_len`` steps."""

@@ -62,6 +62,7 @@ from msakit.models.base import (
     check_loss_weights,
     require_modalities,
 )
+from msakit.modules.dropout import Dropout, use_fast_dropout
 from msakit.modules.encoders import StackedBiLSTMEncoder, recurrent_input
 from msakit.modules.losses import cmd_loss, reconstruction_loss, soft_orthogonality_loss
 from msakit.modules.text import PretrainedTextEncoder
@@ -135,16 +136,16 @@ class MISA(MSAModel):
         self.private = nn.ModuleDict({m: nn.Linear(hidden, hidden) for m in MODALITY_ORDER})
         self.shared = nn.Linear(hidden, hidden)
         self.reconstruct = nn.ModuleDict({m: nn.Linear(hidden, hidden) for m in MODALITY_ORDER})
-        self.fusion_layer = nn.TransformerEncoderLayer(
+        self.fusion_layer = use_fast_dropout(nn.TransformerEncoderLayer(
             d_model=hidden,
             nhead=config.transformer_heads,
             dim_feedforward=config.transformer_feedforward,
             dropout=config.transformer_dropout,
             batch_first=True,
-        )
+        ))
         self.head = nn.Sequential(
             nn.Linear(6 * hidden, 3 * hidden),
-            nn.Dropout(config.dropout),
+            Dropout(config.dropout),
             nn.ReLU(),
             nn.Linear(3 * hidden, 1),
         )

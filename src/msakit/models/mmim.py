@@ -60,6 +60,7 @@ from msakit.models.base import (
     check_batch_sequence,
     require_modalities,
 )
+from msakit.modules.dropout import Dropout
 from msakit.modules.encoders import recurrent_input
 from msakit.modules.text import PretrainedTextEncoder
 
@@ -186,7 +187,7 @@ class FusionHead(nn.Module):
 
     def __init__(self, in_dim: int, hidden: int, dropout: float):
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.project = nn.Linear(in_dim, hidden)
         self.hidden = nn.Linear(hidden, hidden)
         self.out = nn.Linear(hidden, 1)

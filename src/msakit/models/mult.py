@@ -45,6 +45,7 @@ from msakit.modules.crossmodal import (
     cross_modal_fusion,
     modality_lengths,
 )
+from msakit.modules.dropout import dropout
 from msakit.modules.text import PretrainedTextEncoder, text_states
 
 MODALITIES = ("text", "audio", "vision")
@@ -122,7 +123,7 @@ class MulT(MSAModel):
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         text, text_lengths = text_states(self.text_encoder, batch)
-        text = F.dropout(text, p=self.config.text_dropout, training=self.training)
+        text = dropout(text, p=self.config.text_dropout, training=self.training)
         raw = {
             "text": (text, text_lengths),
             "audio": (batch["audio"], modality_lengths(batch, "audio")),
@@ -133,8 +134,8 @@ class MulT(MSAModel):
             sequences[m], lengths[m] = self.projections[m](*raw[m])
         pooled = self.fusion(sequences, lengths)
         hidden = torch.cat([pooled[m] for m in MODALITIES], dim=-1)
-        residual = self.proj2(F.dropout(F.relu(self.proj1(hidden)), p=self.config.out_dropout,
-                                        training=self.training))
+        residual = self.proj2(dropout(F.relu(self.proj1(hidden)), p=self.config.out_dropout,
+                                      training=self.training))
         prediction = self.out_layer(hidden + residual).squeeze(-1)
         losses = {}
         if batch.get("labels") is not None:

@@ -39,6 +39,7 @@ from torch.nn import functional as F
 from msakit.config_schema import ModelConfig
 from msakit.models import register_model
 from msakit.models.base import FeatureDims, ModelOutput, MSAModel, require_modalities
+from msakit.modules.dropout import Dropout, use_fast_dropout
 from msakit.modules.encoders import masked_time_mean
 from msakit.modules.gates import CrossGatedSum, gate_values
 from msakit.modules.text import PretrainedTextEncoder
@@ -104,13 +105,13 @@ class SequenceEncoder(nn.Module):
         super().__init__()
         self.project = nn.Linear(input_size, config.hidden_size)
         self.add_positions = add_positions
-        layer = nn.TransformerEncoderLayer(
+        layer = use_fast_dropout(nn.TransformerEncoderLayer(
             d_model=config.hidden_size,
             nhead=config.attention_heads,
             dim_feedforward=config.feedforward_size,
             dropout=config.dropout,
             batch_first=True,
-        )
+        ))
         self.layers = nn.TransformerEncoder(
             layer, num_layers=config.encoder_layers, enable_nested_tensor=False
         )
@@ -150,13 +151,13 @@ class SAGENet(MSAModel):
         width = config.hidden_size
         if config.head_hidden_size:
             self.head = nn.Sequential(
-                nn.Dropout(config.dropout),
+                Dropout(config.dropout),
                 nn.Linear(width, config.head_hidden_size),
                 nn.ReLU(),
                 nn.Linear(config.head_hidden_size, 1),
             )
         else:
-            self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(width, 1))
+            self.head = nn.Sequential(Dropout(config.dropout), nn.Linear(width, 1))
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         attention_mask = batch["attention_mask"]

@@ -24,6 +24,7 @@ from msakit.models.base import (
     modality_parameter_groups,
     require_modalities,
 )
+from msakit.modules.dropout import Dropout
 from msakit.modules.encoders import SequenceLSTM, recurrent_input
 from msakit.modules.text import PretrainedTextEncoder
 from msakit.modules.ulgm import SentimentHead, ULGMHooks, UnimodalLabelGenerator
@@ -74,7 +75,7 @@ class SelfMM(ULGMHooks, MSAModel):
         text_dim = self.text_encoder.hidden_size
         self.audio_lstm = SequenceLSTM(dims.audio, config.audio_lstm_hidden)
         self.vision_lstm = SequenceLSTM(dims.vision, config.vision_lstm_hidden)
-        self.lstm_dropout = nn.Dropout(config.lstm_dropout)
+        self.lstm_dropout = Dropout(config.lstm_dropout)
         self.audio_out = nn.Linear(config.audio_lstm_hidden, config.audio_out)
         self.vision_out = nn.Linear(config.vision_lstm_hidden, config.vision_out)
         self.heads = nn.ModuleDict({

@@ -54,6 +54,7 @@ from msakit.models.base import (
     check_loss_weights,
     require_modalities,
 )
+from msakit.modules.dropout import Dropout
 from msakit.modules.mmsa_subnets import (
     UnimodalFeaturesMixin,
     average_steps_field,
@@ -119,7 +120,7 @@ class TFN(UnimodalFeaturesMixin, MSAModel):
             unimodal_subnets(config, dims, config.text_out,
                              config.text_dropout if config.text_final_dropout else 0.0))
         fused = (config.audio_hidden + 1) * (config.vision_hidden + 1) * (config.text_out + 1)
-        self.post_fusion_dropout = nn.Dropout(config.post_fusion_dropout)
+        self.post_fusion_dropout = Dropout(config.post_fusion_dropout)
         self.post_fusion_layer_1 = nn.Linear(fused, config.post_fusion_dim)
         self.post_fusion_layer_2 = nn.Linear(config.post_fusion_dim, config.post_fusion_dim)
         self.post_fusion_layer_3 = nn.Linear(config.post_fusion_dim, 1)

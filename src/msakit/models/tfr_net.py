@@ -70,6 +70,7 @@ from msakit.models.base import (
     takes_no_decay,
 )
 from msakit.modules.crossmodal import CrossModalTransformerEncoder, fit_length
+from msakit.modules.dropout import Dropout, dropout
 from msakit.modules.missing import clip_keys, clip_uniforms, draw_kept_steps, keep_text_ends
 from msakit.modules.text import PretrainedTextEncoder
 
@@ -178,7 +179,7 @@ class GatedRecurrentPooling(nn.Module):
                           batch_first=True)
         self.gate = nn.Conv1d(2 * hidden, 1, kernel_size=3, padding=1)
         self.projection = nn.Linear(2 * hidden + input_dim, hidden)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, host_lengths: torch.Tensor) -> torch.Tensor:
         packed = pack_padded_sequence(x, host_lengths, batch_first=True, enforce_sorted=False)
@@ -242,7 +243,7 @@ class TFRNet(MSAModel):
         fused = sum(hidden.values())
         self.classifier = nn.Sequential(
             nn.BatchNorm1d(fused), nn.Linear(fused, config.cls_hidden), nn.LeakyReLU(),
-            nn.Dropout(config.cls_dropout), nn.Linear(config.cls_hidden, 1))
+            Dropout(config.cls_dropout), nn.Linear(config.cls_hidden, 1))
         self.epoch = 0  # set by on_epoch_start; 0 outside training
 
     # -- hooks and optimisation ------------------------------------------------------------------
@@ -326,8 +327,8 @@ class TFRNet(MSAModel):
                       for m in ("audio", "vision")}}
 
         # 2. alignment: (B, D_m, L_m) -> (B, L_m, d) -> h_m (B, L_m, 3d)
-        inputs = {"text": F.dropout(missing["text"].transpose(1, 2), p=cfg.text_dropout,
-                                    training=self.training),
+        inputs = {"text": dropout(missing["text"].transpose(1, 2), p=cfg.text_dropout,
+                                  training=self.training),
                   "audio": missing["audio"].transpose(1, 2),
                   "vision": missing["vision"].transpose(1, 2)}
         projected = {m: self.projections[m](inputs[m]).transpose(1, 2) for m in MODALITIES}

@@ -42,6 +42,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from msakit.modules.dropout import Dropout
+
 
 def sinusoidal_positions(length: int, dim: int, *, device=None, dtype=None) -> torch.Tensor:
     """Fixed sinusoidal embeddings of positions ``1..length``, shape ``(length, dim)``.
@@ -109,8 +111,8 @@ class CrossModalTransformerLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(embed_dim)
         self.fc1 = _xavier_linear(embed_dim, 4 * embed_dim)
         self.fc2 = _xavier_linear(4 * embed_dim, embed_dim)
-        self.relu_dropout = nn.Dropout(relu_dropout)
-        self.res_dropout = nn.Dropout(res_dropout)
+        self.relu_dropout = Dropout(relu_dropout)
+        self.res_dropout = Dropout(res_dropout)
 
     def forward(
         self,
@@ -188,7 +190,7 @@ class CrossModalTransformerEncoder(nn.Module):
         self.num_heads = num_heads
         self.zero_step_positions = zero_step_positions
         self.position_embedding = position_embedding
-        self.embed_dropout = nn.Dropout(embed_dropout)
+        self.embed_dropout = Dropout(embed_dropout)
         self.layers = nn.ModuleList(
             CrossModalTransformerLayer(
                 embed_dim, num_heads, attn_dropout, relu_dropout, res_dropout

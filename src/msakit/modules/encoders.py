@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from msakit.modules.dropout import Dropout
+
 
 def _host_lengths(x: torch.Tensor, lengths: torch.Tensor, input_dim: int, name: str
                   ) -> torch.Tensor:
@@ -155,7 +157,7 @@ class LSTMEncoder(nn.Module):
             input_dim, hidden_dim, num_layers=num_layers, batch_first=True,
             bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0,
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.linear = nn.Linear(hidden_dim * (2 if bidirectional else 1), output_dim)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from msakit.modules.dropout import Dropout
 from msakit.modules.encoders import masked_time_mean
 
 
@@ -60,8 +61,8 @@ class PooledBiGRU(nn.Module):
 class FeedForward(nn.Sequential):
     def __init__(self, d_model: int, d_ff: int, dropout: float):
         super().__init__(
-            nn.Linear(d_model, d_ff), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(d_ff, d_model), nn.Dropout(dropout),
+            nn.Linear(d_model, d_ff), nn.ReLU(), Dropout(dropout),
+            nn.Linear(d_ff, d_model), Dropout(dropout),
         )
 
 

@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from msakit.modules.dropout import use_fast_dropout
 from msakit.modules.text import PretrainedTextEncoder
 
 
@@ -76,7 +77,8 @@ def inject_lora(
         )
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                         bias="none")
-    return inject_adapter_in_model(config, model)
+    # the adapters' nn.Dropout modules draw their masks with msakit's faster sampler
+    return use_fast_dropout(inject_adapter_in_model(config, model))
 
 
 def count_parameters(module: nn.Module) -> dict[str, int]:

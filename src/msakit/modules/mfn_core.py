@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from msakit.modules.dropout import Dropout
 from msakit.modules.mmsa_subnets import GatedMemoryMixin, mlp
 
 
@@ -86,7 +87,7 @@ class MemoryFusionMixin(GatedMemoryMixin):
         self.lstm_v = nn.LSTMCell(vision_dim, config.vision_hidden)
         self.att1_fc1 = nn.Linear(window, config.att1_hidden)
         self.att1_fc2 = nn.Linear(config.att1_hidden, window)
-        self.att1_dropout = nn.Dropout(config.att1_dropout)
+        self.att1_dropout = Dropout(config.att1_dropout)
         self.add_gated_memory(config, window, hidden)
         self.memory_size = config.mem_dim
 

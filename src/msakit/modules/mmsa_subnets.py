@@ -15,6 +15,7 @@ from pydantic import Field
 from torch import nn
 
 from msakit.errors import ConfigError
+from msakit.modules.dropout import Dropout
 from msakit.modules.encoders import masked_time_mean
 from msakit.modules.text import PretrainedTextEncoder, length_groups
 
@@ -94,7 +95,7 @@ class RegressionHead(nn.Module):
 
     def __init__(self, in_dim: int, hidden: int, dropout: float):
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.layer_1 = nn.Linear(in_dim, hidden)
         self.layer_2 = nn.Linear(hidden, hidden)
         self.layer_3 = nn.Linear(hidden, 1)
@@ -136,7 +137,7 @@ class FeatureSubNet(nn.Module):
     def __init__(self, in_dim: int, hidden: int, dropout: float):
         super().__init__()
         self.norm = nn.BatchNorm1d(in_dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.linear_1 = nn.Linear(in_dim, hidden)
         self.linear_2 = nn.Linear(hidden, hidden)
         self.linear_3 = nn.Linear(hidden, hidden)
@@ -179,7 +180,7 @@ class TextLSTMSubNet(nn.Module):
         super().__init__()
         self.reads_padding = reads_padding
         self.rnn = nn.LSTM(in_dim, hidden, batch_first=True)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.linear_1 = nn.Linear(hidden, out_dim)
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -360,16 +361,16 @@ class GatedMemoryMixin:
         gamma_in = attended_dim + config.mem_dim
         self.att2_fc1 = nn.Linear(attended_dim, config.att2_hidden)
         self.att2_fc2 = nn.Linear(config.att2_hidden, config.mem_dim)
-        self.att2_dropout = nn.Dropout(config.att2_dropout)
+        self.att2_dropout = Dropout(config.att2_dropout)
         self.gamma1_fc1 = nn.Linear(gamma_in, config.gamma1_hidden)
         self.gamma1_fc2 = nn.Linear(config.gamma1_hidden, config.mem_dim)
-        self.gamma1_dropout = nn.Dropout(config.gamma1_dropout)
+        self.gamma1_dropout = Dropout(config.gamma1_dropout)
         self.gamma2_fc1 = nn.Linear(gamma_in, config.gamma2_hidden)
         self.gamma2_fc2 = nn.Linear(config.gamma2_hidden, config.mem_dim)
-        self.gamma2_dropout = nn.Dropout(config.gamma2_dropout)
+        self.gamma2_dropout = Dropout(config.gamma2_dropout)
         self.out_fc1 = nn.Linear(hidden_dim + config.mem_dim, config.out_hidden)
         self.out_fc2 = nn.Linear(config.out_hidden, 1)
-        self.out_dropout = nn.Dropout(config.out_dropout)
+        self.out_dropout = Dropout(config.out_dropout)
 
     def update_memory(self, attended: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         """``u[t] = g1 (.) u[t-1] + g2 (.) tanh(D_u(c^))`` with ``g_i = sigmoid(D_gi([c^;

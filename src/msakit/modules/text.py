@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from msakit.lm import load_language_model, pretrained_language_model_state
+from msakit.modules.dropout import use_fast_dropout
 
 #: Cost of one extra language-model call in :func:`length_groups`, in padded tokens: on one CPU
 #: thread a MiniLM forward costs about 13 ms (reading its weights) plus 0.4 ms per token.
@@ -98,7 +99,8 @@ class PretrainedTextEncoder(nn.Module):
         reuse_embedding_gradient: bool = True,
     ):
         super().__init__()
-        self.model = load_language_model(name_or_path)
+        # its nn.Dropout modules draw their masks with msakit's faster sampler
+        self.model = use_fast_dropout(load_language_model(name_or_path))
         self.language_model_name = name_or_path
         self.pooling = pooling
         self.group_by_length = group_by_length

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from msakit.modules.dropout import Dropout
 from msakit.modules.gates import gate_values
 from msakit.modules.precision import full_precision
 
@@ -37,7 +38,7 @@ class SentimentHead(nn.Module):
 
     def __init__(self, in_dim: int, hidden_dim: int, dropout: float):
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.project = nn.Linear(in_dim, hidden_dim)
         self.hidden = nn.Linear(hidden_dim, hidden_dim)
         self.out = nn.Linear(hidden_dim, 1)

@@ -6,7 +6,10 @@
 For each model: builds it with its shipped defaults, takes real batches of the 229 word-aligned
 MOSI clips through the trainer's own loader, runs two warm-up steps and profiles ``--steps``
 steps (data loading, forward, loss, backward, optimiser step, hooks). Prints, per model, the
-step time split by phase and the operators with the most self CPU time. With ``--cached`` (and a
+step time split by phase and the operators with the most self CPU time (with the environment
+variable ``PROFILE_SHAPES=1`` also by input shape). ``--preset`` applies a preset of every model
+named (e.g. ``--preset mosi --set model.language_model=all-MiniLM-L6-v2``, the MMSA settings
+``benchmarks/vs_mmsa.py`` runs); ``--data`` may be any file with a training split. With ``--cached`` (and a
 frozen LM) the batches carry the LM's cached states, as in every epoch after a cache's first
 fill, so the profile shows the model's own cost. The numbers are CPU
 time on a shared machine: read the shares, not the absolute milliseconds.
@@ -15,19 +18,19 @@ time on a shared machine: read the shares, not the absolute milliseconds.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
 import torch
-import os
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from msakit.config import build_config
 from msakit.data import load_dataset
 from msakit.lm_cache import SplitTextStates
 from msakit.models import create_model
-from msakit.training.seeding import seed_everything
 from msakit.training.loading import EpochLoader, feature_dims
+from msakit.training.seeding import seed_everything
 from msakit.training.trainer import make_optimizer, move_batch, weighted_loss
 
 SHAPES = bool(os.environ.get("PROFILE_SHAPES"))
@@ -95,7 +98,9 @@ def profile_model(name: str, data: Path, steps: int, batch_size: int,
     print(f"\ntop operators by self CPU time ({name}):\n")
     print(events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=45))
     if SHAPES:
-        print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=30, max_shapes_column_width=80))
+        by_shape = prof.key_averages(group_by_input_shape=True)
+        print(by_shape.table(sort_by="self_cpu_time_total", row_limit=12,
+                             max_name_column_width=30, max_shapes_column_width=80))
 
 
 def main() -> None:

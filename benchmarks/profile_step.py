@@ -4,15 +4,15 @@
         [--set model.freeze_language_model=true ...] [--cached]
 
 For each model: builds it with its shipped defaults, takes real batches of the 229 word-aligned
-MOSI clips through the trainer's own loader, runs two warm-up steps and profiles ``--steps``
-steps (data loading, forward, loss, backward, optimiser step, hooks). Prints, per model, the
-step time split by phase and the operators with the most self CPU time (with the environment
-variable ``PROFILE_SHAPES=1`` also by input shape). ``--preset`` applies a preset of every model
-named (e.g. ``--preset mosi --set model.language_model=all-MiniLM-L6-v2``, the MMSA settings
-``benchmarks/vs_mmsa.py`` runs); ``--data`` may be any file with a training split. With ``--cached`` (and a
-frozen LM) the batches carry the LM's cached states, as in every epoch after a cache's first
-fill, so the profile shows the model's own cost. The numbers are CPU
-time on a shared machine: read the shares, not the absolute milliseconds.
+MOSI clips through the trainer's own loader, runs two warm-up steps and profiles ``--steps`` steps
+(data loading, forward, loss, backward, optimiser step, hooks). Prints, per model, the step time
+split by phase and the operators with the most self CPU time (with the environment variable
+``PROFILE_SHAPES=1`` also by input shape). ``--preset`` applies a preset of every model named (e.g.
+``--preset mosi --set model.language_model=all-MiniLM-L6-v2``, the MMSA settings
+``benchmarks/vs_mmsa.py`` runs); ``--data`` may be any file with a training split. With
+``--cached`` (and a frozen LM) the batches carry the LM's cached states, as in every epoch after a
+cache's first fill, so the profile shows the model's own cost. The numbers are CPU time on a shared
+machine: read the shares, not the absolute milliseconds.
 """
 
 from __future__ import annotations

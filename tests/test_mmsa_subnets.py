@@ -13,7 +13,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from msakit.config import ConfigError, build_config
 from msakit.data import load_dataset
 from msakit.models import create_model
-from msakit.modules.mmsa_subnets import TextLSTMSubNet
+from msakit.modules.mmsa_subnets import TextLSTMSubNet, _outputs_at, lstm_final_state
 from msakit.modules.text import length_groups
 from msakit.training.loading import feature_dims
 
@@ -47,7 +47,7 @@ def test_last_real_step_equals_the_packed_lstm(audio_batch, path):
     subnet = TextLSTMSubNet(states.shape[-1], 16, 8, reads_padding=False)
     states = states.clone().requires_grad_(True)
     if path.startswith("one call"):
-        output = subnet.linear_1(subnet.dropout(subnet._last_states(states, lengths)))
+        output = subnet.linear_1(subnet.dropout(_outputs_at(subnet.rnn, states, lengths)))
     else:
         output = subnet(states, mask)
     reference = _packed_reference(subnet, states, mask)
@@ -72,6 +72,13 @@ def test_steps_after_the_last_real_one_are_not_read(audio_batch):
         # reading the padding (MMSA's unpacked LSTM) does depend on it
         subnet.reads_padding = True
         assert not torch.allclose(subnet(longer, longer_mask), subnet(states, mask), atol=1e-3)
+
+
+def test_a_bidirectional_lstm_is_refused(audio_batch):
+    states, mask = audio_batch
+    rnn = nn.LSTM(states.shape[-1], 8, batch_first=True, bidirectional=True)
+    with pytest.raises(ValueError, match="unidirectional"):
+        lstm_final_state(rnn, states, mask)
 
 
 def test_a_clip_without_tokens_reads_its_first_step(audio_batch):

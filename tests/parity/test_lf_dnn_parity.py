@@ -39,6 +39,7 @@ from _recording import record_close
 
 from msakit.config import build_config
 from msakit.models import FeatureDims, create_model
+from msakit.modules.mmsa_subnets import lstm_final_state
 
 TOLERANCE = 1e-5
 OFFICIAL_TO_MSAKIT = [
@@ -189,8 +190,8 @@ def test_lf_dnn_matches_mmsa(fixture, tiny_bert_dir, tmp_path, monkeypatch):
 
 
 def test_msakit_default_text_path_differs(fixture, tiny_bert_dir):
-    """msakit's defaults read only real steps: the LSTM packs the real tokens (MMSA reads the
-    batch's padding), audio/vision are true means (MMSA divides by 50)."""
+    """msakit's defaults read only real steps: the LSTM's state at each clip's last real token
+    (MMSA reads the batch's padding), audio/vision are true means (MMSA divides by 50)."""
     config = build_config("lf_dnn", [f"model.language_model={tiny_bert_dir}",
                                      "model.text_subnet=lstm", "model.text_hidden=8",
                                      "model.text_out=7", "model.audio_hidden=6",
@@ -202,9 +203,8 @@ def test_msakit_default_text_path_differs(fixture, tiny_bert_dir):
     mask = batch["attention_mask"]
     assert (mask.sum(1) < mask.shape[1]).any()  # a padded transcript in the batch
     states = model.text_encoder(batch["input_ids"], mask)
-    packed = model._text_lstm_final(states, mask)
-    model.config = model.config.model_copy(update={"text_lstm_reads_padding": True})
-    padded = model._text_lstm_final(states, mask)
+    packed = lstm_final_state(model.text_lstm, states, mask, reads_padding=False)
+    padded = lstm_final_state(model.text_lstm, states, mask, reads_padding=True)
     longest = int(mask.sum(1).argmax())
     assert torch.allclose(packed[longest], padded[longest])
     assert not torch.allclose(packed, padded)

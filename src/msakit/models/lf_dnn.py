@@ -35,7 +35,6 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
 
 from msakit.config_schema import ModelConfig, TrainConfig
 from msakit.models import register_model
@@ -48,6 +47,7 @@ from msakit.models.base import (
 )
 from msakit.modules.dropout import Dropout
 from msakit.modules.encoders import masked_time_mean
+from msakit.modules.mmsa_subnets import lstm_final_state
 from msakit.modules.text import PretrainedTextEncoder
 
 Modality = Literal["text", "audio", "vision"]
@@ -186,7 +186,8 @@ class LFDNN(MSAModel):
             # (B, H) pooled, or (B, L_t, H) token states for the LSTM
             encoded = self.text_encoder.encode_batch(batch)
             if self.config.text_subnet == "lstm":
-                encoded = self._text_lstm_final(encoded, batch["attention_mask"])
+                encoded = lstm_final_state(self.text_lstm, encoded, batch["attention_mask"],
+                                           self.config.text_lstm_reads_padding)
             features["text"] = self.text_subnet(encoded)
         for modality in ("audio", "vision"):
             if modality not in self.modalities:
@@ -200,17 +201,6 @@ class LFDNN(MSAModel):
             averaged = self._time_average(batch[modality], batch[f"{modality}_mask"])
             features[modality] = getattr(self, f"{modality}_subnet")(averaged)
         return features
-
-    def _text_lstm_final(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Final LSTM state ``(B, text_hidden)`` over ``states (B, L_t, H)``."""
-        if self.config.text_lstm_reads_padding:
-            _, (final, _) = self.text_lstm(states)
-        else:
-            lengths = attention_mask.sum(1).clamp_min(1).cpu()
-            packed = pack_padded_sequence(states, lengths, batch_first=True,
-                                          enforce_sorted=False)
-            _, (final, _) = self.text_lstm(packed)
-        return final[-1]
 
     def _time_average(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``(B, L, D)`` -> ``(B, D)``: the mean over real steps, or their sum / N."""

@@ -153,16 +153,15 @@ class FeatureSubNet(nn.Module):
         return F.relu(self.linear_3(F.relu(self.linear_2(hidden))))
 
 
-class TextLSTMSubNet(nn.Module):
-    """MMSA's ``TextSubNet``: a one-layer LSTM over token states, its final hidden state ->
-    Linear. ``(B, L, D), (B, L) -> (B, out)``.
+def lstm_final_state(rnn: nn.LSTM, states: torch.Tensor, mask: torch.Tensor,
+                     reads_padding: bool = False) -> torch.Tensor:
+    """The last layer's final hidden state of a unidirectional batch-first ``rnn`` over token
+    states: ``(B, L, D), (B, L) -> (B, H)``.
 
-    ``dropout`` applies to the final state. MMSA's one-layer ``TextSubNet`` sets it to 0 whatever
-    the config says; the authors' ``TextSubNet`` (Justin1904's TFN and LMF code) applies the text
-    dropout there. ``reads_padding=True`` runs the LSTM over every position up to the batch's
-    padded length and reads its final state, as MMSA's unpacked LSTM does (a prediction then
-    depends on the batch's padding); ``False`` reads each clip's state at its last real token,
-    what an LSTM over the packed real tokens gives.
+    ``reads_padding=True`` runs it over every position up to the batch's padded length and reads
+    its final state, as MMSA's unpacked LSTM does (a prediction then depends on the batch's
+    padding); ``False`` reads each clip's state at its last real token, what an LSTM over the
+    packed real tokens gives.
 
     ``False`` runs the fused LSTM and gathers each clip's output at its last real step: an
     LSTM's step t depends on steps up to t only, so it is the packed LSTM's final state, without
@@ -174,6 +173,42 @@ class TextLSTMSubNet(nn.Module):
     most. On other devices the batch is one call (padding is cheap there, and the lengths would
     have to be read from the device).
     """
+    if rnn.bidirectional or not rnn.batch_first:
+        raise ValueError("lstm_final_state reads a unidirectional, batch-first LSTM")
+    if reads_padding:
+        _, (final, _) = rnn(states)
+        return final[-1]
+    lengths = mask.sum(1).long().clamp_min(1)  # a clip without tokens reads step 0
+    if states.device.type != "cpu":
+        return _outputs_at(rnn, states, lengths)
+    host_lengths = lengths.tolist()
+    groups = length_groups(host_lengths)
+    parts = []
+    for group in groups:
+        rows = torch.tensor(group, device=states.device)
+        longest = host_lengths[group[-1]]  # a group is sorted by length
+        parts.append(_outputs_at(rnn, states[rows, :longest], torch.tensor(
+            [host_lengths[i] for i in group], device=states.device)))
+    order = torch.tensor([i for group in groups for i in group], device=states.device)
+    return torch.cat(parts).index_select(0, torch.argsort(order))
+
+
+def _outputs_at(rnn: nn.LSTM, states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``rnn``'s output at step ``lengths - 1`` of each clip: ``(B, L, D), (B,) -> (B, H)``."""
+    outputs, _ = rnn(states)
+    index = (lengths - 1).view(-1, 1, 1).expand(-1, 1, outputs.shape[-1])
+    return outputs.gather(1, index).squeeze(1)
+
+
+class TextLSTMSubNet(nn.Module):
+    """MMSA's ``TextSubNet``: a one-layer LSTM over token states, its final hidden state ->
+    Linear. ``(B, L, D), (B, L) -> (B, out)``.
+
+    ``dropout`` applies to the final state. MMSA's one-layer ``TextSubNet`` sets it to 0 whatever
+    the config says; the authors' ``TextSubNet`` (Justin1904's TFN and LMF code) applies the text
+    dropout there. ``reads_padding``: see :func:`lstm_final_state` (True: MMSA's unpacked LSTM
+    over the padded batch; False: each clip's real tokens).
+    """
 
     def __init__(self, in_dim: int, hidden: int, out_dim: int, reads_padding: bool = False,
                  dropout: float = 0.0):
@@ -184,34 +219,8 @@ class TextLSTMSubNet(nn.Module):
         self.linear_1 = nn.Linear(hidden, out_dim)
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.reads_padding:
-            _, (final, _) = self.rnn(states)
-            last_state = final[-1]
-        else:
-            lengths = mask.sum(1).long().clamp_min(1)  # a clip without tokens reads step 0
-            if states.device.type == "cpu":
-                last_state = self._last_states_by_length(states, lengths.tolist())
-            else:
-                last_state = self._last_states(states, lengths)
+        last_state = lstm_final_state(self.rnn, states, mask, self.reads_padding)
         return self.linear_1(self.dropout(last_state))
-
-    def _last_states(self, states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """The LSTM's output at step ``lengths - 1`` of each clip: ``(B, L, D), (B,) -> (B, H)``."""
-        outputs, _ = self.rnn(states)
-        index = (lengths - 1).view(-1, 1, 1).expand(-1, 1, outputs.shape[-1])
-        return outputs.gather(1, index).squeeze(1)
-
-    def _last_states_by_length(self, states: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-        """:meth:`_last_states`, the clips in groups of similar length, each cut to its longest."""
-        groups = length_groups(lengths)
-        parts = []
-        for group in groups:
-            rows = torch.tensor(group, device=states.device)
-            longest = lengths[group[-1]]  # a group is sorted by length
-            parts.append(self._last_states(states[rows, :longest], torch.tensor(
-                [lengths[i] for i in group], device=states.device)))
-        order = torch.tensor([i for group in groups for i in group], device=states.device)
-        return torch.cat(parts).index_select(0, torch.argsort(order))
 
 
 def task_losses(prediction: torch.Tensor, batch: dict, loss: str = "l1",
@@ -402,7 +411,7 @@ class SingleAdamGroupMixin:
 __all__ = ["LOW_RANK_FACTORS", "MULTITASK_TERMS", "FeatureSubNet", "GatedMemoryMixin",
            "RegressionHead", "SingleAdamGroupMixin", "TextLSTMSubNet", "UnimodalFeaturesMixin",
            "average_steps_field", "avg_pool_align", "check_multitask_loss_weights", "fixed_length",
-           "frozen_language_model_field", "low_rank_fusion",
+           "frozen_language_model_field", "lstm_final_state", "low_rank_fusion",
            "low_rank_parameters", "mlp", "multitask_losses", "single_adam_group",
            "subnet_decay_groups", "task_losses", "tensor_fusion", "text_lstm_reads_padding_field",
            "unimodal_subnets"]

@@ -34,6 +34,12 @@ its main pass), s per test pass (median), peak RSS; the same medians of the proc
 run's load average is in ``--results``); with ``--accuracy`` the test metrics, mean ± std over
 the seeds (default then 1 2 3).
 
+msakit runs with its defaults, among them ``train.host_allocator=keep`` (glibc's malloc keeps
+freed memory: no page faults for the large tensors each step allocates again), MMSA as it runs.
+``--msakit-set KEY=VALUE`` adds overrides to every msakit run (``train.host_allocator=system``:
+malloc's own settings); ``--mmsa-host-allocator keep`` gives the MMSA runs the same malloc
+settings, for a comparison of the two codes in the same environment.
+
 MMSA cannot run on this machine as shipped; these calls are patched at run time, nothing of its
 code is copied: the language model (``bert-base-uncased`` from the hub) becomes the packaged
 MiniLM (a BertModel with 384-d states): MMSA's ``feature_dims[0]`` of a BERT model is set to 384
@@ -412,6 +418,7 @@ def run_mmsa(job: dict, pickle_path: Path, epochs: int, repeats: int, workdir: P
     from MMSA.utils import setup_seed
 
     from msakit.lm import resolve_language_model
+    from msakit.training.host_memory import keep_freed_memory
 
     model_name, seed = job["model"], job["seed"]
     args = get_config_regression(model_name, job["dataset"])
@@ -422,6 +429,8 @@ def run_mmsa(job: dict, pickle_path: Path, epochs: int, repeats: int, workdir: P
         "cur_seed": 1, "model_save_path": str(workdir / f"mmsa-{model_name}-{seed}.pth"),
         "batch_size": job["batch_size"],
     })
+    if job.get("mmsa_host_allocator") == "keep":
+        keep_freed_memory()
     setup_seed(seed)
     dataloader = MMDataLoader(args, num_workers=0)
     if args.get("use_bert"):  # the loader sets BERT-base's 768
@@ -481,7 +490,8 @@ def msakit_overrides(job: dict, pickle_path: Path, epochs: int, cache_dir: Path)
             f"train.seed={job['seed']}", f"train.batch_size={job['batch_size']}",
             f"train.lm_cache_dir={cache_dir}", *MMSA_SETTINGS.get(job["model"], []),
             *([f"model.seq_lens=[{TEXT_TOKENS},{TEXT_TOKENS},{TEXT_TOKENS}]"]
-              if job["model"] in SEQUENCE_LENGTH_MODELS else [])]
+              if job["model"] in SEQUENCE_LENGTH_MODELS else []),
+            *job.get("msakit_set", [])]
 
 
 def run_msakit(job: dict, pickle_path: Path, epochs: int, repeats: int, workdir: Path) -> dict:
@@ -672,6 +682,12 @@ def main() -> None:
     parser.add_argument("--mmsa-transformers", type=Path, metavar="DIR",
                         help="a folder holding transformers 4.x, put first on the path of the "
                         "MMSA runs of the models whose MMSA code needs it (BERT_MAG)")
+    parser.add_argument("--msakit-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every msakit run, after the preset's "
+                        "(repeatable; e.g. train.host_allocator=system)")
+    parser.add_argument("--mmsa-host-allocator", choices=["system", "keep"], default="system",
+                        help="'keep': the MMSA runs' malloc keeps freed memory as msakit's "
+                        "train.host_allocator=keep does (default 'system': MMSA as it runs)")
     parser.add_argument("--results", type=Path,
                         help="append every run's result to this JSON-lines file as it ends")
     parser.add_argument("--table-from", type=Path, nargs="+", metavar="RESULTS",
@@ -700,6 +716,9 @@ def main() -> None:
           flush=True)
     runs: dict[tuple[str, str], list[dict]] = {}
     failures: dict[str, str] = {}
+    settings = {"msakit_set": args.msakit_set, "mmsa_host_allocator": args.mmsa_host_allocator}
+    print(f"msakit overrides after the preset: {args.msakit_set or 'none'}; MMSA's malloc: "
+          f"{args.mmsa_host_allocator}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         pickles = {}
         for dataset in sorted({j["dataset"] for j in jobs}):
@@ -715,7 +734,7 @@ def main() -> None:
                     continue
                 for toolkit in ("mmsa", "msakit"):
                     command = [sys.executable, __file__, "--worker", toolkit, "--job",
-                               json.dumps({**job, "seed": seed}),
+                               json.dumps({**job, "seed": seed, **settings}),
                                "--pickle", str(pickles[job["dataset"]]),
                                "--epochs", str(args.epochs),
                                "--test-repeats", str(args.test_repeats)]
@@ -735,8 +754,8 @@ def main() -> None:
                             with args.results.open("a") as handle:
                                 handle.write(json.dumps({"job": job, "seed": seed,
                                                          "toolkit": toolkit,
-                                                         "failed": failures[job["model"]]})
-                                             + "\n")
+                                                         "failed": failures[job["model"]],
+                                                         **settings}) + "\n")
                         print(f"  {job['model']} {toolkit} seed {seed} FAILED:\n"
                               f"{done.stderr[-3000:]}", flush=True)
                         break
@@ -745,7 +764,7 @@ def main() -> None:
                     if args.results is not None:
                         with args.results.open("a") as handle:
                             handle.write(json.dumps({"job": job, "seed": seed, "toolkit": toolkit,
-                                                     "result": result}) + "\n")
+                                                     "result": result, **settings}) + "\n")
                     print(f"  {job['model']} {toolkit} seed {seed}: "
                           f"{time.perf_counter() - started:.0f} s, "
                           f"{_step_ms([result]):.1f} ms / step ({result['train_batches']} steps "

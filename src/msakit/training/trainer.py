@@ -43,6 +43,7 @@ from msakit.models.base import ModelOutput, MSAModel, TrainingStage
 from msakit.summary import format_metric
 from msakit.training import distributed
 from msakit.training.bert_adam import BertAdam
+from msakit.training.host_memory import apply_host_allocator
 from msakit.training.seeding import restore_rng_state, rng_state, seed_everything
 
 log = logging.getLogger(__name__)
@@ -511,7 +512,8 @@ class Trainer:
         train_labels: torch.Tensor,
         resume: bool = False,
     ) -> dict[str, Any]:
-        """Train with validation-based selection and early stopping.
+        """Train with validation-based selection and early stopping. Applies
+        ``train.host_allocator`` to the process first (:mod:`msakit.training.host_memory`).
 
         Args:
             model: a freshly built model.
@@ -526,6 +528,7 @@ class Trainer:
         """
         cfg = self.config.train
         seed_everything(cfg.seed + self.process.rank)  # other processes: other dropout masks
+        apply_host_allocator(cfg.host_allocator)
         model.to(self.device)
         model.on_fit_start(train_labels.to(self.device))
         if model.fits_in_closed_form:

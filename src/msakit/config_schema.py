@@ -328,7 +328,8 @@ class TrainConfig(StrictModel):
         "freed memory for the next allocation (mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1) "
         "instead of handing large blocks back to the kernel and page-faulting them in again "
         "at every step (30 % of MTFN's CPU step); the process's resident memory then stays at "
-        "its peak. 'system': malloc's own settings. Same values either way; only on Linux "
+        "its peak until the experiment ends (malloc_trim gives the free part back). 'system': "
+        "malloc's own settings. Same values either way; only on Linux "
         "with glibc (elsewhere there is nothing to set). See msakit.training.host_memory"
     )
     keep_last: bool = Field(False, description="Keep each training run's resumable last.pt "

@@ -33,6 +33,7 @@ from msakit.models import create_model
 from msakit.provenance import environment_record
 from msakit.runfolder import RunError
 from msakit.training import distributed, loading
+from msakit.training.host_memory import release_freed_memory
 from msakit.training.loggers import open_loggers
 from msakit.training.results import (
     artifacts_table,
@@ -317,8 +318,11 @@ def run_experiment(
     file the run recorded (same SHA-256) to resume.
     """
     with restored_torch_threads():  # train.num_threads applies to this experiment only
-        return _run_experiment(config, seeds, resume_dir, progress, console, transform_factory,
-                               jobs)
+        try:
+            return _run_experiment(config, seeds, resume_dir, progress, console,
+                                   transform_factory, jobs)
+        finally:
+            release_freed_memory()  # train.host_allocator=keep held the training's peak
 
 
 @contextmanager

@@ -11,7 +11,8 @@ step with MTFN's 560 MB fusion tensor (``benchmarks/host_allocator.py``).
 :func:`keep_freed_memory` sets glibc's ``M_MMAP_MAX`` to 0 (every block from the heap) and
 ``M_TRIM_THRESHOLD`` to -1 (the heap is never trimmed: freed memory is kept for the next
 allocation), with ``mallopt(3)``: the values computed are the same, the process's resident memory stays at its
-peak instead of shrinking between steps. It changes nothing for memory on a GPU.
+peak instead of shrinking between steps, until :func:`release_freed_memory` gives the free part
+back when an experiment ends. It changes nothing for memory on a GPU.
 """
 
 from __future__ import annotations
@@ -41,6 +42,18 @@ def glibc_mallopt():
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return mallopt
+
+
+def release_freed_memory() -> bool:
+    """Hand the heap's free memory back to the kernel (glibc's ``malloc_trim(0)``) in a process
+    that keeps freed memory; True when it ran. Called when an experiment ends, so that a process
+    that goes on (a notebook, a suite's next row) does not hold the training's peak."""
+    if _applied != "keep":
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    libc.malloc_trim(0)
+    return True
 
 
 def apply_host_allocator(mode: Literal["keep", "system"]) -> bool:

@@ -327,7 +327,7 @@ class TrainConfig(StrictModel):
         "keep", description="'keep': from the first training run on, glibc's malloc keeps "
         "freed memory for the next allocation (mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1) "
         "instead of handing large blocks back to the kernel and page-faulting them in again "
-        "at every step (30 % of MTFN's CPU step); the process's resident memory then stays at "
+        "at every step (40 % of MTFN's CPU step); the process's resident memory then stays at "
         "its peak until the experiment ends (malloc_trim gives the free part back). 'system': "
         "malloc's own settings. Same values either way; only on Linux "
         "with glibc (elsewhere there is nothing to set). See msakit.training.host_memory"

@@ -5,14 +5,15 @@ use up to 32 MiB) with a fresh ``mmap`` and gives it back to the kernel when it 
 returns the top of its heap to the kernel once more than twice that threshold is free there.
 A training step frees and allocates the same large tensors every time (activations, gradients,
 a fusion tensor), so each step pays the kernel to map them again: one page fault per 4 KiB and
-a zero fill of every page. On this project's 2-core CPU box that was 30 % of the CPU time of a
+a zero fill of every page. On this project's 2-core CPU box that was 40 % of the CPU time of a
 step with MTFN's 560 MB fusion tensor (``benchmarks/host_allocator.py``).
 
 :func:`keep_freed_memory` sets glibc's ``M_MMAP_MAX`` to 0 (every block from the heap) and
 ``M_TRIM_THRESHOLD`` to -1 (the heap is never trimmed: freed memory is kept for the next
-allocation), with ``mallopt(3)``: the values computed are the same, the process's resident memory stays at its
-peak instead of shrinking between steps, until :func:`release_freed_memory` gives the free part
-back when an experiment ends. It changes nothing for memory on a GPU.
+allocation), with ``mallopt(3)``. The values computed are the same; the process's resident
+memory stays at its peak instead of shrinking between steps, until
+:func:`release_freed_memory` gives the free part back when an experiment ends. It changes
+nothing for memory on a GPU.
 """
 
 from __future__ import annotations

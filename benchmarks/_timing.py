@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import time
 from collections.abc import Callable, Iterable
 
@@ -12,15 +13,18 @@ class TimedPasses:
     a one-thread process's CPU time moves far less with the load than its wall time).
 
     ``synchronize`` (e.g. ``torch.cuda.synchronize``) runs before reading the clock, so that
-    queued device work is counted in the pass that launched it.
+    queued device work is counted in the pass that launched it. ``minor_faults``, when given,
+    gets each pass's minor page faults of this process.
     """
 
     def __init__(self, loader: Iterable, seconds: list[float] | None = None,
                  synchronize: Callable[[], None] | None = None,
-                 cpu_seconds: list[float] | None = None):
+                 cpu_seconds: list[float] | None = None,
+                 minor_faults: list[int] | None = None):
         self.loader = loader
         self.seconds = [] if seconds is None else seconds
         self.cpu_seconds = [] if cpu_seconds is None else cpu_seconds
+        self.minor_faults = minor_faults
         self.synchronize = synchronize or (lambda: None)
 
     def __len__(self) -> int:
@@ -29,6 +33,7 @@ class TimedPasses:
     def __iter__(self):
         self.synchronize()
         started, cpu_started = time.perf_counter(), time.process_time()
+        faults_started = _minor_faults()
         try:
             yield from self.loader
         finally:  # also a pass its consumer stops early (msakit's training stages take the
@@ -37,6 +42,12 @@ class TimedPasses:
             self.synchronize()
             self.seconds.append(time.perf_counter() - started)
             self.cpu_seconds.append(time.process_time() - cpu_started)
+            if self.minor_faults is not None:
+                self.minor_faults.append(_minor_faults() - faults_started)
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def time_steps(sides: dict, warmup: int, steps: int, alternate: bool) -> dict[str, list[float]]:

@@ -26,24 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from _timing import TimedPasses
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mosi" / "word_aligned_valid.pkl"
 PRESETS = {"mtfn": "sims", "mlf_dnn": "sims", "mlmf": "sims"}  # MMSA's SIMS-only models
-
-
-class _Passes:
-    """A loader whose every full pass appends its CPU time and minor faults."""
-
-    def __init__(self, loader, cpu_seconds: list[float], faults: list[int]):
-        self.loader, self.cpu_seconds, self.faults = loader, cpu_seconds, faults
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        cpu, faults = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        yield from self.loader
-        self.cpu_seconds.append(time.process_time() - cpu)
-        self.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
 
 
 def run(model_name: str, mode: str, data: Path, epochs: int, repeats: int) -> dict:
@@ -83,7 +69,8 @@ def run(model_name: str, mode: str, data: Path, epochs: int, repeats: int) -> di
         epoch_loader = EpochLoader(partition.train, dataset, config, 1, text_states=text_states)
         cpu_seconds: list[float] = []
         faults: list[int] = []
-        trainer.fit(model, lambda epoch: _Passes(epoch_loader(epoch), cpu_seconds, faults),
+        trainer.fit(model, lambda epoch: TimedPasses(epoch_loader(epoch), cpu_seconds=cpu_seconds,
+                                                     minor_faults=faults),
                     loader_for(partition.valid, dataset, config, train=False,
                                text_states=text_states),
                     torch.as_tensor(partition.train.labels, dtype=torch.float32))

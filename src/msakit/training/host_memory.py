@@ -19,7 +19,6 @@ nothing for memory on a GPU.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import platform
 from typing import Literal
 
@@ -32,13 +31,18 @@ NEVER_TRIM = -1
 _applied: str | None = None
 
 
-def glibc_mallopt():
-    """The C library's ``mallopt``, or None where the C library is not glibc (macOS, Windows,
-    musl-based Linux)."""
+def _glibc() -> ctypes.CDLL | None:
+    """glibc (its soname is ``libc.so.6``), or None where the C library is not glibc (macOS,
+    Windows, musl-based Linux)."""
     name, _ = platform.libc_ver()
-    if name != "glibc":
+    return ctypes.CDLL("libc.so.6") if name == "glibc" else None
+
+
+def glibc_mallopt():
+    """glibc's ``mallopt``, or None where the C library is not glibc."""
+    libc = _glibc()
+    if libc is None:
         return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     mallopt = libc.mallopt
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
@@ -51,9 +55,9 @@ def release_freed_memory() -> bool:
     that goes on (a notebook, a suite's next row) does not hold the training's peak."""
     if _applied != "keep":
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    libc.malloc_trim.argtypes = [ctypes.c_size_t]
-    libc.malloc_trim(0)
+    malloc_trim = _glibc().malloc_trim
+    malloc_trim.argtypes = [ctypes.c_size_t]
+    malloc_trim(0)
     return True
 
 

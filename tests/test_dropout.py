@@ -11,7 +11,8 @@ from torch import nn
 
 from msakit.config import build_config
 from msakit.models import FeatureDims, create_model
-from msakit.modules.dropout import Dropout, dropout, use_fast_dropout
+from msakit.modules import dropout as dropout_module
+from msakit.modules.dropout import LSTM, Dropout, dropout, use_fast_dropout
 
 RATES = (0.1, 0.25, 0.5, 0.9)
 
@@ -154,3 +155,130 @@ def test_every_dropout_of_a_created_model_is_msakits(name):
     dropouts = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Dropout)]
     assert any(n.startswith("text_encoder.") for n, _ in dropouts)
     assert [n for n, m in dropouts if type(m) is not Dropout] == []
+
+
+# --- LSTM: nn.LSTM with msakit's inter-layer dropout ------------------------------------------
+
+def lstm_pair(num_layers=3, dropout=0.4, **kwargs) -> tuple[nn.LSTM, LSTM]:
+    torch.manual_seed(3)
+    reference = nn.LSTM(6, 5, num_layers=num_layers, dropout=dropout, **kwargs).double()
+    ours = LSTM(6, 5, num_layers=num_layers, dropout=dropout, **kwargs).double()
+    ours.load_state_dict(reference.state_dict())
+    return reference, ours
+
+
+def layer_by_layer_reference(lstm: nn.LSTM, x, hx, masks):
+    """The stacked LSTM's function written out: single-layer ``nn.LSTM`` s holding the stack's
+    parameters, layer ``k > 0`` reading the previous output times ``masks[k - 1]``."""
+    directions = 2 if lstm.bidirectional else 1
+    output, finals_h, finals_c = x, [], []
+    for layer in range(lstm.num_layers):
+        single = nn.LSTM(output.shape[-1], lstm.hidden_size, batch_first=lstm.batch_first,
+                         bidirectional=lstm.bidirectional).double()
+        for name, _ in list(single.named_parameters()):  # the stack's own parameters
+            setattr(single, name, getattr(lstm, name.replace("_l0", f"_l{layer}")))
+        if layer:
+            output = output * masks[layer - 1]
+        rows = slice(layer * directions, (layer + 1) * directions)
+        output, (h_n, c_n) = single(output, (hx[0][rows], hx[1][rows]))
+        finals_h.append(h_n)
+        finals_c.append(c_n)
+    return output, (torch.cat(finals_h), torch.cat(finals_c))
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_lstm_is_the_stacked_lstm_with_its_masks_drawn_by_msakit(monkeypatch, batch_first,
+                                                                  bidirectional):
+    """Train mode: the layers run one by one with a mask from ``dropout`` between them, the
+    same outputs, final states and gradients as the stack written out with those masks."""
+    reference, ours = lstm_pair(batch_first=batch_first, bidirectional=bidirectional)
+    directions = 2 if bidirectional else 1
+    torch.manual_seed(4)
+    x = torch.randn((4, 7, 6) if batch_first else (7, 4, 6), dtype=torch.float64)
+    hx = tuple(torch.randn(3 * directions, 4, 5, dtype=torch.float64) for _ in range(2))
+    masks, rates = [], []
+
+    def recording_dropout(input, p=0.5, training=True, inplace=False):
+        out = dropout(input, p, training, inplace)
+        rates.append(p)
+        masks.append((out / input).detach())  # input has no zeros: 0 or 1 / (1 - p)
+        return out
+
+    monkeypatch.setattr(dropout_module, "dropout", recording_dropout)
+    x_ours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    output, (h_n, c_n) = ours.train()(x_ours, hx)
+    assert rates == [0.4, 0.4]  # one per layer after the first
+    assert all(0 < int((m == 0).sum()) < m.numel() for m in masks)
+    expected, (h_ref, c_ref) = layer_by_layer_reference(reference, x_ref, hx, masks)
+    for a, b in ((output, expected), (h_n, h_ref), (c_n, c_ref)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    (output.sum() + h_n.square().sum()).backward()
+    (expected.sum() + h_ref.square().sum()).backward()
+    torch.testing.assert_close(x_ours.grad, x_ref.grad, rtol=1e-12, atol=1e-12)
+    for (name, a), b in zip(ours.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_lstm_parameter_gradients_match_pytorchs_lstm_without_dropout():
+    """With every inter-layer mask all ones, the layer-by-layer run is nn.LSTM's own run
+    without dropout: the same outputs and the same parameter gradients, name by name."""
+    reference, ours = lstm_pair(num_layers=3, dropout=0.0)
+    ours.dropout = 0.4  # take the layer-by-layer path ...
+    torch.manual_seed(5)
+    x = torch.randn(4, 7, 6, dtype=torch.float64)
+    with pytest.MonkeyPatch.context() as patch:  # ... with masks of ones
+        patch.setattr(dropout_module, "dropout", lambda input, p, training, inplace=False: input)
+        output, (h_n, _) = ours.train()(x)
+    expected, (h_ref, _) = reference.train()(x)
+    assert torch.equal(output, expected) and torch.equal(h_n, h_ref)
+    (output.sum() + h_n.square().sum()).backward()
+    (expected.sum() + h_ref.square().sum()).backward()
+    for (name, a), b in zip(ours.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("case", ["eval", "no_dropout", "one_layer", "packed", "unbatched"])
+def test_lstm_is_nn_lstm_itself_where_nothing_is_dropped_between_layers(case):
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    reference, ours = lstm_pair(num_layers=1 if case == "one_layer" else 2,
+                                dropout=0.0 if case in ("no_dropout", "one_layer") else 0.4,
+                                batch_first=True)
+    torch.manual_seed(6)
+    x = torch.randn(4, 7, 6, dtype=torch.float64)
+    if case == "packed":
+        x = pack_padded_sequence(x, torch.tensor([7, 5, 3, 2]), batch_first=True)
+    elif case == "unbatched":
+        x = x[0]
+    for module in (reference, ours):
+        module.train(case != "eval")
+    torch.manual_seed(7)
+    expected = reference(x)
+    torch.manual_seed(7)  # the same draws where PyTorch's kernel drops (packed, unbatched)
+    got = ours(x)
+    assert torch.equal(getattr(got[0], "data", got[0]), getattr(expected[0], "data", expected[0]))
+    assert torch.equal(got[1][0], expected[1][0]) and torch.equal(got[1][1], expected[1][1])
+
+
+def test_lstm_is_an_nn_lstm_with_its_state_dict_and_repr():
+    reference, ours = lstm_pair(bidirectional=True)
+    assert isinstance(ours, nn.LSTM)
+    assert repr(ours) == repr(reference)
+    assert list(ours.state_dict()) == list(reference.state_dict())
+
+
+def test_lstm_kept_fraction_between_layers_is_one_minus_p(monkeypatch):
+    kept = []
+
+    def counting_dropout(input, p=0.5, training=True, inplace=False):
+        out = dropout(input, p, training, inplace)
+        kept.append(float((out != 0).double().mean()))
+        return out
+
+    monkeypatch.setattr(dropout_module, "dropout", counting_dropout)
+    lstm = LSTM(8, 64, num_layers=2, dropout=0.3, batch_first=True)
+    torch.manual_seed(8)
+    lstm.train()(torch.randn(32, 50, 8))
+    n = 32 * 50 * 64  # tanh outputs are never exactly 0
+    assert len(kept) == 1 and abs(kept[0] - 0.7) < 5 * math.sqrt(0.3 * 0.7 / n)

@@ -36,6 +36,7 @@ import math
 from typing import Any
 
 import numpy as np
+import sklearn
 import torch
 from sklearn.metrics import f1_score
 
@@ -98,7 +99,11 @@ def multiclass_accuracy(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def _weighted_f1(truth_classes: np.ndarray, pred_classes: np.ndarray) -> float:
-    return float(f1_score(truth_classes, pred_classes, average="weighted", zero_division=0))
+    # sklearn's own switches for inputs built here (finite class arrays, fixed arguments): its
+    # argument and finiteness checks are 8 % of compute_metrics on MOSI's 686 test clips (1.91
+    # -> 1.76 ms), paid at every validation pass
+    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+        return float(f1_score(truth_classes, pred_classes, average="weighted", zero_division=0))
 
 
 def sims_bins(values: np.ndarray, n_classes: int) -> np.ndarray:

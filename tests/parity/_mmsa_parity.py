@@ -203,12 +203,45 @@ def recorded_dropout(calls: list):
         yield calls
 
 
-def dropout_map(model: torch.nn.Module, batch: dict) -> list[tuple[float, tuple]]:
-    """``(p, input shape)`` of every dropout call of one train-mode forward pass, in order."""
+def dropout_map(model: torch.nn.Module, batch: dict, inside_lstms: dict | None = None
+                ) -> list[tuple[float, tuple]]:
+    """``(p, input shape)`` of every dropout call of one train-mode forward pass, in order.
+
+    The calls made inside an ``nn.LSTM``'s forward (the inter-layer dropout of msakit's
+    :class:`~msakit.modules.dropout.LSTM`; PyTorch's own runs in the kernel and is never seen)
+    are not in the list: with ``inside_lstms`` they go to ``inside_lstms[module name]``, after
+    the LSTM's input shape as ``("input", shape)`` (``("packed", data shape)`` for a
+    ``PackedSequence``)."""
     model.train()
     calls: list = []
-    with recorded_dropout(calls):
-        model(batch)
+    inside = inside_lstms if inside_lstms is not None else {}
+    running: list[str] = []
+
+    def enter(name):
+        def hook(module, args):
+            running.append(name)
+            x = args[0]
+            inside.setdefault(name, []).append(
+                ("input", tuple(x.shape)) if isinstance(x, torch.Tensor)
+                else ("packed", tuple(x.data.shape)))
+        return hook
+
+    def leave(module, args, output):
+        running.pop()
+
+    def record(p, input):
+        (inside[running[-1]] if running else calls).append((p, tuple(input.shape)))
+
+    hooks = [handle for name, module in model.named_modules()
+             if isinstance(module, torch.nn.LSTM)
+             for handle in (module.register_forward_pre_hook(enter(name)),
+                            module.register_forward_hook(leave))]
+    try:
+        with on_every_dropout(record):
+            model(batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
     return calls
 
 
@@ -365,14 +398,39 @@ def assert_training_matches(fixture, record, summary, to_msakit: Mapping,
 
 def assert_dropout_map_matches(fixture, model) -> None:
     """Every dropout call (those of rate 0 too), in call order, with the official rate and input
-    shape. LSTM inter-layer dropouts (inside the kernel) are compared from the modules."""
+    shape. LSTM inter-layer dropouts (inside the official kernel) are compared from the modules,
+    and those msakit's :class:`~msakit.modules.dropout.LSTM` draws itself against the module's
+    rate: one per layer after the first, on the previous layer's output."""
     official = fixture["dropout_map"]
     batch = msakit_batches(fixture)[official["batch"]]
-    ours = dropout_map(model, batch)
+    inside: dict = {}
+    ours = dropout_map(model, batch, inside)
     expected = [(p, tuple(shape)) for p, shape in official["calls"]]
     assert any(p > 0 for p, _ in expected), "the official map has no dropout at its rates"
     assert ours == expected
     assert lstm_dropouts(model) == [(p, layers) for _, p, layers in official["lstm"]]
+    modules = dict(model.named_modules())
+    for name, events in inside.items():
+        assert_inter_layer_dropouts(modules[name], events)
+
+
+def assert_inter_layer_dropouts(lstm: torch.nn.LSTM, events: list) -> None:
+    """``events`` of one LSTM (:func:`dropout_map`'s ``inside_lstms``): after each forward's
+    ``("input", shape)``, msakit's LSTM drops ``num_layers - 1`` layer outputs ``(B, L,
+    directions * hidden)`` at its ``dropout``; PyTorch's draws none outside its kernel, nor
+    msakit's over a ``PackedSequence``."""
+    from msakit.modules.dropout import LSTM
+
+    width = lstm.hidden_size * (2 if lstm.bidirectional else 1)
+    expected = []
+    for kind, shape in events:
+        if kind in ("input", "packed"):
+            expected.append((kind, shape))
+            # a PackedSequence runs PyTorch's forward, its dropout in the kernel
+            if kind == "input" and isinstance(lstm, LSTM) and lstm.dropout > 0:
+                steps = shape[:2]  # (B, L) batch-first or (L, B)
+                expected += [(float(lstm.dropout), (*steps, width))] * (lstm.num_layers - 1)
+    assert events == expected
 
 
 def assert_eval_forward_matches(fixture, model) -> None:

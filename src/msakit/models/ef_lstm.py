@@ -48,7 +48,7 @@ from msakit.models.base import (
     check_loss_weights,
     require_modalities,
 )
-from msakit.modules.dropout import Dropout
+from msakit.modules.dropout import LSTM, Dropout
 from msakit.modules.mmsa_subnets import (
     SingleAdamGroupMixin,
     avg_pool_align,
@@ -104,9 +104,9 @@ class EFLSTM(SingleAdamGroupMixin, MSAModel):
             config.language_model, pooling="none", freeze=config.freeze_language_model)
         in_dim = self.text_encoder.hidden_size + dims.audio + dims.vision
         self.norm = nn.BatchNorm1d(config.seq_len)
-        self.lstm = nn.LSTM(in_dim, config.hidden_dim, num_layers=config.num_layers,
-                            dropout=config.dropout if config.num_layers > 1 else 0.0,
-                            batch_first=True)
+        self.lstm = LSTM(in_dim, config.hidden_dim, num_layers=config.num_layers,
+                         dropout=config.dropout if config.num_layers > 1 else 0.0,
+                         batch_first=True)
         self.dropout = Dropout(config.dropout)
         self.linear = nn.Linear(config.hidden_dim, config.hidden_dim)
         self.out = nn.Linear(config.hidden_dim, 1)

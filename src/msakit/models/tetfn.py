@@ -79,6 +79,7 @@ from msakit.modules.crossmodal import (
     last_valid_step,
     padding_mask_from_lengths,
 )
+from msakit.modules.dropout import LSTM
 from msakit.modules.mmsa_subnets import avg_pool_align, fixed_length
 from msakit.modules.text import PretrainedTextEncoder
 from msakit.modules.ulgm import SentimentHead, ULGMHooks, UnimodalLabelGenerator
@@ -181,8 +182,8 @@ class AudioVisionSubNet(nn.Module):
     def __init__(self, in_dim: int, hidden: int, out_dim: int, kernel: int, layers: int,
                  dropout: float):
         super().__init__()
-        self.rnn = nn.LSTM(in_dim, hidden, num_layers=layers,
-                           dropout=dropout if layers > 1 else 0.0, batch_first=True)
+        self.rnn = LSTM(in_dim, hidden, num_layers=layers,
+                        dropout=dropout if layers > 1 else 0.0, batch_first=True)
         self.conv = nn.Conv1d(hidden, out_dim, kernel_size=kernel, bias=False)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:

@@ -12,7 +12,13 @@ from torch import nn
 from msakit.config import build_config
 from msakit.models import FeatureDims, create_model
 from msakit.modules import dropout as dropout_module
-from msakit.modules.dropout import LSTM, Dropout, dropout, use_fast_dropout
+from msakit.modules.dropout import (
+    LSTM,
+    Dropout,
+    MultiheadAttention,
+    dropout,
+    use_fast_dropout,
+)
 
 RATES = (0.1, 0.25, 0.5, 0.9)
 
@@ -282,3 +288,131 @@ def test_lstm_kept_fraction_between_layers_is_one_minus_p(monkeypatch):
     lstm.train()(torch.randn(32, 50, 8))
     n = 32 * 50 * 64  # tanh outputs are never exactly 0
     assert len(kept) == 1 and abs(kept[0] - 0.7) < 5 * math.sqrt(0.3 * 0.7 / n)
+
+
+# --- MultiheadAttention: msakit's dropout on the attention weights -----------------------------
+
+def attention_pair(dropout=0.3, **kwargs) -> tuple[nn.MultiheadAttention, MultiheadAttention]:
+    torch.manual_seed(9)
+    kwargs.setdefault("batch_first", True)
+    reference = nn.MultiheadAttention(12, 3, dropout=dropout, **kwargs).double()
+    ours = MultiheadAttention(12, 3, dropout=dropout, **kwargs).double()
+    ours.load_state_dict(reference.state_dict())
+    return reference, ours
+
+
+def attention_inputs(case: str) -> tuple[tuple, dict]:
+    """``(query, key, value)`` and mask arguments of a case; clip 2 of the key-padding cases
+    may attend to nothing (every key masked)."""
+    torch.manual_seed(10)
+    x = torch.randn(4, 6, 12, dtype=torch.float64)
+    y = torch.randn(4, 5, 12, dtype=torch.float64)
+    padding = torch.zeros(4, 5, dtype=torch.bool)
+    padding[1, 3:] = True
+    padding[2, :] = True
+    return {
+        "self": ((x, x, x), {}),
+        "self, future mask": ((x, x, x), {"attn_mask": torch.ones(6, 6).triu(1).bool()}),
+        "cross, key padding": ((x, y, y), {"key_padding_mask": padding}),
+        "key and value apart, float padding": (
+            (x, y, 2 * y), {"key_padding_mask": torch.zeros(4, 5, dtype=torch.float64)
+                            .masked_fill(padding, float("-inf"))}),
+        "per-head float mask and padding": (
+            (x, y, y), {"attn_mask": torch.randn(12, 6, 5, dtype=torch.float64),
+                        "key_padding_mask": torch.zeros(4, 5, dtype=torch.float64)
+                        .masked_fill(padding, float("-inf"))}),
+    }[case]
+
+
+ATTENTION_CASES = ["self", "self, future mask", "cross, key padding",
+                   "key and value apart, float padding", "per-head float mask and padding"]
+
+
+@pytest.mark.parametrize("case", ATTENTION_CASES)
+def test_attention_is_pytorchs_math_path_with_its_weights_dropped_by_msakit(monkeypatch, case):
+    """Train mode, the mask all ones: the outputs and gradients of PyTorch's own attention on
+    its math path (the path it takes to drop attention weights on the CPU), at rate 0."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    reference, ours = attention_pair(dropout=0.0)
+    ours.dropout = 0.3  # msakit's path ...
+    calls = []
+
+    def ones_mask(input, p=0.5, training=True, inplace=False):  # ... with nothing dropped
+        calls.append((p, tuple(input.shape)))
+        return input
+
+    monkeypatch.setattr(dropout_module, "dropout", ones_mask)
+    (query, key, value), masks = attention_inputs(case)
+    inputs = [t.clone().requires_grad_() for t in (query, key, value)]
+    if query is key:
+        inputs = [inputs[0]] * 3
+    elif key is value:
+        inputs[2] = inputs[1]
+    output, weights = ours.train()(*inputs, need_weights=False, **masks)
+    assert weights is None
+    assert calls == [(0.3, (4, 3, 6, inputs[1].shape[1]))]
+    with sdpa_kernel(SDPBackend.MATH):
+        expected, _ = reference.train()(query, key, value, need_weights=False, **masks)
+    assert not output.isnan().any()
+    torch.testing.assert_close(output, expected, rtol=1e-12, atol=1e-12)
+    output.square().sum().backward()
+    reference_inputs = [t.clone().requires_grad_() for t in (query, key, value)]
+    if query is key:
+        reference_inputs = [reference_inputs[0]] * 3
+    elif key is value:
+        reference_inputs[2] = reference_inputs[1]
+    with sdpa_kernel(SDPBackend.MATH):
+        reference(*reference_inputs, need_weights=False, **masks)[0].square().sum().backward()
+    for a, b in zip(inputs, reference_inputs):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-12)
+    for (name, a), b in zip(ours.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_attention_drops_its_weights_at_its_rate(monkeypatch):
+    kept = []
+
+    def counting_dropout(input, p=0.5, training=True, inplace=False):
+        out = dropout(input, p, training, inplace)
+        kept.append(float((out != 0).double().mean()))
+        return out
+
+    monkeypatch.setattr(dropout_module, "dropout", counting_dropout)
+    attention = MultiheadAttention(32, 4, dropout=0.25, batch_first=True)
+    torch.manual_seed(11)
+    x = torch.randn(64, 40, 32)
+    first, _ = attention.train()(x, x, x, need_weights=False)
+    second, _ = attention(x, x, x, need_weights=False)
+    n = 64 * 4 * 40 * 40  # softmax weights are never exactly 0 here
+    assert len(kept) == 2 and all(abs(k - 0.75) < 5 * math.sqrt(0.25 * 0.75 / n) for k in kept)
+    assert not torch.equal(first, second)  # a new mask at every call
+
+
+@pytest.mark.parametrize("case", ["eval", "no_dropout", "need_weights", "sequence_first",
+                                  "other_key_width"])
+def test_attention_is_nn_multihead_attention_itself_elsewhere(case):
+    kwargs = {"batch_first": case != "sequence_first"}
+    if case == "other_key_width":
+        kwargs.update(kdim=7, vdim=7)
+    reference, ours = attention_pair(dropout=0.0 if case == "no_dropout" else 0.3, **kwargs)
+    torch.manual_seed(12)
+    x = torch.randn(4, 6, 12, dtype=torch.float64)
+    kv = torch.randn(4, 5, 7, dtype=torch.float64) if case == "other_key_width" else x
+    for module in (reference, ours):
+        module.train(case != "eval")
+    torch.manual_seed(13)
+    expected = reference(x, kv, kv, need_weights=case == "need_weights")
+    torch.manual_seed(13)  # the same draws where PyTorch's kernel drops
+    got = ours(x, kv, kv, need_weights=case == "need_weights")
+    assert torch.equal(got[0], expected[0])
+    assert (got[1] is None) == (expected[1] is None)
+    if expected[1] is not None:
+        assert torch.equal(got[1], expected[1])
+
+
+def test_attention_is_an_nn_multihead_attention_with_its_state_dict_and_repr():
+    reference, ours = attention_pair()
+    assert isinstance(ours, nn.MultiheadAttention)
+    assert repr(ours) == repr(reference)
+    assert list(ours.state_dict()) == list(reference.state_dict())

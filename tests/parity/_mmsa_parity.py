@@ -203,71 +203,113 @@ def recorded_dropout(calls: list):
         yield calls
 
 
-def dropout_map(model: torch.nn.Module, batch: dict, inside_lstms: dict | None = None
-                ) -> list[tuple[float, tuple]]:
+def dropout_map(model: torch.nn.Module, batch: dict) -> list[tuple[float, tuple]]:
     """``(p, input shape)`` of every dropout call of one train-mode forward pass, in order.
 
-    The calls made inside an ``nn.LSTM``'s forward (the inter-layer dropout of msakit's
-    :class:`~msakit.modules.dropout.LSTM`; PyTorch's own runs in the kernel and is never seen)
-    are not in the list: with ``inside_lstms`` they go to ``inside_lstms[module name]``, after
-    the LSTM's input shape as ``("input", shape)`` (``("packed", data shape)`` for a
-    ``PackedSequence``)."""
+    The calls made inside an ``nn.LSTM``'s or ``nn.MultiheadAttention``'s forward are not in
+    the list: PyTorch's modules drop inside their kernels, where no call is seen, and msakit's
+    (:class:`~msakit.modules.dropout.LSTM`, :class:`~msakit.modules.dropout.MultiheadAttention`)
+    draw their own masks there, which :func:`assert_kernel_dropouts` checks against each
+    module's rate and layers as the pass ends."""
     model.train()
     calls: list = []
-    inside = inside_lstms if inside_lstms is not None else {}
+    with dropouts_outside_kernels(model, calls):
+        model(batch)
+    return calls
+
+
+def dropout_map_with_attention(model: torch.nn.Module, batch: dict) -> list[tuple[float, tuple]]:
+    """:func:`dropout_map`, and where an ``nn.MultiheadAttention`` runs, its dropout on the
+    attention weights as ``(p, (B * heads, L_q, L_k))``: the call MulT's official attention
+    makes on its weights (rate 0 included, as the official code calls ``F.dropout`` with it)."""
+    model.train()
+    calls: list = []
+    with dropouts_outside_kernels(model, calls, attention_calls=True):
+        model(batch)
+    return calls
+
+
+@contextlib.contextmanager
+def dropouts_outside_kernels(model: torch.nn.Module, calls: list,
+                             attention_calls: bool = False):
+    """Within the block, every dropout call outside the forwards of the model's ``nn.LSTM`` and
+    ``nn.MultiheadAttention`` modules appends ``(p, shape)`` to ``calls`` (with
+    ``attention_calls``, each attention's forward appends ``(p, (B * heads, L_q, L_k))``
+    first); the calls inside those forwards are checked by :func:`assert_kernel_dropouts`
+    when the block ends."""
+    kernels = {name: module for name, module in model.named_modules()
+               if isinstance(module, (torch.nn.LSTM, torch.nn.MultiheadAttention))}
+    events: dict[str, list] = {}
     running: list[str] = []
 
     def enter(name):
-        def hook(module, args):
+        def hook(module, args, kwargs):
             running.append(name)
-            x = args[0]
-            inside.setdefault(name, []).append(
-                ("input", tuple(x.shape)) if isinstance(x, torch.Tensor)
-                else ("packed", tuple(x.data.shape)))
+            event = kernel_call(module, args, kwargs)
+            events.setdefault(name, []).append(event)
+            if attention_calls and event[0] == "attention":
+                batch, heads, query_steps, key_steps = event[1]
+                calls.append((float(module.dropout), (batch * heads, query_steps, key_steps)))
         return hook
 
     def leave(module, args, output):
         running.pop()
 
     def record(p, input):
-        (inside[running[-1]] if running else calls).append((p, tuple(input.shape)))
+        (events[running[-1]] if running else calls).append((p, tuple(input.shape)))
 
-    hooks = [handle for name, module in model.named_modules()
-             if isinstance(module, torch.nn.LSTM)
-             for handle in (module.register_forward_pre_hook(enter(name)),
+    hooks = [handle for name, module in kernels.items()
+             for handle in (module.register_forward_pre_hook(enter(name), with_kwargs=True),
                             module.register_forward_hook(leave))]
     try:
         with on_every_dropout(record):
-            model(batch)
+            yield calls
     finally:
         for hook in hooks:
             hook.remove()
-    return calls
+    for name, module_events in events.items():
+        assert_kernel_dropouts(kernels[name], module_events)
 
 
-def dropout_map_with_attention(model: torch.nn.Module, batch: dict) -> list[tuple[float, tuple]]:
-    """:func:`dropout_map`, and where an ``nn.MultiheadAttention`` runs, its dropout on the
-    attention weights (inside ``scaled_dot_product_attention``, no ``F.dropout`` call) as ``(p,
-    (B * heads, L_q, L_k))``: the call MulT's official attention makes on its weights."""
-    calls: list = []
+def kernel_call(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple:
+    """What a call of an LSTM or attention module drops, read from its inputs: ``("input",
+    (B, L, D) or (L, B, D), training)`` or ``("packed", data shape, training)`` for an LSTM,
+    ``("attention", (B, heads, L_q, L_k), training)`` for a batch-first attention."""
+    if isinstance(module, torch.nn.LSTM):
+        x = args[0] if args else kwargs["input"]
+        if isinstance(x, torch.Tensor):
+            return ("input", tuple(x.shape), module.training)
+        return ("packed", tuple(x.data.shape), module.training)
+    query = args[0] if args else kwargs["query"]
+    key = args[1] if len(args) > 1 else kwargs["key"]
+    if not module.batch_first:
+        raise ValueError("the dropout maps read batch-first attentions only")
+    return ("attention", (query.shape[0], module.num_heads, query.shape[1], key.shape[1]),
+            module.training)
 
-    def attention_call(module, args, kwargs):
-        query, key = args[0], args[1]
-        if not module.batch_first:
-            raise ValueError("dropout_map_with_attention reads batch-first attentions only")
-        calls.append((float(module.dropout),
-                      (query.shape[0] * module.num_heads, query.shape[1], key.shape[1])))
 
-    hooks = [m.register_forward_pre_hook(attention_call, with_kwargs=True)
-             for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention)]
-    model.train()
-    try:
-        with recorded_dropout(calls):
-            model(batch)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return calls
+def assert_kernel_dropouts(module: torch.nn.Module, events: list) -> None:
+    """``events`` of one module (:func:`dropouts_outside_kernels`): after each call's
+    :func:`kernel_call`, msakit's modules in train mode with a rate above 0 drop, at that
+    rate: the LSTM ``num_layers - 1`` layer outputs ``(B, L, directions * hidden)`` (not over
+    a ``PackedSequence``, which runs PyTorch's forward), the attention its weights ``(B,
+    heads, L_q, L_k)``, once. PyTorch's modules draw nothing outside their kernels."""
+    from msakit.modules.dropout import LSTM, MultiheadAttention
+
+    expected = []
+    for event in events:
+        if isinstance(event[0], float):  # a drawn mask: what the calls before it expect
+            continue
+        kind, shape, training = event
+        expected.append(event)
+        if not training or module.dropout == 0:
+            continue
+        if kind == "input" and isinstance(module, LSTM):
+            width = module.hidden_size * (2 if module.bidirectional else 1)
+            expected += [(float(module.dropout), (*shape[:2], width))] * (module.num_layers - 1)
+        elif kind == "attention" and isinstance(module, MultiheadAttention):
+            expected.append((float(module.dropout), shape))
+    assert events == expected, f"dropout inside {type(module).__name__}"
 
 
 def batch_first_official_calls(calls, size: int, heads: int, text_shape: tuple[int, int]
@@ -398,39 +440,15 @@ def assert_training_matches(fixture, record, summary, to_msakit: Mapping,
 
 def assert_dropout_map_matches(fixture, model) -> None:
     """Every dropout call (those of rate 0 too), in call order, with the official rate and input
-    shape. LSTM inter-layer dropouts (inside the official kernel) are compared from the modules,
-    and those msakit's :class:`~msakit.modules.dropout.LSTM` draws itself against the module's
-    rate: one per layer after the first, on the previous layer's output."""
+    shape. LSTM inter-layer dropouts (inside the official kernel) are compared from the modules
+    (and msakit's own draws of them by :func:`dropout_map`)."""
     official = fixture["dropout_map"]
     batch = msakit_batches(fixture)[official["batch"]]
-    inside: dict = {}
-    ours = dropout_map(model, batch, inside)
+    ours = dropout_map(model, batch)
     expected = [(p, tuple(shape)) for p, shape in official["calls"]]
     assert any(p > 0 for p, _ in expected), "the official map has no dropout at its rates"
     assert ours == expected
     assert lstm_dropouts(model) == [(p, layers) for _, p, layers in official["lstm"]]
-    modules = dict(model.named_modules())
-    for name, events in inside.items():
-        assert_inter_layer_dropouts(modules[name], events)
-
-
-def assert_inter_layer_dropouts(lstm: torch.nn.LSTM, events: list) -> None:
-    """``events`` of one LSTM (:func:`dropout_map`'s ``inside_lstms``): after each forward's
-    ``("input", shape)``, msakit's LSTM drops ``num_layers - 1`` layer outputs ``(B, L,
-    directions * hidden)`` at its ``dropout``; PyTorch's draws none outside its kernel, nor
-    msakit's over a ``PackedSequence``."""
-    from msakit.modules.dropout import LSTM
-
-    width = lstm.hidden_size * (2 if lstm.bidirectional else 1)
-    expected = []
-    for kind, shape in events:
-        if kind in ("input", "packed"):
-            expected.append((kind, shape))
-            # a PackedSequence runs PyTorch's forward, its dropout in the kernel
-            if kind == "input" and isinstance(lstm, LSTM) and lstm.dropout > 0:
-                steps = shape[:2]  # (B, L) batch-first or (L, B)
-                expected += [(float(lstm.dropout), (*steps, width))] * (lstm.num_layers - 1)
-    assert events == expected
 
 
 def assert_eval_forward_matches(fixture, model) -> None:

@@ -290,7 +290,7 @@ def scoped_dropout_calls(model):
 
     def leave(scope):
         def hook(module, inputs, output):
-            state["scope"] = {"embed": "outside", "layer": "embed",
+            state["scope"] = {"embed": "outside", "layer": "embed", "attention": "layer",
                               "language_model": "outside"}[scope]
             if scope == "embed":
                 state["encoder"] = -1
@@ -300,6 +300,8 @@ def scoped_dropout_calls(model):
                           *[(m, "embed") for m in model.modules()
                             if isinstance(m, CrossModalTransformerEncoder)],
                           *[(m, "layer") for m in model.modules()
+                            if isinstance(m, CrossModalTransformerLayer)],
+                          *[(m.attention, "attention") for m in model.modules()
                             if isinstance(m, CrossModalTransformerLayer)]]:
         handles += [module.register_forward_pre_hook(enter(scope)),
                     module.register_forward_hook(leave(scope))]
@@ -323,9 +325,11 @@ def test_dropout_map_matches_mmsa(fixture, bert_dir):
     """Every dropout at MMSA's MOSI rates, in call order, with its rate and input shape.
 
     Inside the transformer encoders msakit is batch-first (shapes compared transposed) and,
-    like MMSA, draws one embedding-dropout mask each for the query, the keys and the values;
-    attention-weight dropout runs inside PyTorch's attention kernel, so its rates are compared
-    per layer.
+    like MMSA, draws one embedding-dropout mask each for the query, the keys and the values.
+    The attention-weight dropout's rates are compared per layer; where the rate is above 0
+    msakit's attention draws the mask itself, on ``(B, heads, L_q, L_k)`` weights (MMSA's
+    ``(B * heads, L_q, L_k)``), in the same order; at rate 0 it calls nothing (MMSA calls
+    ``F.dropout`` with 0).
     """
     _, model = build(fixture, bert_dir, rated=True)
     batch = msakit_batches(fixture)[fixture["dropout_map"]["batch"]]
@@ -352,9 +356,14 @@ def test_dropout_map_matches_mmsa(fixture, bert_dir):
                         if sc == "layer"]
         assert [(p, s) for p, s, _, sc in ours if sc == "layer"] == their_layers, \
             f"encoder {k}: residual and ReLU dropouts"
-        their_attention = [p for p, _, _, sc in theirs if sc == "attention"]
-        assert [layer.attention.dropout for layer in encoder.layers] == their_attention
-    assert all(scope != "attention" for *_, scope in calls)
+        their_attention = [(p, s) for p, s, _, sc in theirs if sc == "attention"]
+        assert [layer.attention.dropout for layer in encoder.layers] == \
+            [p for p, _ in their_attention]
+        heads = encoder.layers[0].attention.num_heads
+        assert [(p, s) for p, s, _, sc in ours if sc == "attention"] == [
+            (p, (s[0] // heads, heads, *s[1:])) for p, s in their_attention if p > 0], \
+            f"encoder {k}: attention-weight dropouts"
+    assert any(scope == "attention" for *_, scope in calls)
 
 
 def test_eval_forward_matches_mmsa(fixture, bert_dir):

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from msakit.modules.dropout import Dropout
+from msakit.modules.dropout import Dropout, MultiheadAttention
 
 
 def sinusoidal_positions(length: int, dim: int, *, device=None, dtype=None) -> torch.Tensor:
@@ -101,7 +101,7 @@ class CrossModalTransformerLayer(nn.Module):
     def __init__(self, embed_dim: int, num_heads: int, attn_dropout: float = 0.0,
                  relu_dropout: float = 0.0, res_dropout: float = 0.0):
         super().__init__()
-        self.attention = nn.MultiheadAttention(
+        self.attention = MultiheadAttention(
             embed_dim, num_heads, dropout=attn_dropout, batch_first=True
         )
         # PyTorch already gives in_proj Xavier and zero biases; the official code also gives

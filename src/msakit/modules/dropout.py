@@ -26,16 +26,24 @@ and more than one layer, it runs the layers one by one, the same kernel per laye
 ``nn.LSTM`` runs, with :func:`dropout` between them. EF-LSTM's step (four layers of 128 over
 ``(50, 32)`` steps, dropout 0.5) spent 10 % of its time in that ``bernoulli_``.
 
-Not replaced (they stay PyTorch's): the attention-weight dropout inside
-``scaled_dot_product_attention`` / ``nn.MultiheadAttention`` (and the ``F.dropout`` on the
-attention weights of a Hugging Face model switched to eager attention) and the inter-layer
+:class:`MultiheadAttention` is an ``nn.MultiheadAttention`` whose dropout on the attention
+weights (PyTorch's runs inside ``scaled_dot_product_attention``, with ``bernoulli_``) is
+:func:`dropout`: in train mode on the CPU with ``dropout > 0`` it computes the attention as
+PyTorch's math path does, with :func:`dropout` on the weights. ``bernoulli_`` on attention
+weights was 10 % of a DMD training step.
+
+Not replaced (they stay PyTorch's): the attention-weight dropout of the language model (a
+Hugging Face model's own attention) and of ``nn.TransformerEncoderLayer``, and the inter-layer
 dropout of ``nn.GRU``. :func:`use_fast_dropout` swaps the ``nn.Dropout`` modules of modules
 msakit does not write (the language model, ``nn.TransformerEncoderLayer``, LoRA adapters).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 #: dtypes whose own uniform is too coarse for a mask: drawn in float32 instead
@@ -126,6 +134,104 @@ class LSTM(nn.LSTM):
             finals_h.append(h_n)
             finals_c.append(c_n)
         return output, (torch.cat(finals_h), torch.cat(finals_c))
+
+
+class MultiheadAttention(nn.MultiheadAttention):
+    """:class:`torch.nn.MultiheadAttention` whose dropout on the attention weights is
+    :func:`dropout` on the CPU (same arguments, parameters, state-dict names and repr; an
+    ``nn.MultiheadAttention``, so ``isinstance`` checks hold).
+
+    In train mode on the CPU with ``dropout > 0`` (batch-first, one embedding size for query,
+    key and value, no ``bias_k``/``add_zero_attn``, batched 3-D inputs, ``need_weights=False``,
+    ``is_causal=False``) it computes what PyTorch's ``multi_head_attention_forward`` hands to
+    ``scaled_dot_product_attention``'s math path: the packed in-projection, ``q k^T`` with ``q``
+    and ``k`` each scaled by ``sqrt(1 / sqrt(d_head))``, the masks added (a boolean ``True``
+    is ``-inf``), a softmax that gives 0 to a query whose masks exclude every key (PyTorch's
+    tests the scores, which are ``-inf`` there too), :func:`dropout` on the weights,
+    ``weights v``, the out-projection. Otherwise (eval mode, ``dropout == 0``,
+    other devices and options) it is ``nn.MultiheadAttention.forward`` itself.
+
+    Shapes:
+        ``query (B, L_q, E)``, ``key``/``value (B, L_k, E)``, ``key_padding_mask (B, L_k)``,
+        ``attn_mask (L_q, L_k)`` or ``(B * num_heads, L_q, L_k)`` -> ``(B, L_q, E)`` and
+        ``None`` (no weights) on the path above; otherwise as ``nn.MultiheadAttention``.
+    """
+
+    def _draws_its_own_dropout(self, query, key, value, masks, need_weights: bool,
+                               is_causal: bool) -> bool:
+        return (self.training and self.dropout > 0 and self.batch_first
+                and self._qkv_same_embed_dim and self.bias_k is None and not self.add_zero_attn
+                and not need_weights and not is_causal
+                and all(isinstance(x, torch.Tensor) and x.dim() == 3 and not x.is_nested
+                        and x.device.type == "cpu" for x in (query, key, value))
+                and all(m is None or m.dtype == torch.bool or m.is_floating_point()
+                        for m in masks))
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
+                attn_mask=None, average_attn_weights=True, is_causal=False):
+        if not self._draws_its_own_dropout(query, key, value, (attn_mask, key_padding_mask),
+                                           need_weights, is_causal):
+            return super().forward(query, key, value, key_padding_mask=key_padding_mask,
+                                   need_weights=need_weights, attn_mask=attn_mask,
+                                   average_attn_weights=average_attn_weights,
+                                   is_causal=is_causal)
+        batch, query_steps, width = query.shape
+        key_steps, heads = key.shape[1], self.num_heads
+        q, k, v = self._in_projection(query, key, value)
+
+        def split_heads(x: torch.Tensor, steps: int) -> torch.Tensor:  # -> (B, H, L, d_head)
+            return x.reshape(batch, steps, heads, self.head_dim).transpose(1, 2)
+
+        q, k, v = split_heads(q, query_steps), split_heads(k, key_steps), split_heads(v, key_steps)
+        scaling = math.sqrt(1.0 / math.sqrt(self.head_dim))  # as PyTorch's math path scales
+        scores = torch.matmul(q * scaling, k.transpose(-2, -1) * scaling)  # (B, H, L_q, L_k)
+        mask = self._additive_mask(attn_mask, key_padding_mask, batch, q.dtype)
+        if mask is None:
+            weights = torch.softmax(scores, dim=-1)
+        else:
+            # a query its masks let attend to nothing gets zero weights (and zero gradients),
+            # not the NaN of a softmax over -inf only: its row of the mask is zeroed first
+            attends_to_nothing = mask.eq(float("-inf")).all(-1, keepdim=True)
+            weights = torch.softmax(scores + mask.masked_fill(attends_to_nothing, 0.0), dim=-1)
+            weights = weights.masked_fill(attends_to_nothing, 0.0)
+        weights = dropout(weights, self.dropout, True)  # looked up at each call (parity tests)
+        attended = torch.matmul(weights, v).transpose(1, 2).reshape(batch, query_steps, width)
+        return F.linear(attended, self.out_proj.weight, self.out_proj.bias), None
+
+    def _in_projection(self, query, key, value) -> tuple[torch.Tensor, ...]:
+        """``(q, k, v)``, each ``(B, L, E)``: one product when query, key and value are one
+        tensor, two when key and value are (as PyTorch's packed in-projection)."""
+        weight, bias = self.in_proj_weight, self.in_proj_bias
+        width = self.embed_dim
+        if key is value:
+            if query is key:
+                return F.linear(query, weight, bias).chunk(3, dim=-1)
+            weight_q, weight_kv = weight.split([width, 2 * width])
+            bias_q, bias_kv = (None, None) if bias is None else bias.split([width, 2 * width])
+            return (F.linear(query, weight_q, bias_q),
+                    *F.linear(key, weight_kv, bias_kv).chunk(2, dim=-1))
+        weights = weight.chunk(3)
+        biases = (None, None, None) if bias is None else bias.chunk(3)
+        return tuple(F.linear(x, w, b) for x, w, b in zip((query, key, value), weights, biases))
+
+    def _additive_mask(self, attn_mask, key_padding_mask, batch: int, dtype
+                       ) -> torch.Tensor | None:
+        """The masks as one additive float mask broadcasting to ``(B, H, L_q, L_k)``."""
+        def additive(mask: torch.Tensor) -> torch.Tensor:
+            if mask.dtype == torch.bool:
+                return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+                    mask, float("-inf"))
+            return mask.to(dtype)
+
+        total = None
+        if attn_mask is not None:
+            total = additive(attn_mask)
+            if total.dim() == 3:  # (B * H, L_q, L_k)
+                total = total.view(batch, self.num_heads, *total.shape[1:])
+        if key_padding_mask is not None:
+            padding = additive(key_padding_mask).view(batch, 1, 1, -1)
+            total = padding if total is None else total + padding
+        return total
 
 
 def use_fast_dropout(module: nn.Module) -> nn.Module:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from msakit.modules.dropout import Dropout
+from msakit.modules.dropout import Dropout, MultiheadAttention
 from msakit.modules.encoders import masked_time_mean
 
 
@@ -112,7 +112,7 @@ class GateTransformer(nn.Module):
         super().__init__()
         self.gated = gated
         self.gates = ResidualGates(d_model) if gated else None
-        self.attention = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
+        self.attention = MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
         self.norm_attention = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, d_ff, dropout)
         self.norm_ffn = nn.LayerNorm(d_model)
@@ -143,12 +143,12 @@ class SAGTransformer(nn.Module):
     def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float, gated: bool = True):
         super().__init__()
         self.gated = gated
-        self.self_attention = nn.MultiheadAttention(d_model, n_heads, dropout=dropout,
-                                                    batch_first=True)
+        self.self_attention = MultiheadAttention(d_model, n_heads, dropout=dropout,
+                                                 batch_first=True)
         self.source_gate = nn.Linear(d_model, d_model, bias=False) if gated else None
         self.gates = ResidualGates(d_model) if gated else None
-        self.cross_attention = nn.MultiheadAttention(d_model, n_heads, dropout=dropout,
-                                                     batch_first=True)
+        self.cross_attention = MultiheadAttention(d_model, n_heads, dropout=dropout,
+                                                  batch_first=True)
         self.norm_attention = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, d_ff, dropout)
         self.norm_ffn = nn.LayerNorm(d_model)

@@ -147,9 +147,9 @@ class MultiheadAttention(nn.MultiheadAttention):
     ``scaled_dot_product_attention``'s math path: the packed in-projection, ``q k^T`` with ``q``
     and ``k`` each scaled by ``sqrt(1 / sqrt(d_head))``, the masks added (a boolean ``True``
     is ``-inf``), a softmax that gives 0 to a query whose masks exclude every key (PyTorch's
-    tests the scores, which are ``-inf`` there too), :func:`dropout` on the weights,
-    ``weights v``, the out-projection. Otherwise (eval mode, ``dropout == 0``,
-    other devices and options) it is ``nn.MultiheadAttention.forward`` itself.
+    math path tests the scores, which the masks make ``-inf`` there), :func:`dropout` on the
+    weights, ``weights v``, the out-projection. Otherwise (eval mode, ``dropout == 0``, other
+    devices and options) it is ``nn.MultiheadAttention.forward`` itself.
 
     Shapes:
         ``query (B, L_q, E)``, ``key``/``value (B, L_k, E)``, ``key_padding_mask (B, L_k)``,

@@ -274,7 +274,9 @@ def test_lstm_is_an_nn_lstm_with_its_state_dict_and_repr():
     assert list(ours.state_dict()) == list(reference.state_dict())
 
 
-def test_lstm_kept_fraction_between_layers_is_one_minus_p(monkeypatch):
+@pytest.fixture
+def kept_fractions(monkeypatch) -> list[float]:
+    """The kept fraction of every mask msakit's modules draw through ``dropout`` in the test."""
     kept = []
 
     def counting_dropout(input, p=0.5, training=True, inplace=False):
@@ -283,6 +285,11 @@ def test_lstm_kept_fraction_between_layers_is_one_minus_p(monkeypatch):
         return out
 
     monkeypatch.setattr(dropout_module, "dropout", counting_dropout)
+    return kept
+
+
+def test_lstm_kept_fraction_between_layers_is_one_minus_p(kept_fractions):
+    kept = kept_fractions
     lstm = LSTM(8, 64, num_layers=2, dropout=0.3, batch_first=True)
     torch.manual_seed(8)
     lstm.train()(torch.randn(32, 50, 8))
@@ -370,15 +377,8 @@ def test_attention_is_pytorchs_math_path_with_its_weights_dropped_by_msakit(monk
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-12, msg=name)
 
 
-def test_attention_drops_its_weights_at_its_rate(monkeypatch):
-    kept = []
-
-    def counting_dropout(input, p=0.5, training=True, inplace=False):
-        out = dropout(input, p, training, inplace)
-        kept.append(float((out != 0).double().mean()))
-        return out
-
-    monkeypatch.setattr(dropout_module, "dropout", counting_dropout)
+def test_attention_drops_its_weights_at_its_rate(kept_fractions):
+    kept = kept_fractions
     attention = MultiheadAttention(32, 4, dropout=0.25, batch_first=True)
     torch.manual_seed(11)
     x = torch.randn(64, 40, 32)

@@ -351,30 +351,27 @@ def test_attention_is_pytorchs_math_path_with_its_weights_dropped_by_msakit(monk
 
     monkeypatch.setattr(dropout_module, "dropout", ones_mask)
     (query, key, value), masks = attention_inputs(case)
-    inputs = [t.clone().requires_grad_() for t in (query, key, value)]
-    if query is key:
-        inputs = [inputs[0]] * 3
-    elif key is value:
-        inputs[2] = inputs[1]
+    inputs, reference_inputs = leaf_copies(query, key, value), leaf_copies(query, key, value)
     output, weights = ours.train()(*inputs, need_weights=False, **masks)
     assert weights is None
     assert calls == [(0.3, (4, 3, 6, inputs[1].shape[1]))]
     with sdpa_kernel(SDPBackend.MATH):
-        expected, _ = reference.train()(query, key, value, need_weights=False, **masks)
+        expected, _ = reference.train()(*reference_inputs, need_weights=False, **masks)
     assert not output.isnan().any()
     torch.testing.assert_close(output, expected, rtol=1e-12, atol=1e-12)
     output.square().sum().backward()
-    reference_inputs = [t.clone().requires_grad_() for t in (query, key, value)]
-    if query is key:
-        reference_inputs = [reference_inputs[0]] * 3
-    elif key is value:
-        reference_inputs[2] = reference_inputs[1]
-    with sdpa_kernel(SDPBackend.MATH):
-        reference(*reference_inputs, need_weights=False, **masks)[0].square().sum().backward()
+    expected.square().sum().backward()
     for a, b in zip(inputs, reference_inputs):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-12)
     for (name, a), b in zip(ours.named_parameters(), reference.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def leaf_copies(query, key, value) -> list[torch.Tensor]:
+    """Copies that take gradients, one per distinct tensor: ``query is key`` (and ``key is
+    value``) stays true of the copies, as the attention's packed in-projection reads it."""
+    copies = {id(t): t.clone().requires_grad_() for t in (query, key, value)}
+    return [copies[id(t)] for t in (query, key, value)]
 
 
 def test_attention_drops_its_weights_at_its_rate(kept_fractions):

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import f1_score
 
 from msakit.metrics import (
     MOSI_METRICS,
@@ -145,6 +146,35 @@ def test_sims_clips_before_mae_and_corr():
     # Weighted F1 on the 2-class split: truth 1, 0, 0 ; pred 1, 0, 1.
     # class 1 (support 1): P 1/2, R 1 -> 2/3 ; class 0 (support 2): P 1, R 1/2 -> 2/3.
     assert m["F1_score"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("dataset", ["mosi", "sims"])
+def test_f1_scores_are_sklearns_weighted_f1_bit_for_bit(dataset):
+    """The F1 scores come from confusion counts; the value must be what MMSA's sklearn call
+    gives, exactly, from mixed cases to those where a class is missing on one side or both."""
+    rng = np.random.default_rng(7)
+    scale = 3.0 if dataset == "mosi" else 1.0
+    cases = []
+    for n in (1, 2, 5, 51, 686):
+        truth = np.round(rng.uniform(-scale, scale, n) * 5) / 5
+        cases += [(truth + rng.normal(0, scale / 2, n), truth),  # mixed
+                  (truth, truth),  # all right
+                  (-truth - 0.05 * scale, truth),  # nearly all wrong
+                  (np.full(n, scale / 2), truth),  # one class predicted
+                  (truth, np.full(n, -scale / 2)),  # one class true
+                  (np.full(n, -scale / 2), np.full(n, scale / 2))]  # one each, never right
+    for pred, truth in cases:
+        m = compute_metrics(pred, truth, dataset)
+        if dataset == "mosi":
+            splits = {"Has0_F1_score": (truth >= 0, pred >= 0)}
+            non_zero = truth != 0
+            if non_zero.any():
+                splits["Non0_F1_score"] = (truth[non_zero] > 0, pred[non_zero] > 0)
+        else:
+            splits = {"F1_score": (np.clip(truth, -1, 1) > 0, np.clip(pred, -1, 1) > 0)}
+        for name, (truth_class, pred_class) in splits.items():
+            expected = f1_score(truth_class, pred_class, average="weighted", zero_division=0)
+            assert m[name] == expected, (name, len(truth), m[name], expected)
 
 
 def test_metric_direction():

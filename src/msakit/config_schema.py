@@ -332,6 +332,13 @@ class TrainConfig(StrictModel):
         "malloc's own settings. Same values either way; only on Linux "
         "with glibc (elsewhere there is nothing to set). See msakit.training.host_memory"
     )
+    cpu_linear: Literal["auto", "onednn", "torch"] = Field(
+        "auto", description="How fully connected layers compute on the CPU while the "
+        "experiment runs: 'onednn' through oneDNN's float32 matmul (about 2x PyTorch's MKL "
+        "product on AMD CPUs, where MKL runs its AVX2 kernels), 'torch' with F.linear, 'auto' "
+        "= onednn where this PyTorch build has oneDNN on an x86-64 CPU. The same arithmetic in "
+        "another summation order (results differ in the last bits). See msakit.modules.linear"
+    )
     keep_last: bool = Field(False, description="Keep each training run's resumable last.pt "
                             "(weights + optimiser state) after it finished; by default it is "
                             "deleted then, leaving best.safetensors")

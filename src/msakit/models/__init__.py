@@ -10,6 +10,7 @@ import importlib
 import pkgutil
 
 from msakit.models.base import FeatureDims, ModelOutput, MSAModel
+from msakit.modules.linear import use_cpu_linear
 
 _REGISTRY: dict[str, type[MSAModel]] = {}
 _DISCOVERED = False
@@ -49,8 +50,9 @@ def get_model_class(name: str) -> type[MSAModel]:
 
 
 def create_model(config, dims: FeatureDims) -> MSAModel:
-    """Build the model named by ``config.name`` (a :class:`~msakit.config.ModelConfig`)."""
-    return get_model_class(config.name)(config, dims)
+    """Build the model named by ``config.name`` (a :class:`~msakit.config.ModelConfig`), its
+    ``nn.Linear`` layers computed through :mod:`msakit.modules.linear` (oneDNN on x86 CPUs)."""
+    return use_cpu_linear(get_model_class(config.name)(config, dims))
 
 
 __all__ = [

@@ -58,6 +58,7 @@ from msakit.models.base import (
     check_loss_weights,
     require_modalities,
 )
+from msakit.modules.linear import linear
 from msakit.modules.mfn_core import lstm_cell_step, lstm_input_gates
 from msakit.modules.mmsa_subnets import (
     GatedMemoryMixin,
@@ -161,13 +162,13 @@ class DynamicFusionGraph(nn.Module):
         """``maps``: :meth:`linear_maps` (computed once for a whole sequence); None: here."""
         maps = self.linear_maps() if maps is None else maps
         vertices = {(i,): s for i, s in enumerate(singletons)}
-        efficacies = F.linear(torch.cat(singletons, dim=1), *maps[-1])
+        efficacies = linear(torch.cat(singletons, dim=1), *maps[-1])
         for i, (subsets, (weight, bias)) in enumerate(zip(self.inputs, maps)):
             # each subset's vertex times its efficacy, [alpha_1 * v_1; alpha_2 * v_2; ...], as
             # one product with the efficacies repeated over each vertex's columns
             weighted = torch.cat([vertices[s] for s in subsets], 1) * efficacies.index_select(
                 1, getattr(self, f"efficacy_columns_{i}"))
-            output = F.linear(weighted, weight, bias)
+            output = linear(weighted, weight, bias)
             if i < len(self.keys):
                 vertices[self.keys[i]] = output
         return output, efficacies

@@ -84,6 +84,7 @@ from msakit.models.base import (
     require_modalities,
 )
 from msakit.modules.dropout import Dropout
+from msakit.modules.linear import linear
 from msakit.modules.mfn_core import (
     MemoryFusionCore,
     lstm_cell_step,
@@ -212,7 +213,7 @@ class SequenceDecoder(nn.Module):
         if steps > 1:
             weight, bias = cell.weight_ih + cell.weight_hh, cell.bias_ih + cell.bias_hh
             for _ in range(steps - 1):
-                state = lstm_gates_step(torch.addmm(bias, state[0], weight.t()), state[1])
+                state = lstm_gates_step(linear(state[0], weight, bias), state[1])
                 hidden_states.append(state[0])
         return self.fc1(torch.stack(hidden_states))
 

@@ -43,8 +43,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from msakit.modules.linear import linear
 
 #: dtypes whose own uniform is too coarse for a mask: drawn in float32 instead
 _COARSE = (torch.float16, torch.bfloat16)
@@ -196,7 +197,7 @@ class MultiheadAttention(nn.MultiheadAttention):
             weights = weights.masked_fill(attends_to_nothing, 0.0)
         weights = dropout(weights, self.dropout, True)  # looked up at each call (parity tests)
         attended = torch.matmul(weights, v).transpose(1, 2).reshape(batch, query_steps, width)
-        return F.linear(attended, self.out_proj.weight, self.out_proj.bias), None
+        return linear(attended, self.out_proj.weight, self.out_proj.bias), None
 
     def _in_projection(self, query, key, value) -> tuple[torch.Tensor, ...]:
         """``(q, k, v)``, each ``(B, L, E)``: one product when query, key and value are one
@@ -205,14 +206,14 @@ class MultiheadAttention(nn.MultiheadAttention):
         width = self.embed_dim
         if key is value:
             if query is key:
-                return F.linear(query, weight, bias).chunk(3, dim=-1)
+                return linear(query, weight, bias).chunk(3, dim=-1)
             weight_q, weight_kv = weight.split([width, 2 * width])
             bias_q, bias_kv = (None, None) if bias is None else bias.split([width, 2 * width])
-            return (F.linear(query, weight_q, bias_q),
-                    *F.linear(key, weight_kv, bias_kv).chunk(2, dim=-1))
+            return (linear(query, weight_q, bias_q),
+                    *linear(key, weight_kv, bias_kv).chunk(2, dim=-1))
         weights = weight.chunk(3)
         biases = (None, None, None) if bias is None else bias.chunk(3)
-        return tuple(F.linear(x, w, b) for x, w, b in zip((query, key, value), weights, biases))
+        return tuple(linear(x, w, b) for x, w, b in zip((query, key, value), weights, biases))
 
     def _additive_mask(self, attn_mask, key_padding_mask, batch: int, dtype
                        ) -> torch.Tensor | None:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from msakit.modules.dropout import Dropout
+from msakit.modules.linear import linear
 from msakit.modules.mmsa_subnets import GatedMemoryMixin, mlp
 
 
@@ -46,11 +47,11 @@ def lstm_input_gates(cell: nn.LSTMCell, x: torch.Tensor) -> torch.Tensor:
     when ``x`` needs a gradient, which a zero row also receives.)"""
     bias = cell.bias_ih + cell.bias_hh
     if x.device.type != "cpu" or x.requires_grad:
-        return F.linear(x, cell.weight_ih, bias)
+        return linear(x, cell.weight_ih, bias)
     rows = x.reshape(-1, x.shape[-1])
     real = rows.ne(0).any(1).nonzero().squeeze(1)
     gates = bias.expand(rows.shape[0], -1).index_copy(
-        0, real, F.linear(rows.index_select(0, real), cell.weight_ih, bias))
+        0, real, linear(rows.index_select(0, real), cell.weight_ih, bias))
     return gates.view(*x.shape[:-1], -1)
 
 
@@ -60,7 +61,7 @@ def lstm_cell_step(cell: nn.LSTMCell, input_gates: torch.Tensor,
     t, ``(B, 4H)``): gates ``i, f, g, o`` in ``nn.LSTMCell``'s order; returns ``(h, c)``, each
     ``(B, H)``."""
     h, c = state
-    return lstm_gates_step(torch.addmm(input_gates, h, cell.weight_hh.t()), c)
+    return lstm_gates_step(linear(h, cell.weight_hh, addend=input_gates), c)
 
 
 def lstm_gates_step(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,6 +30,7 @@ from msakit.data.readers import data_fingerprint
 from msakit.lm import load_tokenizer
 from msakit.lm_cache import SplitTextStates
 from msakit.models import create_model
+from msakit.modules.linear import cpu_linear, get_cpu_linear, set_cpu_linear
 from msakit.provenance import environment_record
 from msakit.runfolder import RunError
 from msakit.training import distributed, loading
@@ -209,6 +210,7 @@ def _init_worker(config: ExperimentConfig, device_queue, threads: int | None,
         config.train.device = device
     if threads:
         torch.set_num_threads(threads)
+    apply_cpu_linear(config)
     dataset, partitions = loading.load_experiment_data(config)
     if transform_factory is None:
         from msakit.augment import transform_from_config as transform_factory
@@ -317,12 +319,21 @@ def run_experiment(
     the error). A diverging run (a non-finite loss) is a :class:`RunError`. The data must be the
     file the run recorded (same SHA-256) to resume.
     """
-    with restored_torch_threads():  # train.num_threads applies to this experiment only
+    # train.num_threads and train.cpu_linear apply to this experiment only
+    with restored_torch_threads(), cpu_linear(get_cpu_linear()):
         try:
             return _run_experiment(config, seeds, resume_dir, progress, console,
                                    transform_factory, jobs)
         finally:
             release_freed_memory()  # train.host_allocator=keep held the training's peak
+
+
+def apply_cpu_linear(config: ExperimentConfig) -> None:
+    """Set ``train.cpu_linear`` for this process (:mod:`msakit.modules.linear`)."""
+    try:
+        set_cpu_linear(config.train.cpu_linear)
+    except ValueError as error:
+        raise ConfigError(f"train.cpu_linear: {error}") from None
 
 
 @contextmanager
@@ -362,6 +373,7 @@ def _run_experiment(config, seeds, resume_dir, progress, console, transform_fact
             config.data.path = str(Path(config.data.path).resolve())
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
+    apply_cpu_linear(config)
     dataset, partitions = loading.load_experiment_data(config)
     # an unavailable LM or device fails before any run folder is made
     load_tokenizer(config.model.language_model)

@@ -1,0 +1,202 @@
+"""Fully connected products on the CPU through oneDNN's matmul.
+
+PyTorch computes ``F.linear`` / ``addmm`` in float32 on the CPU with its BLAS (MKL in the x86
+wheels). On CPUs where MKL does not take its fastest code path (AMD's: on this project's AMD EPYC
+Zen 4 machines MKL runs its AVX2 kernels, about 95 GFLOP/s on one core), oneDNN's matmul, which
+PyTorch also ships and already uses for the CPU LSTM, runs the same float32 product at about
+twice that (``benchmarks/cpu_linear.py``). This module routes a model's fully connected products
+there:
+
+- :func:`linear` is ``F.linear`` (plus an optional addend, ``addmm``'s ``input``) computed by
+  PyTorch's ``torch.ops.mkldnn._linear_pointwise`` where :func:`onednn_applies`, with a backward
+  whose two products run there too; everywhere else it is ``F.linear`` itself.
+- :class:`Linear` is ``nn.Linear`` whose forward is :func:`linear`; :func:`use_cpu_linear` turns
+  every plain ``nn.Linear`` below a module into one (same parameters, state dict and repr).
+
+It is the same float32 arithmetic with another summation order, so results differ from
+``F.linear``'s in the last bits, as they differ between PyTorch's own CPU paths (AVX2 /
+AVX-512). The backend is a process-wide setting: ``"onednn"`` by default where oneDNN is
+available on an x86-64 CPU, ``"torch"`` to compute every product with ``F.linear``
+(:func:`set_cpu_linear`, :func:`cpu_linear`; an experiment's ``train.cpu_linear``, ``auto`` by
+default, applies while it runs).
+
+``_linear_pointwise`` is PyTorch's internal operator (its inductor backend's); a PyTorch build
+without it, or without oneDNN, gets ``F.linear`` (:data:`ONEDNN_AVAILABLE` says which).
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+CpuLinear = Literal["onednn", "torch"]
+CpuLinearSetting = Literal["auto", "onednn", "torch"]
+
+#: Products smaller than this many multiply-adds (rows x in x out) stay with ``F.linear``: the
+#: oneDNN call and the autograd function cost about 15 us forward and 50 us forward + backward
+#: more, which only products above ~2 M multiply-adds win back (``benchmarks/cpu_linear.py``).
+MIN_MULTIPLY_ADDS = 1 << 21
+
+
+def _onednn_operator():
+    if not torch.backends.mkldnn.is_available():
+        return None
+    if platform.machine().lower() not in {"x86_64", "amd64"}:
+        return None
+    namespace = getattr(torch.ops, "mkldnn", None)
+    try:
+        return namespace._linear_pointwise if namespace is not None else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_LINEAR_POINTWISE = _onednn_operator()
+#: Whether this PyTorch build has oneDNN's linear operator on an x86-64 CPU.
+ONEDNN_AVAILABLE = _LINEAR_POINTWISE is not None
+_backend: CpuLinear = "onednn" if ONEDNN_AVAILABLE else "torch"
+
+
+def get_cpu_linear() -> CpuLinear:
+    """The backend :func:`linear` uses now."""
+    return _backend
+
+
+def set_cpu_linear(backend: CpuLinearSetting) -> CpuLinear:
+    """Set the process-wide backend of :func:`linear`; returns the previous one.
+
+    ``"auto"`` is ``"onednn"`` where :data:`ONEDNN_AVAILABLE`, else ``"torch"``; ``"onednn"``
+    where it is not available is an error, not a silent ``"torch"``.
+    """
+    global _backend
+    if backend not in ("auto", "onednn", "torch"):
+        raise ValueError(f"cpu_linear must be 'auto', 'onednn' or 'torch', got {backend!r}")
+    if backend == "auto":
+        backend = "onednn" if ONEDNN_AVAILABLE else "torch"
+    if backend == "onednn" and not ONEDNN_AVAILABLE:
+        raise ValueError("cpu_linear='onednn' needs a PyTorch build with oneDNN on an x86-64 "
+                         "CPU; this one has none (use cpu_linear='torch')")
+    previous, _backend = _backend, backend
+    return previous
+
+
+@contextmanager
+def cpu_linear(backend: CpuLinearSetting) -> Iterator[None]:
+    """:func:`set_cpu_linear` for a block (e.g. ``"torch"`` under a FLOP counter, which does
+    not know oneDNN's operator)."""
+    previous = set_cpu_linear(backend)
+    try:
+        yield
+    finally:
+        set_cpu_linear(previous)
+
+
+def _plain(tensor: torch.Tensor | None) -> bool:
+    return tensor is None or (type(tensor) in (torch.Tensor, nn.Parameter)
+                              and tensor.device.type == "cpu"
+                              and tensor.dtype == torch.float32)
+
+
+def onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                   addend: torch.Tensor | None = None) -> bool:
+    """Whether :func:`linear` computes ``x W^T (+ b) (+ addend)`` with oneDNN: the backend is
+    ``"onednn"``; every tensor is a plain float32 CPU tensor; ``x`` has 2 or more dimensions; no
+    CPU autocast, tracing, compiling or dispatch mode is active; and the product has at least
+    :data:`MIN_MULTIPLY_ADDS` multiply-adds."""
+    if _backend != "onednn" or x.dim() < 2 or weight.dim() != 2:
+        return False
+    if not (_plain(x) and _plain(weight) and _plain(bias) and _plain(addend)):
+        return False
+    out_features, in_features = weight.shape
+    if x.numel() * out_features < MIN_MULTIPLY_ADDS or in_features == 0:
+        return False
+    if torch.is_autocast_enabled("cpu") or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return False
+    # a FLOP counter, a fake-tensor tracer ...: they know PyTorch's own operators only
+    return not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
+
+
+def _product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+             addend: torch.Tensor | None) -> torch.Tensor:
+    if addend is None:
+        return _LINEAR_POINTWISE(x, weight, bias, "none", [], "")
+    return _LINEAR_POINTWISE.binary(x, addend, weight, bias, "add")
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """``x W^T + b + addend`` and its gradients, each product through oneDNN."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, addend):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias, ctx.has_addend = bias is not None, addend is not None
+        return _product(x, weight, bias, addend)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_weight = grad_bias = grad_addend = None
+        rows = grad_output.reshape(-1, grad_output.shape[-1])  # (N, out)
+        if ctx.needs_input_grad[0]:
+            grad_x = _LINEAR_POINTWISE(grad_output, weight.t(), None, "none", [], "")
+        if ctx.needs_input_grad[1]:
+            # (out, N) x (N, in): oneDNN reads both transposes as strides, no copy
+            grad_weight = _LINEAR_POINTWISE(rows.t(), x.reshape(-1, x.shape[-1]).t(), None,
+                                            "none", [], "")
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = rows.sum(0)
+        if ctx.has_addend and ctx.needs_input_grad[3]:
+            grad_addend = grad_output
+        return grad_x, grad_weight, grad_bias, grad_addend
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           addend: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias) + addend`` (``addend`` optional, of the output's shape, as
+    ``torch.addmm``'s ``input``), through oneDNN where :func:`onednn_applies`.
+
+    Args:
+        x: ``(..., in)``.
+        weight: ``(out, in)``.
+        bias: ``(out,)`` or None.
+        addend: ``(..., out)``, the output's shape, or None.
+
+    Returns:
+        ``(..., out)``.
+    """
+    fused_addend = addend is not None and addend.shape == (*x.shape[:-1], weight.shape[0])
+    if not onednn_applies(x, weight, bias, addend if fused_addend else None):
+        output = F.linear(x, weight, bias)
+        return output if addend is None else output + addend
+    if addend is not None and not fused_addend:
+        return linear(x, weight, bias) + addend
+    tensors = (x, weight, bias, addend)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return _OneDNNLinear.apply(*tensors)
+    return _product(*tensors)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` computed by :func:`linear` (same parameters, state dict and repr)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+def use_cpu_linear(module: nn.Module) -> nn.Module:
+    """Makes, in place, every plain ``nn.Linear`` below ``module`` (a Hugging Face encoder's
+    included) a :class:`Linear`: the module object, its parameters and hooks stay; only its
+    class changes, so an optimiser built before still holds its parameters. Returns ``module``.
+    """
+    for child in module.modules():
+        if type(child) is nn.Linear:
+            child.__class__ = Linear
+    return module

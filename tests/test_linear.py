@@ -1,0 +1,197 @@
+"""msakit.modules.linear: fully connected products through oneDNN, against F.linear."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from msakit.modules import linear as linear_module
+from msakit.modules.linear import (
+    ONEDNN_AVAILABLE,
+    Linear,
+    cpu_linear,
+    get_cpu_linear,
+    linear,
+    onednn_applies,
+    set_cpu_linear,
+    use_cpu_linear,
+)
+
+needs_onednn = pytest.mark.skipif(not ONEDNN_AVAILABLE,
+                                  reason="this PyTorch build has no oneDNN on an x86-64 CPU")
+
+
+@pytest.fixture
+def onednn_calls(monkeypatch):
+    """Records every call of oneDNN's operator (the plain and the fused-addend one)."""
+    calls = []
+    operator = linear_module._LINEAR_POINTWISE
+
+    class Recorder:
+        def __call__(self, x, weight, *rest):
+            calls.append(("plain", tuple(x.shape), tuple(weight.shape)))
+            return operator(x, weight, *rest)
+
+        def binary(self, x, addend, weight, *rest):
+            calls.append(("add", tuple(x.shape), tuple(weight.shape)))
+            return operator.binary(x, addend, weight, *rest)
+
+    monkeypatch.setattr(linear_module, "_LINEAR_POINTWISE", Recorder())
+    return calls
+
+
+def leaves(*tensors):
+    return [None if t is None else t.detach().clone().requires_grad_(True) for t in tensors]
+
+
+def forward_and_gradients(function, x, weight, bias, addend, upstream):
+    inputs = leaves(x, weight, bias, addend)
+    output = function(*inputs)
+    output.backward(upstream)
+    return output.detach(), [None if t is None else t.grad for t in inputs]
+
+
+def reference(x, weight, bias, addend):
+    output = F.linear(x, weight, bias)
+    return output if addend is None else output + addend
+
+
+CASES = {
+    "2-D with bias": ((64, 256), 512, True, False),
+    "3-D without bias": ((4, 50, 192), 384, False, False),
+    "2-D with an addend (addmm)": ((128, 256), 1024, True, True),
+    "3-D with bias and addend": ((8, 20, 128), 256, True, True),
+}
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", CASES)
+def test_output_and_gradients_equal_f_linear_in_float64(case, onednn_calls):
+    """oneDNN's float32 results are as close to the float64 truth as F.linear's own."""
+    x_shape, out_features, with_bias, with_addend = CASES[case]
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(*x_shape, generator=generator)
+    weight = torch.randn(out_features, x_shape[-1], generator=generator) / x_shape[-1] ** 0.5
+    bias = torch.randn(out_features, generator=generator) if with_bias else None
+    addend = torch.randn(*x_shape[:-1], out_features, generator=generator) if with_addend \
+        else None
+    upstream = torch.randn(*x_shape[:-1], out_features, generator=generator)
+    truth = forward_and_gradients(
+        reference, *(None if t is None else t.double() for t in (x, weight, bias, addend)),
+        upstream.double())
+    ours = forward_and_gradients(linear, x, weight, bias, addend, upstream)
+    torch_fp32 = forward_and_gradients(reference, x, weight, bias, addend, upstream)
+    kinds = {kind for kind, _, _ in onednn_calls}
+    assert kinds == ({"add"} if with_addend else {"plain"}) | {"plain"}  # backward: plain
+    assert len(onednn_calls) == 3  # forward, input gradient, weight gradient
+    for name, want, got, fp32 in zip(
+            ["output", "x", "weight", "bias", "addend"],
+            [truth[0], *truth[1]], [ours[0], *ours[1]], [torch_fp32[0], *torch_fp32[1]]):
+        if want is None:
+            assert got is None, name
+            continue
+        scale = want.abs().max().item()
+        error = (got.double() - want).abs().max().item() / scale
+        fp32_error = (fp32.double() - want).abs().max().item() / scale
+        assert error < 1e-6, (name, error)
+        assert error < 10 * fp32_error + 1e-7, (name, error, fp32_error)
+
+
+@needs_onednn
+def test_non_contiguous_inputs_and_frozen_weights(onednn_calls):
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(256, 64, generator=generator).t()  # (64, 256), transposed strides
+    weight = torch.randn(512, 256, generator=generator)
+    frozen = weight.clone()
+    x_leaf = x.detach().clone().requires_grad_(True)
+    output = linear(x_leaf, frozen)
+    output.square().sum().backward()
+    expected = F.linear(x.double(), weight.double())
+    assert torch.allclose(output.double(), expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+    reference_grad = (2 * expected) @ weight.double()
+    assert torch.allclose(x_leaf.grad.double(), reference_grad, rtol=0,
+                          atol=1e-5 * reference_grad.abs().max().item())
+    # the frozen weight needs no gradient product: forward and the input gradient only
+    assert len(onednn_calls) == 2
+
+
+@needs_onednn
+def test_no_grad_calls_the_operator_without_autograd(onednn_calls):
+    x, weight = torch.randn(64, 256), torch.randn(512, 256, requires_grad=True)
+    with torch.no_grad():
+        output = linear(x, weight)
+    assert output.grad_fn is None and len(onednn_calls) == 1
+
+
+@needs_onednn
+def test_what_stays_with_f_linear(onednn_calls):
+    big_x, big_weight = torch.randn(64, 256), torch.randn(512, 256)
+    assert onednn_applies(big_x, big_weight)
+    small = (torch.randn(4, 16), torch.randn(8, 16))
+    assert not onednn_applies(*small)  # below MIN_MULTIPLY_ADDS
+    assert not onednn_applies(big_x.double(), big_weight.double())
+    assert not onednn_applies(big_x[0], big_weight)  # 1-D input
+    assert not onednn_applies(big_x, big_weight, addend=torch.randn(64, 512).bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not onednn_applies(big_x, big_weight)
+        assert linear(big_x, big_weight).dtype == torch.bfloat16  # autocast still applies
+    with cpu_linear("torch"):
+        assert not onednn_applies(big_x, big_weight)
+        linear(big_x, big_weight)
+    assert onednn_calls == []
+    # a FLOP counter sees PyTorch's own product, so it counts it
+    with FlopCounterMode(display=False) as counter:
+        linear(big_x, big_weight)
+    assert counter.get_total_flops() == 2 * 64 * 256 * 512
+    assert onednn_calls == []
+
+
+def test_an_addend_of_another_shape_is_added_after():
+    x, weight, addend = torch.randn(64, 256), torch.randn(512, 256), torch.randn(512)
+    expected = F.linear(x.double(), weight.double()) + addend.double()
+    got = linear(x, weight, addend=addend)
+    assert torch.allclose(got.double(), expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+
+
+def test_setting_the_backend():
+    before = get_cpu_linear()
+    assert before == ("onednn" if ONEDNN_AVAILABLE else "torch")
+    with cpu_linear("torch"):
+        assert get_cpu_linear() == "torch"
+        with cpu_linear("auto"):
+            assert get_cpu_linear() == before
+        assert get_cpu_linear() == "torch"
+    assert get_cpu_linear() == before
+    with pytest.raises(ValueError, match="'auto', 'onednn' or 'torch'"):
+        set_cpu_linear("mkl")
+    assert get_cpu_linear() == before
+
+
+def test_onednn_without_onednn_is_an_error(monkeypatch):
+    monkeypatch.setattr(linear_module, "ONEDNN_AVAILABLE", False)
+    with pytest.raises(ValueError, match="needs a PyTorch build with oneDNN"):
+        set_cpu_linear("onednn")
+
+
+def test_use_cpu_linear_keeps_parameters_state_and_repr():
+    model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(),
+                          nn.MultiheadAttention(512, 4, batch_first=True).out_proj,
+                          nn.Linear(512, 3, bias=False))
+    parameters = list(model.parameters())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    text = repr(model)
+    x = torch.randn(64, 256)
+    expected = model(x)
+    assert use_cpu_linear(model) is model
+    assert type(model[0]) is Linear and type(model[3]) is Linear
+    assert type(model[2]) is not Linear  # only plain nn.Linear changes class
+    # the same objects: an optimiser built before still holds them
+    assert [id(p) for p in model.parameters()] == [id(p) for p in parameters]
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    assert repr(model) == text
+    got = model(x)
+    assert torch.allclose(got, expected, rtol=0, atol=1e-5 * expected.abs().max().item())

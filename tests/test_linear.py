@@ -195,3 +195,38 @@ def test_use_cpu_linear_keeps_parameters_state_and_repr():
     assert repr(model) == text
     got = model(x)
     assert torch.allclose(got, expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+
+
+def test_train_cpu_linear_applies_while_an_experiment_runs(mosi_word_aligned, tmp_path,
+                                                           monkeypatch):
+    from msakit.config import build_config
+    from msakit.training import run_experiment
+
+    seen = []
+    original = linear_module.linear
+
+    def recording_linear(*args, **kwargs):
+        seen.append(get_cpu_linear())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(linear_module, "linear", recording_linear)
+    monkeypatch.setattr(Linear, "forward", lambda self, x: recording_linear(x, self.weight,
+                                                                            self.bias))
+    before = get_cpu_linear()
+    config = build_config("lf_dnn", [f"data.path={mosi_word_aligned}", "data.folds=2",
+                                     f"run.output_dir={tmp_path}", "train.epochs=1",
+                                     "model.freeze_language_model=true", "train.cpu_linear=torch"])
+    run_experiment(config, seeds=[1], progress=False)
+    assert seen and set(seen) == {"torch"}  # LF-DNN's layers, in training and evaluation
+    assert get_cpu_linear() == before  # given back when the experiment ends
+
+
+def test_train_cpu_linear_onednn_without_onednn_is_a_config_error(monkeypatch):
+    from msakit.config import ConfigError, build_config
+    from msakit.training.trainer import apply_cpu_linear
+
+    monkeypatch.setattr(linear_module, "ONEDNN_AVAILABLE", False)
+    with pytest.raises(ConfigError, match="train.cpu_linear: .*needs a PyTorch build with oneDNN"):
+        apply_cpu_linear(build_config("lf_dnn", ["train.cpu_linear=onednn"]))
+    with pytest.raises(ConfigError, match="cpu_linear"):
+        build_config("lf_dnn", ["train.cpu_linear=mkl"])

@@ -30,7 +30,7 @@ from msakit.data.readers import data_fingerprint
 from msakit.lm import load_tokenizer
 from msakit.lm_cache import SplitTextStates
 from msakit.models import create_model
-from msakit.modules.linear import cpu_linear, get_cpu_linear, set_cpu_linear
+from msakit.modules.linear import cpu_linear, get_cpu_linear
 from msakit.provenance import environment_record
 from msakit.runfolder import RunError
 from msakit.training import distributed, loading
@@ -42,7 +42,7 @@ from msakit.training.results import (
     summarise_artifacts,
     write_results,
 )
-from msakit.training.trainer import Trainer, evaluate_model, resolve_device
+from msakit.training.trainer import Trainer, apply_cpu_linear, evaluate_model, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -326,14 +326,6 @@ def run_experiment(
                                    transform_factory, jobs)
         finally:
             release_freed_memory()  # train.host_allocator=keep held the training's peak
-
-
-def apply_cpu_linear(config: ExperimentConfig) -> None:
-    """Set ``train.cpu_linear`` for this process (:mod:`msakit.modules.linear`)."""
-    try:
-        set_cpu_linear(config.train.cpu_linear)
-    except ValueError as error:
-        raise ConfigError(f"train.cpu_linear: {error}") from None
 
 
 @contextmanager

@@ -40,6 +40,7 @@ from msakit.config import ConfigError, ExperimentConfig
 from msakit.data.dataset import DataError
 from msakit.metrics import compute_metrics, metric_direction
 from msakit.models.base import ModelOutput, MSAModel, TrainingStage
+from msakit.modules.linear import set_cpu_linear
 from msakit.summary import format_metric
 from msakit.training import distributed
 from msakit.training.bert_adam import BertAdam
@@ -359,6 +360,14 @@ class EvaluationResult:
         return self.metrics[metric]
 
 
+def apply_cpu_linear(config: ExperimentConfig) -> None:
+    """Set ``train.cpu_linear`` for this process (:mod:`msakit.modules.linear`)."""
+    try:
+        set_cpu_linear(config.train.cpu_linear)
+    except ValueError as error:
+        raise ConfigError(f"train.cpu_linear: {error}") from None
+
+
 @torch.inference_mode()
 def evaluate_model(
     model: MSAModel,
@@ -513,7 +522,8 @@ class Trainer:
         resume: bool = False,
     ) -> dict[str, Any]:
         """Train with validation-based selection and early stopping. Applies
-        ``train.host_allocator`` to the process first (:mod:`msakit.training.host_memory`).
+        ``train.host_allocator`` (:mod:`msakit.training.host_memory`) and ``train.cpu_linear``
+        (:mod:`msakit.modules.linear`) to the process first.
 
         Args:
             model: a freshly built model.
@@ -529,6 +539,7 @@ class Trainer:
         cfg = self.config.train
         seed_everything(cfg.seed + self.process.rank)  # other processes: other dropout masks
         apply_host_allocator(cfg.host_allocator)
+        apply_cpu_linear(self.config)
         model.to(self.device)
         model.on_fit_start(train_labels.to(self.device))
         if model.fits_in_closed_form:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -216,9 +218,11 @@ def test_train_cpu_linear_applies_while_an_experiment_runs(mosi_word_aligned, tm
     config = build_config("lf_dnn", [f"data.path={mosi_word_aligned}", "data.folds=2",
                                      f"run.output_dir={tmp_path}", "train.epochs=1",
                                      "model.freeze_language_model=true", "train.cpu_linear=torch"])
-    run_experiment(config, seeds=[1], progress=False)
+    run_dir, _ = run_experiment(config, seeds=[1], progress=False)
     assert seen and set(seen) == {"torch"}  # LF-DNN's layers, in training and evaluation
     assert get_cpu_linear() == before  # given back when the experiment ends
+    environment = json.loads((run_dir / "env.json").read_text())
+    assert environment["cpu"]["linear"] == "torch"
 
 
 def test_train_cpu_linear_onednn_without_onednn_is_a_config_error(monkeypatch):

@@ -121,8 +121,12 @@ def cpu_record() -> dict[str, Any]:
     ``DEFAULT``, ...; forced with the environment variable ``ATEN_CPU_CAPABILITY``). float32
     results of the same seed are identical on the same path and differ in the last bits between
     paths, which a long training can amplify into a different selected epoch (docs/reproducibility.md).
+    ``linear`` is the backend of the fully connected layers (``train.cpu_linear`` as resolved:
+    ``onednn`` or ``torch``, :mod:`msakit.modules.linear`).
     """
     import torch
+
+    from msakit.modules.linear import get_cpu_linear
 
     return {
         "model": _cpu_model(),
@@ -131,6 +135,7 @@ def cpu_record() -> dict[str, Any]:
         "count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
+        "linear": get_cpu_linear(),
     }
 
 

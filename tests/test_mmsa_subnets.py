@@ -13,7 +13,12 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from msakit.config import ConfigError, build_config
 from msakit.data import load_dataset
 from msakit.models import create_model
-from msakit.modules.mmsa_subnets import TextLSTMSubNet, _outputs_at, lstm_final_state
+from msakit.modules.mmsa_subnets import (
+    TextLSTMSubNet,
+    _outputs_at,
+    lstm_final_state,
+    tensor_fusion,
+)
 from msakit.modules.text import length_groups
 from msakit.training.loading import feature_dims
 
@@ -112,3 +117,20 @@ def test_the_hint_for_missing_unimodal_labels_works(mosi_word_aligned):
             break
     assert overrides[1:] == [f"model.loss_weights.{term}=0" for term in ("text", "audio", "vision")]
     assert set(output.losses) == {"task"} and output.losses["task"].requires_grad
+
+
+def test_tensor_fusion_without_gradients_is_the_same_outer_product_bit_for_bit():
+    """Eval passes take broadcast products, training the batched ones: the same values, the
+    flattened (1; a) (x) (1; v) (x) (1; t) in MMSA's order."""
+    generator = torch.Generator().manual_seed(0)
+    audio, vision, text = (torch.randn(5, d, generator=generator) for d in (4, 3, 6))
+    with torch.no_grad():
+        evaluated = tensor_fusion(audio, vision, text)
+    leaves = [x.clone().requires_grad_(True) for x in (audio, vision, text)]
+    trained = tensor_fusion(*leaves)
+    assert trained.grad_fn is not None and evaluated.shape == (5, 5 * 4 * 7)
+    assert torch.equal(evaluated, trained.detach())
+    ones = torch.ones(5, 1)
+    expected = torch.einsum("ba,bv,bt->bavt", *(torch.cat([ones, x], 1).double()
+                                                 for x in (audio, vision, text))).reshape(5, -1)
+    assert torch.allclose(evaluated.double(), expected, rtol=1e-6, atol=0)

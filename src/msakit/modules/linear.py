@@ -112,10 +112,11 @@ def onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     :data:`MIN_MULTIPLY_ADDS` multiply-adds."""
     if _backend != "onednn" or x.dim() < 2 or weight.dim() != 2:
         return False
-    if not (_plain(x) and _plain(weight) and _plain(bias) and _plain(addend)):
-        return False
     out_features, in_features = weight.shape
+    # the size first: most products below it are small, and this is their whole overhead
     if x.numel() * out_features < MIN_MULTIPLY_ADDS or in_features == 0:
+        return False
+    if not (_plain(x) and _plain(weight) and _plain(bias) and _plain(addend)):
         return False
     if torch.is_autocast_enabled("cpu") or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False

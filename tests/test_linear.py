@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from msakit.config import build_config
+from msakit.models import FeatureDims, create_model, list_models
 from msakit.modules import linear as linear_module
 from msakit.modules.linear import (
     ONEDNN_AVAILABLE,
@@ -234,3 +236,28 @@ def test_train_cpu_linear_onednn_without_onednn_is_a_config_error(monkeypatch):
         apply_cpu_linear(build_config("lf_dnn", ["train.cpu_linear=onednn"]))
     with pytest.raises(ConfigError, match="cpu_linear"):
         build_config("lf_dnn", ["train.cpu_linear=mkl"])
+
+
+@pytest.fixture(scope="module")
+def real_batch(mosi_word_aligned):
+    """Eight real MOSI clips of unequal lengths, word-aligned, as one padded batch."""
+    from msakit.data import load_dataset, make_loader
+
+    split = load_dataset(mosi_word_aligned).split("all").subset([0, 3, 7, 12, 40, 41, 100, 150])
+    return next(iter(make_loader(split, "all-MiniLM-L6-v2", batch_size=8, word_aligned=True)))
+
+
+@needs_onednn
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_predicts_the_same_through_onednn(name, real_batch, onednn_calls):
+    """Each registered model at its shipped config, float32, eval: the predictions through
+    oneDNN's products equal F.linear's up to float32 rounding."""
+    torch.manual_seed(0)
+    model = create_model(build_config(name).model, FeatureDims(audio=74, vision=47)).eval()
+    with torch.no_grad():
+        ours = model(real_batch).prediction
+        with cpu_linear("torch"):
+            reference = model(real_batch).prediction
+    assert onednn_calls, f"{name} computed no product through oneDNN"
+    scale = max(reference.abs().max().item(), 1.0)
+    assert (ours - reference).abs().max().item() <= 1e-5 * scale, name  # measured: <= 7.8e-7

@@ -149,7 +149,8 @@ class _OneDNNLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = _LINEAR_POINTWISE(grad_output, weight.t(), None, "none", [], "")
         if ctx.needs_input_grad[1]:
-            # (out, N) x (N, in): oneDNN reads both transposes as strides, no copy
+            # (out, N) x (N, in), the transposes passed as views (oneDNN copies an operand it
+            # cannot read in place)
             grad_weight = _LINEAR_POINTWISE(rows.t(), x.reshape(-1, x.shape[-1]).t(), None,
                                             "none", [], "")
         if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -173,16 +174,18 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     Returns:
         ``(..., out)``.
     """
-    fused_addend = addend is not None and addend.shape == (*x.shape[:-1], weight.shape[0])
-    if not onednn_applies(x, weight, bias, addend if fused_addend else None):
-        output = F.linear(x, weight, bias)
-        return output if addend is None else output + addend
-    if addend is not None and not fused_addend:
-        return linear(x, weight, bias) + addend
-    tensors = (x, weight, bias, addend)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return _OneDNNLinear.apply(*tensors)
-    return _product(*tensors)
+    fused = addend if addend is not None and addend.shape == (
+        *x.shape[:-1], weight.shape[0]) else None
+    if not onednn_applies(x, weight, bias, fused):
+        output, fused = F.linear(x, weight, bias), None
+    else:
+        tensors = (x, weight, bias, fused)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+            output = _OneDNNLinear.apply(*tensors)
+        else:
+            output = _product(*tensors)
+    # an addend the product did not take in (F.linear's, or of another shape) is added here
+    return output if addend is None or fused is not None else output + addend
 
 
 class Linear(nn.Linear):

@@ -3,7 +3,7 @@
     pip install --no-deps --target DIR MMSA==2.2.1 easydict nvidia-ml-py3   # benchmark only
     PYTHONPATH=src:DIR python benchmarks/vs_mmsa.py [--models tfn misa ...] [--epochs 3]
         [--mmsa-src thuiar-MMSA-checkout/src] [--mmsa-transformers TF4_DIR]
-        [--accuracy [--seeds 1 2 3]]
+        [--accuracy [--seeds 1 2 3]] [--kernels OPERATOR ... --epochs 4]
 
 Which models: data-driven. The rows of the ``mmsa`` suite (``msakit suite show mmsa``) whose model
 is registered in this msakit and has a regression config in MMSA (``config_regression.json`` of
@@ -32,7 +32,10 @@ training step (median pass time / batches per pass; MMIM: one batch of its MMILB
 its main pass), s per test pass (median), peak RSS; the same medians of the process's CPU time
 (on a machine shared with other jobs they move far less with the load than wall times; each
 run's load average is in ``--results``); with ``--accuracy`` the test metrics, mean ± std over
-the seeds (default then 1 2 3).
+the seeds (default then 1 2 3). ``--kernels OPERATOR ...`` profiles each run's last training
+epoch and prints the time both spend in those operators (e.g. ``aten::mkldnn_rnn_layer``, the
+LSTM kernel both run) and the floor it sets on the step ratio: msakit's time in them over MMSA's
+whole step, what the ratio would be if everything else took no time.
 
 msakit runs with its defaults, among them ``train.host_allocator=keep`` (glibc's malloc keeps
 freed memory: no page faults for the large tensors each step allocates again), MMSA as it runs.
@@ -557,14 +560,50 @@ def run_msakit(job: dict, pickle_path: Path, epochs: int, repeats: int, workdir:
 # Driver
 # ----------------------------------------------------------------------------------------------
 
+def _profile_last_epoch(epochs: int, passes: int, kernels: list[str]) -> dict:
+    """Runs every training pass of the last epoch (passes ``(epochs - 1) * passes`` on, counted
+    over :class:`TimedPasses`) under ``torch.profiler``; the returned dict gets the profiled
+    passes' CPU time (the self time of every operator) and that of the operators whose names
+    start with one of ``kernels``, in ms, when the run ends."""
+    import torch
+
+    totals = {"kernels_ms": 0.0, "profiled_ms": 0.0}
+    timed_iter, count = TimedPasses.__iter__, [0]
+
+    def profiled_iter(self):
+        count[0] += 1
+        if count[0] <= (epochs - 1) * passes:
+            yield from timed_iter(self)
+            return
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            yield from timed_iter(self)
+        for event in prof.key_averages():
+            totals["profiled_ms"] += event.self_cpu_time_total / 1e3
+            if event.key.startswith(tuple(kernels)):
+                totals["kernels_ms"] += event.self_cpu_time_total / 1e3
+
+    TimedPasses.__iter__ = profiled_iter
+    return totals
+
+
 def _worker(args) -> None:
     import torch
 
     torch.set_num_threads(1)
     runner = run_mmsa if args.worker == "mmsa" else run_msakit
     job = json.loads(args.job)
+    kernels = job.get("kernels")
+    if kernels:
+        totals = _profile_last_epoch(args.epochs, PASSES_PER_EPOCH.get(job["model"], 1), kernels)
     with tempfile.TemporaryDirectory() as workdir:
         result = runner(job, args.pickle, args.epochs, args.test_repeats, Path(workdir))
+    if kernels:
+        # the profiled epoch is slower: the time tables use the epochs before it
+        for key in ("train_seconds", "train_cpu_seconds"):
+            result[key] = result[key][:-1]
+        batches = result["train_batches"]
+        result["kernels"] = {"names": kernels, "ms_per_step": totals["kernels_ms"] / batches,
+                             "profiled_ms_per_step": totals["profiled_ms"] / batches}
     result["load_average"] = os.getloadavg()  # 1, 5, 15 minutes, at the run's end
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -622,6 +661,26 @@ def print_tables(jobs: list[dict], runs: dict, failures: dict, left_out: list[st
             a_test, b_test = (_test_s(r, "test_cpu_seconds") for r in (mmsa, ours))
             print(f"| {job['model']} | {a_step:.1f} | {b_step:.1f} | {b_step / a_step:.2f} | "
                   f"{a_test:.3f} | {b_test:.3f} | {b_test / a_test:.2f} |")
+    profiled = [j for j in jobs if j["model"] not in failures and all(
+        "kernels" in r for t in ("mmsa", "msakit") for r in runs[(j["model"], t)])]
+    if profiled:
+        print("\nThe operators named by --kernels, in the last training epoch (under "
+              "torch.profiler, CPU self time, medians over seeds): ms per step in them, their "
+              "share of the profiled step; the floor is msakit's ms in them / MMSA's whole "
+              "profiled step, the lowest step ratio msakit can reach while those operators "
+              "take the time they take\n")
+        print("| model | operators | MMSA ms / step in them | share | msakit ms / step in "
+              "them | share | floor |")
+        print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+        for job in profiled:
+            mmsa, ours = runs[(job["model"], "mmsa")], runs[(job["model"], "msakit")]
+            a_in, b_in = (statistics.median(r["kernels"]["ms_per_step"] for r in side)
+                          for side in (mmsa, ours))
+            a_all, b_all = (statistics.median(r["kernels"]["profiled_ms_per_step"] for r in side)
+                            for side in (mmsa, ours))
+            print(f"| {job['model']} | {', '.join(mmsa[0]['kernels']['names'])} | {a_in:.1f} | "
+                  f"{a_in / a_all:.0%} | {b_in:.1f} | {b_in / b_all:.0%} | "
+                  f"{b_in / a_all:.2f} |")
     if left_out:
         print("\nLeft out: " + "; ".join(left_out))
     if not accuracy:
@@ -688,6 +747,11 @@ def main() -> None:
     parser.add_argument("--mmsa-host-allocator", choices=["system", "keep"], default="system",
                         help="'keep': the MMSA runs' malloc keeps freed memory as msakit's "
                         "train.host_allocator=keep does (default 'system': MMSA as it runs)")
+    parser.add_argument("--kernels", nargs="+", metavar="OPERATOR",
+                        help="profile the last training epoch of every run and print the time "
+                        "spent in operators whose names start with these (e.g. "
+                        "aten::mkldnn_rnn_layer) and the step ratio's floor they set; the time "
+                        "tables then use the epochs before it (give --epochs 4 or more)")
     parser.add_argument("--results", type=Path,
                         help="append every run's result to this JSON-lines file as it ends")
     parser.add_argument("--table-from", type=Path, nargs="+", metavar="RESULTS",
@@ -716,7 +780,11 @@ def main() -> None:
           flush=True)
     runs: dict[tuple[str, str], list[dict]] = {}
     failures: dict[str, str] = {}
-    settings = {"msakit_set": args.msakit_set, "mmsa_host_allocator": args.mmsa_host_allocator}
+    if args.kernels and args.epochs < 2:
+        parser.error("--kernels profiles the last epoch and times the ones before it: give "
+                     "--epochs 2 or more")
+    settings = {"msakit_set": args.msakit_set, "mmsa_host_allocator": args.mmsa_host_allocator,
+                **({"kernels": args.kernels} if args.kernels else {})}
     print(f"msakit overrides after the preset: {args.msakit_set or 'none'}; MMSA's malloc: "
           f"{args.mmsa_host_allocator}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -130,6 +130,94 @@ def test_no_grad_calls_the_operator_without_autograd(onednn_calls):
     assert output.grad_fn is None and len(onednn_calls) == 1
 
 
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.double() - want.double()).abs().max() / want.double().abs().max()).item()
+
+
+def layer_pair(seed: int = 5) -> tuple[Linear, nn.Linear]:
+    """A :class:`Linear` and an ``nn.Linear`` with the same weights, 256 -> 512 (a product of
+    64 rows is over ``MIN_MULTIPLY_ADDS``)."""
+    torch.manual_seed(seed)
+    ours = Linear(256, 512)
+    theirs = nn.Linear(256, 512)
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs
+
+
+@needs_onednn
+def test_torch_func_per_sample_gradients_equal_f_linears(onednn_calls):
+    """``torch.func`` transforms (here per-sample gradients, ``vmap(grad)``, and ``jacrev``)
+    run through F.linear and give nn.Linear's values."""
+    ours, theirs = layer_pair()
+    x = torch.randn(6, 64, 256)
+    assert onednn_applies(x[0], ours.weight)  # outside a transform each sample would use oneDNN
+
+    def per_sample(layer):
+        params = {k: v.detach() for k, v in layer.named_parameters()}
+
+        def loss(p, sample):
+            return torch.func.functional_call(layer, p, (sample,)).square().mean()
+
+        return torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(params, x)
+
+    got, want = per_sample(ours), per_sample(theirs)
+    assert onednn_calls == []
+    assert got.keys() == want.keys() == {"weight", "bias"}
+    for name in got:
+        assert got[name].shape == (6, *dict(ours.named_parameters())[name].shape)
+        assert relative_error(got[name], want[name]) < 1e-6, name
+    # and they are the per-sample gradients, as a loop of ordinary backward passes gives them
+    for i in (0, 5):
+        ours.zero_grad()
+        ours(x[i]).square().mean().backward()
+        assert relative_error(got["weight"][i], ours.weight.grad) < 1e-5
+    assert len(onednn_calls) == 4  # the loop: forward and weight gradient, twice
+    jacobian = torch.func.jacrev(lambda sample: ours(sample).sum(0))(x[0])
+    assert jacobian.shape == (512, 64, 256)
+    assert relative_error(jacobian[:, 0], ours.weight) < 1e-6
+    assert len(onednn_calls) == 4
+
+
+@needs_onednn
+def test_forward_mode_ad_equals_f_linears(onednn_calls):
+    ours, theirs = layer_pair(6)
+    x, tangent = torch.randn(64, 256), torch.randn(64, 256)
+    with torch.no_grad():
+        want = torch.func.jvp(theirs, (x,), (tangent,))
+        got = torch.func.jvp(ours, (x,), (tangent,))
+        with torch.autograd.forward_ad.dual_level():
+            dual = ours(torch.autograd.forward_ad.make_dual(x, tangent))
+            got_dual = torch.autograd.forward_ad.unpack_dual(dual)
+    for value, expected in zip((*got, *got_dual), (*want, *want)):
+        assert relative_error(value, expected) < 1e-6
+    assert onednn_calls == []
+
+
+@needs_onednn
+def test_double_backward_equals_f_linears(onednn_calls):
+    """A gradient penalty (``create_graph=True``) differentiates the backward: its gradients
+    equal nn.Linear's, while a plain backward still runs through oneDNN."""
+    ours, theirs = layer_pair(7)
+    x = torch.randn(64, 256)
+
+    def penalty_gradients(layer):
+        inputs = x.clone().requires_grad_(True)
+        output = torch.tanh(layer(inputs))
+        (grad_input,) = torch.autograd.grad(output.square().sum(), inputs, create_graph=True)
+        if layer is ours:  # the forward; the graph-building backward used PyTorch's products
+            assert len(onednn_calls) == 1
+        penalty = grad_input.square().sum()
+        return torch.autograd.grad(penalty, [inputs, layer.weight, layer.bias])
+
+    for got, want in zip(penalty_gradients(ours), penalty_gradients(theirs)):
+        assert relative_error(got, want) < 1e-5
+    # the second backward passes the forward's node again, without a graph: through oneDNN
+    assert len(onednn_calls) == 3
+    onednn_calls.clear()
+    ours(x.clone().requires_grad_(True)).square().sum().backward()
+    assert len(onednn_calls) == 3  # forward, input gradient, weight gradient
+
+
 @needs_onednn
 def test_what_stays_with_f_linear(onednn_calls):
     big_x, big_weight = torch.randn(64, 256), torch.randn(512, 256)

@@ -34,7 +34,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
+from torch.autograd import forward_ad
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 CpuLinear = Literal["onednn", "torch"]
@@ -104,11 +104,17 @@ def _plain(tensor: torch.Tensor | None) -> bool:
                               and tensor.dtype == torch.float32)
 
 
+def _functorch_active() -> bool:
+    check = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return check is not None and check()
+
+
 def onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                    addend: torch.Tensor | None = None) -> bool:
     """Whether :func:`linear` computes ``x W^T (+ b) (+ addend)`` with oneDNN: the backend is
     ``"onednn"``; every tensor is a plain float32 CPU tensor; ``x`` has 2 or more dimensions; no
-    CPU autocast, tracing, compiling or dispatch mode is active; and the product has at least
+    CPU autocast, tracing, compiling, dispatch mode, ``torch.func`` transform (``vmap``,
+    ``grad``, ``jacrev`` ...) or forward-mode AD level is active; and the product has at least
     :data:`MIN_MULTIPLY_ADDS` multiply-adds."""
     if _backend != "onednn" or x.dim() < 2 or weight.dim() != 2:
         return False
@@ -121,7 +127,11 @@ def onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     if torch.is_autocast_enabled("cpu") or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
     # a FLOP counter, a fake-tensor tracer ...: they know PyTorch's own operators only
-    return not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+        return False
+    # the transforms and forward-mode AD need rules (setup_context, vmap, jvp) that oneDNN's
+    # operator and the autograd function below do not have
+    return not _functorch_active() and getattr(forward_ad, "_current_level", -1) < 0
 
 
 def _product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -132,7 +142,11 @@ def _product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
 
 
 class _OneDNNLinear(torch.autograd.Function):
-    """``x W^T + b + addend`` and its gradients, each product through oneDNN."""
+    """``x W^T + b + addend`` and its gradients, each product through oneDNN.
+
+    A backward that builds a graph (``create_graph=True``: gradient penalties, Hessian-vector
+    products) computes the same gradients with PyTorch's differentiable products instead, so
+    that they can be differentiated again."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, addend):
@@ -141,18 +155,20 @@ class _OneDNNLinear(torch.autograd.Function):
         return _product(x, weight, bias, addend)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output):
         x, weight = ctx.saved_tensors
         grad_x = grad_weight = grad_bias = grad_addend = None
         rows = grad_output.reshape(-1, grad_output.shape[-1])  # (N, out)
+        differentiable = torch.is_grad_enabled()  # a backward with create_graph=True
         if ctx.needs_input_grad[0]:
-            grad_x = _LINEAR_POINTWISE(grad_output, weight.t(), None, "none", [], "")
+            grad_x = (grad_output.matmul(weight) if differentiable else
+                      _LINEAR_POINTWISE(grad_output, weight.t(), None, "none", [], ""))
         if ctx.needs_input_grad[1]:
+            inputs = x.reshape(-1, x.shape[-1])  # (N, in)
             # (out, N) x (N, in), the transposes passed as views (oneDNN copies an operand it
             # cannot read in place)
-            grad_weight = _LINEAR_POINTWISE(rows.t(), x.reshape(-1, x.shape[-1]).t(), None,
-                                            "none", [], "")
+            grad_weight = (rows.t().mm(inputs) if differentiable else
+                           _LINEAR_POINTWISE(rows.t(), inputs.t(), None, "none", [], ""))
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = rows.sum(0)
         if ctx.has_addend and ctx.needs_input_grad[3]:

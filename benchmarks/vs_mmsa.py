@@ -624,6 +624,26 @@ def _test_s(runs: list[dict], key: str = "test_seconds") -> float:
     return statistics.median(s for r in runs for s in r[key])
 
 
+def _print_table(title: str, header: list[str], rows: list[list[str]],
+                 text_columns: int = 1) -> None:
+    """A markdown table under ``title``: the first ``text_columns`` left-aligned, the numbers
+    after them right-aligned; nothing without rows."""
+    if not rows:
+        return
+    print(f"\n{title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("| " + " | ".join("---" if i < text_columns else "---:"
+                            for i in range(len(header))) + " |")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+def _jobs_whose_runs_have(key: str, jobs: list[dict], runs: dict, failures: dict) -> list[dict]:
+    """The jobs that did not fail and whose every run, on both sides, recorded ``key``."""
+    return [job for job in jobs if job["model"] not in failures and all(
+        key in run for toolkit in ("mmsa", "msakit") for run in runs[(job["model"], toolkit)])]
+
+
 def print_tables(jobs: list[dict], runs: dict, failures: dict, left_out: list[str],
                  accuracy: bool, seeds: list[int]) -> None:
     print("\nms / training step: median training pass over the epochs (and seeds) / batches per "
@@ -647,40 +667,34 @@ def print_tables(jobs: list[dict], runs: dict, failures: dict, left_out: list[st
               f"| {a_test:.3f} | {b_test:.3f} | {b_test / a_test:.2f} | "
               f"{max(r['peak_rss_mib'] for r in mmsa):.0f} / "
               f"{max(r['peak_rss_mib'] for r in ours):.0f} |")
-    timed = [j for j in jobs if j["model"] not in failures and all(
-        "train_cpu_seconds" in r for t in ("mmsa", "msakit") for r in runs[(j["model"], t)])]
-    if timed:
-        print("\nCPU time of the process (one thread), the same medians: less moved by other "
-              "jobs on the machine than the wall times above\n")
-        print("| model | CPU ms / step MMSA | msakit | ratio | CPU s / test pass MMSA | msakit "
-              "| ratio |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for job in timed:
-            mmsa, ours = runs[(job["model"], "mmsa")], runs[(job["model"], "msakit")]
-            a_step, b_step = (_step_ms(r, "train_cpu_seconds") for r in (mmsa, ours))
-            a_test, b_test = (_test_s(r, "test_cpu_seconds") for r in (mmsa, ours))
-            print(f"| {job['model']} | {a_step:.1f} | {b_step:.1f} | {b_step / a_step:.2f} | "
-                  f"{a_test:.3f} | {b_test:.3f} | {b_test / a_test:.2f} |")
-    profiled = [j for j in jobs if j["model"] not in failures and all(
-        "kernels" in r for t in ("mmsa", "msakit") for r in runs[(j["model"], t)])]
-    if profiled:
-        print("\nThe operators named by --kernels, in the last training epoch (under "
-              "torch.profiler, CPU self time, medians over seeds): ms per step in them, their "
-              "share of the profiled step; the floor is msakit's ms in them / MMSA's whole "
-              "profiled step, the lowest step ratio msakit can reach while those operators "
-              "take the time they take\n")
-        print("| model | operators | MMSA ms / step in them | share | msakit ms / step in "
-              "them | share | floor |")
-        print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
-        for job in profiled:
-            mmsa, ours = runs[(job["model"], "mmsa")], runs[(job["model"], "msakit")]
-            a_in, b_in = (statistics.median(r["kernels"]["ms_per_step"] for r in side)
-                          for side in (mmsa, ours))
-            a_all, b_all = (statistics.median(r["kernels"]["profiled_ms_per_step"] for r in side)
-                            for side in (mmsa, ours))
-            print(f"| {job['model']} | {', '.join(mmsa[0]['kernels']['names'])} | {a_in:.1f} | "
-                  f"{a_in / a_all:.0%} | {b_in:.1f} | {b_in / b_all:.0%} | "
-                  f"{b_in / a_all:.2f} |")
+    cpu_rows = []
+    for job in _jobs_whose_runs_have("train_cpu_seconds", jobs, runs, failures):
+        mmsa, ours = runs[(job["model"], "mmsa")], runs[(job["model"], "msakit")]
+        a_step, b_step = (_step_ms(r, "train_cpu_seconds") for r in (mmsa, ours))
+        a_test, b_test = (_test_s(r, "test_cpu_seconds") for r in (mmsa, ours))
+        cpu_rows.append([job["model"], f"{a_step:.1f}", f"{b_step:.1f}", f"{b_step / a_step:.2f}",
+                         f"{a_test:.3f}", f"{b_test:.3f}", f"{b_test / a_test:.2f}"])
+    _print_table("CPU time of the process (one thread), the same medians: less moved by other "
+                 "jobs on the machine than the wall times above",
+                 ["model", "CPU ms / step MMSA", "msakit", "ratio", "CPU s / test pass MMSA",
+                  "msakit", "ratio"], cpu_rows)
+    kernel_rows = []
+    for job in _jobs_whose_runs_have("kernels", jobs, runs, failures):
+        sides = runs[(job["model"], "mmsa")], runs[(job["model"], "msakit")]
+        a_in, b_in = (statistics.median(r["kernels"]["ms_per_step"] for r in side)
+                      for side in sides)
+        a_all, b_all = (statistics.median(r["kernels"]["profiled_ms_per_step"] for r in side)
+                        for side in sides)
+        kernel_rows.append([job["model"], ", ".join(sides[0][0]["kernels"]["names"]),
+                            f"{a_in:.1f}", f"{a_in / a_all:.0%}", f"{b_in:.1f}",
+                            f"{b_in / b_all:.0%}", f"{b_in / a_all:.2f}"])
+    _print_table("The operators named by --kernels, in the last training epoch (under "
+                 "torch.profiler, CPU self time, medians over seeds): ms per step in them, their "
+                 "share of the profiled step; the floor is msakit's ms in them / MMSA's whole "
+                 "profiled step, the lowest step ratio msakit can reach while those operators "
+                 "take the time they take",
+                 ["model", "operators", "MMSA ms / step in them", "share",
+                  "msakit ms / step in them", "share", "floor"], kernel_rows, text_columns=2)
     if left_out:
         print("\nLeft out: " + "; ".join(left_out))
     if not accuracy:

@@ -104,9 +104,12 @@ def _plain(tensor: torch.Tensor | None) -> bool:
                               and tensor.dtype == torch.float32)
 
 
+#: ``torch.func``'s "is a transform active" (a PyTorch-internal call; None where a build lacks it)
+_FUNCTORCH_TRANSFORMS_ACTIVE = getattr(torch._C, "_are_functorch_transforms_active", None)
+
+
 def _functorch_active() -> bool:
-    check = getattr(torch._C, "_are_functorch_transforms_active", None)
-    return check is not None and check()
+    return _FUNCTORCH_TRANSFORMS_ACTIVE is not None and _FUNCTORCH_TRANSFORMS_ACTIVE()
 
 
 def onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -162,13 +165,13 @@ class _OneDNNLinear(torch.autograd.Function):
         differentiable = torch.is_grad_enabled()  # a backward with create_graph=True
         if ctx.needs_input_grad[0]:
             grad_x = (grad_output.matmul(weight) if differentiable else
-                      _LINEAR_POINTWISE(grad_output, weight.t(), None, "none", [], ""))
+                      _product(grad_output, weight.t(), None, None))
         if ctx.needs_input_grad[1]:
             inputs = x.reshape(-1, x.shape[-1])  # (N, in)
             # (out, N) x (N, in), the transposes passed as views (oneDNN copies an operand it
             # cannot read in place)
             grad_weight = (rows.t().mm(inputs) if differentiable else
-                           _LINEAR_POINTWISE(rows.t(), inputs.t(), None, "none", [], ""))
+                           _product(rows.t(), inputs.t(), None, None))
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = rows.sum(0)
         if ctx.has_addend and ctx.needs_input_grad[3]:

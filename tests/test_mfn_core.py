@@ -10,7 +10,7 @@ from _real_batches import real_batch
 from torch import nn
 
 from msakit.data import load_dataset
-from msakit.modules.mfn_core import lstm_cell_step, lstm_input_gates
+from msakit.modules.mfn_core import lstm_cell_sequence, lstm_cell_step, lstm_input_gates
 from msakit.modules.mmsa_subnets import fixed_length
 
 
@@ -67,3 +67,44 @@ def test_input_gates_of_zero_rows_are_the_biases(vision_steps):
     real = ~padded
     torch.testing.assert_close(gates[real], torch.nn.functional.linear(
         vision_steps[real], cell.weight_ih, cell.bias_ih + cell.bias_hh), rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("initial", [False, True], ids=["zero_state", "given_state"])
+def test_cell_over_a_whole_sequence_matches_lstm_cell(vision_steps, initial):
+    """``lstm_cell_sequence`` (one LSTM kernel call) against ``nn.LSTMCell`` step by step: every
+    ``h``, the final ``(h, c)`` and the gradients of the weights and of the initial state."""
+    torch.manual_seed(0)
+    cell = nn.LSTMCell(vision_steps.shape[-1], 16).double()
+    size = vision_steps.shape[1]
+    results = []
+    for whole in (False, True):
+        cell.zero_grad()
+        state = None
+        if initial:
+            torch.manual_seed(1)  # the same initial state in both runs
+            state = tuple(torch.randn(size, 16, dtype=torch.float64).requires_grad_()
+                          for _ in range(2))
+        if whole:
+            hidden, final = lstm_cell_sequence(cell, vision_steps, state)
+        else:
+            running = state if state is not None else (vision_steps.new_zeros(size, 16),) * 2
+            steps = []
+            for x in vision_steps:
+                running = cell(x, running)
+                steps.append(running[0])
+            hidden, final = torch.stack(steps), running
+        value = hidden.square().sum() + final[0].sum() + final[1].square().sum()
+        value.backward()
+        grads = {n: p.grad.clone() for n, p in cell.named_parameters()}
+        if state is not None:
+            grads.update(h0=state[0].grad, c0=state[1].grad)
+        results.append((hidden.detach(), [t.detach() for t in final], grads))
+    (reference, reference_final, reference_grads), (hidden, final, grads) = results
+    torch.testing.assert_close(hidden, reference, rtol=1e-12, atol=1e-14)
+    for ours, theirs in zip(final, reference_final):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)
+    assert grads.keys() == reference_grads.keys()
+    for name, grad in reference_grads.items():
+        scale = grad.abs().max()
+        assert scale > 0
+        torch.testing.assert_close(grads[name], grad, rtol=0, atol=1e-12 * scale.item())

@@ -34,9 +34,11 @@ random initial weights. ``train_vertex_networks: false`` (the default) reproduce
 freezing them (they are saved in msakit's checkpoints); ``true`` trains them, as the paper
 describes the DFG.
 
-The cells are ``nn.LSTMCell`` s (MMSA's names) run as ``modules/mfn_core.py`` runs MFN's: the
-input half of the gates for all steps in one product before the loop (only the rows that are not
-all zero, on the CPU), ``h W_hh^T`` at each step; the same values up to float rounding.
+Layout (MMSA's values up to float rounding, another order of computation): no cell reads the
+graph or the memory, and the DFG at step t reads only ``h_m[t-1]`` and ``h_m[t]``. So each cell
+(an ``nn.LSTMCell``, MMSA's names) runs over its whole sequence in one LSTM kernel call
+(``mfn_core.lstm_cell_sequence``), the singletons and the DFG over all T x B rows at once, and
+only the gated memory step by step, with its dropouts in MMSA's order and shapes.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ from msakit.models.base import (
     require_modalities,
 )
 from msakit.modules.linear import linear
-from msakit.modules.mfn_core import lstm_cell_step, lstm_input_gates
+from msakit.modules.mfn_core import lstm_cell_sequence
 from msakit.modules.mmsa_subnets import (
     GatedMemoryMixin,
     SingleAdamGroupMixin,
@@ -212,23 +214,22 @@ class GraphMFN(GatedMemoryMixin, SingleAdamGroupMixin, MSAModel):
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         sequences = self.input_sequences(batch)
-        cells = (self.lstm_l, self.lstm_a, self.lstm_v)
-        transforms = (self.l_transform, self.a_transform, self.v_transform)
-        # unbind: one stack in backward (indexing step t would zero-fill (T, B, 4H) per step)
-        input_gates = [lstm_input_gates(cell, x).unbind(0) for x, cell in zip(sequences, cells)]
-        size = sequences[0].shape[1]
-        states = [(x.new_zeros(size, cell.hidden_size), x.new_zeros(size, cell.hidden_size))
-                  for x, cell in zip(sequences, cells)]
-        memory = sequences[0].new_zeros(size, self.config.mem_dim)
-        graph_maps = self.graph_mfn.linear_maps()  # once for all steps
-        for t in range(sequences[0].shape[0]):
-            new_states = [lstm_cell_step(cell, gates[t], state)
-                          for cell, gates, state in zip(cells, input_gates, states)]
-            singletons = [F.relu(transform(torch.cat([old[0], new[0]], dim=1)))
-                          for transform, old, new in zip(transforms, states, new_states)]
-            attended, _ = self.graph_mfn(singletons, graph_maps)
-            memory = self.update_memory(attended, memory)
-            states = new_states
-        prediction = self.memory_head(states, memory)
+        steps, size = sequences[0].shape[:2]
+        # No cell reads the graph or the memory, and the DFG at step t reads h[t-1] and h[t]
+        # only: the cells run over their whole sequences, the singletons and the DFG over all
+        # T x B rows at once; only the memory is updated step by step.
+        singletons, finals = [], []
+        for x, cell, transform in zip(sequences, (self.lstm_l, self.lstm_a, self.lstm_v),
+                                      (self.l_transform, self.a_transform, self.v_transform)):
+            hidden, (h_final, _) = lstm_cell_sequence(cell, x)  # (T, B, H)
+            previous = torch.cat([hidden.new_zeros(1, size, hidden.shape[2]), hidden[:-1]])
+            singletons.append(F.relu(transform(torch.cat([previous, hidden], dim=2))).flatten(0, 1))
+            finals.append(h_final)
+        attended, _ = self.graph_mfn(singletons)  # (T * B, inner)
+        memory = attended.new_zeros(size, self.config.mem_dim)
+        # unbind: one stack in backward (indexing step t would zero-fill (T, B, inner) per step)
+        for attended_step in attended.view(steps, size, -1).unbind(0):
+            memory = self.update_memory(attended_step, memory)
+        prediction = self.memory_head(finals, memory)
         return ModelOutput(prediction=prediction,
                            losses=task_losses(prediction, batch, self.config.loss))

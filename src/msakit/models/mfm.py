@@ -39,9 +39,10 @@ prediction alone skips the decoders.
 
 The MFN core (``modules/mfn_core.py``) is MFN's: the same cells, attention and memory, with MFN's
 own block settings. Layout (the same values as ``nn.LSTMCell`` step by step, up to float
-rounding): the encoders' and the core's cells take their input products for all steps from one
-product before the loop (``lstm_input_gates``); a decoder's cell, whose input after the first step
-is its own previous ``h``, takes one product ``h (W_ih + W_hh)^T`` instead of two.
+rounding): an encoder's cell runs over its whole sequence in one LSTM kernel call
+(``lstm_cell_sequence``); a decoder's cell, whose input after the first step is its own previous
+``h``, is after that step an LSTM with recurrent weight ``W_ih + W_hh`` and no input, also one
+kernel call.
 Defaults are MMSA's MOSI settings (``config_regression.json``, ``mfm``):
 LSTM sizes (text 128, audio 32, vision 128), memory 64, att1 32 / 0.7, att2 64 / 0.0, gamma1
 32 / 0.0, gamma2 64 / 0.5, out 128 / 0.2; z_y 80, z_l 64, z_a 80, z_v 80; f_y 64, f_l 32, f_a
@@ -84,13 +85,7 @@ from msakit.models.base import (
     require_modalities,
 )
 from msakit.modules.dropout import Dropout
-from msakit.modules.linear import linear
-from msakit.modules.mfn_core import (
-    MemoryFusionCore,
-    lstm_cell_step,
-    lstm_gates_step,
-    lstm_input_gates,
-)
+from msakit.modules.mfn_core import MemoryFusionCore, lstm_cell_sequence
 from msakit.modules.mmsa_subnets import (
     SingleAdamGroupMixin,
     fixed_length,
@@ -179,8 +174,8 @@ def mmd_to_standard_normal(z: torch.Tensor) -> torch.Tensor:
 
 class SequenceEncoder(nn.Module):
     """MMSA's ``encoderLSTM``: an LSTM cell over ``(T, B, D)``, its last hidden state through a
-    Linear. ``-> (B, H)``. The cell's input products for all steps come first, in one product
-    (:func:`lstm_input_gates`), the same values as ``nn.LSTMCell`` step by step."""
+    Linear. ``-> (B, H)``. The cell runs over all steps in one LSTM kernel call
+    (:func:`lstm_cell_sequence`), the same values as ``nn.LSTMCell`` step by step."""
 
     def __init__(self, in_dim: int, hidden: int):
         super().__init__()
@@ -188,18 +183,18 @@ class SequenceEncoder(nn.Module):
         self.fc1 = nn.Linear(hidden, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        state = (x.new_zeros(x.shape[1], self.lstm.hidden_size),) * 2
-        for input_gates in lstm_input_gates(self.lstm, x).unbind(0):
-            state = lstm_cell_step(self.lstm, input_gates, state)
-        return self.fc1(state[0])
+        _, (h, _) = lstm_cell_sequence(self.lstm, x)
+        return self.fc1(h)
 
 
 class SequenceDecoder(nn.Module):
     """MMSA's ``decoderLSTM``: an LSTM cell run ``steps`` times, fed the code ``(B, H)`` at the
     first step and its own previous hidden state after; every hidden state through a Linear.
     ``-> (steps, B, D)``. After the first step input and state are the same ``h``, so the cell's
-    two products are one: gates ``= h (W_ih + W_hh)^T + b_ih + b_hh`` (the same values as
-    ``nn.LSTMCell``, half its products)."""
+    gates are ``h (W_ih + W_hh)^T + b_ih + b_hh``: the steps after the first are an LSTM with
+    recurrent weight ``W_ih + W_hh`` and no input (a zero input of width 1, with a zero input
+    weight), all run in one LSTM kernel call. The same values as ``nn.LSTMCell`` step by step,
+    up to float rounding."""
 
     def __init__(self, hidden: int, out_dim: int):
         super().__init__()
@@ -208,14 +203,16 @@ class SequenceDecoder(nn.Module):
 
     def forward(self, code: torch.Tensor, steps: int) -> torch.Tensor:
         cell = self.lstm
-        state = cell(code, (code.new_zeros(code.shape[0], cell.hidden_size),) * 2)
-        hidden_states = [state[0]]
+        h, c = cell(code, (code.new_zeros(code.shape[0], cell.hidden_size),) * 2)
+        hidden_states = h.unsqueeze(0)
         if steps > 1:
-            weight, bias = cell.weight_ih + cell.weight_hh, cell.bias_ih + cell.bias_hh
-            for _ in range(steps - 1):
-                state = lstm_gates_step(linear(state[0], weight, bias), state[1])
-                hidden_states.append(state[0])
-        return self.fc1(torch.stack(hidden_states))
+            no_input = code.new_zeros(steps - 1, code.shape[0], 1)
+            weights = (code.new_zeros(4 * cell.hidden_size, 1), cell.weight_ih + cell.weight_hh,
+                       cell.bias_ih, cell.bias_hh)
+            later, _, _ = torch.lstm(no_input, (h.unsqueeze(0), c.unsqueeze(0)), weights, True, 1,
+                                     0.0, False, False, False)
+            hidden_states = torch.cat([hidden_states, later])
+        return self.fc1(hidden_states)
 
 
 class FactorNetwork(nn.Module):

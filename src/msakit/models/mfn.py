@@ -138,6 +138,6 @@ class MFN(MemoryFusionMixin, SingleAdamGroupMixin, MSAModel):
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         states, memory = self.memory_fusion(*self.input_sequences(batch))
-        prediction = self.memory_head(states, memory)
+        prediction = self.memory_head([h for h, _ in states], memory)
         return ModelOutput(prediction=prediction,
                            losses=task_losses(prediction, batch, self.config.loss))

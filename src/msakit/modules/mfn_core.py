@@ -25,7 +25,12 @@ recurrence, so :func:`lstm_input_gates` computes it for all T steps in one matri
 the loop (on the CPU only for the rows that are not all zero: the sequences are zero past each
 clip's real steps, and an all-zero row's input half is exactly ``b_ih + b_hh``; an input that is
 the same at every step, MFN's ``time_average`` audio/vision, is projected once), and
-:func:`lstm_cell_step` adds ``h[t-1] W_hh^T`` at each step.
+:func:`lstm_cell_step` adds ``h[t-1] W_hh^T`` at each step. The DMAN at step t reads
+``c[t-1]`` and ``c[t]`` only and no cell reads the memory, so the cells run first, over all
+steps, and ``att1``'s first layer over all T x B rows at once; only the rest of the attention and
+the memory run step by step, their dropouts in MMSA's order and shapes. (The DMAN needs every
+``c[t]``, which no LSTM kernel returns; :func:`lstm_cell_sequence`, one kernel call over a whole
+sequence, serves the models that need only ``h``: Graph-MFN, MFM's encoders.)
 """
 
 from __future__ import annotations
@@ -53,6 +58,30 @@ def lstm_input_gates(cell: nn.LSTMCell, x: torch.Tensor) -> torch.Tensor:
     gates = bias.expand(rows.shape[0], -1).index_copy(
         0, real, linear(rows.index_select(0, real), cell.weight_ih, bias))
     return gates.view(*x.shape[:-1], -1)
+
+
+def lstm_cell_sequence(cell: nn.LSTMCell, x: torch.Tensor,
+                       state: tuple[torch.Tensor, torch.Tensor] | None = None
+                       ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """``cell`` run over ``(T, B, D)`` step-major inputs as the one-layer LSTM it is: all T steps
+    in one ``torch.lstm`` call over the cell's weights (on the CPU in float32, oneDNN's LSTM
+    kernel). The same values as calling ``cell`` step by step, up to float rounding.
+
+    Args:
+        x: ``(T, B, D)``.
+        state: the initial ``(h, c)``, each ``(B, H)``; None: zeros.
+
+    Returns:
+        ``h`` at every step ``(T, B, H)`` and the final ``(h, c)``, each ``(B, H)``.
+    """
+    if state is None:
+        zeros = x.new_zeros(1, x.shape[1], cell.hidden_size)
+        state = (zeros, zeros)
+    else:
+        state = (state[0].unsqueeze(0), state[1].unsqueeze(0))
+    outputs, h, c = torch.lstm(x, state, (cell.weight_ih, cell.weight_hh, cell.bias_ih,
+                                          cell.bias_hh), True, 1, 0.0, False, False, False)
+    return outputs, (h[0], c[0])
 
 
 def lstm_cell_step(cell: nn.LSTMCell, input_gates: torch.Tensor,
@@ -96,7 +125,12 @@ class MemoryFusionMixin(GatedMemoryMixin):
                       ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
         """Runs the core over ``(T, B, D_m)`` step-major sequences (audio or vision may be
         ``(B, D_m)``: the same input at every step); returns the cells' final ``(h, c)`` states
-        (text, audio, vision) and the final memory ``(B, mem)``."""
+        (text, audio, vision) and the final memory ``(B, mem)``.
+
+        No cell reads the attention or the memory, and the DMAN at step t reads ``c[t-1]`` and
+        ``c[t]`` only: the cells run first, over all steps, then ``att1``'s first layer over all
+        T x B rows at once; its dropout and everything after it run step by step, so that the
+        dropout calls come in MMSA's order and shapes."""
         cells = (self.lstm_l, self.lstm_a, self.lstm_v)
         steps, size = text.shape[:2]
         # per step: unbind (one stack in backward, where indexing step t would zero-fill the
@@ -105,15 +139,18 @@ class MemoryFusionMixin(GatedMemoryMixin):
             lstm_input_gates(cell, x) for x, cell in zip((text, audio, vision), cells))]
         states = [(text.new_zeros(size, cell.hidden_size), text.new_zeros(size, cell.hidden_size))
                   for cell in cells]
-        memory = text.new_zeros(size, self.memory_size)
+        memories = [torch.cat([c for _, c in states], dim=1)]  # c[0] = 0
         for t in range(steps):
-            new_states = [lstm_cell_step(cell, gates[t], state)
-                          for cell, gates, state in zip(cells, input_gates, states)]
-            c_star = torch.cat([c for _, c in states] + [c for _, c in new_states], dim=1)
-            attention = F.softmax(mlp(self.att1_fc1, self.att1_dropout, self.att1_fc2, c_star),
-                                  dim=1)
-            memory = self.update_memory(attention * c_star, memory)
-            states = new_states
+            states = [lstm_cell_step(cell, gates[t], state)
+                      for cell, gates, state in zip(cells, input_gates, states)]
+            memories.append(torch.cat([c for _, c in states], dim=1))
+        c = torch.stack(memories)  # (T + 1, B, d)
+        c_star = torch.cat([c[:-1], c[1:]], dim=2)  # (T, B, 2d)
+        att1_hidden = F.relu(self.att1_fc1(c_star))  # (T, B, att1_hidden)
+        memory = text.new_zeros(size, self.memory_size)
+        for c_star_t, att1_hidden_t in zip(c_star.unbind(0), att1_hidden.unbind(0)):
+            attention = F.softmax(self.att1_fc2(self.att1_dropout(att1_hidden_t)), dim=1)
+            memory = self.update_memory(attention * c_star_t, memory)
         return states, memory
 
 
@@ -135,5 +172,5 @@ class MemoryFusionCore(MemoryFusionMixin, nn.Module):
         return mlp(self.out_fc1, self.out_dropout, self.out_fc2, final).squeeze(-1)
 
 
-__all__ = ["MemoryFusionCore", "MemoryFusionMixin", "lstm_cell_step", "lstm_gates_step",
-           "lstm_input_gates"]
+__all__ = ["MemoryFusionCore", "MemoryFusionMixin", "lstm_cell_sequence", "lstm_cell_step",
+           "lstm_gates_step", "lstm_input_gates"]

@@ -396,10 +396,9 @@ class GatedMemoryMixin:
         gamma2 = torch.sigmoid(mlp(self.gamma2_fc1, self.gamma2_dropout, self.gamma2_fc2, both))
         return gamma1 * memory + gamma2 * proposed
 
-    def memory_head(self, states: list[tuple[torch.Tensor, torch.Tensor]],
-                    memory: torch.Tensor) -> torch.Tensor:
-        """``(B,)`` from the cells' final ``(h, c)`` states and the memory."""
-        final = torch.cat([h for h, _ in states] + [memory], dim=1)
+    def memory_head(self, hidden: list[torch.Tensor], memory: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` from the cells' final hidden states ``h_l, h_a, h_v`` and the memory."""
+        final = torch.cat([*hidden, memory], dim=1)
         return mlp(self.out_fc1, self.out_dropout, self.out_fc2, final).squeeze(-1)
 
 

@@ -112,6 +112,13 @@ def _functorch_active() -> bool:
     return _FUNCTORCH_TRANSFORMS_ACTIVE is not None and _FUNCTORCH_TRANSFORMS_ACTIVE()
 
 
+def plain_autograd() -> bool:
+    """Whether no ``torch.func`` transform (``vmap``, ``grad``, ``jacrev`` ...) and no
+    forward-mode AD level is active: then an autograd function without ``setup_context``, vmap
+    or jvp rules may run (:func:`linear`'s oneDNN route, ``mfn_core``'s cell sequences)."""
+    return not _functorch_active() and getattr(forward_ad, "_current_level", -1) < 0
+
+
 def onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                    addend: torch.Tensor | None = None) -> bool:
     """Whether :func:`linear` computes ``x W^T (+ b) (+ addend)`` with oneDNN: the backend is
@@ -134,7 +141,7 @@ def onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         return False
     # the transforms and forward-mode AD need rules (setup_context, vmap, jvp) that oneDNN's
     # operator and the autograd function below do not have
-    return not _functorch_active() and getattr(forward_ad, "_current_level", -1) < 0
+    return plain_autograd()
 
 
 def _product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from msakit.modules.dropout import Dropout
-from msakit.modules.linear import linear
+from msakit.modules.linear import linear, plain_autograd
 from msakit.modules.mmsa_subnets import GatedMemoryMixin, mlp
 
 
@@ -101,6 +101,122 @@ def lstm_gates_step(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor,
     return torch.sigmoid(out_gate) * torch.tanh(c), c
 
 
+def lstm_cell_states(cell: nn.LSTMCell, x: torch.Tensor, steps: int | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cell`` run from a zero state over ``(T, B, D)`` step-major inputs (or ``(B, D)``, the
+    same input at each of ``steps`` steps): ``h`` and ``c`` at every step, each ``(T, B, H)``.
+
+    The input half of the gates comes from :func:`lstm_input_gates` (one product); the
+    recurrence runs in :class:`_CellSequence`, whose backward is written out (backpropagation
+    through time: per step the elementwise gradients and one ``(B, 4H) x (4H, H)`` product; the
+    gradient of ``W_hh`` as one product over all steps). The same values as ``nn.LSTMCell``
+    step by step, up to float rounding (``tanh`` computed as ``2 sigmoid(2z) - 1``). Under a
+    ``torch.func`` transform or forward-mode AD, which need rules this function does not have,
+    the cell steps through :func:`lstm_cell_step` with PyTorch's autograd."""
+    if x.dim() == 3:
+        steps = x.shape[0]
+    elif steps is None:
+        raise ValueError("lstm_cell_states: a (B, D) input needs the number of steps")
+    input_gates = lstm_input_gates(cell, x)
+    if plain_autograd():
+        return _CellSequence.apply(input_gates, cell.weight_hh, steps)
+    return _cell_states_by_steps(input_gates, cell.weight_hh, steps)
+
+
+def _cell_states_by_steps(input_gates: torch.Tensor, weight_hh: torch.Tensor, steps: int
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:class:`_CellSequence`'s values through PyTorch's autograd, step by step."""
+    gates = input_gates.unbind(0) if input_gates.dim() == 3 else (input_gates,) * steps
+    state = (input_gates.new_zeros(input_gates.shape[-2], weight_hh.shape[1]),) * 2
+    hidden, cells = [], []
+    for gates_t in gates:
+        state = lstm_gates_step(linear(state[0], weight_hh, addend=gates_t), state[1])
+        hidden.append(state[0])
+        cells.append(state[1])
+    return torch.stack(hidden), torch.stack(cells)
+
+
+class _CellSequence(torch.autograd.Function):
+    """An LSTM cell's recurrence from a zero state: ``input_gates (T, B, 4H)`` (``x W_ih^T + b``
+    at every step, or ``(B, 4H)``, the same at each of ``steps``), ``W_hh (4H, H)`` -> ``h``,
+    ``c`` at every step, each ``(T, B, H)``; gates ``i, f, g, o`` in ``nn.LSTMCell``'s order.
+
+    Forward: ``tanh z = 2 sigmoid(2z) - 1`` (PyTorch's CPU ``tanh`` costs about nine times its
+    ``sigmoid``), with g's rows of ``W_hh`` and of the input gates doubled so that one sigmoid
+    covers all four gates. Backward, from the saved activations, at step t (``g~ = tanh g``,
+    ``s_x = sigmoid x``)::
+
+        dh = dL/dh[t] + dh_next;  dc = dL/dc[t] + dc_next + dh s_o (1 - tanh^2 c[t])
+        d[i, f, g, o] = [dc g~, dc c[t-1], 4 dc s_i, dh tanh c[t]] (.) s (1 - s)   (s of 2g for g)
+        dc_next = dc s_f;  dh_next = d[i, f, g, o] W_hh
+
+    and ``dW_hh = sum_t d[...][t]^T h[t-1]``, one product. A backward that builds a graph
+    (``create_graph=True``) recomputes the forward with PyTorch's autograd and differentiates
+    that, so that its gradients can be differentiated again."""
+
+    @staticmethod
+    def forward(ctx, input_gates, weight_hh, steps):
+        hidden = weight_hh.shape[1]
+        size = input_gates.shape[-2]
+        scale = input_gates.new_ones(4 * hidden)
+        scale[2 * hidden:3 * hidden] = 2
+        weight = weight_hh * scale.unsqueeze(1)
+        inputs = input_gates * scale
+        activations = input_gates.new_empty(steps, size, 4 * hidden)
+        h = input_gates.new_zeros(steps + 1, size, hidden)  # h[0] = c[0] = 0
+        c = input_gates.new_zeros(steps + 1, size, hidden)
+        tanh_c = input_gates.new_empty(steps, size, hidden)
+        for t in range(steps):
+            gates = linear(h[t], weight, addend=inputs[t] if inputs.dim() == 3 else inputs)
+            in_gate, forget, cell_gate, out_gate = torch.sigmoid(
+                gates, out=activations[t]).chunk(4, 1)
+            torch.addcmul(forget * c[t], in_gate, cell_gate * 2 - 1, out=c[t + 1])
+            torch.sigmoid(c[t + 1] * 2, out=tanh_c[t]).mul_(2).sub_(1)
+            torch.mul(out_gate, tanh_c[t], out=h[t + 1])
+        ctx.steps = steps
+        ctx.save_for_backward(input_gates, weight_hh, activations, h, c, tanh_c)
+        return h[1:], c[1:]
+
+    @staticmethod
+    def backward(ctx, grad_h, grad_c):
+        input_gates, weight_hh, activations, h, c, tanh_c = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            with torch.enable_grad():
+                outputs = _cell_states_by_steps(input_gates, weight_hh, ctx.steps)
+                wanted = [t for t, needed in zip((input_gates, weight_hh), ctx.needs_input_grad)
+                          if needed]
+                grads = iter(torch.autograd.grad(outputs, wanted, (grad_h, grad_c),
+                                                 create_graph=True))
+            return (*(next(grads) if needed else None for needed in ctx.needs_input_grad[:2]),
+                    None)
+        steps, size, four_hidden = activations.shape
+        grad_gates = torch.empty_like(activations)
+        products = grad_gates.new_empty(size, four_hidden)  # before the sigmoid's derivative
+        weight_t = weight_hh.t().contiguous()  # (H, 4H): dh = d[...] W_hh as a linear map
+        dh = dc = None
+        for t in reversed(range(steps)):
+            in_gate, forget, cell_gate, out_gate = activations[t].chunk(4, 1)
+            d_in, d_forget, d_cell, d_out = products.chunk(4, 1)
+            dh = grad_h[t] if dh is None else dh + grad_h[t]
+            dc = grad_c[t] if dc is None else dc + grad_c[t]
+            dc = dc + torch.ops.aten.tanh_backward(dh * out_gate, tanh_c[t])
+            torch.mul(dh, tanh_c[t], out=d_out)
+            torch.mul(dc, cell_gate * 2 - 1, out=d_in)
+            torch.mul(dc, c[t], out=d_forget)
+            torch.mul(dc, in_gate, out=d_cell).mul_(4)  # d tanh(g) / dg = 4 s (1 - s), s of 2g
+            torch.ops.aten.sigmoid_backward.grad_input(products, activations[t],
+                                                       grad_input=grad_gates[t])
+            if t:
+                dc = dc * forget
+                dh = linear(grad_gates[t], weight_t)
+        grad_input = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_input = grad_gates if input_gates.dim() == 3 else grad_gates.sum(0)
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.mm(grad_gates.flatten(0, 1).t(), h[:-1].flatten(0, 1))
+        return grad_input, grad_weight, None
+
+
 class MemoryFusionMixin(GatedMemoryMixin):
     """MFN's core as a mixin of an ``nn.Module`` (its parameters directly on the module, MMSA's
     names). ``config`` gives ``text_hidden``, ``audio_hidden``, ``vision_hidden``, ``mem_dim``,
@@ -131,27 +247,18 @@ class MemoryFusionMixin(GatedMemoryMixin):
         ``c[t]`` only: the cells run first, over all steps, then ``att1``'s first layer over all
         T x B rows at once; its dropout and everything after it run step by step, so that the
         dropout calls come in MMSA's order and shapes."""
-        cells = (self.lstm_l, self.lstm_a, self.lstm_v)
         steps, size = text.shape[:2]
-        # per step: unbind (one stack in backward, where indexing step t would zero-fill the
-        # whole (T, B, 4H) gradient at every step); an input the same at every step: itself
-        input_gates = [gates.unbind(0) if gates.dim() == 3 else (gates,) * steps for gates in (
-            lstm_input_gates(cell, x) for x, cell in zip((text, audio, vision), cells))]
-        states = [(text.new_zeros(size, cell.hidden_size), text.new_zeros(size, cell.hidden_size))
-                  for cell in cells]
-        memories = [torch.cat([c for _, c in states], dim=1)]  # c[0] = 0
-        for t in range(steps):
-            states = [lstm_cell_step(cell, gates[t], state)
-                      for cell, gates, state in zip(cells, input_gates, states)]
-            memories.append(torch.cat([c for _, c in states], dim=1))
-        c = torch.stack(memories)  # (T + 1, B, d)
+        hidden, cells = zip(*(lstm_cell_states(cell, x, steps) for x, cell in zip(
+            (text, audio, vision), (self.lstm_l, self.lstm_a, self.lstm_v))))
+        c = torch.cat(cells, dim=2)  # (T, B, d)
+        c = torch.cat([c.new_zeros(1, size, c.shape[2]), c])  # c[0] = 0
         c_star = torch.cat([c[:-1], c[1:]], dim=2)  # (T, B, 2d)
         att1_hidden = F.relu(self.att1_fc1(c_star))  # (T, B, att1_hidden)
         memory = text.new_zeros(size, self.memory_size)
         for c_star_t, att1_hidden_t in zip(c_star.unbind(0), att1_hidden.unbind(0)):
             attention = F.softmax(self.att1_fc2(self.att1_dropout(att1_hidden_t)), dim=1)
             memory = self.update_memory(attention * c_star_t, memory)
-        return states, memory
+        return [(h[-1], c_m[-1]) for h, c_m in zip(hidden, cells)], memory
 
 
 class MemoryFusionCore(MemoryFusionMixin, nn.Module):
@@ -172,5 +279,5 @@ class MemoryFusionCore(MemoryFusionMixin, nn.Module):
         return mlp(self.out_fc1, self.out_dropout, self.out_fc2, final).squeeze(-1)
 
 
-__all__ = ["MemoryFusionCore", "MemoryFusionMixin", "lstm_cell_sequence", "lstm_cell_step",
-           "lstm_gates_step", "lstm_input_gates"]
+__all__ = ["MemoryFusionCore", "MemoryFusionMixin", "lstm_cell_sequence", "lstm_cell_states",
+           "lstm_cell_step", "lstm_gates_step", "lstm_input_gates"]

@@ -231,3 +231,27 @@ def test_cell_states_under_torch_func(vision_steps):
         lambda params: torch.func.functional_call(module, params, (x,)))(parameters)
     _StatesLoss(cell, reference=True)(x).backward()
     _assert_grads_close(functional, {f"cell.{n}": p.grad for n, p in cell.named_parameters()})
+
+
+def test_cell_states_under_bf16_autocast(vision_steps):
+    """Under CPU autocast (``train.precision=bf16``) with an input that needs a gradient (its
+    gates then come out in bf16, and the backward runs outside autocast): gradients of every
+    tensor in its own dtype, within bf16's rounding of the float32 ones."""
+    torch.manual_seed(0)
+    cell = nn.LSTMCell(vision_steps.shape[-1], 16)
+    x = vision_steps.float()
+    results = []
+    for autocast in (False, True):
+        cell.zero_grad()
+        inputs = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            hidden, cells = lstm_cell_states(cell, inputs)
+        assert hidden.dtype == (torch.bfloat16 if autocast else torch.float32)
+        (hidden.float().sum() + cells.float().square().sum()).backward()
+        grads = {n: p.grad.clone() for n, p in cell.named_parameters()}
+        grads["x"] = inputs.grad
+        assert all(g.dtype == torch.float32 for g in grads.values())
+        results.append(grads)
+    for name, grad in results[0].items():
+        torch.testing.assert_close(results[1][name], grad, rtol=0,
+                                   atol=0.05 * grad.abs().max().item(), msg=name)

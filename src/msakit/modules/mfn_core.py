@@ -25,12 +25,13 @@ recurrence, so :func:`lstm_input_gates` computes it for all T steps in one matri
 the loop (on the CPU only for the rows that are not all zero: the sequences are zero past each
 clip's real steps, and an all-zero row's input half is exactly ``b_ih + b_hh``; an input that is
 the same at every step, MFN's ``time_average`` audio/vision, is projected once), and
-:func:`lstm_cell_step` adds ``h[t-1] W_hh^T`` at each step. The DMAN at step t reads
-``c[t-1]`` and ``c[t]`` only and no cell reads the memory, so the cells run first, over all
-steps, and ``att1``'s first layer over all T x B rows at once; only the rest of the attention and
-the memory run step by step, their dropouts in MMSA's order and shapes. (The DMAN needs every
-``c[t]``, which no LSTM kernel returns; :func:`lstm_cell_sequence`, one kernel call over a whole
-sequence, serves the models that need only ``h``: Graph-MFN, MFM's encoders.)
+the recurrence adds ``h[t-1] W_hh^T`` at each step (:func:`lstm_cell_step`). No cell reads the
+attention or the memory, and the DMAN at step t reads ``c[t-1]`` and ``c[t]`` only, so the
+cells run first, over all steps (:func:`lstm_cell_states`: the recurrence with its backward
+written out), then ``att1``'s first layer over all T x B rows at once; only the rest of the
+attention and the memory run step by step, their dropouts in MMSA's order and shapes. (The DMAN
+needs every ``c[t]``, which no LSTM kernel returns; :func:`lstm_cell_sequence`, one kernel call
+over a whole sequence, serves the models that need only ``h``: Graph-MFN, MFM's encoders.)
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def lstm_cell_states(cell: nn.LSTMCell, x: torch.Tensor, steps: int | None = Non
     gradient of ``W_hh`` as one product over all steps). The same values as ``nn.LSTMCell``
     step by step, up to float rounding (``tanh`` computed as ``2 sigmoid(2z) - 1``). Under a
     ``torch.func`` transform or forward-mode AD, which need rules this function does not have,
-    the cell steps through :func:`lstm_cell_step` with PyTorch's autograd."""
+    the cell steps with PyTorch's autograd (:func:`lstm_gates_step`)."""
     if x.dim() == 3:
         steps = x.shape[0]
     elif steps is None:
@@ -192,7 +193,9 @@ class _CellSequence(torch.autograd.Function):
         steps, size, four_hidden = activations.shape
         grad_gates = torch.empty_like(activations)
         products = grad_gates.new_empty(size, four_hidden)  # before the sigmoid's derivative
-        weight_t = weight_hh.t().contiguous()  # (H, 4H): dh = d[...] W_hh as a linear map
+        # (H, 4H): dh = d[...] W_hh as a linear map, in the activations' dtype (bf16 ones when
+        # the forward ran under autocast, where the backward does not)
+        weight_t = weight_hh.t().to(activations.dtype).contiguous()
         dh = dc = None
         for t in reversed(range(steps)):
             in_gate, forget, cell_gate, out_gate = activations[t].chunk(4, 1)
@@ -215,7 +218,8 @@ class _CellSequence(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             # dW_hh^T = h^T d (H, 4H), its operands as transposed views: the orientation
             # oneDNN reads without copying the larger one (1.7x MKL's product at MFN's sizes)
-            grad_weight = linear(h[:-1].flatten(0, 1).t(), grad_gates.flatten(0, 1).t()).t()
+            grad_weight = linear(h[:-1].flatten(0, 1).t(), grad_gates.flatten(0, 1).t()).t().to(
+                weight_hh.dtype)
         return grad_input, grad_weight, None
 
 

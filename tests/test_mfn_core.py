@@ -1,6 +1,7 @@
 """MFN's recurrent core: the cells run from input gates computed before the loop
-(``lstm_input_gates`` + ``lstm_cell_step``) give ``nn.LSTMCell``'s values and gradients, on real
-MOSI sequences zero-padded past each clip's real steps."""
+(``lstm_input_gates``), with the recurrence's backward written out (``lstm_cell_states``) or as
+one LSTM kernel call (``lstm_cell_sequence``), give ``nn.LSTMCell``'s values and gradients, on
+real MOSI sequences zero-padded past each clip's real steps."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from msakit.data import load_dataset
 from msakit.modules.mfn_core import (
     lstm_cell_sequence,
     lstm_cell_states,
-    lstm_cell_step,
     lstm_input_gates,
 )
 from msakit.modules.mmsa_subnets import fixed_length
@@ -27,39 +27,6 @@ def vision_steps(mosi_word_aligned):
     real = x.ne(0).any(-1)
     assert real.any() and not real.all()  # some padded steps, some real ones
     return x
-
-
-def _run(cell: nn.LSTMCell, x: torch.Tensor, fused: bool) -> torch.Tensor:
-    """The cell over ``x`` (``(T, B, D)``, or ``(B, D)`` at each of 50 steps): the sum of h."""
-    steps = x.shape[0] if x.dim() == 3 else 50
-    state = (x.new_zeros(x.shape[-2], cell.hidden_size),) * 2
-    gates = lstm_input_gates(cell, x) if fused else None
-    total = 0
-    for t in range(steps):
-        if fused:
-            state = lstm_cell_step(cell, gates[t] if gates.dim() == 3 else gates, state)
-        else:
-            state = cell(x[t] if x.dim() == 3 else x, state)
-        total = total + state[0].sum() + state[1].square().sum()
-    return total
-
-
-@pytest.mark.parametrize("constant", [False, True], ids=["sequence", "same_at_every_step"])
-def test_cells_from_input_gates_match_lstm_cell(vision_steps, constant):
-    torch.manual_seed(0)
-    cell = nn.LSTMCell(vision_steps.shape[-1], 16).double()
-    x = vision_steps.mean(0) if constant else vision_steps
-    results = []
-    for fused in (False, True):
-        cell.zero_grad()
-        value = _run(cell, x, fused)
-        value.backward()
-        results.append((value.detach(), {n: p.grad.clone() for n, p in cell.named_parameters()}))
-    (reference, reference_grads), (value, grads) = results
-    torch.testing.assert_close(value, reference, rtol=1e-12, atol=0)
-    for name, grad in reference_grads.items():
-        scale = grad.abs().max()
-        torch.testing.assert_close(grads[name], grad, rtol=0, atol=1e-12 * scale.item())
 
 
 def test_input_gates_of_zero_rows_are_the_biases(vision_steps):

@@ -25,7 +25,7 @@ recurrence, so :func:`lstm_input_gates` computes it for all T steps in one matri
 the loop (on the CPU only for the rows that are not all zero: the sequences are zero past each
 clip's real steps, and an all-zero row's input half is exactly ``b_ih + b_hh``; an input that is
 the same at every step, MFN's ``time_average`` audio/vision, is projected once), and
-the recurrence adds ``h[t-1] W_hh^T`` at each step (:func:`lstm_cell_step`). No cell reads the
+the recurrence adds ``h[t-1] W_hh^T`` at each step (:func:`lstm_gates_step`). No cell reads the
 attention or the memory, and the DMAN at step t reads ``c[t-1]`` and ``c[t]`` only, so the
 cells run first, over all steps (:func:`lstm_cell_states`: the recurrence with its backward
 written out), then ``att1``'s first layer over all T x B rows at once; only the rest of the
@@ -83,15 +83,6 @@ def lstm_cell_sequence(cell: nn.LSTMCell, x: torch.Tensor,
     outputs, h, c = torch.lstm(x, state, (cell.weight_ih, cell.weight_hh, cell.bias_ih,
                                           cell.bias_hh), True, 1, 0.0, False, False, False)
     return outputs, (h[0], c[0])
-
-
-def lstm_cell_step(cell: nn.LSTMCell, input_gates: torch.Tensor,
-                   state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``cell(x[t], (h, c))`` from the input half of its gates (:func:`lstm_input_gates` at step
-    t, ``(B, 4H)``): gates ``i, f, g, o`` in ``nn.LSTMCell``'s order; returns ``(h, c)``, each
-    ``(B, H)``."""
-    h, c = state
-    return lstm_gates_step(linear(h, cell.weight_hh, addend=input_gates), c)
 
 
 def lstm_gates_step(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -286,4 +277,4 @@ class MemoryFusionCore(MemoryFusionMixin, nn.Module):
 
 
 __all__ = ["MemoryFusionCore", "MemoryFusionMixin", "lstm_cell_sequence", "lstm_cell_states",
-           "lstm_cell_step", "lstm_gates_step", "lstm_input_gates"]
+           "lstm_gates_step", "lstm_input_gates"]

@@ -336,7 +336,7 @@ def real_batch(mosi_word_aligned):
 
 
 @needs_onednn
-@pytest.mark.parametrize("name", ["lf_dnn", "mult", "mfn", "tfn", "tetfn"])
+@pytest.mark.parametrize("name", ["lf_dnn", "mult", "mfn", "tfn", "tetfn", "graph_mfn", "mfm"])
 def test_torch_func_grad_of_a_model_equals_its_backward_through_onednn(name, real_batch,
                                                                        onednn_calls):
     """``torch.func.grad`` over a whole model (F.linear under the transform) gives the gradients

@@ -85,7 +85,7 @@ from msakit.models.base import (
     require_modalities,
 )
 from msakit.modules.dropout import Dropout
-from msakit.modules.mfn_core import MemoryFusionCore, lstm_cell_sequence
+from msakit.modules.mfn_core import MemoryFusionCore, lstm_cell_sequence, lstm_layer
 from msakit.modules.mmsa_subnets import (
     SingleAdamGroupMixin,
     fixed_length,
@@ -209,8 +209,7 @@ class SequenceDecoder(nn.Module):
             no_input = code.new_zeros(steps - 1, code.shape[0], 1)
             weights = (code.new_zeros(4 * cell.hidden_size, 1), cell.weight_ih + cell.weight_hh,
                        cell.bias_ih, cell.bias_hh)
-            later, _, _ = torch.lstm(no_input, (h.unsqueeze(0), c.unsqueeze(0)), weights, True, 1,
-                                     0.0, False, False, False)
+            later, _ = lstm_layer(no_input, weights, (h, c))
             hidden_states = torch.cat([hidden_states, later])
         return self.fc1(hidden_states)
 

@@ -61,28 +61,37 @@ def lstm_input_gates(cell: nn.LSTMCell, x: torch.Tensor) -> torch.Tensor:
     return gates.view(*x.shape[:-1], -1)
 
 
-def lstm_cell_sequence(cell: nn.LSTMCell, x: torch.Tensor,
-                       state: tuple[torch.Tensor, torch.Tensor] | None = None
-                       ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """``cell`` run over ``(T, B, D)`` step-major inputs as the one-layer LSTM it is: all T steps
-    in one ``torch.lstm`` call over the cell's weights (on the CPU in float32, oneDNN's LSTM
-    kernel). The same values as calling ``cell`` step by step, up to float rounding.
+def lstm_layer(x: torch.Tensor, weights: tuple[torch.Tensor, ...],
+               state: tuple[torch.Tensor, torch.Tensor] | None = None
+               ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """One LSTM layer over ``(T, B, D)`` step-major inputs in one ``torch.lstm`` call (on the CPU
+    in float32, oneDNN's LSTM kernel), with ``weights = (W_ih (4H, D), W_hh (4H, H), b_ih,
+    b_hh)``, gates in ``nn.LSTMCell``'s order.
 
     Args:
         x: ``(T, B, D)``.
+        weights: the layer's weights and biases.
         state: the initial ``(h, c)``, each ``(B, H)``; None: zeros.
 
     Returns:
         ``h`` at every step ``(T, B, H)`` and the final ``(h, c)``, each ``(B, H)``.
     """
     if state is None:
-        zeros = x.new_zeros(1, x.shape[1], cell.hidden_size)
+        zeros = x.new_zeros(1, x.shape[1], weights[1].shape[1])
         state = (zeros, zeros)
     else:
         state = (state[0].unsqueeze(0), state[1].unsqueeze(0))
-    outputs, h, c = torch.lstm(x, state, (cell.weight_ih, cell.weight_hh, cell.bias_ih,
-                                          cell.bias_hh), True, 1, 0.0, False, False, False)
+    outputs, h, c = torch.lstm(x, state, weights, True, 1, 0.0, False, False, False)
     return outputs, (h[0], c[0])
+
+
+def lstm_cell_sequence(cell: nn.LSTMCell, x: torch.Tensor,
+                       state: tuple[torch.Tensor, torch.Tensor] | None = None
+                       ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """``cell`` run over ``(T, B, D)`` step-major inputs as the one-layer LSTM it is
+    (:func:`lstm_layer` over the cell's weights): the same values as calling ``cell`` step by
+    step, up to float rounding. Shapes as :func:`lstm_layer`'s."""
+    return lstm_layer(x, (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh), state)
 
 
 def lstm_gates_step(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,7 +174,6 @@ class _CellSequence(torch.autograd.Function):
             torch.addcmul(forget * c[t], in_gate, cell_gate * 2 - 1, out=c[t + 1])
             torch.sigmoid(c[t + 1] * 2, out=tanh_c[t]).mul_(2).sub_(1)
             torch.mul(out_gate, tanh_c[t], out=h[t + 1])
-        ctx.steps = steps
         ctx.save_for_backward(input_gates, weight_hh, activations, h, c, tanh_c)
         return h[1:], c[1:]
 
@@ -174,7 +182,7 @@ class _CellSequence(torch.autograd.Function):
         input_gates, weight_hh, activations, h, c, tanh_c = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
             with torch.enable_grad():
-                outputs = _cell_states_by_steps(input_gates, weight_hh, ctx.steps)
+                outputs = _cell_states_by_steps(input_gates, weight_hh, activations.shape[0])
                 wanted = [t for t, needed in zip((input_gates, weight_hh), ctx.needs_input_grad)
                           if needed]
                 grads = iter(torch.autograd.grad(outputs, wanted, (grad_h, grad_c),
@@ -277,4 +285,4 @@ class MemoryFusionCore(MemoryFusionMixin, nn.Module):
 
 
 __all__ = ["MemoryFusionCore", "MemoryFusionMixin", "lstm_cell_sequence", "lstm_cell_states",
-           "lstm_gates_step", "lstm_input_gates"]
+           "lstm_gates_step", "lstm_input_gates", "lstm_layer"]

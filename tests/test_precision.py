@@ -9,10 +9,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 
 from msakit.config import ConfigError, build_config
 from msakit.data import load_dataset
 from msakit.models import create_model, list_models
+from msakit.modules import precision
+from msakit.modules.dropout import LSTM
+from msakit.modules.mfn_core import lstm_layer
 from msakit.training.loading import EpochLoader, feature_dims, loader_for
 from msakit.training.trainer import Trainer, evaluate_model
 
@@ -64,3 +68,50 @@ def test_fp16_on_cpu_is_refused_with_a_clear_error(tmp_path):
     config = build_config("lf_dnn", ["train.precision=fp16", "train.device=cpu"])
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device.*bf16"):
         Trainer(config, tmp_path, "mosi", progress=False)
+
+
+def test_the_lstm_probe_leaves_the_random_stream_alone():
+    """The once-per-process probe of the CPU's bf16 LSTM draws no random number (an nn.LSTM's
+    initialisation would shift every later dropout mask and weight)."""
+    precision.cpu_autocast_lstm_supported.cache_clear()
+    before = torch.get_rng_state()
+    result = precision.cpu_autocast_lstm_supported()
+    assert torch.equal(torch.get_rng_state(), before)
+    assert isinstance(result, bool)
+
+
+@pytest.mark.parametrize("layers, dropout", [(1, 0.0), (3, 0.5)])
+def test_lstm_runs_in_float32_where_the_cpu_has_no_bf16_lstm(monkeypatch, layers, dropout):
+    """Where oneDNN cannot run the LSTM under bf16 autocast (CPUs without AVX-512; forced here on
+    any CPU), msakit's LSTM runs it in float32: the same values as outside autocast, for a bf16
+    input and state too; a PackedSequence keeps PyTorch's own path."""
+    monkeypatch.setattr(precision, "cpu_autocast_lstm_supported", lambda: False)
+    torch.manual_seed(0)
+    lstm = LSTM(6, 5, num_layers=layers, dropout=dropout, batch_first=True).eval()
+    x = torch.randn(3, 7, 6)
+    state = (torch.randn(layers, 3, 5), torch.randn(layers, 3, 5))
+    expected, (h, c) = lstm(x, state)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, (got_h, got_c) = lstm(x.bfloat16(), tuple(s.bfloat16() for s in state))
+    assert got.dtype == got_h.dtype == torch.float32
+    # the input and state were rounded to bf16 on the way in: errors of bf16's scale, no more
+    tolerance = 2 ** -7 * max(expected.abs().max().item(), 1.0)
+    assert (got - expected).abs().max().item() <= tolerance
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        exact, _ = lstm(x, state)
+    assert torch.equal(exact, expected)  # float32 in: the float32 computation, unchanged
+    packed = pack_padded_sequence(x, torch.tensor([7, 4, 2]), batch_first=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lstm(packed)  # PyTorch's packed path runs under autocast as it is
+
+
+def test_mfn_lstm_layer_runs_in_float32_where_the_cpu_has_no_bf16_lstm(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_autocast_lstm_supported", lambda: False)
+    torch.manual_seed(0)
+    cell = torch.nn.LSTMCell(4, 3)
+    weights = (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+    x = torch.randn(6, 2, 4)
+    expected, _ = lstm_layer(x, weights)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, (h, c) = lstm_layer(x, weights)
+    assert got.dtype == torch.float32 and torch.equal(got, expected)

@@ -335,9 +335,11 @@ class TrainConfig(StrictModel):
     cpu_linear: Literal["auto", "onednn", "torch"] = Field(
         "auto", description="How fully connected layers compute on the CPU while the "
         "experiment runs: 'onednn' through oneDNN's float32 matmul (about 2x PyTorch's MKL "
-        "product on AMD CPUs, where MKL runs its AVX2 kernels), 'torch' with F.linear, 'auto' "
-        "= onednn where this PyTorch build has oneDNN on an x86-64 CPU. The same arithmetic in "
-        "another summation order (results differ in the last bits). See msakit.modules.linear"
+        "product on AMD CPUs with AVX-512, where MKL runs its AVX2 kernels), 'torch' with "
+        "F.linear, 'auto' = onednn on an AMD CPU with AVX-512 where this PyTorch build has "
+        "oneDNN, else torch (without AVX-512 both reach the same AVX2 peak and the oneDNN route "
+        "made training steps 6-10 % slower). The same arithmetic in another summation order "
+        "(results differ in the last bits). See msakit.modules.linear"
     )
     keep_last: bool = Field(False, description="Keep each training run's resumable last.pt "
                             "(weights + optimiser state) after it finished; by default it is "
@@ -345,7 +347,8 @@ class TrainConfig(StrictModel):
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Forward passes under torch.autocast in this dtype (fp16 with loss "
         "scaling, CUDA only); losses that need fp32 (CMD moments, ULGM distances, DMD edge "
-        "softmax) stay in fp32"
+        "softmax) stay in fp32, and so do unpacked LSTMs on CPUs whose oneDNN has no bf16 LSTM "
+        "(no AVX-512)"
     )
     fused_optimizer: bool = Field(
         True, description="Adam/AdamW as PyTorch's fused kernel (CPU and CUDA); false = the "

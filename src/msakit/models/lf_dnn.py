@@ -45,7 +45,7 @@ from msakit.models.base import (
     check_loss_weights,
     ordered_modalities,
 )
-from msakit.modules.dropout import Dropout
+from msakit.modules.dropout import LSTM, Dropout
 from msakit.modules.encoders import masked_time_mean
 from msakit.modules.mmsa_subnets import lstm_final_state
 from msakit.modules.text import PretrainedTextEncoder
@@ -153,7 +153,7 @@ class LFDNN(MSAModel):
             )
             if config.text_subnet == "lstm":
                 self.text_encoder.pooling = "none"
-                self.text_lstm = nn.LSTM(self.text_encoder.hidden_size, config.text_hidden,
+                self.text_lstm = LSTM(self.text_encoder.hidden_size, config.text_hidden,
                                          batch_first=True)
                 self.text_subnet = nn.Linear(config.text_hidden, config.text_out)
             else:

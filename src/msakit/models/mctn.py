@@ -59,7 +59,7 @@ from msakit.models.base import (
     check_loss_weights,
     require_modalities,
 )
-from msakit.modules.dropout import Dropout
+from msakit.modules.dropout import LSTM, Dropout
 from msakit.modules.mmsa_subnets import (
     SingleAdamGroupMixin,
     fixed_length,
@@ -112,7 +112,7 @@ class Encoder(nn.Module):
     def __init__(self, in_dim: int, hidden: int, dropout: float):
         super().__init__()
         self.hidden = hidden
-        self.rnn = nn.LSTM(in_dim, hidden, bidirectional=True)
+        self.rnn = LSTM(in_dim, hidden, bidirectional=True)
         self.dropout = Dropout(dropout)
         self.fc = nn.Linear(hidden, hidden, bias=False)
 
@@ -200,7 +200,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.hidden = hidden
         self.attention = Attention(hidden)
-        self.rnn = nn.LSTM(out_dim + hidden, hidden, bidirectional=True)
+        self.rnn = LSTM(out_dim + hidden, hidden, bidirectional=True)
         self.fc_out = nn.Linear(2 * hidden, out_dim)
 
     def prepare(self, states: torch.Tensor, target: torch.Tensor | None,
@@ -258,7 +258,7 @@ class RegressionHead(nn.Module):
 
     def __init__(self, hidden: int):
         super().__init__()
-        self.rnn = nn.LSTM(hidden, hidden)
+        self.rnn = LSTM(hidden, hidden)
         self.linear = nn.Linear(hidden, 1)
         self.linear2 = nn.Linear(hidden, 1)
 

@@ -60,7 +60,7 @@ from msakit.models.base import (
     check_batch_sequence,
     require_modalities,
 )
-from msakit.modules.dropout import Dropout
+from msakit.modules.dropout import LSTM, Dropout
 from msakit.modules.encoders import recurrent_input
 from msakit.modules.text import PretrainedTextEncoder
 
@@ -120,7 +120,7 @@ class FinalStateLSTM(nn.Module):
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, bidirectional: bool):
         super().__init__()
-        self.rnn = nn.LSTM(in_dim, hidden_dim, batch_first=True, bidirectional=bidirectional)
+        self.rnn = LSTM(in_dim, hidden_dim, batch_first=True, bidirectional=bidirectional)
         self.out = nn.Linear(hidden_dim * (2 if bidirectional else 1), out_dim)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from msakit.modules.linear import linear
+from msakit.modules.precision import autocast_lstm
 
 #: dtypes whose own uniform is too coarse for a mask: drawn in float32 instead
 _COARSE = (torch.float16, torch.bfloat16)
@@ -102,6 +103,10 @@ class LSTM(nn.LSTM):
     :func:`dropout` instead of ``bernoulli_``. Otherwise (eval mode, ``dropout == 0``, one
     layer, a ``PackedSequence``, other devices) it is ``nn.LSTM.forward`` itself.
 
+    Every LSTM of msakit's models is this class. Under CPU bf16 autocast on a CPU whose oneDNN
+    has no LSTM for bf16 inputs with float32 weights (no AVX-512), a tensor input runs in
+    float32 (:func:`msakit.modules.precision.autocast_lstm`).
+
     Shapes:
         as ``nn.LSTM``: ``input (B, L, D)`` (``batch_first``) or ``(L, B, D)``, ``hx`` None or
         ``(h_0, c_0)`` each ``(num_layers * directions, B, hidden)`` -> ``output (B, L,
@@ -113,6 +118,7 @@ class LSTM(nn.LSTM):
                 and self.proj_size == 0 and isinstance(input, torch.Tensor)
                 and input.dim() == 3 and input.device.type == "cpu")
 
+    @autocast_lstm  # float32 under CPU bf16 autocast where oneDNN has no such LSTM
     def forward(self, input, hx=None):
         if not self._layer_by_layer(input):
             return super().forward(input, hx)

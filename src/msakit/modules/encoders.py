@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from msakit.modules.dropout import Dropout
+from msakit.modules.dropout import LSTM, Dropout
 
 
 def _host_lengths(x: torch.Tensor, lengths: torch.Tensor, input_dim: int, name: str
@@ -100,9 +100,9 @@ class StackedBiLSTMEncoder(nn.Module):
         _check_input_dim(input_dim, "StackedBiLSTMEncoder")
         self.input_dim = input_dim
         self.hidden_dim = hidden_dim or input_dim
-        self.rnn1 = nn.LSTM(input_dim, self.hidden_dim, bidirectional=True, batch_first=True)
+        self.rnn1 = LSTM(input_dim, self.hidden_dim, bidirectional=True, batch_first=True)
         self.layer_norm = nn.LayerNorm(2 * self.hidden_dim)
-        self.rnn2 = nn.LSTM(2 * self.hidden_dim, self.hidden_dim, bidirectional=True,
+        self.rnn2 = LSTM(2 * self.hidden_dim, self.hidden_dim, bidirectional=True,
                             batch_first=True)
         if orthogonal_init:
             for name, parameter in self.named_parameters():
@@ -153,7 +153,7 @@ class LSTMEncoder(nn.Module):
         self.input_dim = input_dim
         self.output_dim = output_dim
         self.bidirectional = bidirectional
-        self.rnn = nn.LSTM(
+        self.rnn = LSTM(
             input_dim, hidden_dim, num_layers=num_layers, batch_first=True,
             bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0,
         )
@@ -180,7 +180,7 @@ class SequenceLSTM(nn.Module):
 
     def __init__(self, in_dim: int, hidden_dim: int):
         super().__init__()
-        self.rnn = nn.LSTM(in_dim, hidden_dim, batch_first=True)
+        self.rnn = LSTM(in_dim, hidden_dim, batch_first=True)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # lengths on the CPU (the batch's host_lengths) avoid a device-to-host copy here

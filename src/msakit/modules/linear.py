@@ -1,11 +1,13 @@
 """Fully connected products on the CPU through oneDNN's matmul.
 
 PyTorch computes ``F.linear`` / ``addmm`` in float32 on the CPU with its BLAS (MKL in the x86
-wheels). On CPUs where MKL does not take its fastest code path (AMD's: on this project's AMD EPYC
-Zen 4 machines MKL runs its AVX2 kernels, about 95 GFLOP/s on one core), oneDNN's matmul, which
-PyTorch also ships and already uses for the CPU LSTM, runs the same float32 product at about
-twice that (``benchmarks/cpu_linear.py``). This module routes a model's fully connected products
-there:
+wheels). On AMD CPUs with AVX-512 (this project's AMD EPYC Zen 4 machines) MKL does not take its
+fastest code path: it runs its AVX2 kernels, about 95 GFLOP/s on one core, and oneDNN's matmul,
+which PyTorch also ships and already uses for the CPU LSTM, runs the same float32 product at about
+twice that (``benchmarks/cpu_linear.py``). On a CPU without AVX-512 there is nothing to gain: on
+an AMD EPYC Zen 2 (AVX2 only) both reach the core's AVX2 peak, and the route's autograd function
+made whole training steps 6-10 % slower (MFN, MFM, TETFN; docs/performance.md). This module
+routes a model's fully connected products there:
 
 - :func:`linear` is ``F.linear`` (plus an optional addend, ``addmm``'s ``input``) computed by
   PyTorch's ``torch.ops.mkldnn._linear_pointwise`` where :func:`onednn_applies`, with a backward
@@ -18,7 +20,9 @@ It is the same float32 arithmetic with another summation order, so results diffe
 AVX-512). The backend is a process-wide setting: ``"onednn"`` by default where oneDNN is
 available on an x86-64 CPU, ``"torch"`` to compute every product with ``F.linear``
 (:func:`set_cpu_linear`, :func:`cpu_linear`; an experiment's ``train.cpu_linear``, ``auto`` by
-default, applies while it runs).
+default, applies while it runs). ``"auto"`` is ``"onednn"`` only where it was measured to win
+(:data:`ONEDNN_PREFERRED`: oneDNN is available and the CPU is an AMD one with AVX-512), else
+``"torch"``.
 
 ``_linear_pointwise`` is PyTorch's internal operator (its inductor backend's); a PyTorch build
 without it, or without oneDNN, gets ``F.linear`` (:data:`ONEDNN_AVAILABLE` says which).
@@ -61,7 +65,41 @@ def _onednn_operator():
 _LINEAR_POINTWISE = _onednn_operator()
 #: Whether this PyTorch build has oneDNN's linear operator on an x86-64 CPU.
 ONEDNN_AVAILABLE = _LINEAR_POINTWISE is not None
-_backend: CpuLinear = "onednn" if ONEDNN_AVAILABLE else "torch"
+
+
+def _cpu_vendor() -> str:
+    """The CPU's vendor string (``AuthenticAMD``, ``GenuineIntel``, ...); "" where unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    processor = platform.processor()  # Windows: "AMD64 Family 25 Model 17 ..., AuthenticAMD"
+    return next((v for v in ("AuthenticAMD", "GenuineIntel") if v in processor), "")
+
+
+def _has_avx512() -> bool:
+    """Whether the CPU has AVX-512 (the hardware, whatever ``ATEN_CPU_CAPABILITY`` selects:
+    oneDNN picks its kernels by the hardware)."""
+    check = getattr(getattr(torch, "cpu", None), "_is_avx512_supported", None)
+    return bool(check()) if check is not None else False
+
+
+def onednn_preferred(vendor: str | None = None, avx512: bool | None = None) -> bool:
+    """Whether ``"auto"`` means ``"onednn"`` on this CPU (or on one of that vendor / AVX-512
+    support): oneDNN is available and the CPU is an AMD one with AVX-512, where MKL runs its AVX2
+    kernels and oneDNN's are about twice as fast. Without AVX-512 both reach the same AVX2 peak;
+    on Intel CPUs MKL takes its AVX-512 kernels itself."""
+    vendor = _cpu_vendor() if vendor is None else vendor
+    avx512 = _has_avx512() if avx512 is None else avx512
+    return ONEDNN_AVAILABLE and vendor == "AuthenticAMD" and avx512
+
+
+#: What ``"auto"`` resolves to on this machine (:func:`onednn_preferred`).
+ONEDNN_PREFERRED = onednn_preferred()
+_backend: CpuLinear = "onednn" if ONEDNN_PREFERRED else "torch"
 
 
 def get_cpu_linear() -> CpuLinear:
@@ -72,14 +110,15 @@ def get_cpu_linear() -> CpuLinear:
 def set_cpu_linear(backend: CpuLinearSetting) -> CpuLinear:
     """Set the process-wide backend of :func:`linear`; returns the previous one.
 
-    ``"auto"`` is ``"onednn"`` where :data:`ONEDNN_AVAILABLE`, else ``"torch"``; ``"onednn"``
-    where it is not available is an error, not a silent ``"torch"``.
+    ``"auto"`` is ``"onednn"`` where :data:`ONEDNN_PREFERRED` (an AMD CPU with AVX-512 and a
+    PyTorch build with oneDNN), else ``"torch"``; ``"onednn"`` where oneDNN is not available is
+    an error, not a silent ``"torch"``.
     """
     global _backend
     if backend not in ("auto", "onednn", "torch"):
         raise ValueError(f"cpu_linear must be 'auto', 'onednn' or 'torch', got {backend!r}")
     if backend == "auto":
-        backend = "onednn" if ONEDNN_AVAILABLE else "torch"
+        backend = "onednn" if ONEDNN_PREFERRED else "torch"
     if backend == "onednn" and not ONEDNN_AVAILABLE:
         raise ValueError("cpu_linear='onednn' needs a PyTorch build with oneDNN on an x86-64 "
                          "CPU; this one has none (use cpu_linear='torch')")

@@ -43,6 +43,7 @@ from torch import nn
 from msakit.modules.dropout import Dropout
 from msakit.modules.linear import linear, plain_autograd
 from msakit.modules.mmsa_subnets import GatedMemoryMixin, mlp
+from msakit.modules.precision import autocast_lstm
 
 
 def lstm_input_gates(cell: nn.LSTMCell, x: torch.Tensor) -> torch.Tensor:
@@ -61,6 +62,7 @@ def lstm_input_gates(cell: nn.LSTMCell, x: torch.Tensor) -> torch.Tensor:
     return gates.view(*x.shape[:-1], -1)
 
 
+@autocast_lstm  # float32 under CPU bf16 autocast where oneDNN has no such LSTM
 def lstm_layer(x: torch.Tensor, weights: tuple[torch.Tensor, ...],
                state: tuple[torch.Tensor, torch.Tensor] | None = None
                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:

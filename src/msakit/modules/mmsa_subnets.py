@@ -15,7 +15,7 @@ from pydantic import Field
 from torch import nn
 
 from msakit.errors import ConfigError
-from msakit.modules.dropout import Dropout
+from msakit.modules.dropout import LSTM, Dropout
 from msakit.modules.encoders import masked_time_mean
 from msakit.modules.text import PretrainedTextEncoder, length_groups
 
@@ -214,7 +214,7 @@ class TextLSTMSubNet(nn.Module):
                  dropout: float = 0.0):
         super().__init__()
         self.reads_padding = reads_padding
-        self.rnn = nn.LSTM(in_dim, hidden, batch_first=True)
+        self.rnn = LSTM(in_dim, hidden, batch_first=True)
         self.dropout = Dropout(dropout)
         self.linear_1 = nn.Linear(hidden, out_dim)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -411,3 +412,17 @@ def test_every_model_predicts_the_same_through_onednn(name, real_batch, onednn_c
     assert onednn_calls, f"{name} computed no product through oneDNN"
     scale = max(reference.abs().max().item(), 1.0)
     assert (ours - reference).abs().max().item() <= 1e-5 * scale, name  # measured: <= 7.8e-7
+
+
+def test_the_cpu_vendor_comes_from_cpuinfo():
+    from msakit.provenance import cpuinfo_field
+
+    assert cpuinfo_field("no such field") is None
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo (not Linux)")
+    lines = [line for line in cpuinfo.read_text(errors="replace").splitlines()
+             if line.startswith("vendor_id")]
+    if not lines:
+        pytest.skip("/proc/cpuinfo names no vendor_id (not an x86 CPU)")
+    assert linear_module._cpu_vendor() == cpuinfo_field("vendor_id") == lines[0].split(":")[1].strip()

@@ -102,16 +102,22 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _cpu_model() -> str | None:
-    """The CPU's marketing name ("AMD EPYC 7B13", ...); ``platform.processor()`` is often empty."""
+def cpuinfo_field(name: str) -> str | None:
+    """A field of the first CPU in Linux's ``/proc/cpuinfo`` (``model name``, ``vendor_id``);
+    None where there is no such file or field."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
             for line in handle:
-                if line.startswith("model name"):
+                if line.split(":", 1)[0].strip() == name:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or None
+    return None
+
+
+def _cpu_model() -> str | None:
+    """The CPU's marketing name ("AMD EPYC 7B13", ...); ``platform.processor()`` is often empty."""
+    return cpuinfo_field("model name") or platform.processor() or None
 
 
 def cpu_record() -> dict[str, Any]:

@@ -69,13 +69,11 @@ ONEDNN_AVAILABLE = _LINEAR_POINTWISE is not None
 
 def _cpu_vendor() -> str:
     """The CPU's vendor string (``AuthenticAMD``, ``GenuineIntel``, ...); "" where unknown."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    from msakit.provenance import cpuinfo_field  # provenance reads this module's backend
+
+    vendor = cpuinfo_field("vendor_id")
+    if vendor:
+        return vendor
     processor = platform.processor()  # Windows: "AMD64 Family 25 Model 17 ..., AuthenticAMD"
     return next((v for v in ("AuthenticAMD", "GenuineIntel") if v in processor), "")
 

@@ -4,10 +4,11 @@ PyTorch computes ``F.linear`` / ``addmm`` in float32 on the CPU with its BLAS (M
 wheels). On AMD CPUs with AVX-512 (this project's AMD EPYC Zen 4 machines) MKL does not take its
 fastest code path: it runs its AVX2 kernels, about 95 GFLOP/s on one core, and oneDNN's matmul,
 which PyTorch also ships and already uses for the CPU LSTM, runs the same float32 product at about
-twice that (``benchmarks/cpu_linear.py``). On a CPU without AVX-512 there is nothing to gain: on
-an AMD EPYC Zen 2 (AVX2 only) both reach the core's AVX2 peak, and the route's autograd function
-made whole training steps 6-10 % slower (MFN, MFM, TETFN; docs/performance.md). This module
-routes a model's fully connected products there:
+twice that (``benchmarks/cpu_linear.py``). On a CPU without AVX-512 there is little to gain: on
+an AMD EPYC Zen 2 (AVX2 only) both reach the core's AVX2 peak, and whole training steps through
+oneDNN ranged from 21 % faster (TFN's deep fusion product) to 24 % slower (MAG-BERT), the same on
+the whole (``benchmarks/cpu_linear_models.py``, docs/performance.md). This module routes a
+model's fully connected products there:
 
 - :func:`linear` is ``F.linear`` (plus an optional addend, ``addmm``'s ``input``) computed by
   PyTorch's ``torch.ops.mkldnn._linear_pointwise`` where :func:`onednn_applies`, with a backward

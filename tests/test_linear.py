@@ -415,7 +415,7 @@ def test_every_model_predicts_the_same_through_onednn(name, real_batch, onednn_c
 
 
 def test_the_cpu_vendor_comes_from_cpuinfo():
-    from msakit.provenance import cpuinfo_field
+    from msakit.cpu import cpuinfo_field
 
     assert cpuinfo_field("no such field") is None
     cpuinfo = Path("/proc/cpuinfo")

@@ -16,6 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from msakit.cpu import cpuinfo_field
+
 
 def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
     """SHA-256 hex digest of a file's bytes, or, for a folder (a ``label.csv`` dataset), of its
@@ -100,19 +102,6 @@ def _version(package: str) -> str | None:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
-
-
-def cpuinfo_field(name: str) -> str | None:
-    """A field of the first CPU in Linux's ``/proc/cpuinfo`` (``model name``, ``vendor_id``);
-    None where there is no such file or field."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.split(":", 1)[0].strip() == name:
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 def _cpu_model() -> str | None:

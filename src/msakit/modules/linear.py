@@ -42,6 +42,8 @@ from torch import nn
 from torch.autograd import forward_ad
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from msakit.cpu import cpuinfo_field
+
 CpuLinear = Literal["onednn", "torch"]
 CpuLinearSetting = Literal["auto", "onednn", "torch"]
 
@@ -70,8 +72,6 @@ ONEDNN_AVAILABLE = _LINEAR_POINTWISE is not None
 
 def _cpu_vendor() -> str:
     """The CPU's vendor string (``AuthenticAMD``, ``GenuineIntel``, ...); "" where unknown."""
-    from msakit.provenance import cpuinfo_field  # provenance reads this module's backend
-
     vendor = cpuinfo_field("vendor_id")
     if vendor:
         return vendor

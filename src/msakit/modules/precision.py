@@ -77,6 +77,8 @@ def autocast_lstm(function: F) -> F:
     ``PackedSequence`` among them), it runs as :func:`full_precision` (float32, autocast off);
     otherwise as it is."""
 
+    in_float32 = full_precision(function)
+
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if torch.is_autocast_enabled("cpu") and not cpu_autocast_lstm_supported():
@@ -85,7 +87,7 @@ def autocast_lstm(function: F) -> F:
             # a PackedSequence takes PyTorch's own (non-oneDNN) path, which runs under autocast
             if (first is not None and first.device.type == "cpu"
                     and not any(isinstance(a, PackedSequence) for a in values)):
-                return full_precision(function)(*args, **kwargs)
+                return in_float32(*args, **kwargs)
         return function(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
